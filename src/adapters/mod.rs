@@ -1,0 +1,7 @@
+//! The only code that knows Redis and the AWS SDK: implementations of the ports.
+
+pub mod redis_store;
+pub mod sts_issuer;
+
+pub use redis_store::{RedisGrantStore, RedisSettings};
+pub use sts_issuer::{StsIssuer, StsSettings};

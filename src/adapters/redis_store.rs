@@ -1,0 +1,337 @@
+//! The grant store on Redis: the system of record for grants and their audit trail.
+//!
+//! Keys (`gb` is the configurable prefix; `{…}` is a Redis Cluster hash tag, so everything one
+//! atomic step touches lives in one slot):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `gb:grant:{<id>}` | hash | `state`, `doc` (the grant as JSON, without state and issuances) |
+//! | `gb:grant:{<id>}:issuances` | list | issuances as JSON, oldest first (never secrets) |
+//! | `gb:grant:{<id>}:events` | list | audit events as JSON, oldest first |
+//! | `gb:caller:{<caller>}:grants` | sorted set | the caller's grant ids, all score 0: UUIDv7 ids sort by time lexically |
+//! | `gb:caller:{<caller>}:request:<request id>` | string | `<grant id> <request fingerprint>` |
+//!
+//! Every state change and append is one Lua script (one round trip, atomic, compare-and-set on
+//! `state`). Retention: grant keys and request ids expire `retention` after the grant ends; the
+//! caller index drops ids older than `retention` whenever it grows. No KEYS or SCAN anywhere.
+
+use std::time::Duration;
+
+use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use time::OffsetDateTime;
+
+use crate::{
+    domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RequestId},
+    ports::{Appended, GrantStore, Reservation, StoreError},
+};
+
+/// Connection and retention settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// How long grants, their events and request ids are kept after the grant ends.
+    pub retention: Duration,
+}
+
+/// Binds a request id (if any) and indexes the candidate grant for its caller.
+/// KEYS: index, [request]; ARGV: grant id, fingerprint, request-key expiry (unix s),
+/// index trim bound (exclusive), index ttl (s).
+const RESERVE: &str = r"
+if #KEYS == 2 then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then return 'existing ' .. existing end
+  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. ARGV[2], 'EXAT', ARGV[3])
+end
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+redis.call('ZREMRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 'new'
+";
+
+/// KEYS: grant, events; ARGV: state, doc, expiry (unix s), first event.
+const CREATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'doc', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+redis.call('EXPIREAT', KEYS[2], ARGV[3])
+return 'created'
+";
+
+/// KEYS: grant, issuances, events; ARGV: expected state, expiry (unix s), event, [issuance].
+const APPEND_IF_STATE: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= ARGV[1] then return 'state ' .. state end
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('EXPIREAT', KEYS[3], ARGV[2])
+if ARGV[4] then
+  redis.call('RPUSH', KEYS[2], ARGV[4])
+  redis.call('EXPIREAT', KEYS[2], ARGV[2])
+end
+return 'ok'
+";
+
+/// KEYS: grant, events; ARGV: expiry (unix s), event.
+const APPEND_EVENT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('EXPIREAT', KEYS[2], ARGV[1])
+return 'ok'
+";
+
+/// One grant as read back: (`state`, `doc`) from the hash, and the issuance list.
+type StoredGrant = ((Option<String>, Option<String>), Vec<String>);
+
+pub struct RedisGrantStore {
+    connection: ConnectionManager,
+    prefix: String,
+    retention: Duration,
+    reserve: Script,
+    create: Script,
+    append_if_state: Script,
+    append_event: Script,
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
+}
+
+impl RedisGrantStore {
+    /// Connects lazily: the service starts (and reports NOT_SERVING) while Redis is down, and
+    /// every command is bounded by the connect and response timeouts.
+    pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = Client::open(settings.url.as_str()).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        Ok(Self {
+            connection,
+            prefix: settings.key_prefix.clone(),
+            retention: settings.retention,
+            reserve: Script::new(RESERVE),
+            create: Script::new(CREATE),
+            append_if_state: Script::new(APPEND_IF_STATE),
+            append_event: Script::new(APPEND_EVENT),
+        })
+    }
+
+    pub fn grant_key(&self, id: GrantId) -> String {
+        format!("{}:grant:{{{id}}}", self.prefix)
+    }
+
+    pub fn issuances_key(&self, id: GrantId) -> String {
+        format!("{}:grant:{{{id}}}:issuances", self.prefix)
+    }
+
+    pub fn events_key(&self, id: GrantId) -> String {
+        format!("{}:grant:{{{id}}}:events", self.prefix)
+    }
+
+    fn index_key(&self, caller: &CallerId) -> String {
+        format!("{}:caller:{{{caller}}}:grants", self.prefix)
+    }
+
+    fn request_key(&self, caller: &CallerId, request_id: &RequestId) -> String {
+        format!("{}:caller:{{{caller}}}:request:{}", self.prefix, request_id.as_str())
+    }
+
+    fn retention_secs(&self) -> i64 {
+        i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// Unix time at which a grant ending at `end` may be forgotten.
+    fn expiry(&self, end: OffsetDateTime) -> i64 {
+        end.unix_timestamp().saturating_add(self.retention_secs())
+    }
+
+    fn decode(
+        &self,
+        id: GrantId,
+        state: Option<String>,
+        doc: Option<String>,
+        issuances: Vec<String>,
+    ) -> Result<Option<Grant>, StoreError> {
+        let (Some(state), Some(doc)) = (state, doc) else {
+            return Ok(None);
+        };
+        let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
+        let mut grant: Grant = serde_json::from_str(&doc).map_err(|error| corrupt(error.to_string()))?;
+        grant.state = GrantState::parse(&state).ok_or_else(|| corrupt(format!("unknown state `{state}`")))?;
+        grant.issuances = issuances
+            .iter()
+            .map(|issuance| serde_json::from_str(issuance))
+            .collect::<Result<_, _>>()
+            .map_err(|error| corrupt(error.to_string()))?;
+        Ok(Some(grant))
+    }
+
+    /// Reads several grants in one round trip; missing ones are skipped.
+    async fn get_many(&self, ids: &[GrantId]) -> Result<Vec<Grant>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for &id in ids {
+            pipe.cmd("HMGET").arg(self.grant_key(id)).arg("state").arg("doc");
+            pipe.lrange(self.issuances_key(id), 0, -1);
+        }
+        let mut connection = self.connection.clone();
+        let replies: Vec<StoredGrant> = pipe.query_async(&mut connection).await.map_err(unavailable)?;
+        let mut grants = Vec::with_capacity(ids.len());
+        for (&id, ((state, doc), issuances)) in ids.iter().zip(replies) {
+            if let Some(grant) = self.decode(id, state, doc, issuances)? {
+                grants.push(grant);
+            }
+        }
+        Ok(grants)
+    }
+}
+
+impl GrantStore for RedisGrantStore {
+    async fn reserve(
+        &self,
+        caller: &CallerId,
+        request_id: Option<&RequestId>,
+        fingerprint: &str,
+        candidate: GrantId,
+        now: OffsetDateTime,
+        grant_end: OffsetDateTime,
+    ) -> Result<Reservation, StoreError> {
+        let mut invocation = self.reserve.key(self.index_key(caller));
+        if let Some(request_id) = request_id {
+            invocation.key(self.request_key(caller, request_id));
+        }
+        let trim_before = GrantId::lower_bound_at(now - self.retention);
+        invocation
+            .arg(candidate.to_string())
+            .arg(fingerprint)
+            .arg(self.expiry(grant_end))
+            .arg(trim_before.to_string())
+            .arg(self.retention_secs().max(1));
+        let mut connection = self.connection.clone();
+        let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
+        match reply.split(' ').collect::<Vec<_>>().as_slice() {
+            ["new"] => Ok(Reservation::New),
+            ["existing", grant_id, fingerprint] => Ok(Reservation::Existing {
+                grant_id: GrantId::parse(grant_id).map_err(StoreError::Corrupt)?,
+                fingerprint: (*fingerprint).to_owned(),
+            }),
+            _ => Err(StoreError::Corrupt(format!("unexpected reservation reply `{reply}`"))),
+        }
+    }
+
+    async fn create(&self, grant: &Grant, event: &GrantEvent) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let reply: String = self
+            .create
+            .key(self.grant_key(grant.id))
+            .key(self.events_key(grant.id))
+            .arg(grant.state.as_str())
+            .arg(to_json(grant)?)
+            .arg(self.expiry(grant.end))
+            .arg(to_json(event)?)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply == "created")
+    }
+
+    async fn get(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        Ok(self.get_many(&[id]).await?.pop())
+    }
+
+    async fn list_for_caller(
+        &self,
+        caller: &CallerId,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> = connection
+            .zrevrangebylex_limit(
+                self.index_key(caller),
+                max,
+                "-",
+                0,
+                isize::try_from(limit + 1).unwrap_or(isize::MAX),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut ids = ids
+            .iter()
+            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().copied()
+        } else {
+            None
+        };
+        // Ids reserved by an attempt that never created its grant are skipped here.
+        Ok((self.get_many(&ids).await?, next))
+    }
+
+    async fn append_if_state(
+        &self,
+        grant: &Grant,
+        expected: GrantState,
+        issuance: Option<&Issuance>,
+        event: &GrantEvent,
+    ) -> Result<Appended, StoreError> {
+        let mut invocation = self.append_if_state.key(self.grant_key(grant.id));
+        invocation
+            .key(self.issuances_key(grant.id))
+            .key(self.events_key(grant.id))
+            .arg(expected.as_str())
+            .arg(self.expiry(grant.end))
+            .arg(to_json(event)?);
+        if let Some(issuance) = issuance {
+            invocation.arg(to_json(issuance)?);
+        }
+        let mut connection = self.connection.clone();
+        let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
+        match reply.split_once(' ') {
+            None if reply == "ok" => Ok(Appended::Yes),
+            None if reply == "missing" => Ok(Appended::Missing),
+            Some(("state", state)) => GrantState::parse(state)
+                .map(Appended::WrongState)
+                .ok_or_else(|| StoreError::Corrupt(format!("grant {}: unknown state `{state}`", grant.id))),
+            _ => Err(StoreError::Corrupt(format!("unexpected append reply `{reply}`"))),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _reply: String = self
+            .append_event
+            .key(self.grant_key(grant.id))
+            .key(self.events_key(grant.id))
+            .arg(self.expiry(grant.end))
+            .arg(to_json(event)?)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

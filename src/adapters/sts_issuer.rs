@@ -1,0 +1,181 @@
+//! The credential issuer on AWS STS: one SDK client per region, built once and reused, each
+//! bounded by attempt and operation timeouts and the SDK's standard retry strategy (which retries
+//! throttling with backoff).
+
+use std::{collections::HashMap, time::Duration};
+
+use aws_sdk_sts::{
+    Client,
+    config::{
+        BehaviorVersion, Credentials, Region, SharedCredentialsProvider, retry::RetryConfig, timeout::TimeoutConfig,
+    },
+    error::{ProvideErrorMetadata, SdkError},
+    operation::assume_role::AssumeRoleError,
+    types::Tag,
+};
+use time::OffsetDateTime;
+
+use crate::{
+    domain::{IssuedCredentials, Secret, SessionSpec},
+    ports::{CredentialIssuer, IssueError, IssueErrorKind},
+};
+
+/// How to reach STS.
+#[derive(Debug, Clone)]
+pub struct StsSettings {
+    /// Override of the STS endpoint: the local emulator, or a VPC endpoint.
+    pub endpoint: Option<String>,
+    pub attempt_timeout: Duration,
+    pub operation_timeout: Duration,
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    /// Fixed credentials for an emulator; `None` uses the standard provider chain (environment,
+    /// profile, web identity, container and instance roles).
+    pub static_credentials: Option<(String, Secret)>,
+}
+
+pub struct StsIssuer {
+    clients: HashMap<String, Client>,
+}
+
+impl StsIssuer {
+    /// Builds one client per region in `regions`.
+    pub async fn new(settings: &StsSettings, regions: impl IntoIterator<Item = String>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some((access_key_id, secret)) = &settings.static_credentials {
+            loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                access_key_id,
+                secret.expose(),
+                None,
+                None,
+                "grant-broker-static",
+            )));
+        }
+        let shared = loader.load().await;
+        let clients = regions
+            .into_iter()
+            .map(|region| {
+                let mut config = aws_sdk_sts::config::Builder::from(&shared)
+                    .region(Region::new(region.clone()))
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_attempt_timeout(settings.attempt_timeout)
+                            .operation_timeout(settings.operation_timeout)
+                            .build(),
+                    )
+                    .retry_config(
+                        RetryConfig::standard()
+                            .with_max_attempts(settings.max_attempts)
+                            .with_initial_backoff(settings.initial_backoff),
+                    );
+                if let Some(endpoint) = &settings.endpoint {
+                    config = config.endpoint_url(endpoint);
+                }
+                (region, Client::from_conf(config.build()))
+            })
+            .collect();
+        Self { clients }
+    }
+}
+
+fn to_time(at: &aws_sdk_sts::primitives::DateTime) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(at.secs()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn failed(kind: IssueErrorKind, message: impl Into<String>) -> IssueError {
+    IssueError {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Sorts what STS or the SDK said into what the caller can do about it.
+fn classify(error: SdkError<AssumeRoleError>) -> IssueError {
+    match error {
+        SdkError::ServiceError(context) => {
+            let error = context.err();
+            let code = error.code().unwrap_or("Unknown");
+            let message = format!("{code}: {}", error.message().unwrap_or("no message"));
+            let kind = match error {
+                AssumeRoleError::MalformedPolicyDocumentException(_)
+                | AssumeRoleError::PackedPolicyTooLargeException(_) => IssueErrorKind::Rejected,
+                AssumeRoleError::RegionDisabledException(_) => IssueErrorKind::Unavailable,
+                // The broker's own credentials expired: an operator problem, retryable once fixed.
+                AssumeRoleError::ExpiredTokenException(_) => IssueErrorKind::Unavailable,
+                _ => match code {
+                    "AccessDenied" => IssueErrorKind::NotTrusted,
+                    "ValidationError" => IssueErrorKind::Rejected,
+                    "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => IssueErrorKind::Throttled,
+                    "ServiceUnavailable" | "InternalFailure" => IssueErrorKind::Unavailable,
+                    _ => IssueErrorKind::Failed,
+                },
+            };
+            failed(kind, message)
+        }
+        SdkError::TimeoutError(_) => failed(IssueErrorKind::Unavailable, "STS did not answer in time"),
+        SdkError::DispatchFailure(failure) => failed(
+            IssueErrorKind::Unavailable,
+            format!(
+                "STS could not be reached: {:?}",
+                failure.as_connector_error().map(ToString::to_string)
+            ),
+        ),
+        SdkError::ResponseError(_) => failed(
+            IssueErrorKind::Unavailable,
+            "STS sent a response that could not be read",
+        ),
+        SdkError::ConstructionFailure(_) => failed(IssueErrorKind::Failed, "the STS request could not be built"),
+        _ => failed(IssueErrorKind::Failed, "STS call failed"),
+    }
+}
+
+/// How much of the packed policy-and-tags budget the session used. STS renamed the field in
+/// 2026; older endpoints (and the emulator) still send only the old one.
+#[allow(deprecated)]
+fn packed_policy_percent(output: &aws_sdk_sts::operation::assume_role::AssumeRoleOutput) -> Option<i32> {
+    output.session_token_utilization().or(output.packed_policy_size())
+}
+
+impl CredentialIssuer for StsIssuer {
+    async fn assume_role(&self, spec: &SessionSpec) -> Result<IssuedCredentials, IssueError> {
+        let client = self.clients.get(spec.region()).ok_or_else(|| {
+            failed(
+                IssueErrorKind::Failed,
+                format!("no STS client for region {}", spec.region()),
+            )
+        })?;
+        let tags = spec
+            .tags()
+            .iter()
+            .map(|tag| Tag::builder().key(tag.key).value(&tag.value).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| failed(IssueErrorKind::Failed, format!("session tag: {error}")))?;
+        let mut call = client
+            .assume_role()
+            .role_arn(spec.role_arn())
+            .role_session_name(spec.session_name())
+            .policy(spec.policy())
+            .duration_seconds(i32::try_from(spec.duration_secs()).unwrap_or(i32::MAX))
+            .source_identity(spec.source_identity())
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .set_external_id(spec.external_id().map(str::to_owned));
+        if let Some(mfa) = spec.mfa() {
+            call = call.serial_number(&mfa.serial).token_code(mfa.code.expose());
+        }
+        let output = call.send().await.map_err(classify)?;
+        let credentials = output
+            .credentials()
+            .ok_or_else(|| failed(IssueErrorKind::Unavailable, "STS answered without credentials"))?;
+        Ok(IssuedCredentials {
+            access_key_id: credentials.access_key_id().to_owned(),
+            secret_access_key: Secret::new(credentials.secret_access_key()),
+            session_token: Secret::new(credentials.session_token()),
+            expiration: to_time(credentials.expiration()),
+            assumed_role_arn: output
+                .assumed_role_user()
+                .map(|user| user.arn().to_owned())
+                .unwrap_or_default(),
+            packed_policy_percent: packed_policy_percent(&output),
+        })
+    }
+}

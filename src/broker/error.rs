@@ -1,0 +1,41 @@
+//! Everything a use case can fail with. Callers must handle each case, so the enum is not
+//! `#[non_exhaustive]`; the transport maps it to status codes in one exhaustive match.
+
+use crate::{
+    domain::{FieldViolation, GrantId, GrantState},
+    ports::{IssueError, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The request breaks a rule about its fields; each violation names its field.
+    #[error("invalid request: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidRequest(Vec<FieldViolation>),
+
+    #[error(
+        "target `{target}` does not exist or is not available to caller `{caller}`; ListTargets shows the targets you may request"
+    )]
+    TargetNotAllowed { caller: String, target: String },
+
+    #[error(
+        "request id `{request_id}` was already used for grant {grant_id} with a different request body; use a new request id"
+    )]
+    RequestIdReused { request_id: String, grant_id: GrantId },
+
+    #[error("grant {0} not found")]
+    GrantNotFound(GrantId),
+
+    #[error("grant {grant_id} is {}: no credentials can be issued for it", .state.as_str())]
+    NotIssuable { grant_id: GrantId, state: GrantState },
+
+    #[error(transparent)]
+    Store(StoreError),
+
+    #[error("STS did not issue credentials: {0}")]
+    Issue(IssueError),
+
+    #[error(
+        "credentials for grant {grant_id} were issued but could not be recorded, so they were discarded ({cause}); retry with the same request id"
+    )]
+    CredentialsNotRecorded { grant_id: GrantId, cause: StoreError },
+}

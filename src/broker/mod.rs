@@ -1,0 +1,376 @@
+//! The use cases: request access, issue credentials, read grants. Generic over the ports, so the
+//! same code runs against Redis and STS in production and in the integration tests.
+//!
+//! INVARIANT (no credentials without a record): [`Broker::issue`] writes an `issuing` event before
+//! calling STS and the issuance after; if that last write fails, the credentials are dropped and
+//! the caller gets an error instead.
+
+mod error;
+
+use std::collections::BTreeMap;
+
+use time::Duration;
+use uuid::Uuid;
+
+pub use error::BrokerError;
+
+use crate::{
+    domain::{
+        AccessRequest, ApprovedGrant, Caller, EventKind, FieldViolation, Grant, GrantEvent, GrantId, GrantState,
+        Issuance, IssuedCredentials, MfaToken, Target,
+        limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
+        policy::build_session_policy,
+    },
+    ports::{Appended, Clock, CredentialIssuer, GrantStore, Reservation, StoreError},
+    rules::{RuleEngine, RuleInput},
+};
+
+/// Default and largest page of ListGrants.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 500;
+
+/// What RequestAccess returns: the grant as recorded, and credentials when it was approved.
+#[derive(Debug)]
+pub struct AccessOutcome {
+    pub grant: Grant,
+    pub credentials: Option<IssuedCredentials>,
+}
+
+pub struct Broker<S, I, C> {
+    store: S,
+    issuer: I,
+    clock: C,
+    rules: RuleEngine,
+    targets: BTreeMap<String, Target>,
+    /// When the broker's own credentials are a role session, STS caps sessions at one hour.
+    role_chaining: bool,
+}
+
+impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
+    pub fn new(store: S, issuer: I, clock: C, rules: RuleEngine, targets: Vec<Target>, role_chaining: bool) -> Self {
+        let targets = targets.into_iter().map(|target| (target.id.clone(), target)).collect();
+        Self {
+            store,
+            issuer,
+            clock,
+            rules,
+            targets,
+            role_chaining,
+        }
+    }
+
+    /// The targets `caller` may request, in id order.
+    pub fn list_targets(&self, caller: &Caller) -> Vec<&Target> {
+        self.targets
+            .values()
+            .filter(|target| caller.may_request(&target.id))
+            .collect()
+    }
+
+    /// The longest session STS will issue on `target` for this broker.
+    pub fn max_duration_secs(&self, target: &Target) -> u64 {
+        let cap = if self.role_chaining {
+            ROLE_CHAINING_MAX_DURATION_SECS
+        } else {
+            MAX_DURATION_SECS
+        };
+        target.max_duration_secs.min(cap)
+    }
+
+    /// Unknown targets and targets the caller may not use get the same answer, so a caller
+    /// cannot probe for targets it was not given.
+    fn target_for(&self, caller: &Caller, id: &str) -> Result<&Target, BrokerError> {
+        self.targets
+            .get(id)
+            .filter(|_| caller.may_request(id))
+            .ok_or_else(|| BrokerError::TargetNotAllowed {
+                caller: caller.id.to_string(),
+                target: id.to_owned(),
+            })
+    }
+
+    /// Decides, records and (when approved) issues. A repeated request id with the same body
+    /// returns the recorded grant and, if it is approved, fresh credentials.
+    pub async fn request_access(&self, caller: &Caller, request: AccessRequest) -> Result<AccessOutcome, BrokerError> {
+        let target = self.target_for(caller, &request.target)?;
+        let max_duration_secs = self.max_duration_secs(target);
+        let now = self.clock.now();
+        let end = now + Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
+
+        // The size check comes first: it bounds the work the containment check can be made to do.
+        let session_policy = build_session_policy(&request.scopes, end)
+            .map_err(|why| BrokerError::InvalidRequest(vec![FieldViolation::new("scopes", why)]))?;
+        let violations = request.check_against(target, max_duration_secs);
+        if !violations.is_empty() {
+            return Err(BrokerError::InvalidRequest(violations));
+        }
+
+        let fingerprint = request.fingerprint();
+        let candidate = GrantId::from_uuid(Uuid::now_v7());
+        let grant_id = match self
+            .store
+            .reserve(
+                &caller.id,
+                request.request_id.as_ref(),
+                &fingerprint,
+                candidate,
+                now,
+                end,
+            )
+            .await?
+        {
+            Reservation::New => candidate,
+            Reservation::Existing {
+                grant_id,
+                fingerprint: recorded,
+            } => {
+                if recorded != fingerprint {
+                    return Err(BrokerError::RequestIdReused {
+                        request_id: request.request_id.map(|id| id.as_str().to_owned()).unwrap_or_default(),
+                        grant_id,
+                    });
+                }
+                match self.store.get(grant_id).await? {
+                    Some(grant) => return self.replay(caller, grant, request.mfa.as_ref()).await,
+                    // Reserved by an attempt that stopped before creating the grant: finish it.
+                    None => grant_id,
+                }
+            }
+        };
+
+        let decision = self.rules.decide(&RuleInput {
+            caller: caller.id.as_str(),
+            requester: &request.requester,
+            grantee: &request.grantee,
+            target,
+            scopes: &request.scopes,
+            duration_secs: request.duration_secs,
+            justification: &request.justification,
+            ticket: &request.ticket,
+            mfa_present: request.mfa.is_some(),
+            now,
+        });
+        let state = decision.outcome.initial_state();
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Requested {
+                state,
+                outcome: decision.outcome,
+                policy_ids: decision.policy_ids.clone(),
+                reason: decision.reason.clone(),
+            },
+        };
+        let grant = Grant {
+            id: grant_id,
+            state,
+            request_id: request.request_id.map(|id| id.as_str().to_owned()),
+            fingerprint,
+            caller: caller.id.clone(),
+            target: target.id.clone(),
+            account_id: target.account_id.clone(),
+            role_arn: target.role_arn.clone(),
+            region: target.region.clone(),
+            requester: request.requester,
+            grantee: request.grantee,
+            scopes: request.scopes,
+            session_policy,
+            justification: request.justification,
+            ticket: request.ticket,
+            mfa_serial: request.mfa.as_ref().map(|mfa| mfa.serial.clone()),
+            created_at: now,
+            start: now,
+            end,
+            decision,
+            issuances: Vec::new(),
+        };
+        tracing::info!(
+            grant_id = %grant.id, caller = %caller.id, target = %grant.target, state = state.as_str(),
+            policy_ids = ?grant.decision.policy_ids, "access requested"
+        );
+        if !self.store.create(&grant, &event).await? {
+            // A concurrent retry with the same request id created it first.
+            let existing = self
+                .store
+                .get(grant_id)
+                .await?
+                .ok_or(BrokerError::GrantNotFound(grant_id))?;
+            return self.replay(caller, existing, request.mfa.as_ref()).await;
+        }
+        self.finish(caller, grant, request.mfa.as_ref()).await
+    }
+
+    /// A retried request: the recorded grant, with fresh credentials when it is approved.
+    async fn replay(
+        &self,
+        caller: &Caller,
+        grant: Grant,
+        mfa: Option<&MfaToken>,
+    ) -> Result<AccessOutcome, BrokerError> {
+        tracing::info!(grant_id = %grant.id, caller = %caller.id, "request retried with the same request id");
+        self.finish(caller, grant, mfa).await
+    }
+
+    async fn finish(
+        &self,
+        caller: &Caller,
+        mut grant: Grant,
+        mfa: Option<&MfaToken>,
+    ) -> Result<AccessOutcome, BrokerError> {
+        if grant.state != GrantState::Approved {
+            return Ok(AccessOutcome {
+                grant,
+                credentials: None,
+            });
+        }
+        let (issuance, credentials) = self.issue(caller, &grant, mfa).await?;
+        grant.issuances.push(issuance);
+        Ok(AccessOutcome {
+            grant,
+            credentials: Some(credentials),
+        })
+    }
+
+    /// Mints credentials for an approved grant, recording the attempt before and the issuance
+    /// after the STS call.
+    async fn issue(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        mfa: Option<&MfaToken>,
+    ) -> Result<(Issuance, IssuedCredentials), BrokerError> {
+        let now = self.clock.now();
+        let approved = ApprovedGrant::check(grant, now).map_err(|not| BrokerError::NotIssuable {
+            grant_id: grant.id,
+            state: not.state,
+        })?;
+        let target = self.target_for(caller, &grant.target)?;
+        if target.mfa_required && mfa.is_none() {
+            return Err(BrokerError::InvalidRequest(vec![FieldViolation::new(
+                "mfa_code",
+                format!("target `{}` requires MFA: send mfa_serial and mfa_code", target.id),
+            )]));
+        }
+        let spec = approved.session_spec(target, mfa, self.max_duration_secs(target));
+        let session_name = spec.session_name().to_owned();
+        let event = |kind| GrantEvent {
+            at: self.clock.now(),
+            caller: caller.id.to_string(),
+            kind,
+        };
+
+        let issuing = event(EventKind::Issuing {
+            session_name: session_name.clone(),
+            duration_secs: spec.duration_secs(),
+        });
+        self.expect_appended(
+            grant,
+            self.store
+                .append_if_state(grant, GrantState::Approved, None, &issuing)
+                .await?,
+        )?;
+
+        let credentials = match self.issuer.assume_role(&spec).await {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                tracing::warn!(grant_id = %grant.id, kind = ?error.kind, error = %error.message, "STS did not issue credentials");
+                let failed = event(EventKind::IssueFailed {
+                    session_name,
+                    error: error.message.clone(),
+                });
+                if let Err(store_error) = self.store.append_event(grant, &failed).await {
+                    tracing::warn!(grant_id = %grant.id, error = %store_error, "could not record the failed issuance");
+                }
+                return Err(BrokerError::Issue(error));
+            }
+        };
+
+        let issuance = Issuance {
+            access_key_id: credentials.access_key_id.clone(),
+            session_name: session_name.clone(),
+            source_identity: spec.source_identity().to_owned(),
+            assumed_role_arn: credentials.assumed_role_arn.clone(),
+            expiration: credentials.expiration,
+            issued_at: self.clock.now(),
+            packed_policy_percent: credentials.packed_policy_percent,
+        };
+        let issued = event(EventKind::Issued {
+            session_name,
+            access_key_id: issuance.access_key_id.clone(),
+            expiration: issuance.expiration,
+        });
+        // INVARIANT: credentials are returned only once this write has succeeded.
+        match self
+            .store
+            .append_if_state(grant, GrantState::Approved, Some(&issuance), &issued)
+            .await
+        {
+            Ok(appended) => self.expect_appended(grant, appended)?,
+            Err(error) => {
+                tracing::error!(
+                    grant_id = %grant.id, access_key_id = %issuance.access_key_id, error = %error,
+                    "credentials issued but not recorded: discarded"
+                );
+                return Err(BrokerError::CredentialsNotRecorded {
+                    grant_id: grant.id,
+                    cause: error,
+                });
+            }
+        }
+        tracing::info!(
+            grant_id = %grant.id, access_key_id = %issuance.access_key_id, expiration = %issuance.expiration,
+            "credentials issued"
+        );
+        Ok((issuance, credentials))
+    }
+
+    fn expect_appended(&self, grant: &Grant, appended: Appended) -> Result<(), BrokerError> {
+        match appended {
+            Appended::Yes => Ok(()),
+            Appended::WrongState(state) => Err(BrokerError::NotIssuable {
+                grant_id: grant.id,
+                state,
+            }),
+            Appended::Missing => Err(BrokerError::GrantNotFound(grant.id)),
+        }
+    }
+
+    /// One of the caller's grants, with its state as of now.
+    pub async fn get_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
+        let mut grant = self
+            .store
+            .get(id)
+            .await?
+            .filter(|grant| grant.caller == caller.id)
+            .ok_or(BrokerError::GrantNotFound(id))?;
+        grant.state = grant.state_at(self.clock.now());
+        Ok(grant)
+    }
+
+    /// A page of the caller's grants, newest first, and the id to continue before.
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        before: Option<GrantId>,
+        page_size: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
+        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        let (mut grants, next) = self.store.list_for_caller(&caller.id, before, page_size).await?;
+        let now = self.clock.now();
+        for grant in &mut grants {
+            grant.state = grant.state_at(now);
+        }
+        Ok((grants, next))
+    }
+
+    /// Whether the grant store answers; the health check reports it.
+    pub async fn store_reachable(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}

@@ -1,0 +1,587 @@
+//! Typed, validated configuration: one TOML file naming the listen address, Redis, AWS, the rule
+//! files, the targets and the callers. Loading reports every problem at once, each with the key
+//! that holds it (`targets[1].role_arn: ...`), so `grant-broker check-config` can list them all.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    adapters::{RedisSettings, StsSettings},
+    domain::{ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, limits},
+    rules::{RuleEngine, RuleSource},
+};
+
+/// One thing wrong with the configuration, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A caller as configured: its id, the SHA-256 of its bearer token, the targets it may request.
+#[derive(Debug, Clone)]
+pub struct CallerConfig {
+    pub id: CallerId,
+    pub token_sha256: [u8; 32],
+    pub targets: BTreeSet<String>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub redis: RedisSettings,
+    pub sts: StsSettings,
+    /// The broker's own AWS credentials are a role session: STS caps sessions at one hour.
+    pub role_chaining: bool,
+    pub rules: RuleEngine,
+    pub targets: Vec<Target>,
+    pub callers: Vec<CallerConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    redis: RawRedis,
+    #[serde(default)]
+    aws: RawAws,
+    rules: RawRules,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+    #[serde(default)]
+    callers: Vec<RawCaller>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".to_owned(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: String,
+    #[serde(default = "default_key_prefix")]
+    key_prefix: String,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_response_timeout_ms")]
+    response_timeout_ms: u64,
+    #[serde(default = "default_retention_days")]
+    retention_days: u64,
+}
+
+fn default_key_prefix() -> String {
+    "gb".to_owned()
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_response_timeout_ms() -> u64 {
+    1_000
+}
+/// Thirteen months: a year of audit history plus a month of slack.
+fn default_retention_days() -> u64 {
+    400
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAws {
+    sts_endpoint: Option<String>,
+    attempt_timeout_ms: u64,
+    operation_timeout_ms: u64,
+    max_attempts: u32,
+    initial_backoff_ms: u64,
+    role_chaining: bool,
+    emulator_credentials: Option<RawStaticCredentials>,
+}
+
+impl Default for RawAws {
+    fn default() -> Self {
+        Self {
+            sts_endpoint: None,
+            attempt_timeout_ms: 3_000,
+            operation_timeout_ms: 10_000,
+            max_attempts: 3,
+            initial_backoff_ms: 200,
+            role_chaining: false,
+            emulator_credentials: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStaticCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    files: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    id: String,
+    #[serde(default)]
+    description: String,
+    environment: String,
+    account_id: String,
+    role_arn: String,
+    region: String,
+    external_id: Option<String>,
+    max_duration_secs: u64,
+    #[serde(default)]
+    mfa_required: bool,
+    #[serde(default)]
+    session_tags: bool,
+    ceiling: Vec<RawScope>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    actions: Vec<String>,
+    resources: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaller {
+    id: String,
+    token_sha256: String,
+    targets: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, and the rule files it names (relative paths are
+    /// relative to the configuration file).
+    pub fn load(path: &Path) -> Result<Self, Vec<Problem>> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            vec![Problem::new(
+                path.display().to_string(),
+                format!("cannot read: {error}"),
+            )]
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base)
+    }
+
+    /// Validates configuration text; rule files are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, Vec<Problem>> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| {
+            let span = error
+                .span()
+                .map(|span| format!(" (at byte {})", span.start))
+                .unwrap_or_default();
+            vec![Problem::new("config", format!("{}{span}", error.message()))]
+        })?;
+        let mut problems = Vec::new();
+
+        let listen = raw
+            .server
+            .listen
+            .parse()
+            .map_err(|_| {
+                problems.push(Problem::new(
+                    "server.listen",
+                    format!("`{}` is not an address:port", raw.server.listen),
+                ))
+            })
+            .ok();
+        let redis = validate_redis(raw.redis, &mut problems);
+        let (sts, role_chaining) = validate_aws(raw.aws, &mut problems);
+        let targets = validate_targets(raw.targets, &mut problems);
+        let callers = validate_callers(raw.callers, &targets, &mut problems);
+        let rules = load_rules(&raw.rules, base, &mut problems);
+
+        match (listen, rules) {
+            (Some(listen), Some(rules)) if problems.is_empty() => Ok(Self {
+                listen,
+                redis,
+                sts,
+                role_chaining,
+                rules,
+                targets,
+                callers,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
+    if !(raw.url.starts_with("redis://") || raw.url.starts_with("rediss://") || raw.url.starts_with("redis+unix://")) {
+        problems.push(Problem::new(
+            "redis.url",
+            "must start with redis://, rediss:// or redis+unix://",
+        ));
+    }
+    if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}', ' ']) {
+        problems.push(Problem::new(
+            "redis.key_prefix",
+            "must be non-empty, without braces or spaces",
+        ));
+    }
+    for (key, value) in [
+        ("redis.connect_timeout_ms", raw.connect_timeout_ms),
+        ("redis.response_timeout_ms", raw.response_timeout_ms),
+    ] {
+        if value == 0 || value > 60_000 {
+            problems.push(Problem::new(key, "must be 1-60000 milliseconds"));
+        }
+    }
+    if raw.retention_days == 0 || raw.retention_days > 3_650 {
+        problems.push(Problem::new("redis.retention_days", "must be 1-3650 days"));
+    }
+    RedisSettings {
+        url: raw.url,
+        key_prefix: raw.key_prefix,
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+        response_timeout: Duration::from_millis(raw.response_timeout_ms),
+        retention: Duration::from_secs(raw.retention_days.saturating_mul(86_400)),
+    }
+}
+
+fn validate_aws(raw: RawAws, problems: &mut Vec<Problem>) -> (StsSettings, bool) {
+    if let Some(endpoint) = &raw.sts_endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        problems.push(Problem::new("aws.sts_endpoint", "must be an http:// or https:// URL"));
+    }
+    if raw.emulator_credentials.is_some() && raw.sts_endpoint.is_none() {
+        problems.push(Problem::new(
+            "aws.emulator_credentials",
+            "only for an emulator: set aws.sts_endpoint too (real AWS credentials come from the provider chain)",
+        ));
+    }
+    if raw.max_attempts == 0 || raw.max_attempts > 10 {
+        problems.push(Problem::new("aws.max_attempts", "must be 1-10"));
+    }
+    if raw.attempt_timeout_ms == 0 || raw.operation_timeout_ms < raw.attempt_timeout_ms {
+        problems.push(Problem::new(
+            "aws.operation_timeout_ms",
+            "must be at least aws.attempt_timeout_ms, which must be positive",
+        ));
+    }
+    let settings = StsSettings {
+        endpoint: raw.sts_endpoint,
+        attempt_timeout: Duration::from_millis(raw.attempt_timeout_ms),
+        operation_timeout: Duration::from_millis(raw.operation_timeout_ms),
+        max_attempts: raw.max_attempts,
+        initial_backoff: Duration::from_millis(raw.initial_backoff_ms),
+        static_credentials: raw
+            .emulator_credentials
+            .map(|credentials| (credentials.access_key_id, Secret::new(credentials.secret_access_key))),
+    };
+    (settings, raw.role_chaining)
+}
+
+fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Target> {
+    let mut seen = BTreeMap::new();
+    let mut targets = Vec::with_capacity(raw.len());
+    for (index, target) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("targets[{index}].{field}");
+        let id_ok = !target.id.is_empty()
+            && target.id.len() <= 64
+            && target
+                .id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !id_ok {
+            problems.push(Problem::new(key("id"), "must be 1-64 characters of a-z, 0-9 and -_."));
+        }
+        if let Some(first) = seen.insert(target.id.clone(), index) {
+            problems.push(Problem::new(
+                key("id"),
+                format!("`{}` is also the id of targets[{first}]", target.id),
+            ));
+        }
+        if target.environment.is_empty() {
+            problems.push(Problem::new(
+                key("environment"),
+                "is required (the rules match on it, e.g. `production`)",
+            ));
+        }
+        if target.account_id.len() != 12 || !target.account_id.chars().all(|c| c.is_ascii_digit()) {
+            problems.push(Problem::new(key("account_id"), "must be 12 digits"));
+        }
+        let arn_parts: Vec<&str> = target.role_arn.splitn(6, ':').collect();
+        let arn_ok = matches!(arn_parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+            if !partition.is_empty() && *account == target.account_id && resource.starts_with("role/") && resource.len() > 5);
+        if !arn_ok || !(20..=2048).contains(&target.role_arn.len()) {
+            problems.push(Problem::new(
+                key("role_arn"),
+                format!(
+                    "must be arn:<partition>:iam::{}:role/<name> (20-2048 characters)",
+                    target.account_id
+                ),
+            ));
+        }
+        if target.region.is_empty()
+            || !target
+                .region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            problems.push(Problem::new(key("region"), "must be an AWS region such as eu-west-1"));
+        }
+        if let Some(external_id) = &target.external_id
+            && let Err(why) = limits::check_external_id(external_id)
+        {
+            problems.push(Problem::new(key("external_id"), why));
+        }
+        if !(limits::MIN_DURATION_SECS..=limits::MAX_DURATION_SECS).contains(&target.max_duration_secs) {
+            problems.push(Problem::new(
+                key("max_duration_secs"),
+                format!(
+                    "must be {}-{} (STS limits)",
+                    limits::MIN_DURATION_SECS,
+                    limits::MAX_DURATION_SECS
+                ),
+            ));
+        }
+        if target.ceiling.is_empty() {
+            problems.push(Problem::new(key("ceiling"), "at least one statement is required"));
+        }
+        let ceiling = target
+            .ceiling
+            .into_iter()
+            .enumerate()
+            .map(|(i, statement)| Scope {
+                actions: parse_all(
+                    &key(&format!("ceiling[{i}].actions")),
+                    &statement.actions,
+                    ActionPattern::parse,
+                    problems,
+                ),
+                resources: parse_all(
+                    &key(&format!("ceiling[{i}].resources")),
+                    &statement.resources,
+                    ResourcePattern::parse,
+                    problems,
+                ),
+            })
+            .collect();
+        targets.push(Target {
+            id: target.id,
+            description: target.description,
+            environment: target.environment,
+            account_id: target.account_id,
+            role_arn: target.role_arn,
+            region: target.region,
+            external_id: target.external_id,
+            max_duration_secs: target.max_duration_secs,
+            mfa_required: target.mfa_required,
+            session_tags: target.session_tags,
+            ceiling,
+        });
+    }
+    targets
+}
+
+fn parse_all<T>(
+    key: &str,
+    values: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<T> {
+    if values.is_empty() {
+        problems.push(Problem::new(key, "at least one entry is required"));
+    }
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, value)| {
+            parse(value)
+                .map_err(|why| problems.push(Problem::new(format!("{key}[{i}]"), why)))
+                .ok()
+        })
+        .collect()
+}
+
+fn validate_callers(raw: Vec<RawCaller>, targets: &[Target], problems: &mut Vec<Problem>) -> Vec<CallerConfig> {
+    let known: BTreeSet<&str> = targets.iter().map(|target| target.id.as_str()).collect();
+    let mut ids = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
+    let mut callers = Vec::with_capacity(raw.len());
+    for (index, caller) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("callers[{index}].{field}");
+        let id = CallerId::parse(&caller.id)
+            .map_err(|why| problems.push(Problem::new(key("id"), why)))
+            .ok();
+        if let Some(first) = ids.insert(caller.id.clone(), index) {
+            problems.push(Problem::new(
+                key("id"),
+                format!("`{}` is also the id of callers[{first}]", caller.id),
+            ));
+        }
+        let mut token_sha256 = [0u8; 32];
+        if hex::decode_to_slice(caller.token_sha256.to_ascii_lowercase(), &mut token_sha256).is_err() {
+            problems.push(Problem::new(
+                key("token_sha256"),
+                "must be 64 hex digits: the SHA-256 of the caller's token (`printf %s \"$TOKEN\" | sha256sum`)",
+            ));
+        } else if let Some(first) = hashes.insert(token_sha256, index) {
+            problems.push(Problem::new(
+                key("token_sha256"),
+                format!("same token as callers[{first}]"),
+            ));
+        }
+        for (i, target) in caller.targets.iter().enumerate() {
+            if !known.contains(target.as_str()) {
+                problems.push(Problem::new(
+                    format!("{}[{i}]", key("targets")),
+                    format!("no target has id `{target}`"),
+                ));
+            }
+        }
+        if let Some(id) = id {
+            callers.push(CallerConfig {
+                id,
+                token_sha256,
+                targets: caller.targets.into_iter().collect(),
+            });
+        }
+    }
+    callers
+}
+
+fn load_rules(raw: &RawRules, base: &Path, problems: &mut Vec<Problem>) -> Option<RuleEngine> {
+    if raw.files.is_empty() {
+        problems.push(Problem::new("rules.files", "name at least one Cedar rule file"));
+        return None;
+    }
+    let mut texts = Vec::new();
+    for (index, file) in raw.files.iter().enumerate() {
+        let path = base.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => texts.push((file.display().to_string(), text)),
+            Err(error) => problems.push(Problem::new(
+                format!("rules.files[{index}]"),
+                format!("cannot read {}: {error}", path.display()),
+            )),
+        }
+    }
+    let sources: Vec<RuleSource<'_>> = texts.iter().map(|(name, text)| RuleSource { name, text }).collect();
+    match RuleEngine::load(&sources) {
+        Ok(engine) => Some(engine),
+        Err(errors) => {
+            problems.extend(errors.into_iter().map(|error| Problem::new("rules", error)));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"permit (principal, action == GrantBroker::Action::"request", resource);"#;
+
+    fn with_rules(config: &str) -> Result<Config, Vec<Problem>> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+        Config::parse(config, dir.path())
+    }
+
+    const GOOD: &str = r#"
+        [redis]
+        url = "redis://127.0.0.1:6379"
+        [rules]
+        files = ["rules.cedar"]
+        [[targets]]
+        id = "prod-logs-read"
+        environment = "production"
+        account_id = "123456789012"
+        role_arn = "arn:aws:iam::123456789012:role/vendor-logs-read"
+        region = "eu-west-1"
+        max_duration_secs = 3600
+        [[targets.ceiling]]
+        actions = ["s3:GetObject"]
+        resources = ["arn:aws:s3:::acme-logs/*"]
+        [[callers]]
+        id = "vendor-portal"
+        token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        targets = ["prod-logs-read"]
+    "#;
+
+    #[test]
+    fn a_good_config_loads() {
+        let config = with_rules(GOOD).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.targets[0].ceiling[0].actions[0].as_str(), "s3:GetObject");
+        assert_eq!(config.callers[0].targets.iter().collect::<Vec<_>>(), ["prod-logs-read"]);
+        assert_eq!(config.redis.retention, Duration::from_secs(400 * 86_400));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let bad = GOOD
+            .replace(
+                "arn:aws:iam::123456789012:role/vendor-logs-read",
+                "arn:aws:iam::999999999999:role/x",
+            )
+            .replace("max_duration_secs = 3600", "max_duration_secs = 60")
+            .replace(r#"actions = ["s3:GetObject"]"#, r#"actions = ["GetObject"]"#)
+            .replace(r#"targets = ["prod-logs-read"]"#, r#"targets = ["nope"]"#);
+        let problems = with_rules(&bad).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "targets[0].role_arn",
+                "targets[0].max_duration_secs",
+                "targets[0].ceiling[0].actions[0]",
+                "callers[0].targets[0]"
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_rules_are_problems() {
+        let problems = with_rules(&GOOD.replace("[redis]", "[redis]\nurll = \"x\"")).unwrap_err();
+        assert!(problems[0].message.contains("unknown field `urll`"), "{problems:?}");
+        let problems = Config::parse(GOOD, Path::new("/nonexistent")).unwrap_err();
+        assert_eq!(problems[0].key, "rules.files[0]");
+    }
+}

@@ -1,0 +1,281 @@
+//! The grant: one decided access request, its lifecycle state, the credentials minted for it
+//! (never their secret parts) and the audit events that explain it.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{CallerId, Scope};
+
+/// A grant's id: a UUIDv7, so ids sort by creation time (the audit indexes rely on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GrantId(Uuid);
+
+impl GrantId {
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// Accepts the hyphenated form the broker hands out.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Uuid::try_parse(text)
+            .map(Self)
+            .map_err(|_| format!("`{text}` is not a grant id (a UUID such as 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b)"))
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// The smallest id a grant created at `at` can have: everything created earlier sorts below.
+    pub fn lower_bound_at(at: OffsetDateTime) -> Self {
+        let millis = u128::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        Self(Uuid::from_u128((millis & 0xFFFF_FFFF_FFFF) << 80))
+    }
+}
+
+impl std::fmt::Display for GrantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Where a grant is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantState {
+    PendingApproval,
+    Approved,
+    Denied,
+    /// Never stored: an approved or pending grant reads as expired once its window has ended.
+    Expired,
+    Cancelled,
+    Revoked,
+}
+
+impl GrantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "pending_approval",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::PendingApproval,
+            Self::Approved,
+            Self::Denied,
+            Self::Expired,
+            Self::Cancelled,
+            Self::Revoked,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// What the approval rules decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Approve,
+    RequireApproval,
+    Deny,
+}
+
+impl Outcome {
+    /// The state a new grant starts in.
+    pub fn initial_state(self) -> GrantState {
+        match self {
+            Self::Approve => GrantState::Approved,
+            Self::RequireApproval => GrantState::PendingApproval,
+            Self::Deny => GrantState::Denied,
+        }
+    }
+}
+
+/// The approval rules' decision with the ids of the policies that determined it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub policy_ids: Vec<String>,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub decided_at: OffsetDateTime,
+}
+
+/// One set of credentials minted for a grant: what identifies the session in CloudTrail and for
+/// revocation. The secret access key and session token are deliberately absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuance {
+    pub access_key_id: String,
+    pub session_name: String,
+    pub source_identity: String,
+    pub assumed_role_arn: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expiration: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    pub packed_policy_percent: Option<i32>,
+}
+
+/// An audit event: what happened to a grant, when, and on whose behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantEvent {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The calling system that caused the event.
+    pub caller: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The request was received and decided; the grant starts in `state`.
+    Requested {
+        state: GrantState,
+        outcome: Outcome,
+        policy_ids: Vec<String>,
+        reason: String,
+    },
+    /// The broker is about to call STS: if no `Issued` follows, a session may exist unrecorded
+    /// (its name is here, so it can still be found and denied).
+    Issuing {
+        session_name: String,
+        duration_secs: u64,
+    },
+    Issued {
+        session_name: String,
+        access_key_id: String,
+        #[serde(with = "time::serde::rfc3339")]
+        expiration: OffsetDateTime,
+    },
+    IssueFailed {
+        session_name: String,
+        error: String,
+    },
+}
+
+/// A grant as recorded. `state` and `issuances` are kept by the store beside the rest of the
+/// record, so that a state change or a new issuance is one atomic write that never rewrites (and
+/// so never races on) the request itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: GrantId,
+    #[serde(skip, default = "placeholder_state")]
+    pub state: GrantState,
+    pub request_id: Option<String>,
+    /// See `AccessRequest::fingerprint`.
+    pub fingerprint: String,
+    #[serde(with = "caller_string")]
+    pub caller: CallerId,
+    pub target: String,
+    pub account_id: String,
+    pub role_arn: String,
+    pub region: String,
+    pub requester: String,
+    pub grantee: String,
+    pub scopes: Vec<Scope>,
+    pub session_policy: String,
+    pub justification: String,
+    pub ticket: String,
+    pub mfa_serial: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+    pub decision: Decision,
+    #[serde(skip)]
+    pub issuances: Vec<Issuance>,
+}
+
+/// Overwritten by the store with the stored state on every read.
+fn placeholder_state() -> GrantState {
+    GrantState::PendingApproval
+}
+
+mod caller_string {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::domain::CallerId;
+
+    pub fn serialize<S: Serializer>(caller: &CallerId, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(caller.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<CallerId, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        CallerId::parse(&text).map_err(D::Error::custom)
+    }
+}
+
+impl Grant {
+    /// The state as callers see it at `now`: approved and pending grants whose window has ended
+    /// read as expired.
+    pub fn state_at(&self, now: OffsetDateTime) -> GrantState {
+        match self.state {
+            GrantState::Approved | GrantState::PendingApproval if now >= self.end => GrantState::Expired,
+            state => state,
+        }
+    }
+
+    /// The session name every issuance of this grant uses. Derived from the grant id: unique,
+    /// within STS's charset and 64 characters, and the same for every issuance, so one deny on
+    /// `aws:userid` covers all of a grant's sessions.
+    pub fn session_name(&self) -> String {
+        format!("gb-{}", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::limits::check_session_name;
+    use time::macros::datetime;
+
+    #[test]
+    fn lower_bound_sorts_below_ids_created_at_or_after() {
+        let at = datetime!(2026-11-28 10:00 UTC);
+        let bound = GrantId::lower_bound_at(at).to_string();
+        let later = GrantId::from_uuid(Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(at.unix_timestamp()).unwrap(),
+            0,
+        )))
+        .to_string();
+        let earlier = GrantId::lower_bound_at(at - time::Duration::milliseconds(1)).to_string();
+        assert!(earlier < bound && bound <= later, "{earlier} {bound} {later}");
+    }
+
+    #[test]
+    fn session_name_is_valid_for_sts() {
+        let id = GrantId::from_uuid(Uuid::now_v7());
+        let name = format!("gb-{id}");
+        assert_eq!(name.len(), 39);
+        assert!(check_session_name(&name).is_ok());
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in [
+            GrantState::PendingApproval,
+            GrantState::Approved,
+            GrantState::Denied,
+            GrantState::Expired,
+            GrantState::Cancelled,
+            GrantState::Revoked,
+        ] {
+            assert_eq!(GrantState::parse(state.as_str()), Some(state));
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! What it takes to mint credentials, as types: only an approved grant yields a [`SessionSpec`],
+//! and the credential issuer accepts nothing else, so no code path can call STS for a request the
+//! rules did not approve. Secrets travel in [`Secret`], which never prints.
+
+use time::OffsetDateTime;
+
+use super::{Grant, GrantId, GrantState, MfaToken, Target, limits};
+
+/// A secret string (secret access key, session token, MFA code). Debug and Display print
+/// `[redacted]`; it has no serde impls, so it cannot be written to Redis or a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must hand it over (the RPC response, STS).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Why credentials cannot be minted for a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotIssuable {
+    pub state: GrantState,
+}
+
+/// Proof that a grant may have credentials minted now: it is approved and its window is open.
+/// Only [`ApprovedGrant::check`] constructs one.
+#[derive(Debug)]
+pub struct ApprovedGrant<'a> {
+    grant: &'a Grant,
+    now: OffsetDateTime,
+}
+
+impl<'a> ApprovedGrant<'a> {
+    pub fn check(grant: &'a Grant, now: OffsetDateTime) -> Result<Self, NotIssuable> {
+        match grant.state_at(now) {
+            GrantState::Approved => Ok(Self { grant, now }),
+            state => Err(NotIssuable { state }),
+        }
+    }
+
+    pub fn grant(&self) -> &Grant {
+        self.grant
+    }
+
+    /// Everything STS AssumeRole needs for this grant on `target`, with `max_duration_secs`
+    /// already the least of the target's maximum, STS's and the role-chaining cap.
+    ///
+    /// The duration is the time left in the grant window, but never below STS's 900-second
+    /// minimum: the session policy's time condition ends access at the grant's end regardless.
+    pub fn session_spec(&self, target: &Target, mfa: Option<&MfaToken>, max_duration_secs: u64) -> SessionSpec {
+        let grant = self.grant;
+        let remaining = (grant.end - self.now).whole_seconds().max(0);
+        let remaining = u64::try_from(remaining).unwrap_or(0);
+        let duration_secs = remaining.clamp(
+            limits::MIN_DURATION_SECS,
+            max_duration_secs.max(limits::MIN_DURATION_SECS),
+        );
+
+        let mut tags = Vec::new();
+        if target.session_tags {
+            tags.push(SessionTag::new("grant-id", &grant.id.to_string()));
+            tags.push(SessionTag::new("requester", &grant.requester));
+            tags.push(SessionTag::new("grantee", &grant.grantee));
+            if !grant.ticket.is_empty() {
+                tags.push(SessionTag::new("ticket", &grant.ticket));
+            }
+        }
+        SessionSpec {
+            grant_id: grant.id,
+            role_arn: target.role_arn.clone(),
+            region: target.region.clone(),
+            session_name: grant.session_name(),
+            // Validated on receipt (`AccessRequest::validate`), so this never falls back in practice.
+            source_identity: limits::source_identity_for(&grant.requester).unwrap_or_else(|| "grant-broker".to_owned()),
+            policy: grant.session_policy.clone(),
+            duration_secs,
+            external_id: target.external_id.clone(),
+            tags,
+            mfa: mfa.cloned(),
+        }
+    }
+}
+
+/// A session tag, its value already sanitised to STS's charset and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTag {
+    pub key: &'static str,
+    pub value: String,
+}
+
+impl SessionTag {
+    fn new(key: &'static str, value: &str) -> Self {
+        Self {
+            key,
+            value: limits::sanitize_tag_value(value),
+        }
+    }
+}
+
+/// The AssumeRole call for one approved grant. Constructed only from an [`ApprovedGrant`].
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    grant_id: GrantId,
+    role_arn: String,
+    region: String,
+    session_name: String,
+    source_identity: String,
+    policy: String,
+    duration_secs: u64,
+    external_id: Option<String>,
+    tags: Vec<SessionTag>,
+    mfa: Option<MfaToken>,
+}
+
+impl SessionSpec {
+    pub fn grant_id(&self) -> GrantId {
+        self.grant_id
+    }
+    pub fn role_arn(&self) -> &str {
+        &self.role_arn
+    }
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+    pub fn session_name(&self) -> &str {
+        &self.session_name
+    }
+    pub fn source_identity(&self) -> &str {
+        &self.source_identity
+    }
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+    pub fn duration_secs(&self) -> u64 {
+        self.duration_secs
+    }
+    pub fn external_id(&self) -> Option<&str> {
+        self.external_id.as_deref()
+    }
+    pub fn tags(&self) -> &[SessionTag] {
+        &self.tags
+    }
+    pub fn mfa(&self) -> Option<&MfaToken> {
+        self.mfa.as_ref()
+    }
+}
+
+/// Credentials STS returned. The secret parts leave the service only in the RPC response.
+#[derive(Debug, Clone)]
+pub struct IssuedCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
+    pub expiration: OffsetDateTime,
+    pub assumed_role_arn: String,
+    pub packed_policy_percent: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CallerId, Decision, Outcome};
+    use time::{Duration, macros::datetime};
+    use uuid::Uuid;
+
+    fn grant(state: GrantState, start: OffsetDateTime, secs: i64) -> Grant {
+        Grant {
+            id: crate::domain::GrantId::from_uuid(Uuid::now_v7()),
+            state,
+            request_id: None,
+            fingerprint: String::new(),
+            caller: CallerId::parse("portal").unwrap(),
+            target: "t".into(),
+            account_id: "123456789012".into(),
+            role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            region: "eu-west-1".into(),
+            requester: "alice smith <alice@example.com>".into(),
+            grantee: "vendor/x".into(),
+            scopes: vec![],
+            session_policy: "{}".into(),
+            justification: String::new(),
+            ticket: "INC#7".into(),
+            mfa_serial: None,
+            created_at: start,
+            start,
+            end: start + Duration::seconds(secs),
+            decision: Decision {
+                outcome: Outcome::Approve,
+                policy_ids: vec![],
+                reason: String::new(),
+                decided_at: start,
+            },
+            issuances: vec![],
+        }
+    }
+
+    fn target(tags: bool) -> Target {
+        Target {
+            id: "t".into(),
+            description: String::new(),
+            environment: "dev".into(),
+            account_id: "123456789012".into(),
+            role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            region: "eu-west-1".into(),
+            external_id: Some("ext-1".into()),
+            max_duration_secs: 3600,
+            mfa_required: false,
+            session_tags: tags,
+            ceiling: vec![],
+        }
+    }
+
+    #[test]
+    fn only_open_approved_grants_are_issuable() {
+        let start = datetime!(2026-11-28 10:00 UTC);
+        let approved = grant(GrantState::Approved, start, 3600);
+        assert!(ApprovedGrant::check(&approved, start + Duration::minutes(5)).is_ok());
+        assert_eq!(
+            ApprovedGrant::check(&approved, start + Duration::hours(1))
+                .unwrap_err()
+                .state,
+            GrantState::Expired
+        );
+        for state in [
+            GrantState::PendingApproval,
+            GrantState::Denied,
+            GrantState::Revoked,
+            GrantState::Cancelled,
+        ] {
+            assert_eq!(
+                ApprovedGrant::check(&grant(state, start, 3600), start)
+                    .unwrap_err()
+                    .state,
+                state
+            );
+        }
+    }
+
+    #[test]
+    fn duration_is_what_is_left_of_the_window_within_sts_limits() {
+        let start = datetime!(2026-11-28 10:00 UTC);
+        let long = grant(GrantState::Approved, start, 7200);
+        let spec = ApprovedGrant::check(&long, start)
+            .unwrap()
+            .session_spec(&target(false), None, 3600);
+        assert_eq!(spec.duration_secs(), 3600, "clipped to the target maximum");
+        let spec = ApprovedGrant::check(&long, start + Duration::seconds(6000))
+            .unwrap()
+            .session_spec(&target(false), None, 3600);
+        assert_eq!(spec.duration_secs(), 1200, "clipped to the grant window");
+        let spec = ApprovedGrant::check(&long, start + Duration::seconds(7000))
+            .unwrap()
+            .session_spec(&target(false), None, 3600);
+        assert_eq!(spec.duration_secs(), 900, "never below the STS minimum");
+    }
+
+    #[test]
+    fn tags_are_sanitised_and_sent_only_where_enabled() {
+        let start = datetime!(2026-11-28 10:00 UTC);
+        let g = grant(GrantState::Approved, start, 3600);
+        let approved = ApprovedGrant::check(&g, start).unwrap();
+        assert!(approved.session_spec(&target(false), None, 3600).tags().is_empty());
+        let spec = approved.session_spec(&target(true), None, 3600);
+        let tags: Vec<_> = spec.tags().iter().map(|t| (t.key, t.value.as_str())).collect();
+        assert_eq!(tags[1], ("requester", "alice smith _alice@example.com_"));
+        assert_eq!(tags[2], ("grantee", "vendor/x"));
+        assert_eq!(tags[3], ("ticket", "INC_7"));
+        assert_eq!(spec.source_identity(), "alice_smith__alice@example.com_");
+        assert_eq!(spec.external_id(), Some("ext-1"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("wJalrXUtnFEMI");
+        assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
+    }
+}

@@ -1,0 +1,26 @@
+//! A target: one AWS role the broker may hand out sessions for, and the most it may grant.
+
+use super::Scope;
+
+/// A role the broker can assume, as configured by the operator. Validated when the configuration
+/// is loaded: the ARN, account, external id and ceiling patterns are all well-formed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Identifier used in requests, for example `prod-logs-read`.
+    pub id: String,
+    pub description: String,
+    /// Free-form label the approval rules match on, for example `production`.
+    pub environment: String,
+    pub account_id: String,
+    pub role_arn: String,
+    pub region: String,
+    /// Passed to STS as ExternalId when the role's trust policy demands one.
+    pub external_id: Option<String>,
+    /// Longest grant on this target, in seconds (900-43200).
+    pub max_duration_secs: u64,
+    pub mfa_required: bool,
+    /// Whether the role's trust policy allows `sts:TagSession`; session tags are sent only then.
+    pub session_tags: bool,
+    /// Every grant's scopes must lie inside these statements.
+    pub ceiling: Vec<Scope>,
+}

@@ -1,0 +1,347 @@
+//! The command-line client: `targets`, `request`, `get` and `list` against a running server,
+//! printing a readable summary, JSON (`--json`), `export AWS_...` lines or the JSON that AWS
+//! `credential_process` expects.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tonic::{
+    Request, Status,
+    metadata::AsciiMetadataValue,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+use tonic_types::StatusExt;
+
+use super::proto::{self, grant_broker_client::GrantBrokerClient};
+
+type Client = GrantBrokerClient<InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(AsciiMetadataValue);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// What went wrong on the client side, and the process exit code it deserves.
+#[derive(Debug)]
+pub struct ClientError {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl ClientError {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            exit_code: 2,
+        }
+    }
+}
+
+impl From<Status> for ClientError {
+    /// The status code, message and any field violations, one per line.
+    fn from(status: Status) -> Self {
+        let mut message = format!("{:?}: {}", status.code(), status.message());
+        if let Some(bad_request) = status.get_error_details().bad_request() {
+            for violation in &bad_request.field_violations {
+                let _ = write!(message, "\n  {}: {}", violation.field, violation.description);
+            }
+        }
+        Self { message, exit_code: 1 }
+    }
+}
+
+pub async fn connect(address: &str, token: &str) -> Result<Client, ClientError> {
+    let header = AsciiMetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| ClientError::usage("the token must be printable ASCII"))?;
+    let channel = Endpoint::from_shared(address.to_owned())
+        .map_err(|error| ClientError::usage(format!("bad server address `{address}`: {error}")))?
+        .connect()
+        .await
+        .map_err(|error| ClientError {
+            message: format!("cannot connect to {address}: {error}"),
+            exit_code: 1,
+        })?;
+    Ok(GrantBrokerClient::with_interceptor(channel, BearerToken(header)))
+}
+
+/// How to print issued credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialFormat {
+    Summary,
+    Json,
+    /// `export AWS_ACCESS_KEY_ID=...` lines for a shell's `eval`.
+    Export,
+    /// The JSON document AWS `credential_process` reads.
+    CredentialProcess,
+}
+
+fn time_text(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn state_text(state: i32) -> &'static str {
+    match proto::GrantState::try_from(state).unwrap_or(proto::GrantState::Unspecified) {
+        proto::GrantState::Unspecified => "unspecified",
+        proto::GrantState::PendingApproval => "pending_approval",
+        proto::GrantState::Approved => "approved",
+        proto::GrantState::Denied => "denied",
+        proto::GrantState::Expired => "expired",
+        proto::GrantState::Cancelled => "cancelled",
+        proto::GrantState::Revoked => "revoked",
+    }
+}
+
+fn scopes_json(scopes: &[proto::Scope]) -> Value {
+    scopes
+        .iter()
+        .map(|s| json!({ "actions": s.actions, "resources": s.resources }))
+        .collect()
+}
+
+pub fn grant_json(grant: &proto::Grant) -> Value {
+    let decision = grant.decision.as_ref();
+    json!({
+        "id": grant.id,
+        "state": state_text(grant.state),
+        "request_id": grant.request_id,
+        "target": grant.target,
+        "account_id": grant.account_id,
+        "role_arn": grant.role_arn,
+        "region": grant.region,
+        "caller": grant.caller,
+        "requester": grant.requester,
+        "grantee": grant.grantee,
+        "scopes": scopes_json(&grant.scopes),
+        "session_policy": grant.session_policy,
+        "justification": grant.justification,
+        "ticket": grant.ticket,
+        "create_time": time_text(grant.create_time.as_ref()),
+        "start_time": time_text(grant.start_time.as_ref()),
+        "end_time": time_text(grant.end_time.as_ref()),
+        "decision": {
+            "outcome": decision.map(|d| proto::DecisionOutcome::try_from(d.outcome).map(|o| o.as_str_name()).unwrap_or("")),
+            "policy_ids": decision.map(|d| d.policy_ids.clone()).unwrap_or_default(),
+            "reason": decision.map(|d| d.reason.clone()).unwrap_or_default(),
+        },
+        "issuances": grant.issuances.iter().map(|i| json!({
+            "access_key_id": i.access_key_id,
+            "session_name": i.session_name,
+            "source_identity": i.source_identity,
+            "assumed_role_arn": i.assumed_role_arn,
+            "expiration": time_text(i.expiration.as_ref()),
+            "issue_time": time_text(i.issue_time.as_ref()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn grant_summary(grant: &proto::Grant) -> String {
+    let mut text = format!(
+        "grant {}  {}\n  target    {} ({}, {})\n  requester {} for {}\n  window    {} .. {}\n",
+        grant.id,
+        state_text(grant.state),
+        grant.target,
+        grant.role_arn,
+        grant.region,
+        grant.requester,
+        grant.grantee,
+        time_text(grant.start_time.as_ref()),
+        time_text(grant.end_time.as_ref()),
+    );
+    for scope in &grant.scopes {
+        let _ = writeln!(
+            text,
+            "  scope     {} on {}",
+            scope.actions.join(", "),
+            scope.resources.join(", ")
+        );
+    }
+    if let Some(decision) = &grant.decision {
+        let _ = writeln!(
+            text,
+            "  decision  {} [{}]",
+            decision.reason,
+            decision.policy_ids.join(", ")
+        );
+    }
+    for issuance in &grant.issuances {
+        let _ = writeln!(
+            text,
+            "  issued    {} as {} until {}",
+            issuance.access_key_id,
+            issuance.session_name,
+            time_text(issuance.expiration.as_ref())
+        );
+    }
+    text
+}
+
+fn credentials_json(credentials: &proto::Credentials) -> Value {
+    json!({
+        "access_key_id": credentials.access_key_id,
+        "secret_access_key": credentials.secret_access_key,
+        "session_token": credentials.session_token,
+        "expiration": time_text(credentials.expiration.as_ref()),
+        "assumed_role_arn": credentials.assumed_role_arn,
+        "region": credentials.region,
+    })
+}
+
+fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) -> String {
+    let expiration = time_text(credentials.expiration.as_ref());
+    match format {
+        CredentialFormat::Export => format!(
+            "export AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_SESSION_TOKEN={}\nexport AWS_REGION={}\n",
+            credentials.access_key_id, credentials.secret_access_key, credentials.session_token, credentials.region
+        ),
+        CredentialFormat::CredentialProcess => json!({
+            "Version": 1,
+            "AccessKeyId": credentials.access_key_id,
+            "SecretAccessKey": credentials.secret_access_key,
+            "SessionToken": credentials.session_token,
+            "Expiration": expiration,
+        })
+        .to_string(),
+        CredentialFormat::Json => credentials_json(credentials).to_string(),
+        CredentialFormat::Summary => format!(
+            "credentials for {} until {} (use --export or --credential-process to print them)\n",
+            credentials.assumed_role_arn, expiration
+        ),
+    }
+}
+
+pub async fn targets(client: &mut Client, json: bool) -> Result<String, ClientError> {
+    let response = client.list_targets(proto::ListTargetsRequest {}).await?.into_inner();
+    if json {
+        let targets: Vec<Value> = response
+            .targets
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id, "description": t.description, "environment": t.environment,
+                    "account_id": t.account_id, "role_arn": t.role_arn, "region": t.region,
+                    "ceiling": scopes_json(&t.ceiling),
+                    "max_duration_secs": t.max_duration.as_ref().map_or(0, |d| d.seconds),
+                    "mfa_required": t.mfa_required,
+                })
+            })
+            .collect();
+        return Ok(Value::from(targets).to_string());
+    }
+    let mut text = String::new();
+    for target in &response.targets {
+        let _ = writeln!(
+            text,
+            "{}  {} {} {}  max {}s{}",
+            target.id,
+            target.environment,
+            target.role_arn,
+            target.region,
+            target.max_duration.as_ref().map_or(0, |d| d.seconds),
+            if target.mfa_required { "  mfa" } else { "" }
+        );
+        for scope in &target.ceiling {
+            let _ = writeln!(
+                text,
+                "    {} on {}",
+                scope.actions.join(", "),
+                scope.resources.join(", ")
+            );
+        }
+    }
+    Ok(text)
+}
+
+/// Sends a request and prints the outcome. A denied grant exits 3; asking for credentials in a
+/// machine format when none were issued (pending approval) exits 4.
+pub async fn request(
+    client: &mut Client,
+    message: proto::RequestAccessRequest,
+    format: CredentialFormat,
+) -> Result<String, ClientError> {
+    let response = client.request_access(message).await?.into_inner();
+    let grant = response.grant.ok_or_else(|| ClientError {
+        message: "the server returned no grant".into(),
+        exit_code: 1,
+    })?;
+    if grant.state == i32::from(proto::GrantState::Denied) {
+        let reason = grant.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
+        return Err(ClientError {
+            message: format!("grant {} denied: {reason}", grant.id),
+            exit_code: 3,
+        });
+    }
+    match (format, &response.credentials) {
+        (CredentialFormat::Summary, credentials) => {
+            let mut text = grant_summary(&grant);
+            if let Some(credentials) = credentials {
+                text.push_str(&credentials_text(credentials, format));
+            }
+            Ok(text)
+        }
+        (CredentialFormat::Json, credentials) => Ok(json!({
+            "grant": grant_json(&grant),
+            "credentials": credentials.as_ref().map(credentials_json),
+        })
+        .to_string()),
+        (_, Some(credentials)) => Ok(credentials_text(credentials, format)),
+        (_, None) => Err(ClientError {
+            message: format!(
+                "grant {} is {}: no credentials issued",
+                grant.id,
+                state_text(grant.state)
+            ),
+            exit_code: 4,
+        }),
+    }
+}
+
+pub async fn get(client: &mut Client, id: String, json: bool) -> Result<String, ClientError> {
+    let grant = client.get_grant(proto::GetGrantRequest { id }).await?.into_inner();
+    Ok(if json {
+        grant_json(&grant).to_string()
+    } else {
+        grant_summary(&grant)
+    })
+}
+
+pub async fn list(client: &mut Client, page_size: i32, page_token: String, json: bool) -> Result<String, ClientError> {
+    let response = client
+        .list_grants(proto::ListGrantsRequest { page_size, page_token })
+        .await?
+        .into_inner();
+    if json {
+        return Ok(json!({
+            "grants": response.grants.iter().map(grant_json).collect::<Vec<_>>(),
+            "next_page_token": response.next_page_token,
+        })
+        .to_string());
+    }
+    let mut text = String::new();
+    for grant in &response.grants {
+        let _ = writeln!(
+            text,
+            "{}  {:<16}  {}  {} for {}  ends {}",
+            grant.id,
+            state_text(grant.state),
+            grant.target,
+            grant.requester,
+            grant.grantee,
+            time_text(grant.end_time.as_ref())
+        );
+    }
+    if !response.next_page_token.is_empty() {
+        let _ = writeln!(text, "more: --page-token {}", response.next_page_token);
+    }
+    Ok(text)
+}

@@ -1,0 +1,189 @@
+//! Protobuf <-> domain. Incoming messages are destructured field by field (a new proto field fails
+//! to compile here until someone decides what it means) and validated once, into domain types.
+
+use time::OffsetDateTime;
+use tonic::Status;
+
+use super::proto;
+use crate::{
+    broker::{BrokerError, DEFAULT_PAGE_SIZE},
+    domain::{
+        AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, Outcome,
+        RawAccessRequest, Scope, Target,
+    },
+};
+
+fn invalid(violations: Vec<FieldViolation>) -> Status {
+    BrokerError::InvalidRequest(violations).into()
+}
+
+pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequest, Status> {
+    let proto::RequestAccessRequest {
+        request_id,
+        target,
+        scopes,
+        duration,
+        justification,
+        ticket,
+        requester,
+        grantee,
+        mfa_serial,
+        mfa_code,
+    } = message;
+    let raw = RawAccessRequest {
+        request_id,
+        target,
+        scopes: scopes
+            .into_iter()
+            .map(|proto::Scope { actions, resources }| (actions, resources))
+            .collect(),
+        duration: duration.map(|prost_types::Duration { seconds, nanos }| (seconds, nanos)),
+        justification,
+        ticket,
+        requester,
+        grantee,
+        mfa_serial,
+        mfa_code,
+    };
+    AccessRequest::validate(raw).map_err(invalid)
+}
+
+pub fn grant_id(message: proto::GetGrantRequest) -> Result<GrantId, Status> {
+    let proto::GetGrantRequest { id } = message;
+    GrantId::parse(&id).map_err(|why| invalid(vec![FieldViolation::new("id", why)]))
+}
+
+/// Page size (default for 0, capped by the broker) and the id to continue before.
+pub fn list_grants(message: proto::ListGrantsRequest) -> Result<(usize, Option<GrantId>), Status> {
+    let proto::ListGrantsRequest { page_size, page_token } = message;
+    let mut violations = Vec::new();
+    let page_size = match usize::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) => size,
+        Err(_) => {
+            violations.push(FieldViolation::new("page_size", "must not be negative"));
+            0
+        }
+    };
+    let before = if page_token.is_empty() {
+        None
+    } else {
+        GrantId::parse(&page_token)
+            .map_err(|_| {
+                violations.push(FieldViolation::new(
+                    "page_token",
+                    "is not a token this service returned",
+                ))
+            })
+            .ok()
+    };
+    if violations.is_empty() {
+        Ok((page_size, before))
+    } else {
+        Err(invalid(violations))
+    }
+}
+
+pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    }
+}
+
+fn scope(scope: &Scope) -> proto::Scope {
+    proto::Scope {
+        actions: scope.actions.iter().map(|a| a.as_str().to_owned()).collect(),
+        resources: scope.resources.iter().map(|r| r.as_str().to_owned()).collect(),
+    }
+}
+
+pub fn target(target: &Target, max_duration_secs: u64) -> proto::Target {
+    proto::Target {
+        id: target.id.clone(),
+        description: target.description.clone(),
+        environment: target.environment.clone(),
+        account_id: target.account_id.clone(),
+        role_arn: target.role_arn.clone(),
+        region: target.region.clone(),
+        ceiling: target.ceiling.iter().map(scope).collect(),
+        max_duration: Some(prost_types::Duration {
+            seconds: i64::try_from(max_duration_secs).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        mfa_required: target.mfa_required,
+    }
+}
+
+fn state(state: GrantState) -> proto::GrantState {
+    match state {
+        GrantState::PendingApproval => proto::GrantState::PendingApproval,
+        GrantState::Approved => proto::GrantState::Approved,
+        GrantState::Denied => proto::GrantState::Denied,
+        GrantState::Expired => proto::GrantState::Expired,
+        GrantState::Cancelled => proto::GrantState::Cancelled,
+        GrantState::Revoked => proto::GrantState::Revoked,
+    }
+}
+
+fn decision(decision: &Decision) -> proto::Decision {
+    let outcome = match decision.outcome {
+        Outcome::Approve => proto::DecisionOutcome::Approve,
+        Outcome::RequireApproval => proto::DecisionOutcome::RequireApproval,
+        Outcome::Deny => proto::DecisionOutcome::Deny,
+    };
+    proto::Decision {
+        outcome: outcome.into(),
+        policy_ids: decision.policy_ids.clone(),
+        reason: decision.reason.clone(),
+        decide_time: Some(timestamp(decision.decided_at)),
+    }
+}
+
+fn issuance(issuance: &Issuance) -> proto::Issuance {
+    proto::Issuance {
+        access_key_id: issuance.access_key_id.clone(),
+        session_name: issuance.session_name.clone(),
+        source_identity: issuance.source_identity.clone(),
+        assumed_role_arn: issuance.assumed_role_arn.clone(),
+        expiration: Some(timestamp(issuance.expiration)),
+        issue_time: Some(timestamp(issuance.issued_at)),
+        packed_policy_percent: issuance.packed_policy_percent.unwrap_or(0),
+    }
+}
+
+pub fn grant(grant: &Grant) -> proto::Grant {
+    proto::Grant {
+        id: grant.id.to_string(),
+        state: state(grant.state).into(),
+        request_id: grant.request_id.clone().unwrap_or_default(),
+        target: grant.target.clone(),
+        account_id: grant.account_id.clone(),
+        role_arn: grant.role_arn.clone(),
+        region: grant.region.clone(),
+        requester: grant.requester.clone(),
+        grantee: grant.grantee.clone(),
+        caller: grant.caller.to_string(),
+        scopes: grant.scopes.iter().map(scope).collect(),
+        session_policy: grant.session_policy.clone(),
+        justification: grant.justification.clone(),
+        ticket: grant.ticket.clone(),
+        create_time: Some(timestamp(grant.created_at)),
+        start_time: Some(timestamp(grant.start)),
+        end_time: Some(timestamp(grant.end)),
+        decision: Some(decision(&grant.decision)),
+        issuances: grant.issuances.iter().map(issuance).collect(),
+    }
+}
+
+/// The one place secrets are copied out of [`crate::domain::Secret`]: into the response.
+pub fn credentials(credentials: IssuedCredentials, region: &str) -> proto::Credentials {
+    proto::Credentials {
+        access_key_id: credentials.access_key_id,
+        secret_access_key: credentials.secret_access_key.expose().to_owned(),
+        session_token: credentials.session_token.expose().to_owned(),
+        expiration: Some(timestamp(credentials.expiration)),
+        assumed_role_arn: credentials.assumed_role_arn,
+        region: region.to_owned(),
+    }
+}

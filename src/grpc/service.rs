@@ -1,0 +1,79 @@
+//! The `grantbroker.v1.GrantBroker` service: authenticate, convert, call the broker, convert back.
+//! No decisions are made here.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{Authenticator, convert, proto};
+use crate::{
+    broker::Broker,
+    ports::{Clock, CredentialIssuer, GrantStore},
+};
+
+pub struct GrantBrokerService<S, I, C> {
+    broker: Arc<Broker<S, I, C>>,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, I, C> GrantBrokerService<S, I, C> {
+    pub fn new(broker: Arc<Broker<S, I, C>>, auth: Arc<Authenticator>) -> Self {
+        Self { broker, auth }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::GrantBroker
+    for GrantBrokerService<S, I, C>
+{
+    async fn list_targets(
+        &self,
+        request: Request<proto::ListTargetsRequest>,
+    ) -> Result<Response<proto::ListTargetsResponse>, Status> {
+        let caller = self.auth.authenticate(request.metadata())?;
+        let proto::ListTargetsRequest {} = request.into_inner();
+        let targets = self
+            .broker
+            .list_targets(&caller)
+            .into_iter()
+            .map(|target| convert::target(target, self.broker.max_duration_secs(target)))
+            .collect();
+        Ok(Response::new(proto::ListTargetsResponse { targets }))
+    }
+
+    async fn request_access(
+        &self,
+        request: Request<proto::RequestAccessRequest>,
+    ) -> Result<Response<proto::RequestAccessResponse>, Status> {
+        let caller = self.auth.authenticate(request.metadata())?;
+        let access_request = convert::access_request(request.into_inner())?;
+        let outcome = self.broker.request_access(&caller, access_request).await?;
+        let credentials = outcome
+            .credentials
+            .map(|credentials| convert::credentials(credentials, &outcome.grant.region));
+        Ok(Response::new(proto::RequestAccessResponse {
+            grant: Some(convert::grant(&outcome.grant)),
+            credentials,
+        }))
+    }
+
+    async fn get_grant(&self, request: Request<proto::GetGrantRequest>) -> Result<Response<proto::Grant>, Status> {
+        let caller = self.auth.authenticate(request.metadata())?;
+        let id = convert::grant_id(request.into_inner())?;
+        let grant = self.broker.get_grant(&caller, id).await?;
+        Ok(Response::new(convert::grant(&grant)))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<proto::ListGrantsRequest>,
+    ) -> Result<Response<proto::ListGrantsResponse>, Status> {
+        let caller = self.auth.authenticate(request.metadata())?;
+        let (page_size, before) = convert::list_grants(request.into_inner())?;
+        let (grants, next) = self.broker.list_grants(&caller, before, page_size).await?;
+        Ok(Response::new(proto::ListGrantsResponse {
+            grants: grants.iter().map(convert::grant).collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+        }))
+    }
+}

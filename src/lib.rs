@@ -1,0 +1,24 @@
+//! grant-broker: a gRPC service that turns scoped access requests into downscoped, short-lived
+//! AWS STS credentials, decided by Cedar approval rules and recorded in Redis.
+//!
+//! Code map (arrows point inward: `grpc -> broker -> domain`, `adapters -> ports <- broker`):
+//!
+//! - [`domain`]: pure types and rules: grants and states, IAM pattern containment, the session
+//!   policy builder and AWS limit checks. No I/O.
+//! - [`rules`]: Cedar approval rules: schema, loading and validation, request -> decision.
+//! - [`broker`]: the use cases (request, issue, get, list), generic over [`ports`].
+//! - [`ports`]: what the broker needs from outside: grant store, credential issuer, clock.
+//! - [`adapters`]: Redis grant store and STS issuer; the only code that knows those SDKs.
+//! - [`grpc`]: transport: authentication, validation on receipt, status mapping, the service and
+//!   the command-line client; the only code that knows protobuf.
+//! - [`config`]: the validated TOML configuration.
+//! - [`server`]: wiring and the server loop (health, reflection, shutdown).
+
+pub mod adapters;
+pub mod broker;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod ports;
+pub mod rules;
+pub mod server;

@@ -1,0 +1,315 @@
+//! The `grant-broker` command: the server (`serve`), configuration checking (`check-config`) and
+//! a client for a running server (`targets`, `request`, `get`, `list`).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use grant_broker::{
+    config::Config,
+    grpc::{
+        client::{self, ClientError, CredentialFormat},
+        proto,
+    },
+    server,
+};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "grant-broker",
+    version,
+    about = "Temporary, downscoped AWS credentials for third parties and jobs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(clap::Args)]
+struct Connection {
+    /// Server address.
+    #[arg(
+        long,
+        env = "GRANT_BROKER_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+    /// Caller token (sent as `authorization: Bearer <token>`).
+    #[arg(long, env = "GRANT_BROKER_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RequestArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[arg(long)]
+    target: String,
+    #[arg(long = "action", required = true)]
+    actions: Vec<String>,
+    #[arg(long = "resource", required = true)]
+    resources: Vec<String>,
+    /// Grant length: seconds, or with a unit (`900s`, `30m`, `1h`).
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    duration: i64,
+    #[arg(long, default_value = "")]
+    justification: String,
+    #[arg(long, default_value = "")]
+    ticket: String,
+    #[arg(long, env = "GRANT_BROKER_REQUESTER")]
+    requester: String,
+    #[arg(long)]
+    grantee: String,
+    /// Idempotency key: retrying with the same key returns the same grant.
+    #[arg(long, default_value = "")]
+    request_id: String,
+    #[arg(long, default_value = "")]
+    mfa_serial: String,
+    #[arg(long, default_value = "")]
+    mfa_code: String,
+    /// Print the credentials as `export AWS_...` lines.
+    #[arg(long, conflicts_with_all = ["credential_process", "json"])]
+    export: bool,
+    /// Print the credentials as AWS `credential_process` JSON.
+    #[arg(long, conflicts_with = "json")]
+    credential_process: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        #[arg(long, env = "GRANT_BROKER_CONFIG")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration file and the rule files it names; print every problem.
+    CheckConfig { config: PathBuf },
+    /// List the targets this caller may request.
+    Targets {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Request access to a target (one scope: --action and --resource may repeat).
+    Request(Box<RequestArgs>),
+    /// Show one grant.
+    Get {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
+    /// List this caller's grants, newest first.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<i64, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |at| text.split_at(at));
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 900, 30m or 1h"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("unknown unit `{unit}`: use s, m or h")),
+    };
+    Ok(number * factor)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: draining in-flight calls");
+}
+
+async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format);
+    let config = match Config::load(&config) {
+        Ok(config) => config,
+        Err(problems) => {
+            for problem in &problems {
+                tracing::error!(%problem, "configuration problem");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let listen = config.listen;
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%listen, %error, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = async {
+        let (broker, auth) = server::build(config).await?;
+        tracing::info!(address = %listen, "grant-broker serving");
+        server::run(listener, broker, auth, shutdown_signal()).await
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    match Config::load(&path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} targets, {} callers, {} rules)",
+                path.display(),
+                config.targets.len(),
+                config.callers.len(),
+                config.rules.policy_count()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_client(command: Command) -> Result<String, ClientError> {
+    let connect = |connection: &Connection| {
+        let address = connection.server.clone();
+        let token = connection.token.clone();
+        async move {
+            let token = token.ok_or_else(|| ClientError {
+                message: "no token: pass --token or set GRANT_BROKER_TOKEN".to_owned(),
+                exit_code: 2,
+            })?;
+            client::connect(&address, &token).await
+        }
+    };
+    match command {
+        Command::Targets { connection } => client::targets(&mut connect(&connection).await?, connection.json).await,
+        Command::Get { connection, id } => client::get(&mut connect(&connection).await?, id, connection.json).await,
+        Command::List {
+            connection,
+            page_size,
+            page_token,
+        } => client::list(&mut connect(&connection).await?, page_size, page_token, connection.json).await,
+        Command::Request(arguments) => {
+            let RequestArgs {
+                connection,
+                target,
+                actions,
+                resources,
+                duration,
+                justification,
+                ticket,
+                requester,
+                grantee,
+                request_id,
+                mfa_serial,
+                mfa_code,
+                export,
+                credential_process,
+            } = *arguments;
+            let format = match (connection.json, export, credential_process) {
+                (_, true, _) => CredentialFormat::Export,
+                (_, _, true) => CredentialFormat::CredentialProcess,
+                (true, _, _) => CredentialFormat::Json,
+                _ => CredentialFormat::Summary,
+            };
+            let message = proto::RequestAccessRequest {
+                request_id,
+                target,
+                scopes: vec![proto::Scope { actions, resources }],
+                duration: Some(prost_types::Duration {
+                    seconds: duration,
+                    nanos: 0,
+                }),
+                justification,
+                ticket,
+                requester,
+                grantee,
+                mfa_serial,
+                mfa_code,
+            };
+            client::request(&mut connect(&connection).await?, message, format).await
+        }
+        Command::Serve { .. } | Command::CheckConfig { .. } => Err(ClientError {
+            message: "not a client command".into(),
+            exit_code: 2,
+        }),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, log_format } => serve(config, log_format).await,
+        Command::CheckConfig { config } => check_config(config),
+        command => match run_client(command).await {
+            Ok(output) => {
+                print!("{output}");
+                if !output.ends_with('\n') {
+                    println!();
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{}", error.message);
+                ExitCode::from(error.exit_code)
+            }
+        },
+    }
+}

@@ -1,0 +1,133 @@
+//! The narrow interfaces the broker's use cases need from the outside world. Adapters implement
+//! them (Redis, STS); tests may too. Each method is one logical operation with its atomicity
+//! spelled out, because the invariants depend on it.
+
+use std::future::Future;
+
+use time::OffsetDateTime;
+
+use crate::domain::{
+    CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec,
+};
+
+/// The time. A port so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The machine's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// What a request id was found bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// The candidate id is now this request's grant id.
+    New,
+    /// The request id was used before, for this grant and request body fingerprint.
+    Existing { grant_id: GrantId, fingerprint: String },
+}
+
+/// Result of a conditional append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Yes,
+    /// The grant is no longer in the expected state; nothing was written.
+    WrongState(GrantState),
+    /// No such grant; nothing was written.
+    Missing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time.
+    #[error("grant store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read back: a bug or tampering, never the caller's fault.
+    #[error("grant record unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// Durable record of grants and their audit trail.
+pub trait GrantStore: Send + Sync + 'static {
+    /// Binds `request_id` (when given) to `candidate` and adds `candidate` to the caller's
+    /// index, atomically; if the request id is already bound, changes nothing and says to what.
+    /// The binding is kept as long as the grant's record (`grant_end` plus retention).
+    fn reserve(
+        &self,
+        caller: &CallerId,
+        request_id: Option<&RequestId>,
+        fingerprint: &str,
+        candidate: GrantId,
+        now: OffsetDateTime,
+        grant_end: OffsetDateTime,
+    ) -> impl Future<Output = Result<Reservation, StoreError>> + Send;
+
+    /// Creates the grant with its first event in one atomic step. `false` when a grant with this
+    /// id already exists (nothing written).
+    fn create(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn get(&self, id: GrantId) -> impl Future<Output = Result<Option<Grant>, StoreError>> + Send;
+
+    /// Up to `limit` of the caller's grants, newest first, strictly older than `before` when
+    /// given; and the id to continue before when there are more.
+    fn list_for_caller(
+        &self,
+        caller: &CallerId,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
+
+    /// Appends `event` (and `issuance`, when given) only if the grant is still in `expected`
+    /// state, in one atomic step: a revocation racing an issuance either lands first (and the
+    /// issuance is refused) or after (and sees the issuance to revoke).
+    fn append_if_state(
+        &self,
+        grant: &Grant,
+        expected: GrantState,
+        issuance: Option<&Issuance>,
+        event: &GrantEvent,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Appends an event whatever the state (for failures worth auditing).
+    fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the store answers now (for health checks).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Why STS did not issue credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueErrorKind {
+    /// The role does not trust the broker (AccessDenied): an operator must fix the trust policy.
+    NotTrusted,
+    /// STS refused the request itself (malformed or too large policy, validation): the caller
+    /// must change it.
+    Rejected,
+    /// STS rate limits still hit after the SDK's retries.
+    Throttled,
+    /// STS unreachable, too slow, or the region disabled.
+    Unavailable,
+    /// Anything else STS or the SDK reported.
+    Failed,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct IssueError {
+    pub kind: IssueErrorKind,
+    /// What AWS said (error code and message). Never contains credentials.
+    pub message: String,
+}
+
+/// Mints temporary credentials. Takes only a [`SessionSpec`], which only an approved grant can
+/// produce.
+pub trait CredentialIssuer: Send + Sync + 'static {
+    fn assume_role(&self, spec: &SessionSpec) -> impl Future<Output = Result<IssuedCredentials, IssueError>> + Send;
+}

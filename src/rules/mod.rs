@@ -1,0 +1,442 @@
+//! Approval rules: Cedar policies validated against the shipped schema, and the decision they
+//! make for one request.
+//!
+//! Decision procedure (default deny): any applicable `forbid` on `request`, or no `permit` on
+//! `request`, denies; otherwise a `permit` (and no `forbid`) on `auto_approve` approves at once;
+//! otherwise the grant waits for human approval. A policy that fails to evaluate counts as not
+//! applying, so a broken `permit` can only make a decision stricter.
+//!
+//! Pure and synchronous: the caller reads the rule files and passes their text in.
+
+use std::{collections::HashSet, str::FromStr};
+
+use cedar_policy::{
+    AuthorizationError, Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId,
+    PolicySet, Request, Response, Schema, ValidationMode, Validator,
+};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::domain::{Decision, Outcome, Scope, Target};
+
+/// The schema every rule file is validated against.
+pub const SCHEMA: &str = include_str!("schema.cedarschema");
+
+/// Everything the rules may look at for one request.
+#[derive(Debug, Clone)]
+pub struct RuleInput<'a> {
+    pub caller: &'a str,
+    pub requester: &'a str,
+    pub grantee: &'a str,
+    pub target: &'a Target,
+    pub scopes: &'a [Scope],
+    pub duration_secs: u64,
+    pub justification: &'a str,
+    pub ticket: &'a str,
+    pub mfa_present: bool,
+    pub now: OffsetDateTime,
+}
+
+/// A loaded, validated rule set.
+#[derive(Debug)]
+pub struct RuleEngine {
+    schema: Schema,
+    policies: PolicySet,
+    authorizer: Authorizer,
+}
+
+/// Rule text from one file: its name (used in policy ids and error messages) and contents.
+pub struct RuleSource<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+impl RuleEngine {
+    /// Parses and validates every rule file, returning every problem found. Policy ids are the
+    /// policies' `@id("...")` annotations, or `<file>#<n>` for policies without one; ids must be
+    /// unique across files, since they are what grants record as the deciding rules.
+    pub fn load(sources: &[RuleSource<'_>]) -> Result<Self, Vec<String>> {
+        let schema = Schema::from_cedarschema_str(SCHEMA)
+            .map(|(schema, _warnings)| schema)
+            .map_err(|error| vec![format!("built-in schema: {error}")])?;
+        let mut problems = Vec::new();
+        let mut policies = PolicySet::new();
+        for source in sources {
+            let parsed = match PolicySet::from_str(source.text) {
+                Ok(parsed) => parsed,
+                Err(errors) => {
+                    problems.push(format!("{}: {errors}", source.name));
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                problems.push(format!("{}: policy templates are not supported", source.name));
+            }
+            for (index, policy) in parsed.policies().enumerate() {
+                let id = policy
+                    .annotation("id")
+                    .map_or_else(|| format!("{}#{index}", source.name), str::to_owned);
+                if let Err(error) = policies.add(policy.new_id(PolicyId::new(&id))) {
+                    problems.push(format!("{}: policy `{id}`: {error}", source.name));
+                }
+            }
+        }
+        if problems.is_empty() && policies.policies().next().is_none() {
+            problems
+                .push("no rules: every request would be denied (add at least one `permit` on `request`)".to_owned());
+        }
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        problems.extend(validation.validation_errors().map(ToString::to_string));
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            schema,
+            policies,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// The rules' decision for one request, with the ids of the policies that determined it.
+    pub fn decide(&self, input: &RuleInput<'_>) -> Decision {
+        let deny = |policy_ids: Vec<String>, reason: String| Decision {
+            outcome: Outcome::Deny,
+            policy_ids,
+            reason,
+            decided_at: input.now,
+        };
+        let request_response = match self.authorize("request", input) {
+            Ok(response) => response,
+            Err(error) => {
+                return deny(
+                    Vec::new(),
+                    format!("the rules could not evaluate this request: {error}"),
+                );
+            }
+        };
+        let request_ids = self.determining(&request_response);
+        let errors = self.evaluation_errors(&request_response);
+        if request_response.decision() == CedarDecision::Deny {
+            let reason = if request_ids.is_empty() {
+                format!("no rule permits this request{errors}")
+            } else {
+                format!("denied by {}{errors}", self.describe(&request_ids))
+            };
+            return deny(request_ids, reason);
+        }
+        let (approve_response, approve_ids) = match self.authorize("auto_approve", input) {
+            Ok(response) => {
+                let ids = self.determining(&response);
+                (Some(response), ids)
+            }
+            Err(_) => (None, Vec::new()),
+        };
+        match approve_response {
+            Some(response) if response.decision() == CedarDecision::Allow => Decision {
+                outcome: Outcome::Approve,
+                reason: format!("approved by {}", self.describe(&approve_ids)),
+                policy_ids: union(request_ids, approve_ids),
+                decided_at: input.now,
+            },
+            _ => Decision {
+                outcome: Outcome::RequireApproval,
+                reason: if approve_ids.is_empty() {
+                    format!(
+                        "permitted by {}; no rule approves it automatically",
+                        self.describe(&request_ids)
+                    )
+                } else {
+                    format!(
+                        "permitted by {}; automatic approval forbidden by {}",
+                        self.describe(&request_ids),
+                        self.describe(&approve_ids)
+                    )
+                },
+                policy_ids: union(request_ids, approve_ids),
+                decided_at: input.now,
+            },
+        }
+    }
+
+    fn authorize(&self, action: &str, input: &RuleInput<'_>) -> Result<Response, String> {
+        let target = input.target;
+        let uid = |kind: &str, id: &str| -> Result<EntityUid, String> {
+            EntityUid::from_json(json!({ "type": format!("GrantBroker::{kind}"), "id": id }))
+                .map_err(|error| error.to_string())
+        };
+        let action_uid = uid("Action", action)?;
+        let mut actions = Vec::new();
+        let mut services = HashSet::new();
+        let mut write_services = HashSet::new();
+        for action in input.scopes.iter().flat_map(|scope| &scope.actions) {
+            actions.push(action.as_str().to_ascii_lowercase());
+            services.insert(action.service());
+            if !action.is_read_only() {
+                write_services.insert(action.service());
+            }
+        }
+        let context = json!({
+            "caller": { "__entity": { "type": "GrantBroker::Caller", "id": input.caller } },
+            "grantee": { "__entity": { "type": "GrantBroker::Grantee", "id": input.grantee } },
+            "duration_seconds": input.duration_secs,
+            "actions": actions,
+            "services": services,
+            "write_services": write_services.iter().collect::<Vec<_>>(),
+            "read_only": write_services.is_empty(),
+            "justification": input.justification,
+            "has_justification": !input.justification.trim().is_empty(),
+            "ticket": input.ticket,
+            "has_ticket": !input.ticket.trim().is_empty(),
+            "mfa_present": input.mfa_present,
+            "hour_utc": input.now.hour(),
+            "weekday": weekday(input.now),
+        });
+        let context =
+            Context::from_json_value(context, Some((&self.schema, &action_uid))).map_err(|e| e.to_string())?;
+        let entities = Entities::from_json_value(
+            json!([{
+                "uid": { "type": "GrantBroker::Target", "id": target.id },
+                "attrs": {
+                    "environment": target.environment,
+                    "account_id": target.account_id,
+                    "region": target.region,
+                    "mfa_required": target.mfa_required,
+                },
+                "parents": [],
+            }]),
+            Some(&self.schema),
+        )
+        .map_err(|e| e.to_string())?;
+        let request = Request::new(
+            uid("Requester", input.requester)?,
+            action_uid,
+            uid("Target", &target.id)?,
+            context,
+            Some(&self.schema),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(self.authorizer.is_authorized(&request, &self.policies, &entities))
+    }
+
+    fn determining(&self, response: &Response) -> Vec<String> {
+        let mut ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        ids.sort();
+        ids
+    }
+
+    fn evaluation_errors(&self, response: &Response) -> String {
+        let failed: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|error| match error {
+                AuthorizationError::PolicyEvaluationError(failure) => format!("`{}`", failure.policy_id()),
+            })
+            .collect();
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (rules that failed to evaluate and were ignored: {})",
+                failed.join(", ")
+            )
+        }
+    }
+
+    /// Names policies for a reason string, preferring their `@reason("...")` annotation.
+    fn describe(&self, ids: &[String]) -> String {
+        ids.iter()
+            .map(|id| {
+                let reason = self
+                    .policies
+                    .policy(&PolicyId::new(id))
+                    .and_then(|policy: &Policy| policy.annotation("reason"));
+                match reason {
+                    Some(reason) => format!("`{id}` ({reason})"),
+                    None => format!("`{id}`"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn union(mut first: Vec<String>, second: Vec<String>) -> Vec<String> {
+    first.extend(second);
+    first.sort();
+    first.dedup();
+    first
+}
+
+fn weekday(at: OffsetDateTime) -> &'static str {
+    match at.weekday() {
+        time::Weekday::Monday => "Mon",
+        time::Weekday::Tuesday => "Tue",
+        time::Weekday::Wednesday => "Wed",
+        time::Weekday::Thursday => "Thu",
+        time::Weekday::Friday => "Fri",
+        time::Weekday::Saturday => "Sat",
+        time::Weekday::Sunday => "Sun",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ActionPattern, ResourcePattern};
+    use time::macros::datetime;
+
+    const EXAMPLE: &str = include_str!("../../deploy/rules/approval.cedar");
+
+    fn target(environment: &str) -> Target {
+        Target {
+            id: format!("{environment}-logs"),
+            description: String::new(),
+            environment: environment.into(),
+            account_id: "123456789012".into(),
+            role_arn: "arn:aws:iam::123456789012:role/logs".into(),
+            region: "eu-west-1".into(),
+            external_id: None,
+            max_duration_secs: 43_200,
+            mfa_required: false,
+            session_tags: false,
+            ceiling: vec![],
+        }
+    }
+
+    fn scopes(actions: &[&str]) -> Vec<Scope> {
+        vec![Scope {
+            actions: actions.iter().map(|a| ActionPattern::parse(a).unwrap()).collect(),
+            resources: vec![ResourcePattern::parse("*").unwrap()],
+        }]
+    }
+
+    fn decide(engine: &RuleEngine, target: &Target, actions: &[&str], duration_secs: u64, ticket: &str) -> Decision {
+        let scopes = scopes(actions);
+        engine.decide(&RuleInput {
+            caller: "portal",
+            requester: "alice",
+            grantee: "vendor-x",
+            target,
+            scopes: &scopes,
+            duration_secs,
+            justification: "why",
+            ticket,
+            mfa_present: false,
+            now: datetime!(2026-11-25 14:00 UTC),
+        })
+    }
+
+    fn example() -> RuleEngine {
+        RuleEngine::load(&[RuleSource {
+            name: "approval.cedar",
+            text: EXAMPLE,
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn example_rules_auto_approve_short_read_only_non_production() {
+        let decision = decide(&example(), &target("staging"), &["s3:GetObject", "s3:List*"], 3600, "");
+        assert_eq!(decision.outcome, Outcome::Approve, "{decision:?}");
+        assert_eq!(
+            decision.policy_ids,
+            ["auto-approve-nonprod-read-only", "callers-may-request"]
+        );
+    }
+
+    #[test]
+    fn example_rules_send_longer_or_writing_non_production_requests_to_humans() {
+        let engine = example();
+        assert_eq!(
+            decide(&engine, &target("staging"), &["s3:GetObject"], 3601, "").outcome,
+            Outcome::RequireApproval
+        );
+        assert_eq!(
+            decide(&engine, &target("staging"), &["s3:PutObject"], 900, "").outcome,
+            Outcome::RequireApproval
+        );
+    }
+
+    #[test]
+    fn example_rules_send_production_to_humans_and_require_a_ticket() {
+        let engine = example();
+        let pending = decide(&engine, &target("production"), &["s3:GetObject"], 900, "CHG-1");
+        assert_eq!(pending.outcome, Outcome::RequireApproval);
+        assert_eq!(pending.policy_ids, ["callers-may-request"]);
+        let denied = decide(&engine, &target("production"), &["s3:GetObject"], 900, "");
+        assert_eq!(denied.outcome, Outcome::Deny);
+        assert_eq!(denied.policy_ids, ["production-needs-ticket"]);
+        assert!(denied.reason.contains("ticket"), "{}", denied.reason);
+    }
+
+    #[test]
+    fn example_rules_never_grant_iam_writes() {
+        let engine = example();
+        let decision = decide(&engine, &target("staging"), &["iam:PassRole"], 900, "CHG-1");
+        assert_eq!(decision.outcome, Outcome::Deny);
+        assert_eq!(decision.policy_ids, ["deny-iam-writes"]);
+        assert_eq!(
+            decide(&engine, &target("staging"), &["iam:GetRole"], 900, "").outcome,
+            Outcome::Approve
+        );
+        assert_eq!(
+            decide(&engine, &target("staging"), &["*"], 900, "CHG-1").outcome,
+            Outcome::Deny
+        );
+        assert_eq!(
+            decide(&engine, &target("staging"), &["i*:PutRolePolicy"], 900, "CHG-1").outcome,
+            Outcome::Deny
+        );
+    }
+
+    #[test]
+    fn no_permit_means_deny() {
+        let engine = RuleEngine::load(&[RuleSource {
+            name: "only.cedar",
+            text: r#"permit (principal, action == GrantBroker::Action::"request", resource) when { resource.environment == "dev" };"#,
+        }])
+        .unwrap();
+        let decision = decide(&engine, &target("staging"), &["s3:GetObject"], 900, "");
+        assert_eq!(decision.outcome, Outcome::Deny);
+        assert!(decision.policy_ids.is_empty());
+        assert_eq!(decision.reason, "no rule permits this request");
+    }
+
+    #[test]
+    fn a_failing_policy_does_not_apply() {
+        // Strict validation accepts the multiplication; evaluating it overflows.
+        let engine = RuleEngine::load(&[RuleSource {
+            name: "overflow.cedar",
+            text: r#"
+                @id("overflows")
+                permit (principal, action, resource) when { context.duration_seconds * 9223372036854775807 > 0 };
+            "#,
+        }])
+        .unwrap();
+        let decision = decide(&engine, &target("staging"), &["s3:GetObject"], 900, "");
+        assert_eq!(decision.outcome, Outcome::Deny);
+        assert!(decision.reason.contains("`overflows`"), "{}", decision.reason);
+    }
+
+    #[test]
+    fn invalid_rules_are_reported_all_at_once() {
+        let problems = RuleEngine::load(&[
+            RuleSource { name: "a.cedar", text: "permit (principal, action, resource) when { context.nope };" },
+            RuleSource { name: "b.cedar", text: "permit (principal, action" },
+            RuleSource { name: "c.cedar", text: r#"@id("x") permit (principal, action, resource); @id("x") forbid (principal, action, resource);"# },
+        ])
+        .unwrap_err();
+        // One parse error, one duplicate id, and a schema error for each action `a.cedar` covers.
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].starts_with("b.cedar:"), "{problems:?}");
+        assert!(problems[1].starts_with("c.cedar: policy `x`"), "{problems:?}");
+        assert!(
+            problems[2].starts_with("for policy `a.cedar#0`, attribute `nope`"),
+            "{problems:?}"
+        );
+    }
+}

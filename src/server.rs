@@ -1,0 +1,108 @@
+//! Assembling and running the service: adapters from configuration, the gRPC server with health
+//! and reflection, graceful shutdown. `run` takes a bound listener and a shutdown future, so tests
+//! run the real server on `127.0.0.1:0`.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::{
+    adapters::{RedisGrantStore, StsIssuer},
+    broker::Broker,
+    config::Config,
+    grpc::{Authenticator, GrantBrokerService, proto},
+    ports::{Clock, CredentialIssuer, GrantStore, SystemClock},
+};
+
+/// The production broker: Redis, STS, the system clock.
+pub type ProductionBroker = Broker<RedisGrantStore, StsIssuer, SystemClock>;
+
+/// How often the health check asks Redis whether it answers.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot set up the grant store: {0}")]
+    Store(#[from] crate::ports::StoreError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the broker and authenticator a configuration describes.
+pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator), ServeError> {
+    let store = RedisGrantStore::new(&config.redis)?;
+    let mut regions: Vec<String> = config.targets.iter().map(|target| target.region.clone()).collect();
+    regions.sort();
+    regions.dedup();
+    let issuer = StsIssuer::new(&config.sts, regions).await;
+    let auth = Authenticator::new(&config.callers);
+    let broker = Broker::new(
+        store,
+        issuer,
+        SystemClock,
+        config.rules,
+        config.targets,
+        config.role_chaining,
+    );
+    Ok((broker, auth))
+}
+
+/// Serves GrantBroker, grpc.health.v1.Health and server reflection (v1 and v1alpha, advertising
+/// only GrantBroker and Health) on `listener` until `shutdown` completes, then drains in-flight
+/// calls.
+pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
+    listener: TcpListener,
+    broker: Broker<S, I, C>,
+    auth: Authenticator,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let broker = Arc::new(broker);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .include_reflection_service(false)
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(proto::grant_broker_server::GrantBrokerServer::new(
+            GrantBrokerService::new(Arc::clone(&broker), Arc::new(auth)),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    health_task.abort();
+    Ok(result?)
+}
+
+/// GrantBroker (and the server as a whole, service "") is SERVING while Redis answers: without
+/// the store no request can be recorded, so load balancers should send traffic elsewhere.
+async fn report_health<S: GrantStore, I: CredentialIssuer, C: Clock>(
+    broker: Arc<Broker<S, I, C>>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    const SERVICE: &str = "grantbroker.v1.GrantBroker";
+    let mut last = None;
+    loop {
+        let status = if broker.store_reachable().await {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health");
+            reporter.set_service_status(SERVICE, status).await;
+            reporter.set_service_status("", status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+    }
+}

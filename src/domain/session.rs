@@ -67,8 +67,9 @@ impl<'a> ApprovedGrant<'a> {
     /// minimum: the session policy's time condition ends access at the grant's end regardless.
     pub fn session_spec(&self, target: &Target, mfa: Option<&MfaToken>, max_duration_secs: u64) -> SessionSpec {
         let grant = self.grant;
-        let remaining = (grant.end - self.now).whole_seconds().max(0);
-        let remaining = u64::try_from(remaining).unwrap_or(0);
+        // Rounded up, so a grant issued the instant it is created gets its whole duration.
+        let remaining_ms = u128::try_from((grant.end - self.now).whole_milliseconds()).unwrap_or(0);
+        let remaining = u64::try_from(remaining_ms.div_ceil(1000)).unwrap_or(u64::MAX);
         let duration_secs = remaining.clamp(
             limits::MIN_DURATION_SECS,
             max_duration_secs.max(limits::MIN_DURATION_SECS),

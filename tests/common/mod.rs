@@ -1,0 +1,577 @@
+//! Test harness: a real `redis-server` per test on its own loopback port, the moto server as
+//! AWS (shared when `GB_TEST_MOTO_URL` is set, otherwise started here), a small fake STS for
+//! the error paths moto cannot produce, and the real grant-broker server on `127.0.0.1:0`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener as StdListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use grant_broker::{config::Config, grpc::proto, server};
+use http_body_util::{BodyExt, Full};
+use hyper::{Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tonic::{Request, transport::Channel};
+
+pub type Client = proto::grant_broker_client::GrantBrokerClient<Channel>;
+
+pub const PORTAL_TOKEN: &str = "portal-token-0123456789";
+pub const PIPELINE_TOKEN: &str = "pipeline-token-0123456789";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port} within 30 s");
+}
+
+/// Sends every log line of this test process to a buffer the test can search.
+pub fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buffer);
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("trace")
+            .with_writer(move || LogWriter(Arc::clone(&writer)))
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A real redis-server on a free loopback port, stopped on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (scripts/test installs it)");
+            std::thread::sleep(Duration::from_millis(30));
+            if let Ok(Some(_)) = child.try_wait() {
+                continue; // lost the port to someone else: try another
+            }
+            wait_for_port(port, "redis-server", &mut child);
+            return Self {
+                port,
+                child: Mutex::new(Some(child)),
+            };
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (for failure tests). Safe to call more than once.
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Every key with every value in it, as text, for assertions over the whole store.
+    pub async fn dump(&self) -> Vec<(String, String)> {
+        let mut connection = self.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut connection).await.unwrap();
+        let mut entries = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut connection).await.unwrap();
+            let value: Vec<String> = match kind.as_str() {
+                "string" => vec![redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap()],
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap(),
+                "list" => redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap(),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap(),
+                other => panic!("unexpected key type {other} for {key}"),
+            };
+            entries.push((key, value.join("\n")));
+        }
+        entries.sort();
+        entries
+    }
+
+    pub async fn events(&self, grant_id: &str) -> Vec<serde_json::Value> {
+        let mut connection = self.connection().await;
+        let events: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("gb:grant:{{{grant_id}}}:events"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        events
+            .iter()
+            .map(|event| serde_json::from_str(event).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The moto server: shared from `GB_TEST_MOTO_URL`, or one started for this test.
+pub struct Moto {
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        if let Ok(url) = std::env::var("GB_TEST_MOTO_URL") {
+            return Self { url, child: None };
+        }
+        let venv = manifest_dir().join(".venv/bin/moto_server");
+        let program = if venv.exists() {
+            venv
+        } else {
+            PathBuf::from("moto_server")
+        };
+        let port = free_port();
+        let mut child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot start {}: {error} (run scripts/test, which installs moto)",
+                    program.display()
+                )
+            });
+        wait_for_port(port, "moto_server", &mut child);
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the fake STS endpoint does with an AssumeRole call.
+#[derive(Clone)]
+pub enum StsBehaviour {
+    Succeed,
+    /// Answers with STS's XML error document.
+    Fail {
+        status: u16,
+        code: &'static str,
+        message: &'static str,
+    },
+    /// Succeeds after a delay.
+    Delay(Duration),
+}
+
+/// A fake STS endpoint on loopback that records every call's form parameters.
+pub struct FakeSts {
+    pub url: String,
+    calls: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+type Hook = Arc<dyn Fn() + Send + Sync>;
+
+impl FakeSts {
+    pub async fn start(behaviour: StsBehaviour) -> Self {
+        Self::start_with_hook(behaviour, Arc::new(|| {})).await
+    }
+
+    /// `hook` runs on every call, before the answer is sent.
+    pub async fn start_with_hook(behaviour: StsBehaviour, hook: Hook) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let counter = Arc::new(AtomicUsize::new(0));
+        let state = (Arc::clone(&calls), behaviour, hook, counter);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: hyper::Request<Incoming>| {
+                        let (calls, behaviour, hook, counter) = state.clone();
+                        async move {
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let params: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+                            calls.lock().unwrap().push(params.clone());
+                            hook();
+                            let n = counter.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, hyper::Error>(answer(&behaviour, &params, n).await)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, calls }
+    }
+
+    pub fn calls(&self) -> Vec<HashMap<String, String>> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+pub fn fake_secret(n: usize) -> String {
+    format!("FakeSecretAccessKey{n:04}wJalrXUtnFEMIK7MDENGbPxRfiCY")
+}
+
+pub fn fake_token(n: usize) -> String {
+    format!("FakeSessionToken{n:04}IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ")
+}
+
+async fn answer(behaviour: &StsBehaviour, params: &HashMap<String, String>, n: usize) -> Response<Full<Bytes>> {
+    let xml = |status: u16, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/xml")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    match behaviour {
+        StsBehaviour::Fail { status, code, message } => xml(
+            *status,
+            format!(
+                r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fake-{n}</RequestId></ErrorResponse>"#
+            ),
+        ),
+        StsBehaviour::Delay(delay) => {
+            tokio::time::sleep(*delay).await;
+            xml(200, success(params, n))
+        }
+        StsBehaviour::Succeed => xml(200, success(params, n)),
+    }
+}
+
+fn success(params: &HashMap<String, String>, n: usize) -> String {
+    let role_arn = &params["RoleArn"];
+    let session = &params["RoleSessionName"];
+    let account = role_arn.split(':').nth(4).unwrap();
+    let role = role_arn.rsplit('/').next().unwrap();
+    let duration: i64 = params["DurationSeconds"].parse().unwrap();
+    let expiration = (OffsetDateTime::now_utc() + time::Duration::seconds(duration))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    format!(
+        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><SourceIdentity>{source}</SourceIdentity><AssumedRoleUser><AssumedRoleId>AROAFAKE:{session}</AssumedRoleId><Arn>arn:aws:sts::{account}:assumed-role/{role}/{session}</Arn></AssumedRoleUser><Credentials><AccessKeyId>ASIAFAKE{n:012}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration></Credentials><PackedPolicySize>7</PackedPolicySize></AssumeRoleResult><ResponseMetadata><RequestId>fake-{n}</RequestId></ResponseMetadata></AssumeRoleResponse>"#,
+        source = params.get("SourceIdentity").cloned().unwrap_or_default(),
+        secret = fake_secret(n),
+        token = fake_token(n),
+    )
+}
+
+/// Knobs a test may turn in the server's configuration.
+#[derive(Clone)]
+pub struct Settings {
+    pub redis_url: String,
+    pub sts_endpoint: String,
+    pub max_attempts: u32,
+    pub attempt_timeout_ms: u64,
+    pub operation_timeout_ms: u64,
+    pub redis_timeout_ms: u64,
+}
+
+impl Settings {
+    pub fn new(redis_url: String, sts_endpoint: String) -> Self {
+        Self {
+            redis_url,
+            sts_endpoint,
+            max_attempts: 2,
+            attempt_timeout_ms: 2_000,
+            operation_timeout_ms: 5_000,
+            redis_timeout_ms: 500,
+        }
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The configuration every integration test runs with: the shipped example rules and a few
+/// targets that exercise them.
+pub fn config_text(settings: &Settings) -> String {
+    let rules = manifest_dir().join("deploy/rules/approval.cedar");
+    format!(
+        r#"
+[redis]
+url = "{redis_url}"
+connect_timeout_ms = {redis_timeout}
+response_timeout_ms = {redis_timeout}
+
+[aws]
+sts_endpoint = "{sts}"
+max_attempts = {max_attempts}
+attempt_timeout_ms = {attempt_timeout}
+operation_timeout_ms = {operation_timeout}
+initial_backoff_ms = 10
+emulator_credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
+
+[rules]
+files = ["{rules}"]
+
+[[targets]]
+id = "dev-logs-read"
+description = "Vendor X reads staging logs"
+environment = "staging"
+account_id = "123456789012"
+role_arn = "arn:aws:iam::123456789012:role/vendor-logs-read"
+region = "eu-west-1"
+external_id = "acme-vendor-x"
+max_duration_secs = 3600
+session_tags = true
+[[targets.ceiling]]
+actions = ["s3:Get*", "s3:ListBucket"]
+resources = ["arn:aws:s3:::acme-logs", "arn:aws:s3:::acme-logs/*"]
+
+[[targets]]
+id = "prod-logs-read"
+environment = "production"
+account_id = "210987654321"
+role_arn = "arn:aws:iam::210987654321:role/vendor-logs-read"
+region = "us-east-1"
+max_duration_secs = 7200
+[[targets.ceiling]]
+actions = ["s3:GetObject", "s3:ListBucket"]
+resources = ["arn:aws:s3:::acme-prod-logs", "arn:aws:s3:::acme-prod-logs/*"]
+
+[[targets]]
+id = "staging-ec2-mfa"
+environment = "staging"
+account_id = "123456789012"
+role_arn = "arn:aws:iam::123456789012:role/ec2-reader"
+region = "eu-west-1"
+max_duration_secs = 3600
+mfa_required = true
+[[targets.ceiling]]
+actions = ["ec2:Describe*"]
+resources = ["*"]
+
+[[targets]]
+id = "staging-iam"
+environment = "staging"
+account_id = "123456789012"
+role_arn = "arn:aws:iam::123456789012:role/iam-operator"
+region = "eu-west-1"
+max_duration_secs = 3600
+[[targets.ceiling]]
+actions = ["iam:*"]
+resources = ["*"]
+
+[[callers]]
+id = "vendor-portal"
+token_sha256 = "{portal}"
+targets = ["dev-logs-read", "prod-logs-read", "staging-ec2-mfa", "staging-iam"]
+
+[[callers]]
+id = "ci-pipeline"
+token_sha256 = "{pipeline}"
+targets = ["dev-logs-read"]
+"#,
+        redis_url = settings.redis_url,
+        redis_timeout = settings.redis_timeout_ms,
+        sts = settings.sts_endpoint,
+        max_attempts = settings.max_attempts,
+        attempt_timeout = settings.attempt_timeout_ms,
+        operation_timeout = settings.operation_timeout_ms,
+        rules = rules.display(),
+        portal = sha256_hex(PORTAL_TOKEN),
+        pipeline = sha256_hex(PIPELINE_TOKEN),
+    )
+}
+
+/// The real server on `127.0.0.1:0`, shut down on drop.
+pub struct Server {
+    pub address: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Server {
+    pub async fn start(settings: &Settings) -> Self {
+        let config = Config::parse(&config_text(settings), &manifest_dir()).unwrap_or_else(|problems| {
+            panic!("test config invalid: {problems:?}");
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (broker, auth) = server::build(config).await.unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            server::run(listener, broker, auth, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            address,
+            shutdown: Some(shutdown),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn client(&self) -> Client {
+        proto::grant_broker_client::GrantBrokerClient::connect(self.url())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Wraps a message with the caller's bearer token.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A request that the example rules auto-approve on `dev-logs-read`.
+pub fn read_logs_request(request_id: &str) -> proto::RequestAccessRequest {
+    proto::RequestAccessRequest {
+        request_id: request_id.to_owned(),
+        target: "dev-logs-read".to_owned(),
+        scopes: vec![proto::Scope {
+            actions: vec!["s3:GetObject".to_owned()],
+            resources: vec!["arn:aws:s3:::acme-logs/vendor-x/*".to_owned()],
+        }],
+        duration: Some(prost_types::Duration {
+            seconds: 1800,
+            nanos: 0,
+        }),
+        justification: "investigate ingestion lag".to_owned(),
+        ticket: "INC-4711".to_owned(),
+        requester: "alice@example.com".to_owned(),
+        grantee: "vendor-x".to_owned(),
+        mfa_serial: String::new(),
+        mfa_code: String::new(),
+    }
+}
+
+/// The field paths of a status's BadRequest violations.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The ErrorInfo reason of a status.
+pub fn error_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,234 @@
+//! What operators and tools see besides the API: health, reflection, the command-line client and
+//! `check-config`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+async fn health(channel: Channel, service: &str) -> Option<ServingStatus> {
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let response = HealthClient::new(channel).check(request).await.ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+async fn wait_for_health(channel: &Channel, service: &str, wanted: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if health(channel.clone(), service).await == Some(wanted) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{service} never became {wanted:?}");
+}
+
+#[tokio::test]
+async fn health_follows_redis() {
+    let redis = RedisServer::start();
+    let server = Server::start(&Settings::new(redis.url(), "http://127.0.0.1:9".into())).await;
+    let channel = Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    wait_for_health(&channel, "grantbroker.v1.GrantBroker", ServingStatus::Serving).await;
+    wait_for_health(&channel, "", ServingStatus::Serving).await;
+    redis.stop();
+    wait_for_health(&channel, "grantbroker.v1.GrantBroker", ServingStatus::NotServing).await;
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_advertise_only_the_public_services() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let redis = RedisServer::start();
+    let server = Server::start(&Settings::new(redis.url(), "http://127.0.0.1:9".into())).await;
+    let channel = Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let expected = ["grantbroker.v1.GrantBroker", "grpc.health.v1.Health"];
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut responses = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, expected);
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "grantbroker.v1.GrantBroker".into(),
+            ),
+        ),
+    };
+    let mut responses = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a file descriptor response");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+async fn run(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_grant-broker"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let base = |command: &str| -> Vec<String> {
+        vec![
+            command.into(),
+            "--server".into(),
+            server.url(),
+            "--token".into(),
+            PORTAL_TOKEN.into(),
+        ]
+    };
+    let request = |format: &str| -> Vec<String> {
+        let mut args = base("request");
+        args.extend(
+            [
+                "--target",
+                "dev-logs-read",
+                "--action",
+                "s3:GetObject",
+                "--resource",
+                "arn:aws:s3:::acme-logs/vendor-x/*",
+                "--duration",
+                "30m",
+                "--requester",
+                "alice",
+                "--grantee",
+                "vendor-x",
+                format,
+            ]
+            .map(String::from),
+        );
+        args
+    };
+
+    let output = run(request("--credential-process")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["Version"], 1);
+    assert_eq!(document["SecretAccessKey"], fake_secret(0));
+    assert_eq!(document["SessionToken"], fake_token(0));
+    assert!(document["AccessKeyId"].as_str().unwrap().starts_with("ASIAFAKE"));
+    assert!(document["Expiration"].as_str().unwrap().ends_with('Z'));
+
+    let output = run(request("--export")).await;
+    let exports = text(&output.stdout);
+    assert!(
+        exports.contains(&format!("export AWS_SECRET_ACCESS_KEY={}\n", fake_secret(1))),
+        "{exports}"
+    );
+    assert!(exports.contains("export AWS_REGION=eu-west-1\n"), "{exports}");
+
+    let mut listing = base("list");
+    listing.push("--json".into());
+    let output = run(listing).await;
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let grants = listed["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 2);
+    assert_eq!(grants[0]["state"], "approved");
+    assert!(
+        !text(&output.stdout).contains(&fake_secret(0)),
+        "listings carry no secrets"
+    );
+
+    let mut get = base("get");
+    get.push(grants[1]["id"].as_str().unwrap().to_owned());
+    let output = run(get).await;
+    assert!(
+        text(&output.stdout).contains("approved by `auto-approve-nonprod-read-only`"),
+        "{}",
+        text(&output.stdout)
+    );
+
+    // A bad request prints the code and each field violation, and exits non-zero.
+    let mut bad = request("--export");
+    let at = bad.iter().position(|a| a == "30m").unwrap();
+    bad[at] = "5m".into();
+    let output = run(bad).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("InvalidArgument"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stderr).contains("\n  duration: must be 900-43200 seconds"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for config in ["deploy/dev/grant-broker.toml", "deploy/grant-broker.example.toml"] {
+        let output = run(vec!["check-config".into(), root.join(config).display().to_string()]).await;
+        assert!(output.status.success(), "{config}: {}", text(&output.stderr));
+        assert!(text(&output.stdout).contains(": ok ("), "{}", text(&output.stdout));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = config_text(&Settings::new(
+        "redis://127.0.0.1:1".into(),
+        "http://127.0.0.1:9".into(),
+    ))
+    .replace(
+        "max_duration_secs = 3600\nsession_tags = true",
+        "max_duration_secs = 99999\nsession_tags = true",
+    )
+    .replace("region = \"us-east-1\"", "region = \"US East\"");
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, broken).unwrap();
+    let output = run(vec!["check-config".into(), path.display().to_string()]).await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("targets[0].max_duration_secs: must be 900-43200"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("targets[1].region: must be an AWS region"), "{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}

@@ -41,7 +41,8 @@ pub struct StsIssuer {
 impl StsIssuer {
     /// Builds one client per region in `regions`.
     pub async fn new(settings: &StsSettings, regions: impl IntoIterator<Item = String>) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        // Every client sets its own region; naming one here stops the loader from asking IMDS.
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new("us-east-1"));
         if let Some((access_key_id, secret)) = &settings.static_credentials {
             loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
                 access_key_id,

@@ -1,0 +1,80 @@
+# Shared by scripts/dev and scripts/test: install what is missing, start local dependencies on
+# free loopback ports, stop them on exit. Sourced, not run.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+MOTO_SPEC='moto[server]>=5.1,<6'
+PIDS=()
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+  done
+}
+
+# apt-get install, when this user may; otherwise say exactly what to run.
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing $* with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    say "installing $* with sudo apt-get"
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    die "missing $*: install it (Debian/Ubuntu: sudo apt-get install $*), then run this again"
+  fi
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust (https://rustup.rs), then run this again"
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after install"
+}
+
+# moto (the local AWS emulator) from PyPI, in the project's own virtualenv.
+ensure_moto() {
+  if [ -x "$VENV/bin/moto_server" ]; then return; fi
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    apt_install python3-venv
+    python3 -m venv "$VENV"
+  fi
+  say "installing $MOTO_SPEC into .venv"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "$MOTO_SPEC"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # port what
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "$2 did not start listening on 127.0.0.1:$1 (see its log)"
+}
+
+start_redis() { # port log
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no >"$2" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$1" redis-server
+}
+
+start_moto() { # port log
+  "$VENV/bin/moto_server" -H 127.0.0.1 -p "$1" >"$2" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$1" moto_server
+}

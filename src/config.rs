@@ -207,13 +207,8 @@ impl Config {
 
     /// Validates configuration text; rule files are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Self, Vec<Problem>> {
-        let raw: RawConfig = toml::from_str(text).map_err(|error| {
-            let span = error
-                .span()
-                .map(|span| format!(" (at byte {})", span.start))
-                .unwrap_or_default();
-            vec![Problem::new("config", format!("{}{span}", error.message()))]
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|error| vec![Problem::new("config", error.to_string().trim_end().to_owned())])?;
         let mut problems = Vec::new();
 
         let listen = raw

@@ -5,7 +5,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -70,6 +70,8 @@ pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .include_reflection_service(false)
     };
+    // Without TCP_NODELAY, small responses wait out delayed ACKs: ~40 ms per call on Linux.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -77,7 +79,7 @@ pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
         .add_service(proto::grant_broker_server::GrantBrokerServer::new(
             GrantBrokerService::new(Arc::clone(&broker), Arc::new(auth)),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
     Ok(result?)

@@ -440,3 +440,81 @@ async fn a_slow_sts_is_unavailable_not_a_hang() {
         status.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_converge_on_one_grant() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            client
+                .request_access(authed(PORTAL_TOKEN, read_logs_request("burst")))
+                .await
+                .unwrap()
+                .into_inner()
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut keys = Vec::new();
+    for task in tasks {
+        let response = task.await.unwrap();
+        ids.push(response.grant.unwrap().id);
+        keys.push(response.credentials.unwrap().access_key_id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one request id, one grant");
+    let mut client = server.client().await;
+    let grant = client
+        .get_grant(authed(PORTAL_TOKEN, proto::GetGrantRequest { id: ids[0].clone() }))
+        .await
+        .unwrap();
+    let mut recorded: Vec<String> = grant
+        .into_inner()
+        .issuances
+        .into_iter()
+        .map(|i| i.access_key_id)
+        .collect();
+    recorded.sort();
+    keys.sort();
+    assert_eq!(recorded, keys, "every credential handed out is recorded");
+    assert_eq!(sts.calls().len(), 6);
+    let listed = client
+        .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
+        .await
+        .unwrap();
+    assert_eq!(listed.into_inner().grants.len(), 1, "and listed once");
+}
+
+#[tokio::test]
+async fn records_expire_after_the_retention_period() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let grant = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("ttl")))
+        .await
+        .unwrap();
+    let grant = grant.into_inner().grant.unwrap();
+    let end = grant.end_time.unwrap().seconds;
+    let mut connection = redis.connection().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // The test config keeps the default retention of 400 days after the grant ends.
+    let expected = end + 400 * 86_400 - now;
+    for key in [
+        format!("gb:grant:{{{}}}", grant.id),
+        format!("gb:grant:{{{}}}:events", grant.id),
+        format!("gb:grant:{{{}}}:issuances", grant.id),
+        "gb:caller:{vendor-portal}:request:ttl".to_owned(),
+        "gb:caller:{vendor-portal}:grants".to_owned(),
+    ] {
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut connection).await.unwrap();
+        assert!(
+            (expected - 5..=expected).contains(&ttl),
+            "{key}: ttl {ttl}, expected about {expected}"
+        );
+    }
+}

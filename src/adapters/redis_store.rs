@@ -13,7 +13,8 @@
 //!
 //! Every state change and append is one Lua script (one round trip, atomic, compare-and-set on
 //! `state`). Retention: grant keys and request ids expire `retention` after the grant ends; the
-//! caller index drops ids older than `retention` whenever it grows. No KEYS or SCAN anywhere.
+//! caller index drops ids older than `retention` whenever it grows and expires with its newest
+//! entry. No KEYS or SCAN anywhere. Needs Redis 7.0 or later.
 
 use std::time::Duration;
 
@@ -36,9 +37,10 @@ pub struct RedisSettings {
     pub retention: Duration,
 }
 
-/// Binds a request id (if any) and indexes the candidate grant for its caller.
-/// KEYS: index, [request]; ARGV: grant id, fingerprint, request-key expiry (unix s),
-/// index trim bound (exclusive), index ttl (s).
+/// Binds a request id (if any) and indexes the candidate grant for its caller. The index lives
+/// as long as its newest entry's record (EXPIRETIME needs Redis 7.0).
+/// KEYS: index, [request]; ARGV: grant id, fingerprint, record expiry (unix s), index trim bound
+/// (exclusive).
 const RESERVE: &str = r"
 if #KEYS == 2 then
   local existing = redis.call('GET', KEYS[2])
@@ -47,7 +49,9 @@ if #KEYS == 2 then
 end
 redis.call('ZADD', KEYS[1], 0, ARGV[1])
 redis.call('ZREMRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('EXPIREAT', KEYS[1], ARGV[3])
+end
 return 'new'
 ";
 
@@ -217,8 +221,7 @@ impl GrantStore for RedisGrantStore {
             .arg(candidate.to_string())
             .arg(fingerprint)
             .arg(self.expiry(grant_end))
-            .arg(trim_before.to_string())
-            .arg(self.retention_secs().max(1));
+            .arg(trim_before.to_string());
         let mut connection = self.connection.clone();
         let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
         match reply.split(' ').collect::<Vec<_>>().as_slice() {

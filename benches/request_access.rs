@@ -1,0 +1,193 @@
+//! How much the broker itself costs per request, and how much Redis one grant takes.
+//!
+//! `cargo bench --bench request_access` runs the real server over gRPC against a real
+//! redis-server and a fake STS that answers at once, so the latency measured is the broker's
+//! own overhead (authentication, validation, Cedar, three Redis scripts, the SDK call path).
+//! Every loop is bounded in count and time, and all traffic stays on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use grant_broker::{
+    domain::{ActionPattern, ResourcePattern, Scope, Target, pattern},
+    rules::{RuleEngine, RuleInput, RuleSource},
+};
+
+const MAX_REQUESTS: usize = 2_000;
+const MAX_TIME: Duration = Duration::from_secs(30);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration) {
+    samples.sort();
+    println!(
+        "{name:<44} n={:<5} p50={:>8.3?} p90={:>8.3?} p99={:>8.3?} max={:>8.3?} throughput={:.0}/s",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.90),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1],
+        samples.len() as f64 / elapsed.as_secs_f64(),
+    );
+}
+
+async fn request_access_latency(server: &Server, concurrency: usize) {
+    let started = Instant::now();
+    let per_task = MAX_REQUESTS / concurrency;
+    let mut tasks = Vec::new();
+    for task in 0..concurrency {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(per_task);
+            for i in 0..per_task {
+                if started.elapsed() > MAX_TIME {
+                    break;
+                }
+                let request = read_logs_request(&format!("bench-{concurrency}-{task}-{i}"));
+                let sent = Instant::now();
+                let response = client
+                    .request_access(authed(PORTAL_TOKEN, request))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                samples.push(sent.elapsed());
+                assert!(response.credentials.is_some());
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.unwrap());
+    }
+    report(
+        &format!("RequestAccess, approved + issued, {concurrency} in flight"),
+        samples,
+        started.elapsed(),
+    );
+}
+
+async fn redis_bytes_per_grant(redis: &RedisServer) {
+    let mut connection = redis.connection().await;
+    let used = |info: String| -> u64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .map(|value| value.trim().parse().unwrap())
+            .unwrap()
+    };
+    let grants: u64 = redis::cmd("ZCARD")
+        .arg("gb:caller:{vendor-portal}:grants")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let memory: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut connection).await.unwrap();
+    let empty: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let per_grant = (used(memory) - used(empty)) / grants;
+    println!(
+        "Redis memory per approved grant (1 issuance, 3 events, request id, index entry): {per_grant} bytes ({grants} grants)"
+    );
+}
+
+fn pure_costs() {
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules/approval.cedar")).unwrap();
+    let engine = RuleEngine::load(&[RuleSource {
+        name: "approval.cedar",
+        text: &rules,
+    }])
+    .unwrap();
+    let scopes = vec![Scope {
+        actions: vec![
+            ActionPattern::parse("s3:GetObject").unwrap(),
+            ActionPattern::parse("s3:List*").unwrap(),
+        ],
+        resources: vec![ResourcePattern::parse("arn:aws:s3:::acme-logs/vendor-x/*").unwrap()],
+    }];
+    let target = Target {
+        id: "dev-logs-read".into(),
+        description: String::new(),
+        environment: "staging".into(),
+        account_id: "123456789012".into(),
+        role_arn: "arn:aws:iam::123456789012:role/vendor-logs-read".into(),
+        region: "eu-west-1".into(),
+        external_id: None,
+        max_duration_secs: 3600,
+        mfa_required: false,
+        session_tags: true,
+        ceiling: scopes.clone(),
+    };
+    let input = RuleInput {
+        caller: "vendor-portal",
+        requester: "alice@example.com",
+        grantee: "vendor-x",
+        target: &target,
+        scopes: &scopes,
+        duration_secs: 1800,
+        justification: "bench",
+        ticket: "INC-1",
+        mfa_present: false,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let measure = |name: &str, iterations: u32, mut work: Box<dyn FnMut()>| {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            work();
+        }
+        println!("{name:<44} mean={:?}", started.elapsed() / iterations);
+    };
+    measure(
+        "Cedar decision (request + auto_approve)",
+        2_000,
+        Box::new(|| drop(std::hint::black_box(engine.decide(&input)))),
+    );
+    measure(
+        "pattern containment, typical ARN",
+        20_000,
+        Box::new(|| {
+            std::hint::black_box(pattern::is_contained(
+                "arn:aws:s3:::acme-logs/vendor-x/*",
+                "arn:aws:s3:::acme-logs/*",
+            ));
+        }),
+    );
+    measure(
+        "pattern containment, adversarial (*a*b*c*d*)",
+        200,
+        Box::new(|| {
+            std::hint::black_box(pattern::is_contained("*a*b*c*d*e*f*g*h*", "*a?b?c?d?e*"));
+        }),
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes --bench; anything else (e.g. a name filter) is ignored.
+    let redis = Arc::new(RedisServer::start());
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let mut settings = Settings::new(redis.url(), sts.url.clone());
+    settings.redis_timeout_ms = 2_000;
+    let server = Server::start(&settings).await;
+
+    pure_costs();
+    request_access_latency(&server, 1).await;
+    request_access_latency(&server, 8).await;
+    redis_bytes_per_grant(&redis).await;
+}

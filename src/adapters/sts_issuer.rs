@@ -117,8 +117,10 @@ fn classify(error: SdkError<AssumeRoleError>) -> IssueError {
         SdkError::DispatchFailure(failure) => failed(
             IssueErrorKind::Unavailable,
             format!(
-                "STS could not be reached: {:?}",
-                failure.as_connector_error().map(ToString::to_string)
+                "STS could not be reached: {}",
+                failure
+                    .as_connector_error()
+                    .map_or_else(|| "dispatch failed".to_owned(), ToString::to_string)
             ),
         ),
         SdkError::ResponseError(_) => failed(

@@ -523,13 +523,24 @@ async fn records_expire_after_the_retention_period() {
 async fn an_unreachable_sts_is_unavailable() {
     let redis = RedisServer::start();
     // Nothing listens on a port we just released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut settings = Settings::new(redis.url(), format!("http://127.0.0.1:{port}"));
     settings.max_attempts = 1;
     let server = Server::start(&settings).await;
     let mut client = server.client().await;
-    let status = client.request_access(authed(PORTAL_TOKEN, read_logs_request("refused"))).await.unwrap_err();
+    let status = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("refused")))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_reason(&status), "STS_UNAVAILABLE");
-    assert!(status.message().contains("STS could not be reached"), "{}", status.message());
+    assert!(
+        status.message().contains("STS could not be reached"),
+        "{}",
+        status.message()
+    );
 }

@@ -91,6 +91,10 @@ pub fn is_contained(inner: &str, outer: &str) -> bool {
     if outer == "*" || inner == outer {
         return true;
     }
+    if !inner.contains(['*', '?']) {
+        // A plain string: contained exactly when the outer pattern matches it.
+        return matches(outer, inner);
+    }
     let inner = tokens(inner);
     let outer = tokens(outer);
     let mut alphabet: Vec<Symbol> = inner
@@ -105,27 +109,36 @@ pub fn is_contained(inner: &str, outer: &str) -> bool {
     alphabet.dedup();
     alphabet.push(None);
 
-    let start = (closure(&inner, [0]), closure(&outer, [0]));
-    let mut seen: HashSet<(Vec<usize>, Vec<usize>)> = HashSet::from([start.clone()]);
-    let mut queue = VecDeque::from([start]);
-    while let Some((inner_set, outer_set)) = queue.pop_front() {
-        if accepts(&inner, &inner_set) && !accepts(&outer, &outer_set) {
+    // States pair one position of the inner pattern (explored as a nondeterministic automaton,
+    // so caller-supplied patterns such as `*a???????` cannot blow up a subset construction) with
+    // the set of positions of the outer pattern (the operator's ceiling, determinised).
+    let outer_start = closure(&outer, [0]);
+    let mut queue: VecDeque<(usize, Vec<usize>)> = closure(&inner, [0])
+        .into_iter()
+        .map(|position| (position, outer_start.clone()))
+        .collect();
+    let mut seen: HashSet<(usize, Vec<usize>)> = queue.iter().cloned().collect();
+    while let Some((position, outer_set)) = queue.pop_front() {
+        if position == inner.len() && !accepts(&outer, &outer_set) {
             return false;
         }
         for &symbol in &alphabet {
-            let next_inner = step(&inner, &inner_set, symbol);
+            let next_inner = step(&inner, &[position], symbol);
             if next_inner.is_empty() {
                 continue;
             }
-            let next = (next_inner, step(&outer, &outer_set, symbol));
-            if seen.contains(&next) {
-                continue;
+            let next_outer = step(&outer, &outer_set, symbol);
+            for next_position in next_inner {
+                let next = (next_position, next_outer.clone());
+                if seen.contains(&next) {
+                    continue;
+                }
+                if seen.len() >= STATE_LIMIT {
+                    return false;
+                }
+                seen.insert(next.clone());
+                queue.push_back(next);
             }
-            if seen.len() >= STATE_LIMIT {
-                return false;
-            }
-            seen.insert(next.clone());
-            queue.push_back(next);
         }
     }
     true
@@ -224,6 +237,13 @@ mod tests {
         ));
         assert!(!is_contained("arn:aws:s3:::acme-logs*", "arn:aws:s3:::acme-logs/*"));
         assert!(!is_contained("arn:aws:s3:::acme-logs", "arn:aws:s3:::acme-logs/*"));
+    }
+
+    #[test]
+    fn patterns_built_to_blow_up_a_subset_construction_are_decided() {
+        let hostile = format!("arn:aws:s3:::acme-logs/*a{}", "?".repeat(17));
+        assert!(is_contained(&hostile, "arn:aws:s3:::acme-logs/*"));
+        assert!(!is_contained(&hostile, "arn:aws:s3:::acme-logs/*b*"));
     }
 
     #[test]

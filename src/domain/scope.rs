@@ -9,6 +9,19 @@ use super::{FieldViolation, pattern};
 const MAX_ACTION_LEN: usize = 128;
 /// Most characters one resource pattern may have (IAM's own ARN limit).
 const MAX_RESOURCE_LEN: usize = 2048;
+/// Most wildcards one pattern may have. Real patterns use a handful; the bound keeps the
+/// containment check's work small for any input.
+pub const MAX_WILDCARDS: usize = 16;
+
+fn check_wildcards(text: &str) -> Result<(), String> {
+    let count = text.chars().filter(|c| matches!(c, '*' | '?')).count();
+    if count > MAX_WILDCARDS {
+        return Err(format!(
+            "`{text}` has {count} wildcards; at most {MAX_WILDCARDS} are allowed"
+        ));
+    }
+    Ok(())
+}
 
 /// An IAM action pattern such as `s3:GetObject`, `s3:Get*` or `*`. Matching is case-insensitive,
 /// as in IAM; the original spelling is kept for the session policy.
@@ -44,6 +57,7 @@ impl ActionPattern {
                 "`{text}` is not an IAM action: expected letters, digits, `-` in the service, and `*` or `?` wildcards"
             ));
         }
+        check_wildcards(text)?;
         Ok(Self(text.to_owned()))
     }
 
@@ -120,6 +134,7 @@ impl ResourcePattern {
                 "`{text}` contains {bad:?}: only printable ASCII without quotes or backslashes"
             ));
         }
+        check_wildcards(text)?;
         Ok(Self(text.to_owned()))
     }
 
@@ -152,24 +167,41 @@ pub struct Scope {
     pub resources: Vec<ResourcePattern>,
 }
 
-impl Scope {
-    /// Whether the single permission (action, resource) lies inside this scope.
-    fn covers(&self, action: &ActionPattern, resource: &ResourcePattern) -> bool {
-        self.actions.iter().any(|outer| action.is_within(outer))
-            && self.resources.iter().any(|outer| resource.is_within(outer))
-    }
-}
-
 /// Checks that every requested scope lies inside the ceiling: each (action, resource) pair of a
 /// scope must be covered by one ceiling statement, since IAM grants the cross product of a
 /// statement's actions and resources. Returns one violation per uncovered pair, naming the fields
 /// as the caller sent them (`scopes[i].actions[j]`).
+///
+/// Each pattern is compared with each ceiling statement once (not once per pair), so the work
+/// grows with the number of patterns, which the session-policy size limit bounds.
 pub fn check_within_ceiling(scopes: &[Scope], ceiling: &[Scope]) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
     for (i, scope) in scopes.iter().enumerate() {
+        // covered_actions[s][j]: statement s allows action j; likewise for resources.
+        let covered_actions: Vec<Vec<bool>> = ceiling
+            .iter()
+            .map(|statement| {
+                scope
+                    .actions
+                    .iter()
+                    .map(|a| statement.actions.iter().any(|outer| a.is_within(outer)))
+                    .collect()
+            })
+            .collect();
+        let covered_resources: Vec<Vec<bool>> = ceiling
+            .iter()
+            .map(|statement| {
+                scope
+                    .resources
+                    .iter()
+                    .map(|r| statement.resources.iter().any(|outer| r.is_within(outer)))
+                    .collect()
+            })
+            .collect();
         for (j, action) in scope.actions.iter().enumerate() {
-            for resource in &scope.resources {
-                if !ceiling.iter().any(|statement| statement.covers(action, resource)) {
+            for (k, resource) in scope.resources.iter().enumerate() {
+                let covered = (0..ceiling.len()).any(|s| covered_actions[s][j] && covered_resources[s][k]);
+                if !covered {
                     violations.push(FieldViolation::new(
                         format!("scopes[{i}].actions[{j}]"),
                         format!(
@@ -253,6 +285,13 @@ mod tests {
                 .contains("printable ASCII")
         );
         assert!(ResourcePattern::parse("arn:aws:s3:::acme-logs/é").is_err());
+        let many = format!("arn:aws:s3:::acme-logs/{}", "?".repeat(17));
+        assert!(
+            ResourcePattern::parse(&many)
+                .unwrap_err()
+                .contains("17 wildcards; at most 16")
+        );
+        assert!(ActionPattern::parse(&format!("s3:{}", "*?".repeat(9))).is_err());
     }
 
     #[test]

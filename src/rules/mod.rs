@@ -125,71 +125,74 @@ impl RuleEngine {
 
     /// The rules' decision for one request, with the ids of the policies that determined it.
     pub fn decide(&self, input: &RuleInput<'_>) -> Decision {
-        let deny = |policy_ids: Vec<String>, reason: String| Decision {
-            outcome: Outcome::Deny,
+        let decision = |outcome, policy_ids, reason| Decision {
+            outcome,
             policy_ids,
             reason,
             decided_at: input.now,
         };
-        let prepared = match self.prepare(input, None) {
-            Ok(prepared) => prepared,
+        let request = match self
+            .prepare(input, None)
+            .and_then(|prepared| Ok((self.authorize(&self.actions.request, &prepared, None)?, prepared)))
+        {
+            Ok(evaluated) => evaluated,
             Err(error) => {
-                return deny(
-                    Vec::new(),
-                    format!("the rules could not evaluate this request: {error}"),
-                );
+                let reason = format!("the rules could not evaluate this request: {error}");
+                return decision(Outcome::Deny, Vec::new(), reason);
             }
         };
-        let request_response = match self.authorize(&self.actions.request, &prepared, None) {
+        let (request, prepared) = request;
+        // Cedar skips a policy that fails to evaluate; for a `forbid` that would let the request
+        // through. Default deny: any failure on `request` denies.
+        let failed = self.failed_policies(&request);
+        if !failed.is_empty() {
+            let reason = format!("denied because {} failed to evaluate", self.describe(&failed));
+            return decision(Outcome::Deny, failed, reason);
+        }
+        let request_ids = self.determining(&request);
+        if request.decision() == CedarDecision::Deny {
+            let reason = if request_ids.is_empty() {
+                "no rule permits this request".to_owned()
+            } else {
+                format!("denied by {}", self.describe(&request_ids))
+            };
+            return decision(Outcome::Deny, request_ids, reason);
+        }
+        let permitted = format!("permitted by {}", self.describe(&request_ids));
+        let approve = match self.authorize(&self.actions.auto_approve, &prepared, None) {
             Ok(response) => response,
             Err(error) => {
-                return deny(
-                    Vec::new(),
-                    format!("the rules could not evaluate this request: {error}"),
-                );
+                let reason = format!("{permitted}; automatic approval could not be evaluated: {error}");
+                return decision(Outcome::RequireApproval, request_ids, reason);
             }
         };
-        let request_ids = self.determining(&request_response);
-        let errors = self.evaluation_errors(&request_response);
-        if request_response.decision() == CedarDecision::Deny {
-            let reason = if request_ids.is_empty() {
-                format!("no rule permits this request{errors}")
-            } else {
-                format!("denied by {}{errors}", self.describe(&request_ids))
-            };
-            return deny(request_ids, reason);
+        // Likewise a failure on `auto_approve` can only withhold automatic approval.
+        let failed = self.failed_policies(&approve);
+        if !failed.is_empty() {
+            let reason = format!(
+                "{permitted}; automatic approval withheld because {} failed to evaluate",
+                self.describe(&failed)
+            );
+            return decision(Outcome::RequireApproval, union(request_ids, failed), reason);
         }
-        let (approve_response, approve_ids) = match self.authorize(&self.actions.auto_approve, &prepared, None) {
-            Ok(response) => {
-                let ids = self.determining(&response);
-                (Some(response), ids)
+        let approve_ids = self.determining(&approve);
+        match approve.decision() {
+            CedarDecision::Allow => {
+                let reason = format!("approved by {}", self.describe(&approve_ids));
+                decision(Outcome::Approve, union(request_ids, approve_ids), reason)
             }
-            Err(_) => (None, Vec::new()),
-        };
-        match approve_response {
-            Some(response) if response.decision() == CedarDecision::Allow => Decision {
-                outcome: Outcome::Approve,
-                reason: format!("approved by {}", self.describe(&approve_ids)),
-                policy_ids: union(request_ids, approve_ids),
-                decided_at: input.now,
-            },
-            _ => Decision {
-                outcome: Outcome::RequireApproval,
-                reason: if approve_ids.is_empty() {
-                    format!(
-                        "permitted by {}; no rule approves it automatically",
-                        self.describe(&request_ids)
-                    )
-                } else {
-                    format!(
-                        "permitted by {}; automatic approval forbidden by {}",
-                        self.describe(&request_ids),
-                        self.describe(&approve_ids)
-                    )
-                },
-                policy_ids: union(request_ids, approve_ids),
-                decided_at: input.now,
-            },
+            CedarDecision::Deny if approve_ids.is_empty() => decision(
+                Outcome::RequireApproval,
+                request_ids,
+                format!("{permitted}; no rule approves it automatically"),
+            ),
+            CedarDecision::Deny => {
+                let reason = format!(
+                    "{permitted}; automatic approval forbidden by {}",
+                    self.describe(&approve_ids)
+                );
+                decision(Outcome::RequireApproval, union(request_ids, approve_ids), reason)
+            }
         }
     }
 
@@ -267,22 +270,18 @@ impl RuleEngine {
         ids
     }
 
-    fn evaluation_errors(&self, response: &Response) -> String {
-        let failed: Vec<String> = response
+    /// Ids of the policies that failed to evaluate, sorted.
+    fn failed_policies(&self, response: &Response) -> Vec<String> {
+        let mut ids: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|error| match error {
-                AuthorizationError::PolicyEvaluationError(failure) => format!("`{}`", failure.policy_id()),
+                AuthorizationError::PolicyEvaluationError(failure) => failure.policy_id().to_string(),
             })
             .collect();
-        if failed.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (rules that failed to evaluate and were ignored: {})",
-                failed.join(", ")
-            )
-        }
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// Names policies for a reason string, preferring their `@reason("...")` annotation.
@@ -471,20 +470,56 @@ mod tests {
         assert_eq!(decision.reason, "no rule permits this request");
     }
 
-    #[test]
-    fn a_failing_policy_does_not_apply() {
-        // Strict validation accepts the multiplication; evaluating it overflows.
-        let engine = RuleEngine::load(&[RuleSource {
-            name: "overflow.cedar",
-            text: r#"
-                @id("overflows")
-                permit (principal, action, resource) when { context.duration_seconds * 9223372036854775807 > 0 };
-            "#,
+    fn engine(text: &str) -> RuleEngine {
+        RuleEngine::load(&[RuleSource {
+            name: "rules.cedar",
+            text,
         }])
-        .unwrap();
+        .unwrap()
+    }
+
+    // Strict validation accepts these multiplications; evaluating them overflows.
+    const OVERFLOW: &str = "context.duration_seconds * 9223372036854775807 > 0";
+
+    #[test]
+    fn a_failing_permit_does_not_permit() {
+        let engine = engine(&format!(
+            r#"@id("overflows") permit (principal, action, resource) when {{ {OVERFLOW} }};"#
+        ));
         let decision = decide(&engine, &target("staging"), &["s3:GetObject"], 900, "");
         assert_eq!(decision.outcome, Outcome::Deny);
-        assert!(decision.reason.contains("`overflows`"), "{}", decision.reason);
+        assert_eq!(decision.policy_ids, ["overflows"]);
+        assert_eq!(decision.reason, "denied because `overflows` failed to evaluate");
+    }
+
+    #[test]
+    fn a_failing_forbid_denies_instead_of_being_skipped() {
+        let engine = engine(&format!(
+            r#"{EXAMPLE}
+            @id("broken-forbid") forbid (principal, action, resource) when {{ {OVERFLOW} }};"#
+        ));
+        let decision = decide(&engine, &target("staging"), &["s3:GetObject"], 900, "");
+        assert_eq!(decision.outcome, Outcome::Deny, "{decision:?}");
+        assert_eq!(decision.policy_ids, ["broken-forbid"]);
+    }
+
+    #[test]
+    fn a_failing_auto_approve_rule_withholds_automatic_approval() {
+        let engine = engine(&format!(
+            r#"{EXAMPLE}
+            @id("broken-approval-forbid")
+            forbid (principal, action == GrantBroker::Action::"auto_approve", resource) when {{ {OVERFLOW} }};"#
+        ));
+        let decision = decide(&engine, &target("staging"), &["s3:GetObject"], 900, "");
+        assert_eq!(decision.outcome, Outcome::RequireApproval, "{decision:?}");
+        assert_eq!(decision.policy_ids, ["broken-approval-forbid", "callers-may-request"]);
+        assert!(
+            decision
+                .reason
+                .contains("withheld because `broken-approval-forbid` failed"),
+            "{}",
+            decision.reason
+        );
     }
 
     #[test]

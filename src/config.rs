@@ -102,6 +102,14 @@ struct RawRedis {
     response_timeout_ms: u64,
     #[serde(default = "default_retention_days")]
     retention_days: u64,
+    #[serde(default)]
+    min_replicas: u32,
+    #[serde(default = "default_replica_timeout_ms")]
+    replica_timeout_ms: u64,
+}
+
+fn default_replica_timeout_ms() -> u64 {
+    500
 }
 
 fn default_key_prefix() -> String {
@@ -244,11 +252,15 @@ impl Config {
 }
 
 fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
-    if !(raw.url.starts_with("redis://") || raw.url.starts_with("rediss://") || raw.url.starts_with("redis+unix://")) {
+    // TLS to Redis needs a second TLS stack in the redis client; until it is built in, run
+    // Redis on a private network or behind a local TLS tunnel.
+    if raw.url.starts_with("rediss://") {
         problems.push(Problem::new(
             "redis.url",
-            "must start with redis://, rediss:// or redis+unix://",
+            "rediss:// (TLS) is not supported yet: use redis:// or redis+unix://",
         ));
+    } else if !(raw.url.starts_with("redis://") || raw.url.starts_with("redis+unix://")) {
+        problems.push(Problem::new("redis.url", "must start with redis:// or redis+unix://"));
     }
     if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}', ' ']) {
         problems.push(Problem::new(
@@ -264,6 +276,9 @@ fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
             problems.push(Problem::new(key, "must be 1-60000 milliseconds"));
         }
     }
+    if raw.min_replicas > 0 && (raw.replica_timeout_ms == 0 || raw.replica_timeout_ms > 60_000) {
+        problems.push(Problem::new("redis.replica_timeout_ms", "must be 1-60000 milliseconds"));
+    }
     if raw.retention_days == 0 || raw.retention_days > 3_650 {
         problems.push(Problem::new("redis.retention_days", "must be 1-3650 days"));
     }
@@ -273,6 +288,8 @@ fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
         response_timeout: Duration::from_millis(raw.response_timeout_ms),
         retention: Duration::from_secs(raw.retention_days.saturating_mul(86_400)),
+        min_replicas: raw.min_replicas,
+        replica_timeout: Duration::from_millis(raw.replica_timeout_ms),
     }
 }
 

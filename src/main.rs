@@ -134,7 +134,9 @@ fn parse_duration(text: &str) -> Result<i64, String> {
         "h" => 3600,
         _ => return Err(format!("unknown unit `{unit}`: use s, m or h")),
     };
-    Ok(number * factor)
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 fn init_logging(format: LogFormat) {

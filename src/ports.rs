@@ -107,9 +107,14 @@ pub trait GrantStore: Send + Sync + 'static {
 pub enum IssueErrorKind {
     /// The role does not trust the broker (AccessDenied): an operator must fix the trust policy.
     NotTrusted,
-    /// STS refused the request itself (malformed or too large policy, validation): the caller
-    /// must change it.
+    /// STS refused what the caller asked for (malformed or too large policy and tags): the
+    /// caller must change the request.
     Rejected,
+    /// STS refused the MFA code.
+    MfaRejected,
+    /// STS refused a parameter the operator controls (e.g. a duration above the role's
+    /// MaxSessionDuration): the target's configuration must change.
+    Misconfigured,
     /// STS rate limits still hit after the SDK's retries.
     Throttled,
     /// STS unreachable, too slow, or the region disabled.

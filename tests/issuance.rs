@@ -313,10 +313,11 @@ async fn secrets_are_never_stored_or_logged() {
 
 #[tokio::test]
 async fn credentials_are_dropped_when_the_issuance_cannot_be_recorded() {
+    let logs = capture_logs();
     let redis = Arc::new(RedisServer::start());
     let killer = Arc::clone(&redis);
     // Redis dies while STS is minting: the record of the issuance cannot be written.
-    let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, Arc::new(move || killer.stop())).await;
+    let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, Arc::new(move |_| killer.stop())).await;
     let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
     let mut client = server.client().await;
 
@@ -329,6 +330,19 @@ async fn credentials_are_dropped_when_the_issuance_cannot_be_recorded() {
     assert_eq!(error_reason(&status), "CREDENTIALS_NOT_RECORDED");
     assert!(status.message().contains("discarded"), "{}", status.message());
     assert!(!status.message().contains(&fake_secret(0)) && !status.message().contains(&fake_token(0)));
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("credentials issued but not recorded: discarded"),
+        "the drop is logged"
+    );
+    assert!(
+        logs.contains("ASIAFAKE000000000000"),
+        "with the access key id, so the session can be found"
+    );
+    assert!(
+        !logs.contains(&fake_secret(0)) && !logs.contains(&fake_token(0)),
+        "but never the secrets"
+    );
 }
 
 #[tokio::test]
@@ -368,6 +382,26 @@ async fn sts_errors_become_clear_statuses_and_are_recorded() {
             },
             code: Code::InvalidArgument,
             reason: "STS_REJECTED",
+            calls: 1,
+        },
+        Case {
+            behaviour: StsBehaviour::Fail {
+                status: 403,
+                code: "AccessDenied",
+                message: "MultiFactorAuthentication failed with invalid MFA one time pass code.",
+            },
+            code: Code::PermissionDenied,
+            reason: "MFA_REJECTED",
+            calls: 1,
+        },
+        Case {
+            behaviour: StsBehaviour::Fail {
+                status: 400,
+                code: "ValidationError",
+                message: "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+            },
+            code: Code::FailedPrecondition,
+            reason: "STS_MISCONFIGURED",
             calls: 1,
         },
         // Throttling is retried by the SDK (max_attempts = 2 here) before it becomes UNAVAILABLE.
@@ -444,7 +478,8 @@ async fn a_slow_sts_is_unavailable_not_a_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_converge_on_one_grant() {
     let redis = RedisServer::start();
-    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    // A slow STS makes the six requests overlap between their reservation and their issuance.
+    let sts = FakeSts::start(StsBehaviour::Delay(Duration::from_millis(300))).await;
     let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
     let mut tasks = Vec::new();
     for _ in 0..6 {
@@ -543,4 +578,91 @@ async fn an_unreachable_sts_is_unavailable() {
         "{}",
         status.message()
     );
+}
+
+#[tokio::test]
+async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary).await;
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let mut settings = Settings::new(primary.url(), sts.url.clone());
+    settings.min_replicas = 1;
+    let server = Server::start(&settings).await;
+    let mut client = server.client().await;
+
+    let response = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("replicated")))
+        .await
+        .unwrap();
+    let response = response.into_inner();
+    let grant_id = response.grant.unwrap().id;
+    let access_key_id = response.credentials.unwrap().access_key_id;
+    // WAIT returned, so the replica already holds the issuance record.
+    let mut on_replica = replica.connection().await;
+    let issuances: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("gb:grant:{{{grant_id}}}:issuances"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut on_replica)
+        .await
+        .unwrap();
+    assert_eq!(issuances.len(), 1);
+    assert!(issuances[0].contains(&access_key_id));
+
+    // Without the replica the record cannot be made durable: no credentials.
+    replica.stop();
+    let status = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("unreplicated")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(error_reason(&status), "CREDENTIALS_NOT_RECORDED");
+    assert!(
+        status.message().contains("only 0 of 1 required replicas"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(sts.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn a_grant_that_changes_state_during_the_sts_call_gets_no_credentials() {
+    let logs = capture_logs();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // While STS mints, another replica revokes the grant (a direct state change here).
+    let revoke = Arc::new(move |params: &std::collections::HashMap<String, String>| {
+        let grant_id = params["RoleSessionName"].trim_start_matches("gb-").to_owned();
+        let mut connection = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("gb:grant:{{{grant_id}}}"))
+            .arg("state")
+            .arg("revoked")
+            .query(&mut connection)
+            .unwrap();
+    });
+    let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, revoke).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+
+    let status = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("raced")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&status), "GRANT_NOT_ISSUABLE");
+    assert!(status.message().contains("is revoked"), "{}", status.message());
+    let grant = client
+        .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
+        .await
+        .unwrap();
+    let grant = grant.into_inner().grants.remove(0);
+    assert_eq!(grant.state, i32::from(proto::GrantState::Revoked));
+    assert!(
+        grant.issuances.is_empty(),
+        "the issuance lost the race and was not recorded"
+    );
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("credentials issued but the grant changed meanwhile: discarded"));
+    assert!(!logs.contains(&fake_secret(0)) && !logs.contains(&fake_token(0)));
 }

@@ -35,6 +35,10 @@ pub struct RedisSettings {
     pub response_timeout: Duration,
     /// How long grants, their events and request ids are kept after the grant ends.
     pub retention: Duration,
+    /// Replicas that must acknowledge an issuance record before credentials are returned
+    /// (Redis `WAIT`); 0 trusts the primary alone.
+    pub min_replicas: u32,
+    pub replica_timeout: Duration,
 }
 
 /// Binds a request id (if any) and indexes the candidate grant for its caller. The index lives
@@ -94,6 +98,8 @@ pub struct RedisGrantStore {
     connection: ConnectionManager,
     prefix: String,
     retention: Duration,
+    min_replicas: u32,
+    replica_timeout: Duration,
     reserve: Script,
     create: Script,
     append_if_state: Script,
@@ -123,6 +129,8 @@ impl RedisGrantStore {
             connection,
             prefix: settings.key_prefix.clone(),
             retention: settings.retention,
+            min_replicas: settings.min_replicas,
+            replica_timeout: settings.replica_timeout,
             reserve: Script::new(RESERVE),
             create: Script::new(CREATE),
             append_if_state: Script::new(APPEND_IF_STATE),
@@ -178,6 +186,31 @@ impl RedisGrantStore {
             .collect::<Result<_, _>>()
             .map_err(|error| corrupt(error.to_string()))?;
         Ok(Some(grant))
+    }
+
+    /// Waits until `min_replicas` replicas hold every write made so far on this connection (all
+    /// of the broker's writes share it), so an issuance record survives a failover.
+    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
+        if self.min_replicas == 0 {
+            return Ok(());
+        }
+        let timeout_ms = u64::try_from(self.replica_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut connection = self.connection.clone();
+        let acknowledged: u32 = redis::cmd("WAIT")
+            .arg(self.min_replicas)
+            .arg(timeout_ms)
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        if acknowledged < self.min_replicas {
+            return Err(StoreError::Unavailable(format!(
+                "only {acknowledged} of {} required replicas acknowledged the write within {timeout_ms} ms",
+                self.min_replicas
+            )));
+        }
+        Ok(())
     }
 
     /// Reads several grants in one round trip; missing ones are skipped.
@@ -306,6 +339,7 @@ impl GrantStore for RedisGrantStore {
         let mut connection = self.connection.clone();
         let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
         match reply.split_once(' ') {
+            None if reply == "ok" && issuance.is_some() => self.wait_for_replicas().await.map(|()| Appended::Yes),
             None if reply == "ok" => Ok(Appended::Yes),
             None if reply == "missing" => Ok(Appended::Missing),
             Some(("state", state)) => GrantState::parse(state)

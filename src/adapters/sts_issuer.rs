@@ -104,8 +104,9 @@ fn classify(error: SdkError<AssumeRoleError>) -> IssueError {
                 // The broker's own credentials expired: an operator problem, retryable once fixed.
                 AssumeRoleError::ExpiredTokenException(_) => IssueErrorKind::Unavailable,
                 _ => match code {
+                    "AccessDenied" if message.contains("MultiFactorAuthentication") => IssueErrorKind::MfaRejected,
                     "AccessDenied" => IssueErrorKind::NotTrusted,
-                    "ValidationError" => IssueErrorKind::Rejected,
+                    "ValidationError" => IssueErrorKind::Misconfigured,
                     "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => IssueErrorKind::Throttled,
                     "ServiceUnavailable" | "InternalFailure" => IssueErrorKind::Unavailable,
                     _ => IssueErrorKind::Failed,

@@ -28,6 +28,13 @@ pub enum BrokerError {
     #[error("grant {grant_id} is {}: no credentials can be issued for it", .state.as_str())]
     NotIssuable { grant_id: GrantId, state: GrantState },
 
+    #[error("target `{target}` changed since grant {grant_id} was decided ({what}); request access again")]
+    TargetChanged {
+        grant_id: GrantId,
+        target: String,
+        what: String,
+    },
+
     #[error(transparent)]
     Store(StoreError),
 

@@ -246,7 +246,13 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             state: not.state,
         })?;
         let target = self.target_for(caller, &grant.target)?;
-        let spec = approved.session_spec(target, mfa, self.max_duration_secs(target));
+        let spec = approved
+            .session_spec(target, mfa, self.max_duration_secs(target))
+            .map_err(|changed| BrokerError::TargetChanged {
+                grant_id: grant.id,
+                target: changed.target,
+                what: changed.what,
+            })?;
         let session_name = spec.session_name().to_owned();
         let event = |kind| GrantEvent {
             at: self.clock.now(),
@@ -300,7 +306,14 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             .append_if_state(grant, GrantState::Approved, Some(&issuance), &issued)
             .await
         {
-            Ok(appended) => self.expect_appended(grant, appended)?,
+            Ok(Appended::Yes) => {}
+            Ok(other) => {
+                tracing::warn!(
+                    grant_id = %grant.id, access_key_id = %issuance.access_key_id, outcome = ?other,
+                    "credentials issued but the grant changed meanwhile: discarded"
+                );
+                self.expect_appended(grant, other)?;
+            }
             Err(error) => {
                 tracing::error!(
                     grant_id = %grant.id, access_key_id = %issuance.access_key_id, error = %error,

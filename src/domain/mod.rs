@@ -17,7 +17,7 @@ pub mod target;
 pub use grant::{Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome};
 pub use request::{AccessRequest, Caller, CallerId, MfaToken, RawAccessRequest, RequestId};
 pub use scope::{ActionPattern, ResourcePattern, Scope};
-pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionSpec, SessionTag};
+pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionSpec, SessionTag, TargetChanged};
 pub use target::Target;
 
 /// One invalid input field: the path of the field as the caller sent it (for example

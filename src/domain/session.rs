@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Grant, GrantId, GrantState, MfaToken, Target, limits};
+use super::{Grant, GrantId, GrantState, MfaToken, Target, limits, scope::check_within_ceiling};
 
 /// A secret string (secret access key, session token, MFA code). Debug and Display print
 /// `[redacted]`; it has no serde impls, so it cannot be written to Redis or a log by accident.
@@ -32,6 +32,13 @@ impl std::fmt::Display for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
     }
+}
+
+/// The target's configuration no longer matches what a grant was decided for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetChanged {
+    pub target: String,
+    pub what: String,
 }
 
 /// Why credentials cannot be minted for a grant.
@@ -65,8 +72,37 @@ impl<'a> ApprovedGrant<'a> {
     ///
     /// The duration is the time left in the grant window, but never below STS's 900-second
     /// minimum: the session policy's time condition ends access at the grant's end regardless.
-    pub fn session_spec(&self, target: &Target, mfa: Option<&MfaToken>, max_duration_secs: u64) -> SessionSpec {
+    ///
+    /// Refuses when the target no longer is what the grant was decided for (another role, region
+    /// or account, or a ceiling that no longer contains the grant's scopes): the configuration
+    /// changed since, and the grant must be requested again.
+    pub fn session_spec(
+        &self,
+        target: &Target,
+        mfa: Option<&MfaToken>,
+        max_duration_secs: u64,
+    ) -> Result<SessionSpec, TargetChanged> {
         let grant = self.grant;
+        let changed = |what: &str| {
+            Err(TargetChanged {
+                target: target.id.clone(),
+                what: what.to_owned(),
+            })
+        };
+        if (
+            target.role_arn.as_str(),
+            target.region.as_str(),
+            target.account_id.as_str(),
+        ) != (
+            grant.role_arn.as_str(),
+            grant.region.as_str(),
+            grant.account_id.as_str(),
+        ) {
+            return changed("role, region or account");
+        }
+        if !check_within_ceiling(&grant.scopes, &target.ceiling).is_empty() {
+            return changed("ceiling, which no longer contains the grant's scopes");
+        }
         // Rounded up, so a grant issued the instant it is created gets its whole duration.
         let remaining_ms = u128::try_from((grant.end - self.now).whole_milliseconds()).unwrap_or(0);
         let remaining = u64::try_from(remaining_ms.div_ceil(1000)).unwrap_or(u64::MAX);
@@ -84,10 +120,10 @@ impl<'a> ApprovedGrant<'a> {
                 tags.push(SessionTag::new("ticket", &grant.ticket));
             }
         }
-        SessionSpec {
+        Ok(SessionSpec {
             grant_id: grant.id,
-            role_arn: target.role_arn.clone(),
-            region: target.region.clone(),
+            role_arn: grant.role_arn.clone(),
+            region: grant.region.clone(),
             session_name: grant.session_name(),
             // Validated on receipt (`AccessRequest::validate`), so this never falls back in practice.
             source_identity: limits::source_identity_for(&grant.requester).unwrap_or_else(|| "grant-broker".to_owned()),
@@ -96,7 +132,7 @@ impl<'a> ApprovedGrant<'a> {
             external_id: target.external_id.clone(),
             tags,
             mfa: mfa.cloned(),
-        }
+        })
     }
 }
 
@@ -261,15 +297,18 @@ mod tests {
         let long = grant(GrantState::Approved, start, 7200);
         let spec = ApprovedGrant::check(&long, start)
             .unwrap()
-            .session_spec(&target(false), None, 3600);
+            .session_spec(&target(false), None, 3600)
+            .unwrap();
         assert_eq!(spec.duration_secs(), 3600, "clipped to the target maximum");
         let spec = ApprovedGrant::check(&long, start + Duration::seconds(6000))
             .unwrap()
-            .session_spec(&target(false), None, 3600);
+            .session_spec(&target(false), None, 3600)
+            .unwrap();
         assert_eq!(spec.duration_secs(), 1200, "clipped to the grant window");
         let spec = ApprovedGrant::check(&long, start + Duration::seconds(7000))
             .unwrap()
-            .session_spec(&target(false), None, 3600);
+            .session_spec(&target(false), None, 3600)
+            .unwrap();
         assert_eq!(spec.duration_secs(), 900, "never below the STS minimum");
     }
 
@@ -278,14 +317,48 @@ mod tests {
         let start = datetime!(2026-11-28 10:00 UTC);
         let g = grant(GrantState::Approved, start, 3600);
         let approved = ApprovedGrant::check(&g, start).unwrap();
-        assert!(approved.session_spec(&target(false), None, 3600).tags().is_empty());
-        let spec = approved.session_spec(&target(true), None, 3600);
+        assert!(
+            approved
+                .session_spec(&target(false), None, 3600)
+                .unwrap()
+                .tags()
+                .is_empty()
+        );
+        let spec = approved.session_spec(&target(true), None, 3600).unwrap();
         let tags: Vec<_> = spec.tags().iter().map(|t| (t.key, t.value.as_str())).collect();
         assert_eq!(tags[1], ("requester", "alice smith _alice@example.com_"));
         assert_eq!(tags[2], ("grantee", "vendor/x"));
         assert_eq!(tags[3], ("ticket", "INC_7"));
         assert_eq!(spec.source_identity(), "alice_smith__alice@example.com_");
         assert_eq!(spec.external_id(), Some("ext-1"));
+    }
+
+    #[test]
+    fn a_changed_target_refuses_to_issue() {
+        let start = datetime!(2026-11-28 10:00 UTC);
+        let mut g = grant(GrantState::Approved, start, 3600);
+        g.scopes = vec![crate::domain::Scope {
+            actions: vec![crate::domain::ActionPattern::parse("s3:GetObject").unwrap()],
+            resources: vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::a/*").unwrap()],
+        }];
+        let approved = ApprovedGrant::check(&g, start).unwrap();
+        let mut moved = target(false);
+        moved.ceiling = g.scopes.clone();
+        assert!(approved.session_spec(&moved, None, 3600).is_ok());
+        moved.role_arn = "arn:aws:iam::123456789012:role/other".into();
+        assert_eq!(
+            approved.session_spec(&moved, None, 3600).unwrap_err().what,
+            "role, region or account"
+        );
+        let mut narrowed = target(false);
+        narrowed.ceiling = vec![];
+        assert!(
+            approved
+                .session_spec(&narrowed, None, 3600)
+                .unwrap_err()
+                .what
+                .starts_with("ceiling")
+        );
     }
 
     #[test]

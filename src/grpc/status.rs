@@ -73,6 +73,14 @@ impl From<BrokerError> for Status {
                 );
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
+            BrokerError::TargetChanged { grant_id, target, .. } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                info(
+                    "TARGET_CHANGED",
+                    &[("grant_id", grant_id.to_string()), ("target", target)],
+                ),
+            ),
             BrokerError::Store(StoreError::Unavailable(_)) => {
                 let mut details = info("STORE_UNAVAILABLE", &[]);
                 details.set_retry_info(Some(RETRY_AFTER));
@@ -92,8 +100,17 @@ impl From<BrokerError> for Status {
                 }
                 IssueErrorKind::Rejected => {
                     let mut details = info("STS_REJECTED", &[]);
-                    details.add_bad_request_violation("scopes", issue.message.clone());
+                    details.add_bad_request_violation(
+                        "scopes",
+                        format!("STS refused the session policy or tags: {}", issue.message),
+                    );
                     Status::with_error_details(Code::InvalidArgument, message, details)
+                }
+                IssueErrorKind::MfaRejected => {
+                    Status::with_error_details(Code::PermissionDenied, message, info("MFA_REJECTED", &[]))
+                }
+                IssueErrorKind::Misconfigured => {
+                    Status::with_error_details(Code::FailedPrecondition, message, info("STS_MISCONFIGURED", &[]))
                 }
                 IssueErrorKind::Throttled => {
                     let mut details = info("STS_THROTTLED", &[]);

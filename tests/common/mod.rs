@@ -87,6 +87,29 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A replica of `primary`, once its replication link is up.
+    pub async fn start_replica_of(primary: &RedisServer) -> Self {
+        let replica = Self::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut connection = replica.connection().await;
+        while Instant::now() < deadline {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("replica never linked to its primary");
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
         for _ in 0..5 {
             let port = free_port();
             let mut child = Command::new("redis-server")
@@ -100,6 +123,7 @@ impl RedisServer {
                     "--appendonly",
                     "no",
                 ])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -261,11 +285,12 @@ pub struct FakeSts {
     calls: Arc<Mutex<Vec<HashMap<String, String>>>>,
 }
 
-type Hook = Arc<dyn Fn() + Send + Sync>;
+/// Called with each AssumeRole call's parameters before the answer is sent.
+pub type Hook = Arc<dyn Fn(&HashMap<String, String>) + Send + Sync>;
 
 impl FakeSts {
     pub async fn start(behaviour: StsBehaviour) -> Self {
-        Self::start_with_hook(behaviour, Arc::new(|| {})).await
+        Self::start_with_hook(behaviour, Arc::new(|_| {})).await
     }
 
     /// `hook` runs on every call, before the answer is sent.
@@ -289,7 +314,7 @@ impl FakeSts {
                             let body = request.into_body().collect().await.unwrap().to_bytes();
                             let params: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
                             calls.lock().unwrap().push(params.clone());
-                            hook();
+                            hook(&params);
                             let n = counter.fetch_add(1, Ordering::SeqCst);
                             Ok::<_, hyper::Error>(answer(&behaviour, &params, n).await)
                         }
@@ -367,6 +392,7 @@ pub struct Settings {
     pub attempt_timeout_ms: u64,
     pub operation_timeout_ms: u64,
     pub redis_timeout_ms: u64,
+    pub min_replicas: u32,
 }
 
 impl Settings {
@@ -378,6 +404,7 @@ impl Settings {
             attempt_timeout_ms: 2_000,
             operation_timeout_ms: 5_000,
             redis_timeout_ms: 500,
+            min_replicas: 0,
         }
     }
 }
@@ -397,6 +424,8 @@ pub fn config_text(settings: &Settings) -> String {
 url = "{redis_url}"
 connect_timeout_ms = {redis_timeout}
 response_timeout_ms = {redis_timeout}
+min_replicas = {min_replicas}
+replica_timeout_ms = 300
 
 [aws]
 sts_endpoint = "{sts}"
@@ -469,6 +498,7 @@ targets = ["dev-logs-read"]
 "#,
         redis_url = settings.redis_url,
         redis_timeout = settings.redis_timeout_ms,
+        min_replicas = settings.min_replicas,
         sts = settings.sts_endpoint,
         max_attempts = settings.max_attempts,
         attempt_timeout = settings.attempt_timeout_ms,

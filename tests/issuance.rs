@@ -598,16 +598,9 @@ async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
     let grant_id = response.grant.unwrap().id;
     let access_key_id = response.credentials.unwrap().access_key_id;
     // WAIT returned, so the replica already holds the issuance record.
-    let mut on_replica = replica.connection().await;
-    let issuances: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("gb:grant:{{{grant_id}}}:issuances"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut on_replica)
-        .await
-        .unwrap();
+    let issuances = replica.grant_list(&grant_id, "issuances").await;
     assert_eq!(issuances.len(), 1);
-    assert!(issuances[0].contains(&access_key_id));
+    assert_eq!(issuances[0]["access_key_id"], access_key_id);
 
     // Without the replica the record cannot be made durable: no credentials.
     replica.stop();

@@ -197,19 +197,24 @@ impl RedisServer {
         entries
     }
 
-    pub async fn events(&self, grant_id: &str) -> Vec<serde_json::Value> {
+    /// A grant's list (`events` or `issuances`), each entry parsed as JSON.
+    pub async fn grant_list(&self, grant_id: &str, list: &str) -> Vec<serde_json::Value> {
         let mut connection = self.connection().await;
-        let events: Vec<String> = redis::cmd("LRANGE")
-            .arg(format!("gb:grant:{{{grant_id}}}:events"))
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("gb:grant:{{{grant_id}}}:{list}"))
             .arg(0)
             .arg(-1)
             .query_async(&mut connection)
             .await
             .unwrap();
-        events
+        entries
             .iter()
-            .map(|event| serde_json::from_str(event).unwrap())
+            .map(|entry| serde_json::from_str(entry).unwrap())
             .collect()
+    }
+
+    pub async fn events(&self, grant_id: &str) -> Vec<serde_json::Value> {
+        self.grant_list(grant_id, "events").await
     }
 }
 

@@ -276,8 +276,12 @@ fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
             problems.push(Problem::new(key, "must be 1-60000 milliseconds"));
         }
     }
-    if raw.min_replicas > 0 && (raw.replica_timeout_ms == 0 || raw.replica_timeout_ms > 60_000) {
-        problems.push(Problem::new("redis.replica_timeout_ms", "must be 1-60000 milliseconds"));
+    // WAIT holds the reply until the replicas answer, so the client must wait longer than that.
+    if raw.min_replicas > 0 && (raw.replica_timeout_ms == 0 || raw.replica_timeout_ms >= raw.response_timeout_ms) {
+        problems.push(Problem::new(
+            "redis.replica_timeout_ms",
+            "must be positive and below redis.response_timeout_ms when redis.min_replicas is set",
+        ));
     }
     if raw.retention_days == 0 || raw.retention_days > 3_650 {
         problems.push(Problem::new("redis.retention_days", "must be 1-3650 days"));

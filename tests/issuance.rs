@@ -582,9 +582,18 @@ async fn an_unreachable_sts_is_unavailable() {
 
 #[tokio::test]
 async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let primary = RedisServer::start();
-    let replica = RedisServer::start_replica_of(&primary).await;
-    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let replica = Arc::new(RedisServer::start_replica_of(&primary).await);
+    // Once armed, the replica dies while STS is minting.
+    let armed = Arc::new(AtomicBool::new(false));
+    let (victim, trigger) = (Arc::clone(&replica), Arc::clone(&armed));
+    let hook = Arc::new(move |_: &std::collections::HashMap<String, String>| {
+        if trigger.load(Ordering::SeqCst) {
+            victim.stop();
+        }
+    });
+    let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, hook).await;
     let mut settings = Settings::new(primary.url(), sts.url.clone());
     settings.min_replicas = 1;
     let server = Server::start(&settings).await;
@@ -602,10 +611,11 @@ async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
     assert_eq!(issuances.len(), 1);
     assert_eq!(issuances[0]["access_key_id"], access_key_id);
 
-    // Without the replica the record cannot be made durable: no credentials.
-    replica.stop();
+    // The replica dies after the `issuing` record was replicated but before the issuance was:
+    // the credentials STS minted are dropped, and the audit trail says so.
+    armed.store(true, Ordering::SeqCst);
     let status = client
-        .request_access(authed(PORTAL_TOKEN, read_logs_request("unreplicated")))
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("half")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
@@ -616,6 +626,26 @@ async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
         status.message()
     );
     assert_eq!(sts.calls().len(), 2);
+    let grants = client
+        .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
+        .await
+        .unwrap();
+    let half = grants.into_inner().grants.remove(0);
+    let events = primary.events(&half.id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "issue_discarded");
+    assert_eq!(last["access_key_id"], "ASIAFAKE000000000001");
+
+    // With the replica gone, not even the `issuing` record is durable: STS is not called.
+    let status = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("down")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), error_reason(&status).as_str()),
+        (Code::Unavailable, "STORE_UNAVAILABLE")
+    );
+    assert_eq!(sts.calls().len(), 2, "no session is minted that could not be traced");
 }
 
 #[tokio::test]
@@ -657,5 +687,12 @@ async fn a_grant_that_changes_state_during_the_sts_call_gets_no_credentials() {
     );
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("credentials issued but the grant changed meanwhile: discarded"));
+    let events = redis.events(&grant.id).await;
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["event"], "issue_discarded",
+        "the audit trail names the session nobody received"
+    );
+    assert_eq!(last["access_key_id"], "ASIAFAKE000000000000");
     assert!(!logs.contains(&fake_secret(0)) && !logs.contains(&fake_token(0)));
 }

@@ -223,6 +223,7 @@ async fn callers_must_authenticate_and_stay_within_their_targets() {
 
     let status = client.list_targets(proto::ListTargetsRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(error_reason(&status), "UNAUTHENTICATED");
     assert!(
         status.message().contains("missing `authorization: Bearer <token>`"),
         "{}",

@@ -15,6 +15,9 @@
 //! `state`). Retention: grant keys and request ids expire `retention` after the grant ends; the
 //! caller index drops ids older than `retention` whenever it grows and expires with its newest
 //! entry. No KEYS or SCAN anywhere. Needs Redis 7.0 or later.
+//!
+//! With `min_replicas`, the conditional appends (`issuing` and the issuance) are pipelined with
+//! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
 use std::time::Duration;
 
@@ -96,14 +99,22 @@ type StoredGrant = ((Option<String>, Option<String>), Vec<String>);
 
 pub struct RedisGrantStore {
     connection: ConnectionManager,
+    /// With `min_replicas`, conditional appends go over their own connection, pipelined with
+    /// `WAIT`: WAIT blocks its connection on the server, and must follow the write on the same
+    /// connection (a reconnect in between would make it vouch for nothing).
+    durable: Option<Durable>,
     prefix: String,
     retention: Duration,
-    min_replicas: u32,
-    replica_timeout: Duration,
     reserve: Script,
     create: Script,
     append_if_state: Script,
     append_event: Script,
+}
+
+struct Durable {
+    connection: ConnectionManager,
+    min_replicas: u32,
+    timeout_ms: u64,
 }
 
 fn unavailable(error: redis::RedisError) -> StoreError {
@@ -124,13 +135,24 @@ impl RedisGrantStore {
             .set_response_timeout(Some(settings.response_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
+        let durable = if settings.min_replicas == 0 {
+            None
+        } else {
+            Some(Durable {
+                connection: ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+                min_replicas: settings.min_replicas,
+                timeout_ms: u64::try_from(settings.replica_timeout.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            })
+        };
         Ok(Self {
             connection,
+            durable,
             prefix: settings.key_prefix.clone(),
             retention: settings.retention,
-            min_replicas: settings.min_replicas,
-            replica_timeout: settings.replica_timeout,
             reserve: Script::new(RESERVE),
             create: Script::new(CREATE),
             append_if_state: Script::new(APPEND_IF_STATE),
@@ -188,31 +210,6 @@ impl RedisGrantStore {
         Ok(Some(grant))
     }
 
-    /// Waits until `min_replicas` replicas hold every write made so far on this connection (all
-    /// of the broker's writes share it), so an issuance record survives a failover.
-    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
-        if self.min_replicas == 0 {
-            return Ok(());
-        }
-        let timeout_ms = u64::try_from(self.replica_timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let mut connection = self.connection.clone();
-        let acknowledged: u32 = redis::cmd("WAIT")
-            .arg(self.min_replicas)
-            .arg(timeout_ms)
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
-        if acknowledged < self.min_replicas {
-            return Err(StoreError::Unavailable(format!(
-                "only {acknowledged} of {} required replicas acknowledged the write within {timeout_ms} ms",
-                self.min_replicas
-            )));
-        }
-        Ok(())
-    }
-
     /// Reads several grants in one round trip; missing ones are skipped.
     async fn get_many(&self, ids: &[GrantId]) -> Result<Vec<Grant>, StoreError> {
         if ids.is_empty() {
@@ -249,7 +246,11 @@ impl GrantStore for RedisGrantStore {
         if let Some(request_id) = request_id {
             invocation.key(self.request_key(caller, request_id));
         }
-        let trim_before = GrantId::lower_bound_at(now - self.retention);
+        // Records live until their grant's end plus retention, and a grant lasts at most
+        // MAX_DURATION_SECS: index entries older than both can only point at forgotten records.
+        let trim_before = GrantId::lower_bound_at(
+            now - self.retention - std::time::Duration::from_secs(crate::domain::limits::MAX_DURATION_SECS),
+        );
         invocation
             .arg(candidate.to_string())
             .arg(fingerprint)
@@ -336,10 +337,32 @@ impl GrantStore for RedisGrantStore {
         if let Some(issuance) = issuance {
             invocation.arg(to_json(issuance)?);
         }
-        let mut connection = self.connection.clone();
-        let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
+        let reply: String = match &self.durable {
+            None => invocation
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(unavailable)?,
+            Some(durable) => {
+                // One round trip: (re)load the script, run it, wait for the replicas.
+                let (_, reply, acknowledged): (String, String, u32) = redis::pipe()
+                    .load_script(&self.append_if_state)
+                    .invoke_script(&invocation)
+                    .cmd("WAIT")
+                    .arg(durable.min_replicas)
+                    .arg(durable.timeout_ms)
+                    .query_async(&mut durable.connection.clone())
+                    .await
+                    .map_err(unavailable)?;
+                if reply == "ok" && acknowledged < durable.min_replicas {
+                    return Err(StoreError::Unavailable(format!(
+                        "only {acknowledged} of {} required replicas acknowledged the write within {} ms",
+                        durable.min_replicas, durable.timeout_ms
+                    )));
+                }
+                reply
+            }
+        };
         match reply.split_once(' ') {
-            None if reply == "ok" && issuance.is_some() => self.wait_for_replicas().await.map(|()| Appended::Yes),
             None if reply == "ok" => Ok(Appended::Yes),
             None if reply == "missing" => Ok(Appended::Missing),
             Some(("state", state)) => GrantState::parse(state)

@@ -100,7 +100,8 @@ fn classify(error: SdkError<AssumeRoleError>) -> IssueError {
             let kind = match error {
                 AssumeRoleError::MalformedPolicyDocumentException(_)
                 | AssumeRoleError::PackedPolicyTooLargeException(_) => IssueErrorKind::Rejected,
-                AssumeRoleError::RegionDisabledException(_) => IssueErrorKind::Unavailable,
+                // Retrying cannot help: STS must be activated in the region for the account.
+                AssumeRoleError::RegionDisabledException(_) => IssueErrorKind::Misconfigured,
                 // The broker's own credentials expired: an operator problem, retryable once fixed.
                 AssumeRoleError::ExpiredTokenException(_) => IssueErrorKind::Unavailable,
                 _ => match code {

@@ -312,6 +312,8 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     grant_id = %grant.id, access_key_id = %issuance.access_key_id, outcome = ?other,
                     "credentials issued but the grant changed meanwhile: discarded"
                 );
+                self.record_discarded(caller, grant, &issuance, format!("grant changed meanwhile: {other:?}"))
+                    .await;
                 self.expect_appended(grant, other)?;
             }
             Err(error) => {
@@ -319,6 +321,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     grant_id = %grant.id, access_key_id = %issuance.access_key_id, error = %error,
                     "credentials issued but not recorded: discarded"
                 );
+                self.record_discarded(caller, grant, &issuance, error.to_string()).await;
                 return Err(BrokerError::CredentialsNotRecorded {
                     grant_id: grant.id,
                     cause: error,
@@ -330,6 +333,23 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             "credentials issued"
         );
         Ok((issuance, credentials))
+    }
+
+    /// Best effort: the audit trail says which session STS created but nobody received. If the
+    /// store is down this fails too, and the `issuing` event plus the error log still name it.
+    async fn record_discarded(&self, caller: &Caller, grant: &Grant, issuance: &Issuance, reason: String) {
+        let event = GrantEvent {
+            at: self.clock.now(),
+            caller: caller.id.to_string(),
+            kind: EventKind::IssueDiscarded {
+                session_name: issuance.session_name.clone(),
+                access_key_id: issuance.access_key_id.clone(),
+                reason,
+            },
+        };
+        if let Err(error) = self.store.append_event(grant, &event).await {
+            tracing::warn!(grant_id = %grant.id, error = %error, "could not record the discarded issuance");
+        }
     }
 
     fn expect_appended(&self, grant: &Grant, appended: Appended) -> Result<(), BrokerError> {

@@ -162,6 +162,13 @@ pub enum EventKind {
         session_name: String,
         error: String,
     },
+    /// STS issued credentials but they could not be recorded as issued (store unavailable, or
+    /// the grant changed state meanwhile), so they were never returned to the caller.
+    IssueDiscarded {
+        session_name: String,
+        access_key_id: String,
+        reason: String,
+    },
 }
 
 /// A grant as recorded. `state` and `issuances` are kept by the store beside the rest of the

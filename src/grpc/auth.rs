@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 use tonic::{Status, metadata::MetadataMap};
 
+use super::status::unauthenticated;
 use crate::{config::CallerConfig, domain::Caller};
 
 /// Maps token digests to callers.
@@ -35,22 +36,20 @@ impl Authenticator {
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
         let header = metadata
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+            .ok_or_else(|| unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
         let header = header
             .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization metadata is not printable ASCII"))?;
+            .map_err(|_| unauthenticated("the authorization metadata is not printable ASCII"))?;
         let token = match header.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => token.trim(),
             _ => {
-                return Err(Status::unauthenticated(
-                    "the authorization metadata must be `Bearer <token>`",
-                ));
+                return Err(unauthenticated("the authorization metadata must be `Bearer <token>`"));
             }
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.by_digest
             .get(&digest)
             .cloned()
-            .ok_or_else(|| Status::unauthenticated("unknown caller token"))
+            .ok_or_else(|| unauthenticated("unknown caller token"))
     }
 }

@@ -38,6 +38,11 @@ fn invalid_argument(message: String, violations: &[DomainViolation]) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// UNAUTHENTICATED, for the authentication step (which runs before any broker call).
+pub fn unauthenticated(message: &str) -> Status {
+    Status::with_error_details(Code::Unauthenticated, message, info("UNAUTHENTICATED", &[]))
+}
+
 impl From<BrokerError> for Status {
     fn from(error: BrokerError) -> Self {
         let message = error.to_string();

@@ -3,8 +3,9 @@
 //!
 //! Decision procedure (default deny): any applicable `forbid` on `request`, or no `permit` on
 //! `request`, denies; otherwise a `permit` (and no `forbid`) on `auto_approve` approves at once;
-//! otherwise the grant waits for human approval. A policy that fails to evaluate counts as not
-//! applying, so a broken `permit` can only make a decision stricter.
+//! otherwise the grant waits for human approval. Cedar skips a policy that fails to evaluate, which
+//! for a `forbid` would let a request through; so any evaluation failure on `request` denies, and
+//! on `auto_approve` withholds automatic approval.
 //!
 //! Pure and synchronous: the caller reads the rule files and passes their text in.
 

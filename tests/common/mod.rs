@@ -122,6 +122,11 @@ impl RedisServer {
                     "",
                     "--appendonly",
                     "no",
+                    // Replicas write the primary's snapshot to disk: keep it out of the work tree.
+                    "--dir",
+                    &std::env::temp_dir().display().to_string(),
+                    "--dbfilename",
+                    &format!("gb-test-{port}.rdb"),
                 ])
                 .args(extra)
                 .stdout(Stdio::null())

@@ -326,9 +326,7 @@ async fn credentials_are_dropped_when_the_issuance_cannot_be_recorded() {
         .await
         .unwrap_err();
     assert_eq!(sts.calls().len(), 1, "STS did mint credentials");
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(error_reason(&status), "CREDENTIALS_NOT_RECORDED");
-    assert!(status.message().contains("discarded"), "{}", status.message());
+    assert_status(&status, Code::Unavailable, "CREDENTIALS_NOT_RECORDED", "discarded");
     assert!(!status.message().contains(&fake_secret(0)) && !status.message().contains(&fake_token(0)));
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert!(
@@ -439,13 +437,7 @@ async fn sts_errors_become_clear_statuses_and_are_recorded() {
             );
         }
         // The grant stays approved, with the failure in its audit trail; nothing was issued.
-        let grant = client
-            .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .grants
-            .remove(0);
+        let grant = newest_grant(&mut client).await;
         assert!(grant.issuances.is_empty());
         let events = redis.events(&grant.id).await;
         assert_eq!(events.last().unwrap()["event"], "issue_failed");
@@ -466,13 +458,7 @@ async fn a_slow_sts_is_unavailable_not_a_hang() {
         .request_access(authed(PORTAL_TOKEN, read_logs_request("slow")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(error_reason(&status), "STS_UNAVAILABLE");
-    assert!(
-        status.message().contains("did not answer in time"),
-        "{}",
-        status.message()
-    );
+    assert_status(&status, Code::Unavailable, "STS_UNAVAILABLE", "did not answer in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,12 +557,11 @@ async fn an_unreachable_sts_is_unavailable() {
         .request_access(authed(PORTAL_TOKEN, read_logs_request("refused")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(error_reason(&status), "STS_UNAVAILABLE");
-    assert!(
-        status.message().contains("STS could not be reached"),
-        "{}",
-        status.message()
+    assert_status(
+        &status,
+        Code::Unavailable,
+        "STS_UNAVAILABLE",
+        "STS could not be reached",
     );
 }
 
@@ -618,19 +603,14 @@ async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
         .request_access(authed(PORTAL_TOKEN, read_logs_request("half")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(error_reason(&status), "CREDENTIALS_NOT_RECORDED");
-    assert!(
-        status.message().contains("only 0 of 1 required replicas"),
-        "{}",
-        status.message()
+    assert_status(
+        &status,
+        Code::Unavailable,
+        "CREDENTIALS_NOT_RECORDED",
+        "only 0 of 1 required replicas",
     );
     assert_eq!(sts.calls().len(), 2);
-    let grants = client
-        .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
-        .await
-        .unwrap();
-    let half = grants.into_inner().grants.remove(0);
+    let half = newest_grant(&mut client).await;
     let events = primary.events(&half.id).await;
     let last = events.last().unwrap();
     assert_eq!(last["event"], "issue_discarded");
@@ -672,14 +652,8 @@ async fn a_grant_that_changes_state_during_the_sts_call_gets_no_credentials() {
         .request_access(authed(PORTAL_TOKEN, read_logs_request("raced")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(error_reason(&status), "GRANT_NOT_ISSUABLE");
-    assert!(status.message().contains("is revoked"), "{}", status.message());
-    let grant = client
-        .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
-        .await
-        .unwrap();
-    let grant = grant.into_inner().grants.remove(0);
+    assert_status(&status, Code::FailedPrecondition, "GRANT_NOT_ISSUABLE", "is revoked");
+    let grant = newest_grant(&mut client).await;
     assert_eq!(grant.state, i32::from(proto::GrantState::Revoked));
     assert!(
         grant.issuances.is_empty(),

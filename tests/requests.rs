@@ -222,12 +222,11 @@ async fn callers_must_authenticate_and_stay_within_their_targets() {
     let (_redis, sts, _server, mut client) = setup().await;
 
     let status = client.list_targets(proto::ListTargetsRequest {}).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(error_reason(&status), "UNAUTHENTICATED");
-    assert!(
-        status.message().contains("missing `authorization: Bearer <token>`"),
-        "{}",
-        status.message()
+    assert_status(
+        &status,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+        "missing `authorization: Bearer <token>`",
     );
     let status = client
         .list_targets(authed("not-a-token", proto::ListTargetsRequest {}))

@@ -160,15 +160,15 @@ impl RedisGrantStore {
         })
     }
 
-    pub fn grant_key(&self, id: GrantId) -> String {
+    fn grant_key(&self, id: GrantId) -> String {
         format!("{}:grant:{{{id}}}", self.prefix)
     }
 
-    pub fn issuances_key(&self, id: GrantId) -> String {
+    fn issuances_key(&self, id: GrantId) -> String {
         format!("{}:grant:{{{id}}}:issuances", self.prefix)
     }
 
-    pub fn events_key(&self, id: GrantId) -> String {
+    fn events_key(&self, id: GrantId) -> String {
         format!("{}:grant:{{{id}}}:events", self.prefix)
     }
 

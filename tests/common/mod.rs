@@ -616,3 +616,34 @@ pub fn error_reason(status: &tonic::Status) -> String {
         .map(|info| info.reason.clone())
         .unwrap_or_default()
 }
+
+/// Asserts a status's code, its ErrorInfo reason, and that its message says `says`.
+#[track_caller]
+pub fn assert_status(status: &tonic::Status, code: tonic::Code, reason: &str, says: &str) {
+    assert_eq!(
+        (status.code(), error_reason(status).as_str()),
+        (code, reason),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains(says),
+        "`{}` does not say `{says}`",
+        status.message()
+    );
+}
+
+/// The portal caller's most recent grant.
+pub async fn newest_grant(client: &mut Client) -> proto::Grant {
+    let page = proto::ListGrantsRequest {
+        page_size: 1,
+        page_token: String::new(),
+    };
+    let mut grants = client
+        .list_grants(authed(PORTAL_TOKEN, page))
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(grants.len(), 1, "the caller has a grant");
+    grants.remove(0)
+}

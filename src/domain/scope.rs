@@ -1,5 +1,7 @@
 //! Scopes: IAM action patterns applied to resource ARN patterns. A scope is what a grant allows,
-//! and a target's ceiling is a list of scopes that bounds every grant on it.
+//! and a target's ceiling is a list of scopes that bounds every grant on it. This module owns
+//! which patterns are accepted, whether a request lies inside a ceiling, re-checking patterns read
+//! back from storage, and warning about ceilings that reach further than they look.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +14,28 @@ const MAX_RESOURCE_LEN: usize = 2048;
 /// Most wildcards one pattern may have. Real patterns use a handful; the bound keeps the
 /// containment check's work small for any input.
 pub const MAX_WILDCARDS: usize = 16;
+
+/// The characters of IAM's policy-variable syntax: `${aws:username}`, and the escapes `${*}`,
+/// `${?}` and `${$}` that stand for a literal `*`, `?` or `$`.
+const POLICY_VARIABLE_CHARS: [char; 3] = ['$', '{', '}'];
+
+fn policy_variable_char(text: &str) -> Option<char> {
+    text.chars().find(|c| POLICY_VARIABLE_CHARS.contains(c))
+}
+
+/// IAM substitutes policy variables when it evaluates a policy, from values the principal may
+/// control (its user name, its tags, the request's tags), so a pattern holding one is not a fixed
+/// set of strings and containment cannot reason about it.
+fn check_no_policy_variables(text: &str) -> Result<(), String> {
+    match policy_variable_char(text) {
+        Some(c) => Err(format!(
+            "`{text}` contains `{c}`, which is not allowed: IAM substitutes policy variables such as \
+             `${{aws:username}}` when it evaluates a policy, so the pattern's reach could not be checked \
+             against the ceiling"
+        )),
+        None => Ok(()),
+    }
+}
 
 fn check_wildcards(text: &str) -> Result<(), String> {
     let count = text.chars().filter(|c| matches!(c, '*' | '?')).count();
@@ -39,6 +63,7 @@ impl ActionPattern {
                 "must be `*` or `service:action`, 1-{MAX_ACTION_LEN} characters"
             ));
         }
+        check_no_policy_variables(text)?;
         let Some((service, action)) = text.split_once(':') else {
             return Err(format!(
                 "`{text}` must be `service:action` (for example `s3:GetObject`) or `*`"
@@ -61,6 +86,13 @@ impl ActionPattern {
         Ok(Self(text.to_owned()))
     }
 
+    /// Wraps an action pattern read back from the grant store, unchecked: records written by an
+    /// earlier release may hold text today's `parse` refuses, and must still read back. Never
+    /// trust the result for issuance without [`Scope::revalidate`].
+    pub fn from_record(text: String) -> Self {
+        Self(text)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -69,9 +101,10 @@ impl ActionPattern {
         self.0.to_ascii_lowercase()
     }
 
-    /// Whether every action this pattern matches is also matched by `outer`.
+    /// Whether every action this pattern matches is also matched by `outer`. Never for a pattern
+    /// holding a policy variable, which `from_record` lets through unchecked.
     pub fn is_within(&self, outer: &ActionPattern) -> bool {
-        pattern::is_contained(&self.folded(), &outer.folded())
+        policy_variable_char(&self.0).is_none() && pattern::is_contained(&self.folded(), &outer.folded())
     }
 
     /// The service prefix in lower case (`s3` for `s3:GetObject`), or `*` when the service part
@@ -127,6 +160,7 @@ impl ResourcePattern {
         if text.len() > MAX_RESOURCE_LEN {
             return Err(format!("must be at most {MAX_RESOURCE_LEN} characters"));
         }
+        check_no_policy_variables(text)?;
         // Printable ASCII only, without the characters JSON would have to escape: the session
         // policy's size limit counts the escaped form, and no ARN needs them.
         if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic() || *c == '"' || *c == '\\') {
@@ -138,12 +172,21 @@ impl ResourcePattern {
         Ok(Self(text.to_owned()))
     }
 
+    /// Wraps a resource pattern read back from the grant store, unchecked: records written by an
+    /// earlier release may hold text today's `parse` refuses (such as `${`), and must still read
+    /// back. Never trust the result for issuance without [`Scope::revalidate`].
+    pub fn from_record(text: String) -> Self {
+        Self(text)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// Whether every resource this pattern matches is also matched by `outer`. Never for a
+    /// pattern holding a policy variable, which `from_record` lets through unchecked.
     pub fn is_within(&self, outer: &ResourcePattern) -> bool {
-        pattern::is_contained(&self.0, &outer.0)
+        policy_variable_char(&self.0).is_none() && pattern::is_contained(&self.0, &outer.0)
     }
 }
 
@@ -165,6 +208,25 @@ impl From<ResourcePattern> for String {
 pub struct Scope {
     pub actions: Vec<ActionPattern>,
     pub resources: Vec<ResourcePattern>,
+}
+
+impl Scope {
+    /// Re-checks every pattern with today's `parse` (records come from storage, which is not
+    /// trusted); each error names the pattern and why, e.g. "resources[1]: `...` ...".
+    pub fn revalidate(&self) -> Result<(), Vec<String>> {
+        let actions = self.actions.iter().enumerate().filter_map(|(i, action)| {
+            ActionPattern::parse(action.as_str())
+                .err()
+                .map(|why| format!("actions[{i}]: {why}"))
+        });
+        let resources = self.resources.iter().enumerate().filter_map(|(i, resource)| {
+            ResourcePattern::parse(resource.as_str())
+                .err()
+                .map(|why| format!("resources[{i}]: {why}"))
+        });
+        let errors: Vec<String> = actions.chain(resources).collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
 }
 
 /// Checks that every requested scope lies inside the ceiling: each (action, resource) pair of a
@@ -215,6 +277,133 @@ pub fn check_within_ceiling(scopes: &[Scope], ceiling: &[Scope]) -> Vec<FieldVio
         }
     }
     violations
+}
+
+/// Names of the ARN segments before the resource part, by position.
+const ARN_SEGMENTS: [&str; 5] = ["arn", "partition", "service", "region", "account"];
+const ACCOUNT_SEGMENT: usize = 4;
+/// What examples put where a ceiling has a wildcard: a resource of an account other than the
+/// operator's, so the example shows reach they did not mean.
+const SAMPLE_SEGMENTS: [&str; 5] = ["arn", "aws", "s3", "us-east-1", "999999999999"];
+const SAMPLE_RESOURCE: &str = "other/x";
+
+/// The segment at `index` with its wildcards replaced by plain characters, so the result is
+/// matched by it; a segment that is only `*` gets a realistic value instead.
+fn fill(segment: &str, index: usize) -> String {
+    if segment == "*" {
+        return SAMPLE_SEGMENTS.get(index).unwrap_or(&"x").to_string();
+    }
+    segment.replace(['*', '?'], "x")
+}
+
+/// A string `segments` matches only because the `*` ending segment `crossing` runs across `:`:
+/// that `*` swallows the rest of another resource's ARN (another account's, in any region) and
+/// the pattern resumes after it.
+fn crossing_example(segments: &[&str], crossing: usize) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for (index, segment) in segments.iter().enumerate() {
+        parts.push(fill(segment, index));
+        if index != crossing {
+            continue;
+        }
+        for later in crossing + 1..ARN_SEGMENTS.len() {
+            // The pattern's own service and empty segments (S3's region and account) keep the
+            // example looking like a real ARN; the account is always someone else's.
+            let own = segments.get(later).copied().unwrap_or_default();
+            let keep_own = own.is_empty() || (later != ACCOUNT_SEGMENT && !own.contains(['*', '?']));
+            parts.push(if keep_own { own.to_owned() } else { fill("*", later) });
+        }
+        parts.push(SAMPLE_RESOURCE.to_owned());
+    }
+    parts.join(":")
+}
+
+/// `segments` with its account replaced by someone else's.
+fn other_account_example(segments: &[&str]) -> String {
+    let parts: Vec<String> = segments
+        .iter()
+        .enumerate()
+        .map(|(index, segment)| {
+            if index == ACCOUNT_SEGMENT {
+                fill("*", index)
+            } else {
+                fill(segment, index)
+            }
+        })
+        .collect();
+    parts.join(":")
+}
+
+fn resource_warnings(resource: &str) -> Vec<String> {
+    let segments: Vec<&str> = resource.split(':').collect();
+    let mut warnings = Vec::new();
+    for (index, name) in ARN_SEGMENTS.iter().enumerate().skip(1) {
+        let Some(segment) = segments.get(index) else {
+            break;
+        };
+        // Before the resource part every segment is followed by `:` (or ends the pattern), so a
+        // `*` that ends one is one IAM lets run across `:`.
+        let ends_with_run = segment.ends_with('*');
+        if index == ACCOUNT_SEGMENT && segment.contains('*') {
+            let across = if ends_with_run {
+                ", and as it ends the segment IAM also lets it run across `:`"
+            } else {
+                ""
+            };
+            warnings.push(format!(
+                "`{resource}` reaches any account: the `*` in its account segment matches account IDs \
+                 that are not yours{across} (for example `{}`)",
+                other_account_example(&segments)
+            ));
+        } else if ends_with_run {
+            warnings.push(format!(
+                "`{resource}` reaches further than it looks: IAM lets the `*` ending its {name} segment \
+                 run across `:` into the following segments, so it also covers other resources' ARNs \
+                 (for example `{}`)",
+                crossing_example(&segments, index)
+            ));
+        }
+    }
+    warnings
+}
+
+/// Ceilings that reach further than an operator probably means. `field` paths are relative to the
+/// ceiling: `ceiling[0].resources[1]`, `ceiling[2].actions[0]`.
+///
+/// `is_write` says whether an action pattern may change something; resource `*` is only worth a
+/// warning next to such actions, since reading everything is often what a ceiling means.
+pub fn ceiling_warnings(ceiling: &[Scope], is_write: impl Fn(&ActionPattern) -> bool) -> Vec<FieldViolation> {
+    let mut warnings = Vec::new();
+    for (s, statement) in ceiling.iter().enumerate() {
+        let writes: Vec<&ActionPattern> = statement.actions.iter().filter(|action| is_write(action)).collect();
+        for (k, resource) in statement.resources.iter().enumerate() {
+            let field = format!("ceiling[{s}].resources[{k}]");
+            if resource.as_str() == "*" {
+                if let Some(first) = writes.first() {
+                    let names: Vec<String> = writes.iter().map(|action| format!("`{}`", action.as_str())).collect();
+                    let service = match first.service().as_str() {
+                        "*" => "any service's".to_owned(),
+                        service => format!("any `{service}`"),
+                    };
+                    warnings.push(FieldViolation::new(
+                        field,
+                        format!(
+                            "`*` is every resource in every account and region, so the role's own policies are \
+                             the only limit on the write actions {} here (for example `{}` on {service} \
+                             resource, not only the ones this target is for)",
+                            names.join(", "),
+                            first.as_str()
+                        ),
+                    ));
+                }
+                continue;
+            }
+            for description in resource_warnings(resource.as_str()) {
+                warnings.push(FieldViolation::new(field.clone(), description));
+            }
+        }
+    }
+    warnings
 }
 
 #[cfg(test)]
@@ -303,5 +492,219 @@ mod tests {
         assert!(!ActionPattern::parse("s3:*").unwrap().is_read_only());
         assert!(!ActionPattern::parse("*").unwrap().is_read_only());
         assert!(!ActionPattern::parse("s3:PutObject").unwrap().is_read_only());
+    }
+
+    #[test]
+    fn parse_refuses_policy_variables_and_says_why() {
+        let refusals = [
+            (
+                ResourcePattern::parse("arn:aws:ec2:${aws:RequestTag/k:123456789012:instance/k}").err(),
+                '$',
+            ),
+            (
+                ResourcePattern::parse("arn:aws:s3:::acme-logs/${aws:username}/*").err(),
+                '$',
+            ),
+            (ResourcePattern::parse("arn:aws:s3:::acme-logs/{x}/*").err(), '{'),
+            (ResourcePattern::parse("arn:aws:s3:::acme-logs/x}/*").err(), '}'),
+            (ActionPattern::parse("s3:${aws:username}").err(), '$'),
+            (ActionPattern::parse("s3:Get{x}").err(), '{'),
+        ];
+        for (error, c) in refusals {
+            let why = error.unwrap();
+            assert!(why.contains(&format!("contains `{c}`")), "{why}");
+            assert!(why.contains("policy variables"), "{why}");
+            // The specific reason, not the generic charset complaint.
+            assert!(
+                !why.contains("printable ASCII") && !why.contains("not an IAM action"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_read_back_unchecked_and_revalidate_names_each_bad_pattern() {
+        let stored = Scope {
+            actions: vec![
+                ActionPattern::from_record("s3:GetObject".to_owned()),
+                ActionPattern::from_record("s3:${x}".to_owned()),
+            ],
+            resources: vec![
+                ResourcePattern::from_record("arn:aws:s3:::acme-logs/*".to_owned()),
+                ResourcePattern::from_record("arn:aws:s3:::acme-logs/${aws:username}/*".to_owned()),
+            ],
+        };
+        assert_eq!(stored.resources[1].as_str(), "arn:aws:s3:::acme-logs/${aws:username}/*");
+        let errors = stored.revalidate().unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("actions[1]: `s3:${x}` contains `$`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("resources[1]: `arn:aws:s3:::acme-logs/${aws:username}/*` contains `$`"),
+            "{errors:?}"
+        );
+        assert_eq!(scope(&["s3:Get*"], &["arn:aws:s3:::acme-logs/*"]).revalidate(), Ok(()));
+    }
+
+    #[test]
+    fn a_pattern_with_a_policy_variable_is_never_within_anything() {
+        let resource = ResourcePattern::from_record("arn:aws:s3:::acme-logs/${aws:username}".to_owned());
+        assert!(!resource.is_within(&ResourcePattern::parse("*").unwrap()));
+        assert!(!resource.is_within(&resource));
+        let action = ActionPattern::from_record("s3:Get${x}".to_owned());
+        assert!(!action.is_within(&ActionPattern::parse("*").unwrap()));
+        assert!(!action.is_within(&action));
+
+        let stored = Scope {
+            actions: vec![action],
+            resources: vec![resource],
+        };
+        assert_eq!(check_within_ceiling(&[stored], &[scope(&["*"], &["*"])]).len(), 1);
+    }
+
+    #[test]
+    fn containment_respects_arn_segments() {
+        let ceiling = [scope(
+            &["logs:GetLogEvents"],
+            &["arn:aws:logs:us-east-1:123456789012:log-group:app-*-prod"],
+        )];
+        let stream = "arn:aws:logs:us-east-1:123456789012:log-group:app-x:log-stream:y-prod";
+        assert_eq!(
+            check_within_ceiling(&[scope(&["logs:GetLogEvents"], &[stream])], &ceiling).len(),
+            1
+        );
+        let ceiling = [scope(&["ec2:StartInstances"], &["arn:aws:ec2:*:123456789012:*"])];
+        let instances = scope(&["ec2:StartInstances"], &["arn:aws:ec2:*:123456789012:instance/*"]);
+        assert!(check_within_ceiling(std::slice::from_ref(&instances), &ceiling).is_empty());
+        assert!(check_within_ceiling(std::slice::from_ref(&instances), std::slice::from_ref(&instances)).is_empty());
+    }
+
+    fn writes(action: &ActionPattern) -> bool {
+        !action.is_read_only()
+    }
+
+    /// The example a warning ends with, which must be something the resource really matches.
+    fn example(description: &str) -> &str {
+        description.rsplit('`').nth(1).unwrap()
+    }
+
+    #[test]
+    fn segment_final_stars_before_the_resource_part_are_warned_about() {
+        let cases = [
+            (
+                "arn:*:s3:::acme-logs/*",
+                "partition",
+                "arn:aws:s3:::other/x:s3:::acme-logs/x",
+            ),
+            (
+                "arn:aws:*:us-east-1:123456789012:table/orders",
+                "service",
+                "arn:aws:s3:us-east-1:999999999999:other/x:us-east-1:123456789012:table/orders",
+            ),
+            (
+                "arn:aws:ec2:*:123456789012:instance/*",
+                "region",
+                "arn:aws:ec2:us-east-1:999999999999:other/x:123456789012:instance/x",
+            ),
+            (
+                "arn:aws:ec2:us-*:123456789012:instance/*",
+                "region",
+                "arn:aws:ec2:us-x:999999999999:other/x:123456789012:instance/x",
+            ),
+        ];
+        for (resource, segment, expected) in cases {
+            let warnings = ceiling_warnings(&[scope(&["s3:GetObject"], &[resource])], writes);
+            assert_eq!(warnings.len(), 1, "{resource}: {warnings:?}");
+            assert_eq!(warnings[0].field, "ceiling[0].resources[0]");
+            let description = &warnings[0].description;
+            assert!(
+                description.contains(&format!("ending its {segment} segment")),
+                "{description}"
+            );
+            assert!(description.contains("run across `:`"), "{description}");
+            assert_eq!(example(description), expected);
+            assert!(pattern::matches(resource, expected), "{resource} must match {expected}");
+        }
+    }
+
+    #[test]
+    fn a_star_in_the_account_is_any_account() {
+        let ceiling = [
+            scope(&["s3:GetObject"], &["arn:aws:s3:::acme-logs/*"]),
+            scope(
+                &["dynamodb:GetItem"],
+                &[
+                    "arn:aws:dynamodb:us-east-1:123456789012:table/a",
+                    "arn:aws:dynamodb:us-east-1:*:table/orders",
+                ],
+            ),
+        ];
+        let warnings = ceiling_warnings(&ceiling, writes);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].field, "ceiling[1].resources[1]");
+        let description = &warnings[0].description;
+        assert!(description.contains("reaches any account"), "{description}");
+        assert!(description.contains("run across `:`"), "{description}");
+        assert_eq!(
+            example(description),
+            "arn:aws:dynamodb:us-east-1:999999999999:table/orders"
+        );
+        assert!(pattern::matches(
+            "arn:aws:dynamodb:us-east-1:*:table/orders",
+            example(description)
+        ));
+    }
+
+    #[test]
+    fn each_wide_segment_is_its_own_finding() {
+        let resource = "arn:*:s3:*:*:acme";
+        let warnings = ceiling_warnings(&[scope(&["s3:GetObject"], &[resource])], writes);
+        let descriptions: Vec<&str> = warnings.iter().map(|w| w.description.as_str()).collect();
+        assert_eq!(descriptions.len(), 3, "{descriptions:?}");
+        assert!(descriptions[0].contains("partition"));
+        assert!(descriptions[1].contains("region"));
+        assert!(descriptions[2].contains("any account"));
+        for description in descriptions {
+            assert!(pattern::matches(resource, example(description)), "{description}");
+        }
+    }
+
+    #[test]
+    fn resource_star_is_warned_about_only_next_to_write_actions() {
+        let ceiling = [
+            scope(&["s3:GetObject", "ec2:Describe*"], &["*"]),
+            scope(
+                &["s3:GetObject", "s3:PutObject", "s3:Delete*"],
+                &["arn:aws:s3:::acme-logs/*", "*"],
+            ),
+        ];
+        let warnings = ceiling_warnings(&ceiling, writes);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].field, "ceiling[1].resources[1]");
+        let description = &warnings[0].description;
+        assert!(description.contains("`s3:PutObject`, `s3:Delete*`"), "{description}");
+        assert!(!description.contains("GetObject"), "{description}");
+        assert!(description.contains("any `s3` resource"), "{description}");
+    }
+
+    #[test]
+    fn a_ceiling_that_says_what_it_means_gets_no_warnings() {
+        let ceiling = [
+            scope(
+                &["s3:GetObject", "s3:PutObject"],
+                &["arn:aws:s3:::acme-logs", "arn:aws:s3:::acme-logs/*"],
+            ),
+            scope(
+                &["logs:*"],
+                &[
+                    "arn:aws:logs:us-east-1:123456789012:log-group:app-*",
+                    "arn:aws:logs:us-?ast-1:123456789012:*",
+                ],
+            ),
+            scope(&["ec2:Describe*"], &["*"]),
+        ];
+        assert_eq!(ceiling_warnings(&ceiling, writes), vec![]);
     }
 }

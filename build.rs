@@ -17,7 +17,7 @@ fn main() -> io::Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Credentials get a hand-written Debug that redacts the secret parts.
-        .skip_debug(["grantbroker.v1.Credentials"])
+        // Credentials and requests (the MFA code) get a hand-written Debug that redacts secrets.
+        .skip_debug(["grantbroker.v1.Credentials", "grantbroker.v1.RequestAccessRequest"])
         .compile_fds(descriptors)
 }

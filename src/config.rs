@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use crate::{
     adapters::{RedisSettings, StsSettings},
-    domain::{ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, limits},
+    broker::BrokerSettings,
+    domain::{ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, limits, scope},
     rules::{RuleEngine, RuleSource},
 };
 
@@ -52,13 +53,17 @@ pub struct CallerConfig {
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The operator accepted serving plaintext gRPC on a non-loopback address (logged at start).
+    pub insecure_plaintext: bool,
     pub redis: RedisSettings,
     pub sts: StsSettings,
-    /// The broker's own AWS credentials are a role session: STS caps sessions at one hour.
-    pub role_chaining: bool,
+    pub broker: BrokerSettings,
     pub rules: RuleEngine,
     pub targets: Vec<Target>,
     pub callers: Vec<CallerConfig>,
+    /// Valid, but probably not what the operator means (a ceiling reaching further than it
+    /// looks, plaintext on the network): `check-config` prints them, `serve` logs them.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +74,8 @@ struct RawConfig {
     redis: RawRedis,
     #[serde(default)]
     aws: RawAws,
+    #[serde(default)]
+    grants: RawGrants,
     rules: RawRules,
     #[serde(default)]
     targets: Vec<RawTarget>,
@@ -80,15 +87,34 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: String,
+    insecure_plaintext: bool,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".to_owned(),
+            insecure_plaintext: false,
         }
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGrants {
+    max_issuances_per_grant: u32,
+}
+
+impl Default for RawGrants {
+    fn default() -> Self {
+        Self {
+            max_issuances_per_grant: BrokerSettings::default().max_issuances_per_grant,
+        }
+    }
+}
+
+/// Most STS calls one grant may be configured to make.
+const MAX_ISSUANCES_PER_GRANT: u32 = 1_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,37 +244,71 @@ impl Config {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|error| vec![Problem::new("config", error.to_string().trim_end().to_owned())])?;
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
 
-        let listen = raw
-            .server
-            .listen
-            .parse()
-            .map_err(|_| {
-                problems.push(Problem::new(
-                    "server.listen",
-                    format!("`{}` is not an address:port", raw.server.listen),
-                ))
-            })
-            .ok();
+        let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
         let redis = validate_redis(raw.redis, &mut problems);
         let (sts, role_chaining) = validate_aws(raw.aws, &mut problems);
+        let max_issuances_per_grant = raw.grants.max_issuances_per_grant;
+        if !(1..=MAX_ISSUANCES_PER_GRANT).contains(&max_issuances_per_grant) {
+            problems.push(Problem::new(
+                "grants.max_issuances_per_grant",
+                format!("must be 1-{MAX_ISSUANCES_PER_GRANT}"),
+            ));
+        }
         let targets = validate_targets(raw.targets, &mut problems);
+        warnings.extend(ceiling_warnings(&targets));
         let callers = validate_callers(raw.callers, &targets, &mut problems);
         let rules = load_rules(&raw.rules, base, &mut problems);
 
         match (listen, rules) {
             (Some(listen), Some(rules)) if problems.is_empty() => Ok(Self {
                 listen,
+                insecure_plaintext: raw.server.insecure_plaintext,
                 redis,
                 sts,
-                role_chaining,
+                broker: BrokerSettings {
+                    role_chaining,
+                    max_issuances_per_grant,
+                },
                 rules,
                 targets,
                 callers,
+                warnings,
             }),
             _ => Err(problems),
         }
     }
+}
+
+/// The listen address. gRPC here is plaintext (TLS comes with the identity work), so an address
+/// other hosts can reach needs the operator's explicit `insecure_plaintext = true`.
+fn validate_listen(raw: &RawServer, problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) -> Option<SocketAddr> {
+    let Ok(listen) = raw.listen.parse::<SocketAddr>() else {
+        problems.push(Problem::new(
+            "server.listen",
+            format!("`{}` is not an address:port", raw.listen),
+        ));
+        return None;
+    };
+    if !listen.ip().is_loopback() {
+        if raw.insecure_plaintext {
+            warnings.push(Problem::new(
+                "server.insecure_plaintext",
+                format!(
+                    "serving plaintext gRPC on {listen}: bearer tokens and credentials cross the network unencrypted; terminate TLS in front of the broker"
+                ),
+            ));
+        } else {
+            problems.push(Problem::new(
+                "server.listen",
+                format!(
+                    "{listen} is reachable from other hosts, and the broker serves plaintext gRPC (bearer tokens and credentials unencrypted): listen on loopback behind a TLS proxy, or set server.insecure_plaintext = true to accept it"
+                ),
+            ));
+        }
+    }
+    Some(listen)
 }
 
 fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
@@ -434,6 +494,19 @@ fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Tar
     targets
 }
 
+/// Ceilings that reach further than they look, each under its target's key.
+fn ceiling_warnings(targets: &[Target]) -> Vec<Problem> {
+    targets
+        .iter()
+        .enumerate()
+        .flat_map(|(index, target)| {
+            scope::ceiling_warnings(&target.ceiling, |action| !action.is_read_only())
+                .into_iter()
+                .map(move |warning| Problem::new(format!("targets[{index}].{}", warning.field), warning.description))
+        })
+        .collect()
+}
+
 fn parse_all<T>(
     key: &str,
     values: &[String],
@@ -590,6 +663,85 @@ mod tests {
                 "callers[0].targets[0]"
             ],
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn ceilings_that_reach_further_than_they_look_are_warned_about_by_key() {
+        let wide = GOOD.replace(
+            r#"resources = ["arn:aws:s3:::acme-logs/*"]"#,
+            r#"resources = ["arn:aws:s3:::acme-logs/*", "arn:aws:ec2:*:*:instance/*"]"#,
+        );
+        let config = with_rules(&wide).unwrap();
+        let keys: Vec<&str> = config.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "targets[0].ceiling[0].resources[1]",
+                "targets[0].ceiling[0].resources[1]"
+            ]
+        );
+        assert!(
+            config.warnings.iter().any(|w| w.message.contains("any account")),
+            "{:?}",
+            config.warnings
+        );
+    }
+
+    #[test]
+    fn plaintext_on_the_network_needs_the_operator_to_say_so() {
+        let open = GOOD.replace("[redis]", "[server]\nlisten = \"0.0.0.0:50051\"\n[redis]");
+        let problems = with_rules(&open).unwrap_err();
+        assert_eq!(problems[0].key, "server.listen", "{problems:?}");
+        assert!(problems[0].message.contains("insecure_plaintext"), "{problems:?}");
+        let accepted = open.replace("[redis]", "insecure_plaintext = true\n[redis]");
+        let config = with_rules(&accepted).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert_eq!(config.warnings[0].key, "server.insecure_plaintext");
+        assert!(
+            with_rules(GOOD).unwrap().warnings.is_empty(),
+            "loopback needs no warning"
+        );
+    }
+
+    #[test]
+    fn the_issuance_cap_defaults_to_ten_and_is_bounded() {
+        assert_eq!(with_rules(GOOD).unwrap().broker.max_issuances_per_grant, 10);
+        let problems =
+            with_rules(&GOOD.replace("[rules]", "[grants]\nmax_issuances_per_grant = 0\n[rules]")).unwrap_err();
+        assert_eq!(problems[0].key, "grants.max_issuances_per_grant");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let config = with_rules(
+            &GOOD
+                .replace("redis://127.0.0.1:6379", "redis://grant-broker:hunter2@127.0.0.1:6379/0")
+                .replace(
+                    "[rules]",
+                    "[aws]\nsts_endpoint = \"http://127.0.0.1:1\"\nemulator_credentials = { access_key_id = \"AKIA\", secret_access_key = \"s3cr3t-key\" }\n[rules]",
+                ),
+        )
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(
+            printed.contains("redis://grant-broker:[redacted]@127.0.0.1:6379/0"),
+            "{printed}"
+        );
+        for secret in ["hunter2", "s3cr3t-key"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert_eq!(
+            crate::adapters::redacted_url("redis+unix:///run/redis.sock?db=0&pass=hunter2"),
+            "redis+unix:///run/redis.sock?[redacted]"
+        );
+        assert_eq!(
+            crate::adapters::redacted_url("redis://:hunter2@h:1"),
+            "redis://:[redacted]@h:1"
+        );
+        assert_eq!(
+            crate::adapters::redacted_url("redis://hunter2@h:1"),
+            "redis://[redacted]@h:1"
         );
     }
 

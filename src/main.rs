@@ -182,6 +182,9 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "configuration warning");
+    }
     let listen = config.listen;
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
@@ -208,12 +211,16 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
 fn check_config(path: PathBuf) -> ExitCode {
     match Config::load(&path) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
-                "{}: ok ({} targets, {} callers, {} rules)",
+                "{}: ok ({} targets, {} callers, {} rules, {} warnings)",
                 path.display(),
                 config.targets.len(),
                 config.callers.len(),
-                config.rules.policy_count()
+                config.rules.policy_count(),
+                config.warnings.len()
             );
             ExitCode::SUCCESS
         }

@@ -34,6 +34,19 @@ pub enum Reservation {
     Existing { grant_id: GrantId, fingerprint: String },
 }
 
+/// A conditional append to a grant's record.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    /// Written only while the grant is in this state.
+    pub expected: GrantState,
+    pub event: &'a GrantEvent,
+    /// An issuance recorded together with the event.
+    pub issuance: Option<&'a Issuance>,
+    /// This append announces an STS call: it counts one attempt against the grant and is refused
+    /// once the grant has made this many.
+    pub attempt_limit: Option<u32>,
+}
+
 /// Result of a conditional append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -42,6 +55,8 @@ pub enum Appended {
     WrongState(GrantState),
     /// No such grant; nothing was written.
     Missing,
+    /// The grant has made this many STS attempts, its limit; nothing was written.
+    LimitReached(u32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +88,8 @@ pub trait GrantStore: Send + Sync + 'static {
     /// id already exists (nothing written).
     fn create(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The grant with its [`crate::domain::RECENT_ISSUANCES`] most recent issuances and their
+    /// total count.
     fn get(&self, id: GrantId) -> impl Future<Output = Result<Option<Grant>, StoreError>> + Send;
 
     /// Up to `limit` of the caller's grants, newest first, strictly older than `before` when
@@ -84,15 +101,13 @@ pub trait GrantStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
 
-    /// Appends `event` (and `issuance`, when given) only if the grant is still in `expected`
-    /// state, in one atomic step: a revocation racing an issuance either lands first (and the
-    /// issuance is refused) or after (and sees the issuance to revoke).
+    /// Appends the event (and issuance, and attempt) only if the grant is still in the expected
+    /// state and within its attempt limit, in one atomic step: a revocation racing an issuance
+    /// either lands first (and the issuance is refused) or after (and sees the issuance to revoke).
     fn append_if_state(
         &self,
         grant: &Grant,
-        expected: GrantState,
-        issuance: Option<&Issuance>,
-        event: &GrantEvent,
+        append: Append<'_>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// Appends an event whatever the state (for failures worth auditing).
@@ -124,10 +139,14 @@ pub enum IssueErrorKind {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
+#[error("{code}: {message}")]
 pub struct IssueError {
     pub kind: IssueErrorKind,
-    /// What AWS said (error code and message). Never contains credentials.
+    /// AWS's error code (`AccessDenied`, `Throttling`), or the broker's own name for a failure
+    /// that never got an answer from STS (`Timeout`, `Unreachable`). Safe to show callers.
+    pub code: String,
+    /// What AWS or the SDK said. Never contains credentials, but may name the broker's own
+    /// principal (AccessDenied does), so it goes to the log and the audit trail, never to callers.
     pub message: String,
 }
 

@@ -5,14 +5,14 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::{service::interceptor::InterceptedService, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
     adapters::{RedisGrantStore, StsIssuer},
     broker::Broker,
     config::Config,
-    grpc::{Authenticator, GrantBrokerService, proto},
+    grpc::{Authenticate, Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, proto},
     ports::{Clock, CredentialIssuer, GrantStore, SystemClock},
 };
 
@@ -40,14 +40,7 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator), 
     regions.dedup();
     let issuer = StsIssuer::new(&config.sts, regions).await;
     let auth = Authenticator::new(&config.callers);
-    let broker = Broker::new(
-        store,
-        issuer,
-        SystemClock,
-        config.rules,
-        config.targets,
-        config.role_chaining,
-    );
+    let broker = Broker::new(store, issuer, SystemClock, config.rules, config.targets, config.broker);
     Ok((broker, auth))
 }
 
@@ -76,8 +69,11 @@ pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(proto::grant_broker_server::GrantBrokerServer::new(
-            GrantBrokerService::new(Arc::clone(&broker), Arc::new(auth)),
+        // Authentication runs on the headers, before the (size-limited) message is decoded.
+        .add_service(InterceptedService::new(
+            proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&broker)))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            Authenticate(Arc::new(auth)),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

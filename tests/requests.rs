@@ -23,9 +23,11 @@ async fn invalid_requests_are_refused_with_field_violations_before_any_aws_call(
         actions: actions.iter().map(|a| (*a).to_owned()).collect(),
         resources: resources.iter().map(|r| (*r).to_owned()).collect(),
     };
-    let long_resources: Vec<String> = (0..40)
-        .map(|i| format!("arn:aws:s3:::acme-logs/vendor-x/a-rather-long-prefix-{i:03}/*"))
-        .collect();
+    let long_resources = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("arn:aws:s3:::acme-logs/vendor-x/a-rather-long-prefix-{i:03}/*"))
+            .collect()
+    };
     let cases: Vec<(&str, proto::RequestAccessRequest, Vec<&str>, &str)> = vec![
         (
             "action outside the ceiling",
@@ -89,12 +91,25 @@ async fn invalid_requests_are_refused_with_field_violations_before_any_aws_call(
             proto::RequestAccessRequest {
                 scopes: vec![proto::Scope {
                     actions: vec!["s3:GetObject".into()],
-                    resources: long_resources,
+                    // 1,914 characters of patterns: with the policy's own syntax, over 2,048.
+                    resources: long_resources(33),
                 }],
                 ..read_logs_request("")
             },
             vec!["scopes"],
             "STS allows at most 2048",
+        ),
+        (
+            "more pattern text than any session policy holds",
+            proto::RequestAccessRequest {
+                scopes: vec![proto::Scope {
+                    actions: vec!["s3:GetObject".into()],
+                    resources: long_resources(40),
+                }],
+                ..read_logs_request("")
+            },
+            vec!["scopes"],
+            "add up to 2332 characters",
         ),
         (
             "bad characters",

@@ -9,9 +9,13 @@ use std::time::Duration;
 use common::RedisServer;
 use grant_broker::{
     adapters::{RedisGrantStore, RedisSettings},
-    domain::{CallerId, GrantId, RequestId},
-    ports::{GrantStore, Reservation},
+    domain::{
+        ActionPattern, CallerId, Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome,
+        RECENT_ISSUANCES, RequestId, ResourcePattern, Scope, policy::build_session_policy,
+    },
+    ports::{Append, Appended, GrantStore, Reservation},
 };
+use proptest::prelude::*;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -81,4 +85,169 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
             fingerprint: "fp".into()
         }
     );
+}
+
+fn settings(redis: &RedisServer) -> RedisSettings {
+    RedisSettings {
+        url: redis.url(),
+        key_prefix: "gb".into(),
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(1),
+        retention: Duration::from_secs(86_400),
+        min_replicas: 0,
+        replica_timeout: Duration::from_millis(100),
+    }
+}
+
+/// A grant record exactly as the first release wrote it (no `v`, no `attempts`), holding a
+/// policy variable that today's validation refuses: it must still read back.
+#[tokio::test]
+async fn a_record_written_by_the_first_release_reads_back() {
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let id = "019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d";
+    let doc = r#"{"id":"019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d","request_id":"job-1","fingerprint":"5d41402abc4b2a76b9719d911017c592","caller":"vendor-portal","target":"dev-logs-read","account_id":"123456789012","role_arn":"arn:aws:iam::123456789012:role/vendor-logs-read","region":"eu-west-1","requester":"alice@example.com","grantee":"vendor-x","scopes":[{"actions":["s3:GetObject"],"resources":["arn:aws:s3:::acme-logs/${aws:username}/*"]}],"session_policy":"{}","justification":"why","ticket":"INC-1","mfa_serial":null,"created_at":"2026-11-28T10:00:00.123456789Z","start":"2026-11-28T10:00:00.123456789Z","end":"2026-11-28T10:30:00.123456789Z","decision":{"outcome":"approve","policy_ids":["auto-approve-nonprod-read-only","callers-may-request"],"reason":"approved by `auto-approve-nonprod-read-only`","decided_at":"2026-11-28T10:00:00.123456789Z"}}"#;
+    let issuance = r#"{"access_key_id":"ASIAOLD","session_name":"gb-019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d","source_identity":"alice@example.com","assumed_role_arn":"arn:aws:sts::123456789012:assumed-role/vendor-logs-read/gb-019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d","expiration":"2026-11-28T10:30:00Z","issued_at":"2026-11-28T10:00:01.5Z","packed_policy_percent":null}"#;
+    let mut connection = redis.connection().await;
+    let () = redis::cmd("HSET")
+        .arg(format!("gb:grant:{{{id}}}"))
+        .arg("state")
+        .arg("approved")
+        .arg("doc")
+        .arg(doc)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let _: i64 = redis::cmd("RPUSH")
+            .arg(format!("gb:grant:{{{id}}}:issuances"))
+            .arg(issuance)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    let grant = store.get(GrantId::parse(id).unwrap()).await.unwrap().unwrap();
+    assert_eq!(grant.state, GrantState::Approved);
+    assert_eq!(grant.caller.as_str(), "vendor-portal");
+    assert_eq!(
+        grant.scopes[0].resources[0].as_str(),
+        "arn:aws:s3:::acme-logs/${aws:username}/*"
+    );
+    assert_eq!(grant.decision.policy_ids.len(), 2);
+    assert_eq!((grant.issuances.len(), grant.issuance_count), (2, 2));
+    assert_eq!(grant.issuances[1].packed_policy_percent, None);
+    assert_eq!(grant.end.unix_timestamp() - grant.start.unix_timestamp(), 1800);
+
+    // A version this release does not know is refused as corrupt, not misread.
+    let () = redis::cmd("HSET")
+        .arg(format!("gb:grant:{{{id}}}"))
+        .arg("v")
+        .arg("99")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let error = store.get(GrantId::parse(id).unwrap()).await.unwrap_err();
+    assert!(error.to_string().contains("record version 99"), "{error}");
+}
+
+fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
+    let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + time::Duration::nanoseconds(123_456_789);
+    let end = start + time::Duration::hours(1);
+    let scopes = vec![Scope {
+        actions: vec![ActionPattern::parse("s3:GetObject").unwrap()],
+        resources: vec![ResourcePattern::parse("arn:aws:s3:::acme-logs/*").unwrap()],
+    }];
+    Grant {
+        id,
+        state: GrantState::Approved,
+        request_id: Some("r-1".into()),
+        fingerprint: "f".repeat(64),
+        caller: CallerId::parse("vendor-portal").unwrap(),
+        target: "dev-logs-read".into(),
+        account_id: "123456789012".into(),
+        role_arn: "arn:aws:iam::123456789012:role/r".into(),
+        region: "eu-west-1".into(),
+        requester: text.to_owned(),
+        grantee: format!("{text}-grantee"),
+        session_policy: build_session_policy(&scopes, end).unwrap(),
+        scopes,
+        justification: text.repeat(3),
+        ticket: String::new(),
+        mfa_serial: None,
+        created_at: start,
+        start,
+        end,
+        decision: Decision {
+            outcome: Outcome::Approve,
+            policy_ids: vec!["a".into(), text.to_owned()],
+            reason: text.to_owned(),
+            decided_at: start,
+        },
+        issuances: (0..issuances)
+            .map(|n| Issuance {
+                access_key_id: format!("ASIA{n:016}"),
+                session_name: format!("gb-{id}"),
+                source_identity: "alice".into(),
+                assumed_role_arn: format!("arn:aws:sts::123456789012:assumed-role/r/gb-{id}"),
+                expiration: end,
+                issued_at: start + time::Duration::seconds(i64::try_from(n).unwrap()),
+                packed_policy_percent: (n % 2 == 0).then_some(i32::try_from(n).unwrap()),
+            })
+            .collect(),
+        issuance_count: 0,
+    }
+}
+
+fn event() -> GrantEvent {
+    GrantEvent {
+        at: OffsetDateTime::now_utc(),
+        caller: "vendor-portal".into(),
+        kind: EventKind::IssueRefused { reason: "test".into() },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever a grant holds, and however many issuances it has (0, 1, 2 — the count that was
+    /// once unreadable —, 3, ... past the number shown), it reads back as written: the most
+    /// recent issuances and their total count.
+    #[test]
+    fn grants_round_trip_with_any_number_of_issuances(
+        issuances in 0usize..=14,
+        text in "\\PC{1,40}",
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let redis = shared_redis();
+            let store = RedisGrantStore::new(&settings(redis)).unwrap();
+            let id = GrantId::from_uuid(Uuid::now_v7());
+            let written = sample_grant(id, &text, issuances);
+            let mut creation = written.clone();
+            creation.issuances.clear();
+            assert!(store.create(&creation, &event()).await.unwrap());
+            for issuance in &written.issuances {
+                let appended = store
+                    .append_if_state(
+                        &written,
+                        Append { expected: GrantState::Approved, event: &event(), issuance: Some(issuance), attempt_limit: None },
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(appended, Appended::Yes);
+            }
+            let read = store.get(id).await.unwrap().unwrap();
+            let mut expected = written.clone();
+            expected.issuances = written.issuances[issuances.saturating_sub(RECENT_ISSUANCES)..].to_vec();
+            expected.issuance_count = u64::try_from(issuances).unwrap();
+            prop_assert_eq!(read, expected);
+            Ok(())
+        })?;
+    }
+}
+
+/// One redis-server for the property test's cases.
+fn shared_redis() -> &'static RedisServer {
+    static REDIS: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
+    REDIS.get_or_init(RedisServer::start)
 }

@@ -83,9 +83,10 @@ fn to_time(at: &aws_sdk_sts::primitives::DateTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(at.secs()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn failed(kind: IssueErrorKind, message: impl Into<String>) -> IssueError {
+fn failed(kind: IssueErrorKind, code: &str, message: impl Into<String>) -> IssueError {
     IssueError {
         kind,
+        code: code.to_owned(),
         message: message.into(),
     }
 }
@@ -96,7 +97,7 @@ fn classify(error: SdkError<AssumeRoleError>) -> IssueError {
         SdkError::ServiceError(context) => {
             let error = context.err();
             let code = error.code().unwrap_or("Unknown");
-            let message = format!("{code}: {}", error.message().unwrap_or("no message"));
+            let message = error.message().unwrap_or("no message").to_owned();
             let kind = match error {
                 AssumeRoleError::MalformedPolicyDocumentException(_)
                 | AssumeRoleError::PackedPolicyTooLargeException(_) => IssueErrorKind::Rejected,
@@ -113,11 +114,12 @@ fn classify(error: SdkError<AssumeRoleError>) -> IssueError {
                     _ => IssueErrorKind::Failed,
                 },
             };
-            failed(kind, message)
+            failed(kind, code, message)
         }
-        SdkError::TimeoutError(_) => failed(IssueErrorKind::Unavailable, "STS did not answer in time"),
+        SdkError::TimeoutError(_) => failed(IssueErrorKind::Unavailable, "Timeout", "STS did not answer in time"),
         SdkError::DispatchFailure(failure) => failed(
             IssueErrorKind::Unavailable,
+            "Unreachable",
             format!(
                 "STS could not be reached: {}",
                 failure
@@ -127,10 +129,15 @@ fn classify(error: SdkError<AssumeRoleError>) -> IssueError {
         ),
         SdkError::ResponseError(_) => failed(
             IssueErrorKind::Unavailable,
+            "UnreadableResponse",
             "STS sent a response that could not be read",
         ),
-        SdkError::ConstructionFailure(_) => failed(IssueErrorKind::Failed, "the STS request could not be built"),
-        _ => failed(IssueErrorKind::Failed, "STS call failed"),
+        SdkError::ConstructionFailure(_) => failed(
+            IssueErrorKind::Failed,
+            "RequestNotBuilt",
+            "the STS request could not be built",
+        ),
+        _ => failed(IssueErrorKind::Failed, "Unknown", "STS call failed"),
     }
 }
 
@@ -146,6 +153,7 @@ impl CredentialIssuer for StsIssuer {
         let client = self.clients.get(spec.region()).ok_or_else(|| {
             failed(
                 IssueErrorKind::Failed,
+                "NoRegionClient",
                 format!("no STS client for region {}", spec.region()),
             )
         })?;
@@ -154,7 +162,7 @@ impl CredentialIssuer for StsIssuer {
             .iter()
             .map(|tag| Tag::builder().key(tag.key).value(&tag.value).build())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| failed(IssueErrorKind::Failed, format!("session tag: {error}")))?;
+            .map_err(|error| failed(IssueErrorKind::Failed, "InvalidTag", format!("session tag: {error}")))?;
         let mut call = client
             .assume_role()
             .role_arn(spec.role_arn())
@@ -168,9 +176,13 @@ impl CredentialIssuer for StsIssuer {
             call = call.serial_number(&mfa.serial).token_code(mfa.code.expose());
         }
         let output = call.send().await.map_err(classify)?;
-        let credentials = output
-            .credentials()
-            .ok_or_else(|| failed(IssueErrorKind::Unavailable, "STS answered without credentials"))?;
+        let credentials = output.credentials().ok_or_else(|| {
+            failed(
+                IssueErrorKind::Unavailable,
+                "NoCredentials",
+                "STS answered without credentials",
+            )
+        })?;
         Ok(IssuedCredentials {
             access_key_id: credentials.access_key_id().to_owned(),
             secret_access_key: Secret::new(credentials.secret_access_key()),

@@ -35,8 +35,31 @@ pub enum BrokerError {
         what: String,
     },
 
+    #[error("grant {grant_id} records scopes that are no longer accepted, so it cannot issue credentials: {}; request access again", .problems.join("; "))]
+    ScopesNoLongerValid { grant_id: GrantId, problems: Vec<String> },
+
+    #[error("the rules no longer permit grant {grant_id} to issue credentials: {reason}")]
+    RulesRefuseIssuance {
+        grant_id: GrantId,
+        policy_ids: Vec<String>,
+        reason: String,
+    },
+
+    #[error(
+        "grant {grant_id} has made {attempts} credential issuances (STS calls), the most one grant may make; request access again for a new grant"
+    )]
+    IssuanceLimitReached {
+        grant_id: GrantId,
+        attempts: u32,
+        limit: u32,
+    },
+
     #[error(transparent)]
     Store(StoreError),
+
+    /// The stored record of this grant is inconsistent: refused before anything reached STS.
+    #[error("grant {grant_id} failed the integrity checks made before issuing: {what}")]
+    RecordInconsistent { grant_id: GrantId, what: String },
 
     #[error("STS did not issue credentials: {0}")]
     Issue(IssueError),

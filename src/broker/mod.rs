@@ -4,6 +4,11 @@
 //! INVARIANT (no credentials without a record): [`Broker::issue`] writes an `issuing` event before
 //! calling STS and the issuance after; if that last write fails, the credentials are dropped and
 //! the caller gets an error instead.
+//!
+//! INVARIANT (every issuance is decided again): before each STS call the record is re-validated
+//! and its session policy rebuilt ([`ApprovedGrant::session_spec`]), the rules are asked again,
+//! and the grant's STS attempts are counted against `max_issuances_per_grant` atomically with the
+//! `issuing` event.
 
 mod error;
 
@@ -16,12 +21,12 @@ pub use error::BrokerError;
 
 use crate::{
     domain::{
-        AccessRequest, ApprovedGrant, Caller, EventKind, FieldViolation, Grant, GrantEvent, GrantId, GrantState,
-        Issuance, IssuedCredentials, MfaToken, Target,
+        AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
+        GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
-    ports::{Appended, Clock, CredentialIssuer, GrantStore, Reservation, StoreError},
+    ports::{Append, Appended, Clock, CredentialIssuer, GrantStore, Reservation, StoreError},
     rules::{RuleEngine, RuleInput},
 };
 
@@ -36,18 +41,42 @@ pub struct AccessOutcome {
     pub credentials: Option<IssuedCredentials>,
 }
 
+/// How the broker behaves, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerSettings {
+    /// When the broker's own credentials are a role session, STS caps sessions at one hour.
+    pub role_chaining: bool,
+    /// STS calls one grant may cause in all (each retry of an approved request is one).
+    pub max_issuances_per_grant: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            role_chaining: false,
+            max_issuances_per_grant: 10,
+        }
+    }
+}
+
 pub struct Broker<S, I, C> {
     store: S,
     issuer: I,
     clock: C,
     rules: RuleEngine,
     targets: BTreeMap<String, Target>,
-    /// When the broker's own credentials are a role session, STS caps sessions at one hour.
-    role_chaining: bool,
+    settings: BrokerSettings,
 }
 
 impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
-    pub fn new(store: S, issuer: I, clock: C, rules: RuleEngine, targets: Vec<Target>, role_chaining: bool) -> Self {
+    pub fn new(
+        store: S,
+        issuer: I,
+        clock: C,
+        rules: RuleEngine,
+        targets: Vec<Target>,
+        settings: BrokerSettings,
+    ) -> Self {
         let targets = targets.into_iter().map(|target| (target.id.clone(), target)).collect();
         Self {
             store,
@@ -55,7 +84,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             clock,
             rules,
             targets,
-            role_chaining,
+            settings,
         }
     }
 
@@ -69,7 +98,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
 
     /// The longest session STS will issue on `target` for this broker.
     pub fn max_duration_secs(&self, target: &Target) -> u64 {
-        let cap = if self.role_chaining {
+        let cap = if self.settings.role_chaining {
             ROLE_CHAINING_MAX_DURATION_SECS
         } else {
             MAX_DURATION_SECS
@@ -183,6 +212,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             end,
             decision,
             issuances: Vec::new(),
+            issuance_count: 0,
         };
         tracing::info!(
             grant_id = %grant.id, caller = %caller.id, target = %grant.target, state = state.as_str(),
@@ -226,33 +256,25 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         }
         let (issuance, credentials) = self.issue(caller, &grant, mfa).await?;
         grant.issuances.push(issuance);
+        grant.issuance_count += 1;
+        if grant.issuances.len() > crate::domain::RECENT_ISSUANCES {
+            grant.issuances.remove(0);
+        }
         Ok(AccessOutcome {
             grant,
             credentials: Some(credentials),
         })
     }
 
-    /// Mints credentials for an approved grant, recording the attempt before and the issuance
-    /// after the STS call.
+    /// Mints credentials for an approved grant: checks everything again, records the attempt,
+    /// calls STS, records the issuance; returns the credentials only once that record is written.
     async fn issue(
         &self,
         caller: &Caller,
         grant: &Grant,
         mfa: Option<&MfaToken>,
     ) -> Result<(Issuance, IssuedCredentials), BrokerError> {
-        let now = self.clock.now();
-        let approved = ApprovedGrant::check(grant, now).map_err(|not| BrokerError::NotIssuable {
-            grant_id: grant.id,
-            state: not.state,
-        })?;
-        let target = self.target_for(caller, &grant.target)?;
-        let spec = approved
-            .session_spec(target, mfa, self.max_duration_secs(target))
-            .map_err(|changed| BrokerError::TargetChanged {
-                grant_id: grant.id,
-                target: changed.target,
-                what: changed.what,
-            })?;
+        let spec = self.checked_session(caller, grant, mfa).await?;
         let session_name = spec.session_name().to_owned();
         let event = |kind| GrantEvent {
             at: self.clock.now(),
@@ -264,20 +286,30 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             session_name: session_name.clone(),
             duration_secs: spec.duration_secs(),
         });
-        self.expect_appended(
-            grant,
-            self.store
-                .append_if_state(grant, GrantState::Approved, None, &issuing)
-                .await?,
-        )?;
+        let recorded = self
+            .store
+            .append_if_state(
+                grant,
+                Append {
+                    expected: GrantState::Approved,
+                    event: &issuing,
+                    issuance: None,
+                    attempt_limit: Some(self.settings.max_issuances_per_grant),
+                },
+            )
+            .await?;
+        self.expect_appended(grant, recorded)?;
 
         let credentials = match self.issuer.assume_role(&spec).await {
             Ok(credentials) => credentials,
             Err(error) => {
-                tracing::warn!(grant_id = %grant.id, kind = ?error.kind, error = %error.message, "STS did not issue credentials");
+                tracing::warn!(
+                    grant_id = %grant.id, kind = ?error.kind, code = %error.code, error = %error.message,
+                    "STS did not issue credentials"
+                );
                 let failed = event(EventKind::IssueFailed {
                     session_name,
-                    error: error.message.clone(),
+                    error: format!("{}: {}", error.code, error.message),
                 });
                 if let Err(store_error) = self.store.append_event(grant, &failed).await {
                     tracing::warn!(grant_id = %grant.id, error = %store_error, "could not record the failed issuance");
@@ -301,11 +333,19 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             expiration: issuance.expiration,
         });
         // INVARIANT: credentials are returned only once this write has succeeded.
-        match self
+        let recorded = self
             .store
-            .append_if_state(grant, GrantState::Approved, Some(&issuance), &issued)
-            .await
-        {
+            .append_if_state(
+                grant,
+                Append {
+                    expected: GrantState::Approved,
+                    event: &issued,
+                    issuance: Some(&issuance),
+                    attempt_limit: None,
+                },
+            )
+            .await;
+        match recorded {
             Ok(Appended::Yes) => {}
             Ok(other) => {
                 tracing::warn!(
@@ -335,6 +375,101 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         Ok((issuance, credentials))
     }
 
+    /// The checks made before every STS call: the grant is approved and open, its target still
+    /// is what it was decided for, its record is consistent (the session comes from the rebuilt
+    /// policy), and the rules still permit it.
+    async fn checked_session(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        mfa: Option<&MfaToken>,
+    ) -> Result<SessionSpec, BrokerError> {
+        let now = self.clock.now();
+        let approved = ApprovedGrant::check(grant, now).map_err(|not| BrokerError::NotIssuable {
+            grant_id: grant.id,
+            state: not.state,
+        })?;
+        let target = self.target_for(caller, &grant.target)?;
+        let spec = match approved.session_spec(target, mfa, self.max_duration_secs(target)) {
+            Ok(spec) => spec,
+            Err(SessionRefused::TargetChanged { target, what }) => {
+                return Err(BrokerError::TargetChanged {
+                    grant_id: grant.id,
+                    target,
+                    what,
+                });
+            }
+            Err(SessionRefused::ScopesInvalid(problems)) => {
+                return Err(BrokerError::ScopesNoLongerValid {
+                    grant_id: grant.id,
+                    problems,
+                });
+            }
+            Err(SessionRefused::RecordInconsistent(what)) => {
+                tracing::error!(grant_id = %grant.id, %what, "grant record failed its integrity checks: nothing issued");
+                let refused = GrantEvent {
+                    at: now,
+                    caller: caller.id.to_string(),
+                    kind: EventKind::IssueRefused { reason: what.clone() },
+                };
+                if let Err(error) = self.store.append_event(grant, &refused).await {
+                    tracing::warn!(grant_id = %grant.id, %error, "could not record the refused issuance");
+                }
+                return Err(BrokerError::RecordInconsistent {
+                    grant_id: grant.id,
+                    what,
+                });
+            }
+        };
+        self.rules_still_permit(caller, grant, target, mfa.is_some(), now)?;
+        Ok(spec)
+    }
+
+    /// Asks the rules again, as of now: `request` must still be permitted, and a grant that was
+    /// approved automatically must still be approvable automatically (a `forbid` added after
+    /// approval stops re-issue at once, not when the grant ends).
+    fn rules_still_permit(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        target: &Target,
+        mfa_present: bool,
+        now: time::OffsetDateTime,
+    ) -> Result<(), BrokerError> {
+        let duration_secs = u64::try_from((grant.end - grant.start).whole_seconds()).unwrap_or(0);
+        let decision: Decision = self.rules.decide(&RuleInput {
+            caller: caller.id.as_str(),
+            requester: &grant.requester,
+            grantee: &grant.grantee,
+            target,
+            scopes: &grant.scopes,
+            duration_secs,
+            justification: &grant.justification,
+            ticket: &grant.ticket,
+            mfa_present,
+            now,
+        });
+        let refused = match (grant.decision.outcome, decision.outcome) {
+            (_, Outcome::Deny) => Some(decision.reason),
+            (Outcome::Approve, Outcome::RequireApproval) => Some(format!(
+                "it was approved automatically, and the rules no longer approve it automatically: {}",
+                decision.reason
+            )),
+            _ => None,
+        };
+        match refused {
+            None => Ok(()),
+            Some(reason) => {
+                tracing::warn!(grant_id = %grant.id, %reason, policy_ids = ?decision.policy_ids, "rules refuse issuance");
+                Err(BrokerError::RulesRefuseIssuance {
+                    grant_id: grant.id,
+                    policy_ids: decision.policy_ids,
+                    reason,
+                })
+            }
+        }
+    }
+
     /// Best effort: the audit trail says which session STS created but nobody received. If the
     /// store is down this fails too, and the `issuing` event plus the error log still name it.
     async fn record_discarded(&self, caller: &Caller, grant: &Grant, issuance: &Issuance, reason: String) {
@@ -360,6 +495,11 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 state,
             }),
             Appended::Missing => Err(BrokerError::GrantNotFound(grant.id)),
+            Appended::LimitReached(attempts) => Err(BrokerError::IssuanceLimitReached {
+                grant_id: grant.id,
+                attempts,
+                limit: self.settings.max_issuances_per_grant,
+            }),
         }
     }
 

@@ -8,8 +8,7 @@ use uuid::Uuid;
 use super::{CallerId, Scope};
 
 /// A grant's id: a UUIDv7, so ids sort by creation time (the audit indexes rely on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GrantId(Uuid);
 
 impl GrantId {
@@ -19,9 +18,12 @@ impl GrantId {
 
     /// Accepts the hyphenated form the broker hands out.
     pub fn parse(text: &str) -> Result<Self, String> {
-        Uuid::try_parse(text)
-            .map(Self)
-            .map_err(|_| format!("`{text}` is not a grant id (a UUID such as 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b)"))
+        Uuid::try_parse(text).map(Self).map_err(|_| {
+            format!(
+                "{} is not a grant id (a UUID such as 0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b)",
+                super::echo(text)
+            )
+        })
     }
 
     pub fn as_uuid(&self) -> Uuid {
@@ -101,26 +103,23 @@ impl Outcome {
 }
 
 /// The approval rules' decision with the ids of the policies that determined it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub outcome: Outcome,
     pub policy_ids: Vec<String>,
     pub reason: String,
-    #[serde(with = "time::serde::rfc3339")]
     pub decided_at: OffsetDateTime,
 }
 
 /// One set of credentials minted for a grant: what identifies the session in CloudTrail and for
 /// revocation. The secret access key and session token are deliberately absent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issuance {
     pub access_key_id: String,
     pub session_name: String,
     pub source_identity: String,
     pub assumed_role_arn: String,
-    #[serde(with = "time::serde::rfc3339")]
     pub expiration: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub issued_at: OffsetDateTime,
     pub packed_policy_percent: Option<i32>,
 }
@@ -169,20 +168,28 @@ pub enum EventKind {
         access_key_id: String,
         reason: String,
     },
+    /// The record failed the checks made before every issuance (its stored session policy is
+    /// not the one its scopes build, ...): nothing was sent to STS.
+    IssueRefused {
+        reason: String,
+    },
 }
 
-/// A grant as recorded. `state` and `issuances` are kept by the store beside the rest of the
-/// record, so that a state change or a new issuance is one atomic write that never rewrites (and
-/// so never races on) the request itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How many of a grant's most recent issuances reads return; `issuance_count` says how many there
+/// are in all. Keeps every read of a grant bounded, whatever the issuance cap is set to.
+pub const RECENT_ISSUANCES: usize = 10;
+
+/// A grant as recorded. The store keeps `state` and the issuances beside the rest of the record,
+/// so that a state change or a new issuance is one atomic write that never rewrites (and so never
+/// races on) the request itself. How it is encoded is the store's business (a versioned record
+/// type in the adapter), not this type's.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub id: GrantId,
-    #[serde(skip, default = "placeholder_state")]
     pub state: GrantState,
     pub request_id: Option<String>,
     /// See `AccessRequest::fingerprint`.
     pub fingerprint: String,
-    #[serde(with = "caller_string")]
     pub caller: CallerId,
     pub target: String,
     pub account_id: String,
@@ -195,35 +202,14 @@ pub struct Grant {
     pub justification: String,
     pub ticket: String,
     pub mfa_serial: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub start: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub end: OffsetDateTime,
     pub decision: Decision,
-    #[serde(skip)]
+    /// The most recent issuances, oldest first: at most [`RECENT_ISSUANCES`].
     pub issuances: Vec<Issuance>,
-}
-
-/// Overwritten by the store with the stored state on every read.
-fn placeholder_state() -> GrantState {
-    GrantState::PendingApproval
-}
-
-mod caller_string {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    use crate::domain::CallerId;
-
-    pub fn serialize<S: Serializer>(caller: &CallerId, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(caller.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<CallerId, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        CallerId::parse(&text).map_err(D::Error::custom)
-    }
+    /// How many issuances the grant has had in all.
+    pub issuance_count: u64,
 }
 
 impl Grant {

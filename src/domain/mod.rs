@@ -14,11 +14,31 @@ pub mod scope;
 pub mod session;
 pub mod target;
 
-pub use grant::{Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome};
+pub use grant::{Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome, RECENT_ISSUANCES};
 pub use request::{AccessRequest, Caller, CallerId, MfaToken, RawAccessRequest, RequestId};
 pub use scope::{ActionPattern, ResourcePattern, Scope};
-pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionSpec, SessionTag, TargetChanged};
+pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionRefused, SessionSpec, SessionTag};
 pub use target::Target;
+
+/// Longest piece of caller input echoed back in an error message.
+pub const MAX_ECHO_CHARS: usize = 128;
+
+/// `text` cut to at most `max` characters (plus a marker saying how much was cut), so echoing
+/// input back can never make an error message large.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => {
+            let rest = text[end..].chars().count();
+            format!("{}...(+{rest} chars)", &text[..end])
+        }
+    }
+}
+
+/// Caller input quoted for an error message: in backticks, at most [`MAX_ECHO_CHARS`] of it.
+pub fn echo(text: &str) -> String {
+    format!("`{}`", clip(text, MAX_ECHO_CHARS))
+}
 
 /// One invalid input field: the path of the field as the caller sent it (for example
 /// `scopes[0].actions[1]`) and what is wrong with it.
@@ -40,5 +60,19 @@ impl FieldViolation {
 impl std::fmt::Display for FieldViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_cuts_long_text_and_says_how_much() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("exactly10!", 10), "exactly10!");
+        assert_eq!(clip("abcdefghijkl", 10), "abcdefghij...(+2 chars)");
+        assert_eq!(clip("ééééé", 2), "éé...(+3 chars)");
+        assert_eq!(echo(&"x".repeat(200_000)).len(), 128 + 2 + "...(+199872 chars)".len());
     }
 }

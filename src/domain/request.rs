@@ -1,7 +1,6 @@
 //! An access request as the broker accepts it: every field validated once, on receipt, into
 //! types that later code trusts.
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -85,16 +84,30 @@ pub struct MfaToken {
     pub code: Secret,
 }
 
-/// Longest free-text fields, so one grant record stays small.
-const MAX_JUSTIFICATION_CHARS: usize = 2_000;
-const MAX_TICKET_CHARS: usize = 128;
-const MAX_PARTY_CHARS: usize = 256;
-/// Enough for any real session; the 2,048-character policy limit bites long before.
-const MAX_SCOPES: usize = 50;
-const MAX_PATTERNS_PER_SCOPE: usize = 100;
+/// Bounds on every field of a request, checked before anything else is done with it (so no input
+/// makes the broker work hard or echo much), and documented in the README and the proto.
+pub mod bounds {
+    pub const REQUEST_ID_CHARS: usize = 128;
+    pub const TARGET_CHARS: usize = 64;
+    pub const REQUESTER_CHARS: usize = 256;
+    pub const GRANTEE_CHARS: usize = 256;
+    pub const JUSTIFICATION_CHARS: usize = 2_000;
+    pub const TICKET_CHARS: usize = 128;
+    pub const MFA_SERIAL_CHARS: usize = 256;
+    pub const MFA_CODE_CHARS: usize = 6;
+    /// A statement costs over 100 characters of the 2,048-character session policy: 16 is more
+    /// than can ever fit.
+    pub const SCOPES: usize = 16;
+    pub const ACTIONS_PER_SCOPE: usize = 100;
+    pub const RESOURCES_PER_SCOPE: usize = 100;
+    pub const ACTION_CHARS: usize = 128;
+    pub const RESOURCE_CHARS: usize = 2_048;
+    /// Every pattern appears verbatim in the session policy, which STS caps at 2,048 characters.
+    pub const ALL_PATTERN_CHARS: usize = crate::domain::limits::MAX_SESSION_POLICY_CHARS;
+}
 
 /// The request fields exactly as received, before validation.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RawAccessRequest {
     pub request_id: String,
     pub target: String,
@@ -108,6 +121,24 @@ pub struct RawAccessRequest {
     pub grantee: String,
     pub mfa_serial: String,
     pub mfa_code: String,
+}
+
+/// Never prints the MFA code.
+impl std::fmt::Debug for RawAccessRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAccessRequest")
+            .field("request_id", &self.request_id)
+            .field("target", &self.target)
+            .field("scopes", &self.scopes)
+            .field("duration", &self.duration)
+            .field("justification", &self.justification)
+            .field("ticket", &self.ticket)
+            .field("requester", &self.requester)
+            .field("grantee", &self.grantee)
+            .field("mfa_serial", &self.mfa_serial)
+            .field("mfa_code", &"[redacted]")
+            .finish()
+    }
 }
 
 /// A validated access request. Target-independent checks are done; the ones that need the target
@@ -125,17 +156,102 @@ pub struct AccessRequest {
     pub mfa: Option<MfaToken>,
 }
 
-fn check_text(field: &str, value: &str, min: usize, max: usize, violations: &mut Vec<FieldViolation>) {
-    let len = value.chars().count();
-    if len < min || len > max {
-        let what = if min > 0 && len == 0 {
-            "is required".to_owned()
-        } else {
-            format!("must be {min}-{max} characters, got {len}")
-        };
-        violations.push(FieldViolation::new(field, what));
-    } else if value.chars().any(char::is_control) {
-        violations.push(FieldViolation::new(field, "must not contain control characters"));
+/// Unicode format characters (general category Cf): invisible, and the bidirectional ones
+/// reorder what a reader sees, so an audit line could be made to read as something else.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}' | '\u{0890}'..='\u{0891}'
+        | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
+/// Problems found while checking bounds: a missing value is reported with everything else, a
+/// value over its bound stops validation before anything else is done with the request.
+#[derive(Default)]
+struct BoundsCheck {
+    missing: Vec<FieldViolation>,
+    exceeded: Vec<FieldViolation>,
+}
+
+impl BoundsCheck {
+    fn text(&mut self, field: &str, value: &str, required: bool, max: usize) {
+        let len = value.chars().count();
+        if required && len == 0 {
+            self.missing.push(FieldViolation::new(field, "is required"));
+        } else if len > max {
+            self.exceeded.push(FieldViolation::new(
+                field,
+                format!("must be at most {max} characters, got {len}"),
+            ));
+        }
+    }
+}
+
+/// Free text that ends up in the audit trail: no control or invisible format characters.
+fn check_text(field: &str, value: &str, violations: &mut Vec<FieldViolation>) {
+    if let Some(bad) = value.chars().find(|c| c.is_control() || is_invisible_format(*c)) {
+        violations.push(FieldViolation::new(
+            field,
+            format!(
+                "must not contain control or invisible formatting characters (found U+{:04X}): they could make the audit trail read differently from what was sent",
+                u32::from(bad)
+            ),
+        ));
+    }
+}
+
+/// Counts and lengths of the scopes, before any pattern is parsed.
+fn check_scope_bounds(scopes: &[(Vec<String>, Vec<String>)], check: &mut BoundsCheck) {
+    if scopes.is_empty() {
+        check
+            .missing
+            .push(FieldViolation::new("scopes", "at least one scope is required"));
+    } else if scopes.len() > bounds::SCOPES {
+        check.exceeded.push(FieldViolation::new(
+            "scopes",
+            format!("at most {} scopes, got {}", bounds::SCOPES, scopes.len()),
+        ));
+        return;
+    }
+    let mut total = 0;
+    for (i, (actions, resources)) in scopes.iter().enumerate() {
+        for (list, name, max_entries, max_chars) in [
+            (actions, "actions", bounds::ACTIONS_PER_SCOPE, bounds::ACTION_CHARS),
+            (
+                resources,
+                "resources",
+                bounds::RESOURCES_PER_SCOPE,
+                bounds::RESOURCE_CHARS,
+            ),
+        ] {
+            let field = format!("scopes[{i}].{name}");
+            if list.is_empty() {
+                check
+                    .missing
+                    .push(FieldViolation::new(&field, "at least one entry is required"));
+            } else if list.len() > max_entries {
+                check.exceeded.push(FieldViolation::new(
+                    &field,
+                    format!("at most {max_entries} entries, got {}", list.len()),
+                ));
+                continue;
+            }
+            for (j, value) in list.iter().enumerate() {
+                total += value.chars().count();
+                check.text(&format!("{field}[{j}]"), value, true, max_chars);
+            }
+        }
+    }
+    if total > bounds::ALL_PATTERN_CHARS {
+        check.exceeded.push(FieldViolation::new(
+            "scopes",
+            format!(
+                "the actions and resources add up to {total} characters; the session policy that holds them may have at most {}",
+                bounds::ALL_PATTERN_CHARS
+            ),
+        ));
     }
 }
 
@@ -154,7 +270,21 @@ impl AccessRequest {
             mfa_serial,
             mfa_code,
         } = raw;
-        let mut violations = Vec::new();
+        // Bounds first: nothing else is looked at in a request that breaks one.
+        let mut check = BoundsCheck::default();
+        check.text("request_id", &request_id, false, bounds::REQUEST_ID_CHARS);
+        check.text("target", &target, true, bounds::TARGET_CHARS);
+        check_scope_bounds(&scopes, &mut check);
+        check.text("justification", &justification, false, bounds::JUSTIFICATION_CHARS);
+        check.text("ticket", &ticket, false, bounds::TICKET_CHARS);
+        check.text("requester", &requester, true, bounds::REQUESTER_CHARS);
+        check.text("grantee", &grantee, true, bounds::GRANTEE_CHARS);
+        check.text("mfa_serial", &mfa_serial, false, bounds::MFA_SERIAL_CHARS);
+        check.text("mfa_code", &mfa_code, false, bounds::MFA_CODE_CHARS);
+        if !check.exceeded.is_empty() {
+            return Err(check.exceeded);
+        }
+        let mut violations = check.missing;
 
         let request_id = if request_id.is_empty() {
             None
@@ -163,23 +293,11 @@ impl AccessRequest {
                 .map_err(|why| violations.push(FieldViolation::new("request_id", why)))
                 .ok()
         };
-        if target.is_empty() {
-            violations.push(FieldViolation::new(
-                "target",
-                "is required: name one of ListTargets' ids",
-            ));
-        }
+        check_text("target", &target, &mut violations);
 
-        if scopes.is_empty() {
-            violations.push(FieldViolation::new("scopes", "at least one scope is required"));
-        } else if scopes.len() > MAX_SCOPES {
-            violations.push(FieldViolation::new(
-                "scopes",
-                format!("at most {MAX_SCOPES} scopes, got {}", scopes.len()),
-            ));
-        }
+        // Missing entries were reported above; what is there is parsed.
         let mut parsed_scopes = Vec::with_capacity(scopes.len());
-        for (i, (actions, resources)) in scopes.iter().enumerate().take(MAX_SCOPES) {
+        for (i, (actions, resources)) in scopes.iter().enumerate() {
             let actions = parse_patterns(
                 &format!("scopes[{i}].actions"),
                 actions,
@@ -220,22 +338,16 @@ impl AccessRequest {
             },
         };
 
-        check_text(
-            "justification",
-            &justification,
-            0,
-            MAX_JUSTIFICATION_CHARS,
-            &mut violations,
-        );
-        check_text("ticket", &ticket, 0, MAX_TICKET_CHARS, &mut violations);
-        check_text("requester", &requester, 1, MAX_PARTY_CHARS, &mut violations);
+        check_text("justification", &justification, &mut violations);
+        check_text("ticket", &ticket, &mut violations);
+        check_text("requester", &requester, &mut violations);
         if !requester.is_empty() && limits::source_identity_for(&requester).is_none() {
             violations.push(FieldViolation::new(
                 "requester",
                 "must be at least 2 characters (it becomes the STS SourceIdentity)",
             ));
         }
-        check_text("grantee", &grantee, 1, MAX_PARTY_CHARS, &mut violations);
+        check_text("grantee", &grantee, &mut violations);
 
         let mfa = match (mfa_serial.is_empty(), mfa_code.is_empty()) {
             (true, true) => None,
@@ -304,31 +416,43 @@ impl AccessRequest {
     /// be told apart from a different request reusing it. The MFA code is left out: a retry
     /// legitimately carries a fresh one.
     pub fn fingerprint(&self) -> String {
-        #[derive(Serialize)]
-        struct Canonical<'a> {
-            target: &'a str,
-            scopes: &'a [Scope],
-            duration_secs: u64,
-            justification: &'a str,
-            ticket: &'a str,
-            requester: &'a str,
-            grantee: &'a str,
-            mfa_serial: Option<&'a str>,
+        hex::encode(Sha256::digest(self.canonical_body().as_bytes()))
+    }
+
+    /// The request body as compact JSON, fields in a fixed order. Written out by hand, so it
+    /// cannot fail, and byte for byte what the first release hashed (through serde), so request
+    /// ids recorded before an upgrade still match their retries after it.
+    fn canonical_body(&self) -> String {
+        fn string(text: &str) -> String {
+            serde_json::Value::from(text).to_string()
         }
-        let canonical = Canonical {
-            target: &self.target,
-            scopes: &self.scopes,
-            duration_secs: self.duration_secs,
-            justification: &self.justification,
-            ticket: &self.ticket,
-            requester: &self.requester,
-            grantee: &self.grantee,
-            mfa_serial: self.mfa.as_ref().map(|mfa| mfa.serial.as_str()),
-        };
-        // Serialising plain strings and numbers cannot fail; an empty body would still be a
-        // stable (if useless) fingerprint, never a panic.
-        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-        hex::encode(Sha256::digest(&bytes))
+        fn strings<'a>(items: impl Iterator<Item = &'a str>) -> String {
+            format!("[{}]", items.map(string).collect::<Vec<_>>().join(","))
+        }
+        let scopes = self
+            .scopes
+            .iter()
+            .map(|scope| {
+                format!(
+                    r#"{{"actions":{},"resources":{}}}"#,
+                    strings(scope.actions.iter().map(ActionPattern::as_str)),
+                    strings(scope.resources.iter().map(ResourcePattern::as_str))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            r#"{{"target":{},"scopes":[{scopes}],"duration_secs":{},"justification":{},"ticket":{},"requester":{},"grantee":{},"mfa_serial":{}}}"#,
+            string(&self.target),
+            self.duration_secs,
+            string(&self.justification),
+            string(&self.ticket),
+            string(&self.requester),
+            string(&self.grantee),
+            self.mfa
+                .as_ref()
+                .map_or_else(|| "null".to_owned(), |mfa| string(&mfa.serial)),
+        )
     }
 }
 
@@ -338,18 +462,10 @@ fn parse_patterns<T>(
     parse: impl Fn(&str) -> Result<T, String>,
     violations: &mut Vec<FieldViolation>,
 ) -> Vec<T> {
-    if values.is_empty() {
-        violations.push(FieldViolation::new(field, "at least one entry is required"));
-    } else if values.len() > MAX_PATTERNS_PER_SCOPE {
-        violations.push(FieldViolation::new(
-            field,
-            format!("at most {MAX_PATTERNS_PER_SCOPE} entries"),
-        ));
-        return Vec::new();
-    }
     values
         .iter()
         .enumerate()
+        .filter(|(_, value)| !value.is_empty())
         .filter_map(|(i, value)| {
             parse(value)
                 .map_err(|why| violations.push(FieldViolation::new(format!("{field}[{i}]"), why)))
@@ -400,16 +516,71 @@ mod tests {
         assert_eq!(
             fields(&violations),
             [
+                "scopes[0].resources",
+                "grantee",
                 "request_id",
                 "scopes[0].actions[0]",
-                "scopes[0].resources",
                 "duration",
                 "requester",
-                "grantee",
                 "mfa_code"
             ]
         );
-        assert!(violations[3].description.contains("900-43200"));
+        assert!(violations[4].description.contains("900-43200"));
+    }
+
+    #[test]
+    fn debug_never_prints_the_mfa_code() {
+        let mut with_code = raw();
+        with_code.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
+        with_code.mfa_code = "314159".into();
+        let printed = format!("{with_code:?}");
+        assert!(printed.contains("arn:aws:iam::123456789012:mfa/alice") && !printed.contains("314159"));
+        let validated = AccessRequest::validate(with_code).unwrap();
+        assert!(!format!("{validated:?}").contains("314159"));
+    }
+
+    /// The first release hashed this struct through serde; request ids recorded then must still
+    /// match their retries, so the hand-written body must be the same bytes.
+    #[test]
+    fn the_canonical_body_is_what_the_first_release_hashed() {
+        #[derive(serde::Serialize)]
+        struct FirstRelease<'a> {
+            target: &'a str,
+            scopes: Vec<serde_json::Value>,
+            duration_secs: u64,
+            justification: &'a str,
+            ticket: &'a str,
+            requester: &'a str,
+            grantee: &'a str,
+            mfa_serial: Option<&'a str>,
+        }
+        let mut tricky = raw();
+        tricky.justification = "quotes \" and \\ and é and 😀".into();
+        tricky.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
+        tricky.mfa_code = "123456".into();
+        for request in [raw(), tricky] {
+            let request = AccessRequest::validate(request).unwrap();
+            let first = FirstRelease {
+                target: &request.target,
+                scopes: request
+                    .scopes
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "actions": s.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+                            "resources": s.resources.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect(),
+                duration_secs: request.duration_secs,
+                justification: &request.justification,
+                ticket: &request.ticket,
+                requester: &request.requester,
+                grantee: &request.grantee,
+                mfa_serial: request.mfa.as_ref().map(|m| m.serial.as_str()),
+            };
+            assert_eq!(request.canonical_body(), serde_json::to_string(&first).unwrap());
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{FieldViolation, pattern};
+use super::{FieldViolation, echo, pattern};
 
 /// Most characters one action pattern may have (the longest IAM action names are under 100).
 const MAX_ACTION_LEN: usize = 128;
@@ -29,9 +29,10 @@ fn policy_variable_char(text: &str) -> Option<char> {
 fn check_no_policy_variables(text: &str) -> Result<(), String> {
     match policy_variable_char(text) {
         Some(c) => Err(format!(
-            "`{text}` contains `{c}`, which is not allowed: IAM substitutes policy variables such as \
+            "{} contains `{c}`, which is not allowed: IAM substitutes policy variables such as \
              `${{aws:username}}` when it evaluates a policy, so the pattern's reach could not be checked \
-             against the ceiling"
+             against the ceiling",
+            echo(text),
         )),
         None => Ok(()),
     }
@@ -41,7 +42,8 @@ fn check_wildcards(text: &str) -> Result<(), String> {
     let count = text.chars().filter(|c| matches!(c, '*' | '?')).count();
     if count > MAX_WILDCARDS {
         return Err(format!(
-            "`{text}` has {count} wildcards; at most {MAX_WILDCARDS} are allowed"
+            "{} has {count} wildcards; at most {MAX_WILDCARDS} are allowed",
+            echo(text),
         ));
     }
     Ok(())
@@ -66,7 +68,8 @@ impl ActionPattern {
         check_no_policy_variables(text)?;
         let Some((service, action)) = text.split_once(':') else {
             return Err(format!(
-                "`{text}` must be `service:action` (for example `s3:GetObject`) or `*`"
+                "{} must be `service:action` (for example `s3:GetObject`) or `*`",
+                echo(text),
             ));
         };
         let service_ok = !service.is_empty()
@@ -79,7 +82,8 @@ impl ActionPattern {
                 .all(|c| c.is_ascii_alphanumeric() || c == '*' || c == '?');
         if !service_ok || !action_ok {
             return Err(format!(
-                "`{text}` is not an IAM action: expected letters, digits, `-` in the service, and `*` or `?` wildcards"
+                "{} is not an IAM action: expected letters, digits, `-` in the service, and `*` or `?` wildcards",
+                echo(text),
             ));
         }
         check_wildcards(text)?;
@@ -154,7 +158,8 @@ impl ResourcePattern {
         }
         if !text.starts_with("arn:") || text.split(':').count() < 6 {
             return Err(format!(
-                "`{text}` must be `*` or an ARN `arn:partition:service:region:account:resource`"
+                "{} must be `*` or an ARN `arn:partition:service:region:account:resource`",
+                echo(text),
             ));
         }
         if text.len() > MAX_RESOURCE_LEN {
@@ -165,7 +170,8 @@ impl ResourcePattern {
         // policy's size limit counts the escaped form, and no ARN needs them.
         if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic() || *c == '"' || *c == '\\') {
             return Err(format!(
-                "`{text}` contains {bad:?}: only printable ASCII without quotes or backslashes"
+                "{} contains {bad:?}: only printable ASCII without quotes or backslashes",
+                echo(text),
             ));
         }
         check_wildcards(text)?;
@@ -267,9 +273,9 @@ pub fn check_within_ceiling(scopes: &[Scope], ceiling: &[Scope]) -> Vec<FieldVio
                     violations.push(FieldViolation::new(
                         format!("scopes[{i}].actions[{j}]"),
                         format!(
-                            "`{}` on `{}` is outside the target's ceiling",
-                            action.as_str(),
-                            resource.as_str()
+                            "{} on {} is outside the target's ceiling",
+                            echo(action.as_str()),
+                            echo(resource.as_str())
                         ),
                     ));
                 }

@@ -4,7 +4,9 @@
 
 use time::OffsetDateTime;
 
-use super::{Grant, GrantId, GrantState, MfaToken, Target, limits, scope::check_within_ceiling};
+use super::{
+    Grant, GrantId, GrantState, MfaToken, Target, limits, policy::build_session_policy, scope::check_within_ceiling,
+};
 
 /// A secret string (secret access key, session token, MFA code). Debug and Display print
 /// `[redacted]`; it has no serde impls, so it cannot be written to Redis or a log by accident.
@@ -34,11 +36,18 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// The target's configuration no longer matches what a grant was decided for.
+/// Why an approved grant cannot become a session on its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetChanged {
-    pub target: String,
-    pub what: String,
+pub enum SessionRefused {
+    /// The target's configuration no longer matches what the grant was decided for (another
+    /// role, region or account, or a ceiling that no longer contains the grant's scopes).
+    TargetChanged { target: String, what: String },
+    /// The recorded scopes are not valid today (for example a policy variable, which an earlier
+    /// release accepted): the grant reads back but never issues again.
+    ScopesInvalid(Vec<String>),
+    /// The record disagrees with itself: its session policy is not the one its scopes and end
+    /// build, or its window is not one any grant can have. Storage was edited or is corrupt.
+    RecordInconsistent(String),
 }
 
 /// Why credentials cannot be minted for a grant.
@@ -73,18 +82,35 @@ impl<'a> ApprovedGrant<'a> {
     /// The duration is the time left in the grant window, but never below STS's 900-second
     /// minimum: the session policy's time condition ends access at the grant's end regardless.
     ///
-    /// Refuses when the target no longer is what the grant was decided for (another role, region
-    /// or account, or a ceiling that no longer contains the grant's scopes): the configuration
-    /// changed since, and the grant must be requested again.
+    /// INVARIANT: what reaches STS is rebuilt from validated facts, never taken from the record
+    /// as is. The record comes from storage, so its scopes are validated again, checked against
+    /// today's ceiling, and the session policy is rebuilt from them and the grant's end; a stored
+    /// policy that differs means the record was edited, and nothing is issued.
     pub fn session_spec(
         &self,
         target: &Target,
         mfa: Option<&MfaToken>,
         max_duration_secs: u64,
-    ) -> Result<SessionSpec, TargetChanged> {
+    ) -> Result<SessionSpec, SessionRefused> {
         let grant = self.grant;
+        let problems: Vec<String> = grant
+            .scopes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, scope)| {
+                scope
+                    .revalidate()
+                    .err()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |problem| format!("scopes[{i}].{problem}"))
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(SessionRefused::ScopesInvalid(problems));
+        }
         let changed = |what: &str| {
-            Err(TargetChanged {
+            Err(SessionRefused::TargetChanged {
                 target: target.id.clone(),
                 what: what.to_owned(),
             })
@@ -102,6 +128,21 @@ impl<'a> ApprovedGrant<'a> {
         }
         if !check_within_ceiling(&grant.scopes, &target.ceiling).is_empty() {
             return changed("ceiling, which no longer contains the grant's scopes");
+        }
+        let window = grant.end - grant.start;
+        let longest = time::Duration::seconds(i64::try_from(limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
+        if window <= time::Duration::ZERO || window > longest {
+            return Err(SessionRefused::RecordInconsistent(format!(
+                "its window {} .. {} is not one any grant can have",
+                grant.start, grant.end
+            )));
+        }
+        let policy = build_session_policy(&grant.scopes, grant.end)
+            .map_err(|why| SessionRefused::RecordInconsistent(format!("its scopes build no session policy: {why}")))?;
+        if policy != grant.session_policy {
+            return Err(SessionRefused::RecordInconsistent(
+                "its stored session policy is not the one its scopes and end build".to_owned(),
+            ));
         }
         // Rounded up, so a grant issued the instant it is created gets its whole duration.
         let remaining_ms = u128::try_from((grant.end - self.now).whole_milliseconds()).unwrap_or(0);
@@ -127,7 +168,7 @@ impl<'a> ApprovedGrant<'a> {
             session_name: grant.session_name(),
             // Validated on receipt (`AccessRequest::validate`), so this never falls back in practice.
             source_identity: limits::source_identity_for(&grant.requester).unwrap_or_else(|| "grant-broker".to_owned()),
-            policy: grant.session_policy.clone(),
+            policy,
             duration_secs,
             external_id: target.external_id.clone(),
             tags,
@@ -218,7 +259,16 @@ mod tests {
     use time::{Duration, macros::datetime};
     use uuid::Uuid;
 
+    fn read_a() -> Vec<crate::domain::Scope> {
+        vec![crate::domain::Scope {
+            actions: vec![crate::domain::ActionPattern::parse("s3:GetObject").unwrap()],
+            resources: vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::a/*").unwrap()],
+        }]
+    }
+
+    /// A consistent record: its policy is the one its scopes and end build.
     fn grant(state: GrantState, start: OffsetDateTime, secs: i64) -> Grant {
+        let end = start + Duration::seconds(secs);
         Grant {
             id: crate::domain::GrantId::from_uuid(Uuid::now_v7()),
             state,
@@ -231,14 +281,14 @@ mod tests {
             region: "eu-west-1".into(),
             requester: "alice smith <alice@example.com>".into(),
             grantee: "vendor/x".into(),
-            scopes: vec![],
-            session_policy: "{}".into(),
+            scopes: read_a(),
+            session_policy: build_session_policy(&read_a(), end).unwrap(),
             justification: String::new(),
             ticket: "INC#7".into(),
             mfa_serial: None,
             created_at: start,
             start,
-            end: start + Duration::seconds(secs),
+            end,
             decision: Decision {
                 outcome: Outcome::Approve,
                 policy_ids: vec![],
@@ -246,6 +296,7 @@ mod tests {
                 decided_at: start,
             },
             issuances: vec![],
+            issuance_count: 0,
         }
     }
 
@@ -261,7 +312,7 @@ mod tests {
             max_duration_secs: 3600,
             mfa_required: false,
             session_tags: tags,
-            ceiling: vec![],
+            ceiling: read_a(),
         }
     }
 
@@ -333,32 +384,81 @@ mod tests {
         assert_eq!(spec.external_id(), Some("ext-1"));
     }
 
+    fn what_changed(refused: SessionRefused) -> String {
+        match refused {
+            SessionRefused::TargetChanged { what, .. } => what,
+            other => panic!("expected TargetChanged, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_changed_target_refuses_to_issue() {
         let start = datetime!(2026-11-28 10:00 UTC);
-        let mut g = grant(GrantState::Approved, start, 3600);
-        g.scopes = vec![crate::domain::Scope {
-            actions: vec![crate::domain::ActionPattern::parse("s3:GetObject").unwrap()],
-            resources: vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::a/*").unwrap()],
-        }];
+        let g = grant(GrantState::Approved, start, 3600);
         let approved = ApprovedGrant::check(&g, start).unwrap();
         let mut moved = target(false);
-        moved.ceiling = g.scopes.clone();
         assert!(approved.session_spec(&moved, None, 3600).is_ok());
         moved.role_arn = "arn:aws:iam::123456789012:role/other".into();
         assert_eq!(
-            approved.session_spec(&moved, None, 3600).unwrap_err().what,
+            what_changed(approved.session_spec(&moved, None, 3600).unwrap_err()),
             "role, region or account"
         );
         let mut narrowed = target(false);
         narrowed.ceiling = vec![];
-        assert!(
-            approved
-                .session_spec(&narrowed, None, 3600)
-                .unwrap_err()
-                .what
-                .starts_with("ceiling")
-        );
+        assert!(what_changed(approved.session_spec(&narrowed, None, 3600).unwrap_err()).starts_with("ceiling"));
+    }
+
+    #[test]
+    fn the_session_policy_is_rebuilt_and_a_tampered_record_refused() {
+        let start = datetime!(2026-11-28 10:00 UTC);
+        let g = grant(GrantState::Approved, start, 3600);
+        let spec = ApprovedGrant::check(&g, start)
+            .unwrap()
+            .session_spec(&target(false), None, 3600)
+            .unwrap();
+        assert_eq!(spec.policy(), build_session_policy(&g.scopes, g.end).unwrap());
+
+        // One field edited in storage: the policy widened to everything.
+        let mut widened = g.clone();
+        widened.session_policy = widened.session_policy.replace("arn:aws:s3:::a/*", "*");
+        // Or the scopes edited, leaving the policy: still inside the ceiling here, still refused.
+        let mut rescoped = g.clone();
+        rescoped.scopes[0].resources = vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::a/x").unwrap()];
+        // Or the end pushed out, past what any grant may last.
+        let mut endless = g.clone();
+        endless.end = start + Duration::days(30);
+        for (tampered, says) in [
+            (widened, "not the one its scopes and end build"),
+            (rescoped, "not the one its scopes and end build"),
+            (endless, "not one any grant can have"),
+        ] {
+            match ApprovedGrant::check(&tampered, start)
+                .unwrap()
+                .session_spec(&target(false), None, 3600)
+            {
+                Err(SessionRefused::RecordInconsistent(what)) => assert!(what.contains(says), "{what}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_with_patterns_refused_today_reads_but_never_issues() {
+        let start = datetime!(2026-11-28 10:00 UTC);
+        let mut legacy = grant(GrantState::Approved, start, 3600);
+        legacy.scopes[0].resources = vec![crate::domain::ResourcePattern::from_record(
+            "arn:aws:s3:::a/${aws:username}".to_owned(),
+        )];
+        match ApprovedGrant::check(&legacy, start)
+            .unwrap()
+            .session_spec(&target(false), None, 3600)
+        {
+            Err(SessionRefused::ScopesInvalid(problems)) => {
+                assert_eq!(problems.len(), 1);
+                assert!(problems[0].starts_with("scopes[0].resources[0]: "), "{problems:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Caller authentication: `authorization: Bearer <token>` metadata, matched by the SHA-256 of the
 //! token against the configured callers. Tokens themselves are never stored, logged or echoed.
+//!
+//! It runs as an interceptor, on the request's headers, before the message is decoded: an
+//! unauthenticated peer cannot make the server decode (or allocate for) a body at all. The
+//! authenticated [`Caller`] travels to the handlers in the request's extensions.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use sha2::{Digest, Sha256};
-use tonic::{Status, metadata::MetadataMap};
+use tonic::{Request, Status, metadata::MetadataMap};
 
 use super::status::unauthenticated;
 use crate::{config::CallerConfig, domain::Caller};
@@ -52,4 +56,25 @@ impl Authenticator {
             .cloned()
             .ok_or_else(|| unauthenticated("unknown caller token"))
     }
+}
+
+/// The interceptor: authenticates every call and attaches its [`Caller`].
+#[derive(Debug, Clone)]
+pub struct Authenticate(pub Arc<Authenticator>);
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = self.0.authenticate(request.metadata())?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The caller [`Authenticate`] attached to a request.
+pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| unauthenticated("the call was not authenticated"))
 }

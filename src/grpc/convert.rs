@@ -173,6 +173,7 @@ pub fn grant(grant: &Grant) -> proto::Grant {
         end_time: Some(timestamp(grant.end)),
         decision: Some(decision(&grant.decision)),
         issuances: grant.issuances.iter().map(issuance).collect(),
+        issuance_count: u32::try_from(grant.issuance_count).unwrap_or(u32::MAX),
     }
 }
 

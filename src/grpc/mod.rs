@@ -29,7 +29,46 @@ pub mod proto {
                 .finish()
         }
     }
+
+    /// Never prints the MFA code.
+    impl std::fmt::Debug for RequestAccessRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RequestAccessRequest")
+                .field("request_id", &self.request_id)
+                .field("target", &self.target)
+                .field("scopes", &self.scopes)
+                .field("duration", &self.duration)
+                .field("justification", &self.justification)
+                .field("ticket", &self.ticket)
+                .field("requester", &self.requester)
+                .field("grantee", &self.grantee)
+                .field("mfa_serial", &self.mfa_serial)
+                .field("mfa_code", &"[redacted]")
+                .finish()
+        }
+    }
 }
 
-pub use auth::Authenticator;
+pub use auth::{Authenticate, Authenticator};
+
+use crate::domain::request::bounds;
+
+/// Largest request message the field bounds allow, which is the server's decoding limit (far
+/// below tonic's 4 MiB default): every text at its longest in UTF-8 (4 bytes a character) with
+/// its tag and length, and every pattern list entry's framing. `bounds` are checked after
+/// decoding; this only stops a message too large to be valid from being decoded at all.
+pub const MAX_REQUEST_BYTES: usize = {
+    const FRAMING: usize = 4;
+    let texts = bounds::REQUEST_ID_CHARS
+        + bounds::TARGET_CHARS
+        + bounds::JUSTIFICATION_CHARS
+        + bounds::TICKET_CHARS
+        + bounds::REQUESTER_CHARS
+        + bounds::GRANTEE_CHARS
+        + bounds::MFA_SERIAL_CHARS
+        + bounds::MFA_CODE_CHARS;
+    let entries = bounds::SCOPES * (bounds::ACTIONS_PER_SCOPE + bounds::RESOURCES_PER_SCOPE);
+    let duration = 32;
+    4 * (texts + bounds::ALL_PATTERN_CHARS) + FRAMING * (8 + entries + bounds::SCOPES) + duration
+};
 pub use service::GrantBrokerService;

@@ -1,11 +1,12 @@
-//! The `grantbroker.v1.GrantBroker` service: authenticate, convert, call the broker, convert back.
-//! No decisions are made here.
+//! The `grantbroker.v1.GrantBroker` service: take the authenticated caller, convert, call the
+//! broker, convert back. No decisions are made here. Authentication happened before the message
+//! was decoded ([`super::auth::Authenticate`]).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{Authenticator, convert, proto};
+use super::{auth::caller_of, convert, proto};
 use crate::{
     broker::Broker,
     ports::{Clock, CredentialIssuer, GrantStore},
@@ -13,12 +14,11 @@ use crate::{
 
 pub struct GrantBrokerService<S, I, C> {
     broker: Arc<Broker<S, I, C>>,
-    auth: Arc<Authenticator>,
 }
 
 impl<S, I, C> GrantBrokerService<S, I, C> {
-    pub fn new(broker: Arc<Broker<S, I, C>>, auth: Arc<Authenticator>) -> Self {
-        Self { broker, auth }
+    pub fn new(broker: Arc<Broker<S, I, C>>) -> Self {
+        Self { broker }
     }
 }
 
@@ -30,7 +30,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         &self,
         request: Request<proto::ListTargetsRequest>,
     ) -> Result<Response<proto::ListTargetsResponse>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
+        let caller = caller_of(&request)?;
         let proto::ListTargetsRequest {} = request.into_inner();
         let targets = self
             .broker
@@ -45,7 +45,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         &self,
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::RequestAccessResponse>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
+        let caller = caller_of(&request)?;
         let access_request = convert::access_request(request.into_inner())?;
         let outcome = self.broker.request_access(&caller, access_request).await?;
         let credentials = outcome
@@ -58,7 +58,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
     }
 
     async fn get_grant(&self, request: Request<proto::GetGrantRequest>) -> Result<Response<proto::Grant>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
+        let caller = caller_of(&request)?;
         let id = convert::grant_id(request.into_inner())?;
         let grant = self.broker.get_grant(&caller, id).await?;
         Ok(Response::new(convert::grant(&grant)))
@@ -68,7 +68,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         &self,
         request: Request<proto::ListGrantsRequest>,
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
-        let caller = self.auth.authenticate(request.metadata())?;
+        let caller = caller_of(&request)?;
         let (page_size, before) = convert::list_grants(request.into_inner())?;
         let (grants, next) = self.broker.list_grants(&caller, before, page_size).await?;
         Ok(Response::new(proto::ListGrantsResponse {

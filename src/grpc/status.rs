@@ -1,16 +1,23 @@
 //! The one place broker errors become gRPC statuses, with rich details (google.rpc): BadRequest
 //! field violations for invalid input, ErrorInfo with a stable reason for every error,
 //! PreconditionFailure for wrong-state grants and RetryInfo where retrying later helps.
+//!
+//! INVARIANT: an error always reaches the caller whole, whatever the input. gRPC carries the
+//! message and details in HTTP/2 headers, which clients cap (16 KiB in hyper, 8 KiB in some
+//! others); so the message is short, every echoed text is cut ([`clip`]), and field violations are
+//! added only while the encoded details stay within [`DETAILS_BUDGET`], the rest counted in a
+//! last violation. What must not reach callers (Redis error text, AWS messages that name the
+//! broker's own principal) is logged here instead.
 
 use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     broker::BrokerError,
-    domain::FieldViolation as DomainViolation,
-    ports::{IssueErrorKind, StoreError},
+    domain::{FieldViolation as DomainViolation, clip},
+    ports::{IssueError, IssueErrorKind, StoreError},
 };
 
 /// ErrorInfo domain of every error this service returns.
@@ -19,51 +26,179 @@ pub const ERROR_DOMAIN: &str = "grantbroker.v1";
 /// How long to suggest waiting before retrying after throttling or an unavailable dependency.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Most field violations listed; the rest are counted.
+pub const MAX_VIOLATIONS: usize = 20;
+/// Encoded size the details may reach (before base64, which adds a third): with the message,
+/// the whole error stays under 8 KiB of headers.
+pub const DETAILS_BUDGET: usize = 5_000;
+/// Longest status message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+const MAX_FIELD_CHARS: usize = 64;
+const MAX_DESCRIPTION_CHARS: usize = 400;
+
 fn info(reason: &str, metadata: &[(&str, String)]) -> ErrorDetails {
-    let metadata: HashMap<String, String> = metadata.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), clip(v, MAX_FIELD_CHARS * 2)))
+        .collect();
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, metadata);
     details
 }
 
-/// INVALID_ARGUMENT with one BadRequest violation per field.
-fn invalid_argument(message: String, violations: &[DomainViolation]) -> Status {
-    let mut details = info("INVALID_REQUEST", &[]);
-    details.set_bad_request(
-        violations
-            .iter()
-            .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
-            .collect::<Vec<_>>(),
-    );
-    Status::with_error_details(Code::InvalidArgument, message, details)
+fn with_details(code: Code, message: &str, details: ErrorDetails) -> Status {
+    Status::with_error_details(code, clip(message, MAX_MESSAGE_CHARS), details)
+}
+
+/// The size of details once encoded, as `grpc-status-details-bin` carries them (before base64).
+fn encoded_len(details: &ErrorDetails) -> usize {
+    Status::with_error_details(Code::InvalidArgument, "", details.clone())
+        .details()
+        .len()
+}
+
+/// INVALID_ARGUMENT with BadRequest field violations, as many as fit the budget.
+fn invalid_argument(violations: &[DomainViolation]) -> Status {
+    let mut details = info("INVALID_REQUEST", &[("violations", violations.len().to_string())]);
+    let mut listed = 0;
+    for violation in violations.iter().take(MAX_VIOLATIONS) {
+        let mut candidate = details.clone();
+        candidate.add_bad_request_violation(
+            clip(&violation.field, MAX_FIELD_CHARS),
+            clip(&violation.description, MAX_DESCRIPTION_CHARS),
+        );
+        if encoded_len(&candidate) > DETAILS_BUDGET {
+            break;
+        }
+        details = candidate;
+        listed += 1;
+    }
+    if listed < violations.len() {
+        details.add_bad_request_violation(
+            "",
+            format!("... and {} more problems not listed", violations.len() - listed),
+        );
+    }
+    let message = match violations {
+        [] => "invalid request".to_owned(),
+        [only] => format!("invalid request: {}", clip(&only.to_string(), 200)),
+        [first, ..] => format!(
+            "invalid request: {} problems, the first: {}",
+            violations.len(),
+            clip(&first.to_string(), 200)
+        ),
+    };
+    with_details(Code::InvalidArgument, &message, details)
 }
 
 /// UNAUTHENTICATED, for the authentication step (which runs before any broker call).
 pub fn unauthenticated(message: &str) -> Status {
-    Status::with_error_details(Code::Unauthenticated, message, info("UNAUTHENTICATED", &[]))
+    with_details(Code::Unauthenticated, message, info("UNAUTHENTICATED", &[]))
+}
+
+fn retryable(code: Code, message: &str, mut details: ErrorDetails) -> Status {
+    details.set_retry_info(Some(RETRY_AFTER));
+    with_details(code, message, details)
+}
+
+fn store_status(error: &StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(_) => retryable(
+            Code::Unavailable,
+            "the grant store is unavailable; retry later",
+            info("STORE_UNAVAILABLE", &[]),
+        ),
+        StoreError::Corrupt(_) => with_details(
+            Code::Internal,
+            "a stored grant record could not be read; the broker's log has the details",
+            info("STORE_CORRUPT", &[]),
+        ),
+    }
+}
+
+/// What STS's refusal means for the caller. The STS error code is shown; AWS's message is not
+/// (AccessDenied names the broker's own principal), it is in the log.
+fn issue_status(issue: &IssueError) -> Status {
+    let code = clip(&issue.code, MAX_FIELD_CHARS);
+    let reason_info = |reason: &str| info(reason, &[("sts_error_code", code.clone())]);
+    match issue.kind {
+        IssueErrorKind::NotTrusted => with_details(
+            Code::PermissionDenied,
+            &format!(
+                "STS refused AssumeRole ({code}): the target role does not trust the broker, or its trust conditions (ExternalId, SourceIdentity, TagSession) are not met; an operator must fix the role's trust policy"
+            ),
+            reason_info("STS_ACCESS_DENIED"),
+        ),
+        IssueErrorKind::Rejected => {
+            let mut details = reason_info("STS_REJECTED");
+            details.add_bad_request_violation(
+                "scopes",
+                format!("STS refused the session policy or tags ({code}): request fewer or narrower scopes"),
+            );
+            with_details(
+                Code::InvalidArgument,
+                &format!("STS refused the session policy or tags ({code})"),
+                details,
+            )
+        }
+        IssueErrorKind::MfaRejected => with_details(
+            Code::PermissionDenied,
+            &format!("STS refused the MFA code ({code}): retry with a fresh code from the device named by mfa_serial"),
+            reason_info("MFA_REJECTED"),
+        ),
+        IssueErrorKind::Misconfigured => with_details(
+            Code::FailedPrecondition,
+            &format!(
+                "STS refused a parameter the operator controls ({code}), such as a target max_duration_secs above the role's MaxSessionDuration, or STS not activated in the region; an operator must fix the target"
+            ),
+            reason_info("STS_MISCONFIGURED"),
+        ),
+        IssueErrorKind::Throttled => retryable(
+            Code::Unavailable,
+            &format!("STS is throttling AssumeRole for this account ({code}); retry later"),
+            reason_info("STS_THROTTLED"),
+        ),
+        IssueErrorKind::Unavailable => retryable(
+            Code::Unavailable,
+            &format!("STS did not answer in time or could not be reached ({code}); retry later"),
+            reason_info("STS_UNAVAILABLE"),
+        ),
+        IssueErrorKind::Failed => with_details(
+            Code::Internal,
+            &format!("STS did not issue credentials ({code}); the broker's log has the details"),
+            reason_info("STS_FAILED"),
+        ),
+    }
 }
 
 impl From<BrokerError> for Status {
     fn from(error: BrokerError) -> Self {
+        // The variants whose detail callers must not see: logged here, where it is dropped.
+        if matches!(
+            error,
+            BrokerError::Store(_) | BrokerError::Issue(_) | BrokerError::CredentialsNotRecorded { .. }
+        ) {
+            tracing::warn!(error = %error, "request failed");
+        }
         let message = error.to_string();
         match error {
-            BrokerError::InvalidRequest(violations) => invalid_argument(message, &violations),
-            BrokerError::TargetNotAllowed { target, .. } => Status::with_error_details(
+            BrokerError::InvalidRequest(violations) => invalid_argument(&violations),
+            BrokerError::TargetNotAllowed { target, .. } => with_details(
                 Code::PermissionDenied,
-                message,
+                &message,
                 info("TARGET_NOT_ALLOWED", &[("target", target)]),
             ),
-            BrokerError::RequestIdReused { request_id, grant_id } => Status::with_error_details(
+            BrokerError::RequestIdReused { request_id, grant_id } => with_details(
                 Code::AlreadyExists,
-                message,
+                &message,
                 info(
                     "REQUEST_ID_REUSED",
                     &[("request_id", request_id), ("grant_id", grant_id.to_string())],
                 ),
             ),
-            BrokerError::GrantNotFound(id) => Status::with_error_details(
+            BrokerError::GrantNotFound(id) => with_details(
                 Code::NotFound,
-                message,
+                &message,
                 info("GRANT_NOT_FOUND", &[("grant_id", id.to_string())]),
             ),
             BrokerError::NotIssuable { grant_id, state } => {
@@ -76,59 +211,121 @@ impl From<BrokerError> for Status {
                     format!("grants/{grant_id}"),
                     format!("grant is {}, not approved", state.as_str()),
                 );
-                Status::with_error_details(Code::FailedPrecondition, message, details)
+                with_details(Code::FailedPrecondition, &message, details)
             }
-            BrokerError::TargetChanged { grant_id, target, .. } => Status::with_error_details(
+            BrokerError::TargetChanged { grant_id, target, .. } => with_details(
                 Code::FailedPrecondition,
-                message,
+                &message,
                 info(
                     "TARGET_CHANGED",
                     &[("grant_id", grant_id.to_string()), ("target", target)],
                 ),
             ),
-            BrokerError::Store(StoreError::Unavailable(_)) => {
-                let mut details = info("STORE_UNAVAILABLE", &[]);
-                details.set_retry_info(Some(RETRY_AFTER));
-                Status::with_error_details(Code::Unavailable, message, details)
-            }
-            BrokerError::Store(StoreError::Corrupt(_)) => {
-                Status::with_error_details(Code::Internal, message, info("STORE_CORRUPT", &[]))
-            }
-            BrokerError::CredentialsNotRecorded { grant_id, .. } => {
-                let mut details = info("CREDENTIALS_NOT_RECORDED", &[("grant_id", grant_id.to_string())]);
-                details.set_retry_info(Some(RETRY_AFTER));
-                Status::with_error_details(Code::Unavailable, message, details)
-            }
-            BrokerError::Issue(issue) => match issue.kind {
-                IssueErrorKind::NotTrusted => {
-                    Status::with_error_details(Code::PermissionDenied, message, info("STS_ACCESS_DENIED", &[]))
-                }
-                IssueErrorKind::Rejected => {
-                    let mut details = info("STS_REJECTED", &[]);
-                    details.add_bad_request_violation(
-                        "scopes",
-                        format!("STS refused the session policy or tags: {}", issue.message),
+            BrokerError::ScopesNoLongerValid { grant_id, problems } => {
+                let mut details = info("SCOPES_NO_LONGER_VALID", &[("grant_id", grant_id.to_string())]);
+                for problem in problems.iter().take(MAX_VIOLATIONS) {
+                    details.add_precondition_failure_violation(
+                        "SCOPES",
+                        format!("grants/{grant_id}"),
+                        clip(problem, MAX_DESCRIPTION_CHARS),
                     );
-                    Status::with_error_details(Code::InvalidArgument, message, details)
                 }
-                IssueErrorKind::MfaRejected => {
-                    Status::with_error_details(Code::PermissionDenied, message, info("MFA_REJECTED", &[]))
-                }
-                IssueErrorKind::Misconfigured => {
-                    Status::with_error_details(Code::FailedPrecondition, message, info("STS_MISCONFIGURED", &[]))
-                }
-                IssueErrorKind::Throttled => {
-                    let mut details = info("STS_THROTTLED", &[]);
-                    details.set_retry_info(Some(RETRY_AFTER));
-                    Status::with_error_details(Code::Unavailable, message, details)
-                }
-                IssueErrorKind::Unavailable => {
-                    let mut details = info("STS_UNAVAILABLE", &[]);
-                    details.set_retry_info(Some(RETRY_AFTER));
-                    Status::with_error_details(Code::Unavailable, message, details)
-                }
-                IssueErrorKind::Failed => Status::with_error_details(Code::Internal, message, info("STS_FAILED", &[])),
-            },
+                with_details(Code::FailedPrecondition, &message, details)
+            }
+            BrokerError::RulesRefuseIssuance {
+                grant_id, policy_ids, ..
+            } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info(
+                    "RULES_REFUSE_ISSUANCE",
+                    &[("grant_id", grant_id.to_string()), ("policy_ids", policy_ids.join(","))],
+                ),
+            ),
+            BrokerError::IssuanceLimitReached {
+                grant_id,
+                attempts,
+                limit,
+            } => with_details(
+                Code::ResourceExhausted,
+                &message,
+                info(
+                    "ISSUANCE_LIMIT_REACHED",
+                    &[
+                        ("grant_id", grant_id.to_string()),
+                        ("issuances", attempts.to_string()),
+                        ("limit", limit.to_string()),
+                    ],
+                ),
+            ),
+            BrokerError::Store(store) => store_status(&store),
+            BrokerError::RecordInconsistent { grant_id, .. } => with_details(
+                Code::Internal,
+                &message,
+                info("STORE_CORRUPT", &[("grant_id", grant_id.to_string())]),
+            ),
+            BrokerError::CredentialsNotRecorded { grant_id, .. } => retryable(
+                Code::Unavailable,
+                &format!(
+                    "credentials for grant {grant_id} were issued but could not be recorded, so they were discarded; retry with the same request id"
+                ),
+                info("CREDENTIALS_NOT_RECORDED", &[("grant_id", grant_id.to_string())]),
+            ),
+            BrokerError::Issue(issue) => issue_status(&issue),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_long_violations_stay_within_the_budget_and_are_counted() {
+        let violations: Vec<DomainViolation> = (0..400)
+            .map(|i| DomainViolation::new(format!("scopes[0].actions[{i}]"), "x".repeat(100_000)))
+            .collect();
+        let status = invalid_argument(&violations);
+        assert!(status.message().chars().count() <= MAX_MESSAGE_CHARS);
+        assert!(
+            status
+                .message()
+                .starts_with("invalid request: 400 problems, the first: scopes[0].actions[0]")
+        );
+        assert!(
+            status.details().len() <= DETAILS_BUDGET + 200,
+            "{}",
+            status.details().len()
+        );
+        let listed = status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .clone();
+        let last = listed.last().unwrap();
+        assert!(listed.len() <= MAX_VIOLATIONS + 1);
+        assert_eq!(
+            last.description,
+            format!("... and {} more problems not listed", 400 - (listed.len() - 1))
+        );
+    }
+
+    #[test]
+    fn store_and_sts_details_stay_in_the_log() {
+        let status: Status = BrokerError::Store(StoreError::Unavailable(
+            "Connection refused (os error 111) at redis://:hunter2@10.0.0.7".into(),
+        ))
+        .into();
+        assert!(!status.message().contains("hunter2") && !status.message().contains("10.0.0.7"));
+        let status: Status = BrokerError::Issue(IssueError {
+            kind: IssueErrorKind::NotTrusted,
+            code: "AccessDenied".into(),
+            message: "User: arn:aws:sts::111122223333:assumed-role/grant-broker/i-0abc is not authorized".into(),
+        })
+        .into();
+        assert!(status.message().contains("(AccessDenied)"), "{}", status.message());
+        assert!(!status.message().contains("111122223333"), "{}", status.message());
+        assert!(!format!("{:?}", status.details()).contains("111122223333"));
     }
 }

@@ -403,6 +403,9 @@ pub struct Settings {
     pub operation_timeout_ms: u64,
     pub redis_timeout_ms: u64,
     pub min_replicas: u32,
+    pub max_issuances_per_grant: u32,
+    /// Cedar rules added to the shipped example rules.
+    pub extra_rules: String,
 }
 
 impl Settings {
@@ -415,8 +418,22 @@ impl Settings {
             operation_timeout_ms: 5_000,
             redis_timeout_ms: 500,
             min_replicas: 0,
+            max_issuances_per_grant: 10,
+            extra_rules: String::new(),
         }
     }
+}
+
+/// A rule file holding `text`, kept for the rest of the test process.
+fn rule_file(text: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "gb-test-rules-{}-{}.cedar",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -427,7 +444,10 @@ fn sha256_hex(text: &str) -> String {
 /// The configuration every integration test runs with: the shipped example rules and a few
 /// targets that exercise them.
 pub fn config_text(settings: &Settings) -> String {
-    let rules = manifest_dir().join("deploy/rules/approval.cedar");
+    let mut rules = format!("\"{}\"", manifest_dir().join("deploy/rules/approval.cedar").display());
+    if !settings.extra_rules.is_empty() {
+        rules += &format!(", \"{}\"", rule_file(&settings.extra_rules).display());
+    }
     format!(
         r#"
 [redis]
@@ -445,8 +465,11 @@ operation_timeout_ms = {operation_timeout}
 initial_backoff_ms = 10
 emulator_credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
 
+[grants]
+max_issuances_per_grant = {max_issuances}
+
 [rules]
-files = ["{rules}"]
+files = [{rules}]
 
 [[targets]]
 id = "dev-logs-read"
@@ -513,7 +536,8 @@ targets = ["dev-logs-read"]
         max_attempts = settings.max_attempts,
         attempt_timeout = settings.attempt_timeout_ms,
         operation_timeout = settings.operation_timeout_ms,
-        rules = rules.display(),
+        rules = rules,
+        max_issuances = settings.max_issuances_per_grant,
         portal = sha256_hex(PORTAL_TOKEN),
         pipeline = sha256_hex(PIPELINE_TOKEN),
     )

@@ -5,11 +5,15 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `gb:grant:{<id>}` | hash | `state`, `doc` (the grant as JSON, without state and issuances) |
+//! | `gb:grant:{<id>}` | hash | `v` (record version), `state`, `doc` (the rest of the grant), `attempts` (STS calls made) |
 //! | `gb:grant:{<id>}:issuances` | list | issuances as JSON, oldest first (never secrets) |
 //! | `gb:grant:{<id>}:events` | list | audit events as JSON, oldest first |
 //! | `gb:caller:{<caller>}:grants` | sorted set | the caller's grant ids, all score 0: UUIDv7 ids sort by time lexically |
 //! | `gb:caller:{<caller>}:request:<request id>` | string | `<grant id> <request fingerprint>` |
+//!
+//! [`record`] owns the encoding of the grant and issuance entries and reads every version ever
+//! written. Replies are decoded explicitly, value by value ([`reply`]): never by letting the client
+//! library guess a nested shape, which once made every grant with exactly two issuances unreadable.
 //!
 //! Every state change and append is one Lua script (one round trip, atomic, compare-and-set on
 //! `state`). Retention: grant keys and request ids expire `retention` after the grant ends; the
@@ -19,18 +23,22 @@
 //! With `min_replicas`, the conditional appends (`issuing` and the issuance) are pipelined with
 //! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
+mod record;
+mod reply;
+
 use std::time::Duration;
 
-use redis::{AsyncCommands, Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, Script, Value, aio::ConnectionManager, aio::ConnectionManagerConfig};
 use time::OffsetDateTime;
 
+use self::record::StoredGrant;
 use crate::{
-    domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RequestId},
-    ports::{Appended, GrantStore, Reservation, StoreError},
+    domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId},
+    ports::{Append, Appended, GrantStore, Reservation, StoreError},
 };
 
-/// Connection and retention settings.
-#[derive(Debug, Clone)]
+/// Connection and retention settings. Debug hides the URL's password.
+#[derive(Clone)]
 pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
@@ -42,6 +50,41 @@ pub struct RedisSettings {
     /// (Redis `WAIT`); 0 trusts the primary alone.
     pub min_replicas: u32,
     pub replica_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("retention", &self.retention)
+            .field("min_replicas", &self.min_replicas)
+            .field("replica_timeout", &self.replica_timeout)
+            .finish()
+    }
+}
+
+/// A Redis URL fit for logs: the password of `redis://user:password@host` and any query (where
+/// `redis+unix://` URLs carry theirs) replaced.
+pub fn redacted_url(url: &str) -> String {
+    let (before_query, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?[redacted]"),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = before_query.split_once("://") else {
+        return "[redacted]".to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:[redacted]@{host}"),
+            None => format!("[redacted]@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 /// Binds a request id (if any) and indexes the candidate grant for its caller. The index lives
@@ -62,25 +105,32 @@ end
 return 'new'
 ";
 
-/// KEYS: grant, events; ARGV: state, doc, expiry (unix s), first event.
+/// KEYS: grant, events; ARGV: state, doc, expiry (unix s), first event, record version.
 const CREATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'doc', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', ARGV[5], 'state', ARGV[1], 'doc', ARGV[2], 'attempts', 0)
 redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
 redis.call('EXPIREAT', KEYS[2], ARGV[3])
 return 'created'
 ";
 
-/// KEYS: grant, issuances, events; ARGV: expected state, expiry (unix s), event, [issuance].
+/// KEYS: grant, issuances, events; ARGV: expected state, expiry (unix s), event, attempt limit
+/// (empty: this append is not an STS attempt), [issuance]. Records of the first release have no
+/// `attempts` field: their issuances are the attempts they are known to have made.
 const APPEND_IF_STATE: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state ~= ARGV[1] then return 'state ' .. state end
+if ARGV[4] ~= '' then
+  local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or redis.call('LLEN', KEYS[2]))
+  if attempts >= tonumber(ARGV[4]) then return 'limit ' .. attempts end
+  redis.call('HSET', KEYS[1], 'attempts', attempts + 1)
+end
 redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('EXPIREAT', KEYS[3], ARGV[2])
-if ARGV[4] then
-  redis.call('RPUSH', KEYS[2], ARGV[4])
+if ARGV[5] then
+  redis.call('RPUSH', KEYS[2], ARGV[5])
   redis.call('EXPIREAT', KEYS[2], ARGV[2])
 end
 return 'ok'
@@ -93,9 +143,6 @@ redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('EXPIREAT', KEYS[2], ARGV[1])
 return 'ok'
 ";
-
-/// One grant as read back: (`state`, `doc`) from the hash, and the issuance list.
-type StoredGrant = ((Option<String>, Option<String>), Vec<String>);
 
 pub struct RedisGrantStore {
     connection: ConnectionManager,
@@ -125,11 +172,16 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
 }
 
+/// Commands per grant in a read pipeline: HMGET, LRANGE, LLEN.
+const READ_COMMANDS: usize = 3;
+
 impl RedisGrantStore {
     /// Connects lazily: the service starts (and reports NOT_SERVING) while Redis is down, and
     /// every command is bounded by the connect and response timeouts.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = Client::open(settings.url.as_str()).map_err(unavailable)?;
+        // Not `unavailable`: the error could quote the URL, password and all.
+        let client = Client::open(settings.url.as_str())
+            .map_err(|_| StoreError::Unavailable(format!("`{}` is not a Redis URL", redacted_url(&settings.url))))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.response_timeout))
@@ -189,25 +241,41 @@ impl RedisGrantStore {
         end.unix_timestamp().saturating_add(self.retention_secs())
     }
 
-    fn decode(
-        &self,
-        id: GrantId,
-        state: Option<String>,
-        doc: Option<String>,
-        issuances: Vec<String>,
-    ) -> Result<Option<Grant>, StoreError> {
-        let (Some(state), Some(doc)) = (state, doc) else {
+    /// Queues the reads of one grant: its hash fields, its most recent issuances, their count.
+    fn queue_read(&self, pipe: &mut redis::Pipeline, id: GrantId) {
+        let recent = isize::try_from(RECENT_ISSUANCES).unwrap_or(isize::MAX);
+        pipe.cmd("HMGET")
+            .arg(self.grant_key(id))
+            .arg("v")
+            .arg("state")
+            .arg("doc");
+        pipe.lrange(self.issuances_key(id), -recent, -1);
+        pipe.llen(self.issuances_key(id));
+    }
+
+    /// Decodes the replies of [`Self::queue_read`]; `None` when the grant does not exist.
+    fn decode_read(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<Grant>, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
+        let [fields, issuances, issuance_count] = replies;
+        let [version, state, doc]: [Value; 3] = reply::array_of(fields, 3)
+            .map_err(&corrupt)?
+            .try_into()
+            .map_err(|_| corrupt("HMGET reply".to_owned()))?;
+        let version = reply::optional_text(version).map_err(&corrupt)?;
+        let (Some(state), Some(doc)) = (
+            reply::optional_text(state).map_err(&corrupt)?,
+            reply::optional_text(doc).map_err(&corrupt)?,
+        ) else {
             return Ok(None);
         };
-        let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
-        let mut grant: Grant = serde_json::from_str(&doc).map_err(|error| corrupt(error.to_string()))?;
-        grant.state = GrantState::parse(&state).ok_or_else(|| corrupt(format!("unknown state `{state}`")))?;
-        grant.issuances = issuances
-            .iter()
-            .map(|issuance| serde_json::from_str(issuance))
-            .collect::<Result<_, _>>()
-            .map_err(|error| corrupt(error.to_string()))?;
-        Ok(Some(grant))
+        let stored = StoredGrant {
+            version,
+            state,
+            doc,
+            issuances: reply::texts(issuances).map_err(&corrupt)?,
+            issuance_count: reply::count(issuance_count).map_err(&corrupt)?,
+        };
+        record::decode_grant(id, stored).map(Some).map_err(corrupt)
     }
 
     /// Reads several grants in one round trip; missing ones are skipped.
@@ -217,14 +285,22 @@ impl RedisGrantStore {
         }
         let mut pipe = redis::pipe();
         for &id in ids {
-            pipe.cmd("HMGET").arg(self.grant_key(id)).arg("state").arg("doc");
-            pipe.lrange(self.issuances_key(id), 0, -1);
+            self.queue_read(&mut pipe, id);
         }
         let mut connection = self.connection.clone();
-        let replies: Vec<StoredGrant> = pipe.query_async(&mut connection).await.map_err(unavailable)?;
+        let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(unavailable)?;
+        if replies.len() != ids.len() * READ_COMMANDS {
+            return Err(StoreError::Corrupt(format!(
+                "expected {} replies, got {}",
+                ids.len() * READ_COMMANDS,
+                replies.len()
+            )));
+        }
+        let mut replies = replies.into_iter();
         let mut grants = Vec::with_capacity(ids.len());
-        for (&id, ((state, doc), issuances)) in ids.iter().zip(replies) {
-            if let Some(grant) = self.decode(id, state, doc, issuances)? {
+        for &id in ids {
+            let one = [(); READ_COMMANDS].map(|()| replies.next().unwrap_or(Value::Nil));
+            if let Some(grant) = Self::decode_read(id, one)? {
                 grants.push(grant);
             }
         }
@@ -275,9 +351,10 @@ impl GrantStore for RedisGrantStore {
             .key(self.grant_key(grant.id))
             .key(self.events_key(grant.id))
             .arg(grant.state.as_str())
-            .arg(to_json(grant)?)
+            .arg(record::encode_grant(grant).map_err(StoreError::Corrupt)?)
             .arg(self.expiry(grant.end))
             .arg(to_json(event)?)
+            .arg(record::CURRENT_VERSION)
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
@@ -320,22 +397,17 @@ impl GrantStore for RedisGrantStore {
         Ok((self.get_many(&ids).await?, next))
     }
 
-    async fn append_if_state(
-        &self,
-        grant: &Grant,
-        expected: GrantState,
-        issuance: Option<&Issuance>,
-        event: &GrantEvent,
-    ) -> Result<Appended, StoreError> {
+    async fn append_if_state(&self, grant: &Grant, append: Append<'_>) -> Result<Appended, StoreError> {
         let mut invocation = self.append_if_state.key(self.grant_key(grant.id));
         invocation
             .key(self.issuances_key(grant.id))
             .key(self.events_key(grant.id))
-            .arg(expected.as_str())
+            .arg(append.expected.as_str())
             .arg(self.expiry(grant.end))
-            .arg(to_json(event)?);
-        if let Some(issuance) = issuance {
-            invocation.arg(to_json(issuance)?);
+            .arg(to_json(append.event)?)
+            .arg(append.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default());
+        if let Some(issuance) = append.issuance {
+            invocation.arg(record::encode_issuance(issuance).map_err(StoreError::Corrupt)?);
         }
         let reply: String = match &self.durable {
             None => invocation
@@ -368,6 +440,10 @@ impl GrantStore for RedisGrantStore {
             Some(("state", state)) => GrantState::parse(state)
                 .map(Appended::WrongState)
                 .ok_or_else(|| StoreError::Corrupt(format!("grant {}: unknown state `{state}`", grant.id))),
+            Some(("limit", attempts)) => attempts
+                .parse()
+                .map(Appended::LimitReached)
+                .map_err(|_| StoreError::Corrupt(format!("grant {}: attempts `{attempts}`", grant.id))),
             _ => Err(StoreError::Corrupt(format!("unexpected append reply `{reply}`"))),
         }
     }

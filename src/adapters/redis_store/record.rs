@@ -1,0 +1,233 @@
+//! How a grant is written to Redis, and read back from any version that was ever written.
+//!
+//! The grant hash holds `v` (the record version), `state`, `doc` (the immutable part of the grant
+//! as JSON) and `attempts` (STS calls made for it). Issuances are JSON entries of their own list.
+//! These types, not the domain's, define the stored format, so a domain field can be renamed
+//! without making 400 days of records unreadable.
+//!
+//! Versions:
+//! - 1: the format of the first release. Its records carry no `v` field; a missing `v` means 1.
+//!
+//! INVARIANT: a record is read back leniently (patterns a later release refuses still read, so
+//! old grants stay visible) and is never trusted for issuance as is: the broker re-validates
+//! scopes and rebuilds the session policy before calling STS.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::domain::{
+    ActionPattern, CallerId, Decision, Grant, GrantId, GrantState, Issuance, Outcome, ResourcePattern, Scope,
+};
+
+/// The version this release writes.
+pub const CURRENT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct GrantDocV1 {
+    id: String,
+    request_id: Option<String>,
+    fingerprint: String,
+    caller: String,
+    target: String,
+    account_id: String,
+    role_arn: String,
+    region: String,
+    requester: String,
+    grantee: String,
+    scopes: Vec<ScopeV1>,
+    session_policy: String,
+    justification: String,
+    ticket: String,
+    mfa_serial: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    end: OffsetDateTime,
+    decision: DecisionV1,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ScopeV1 {
+    actions: Vec<String>,
+    resources: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DecisionV1 {
+    outcome: OutcomeV1,
+    policy_ids: Vec<String>,
+    reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    decided_at: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OutcomeV1 {
+    Approve,
+    RequireApproval,
+    Deny,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IssuanceV1 {
+    access_key_id: String,
+    session_name: String,
+    source_identity: String,
+    assumed_role_arn: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expiration: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    issued_at: OffsetDateTime,
+    packed_policy_percent: Option<i32>,
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<String, String> {
+    serde_json::to_string(value).map_err(|error| format!("cannot encode: {error}"))
+}
+
+/// The `doc` field of a new record, in the current version.
+pub fn encode_grant(grant: &Grant) -> Result<String, String> {
+    let decision = &grant.decision;
+    encode(&GrantDocV1 {
+        id: grant.id.to_string(),
+        request_id: grant.request_id.clone(),
+        fingerprint: grant.fingerprint.clone(),
+        caller: grant.caller.to_string(),
+        target: grant.target.clone(),
+        account_id: grant.account_id.clone(),
+        role_arn: grant.role_arn.clone(),
+        region: grant.region.clone(),
+        requester: grant.requester.clone(),
+        grantee: grant.grantee.clone(),
+        scopes: grant
+            .scopes
+            .iter()
+            .map(|scope| ScopeV1 {
+                actions: scope.actions.iter().map(|a| a.as_str().to_owned()).collect(),
+                resources: scope.resources.iter().map(|r| r.as_str().to_owned()).collect(),
+            })
+            .collect(),
+        session_policy: grant.session_policy.clone(),
+        justification: grant.justification.clone(),
+        ticket: grant.ticket.clone(),
+        mfa_serial: grant.mfa_serial.clone(),
+        created_at: grant.created_at,
+        start: grant.start,
+        end: grant.end,
+        decision: DecisionV1 {
+            outcome: match decision.outcome {
+                Outcome::Approve => OutcomeV1::Approve,
+                Outcome::RequireApproval => OutcomeV1::RequireApproval,
+                Outcome::Deny => OutcomeV1::Deny,
+            },
+            policy_ids: decision.policy_ids.clone(),
+            reason: decision.reason.clone(),
+            decided_at: decision.decided_at,
+        },
+    })
+}
+
+pub fn encode_issuance(issuance: &Issuance) -> Result<String, String> {
+    encode(&IssuanceV1 {
+        access_key_id: issuance.access_key_id.clone(),
+        session_name: issuance.session_name.clone(),
+        source_identity: issuance.source_identity.clone(),
+        assumed_role_arn: issuance.assumed_role_arn.clone(),
+        expiration: issuance.expiration,
+        issued_at: issuance.issued_at,
+        packed_policy_percent: issuance.packed_policy_percent,
+    })
+}
+
+/// The fields of one grant as read from Redis, before decoding.
+pub struct StoredGrant {
+    pub version: Option<String>,
+    pub state: String,
+    pub doc: String,
+    /// The most recent issuances, oldest first.
+    pub issuances: Vec<String>,
+    pub issuance_count: u64,
+}
+
+/// Decodes a record of any version this release knows. Errors say what is wrong, for the log.
+pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
+    let version = match stored.version.as_deref() {
+        None => 1,
+        Some(text) => text
+            .parse::<u32>()
+            .map_err(|_| format!("record version `{text}` is not a number"))?,
+    };
+    if version != 1 {
+        return Err(format!(
+            "record version {version} is not one this release reads (it reads 1 to {CURRENT_VERSION})"
+        ));
+    }
+    let state = GrantState::parse(&stored.state).ok_or_else(|| format!("unknown state `{}`", stored.state))?;
+    let doc: GrantDocV1 = serde_json::from_str(&stored.doc).map_err(|error| format!("doc: {error}"))?;
+    if doc.id != id.to_string() {
+        return Err(format!("doc belongs to grant {}", doc.id));
+    }
+    let caller = CallerId::parse(&doc.caller).map_err(|why| format!("caller: {why}"))?;
+    let issuances = stored
+        .issuances
+        .iter()
+        .map(|text| serde_json::from_str::<IssuanceV1>(text).map(issuance_from_v1))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("issuance: {error}"))?;
+    Ok(Grant {
+        id,
+        state,
+        request_id: doc.request_id,
+        fingerprint: doc.fingerprint,
+        caller,
+        target: doc.target,
+        account_id: doc.account_id,
+        role_arn: doc.role_arn,
+        region: doc.region,
+        requester: doc.requester,
+        grantee: doc.grantee,
+        // Lenient on purpose (see the module docs): a pattern a later release refuses still reads.
+        scopes: doc
+            .scopes
+            .into_iter()
+            .map(|scope| Scope {
+                actions: scope.actions.into_iter().map(ActionPattern::from_record).collect(),
+                resources: scope.resources.into_iter().map(ResourcePattern::from_record).collect(),
+            })
+            .collect(),
+        session_policy: doc.session_policy,
+        justification: doc.justification,
+        ticket: doc.ticket,
+        mfa_serial: doc.mfa_serial,
+        created_at: doc.created_at,
+        start: doc.start,
+        end: doc.end,
+        decision: Decision {
+            outcome: match doc.decision.outcome {
+                OutcomeV1::Approve => Outcome::Approve,
+                OutcomeV1::RequireApproval => Outcome::RequireApproval,
+                OutcomeV1::Deny => Outcome::Deny,
+            },
+            policy_ids: doc.decision.policy_ids,
+            reason: doc.decision.reason,
+            decided_at: doc.decision.decided_at,
+        },
+        issuances,
+        issuance_count: stored.issuance_count,
+    })
+}
+
+fn issuance_from_v1(issuance: IssuanceV1) -> Issuance {
+    Issuance {
+        access_key_id: issuance.access_key_id,
+        session_name: issuance.session_name,
+        source_identity: issuance.source_identity,
+        assumed_role_arn: issuance.assumed_role_arn,
+        expiration: issuance.expiration,
+        issued_at: issuance.issued_at,
+        packed_policy_percent: issuance.packed_policy_percent,
+    }
+}

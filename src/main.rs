@@ -215,7 +215,7 @@ fn check_config(path: PathBuf) -> ExitCode {
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} targets, {} callers, {} rules, {} warnings)",
+                "{}: ok ({} targets, {} callers, {} rules, {} warning(s))",
                 path.display(),
                 config.targets.len(),
                 config.callers.len(),

@@ -130,6 +130,34 @@ async fn invalid_requests_are_refused_with_field_violations_before_any_aws_call(
             "contains ' '",
         ),
         (
+            "a policy variable, which IAM would fill in from the grantee's own tags",
+            proto::RequestAccessRequest {
+                target: "staging-ec2-mfa".into(),
+                scopes: vec![scope(
+                    &["ec2:DescribeInstances"],
+                    &["arn:aws:ec2:${aws:RequestTag/k:123456789012:instance/k}"],
+                )],
+                mfa_serial: "arn:aws:iam::123456789012:mfa/alice".into(),
+                mfa_code: "123456".into(),
+                ..read_logs_request("")
+            },
+            vec!["scopes[0].resources[0]"],
+            "IAM substitutes policy variables",
+        ),
+        (
+            "a wildcard that IAM keeps inside its segment, reaching into another log group",
+            proto::RequestAccessRequest {
+                target: "app-logs".into(),
+                scopes: vec![scope(
+                    &["logs:GetLogEvents"],
+                    &["arn:aws:logs:us-west-2:123456789012:log-group:app-x:log-stream:y-prod"],
+                )],
+                ..read_logs_request("")
+            },
+            vec!["scopes[0].actions[0]"],
+            "is outside the target's ceiling",
+        ),
+        (
             "no scopes",
             proto::RequestAccessRequest {
                 scopes: vec![],

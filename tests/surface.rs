@@ -201,6 +201,51 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
     );
 }
 
+/// 20 actions × 20 resources outside the ceiling: 400 problems. The CLI (a hyper client with its
+/// default header limits) still gets the whole error, and prints what fits with a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_an_error_about_hundreds_of_problems() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut args: Vec<String> = [
+        "request",
+        "--server",
+        &server.url(),
+        "--token",
+        PORTAL_TOKEN,
+        "--target",
+        "dev-logs-read",
+        "--requester",
+        "alice",
+        "--grantee",
+        "vendor-x",
+    ]
+    .map(String::from)
+    .to_vec();
+    for i in 0..20 {
+        args.extend(["--action".to_owned(), format!("s3:PutObject{i:02}")]);
+        args.extend([
+            "--resource".to_owned(),
+            format!("arn:aws:s3:::other-{i:02}/{}", "x".repeat(20)),
+        ]);
+    }
+    let output = run(args).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("InvalidArgument: invalid request: 400 problems, the first: scopes[0].actions[0]"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\n  scopes[0].actions[0]: `s3:PutObject00` on `arn:aws:s3:::other-00/"),
+        "{stderr}"
+    );
+    assert!(stderr.trim_end().ends_with("more problems not listed"), "{stderr}");
+    assert!(stderr.len() < 8 * 1024, "{} bytes", stderr.len());
+    assert!(sts.calls().is_empty());
+}
+
 #[tokio::test]
 async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -209,6 +254,31 @@ async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
         assert!(output.status.success(), "{config}: {}", text(&output.stderr));
         assert!(text(&output.stdout).contains(": ok ("), "{}", text(&output.stdout));
     }
+
+    // Valid, with a ceiling wider than it looks: `iam:*` on every resource. A warning by key,
+    // and still exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide.toml");
+    std::fs::write(
+        &wide,
+        config_text(&Settings::new(
+            "redis://127.0.0.1:1".into(),
+            "http://127.0.0.1:9".into(),
+        )),
+    )
+    .unwrap();
+    let output = run(vec!["check-config".into(), wide.display().to_string()]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("warning: targets[3].ceiling[0].resources[0]: "),
+        "{stderr}"
+    );
+    assert!(
+        text(&output.stdout).contains("1 warning(s))"),
+        "{}",
+        text(&output.stdout)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let broken = config_text(&Settings::new(

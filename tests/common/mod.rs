@@ -519,10 +519,21 @@ max_duration_secs = 3600
 actions = ["iam:*"]
 resources = ["*"]
 
+[[targets]]
+id = "app-logs"
+environment = "staging"
+account_id = "123456789012"
+role_arn = "arn:aws:iam::123456789012:role/app-logs-reader"
+region = "us-west-2"
+max_duration_secs = 3600
+[[targets.ceiling]]
+actions = ["logs:Get*"]
+resources = ["arn:aws:logs:us-west-2:123456789012:log-group:app-*-prod"]
+
 [[callers]]
 id = "vendor-portal"
 token_sha256 = "{portal}"
-targets = ["dev-logs-read", "prod-logs-read", "staging-ec2-mfa", "staging-iam"]
+targets = ["dev-logs-read", "prod-logs-read", "staging-ec2-mfa", "staging-iam", "app-logs"]
 
 [[callers]]
 id = "ci-pipeline"

@@ -13,7 +13,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    adapters::{RedisSettings, StsSettings},
+    adapters::{RedisSettings, RedisTls, StsSettings},
     broker::BrokerSettings,
     domain::{ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, limits, scope},
     rules::{RuleEngine, RuleSource},
@@ -132,6 +132,9 @@ struct RawRedis {
     min_replicas: u32,
     #[serde(default = "default_replica_timeout_ms")]
     replica_timeout_ms: u64,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_cert_file: Option<PathBuf>,
+    tls_client_key_file: Option<PathBuf>,
 }
 
 fn default_replica_timeout_ms() -> u64 {
@@ -247,7 +250,7 @@ impl Config {
         let mut warnings = Vec::new();
 
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
-        let redis = validate_redis(raw.redis, &mut problems);
+        let redis = validate_redis(raw.redis, base, &mut problems);
         let (sts, role_chaining) = validate_aws(raw.aws, &mut problems);
         let max_issuances_per_grant = raw.grants.max_issuances_per_grant;
         if !(1..=MAX_ISSUANCES_PER_GRANT).contains(&max_issuances_per_grant) {
@@ -311,17 +314,69 @@ fn validate_listen(raw: &RawServer, problems: &mut Vec<Problem>, warnings: &mut 
     Some(listen)
 }
 
-fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
-    // TLS to Redis needs a second TLS stack in the redis client; until it is built in, run
-    // Redis on a private network or behind a local TLS tunnel.
-    if raw.url.starts_with("rediss://") {
+/// Reads a PEM file named in the configuration (relative to it), as a problem under `key` when
+/// it cannot be read or holds no PEM block.
+fn read_pem(key: &str, path: &Path, base: &Path, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
+    let path = base.join(path);
+    match std::fs::read(&path) {
+        Ok(bytes) if bytes.windows(11).any(|w| w == b"-----BEGIN ") => Some(bytes),
+        Ok(_) => {
+            problems.push(Problem::new(key, format!("{} holds no PEM data", path.display())));
+            None
+        }
+        Err(error) => {
+            problems.push(Problem::new(key, format!("cannot read {}: {error}", path.display())));
+            None
+        }
+    }
+}
+
+fn validate_redis_tls(raw: &RawRedis, base: &Path, problems: &mut Vec<Problem>) -> Option<RedisTls> {
+    let tls = raw.url.starts_with("rediss://");
+    let files = [
+        ("redis.tls_ca_file", &raw.tls_ca_file),
+        ("redis.tls_client_cert_file", &raw.tls_client_cert_file),
+        ("redis.tls_client_key_file", &raw.tls_client_key_file),
+    ];
+    if !tls {
+        for (key, file) in files {
+            if file.is_some() {
+                problems.push(Problem::new(key, "only for TLS: redis.url must start with rediss://"));
+            }
+        }
+        return None;
+    }
+    let ca_pem = raw
+        .tls_ca_file
+        .as_ref()
+        .and_then(|file| read_pem("redis.tls_ca_file", file, base, problems));
+    let client = match (&raw.tls_client_cert_file, &raw.tls_client_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => read_pem("redis.tls_client_cert_file", cert, base, problems)
+            .zip(read_pem("redis.tls_client_key_file", key, base, problems))
+            .map(|(cert, key)| (cert, Secret::from_bytes(key))),
+        _ => {
+            problems.push(Problem::new(
+                "redis.tls_client_cert_file",
+                "set both redis.tls_client_cert_file and redis.tls_client_key_file, or neither",
+            ));
+            None
+        }
+    };
+    Some(RedisTls { ca_pem, client })
+}
+
+fn validate_redis(raw: RawRedis, base: &Path, problems: &mut Vec<Problem>) -> RedisSettings {
+    if !["redis://", "rediss://", "redis+unix://"]
+        .iter()
+        .any(|scheme| raw.url.starts_with(scheme))
+    {
         problems.push(Problem::new(
             "redis.url",
-            "rediss:// (TLS) is not supported yet: use redis:// or redis+unix://",
+            "must start with redis://, rediss:// (TLS) or redis+unix://",
         ));
-    } else if !(raw.url.starts_with("redis://") || raw.url.starts_with("redis+unix://")) {
-        problems.push(Problem::new("redis.url", "must start with redis:// or redis+unix://"));
     }
+    let tls = validate_redis_tls(&raw, base, problems);
     if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}', ' ']) {
         problems.push(Problem::new(
             "redis.key_prefix",
@@ -354,6 +409,7 @@ fn validate_redis(raw: RawRedis, problems: &mut Vec<Problem>) -> RedisSettings {
         retention: Duration::from_secs(raw.retention_days.saturating_mul(86_400)),
         min_replicas: raw.min_replicas,
         replica_timeout: Duration::from_millis(raw.replica_timeout_ms),
+        tls,
     }
 }
 
@@ -701,6 +757,29 @@ mod tests {
         assert!(
             with_rules(GOOD).unwrap().warnings.is_empty(),
             "loopback needs no warning"
+        );
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked_where_they_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\nx\n").unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let with = |redis: &str| Config::parse(&GOOD.replace("url = \"redis://127.0.0.1:6379\"", redis), dir.path());
+        let config = with("url = \"rediss://redis:6380\"\ntls_ca_file = \"ca.pem\"").unwrap();
+        assert!(config.redis.tls.unwrap().ca_pem.unwrap().starts_with(b"-----BEGIN"));
+        let keys = |problems: Vec<Problem>| problems.into_iter().map(|p| p.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(with("url = \"redis://redis:6379\"\ntls_ca_file = \"ca.pem\"").unwrap_err()),
+            ["redis.tls_ca_file"]
+        );
+        assert_eq!(
+            keys(
+                with("url = \"rediss://redis:6380\"\ntls_ca_file = \"empty.pem\"\ntls_client_cert_file = \"ca.pem\"")
+                    .unwrap_err()
+            ),
+            ["redis.tls_ca_file", "redis.tls_client_cert_file"]
         );
     }
 

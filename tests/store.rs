@@ -27,16 +27,7 @@ fn id_at(at: OffsetDateTime) -> GrantId {
 #[tokio::test]
 async fn the_caller_index_forgets_grants_older_than_the_retention() {
     let redis = RedisServer::start();
-    let store = RedisGrantStore::new(&RedisSettings {
-        url: redis.url(),
-        key_prefix: "gb".into(),
-        connect_timeout: Duration::from_secs(1),
-        response_timeout: Duration::from_secs(1),
-        retention: Duration::from_secs(86_400),
-        min_replicas: 0,
-        replica_timeout: Duration::from_millis(100),
-    })
-    .unwrap();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
     let caller = CallerId::parse("vendor-portal").unwrap();
     let day_one = OffsetDateTime::now_utc();
     let old = id_at(day_one);
@@ -96,6 +87,7 @@ fn settings(redis: &RedisServer) -> RedisSettings {
         retention: Duration::from_secs(86_400),
         min_replicas: 0,
         replica_timeout: Duration::from_millis(100),
+        tls: None,
     }
 }
 

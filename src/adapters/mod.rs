@@ -3,5 +3,5 @@
 pub mod redis_store;
 pub mod sts_issuer;
 
-pub use redis_store::{RedisGrantStore, RedisSettings, redacted_url};
+pub use redis_store::{RedisGrantStore, RedisSettings, RedisTls, redacted_url};
 pub use sts_issuer::{StsIssuer, StsSettings};

@@ -18,6 +18,11 @@ impl Secret {
         Self(value.into())
     }
 
+    /// A secret read from a file (a private key): kept as text, invalid UTF-8 replaced.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(String::from_utf8(bytes).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()))
+    }
+
     /// The secret itself, for the one place that must hand it over (the RPC response, STS).
     pub fn expose(&self) -> &str {
         &self.0

@@ -150,6 +150,28 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A redis-server that speaks TLS on `tls_port` (certificates from `pki`), and plaintext on
+    /// `port` for the test's own inspection. With `clients_need_certificates`, mutual TLS.
+    pub fn start_tls(pki: &TestPki, clients_need_certificates: bool) -> (Self, u16) {
+        let tls_port = free_port();
+        let server = Self::start_with(&[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &pki.server_cert.display().to_string(),
+            "--tls-key-file",
+            &pki.server_key.display().to_string(),
+            "--tls-ca-cert-file",
+            &pki.ca_cert.display().to_string(),
+            "--tls-auth-clients",
+            if clients_need_certificates { "yes" } else { "no" },
+        ]);
+        let mut child = server.child.lock().unwrap().take().unwrap();
+        wait_for_port(tls_port, "redis-server (TLS)", &mut child);
+        *server.child.lock().unwrap() = Some(child);
+        (server, tls_port)
+    }
+
     /// Kills the server (for failure tests). Safe to call more than once.
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
@@ -226,6 +248,52 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A throw-away certificate authority with a server certificate for 127.0.0.1 and a client
+/// certificate, as PEM files in a temporary directory.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "grant-broker test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["grant-broker".into()]);
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Self {
+            ca_cert: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            dir,
+        }
     }
 }
 
@@ -406,6 +474,8 @@ pub struct Settings {
     pub max_issuances_per_grant: u32,
     /// Cedar rules added to the shipped example rules.
     pub extra_rules: String,
+    /// Extra lines for the `[redis]` table (TLS files).
+    pub redis_extra: String,
 }
 
 impl Settings {
@@ -420,6 +490,7 @@ impl Settings {
             min_replicas: 0,
             max_issuances_per_grant: 10,
             extra_rules: String::new(),
+            redis_extra: String::new(),
         }
     }
 }
@@ -456,6 +527,7 @@ connect_timeout_ms = {redis_timeout}
 response_timeout_ms = {redis_timeout}
 min_replicas = {min_replicas}
 replica_timeout_ms = 300
+{redis_extra}
 
 [aws]
 sts_endpoint = "{sts}"
@@ -543,6 +615,7 @@ targets = ["dev-logs-read"]
         redis_url = settings.redis_url,
         redis_timeout = settings.redis_timeout_ms,
         min_replicas = settings.min_replicas,
+        redis_extra = settings.redis_extra,
         sts = settings.sts_endpoint,
         max_attempts = settings.max_attempts,
         attempt_timeout = settings.attempt_timeout_ms,

@@ -28,12 +28,15 @@ mod reply;
 
 use std::time::Duration;
 
-use redis::{AsyncCommands, Client, Script, Value, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::{
+    AsyncCommands, Client, ClientTlsConfig, Script, TlsCertificates, Value, aio::ConnectionManager,
+    aio::ConnectionManagerConfig,
+};
 use time::OffsetDateTime;
 
 use self::record::StoredGrant;
 use crate::{
-    domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId},
+    domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret},
     ports::{Append, Appended, GrantStore, Reservation, StoreError},
 };
 
@@ -50,6 +53,17 @@ pub struct RedisSettings {
     /// (Redis `WAIT`); 0 trusts the primary alone.
     pub min_replicas: u32,
     pub replica_timeout: Duration,
+    /// For `rediss://` URLs.
+    pub tls: Option<RedisTls>,
+}
+
+/// How to verify the Redis server, and how to prove the broker to it (mutual TLS).
+#[derive(Clone, Debug)]
+pub struct RedisTls {
+    /// PEM certificates to trust; `None` trusts the system's store.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and private key.
+    pub client: Option<(Vec<u8>, Secret)>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -62,6 +76,13 @@ impl std::fmt::Debug for RedisSettings {
             .field("retention", &self.retention)
             .field("min_replicas", &self.min_replicas)
             .field("replica_timeout", &self.replica_timeout)
+            .field(
+                "tls",
+                &self
+                    .tls
+                    .as_ref()
+                    .map(|tls| (tls.ca_pem.is_some(), tls.client.is_some())),
+            )
             .finish()
     }
 }
@@ -179,9 +200,27 @@ impl RedisGrantStore {
     /// Connects lazily: the service starts (and reports NOT_SERVING) while Redis is down, and
     /// every command is bounded by the connect and response timeouts.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        // Not `unavailable`: the error could quote the URL, password and all.
-        let client = Client::open(settings.url.as_str())
-            .map_err(|_| StoreError::Unavailable(format!("`{}` is not a Redis URL", redacted_url(&settings.url))))?;
+        let client = match &settings.tls {
+            None => Client::open(settings.url.as_str()),
+            Some(tls) => Client::build_with_tls(
+                settings.url.as_str(),
+                TlsCertificates {
+                    client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.expose().as_bytes().to_vec(),
+                    }),
+                    root_cert: tls.ca_pem.clone(),
+                },
+            ),
+        }
+        // Not the error's own text: it could quote the URL, password and all.
+        .map_err(|error| {
+            StoreError::Unavailable(format!(
+                "cannot use `{}`: {:?}",
+                redacted_url(&settings.url),
+                error.kind()
+            ))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.response_timeout))

@@ -18,6 +18,7 @@ use crate::{
     domain::{
         AccessRequest, ApprovedGrant, Caller, EventKind, FieldViolation, Grant, GrantEvent, GrantId, GrantState,
         Issuance, IssuedCredentials, MfaToken, Target,
+        iam::Catalog,
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
@@ -138,12 +139,14 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             }
         };
 
+        let facts = Catalog::builtin().facts(&request.scopes);
         let decision = self.rules.decide(&RuleInput {
             caller: caller.id.as_str(),
             requester: &request.requester,
             grantee: &request.grantee,
             target,
             scopes: &request.scopes,
+            facts: &facts,
             duration_secs: request.duration_secs,
             justification: &request.justification,
             ticket: &request.ticket,

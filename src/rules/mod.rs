@@ -18,7 +18,7 @@ use cedar_policy::{
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::domain::{Decision, Outcome, Scope, Target};
+use crate::domain::{Decision, Outcome, Scope, Target, iam::ActionFacts};
 
 /// The schema every rule file is validated against.
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -31,6 +31,9 @@ pub struct RuleInput<'a> {
     pub grantee: &'a str,
     pub target: &'a Target,
     pub scopes: &'a [Scope],
+    /// What `scopes` can actually match: `Catalog::facts(scopes)`, computed once by the caller,
+    /// which also uses it to refuse unknown actions.
+    pub facts: &'a ActionFacts<'a>,
     pub duration_secs: u64,
     pub justification: &'a str,
     pub ticket: &'a str,
@@ -202,24 +205,34 @@ impl RuleEngine {
     /// most of a decision's cost on the hot path.
     fn prepare(&self, input: &RuleInput<'_>, schema: Option<(&Schema, &EntityUid)>) -> Result<Prepared, String> {
         let target = input.target;
-        let mut actions = Vec::new();
-        let mut services = BTreeSet::new();
-        let mut write_services = BTreeSet::new();
-        for action in input.scopes.iter().flat_map(|scope| &scope.actions) {
-            actions.push(action.as_str().to_ascii_lowercase());
-            services.insert(action.service());
-            if !action.is_read_only() {
-                write_services.insert(action.service());
-            }
-        }
+        let facts = input.facts;
+        let folded = |action: &crate::domain::ActionPattern| action.as_str().to_ascii_lowercase();
+        let actions: Vec<String> = input
+            .scopes
+            .iter()
+            .flat_map(|scope| &scope.actions)
+            .map(folded)
+            .collect();
+        let unknown_actions: BTreeSet<String> = facts
+            .unknown
+            .iter()
+            .filter_map(|&(i, j)| input.scopes.get(i)?.actions.get(j))
+            .map(folded)
+            .collect();
+        let access_levels: Vec<&str> = facts.access_levels.iter().map(|level| level.as_str()).collect();
         let context = json!({
             "caller": { "__entity": { "type": "GrantBroker::Caller", "id": input.caller } },
             "grantee": { "__entity": { "type": "GrantBroker::Grantee", "id": input.grantee } },
             "duration_seconds": input.duration_secs,
             "actions": actions,
-            "services": services,
-            "write_services": write_services,
-            "read_only": write_services.is_empty(),
+            "expanded_actions": facts.expanded_actions,
+            "access_levels": access_levels,
+            "services": facts.services,
+            "write_services": facts.write_services,
+            "read_only": facts.read_only(),
+            "exposes_credentials": facts.exposes_credentials,
+            "privilege_escalation": facts.privilege_escalation,
+            "unknown_actions": unknown_actions,
             "justification": input.justification,
             "has_justification": !input.justification.trim().is_empty(),
             "ticket": input.ticket,
@@ -325,7 +338,7 @@ fn weekday(at: OffsetDateTime) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ActionPattern, ResourcePattern};
+    use crate::domain::{ActionPattern, ResourcePattern, iam::Catalog};
     use time::macros::datetime;
 
     const EXAMPLE: &str = include_str!("../../deploy/rules/approval.cedar");
@@ -355,12 +368,14 @@ mod tests {
 
     fn decide(engine: &RuleEngine, target: &Target, actions: &[&str], duration_secs: u64, ticket: &str) -> Decision {
         let scopes = scopes(actions);
+        let facts = Catalog::builtin().facts(&scopes);
         engine.decide(&RuleInput {
             caller: "portal",
             requester: "alice",
             grantee: "vendor-x",
             target,
             scopes: &scopes,
+            facts: &facts,
             duration_secs,
             justification: "why",
             ticket,
@@ -417,7 +432,21 @@ mod tests {
         let engine = example();
         let decision = decide(&engine, &target("staging"), &["iam:PassRole"], 900, "CHG-1");
         assert_eq!(decision.outcome, Outcome::Deny);
+        assert_eq!(decision.policy_ids, ["deny-iam-writes", "deny-privilege-escalation"]);
+        // An IAM write that cannot escalate is still refused.
+        let decision = decide(&engine, &target("staging"), &["iam:TagRole"], 900, "CHG-1");
+        assert_eq!(decision.outcome, Outcome::Deny);
         assert_eq!(decision.policy_ids, ["deny-iam-writes"]);
+        // Escalation outside IAM is refused too.
+        let decision = decide(
+            &engine,
+            &target("staging"),
+            &["lambda:UpdateFunctionCode"],
+            900,
+            "CHG-1",
+        );
+        assert_eq!(decision.outcome, Outcome::Deny);
+        assert_eq!(decision.policy_ids, ["deny-privilege-escalation"]);
         assert_eq!(
             decide(&engine, &target("staging"), &["iam:GetRole"], 900, "").outcome,
             Outcome::Approve
@@ -437,14 +466,22 @@ mod tests {
         let engine = example();
         let (schema, _) = Schema::from_cedarschema_str(SCHEMA).unwrap();
         let target = target("production");
-        for actions in [&["s3:GetObject"][..], &["*"], &["i*:Put*", "ec2:Describe*"]] {
+        for actions in [
+            &["s3:GetObject"][..],
+            &["*"],
+            &["i*:Put*", "ec2:Describe*"],
+            &["iam:PassRol?", "secretsmanager:GetSecretValue"],
+            &["s3:GetObjcet", "S3:List*"],
+        ] {
             let scopes = scopes(actions);
+            let facts = Catalog::builtin().facts(&scopes);
             let input = RuleInput {
                 caller: "portal",
                 requester: "alice",
                 grantee: "vendor-x",
                 target: &target,
                 scopes: &scopes,
+                facts: &facts,
                 duration_secs: 900,
                 justification: "",
                 ticket: "",
@@ -455,6 +492,128 @@ mod tests {
                 let prepared = engine.prepare(&input, Some((&schema, action))).unwrap();
                 engine.authorize(action, &prepared, Some(&schema)).unwrap();
             }
+        }
+    }
+
+    /// The example rules with one more rule, for checking what the context lets rules see.
+    fn example_with(rule: &str) -> RuleEngine {
+        engine(&format!("{EXAMPLE}\n{rule}"))
+    }
+
+    #[test]
+    fn rules_see_every_action_a_pattern_can_match() {
+        let engine = engine(
+            r#"
+            permit (principal, action, resource);
+            @id("no-passrole")
+            forbid (principal, action, resource) when { context.expanded_actions.contains("iam:passrole") };
+            "#,
+        );
+        for pattern in [
+            "iam:PassRole",
+            "iam:PassRol?",
+            "iam:*",
+            "iam:pass*",
+            "IAM:PASSROLE",
+            "*",
+            "i?m:P*",
+        ] {
+            let decision = decide(&engine, &target("staging"), &["s3:GetObject", pattern], 900, "");
+            assert_eq!(decision.outcome, Outcome::Deny, "{pattern}: {decision:?}");
+            assert_eq!(decision.policy_ids, ["no-passrole"], "{pattern}");
+        }
+        for pattern in ["iam:Get*", "iam:PassRoles", "s3:*"] {
+            let decision = decide(&engine, &target("staging"), &[pattern], 900, "");
+            assert_eq!(decision.outcome, Outcome::Approve, "{pattern}: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn example_rules_send_credential_reads_to_humans() {
+        let engine = example();
+        for action in [
+            "secretsmanager:GetSecretValue",
+            "ecr:GetAuthorizationToken",
+            "ec2:GetPasswordData",
+            "sts:GetFederationToken",
+            "ssm:GetParameter*",
+            "kms:Decrypt",
+            "secretsmanager:*",
+        ] {
+            let decision = decide(&engine, &target("staging"), &["s3:GetObject", action], 900, "");
+            assert_eq!(decision.outcome, Outcome::RequireApproval, "{action}: {decision:?}");
+            assert_eq!(decision.policy_ids, ["callers-may-request"], "{action}");
+        }
+        for actions in [
+            &["s3:GetObject"][..],
+            &["ec2:Describe*"],
+            &["s3:GetObject", "ec2:Describe*"],
+        ] {
+            let decision = decide(&engine, &target("staging"), actions, 900, "");
+            assert_eq!(decision.outcome, Outcome::Approve, "{actions:?}: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_patterns_reach_the_rules_and_are_never_read_only() {
+        let engine = example_with(
+            r#"@id("no-typos") forbid (principal, action == GrantBroker::Action::"auto_approve", resource)
+            when { context.unknown_actions.contains("s3:getobjcet") };"#,
+        );
+        let decision = decide(&engine, &target("staging"), &["s3:GetObjcet"], 900, "");
+        assert_eq!(decision.outcome, Outcome::RequireApproval, "{decision:?}");
+        assert_eq!(decision.policy_ids, ["callers-may-request", "no-typos"]);
+        // Without that rule the typo still is not read-only, so it waits for a human.
+        let decision = decide(
+            &example(),
+            &target("staging"),
+            &["s3:GetObject", "s3:GetObjcet"],
+            900,
+            "",
+        );
+        assert_eq!(decision.outcome, Outcome::RequireApproval, "{decision:?}");
+        assert_eq!(decision.policy_ids, ["callers-may-request"]);
+    }
+
+    /// Prints the cost of the facts and a decision for a narrow, a service-wide and an
+    /// everything request (debug build here; `cargo bench --bench request_access` gives release
+    /// figures).
+    #[test]
+    fn facts_and_decision_costs() {
+        let engine = example();
+        let target = target("staging");
+        let _ = Catalog::builtin();
+        for actions in [&["s3:GetObject"][..], &["s3:*"], &["*"]] {
+            let scopes = scopes(actions);
+            let iterations = 10;
+            let (mut facts_time, mut decision_time) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+            for _ in 0..iterations {
+                let started = std::time::Instant::now();
+                let facts = Catalog::builtin().facts(&scopes);
+                facts_time += started.elapsed();
+                let started = std::time::Instant::now();
+                let decision = engine.decide(&RuleInput {
+                    caller: "portal",
+                    requester: "alice",
+                    grantee: "vendor-x",
+                    target: &target,
+                    scopes: &scopes,
+                    facts: &facts,
+                    duration_secs: 900,
+                    justification: "why",
+                    ticket: "",
+                    mfa_present: false,
+                    now: datetime!(2026-11-25 14:00 UTC),
+                });
+                decision_time += started.elapsed();
+                // `*` is denied (it can escalate), after one of the two authorizations.
+                assert_eq!(decision.outcome == Outcome::Deny, actions == ["*"], "{decision:?}");
+            }
+            println!(
+                "{actions:?}: facts {:?}, decision {:?}",
+                facts_time / iterations,
+                decision_time / iterations
+            );
         }
     }
 

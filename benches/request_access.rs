@@ -16,7 +16,7 @@ use std::{
 
 use common::*;
 use grant_broker::{
-    domain::{ActionPattern, ResourcePattern, Scope, Target, pattern},
+    domain::{ActionPattern, ResourcePattern, Scope, Target, iam::Catalog, pattern},
     rules::{RuleEngine, RuleInput, RuleSource},
 };
 
@@ -108,6 +108,10 @@ async fn redis_bytes_per_grant(redis: &RedisServer) {
 }
 
 fn pure_costs() {
+    // First use parses the embedded catalog; nothing before this touches it.
+    let started = Instant::now();
+    let catalog = Catalog::builtin();
+    println!("{:<44} {:?}", "IAM catalog parse (first use)", started.elapsed());
     let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rules/approval.cedar")).unwrap();
     let engine = RuleEngine::load(&[RuleSource {
         name: "approval.cedar",
@@ -133,19 +137,37 @@ fn pure_costs() {
         mfa_required: false,
         session_tags: true,
         ceiling: scopes.clone(),
+        allow_unknown_actions: false,
     };
+    let facts = catalog.facts(&scopes);
     let input = RuleInput {
         caller: "vendor-portal",
         requester: "alice@example.com",
         grantee: "vendor-x",
         target: &target,
         scopes: &scopes,
+        facts: &facts,
         duration_secs: 1800,
         justification: "bench",
         ticket: "INC-1",
         mfa_present: false,
         now: time::OffsetDateTime::now_utc(),
     };
+    // A narrow, a service-wide, an everything and a hostile request, to show what expansion
+    // costs (the last makes pattern::matches run once per catalog action).
+    let single_action_scopes: Vec<(&str, Vec<Scope>)> = ["s3:GetObject", "s3:*", "*", "*:*?*?*?*?*?*?e*"]
+        .into_iter()
+        .map(|action| {
+            let actions = vec![ActionPattern::parse(action).unwrap()];
+            (
+                action,
+                vec![Scope {
+                    actions,
+                    ..scopes[0].clone()
+                }],
+            )
+        })
+        .collect();
     let measure = |name: &str, iterations: u32, mut work: Box<dyn FnMut()>| {
         let started = Instant::now();
         for _ in 0..iterations {
@@ -158,6 +180,20 @@ fn pure_costs() {
         2_000,
         Box::new(|| drop(std::hint::black_box(engine.decide(&input)))),
     );
+    for (action, scopes) in &single_action_scopes {
+        measure(
+            &format!("catalog facts + Cedar decision, {action}"),
+            if action.starts_with('*') { 20 } else { 2_000 },
+            Box::new(|| {
+                let facts = catalog.facts(scopes);
+                drop(std::hint::black_box(engine.decide(&RuleInput {
+                    scopes,
+                    facts: &facts,
+                    ..input.clone()
+                })));
+            }),
+        );
+    }
     measure(
         "pattern containment, typical ARN",
         20_000,

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::{
     adapters::{RedisSettings, RedisTls, StsSettings},
     broker::BrokerSettings,
-    domain::{ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, limits, scope},
+    domain::{ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, iam::Catalog, limits, scope},
     rules::{RuleEngine, RuleSource},
 };
 
@@ -210,6 +210,8 @@ struct RawTarget {
     mfa_required: bool,
     #[serde(default)]
     session_tags: bool,
+    #[serde(default)]
+    allow_unknown_actions: bool,
     ceiling: Vec<RawScope>,
 }
 
@@ -545,22 +547,41 @@ fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Tar
             mfa_required: target.mfa_required,
             session_tags: target.session_tags,
             ceiling,
+            allow_unknown_actions: target.allow_unknown_actions,
         });
     }
     targets
 }
 
-/// Ceilings that reach further than they look, each under its target's key.
+/// Ceilings that reach further than they look, or name actions the catalog does not know, each
+/// under its target's key.
 fn ceiling_warnings(targets: &[Target]) -> Vec<Problem> {
-    targets
-        .iter()
-        .enumerate()
-        .flat_map(|(index, target)| {
-            scope::ceiling_warnings(&target.ceiling, |action| !action.is_read_only())
-                .into_iter()
-                .map(move |warning| Problem::new(format!("targets[{index}].{}", warning.field), warning.description))
-        })
-        .collect()
+    let catalog = Catalog::builtin();
+    // An action the catalog does not know might write: only known reads are reads.
+    let is_write = |action: &ActionPattern| {
+        let mut expanded = catalog.expand(action).peekable();
+        expanded.peek().is_none() || expanded.any(|info| !info.access_level().is_read())
+    };
+    let mut warnings = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        let key = |field: &str| format!("targets[{index}].{field}");
+        for warning in scope::ceiling_warnings(&target.ceiling, is_write) {
+            warnings.push(Problem::new(key(&warning.field), warning.description));
+        }
+        let facts = catalog.facts(&target.ceiling);
+        for (s, a) in facts.unknown {
+            let action = &target.ceiling[s].actions[a];
+            warnings.push(Problem::new(
+                key(&format!("ceiling[{s}].actions[{a}]")),
+                format!(
+                    "`{}` matches no action the IAM catalog ({}) knows: a typo, or a service newer than the catalog",
+                    action.as_str(),
+                    catalog.source()
+                ),
+            ));
+        }
+    }
+    warnings
 }
 
 fn parse_all<T>(

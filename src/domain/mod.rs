@@ -6,6 +6,7 @@
 //! credentials safe can be tested exhaustively.
 
 pub mod grant;
+pub mod iam;
 pub mod limits;
 pub mod pattern;
 pub mod policy;

@@ -92,6 +92,9 @@ fn accepts(pattern: &[Token], set: &[usize]) -> bool {
 
 /// Whether `text` matches `pattern` under IAM's segment rule (case-sensitive).
 pub fn matches(pattern: &str, text: &str) -> bool {
+    if !text.contains(SEPARATOR) && pattern.is_ascii() && text.is_ascii() {
+        return matches_without_segments(pattern.as_bytes(), text.as_bytes());
+    }
     let pattern = tokens(pattern);
     let mut set = closure(&pattern, [0]);
     for c in text.chars() {
@@ -101,6 +104,39 @@ pub fn matches(pattern: &str, text: &str) -> bool {
         }
     }
     accepts(&pattern, &set)
+}
+
+/// Matching for text without `:`, where IAM's segment rule reduces to plain glob matching (no
+/// wildcard can meet a separator, and a literal `:` simply never matches). The classic two-pointer
+/// walk, backtracking only to the most recent `*` (an earlier `*` could only match less), is
+/// linear for most inputs and allocates nothing: expanding a pattern against the whole IAM
+/// catalog matches it against 20,000 action names. ASCII only, so bytes are characters.
+fn matches_without_segments(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // The most recent `*`, and where in the text its match currently ends.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((star_at, matched_to)) => {
+                    // Let that `*` take one more character and try again after it.
+                    star = Some((star_at, matched_to + 1));
+                    p = star_at + 1;
+                    t = matched_to + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// Whether every string matched by `inner` is also matched by `outer` (case-sensitive; callers
@@ -282,6 +318,14 @@ mod tests {
 
         #[test]
         fn matching_agrees_with_oracle(pattern in pattern_over(&['a', 'b', ':', '*', '?'], 8), text in "[ab:c]{0,10}") {
+            let p: Vec<char> = pattern.chars().collect();
+            let t: Vec<char> = text.chars().collect();
+            prop_assert_eq!(matches(&pattern, &text), oracle_matches(&p, &t), "pattern={:?} text={:?}", pattern, text);
+        }
+
+        // Text without `:` takes the two-pointer path: longer patterns and texts, against the oracle.
+        #[test]
+        fn matching_text_without_separators_agrees_with_oracle(pattern in pattern_over(&['a', 'b', ':', '*', '?'], 10), text in "[abc]{0,14}") {
             let p: Vec<char> = pattern.chars().collect();
             let t: Vec<char> = text.chars().collect();
             prop_assert_eq!(matches(&pattern, &text), oracle_matches(&p, &t), "pattern={:?} text={:?}", pattern, text);

@@ -4,7 +4,10 @@
 use sha2::{Digest, Sha256};
 
 use super::{
-    ActionPattern, FieldViolation, ResourcePattern, Scope, Secret, Target, limits, scope::check_within_ceiling,
+    ActionPattern, FieldViolation, ResourcePattern, Scope, Secret, Target, echo,
+    iam::{ActionFacts, Catalog},
+    limits,
+    scope::check_within_ceiling,
 };
 
 /// The authenticated calling system (a vendor portal, a pipeline). Grants belong to it.
@@ -410,6 +413,30 @@ impl AccessRequest {
         }
         violations.extend(check_within_ceiling(&self.scopes, &target.ceiling));
         violations
+    }
+
+    /// Action patterns that match no action the catalog knows, unless the target allows them:
+    /// usually a typo (`s3:GetObjcet`), which would make a grant that allows nothing.
+    pub fn check_known_actions(&self, target: &Target, facts: &ActionFacts<'_>) -> Vec<FieldViolation> {
+        if target.allow_unknown_actions {
+            return Vec::new();
+        }
+        facts
+            .unknown
+            .iter()
+            .filter_map(|&(i, j)| {
+                let action = self.scopes.get(i)?.actions.get(j)?;
+                Some(FieldViolation::new(
+                    format!("scopes[{i}].actions[{j}]"),
+                    format!(
+                        "{} matches no IAM action the broker knows ({}): check its spelling; target `{}` does not allow unknown actions",
+                        echo(action.as_str()),
+                        Catalog::builtin().source(),
+                        target.id
+                    ),
+                ))
+            })
+            .collect()
     }
 
     /// A digest of everything that defines the request, so a retry with the same request id can

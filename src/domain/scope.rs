@@ -119,18 +119,6 @@ impl ActionPattern {
             _ => "*".to_owned(),
         }
     }
-
-    /// Whether every action this pattern can match only reads: its action name starts with a
-    /// read-only verb spelled out in full, so `s3:Get*` reads but `s3:G*` (any action starting with
-    /// G) and `s3:*` do not.
-    pub fn is_read_only(&self) -> bool {
-        const READ_VERBS: [&str; 7] = ["get", "list", "describe", "head", "batchget", "view", "lookup"];
-        let Some((_, action)) = self.0.split_once(':') else {
-            return false;
-        };
-        let action = action.to_ascii_lowercase();
-        READ_VERBS.iter().any(|verb| action.starts_with(verb))
-    }
 }
 
 impl TryFrom<String> for ActionPattern {
@@ -490,17 +478,6 @@ mod tests {
     }
 
     #[test]
-    fn read_only_needs_a_whole_read_verb() {
-        assert!(ActionPattern::parse("s3:GetObject").unwrap().is_read_only());
-        assert!(ActionPattern::parse("s3:Get*").unwrap().is_read_only());
-        assert!(ActionPattern::parse("ec2:Describe*").unwrap().is_read_only());
-        assert!(!ActionPattern::parse("s3:G*").unwrap().is_read_only());
-        assert!(!ActionPattern::parse("s3:*").unwrap().is_read_only());
-        assert!(!ActionPattern::parse("*").unwrap().is_read_only());
-        assert!(!ActionPattern::parse("s3:PutObject").unwrap().is_read_only());
-    }
-
-    #[test]
     fn parse_refuses_policy_variables_and_says_why() {
         let refusals = [
             (
@@ -587,8 +564,10 @@ mod tests {
         assert!(check_within_ceiling(std::slice::from_ref(&instances), std::slice::from_ref(&instances)).is_empty());
     }
 
+    /// A stand-in for the catalog's access levels (config.rs passes those).
     fn writes(action: &ActionPattern) -> bool {
-        !action.is_read_only()
+        let name = action.as_str().to_ascii_lowercase();
+        !(name.contains(":get") || name.contains(":describe") || name.contains(":list"))
     }
 
     /// The example a warning ends with, which must be something the resource really matches.

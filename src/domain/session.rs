@@ -318,6 +318,7 @@ mod tests {
             mfa_required: false,
             session_tags: tags,
             ceiling: read_a(),
+            allow_unknown_actions: false,
         }
     }
 

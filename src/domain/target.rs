@@ -23,4 +23,7 @@ pub struct Target {
     pub session_tags: bool,
     /// Every grant's scopes must lie inside these statements.
     pub ceiling: Vec<Scope>,
+    /// Whether requests may name actions the IAM catalog does not know (services newer than
+    /// the catalog). Otherwise such a pattern, usually a typo, is refused.
+    pub allow_unknown_actions: bool,
 }

@@ -228,9 +228,10 @@ async fn main() {
     let sts = FakeSts::start(StsBehaviour::Succeed).await;
     let mut settings = Settings::new(redis.url(), sts.url.clone());
     settings.redis_timeout_ms = 2_000;
+    // First, before the server (which loads the catalog at start) parses it.
+    pure_costs();
     let server = Server::start(&settings).await;
 
-    pure_costs();
     request_access_latency(&server, 1).await;
     request_access_latency(&server, 8).await;
     redis_bytes_per_grant(&redis).await;

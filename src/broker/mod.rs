@@ -35,6 +35,14 @@ use crate::{
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
 
+/// Whether the rules decided a grant in this very call (so asking them again before its first
+/// issuance would repeat the same question), or earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    JustNow,
+    Earlier,
+}
+
 /// What RequestAccess returns: the grant as recorded, and credentials when it was approved.
 #[derive(Debug)]
 pub struct AccessOutcome {
@@ -236,7 +244,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 .ok_or(BrokerError::GrantNotFound(grant_id))?;
             return self.replay(caller, existing, request.mfa.as_ref()).await;
         }
-        self.finish(caller, grant, request.mfa.as_ref()).await
+        self.finish(caller, grant, request.mfa.as_ref(), Decided::JustNow).await
     }
 
     /// A retried request: the recorded grant, with fresh credentials when it is approved.
@@ -247,7 +255,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         mfa: Option<&MfaToken>,
     ) -> Result<AccessOutcome, BrokerError> {
         tracing::info!(grant_id = %grant.id, caller = %caller.id, "request retried with the same request id");
-        self.finish(caller, grant, mfa).await
+        self.finish(caller, grant, mfa, Decided::Earlier).await
     }
 
     async fn finish(
@@ -255,6 +263,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         caller: &Caller,
         mut grant: Grant,
         mfa: Option<&MfaToken>,
+        decided: Decided,
     ) -> Result<AccessOutcome, BrokerError> {
         if grant.state != GrantState::Approved {
             grant.state = grant.state_at(self.clock.now());
@@ -263,7 +272,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 credentials: None,
             });
         }
-        let (issuance, credentials) = self.issue(caller, &grant, mfa).await?;
+        let (issuance, credentials) = self.issue(caller, &grant, mfa, decided).await?;
         grant.issuances.push(issuance);
         grant.issuance_count += 1;
         if grant.issuances.len() > crate::domain::RECENT_ISSUANCES {
@@ -282,8 +291,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         caller: &Caller,
         grant: &Grant,
         mfa: Option<&MfaToken>,
+        decided: Decided,
     ) -> Result<(Issuance, IssuedCredentials), BrokerError> {
-        let spec = self.checked_session(caller, grant, mfa).await?;
+        let spec = self.checked_session(caller, grant, mfa, decided).await?;
         let session_name = spec.session_name().to_owned();
         let event = |kind| GrantEvent {
             at: self.clock.now(),
@@ -386,12 +396,13 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
 
     /// The checks made before every STS call: the grant is approved and open, its target still
     /// is what it was decided for, its record is consistent (the session comes from the rebuilt
-    /// policy), and the rules still permit it.
+    /// policy), and the rules still permit it (unless they decided it in this very call).
     async fn checked_session(
         &self,
         caller: &Caller,
         grant: &Grant,
         mfa: Option<&MfaToken>,
+        decided: Decided,
     ) -> Result<SessionSpec, BrokerError> {
         let now = self.clock.now();
         let approved = ApprovedGrant::check(grant, now).map_err(|not| BrokerError::NotIssuable {
@@ -430,7 +441,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 });
             }
         };
-        self.rules_still_permit(caller, grant, target, mfa.is_some(), now)?;
+        if decided == Decided::Earlier {
+            self.rules_still_permit(caller, grant, target, mfa.is_some(), now)?;
+        }
         Ok(spec)
     }
 

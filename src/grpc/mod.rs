@@ -72,3 +72,28 @@ pub const MAX_REQUEST_BYTES: usize = {
     4 * (texts + bounds::ALL_PATTERN_CHARS) + FRAMING * (8 + entries + bounds::SCOPES) + duration
 };
 pub use service::GrantBrokerService;
+
+#[cfg(test)]
+mod tests {
+    use super::proto;
+
+    #[test]
+    fn debug_of_generated_messages_never_prints_secrets() {
+        let request = proto::RequestAccessRequest {
+            mfa_serial: "arn:aws:iam::123456789012:mfa/alice".into(),
+            mfa_code: "271828".into(),
+            ..proto::RequestAccessRequest::default()
+        };
+        let printed = format!("{request:?}");
+        assert!(printed.contains("mfa/alice") && !printed.contains("271828"), "{printed}");
+        let credentials = proto::Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI".into(),
+            session_token: "IQoJb3JpZ2lu".into(),
+            ..proto::Credentials::default()
+        };
+        let printed = format!("{credentials:?}");
+        assert!(printed.contains("ASIAEXAMPLE"), "{printed}");
+        assert!(!printed.contains("wJalrXUtnFEMI") && !printed.contains("IQoJb3JpZ2lu"), "{printed}");
+    }
+}

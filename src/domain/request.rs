@@ -110,7 +110,7 @@ pub mod bounds {
 }
 
 /// The request fields exactly as received, before validation.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RawAccessRequest {
     pub request_id: String,
     pub target: String,
@@ -123,25 +123,8 @@ pub struct RawAccessRequest {
     pub requester: String,
     pub grantee: String,
     pub mfa_serial: String,
-    pub mfa_code: String,
-}
-
-/// Never prints the MFA code.
-impl std::fmt::Debug for RawAccessRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawAccessRequest")
-            .field("request_id", &self.request_id)
-            .field("target", &self.target)
-            .field("scopes", &self.scopes)
-            .field("duration", &self.duration)
-            .field("justification", &self.justification)
-            .field("ticket", &self.ticket)
-            .field("requester", &self.requester)
-            .field("grantee", &self.grantee)
-            .field("mfa_serial", &self.mfa_serial)
-            .field("mfa_code", &"[redacted]")
-            .finish()
-    }
+    /// A secret from the moment it is received.
+    pub mfa_code: Secret,
 }
 
 /// A validated access request. Target-independent checks are done; the ones that need the target
@@ -283,7 +266,7 @@ impl AccessRequest {
         check.text("requester", &requester, true, bounds::REQUESTER_CHARS);
         check.text("grantee", &grantee, true, bounds::GRANTEE_CHARS);
         check.text("mfa_serial", &mfa_serial, false, bounds::MFA_SERIAL_CHARS);
-        check.text("mfa_code", &mfa_code, false, bounds::MFA_CODE_CHARS);
+        check.text("mfa_code", mfa_code.expose(), false, bounds::MFA_CODE_CHARS);
         if !check.exceeded.is_empty() {
             return Err(check.exceeded);
         }
@@ -352,7 +335,7 @@ impl AccessRequest {
         }
         check_text("grantee", &grantee, &mut violations);
 
-        let mfa = match (mfa_serial.is_empty(), mfa_code.is_empty()) {
+        let mfa = match (mfa_serial.is_empty(), mfa_code.expose().is_empty()) {
             (true, true) => None,
             (false, true) => {
                 violations.push(FieldViolation::new("mfa_code", "is required when mfa_serial is set"));
@@ -366,12 +349,12 @@ impl AccessRequest {
                 let serial_ok = limits::check_mfa_serial(&mfa_serial)
                     .map_err(|why| violations.push(FieldViolation::new("mfa_serial", why)))
                     .is_ok();
-                let code_ok = limits::check_mfa_code(&mfa_code)
+                let code_ok = limits::check_mfa_code(mfa_code.expose())
                     .map_err(|why| violations.push(FieldViolation::new("mfa_code", why)))
                     .is_ok();
-                (serial_ok && code_ok).then(|| MfaToken {
+                (serial_ok && code_ok).then_some(MfaToken {
                     serial: mfa_serial,
-                    code: Secret::new(mfa_code),
+                    code: mfa_code,
                 })
             }
         };
@@ -559,7 +542,7 @@ mod tests {
     fn debug_never_prints_the_mfa_code() {
         let mut with_code = raw();
         with_code.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
-        with_code.mfa_code = "314159".into();
+        with_code.mfa_code = Secret::new("314159");
         let printed = format!("{with_code:?}");
         assert!(printed.contains("arn:aws:iam::123456789012:mfa/alice") && !printed.contains("314159"));
         let validated = AccessRequest::validate(with_code).unwrap();
@@ -584,7 +567,7 @@ mod tests {
         let mut tricky = raw();
         tricky.justification = "quotes \" and \\ and é and 😀".into();
         tricky.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
-        tricky.mfa_code = "123456".into();
+        tricky.mfa_code = Secret::new("123456");
         for request in [raw(), tricky] {
             let request = AccessRequest::validate(request).unwrap();
             let first = FirstRelease {
@@ -614,9 +597,9 @@ mod tests {
     fn fingerprint_ignores_the_mfa_code_but_not_the_body() {
         let mut with_code = raw();
         with_code.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
-        with_code.mfa_code = "123456".into();
+        with_code.mfa_code = Secret::new("123456");
         let mut other_code = with_code.clone();
-        other_code.mfa_code = "654321".into();
+        other_code.mfa_code = Secret::new("654321");
         let a = AccessRequest::validate(with_code).unwrap();
         let b = AccessRequest::validate(other_code).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());

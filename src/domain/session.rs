@@ -10,7 +10,7 @@ use super::{
 
 /// A secret string (secret access key, session token, MFA code). Debug and Display print
 /// `[redacted]`; it has no serde impls, so it cannot be written to Redis or a log by accident.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
 impl Secret {

@@ -9,7 +9,7 @@ use crate::{
     broker::{BrokerError, DEFAULT_PAGE_SIZE},
     domain::{
         AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, Outcome,
-        RawAccessRequest, Scope, Target,
+        RawAccessRequest, Scope, Secret, Target,
     },
 };
 
@@ -43,7 +43,7 @@ pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequ
         requester,
         grantee,
         mfa_serial,
-        mfa_code,
+        mfa_code: Secret::new(mfa_code),
     };
     AccessRequest::validate(raw).map_err(invalid)
 }

@@ -85,7 +85,10 @@ mod tests {
             ..proto::RequestAccessRequest::default()
         };
         let printed = format!("{request:?}");
-        assert!(printed.contains("mfa/alice") && !printed.contains("271828"), "{printed}");
+        assert!(
+            printed.contains("mfa/alice") && !printed.contains("271828"),
+            "{printed}"
+        );
         let credentials = proto::Credentials {
             access_key_id: "ASIAEXAMPLE".into(),
             secret_access_key: "wJalrXUtnFEMI".into(),
@@ -94,6 +97,9 @@ mod tests {
         };
         let printed = format!("{credentials:?}");
         assert!(printed.contains("ASIAEXAMPLE"), "{printed}");
-        assert!(!printed.contains("wJalrXUtnFEMI") && !printed.contains("IQoJb3JpZ2lu"), "{printed}");
+        assert!(
+            !printed.contains("wJalrXUtnFEMI") && !printed.contains("IQoJb3JpZ2lu"),
+            "{printed}"
+        );
     }
 }

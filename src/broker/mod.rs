@@ -11,6 +11,8 @@
 //! `issuing` event.
 
 mod error;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,456 @@
+//! The use cases against in-memory ports and a clock the test moves: the decisions the broker
+//! makes around issuance, tested in milliseconds and without waiting for time to pass. The
+//! integration tests (tests/) run the same use cases against real Redis, STS and gRPC.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+};
+
+use time::{Duration, OffsetDateTime, macros::datetime};
+
+use super::*;
+use crate::{
+    domain::{CallerId, RECENT_ISSUANCES, RawAccessRequest, RequestId, Scope, Secret, policy::build_session_policy},
+    ports::{IssueError, IssueErrorKind},
+    rules::RuleSource,
+};
+
+/// A grant store in memory with the adapter's promises: compare-and-set on state, the attempt
+/// count checked and taken in the same step, the most recent issuances on read.
+#[derive(Default, Clone)]
+struct MemoryStore(Arc<Mutex<MemoryState>>);
+
+#[derive(Default)]
+struct MemoryState {
+    grants: BTreeMap<GrantId, (Grant, Vec<Issuance>, u32)>,
+    events: HashMap<GrantId, Vec<GrantEvent>>,
+    requests: HashMap<(CallerId, String), (GrantId, String)>,
+    /// Makes the next conditional append that carries an issuance fail, as a dead Redis would.
+    fail_issuance_write: bool,
+}
+
+impl MemoryStore {
+    fn events(&self, id: GrantId) -> Vec<GrantEvent> {
+        self.0.lock().unwrap().events.get(&id).cloned().unwrap_or_default()
+    }
+
+    fn edit(&self, id: GrantId, change: impl FnOnce(&mut Grant)) {
+        change(&mut self.0.lock().unwrap().grants.get_mut(&id).unwrap().0);
+    }
+}
+
+impl GrantStore for MemoryStore {
+    async fn reserve(
+        &self,
+        caller: &CallerId,
+        request_id: Option<&RequestId>,
+        fingerprint: &str,
+        candidate: GrantId,
+        _now: OffsetDateTime,
+        _grant_end: OffsetDateTime,
+    ) -> Result<Reservation, StoreError> {
+        let Some(request_id) = request_id else {
+            return Ok(Reservation::New);
+        };
+        let mut state = self.0.lock().unwrap();
+        let key = (caller.clone(), request_id.as_str().to_owned());
+        if let Some((grant_id, fingerprint)) = state.requests.get(&key) {
+            return Ok(Reservation::Existing {
+                grant_id: *grant_id,
+                fingerprint: fingerprint.clone(),
+            });
+        }
+        state.requests.insert(key, (candidate, fingerprint.to_owned()));
+        Ok(Reservation::New)
+    }
+
+    async fn create(&self, grant: &Grant, event: &GrantEvent) -> Result<bool, StoreError> {
+        let mut state = self.0.lock().unwrap();
+        if state.grants.contains_key(&grant.id) {
+            return Ok(false);
+        }
+        state.grants.insert(grant.id, (grant.clone(), Vec::new(), 0));
+        state.events.entry(grant.id).or_default().push(event.clone());
+        Ok(true)
+    }
+
+    async fn get(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        let state = self.0.lock().unwrap();
+        Ok(state.grants.get(&id).map(|(grant, issuances, _)| {
+            let mut grant = grant.clone();
+            grant.issuances = issuances[issuances.len().saturating_sub(RECENT_ISSUANCES)..].to_vec();
+            grant.issuance_count = u64::try_from(issuances.len()).unwrap();
+            grant
+        }))
+    }
+
+    async fn list_for_caller(
+        &self,
+        _caller: &CallerId,
+        _before: Option<GrantId>,
+        _limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        unimplemented!("not used by these tests")
+    }
+
+    async fn append_if_state(&self, grant: &Grant, append: Append<'_>) -> Result<Appended, StoreError> {
+        let mut state = self.0.lock().unwrap();
+        if append.issuance.is_some() && std::mem::take(&mut state.fail_issuance_write) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        let Some((stored, issuances, attempts)) = state.grants.get_mut(&grant.id) else {
+            return Ok(Appended::Missing);
+        };
+        if stored.state != append.expected {
+            return Ok(Appended::WrongState(stored.state));
+        }
+        if let Some(limit) = append.attempt_limit {
+            if *attempts >= limit {
+                return Ok(Appended::LimitReached(*attempts));
+            }
+            *attempts += 1;
+        }
+        if let Some(issuance) = append.issuance {
+            issuances.push(issuance.clone());
+        }
+        state.events.entry(grant.id).or_default().push(append.event.clone());
+        Ok(Appended::Yes)
+    }
+
+    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .events
+            .entry(grant.id)
+            .or_default()
+            .push(event.clone());
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// STS that answers at once with numbered credentials, or fails while `failing` is set.
+#[derive(Default, Clone)]
+struct FakeIssuer {
+    calls: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+impl CredentialIssuer for FakeIssuer {
+    async fn assume_role(&self, spec: &SessionSpec) -> Result<IssuedCredentials, IssueError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(IssueError {
+                kind: IssueErrorKind::Throttled,
+                code: "Throttling".into(),
+                message: "Rate exceeded".into(),
+            });
+        }
+        Ok(IssuedCredentials {
+            access_key_id: format!("ASIATEST{n:08}"),
+            secret_access_key: Secret::new("secret"),
+            session_token: Secret::new("token"),
+            expiration: OffsetDateTime::now_utc() + Duration::seconds(i64::try_from(spec.duration_secs()).unwrap()),
+            assumed_role_arn: format!("{}/{}", spec.role_arn(), spec.session_name()),
+            packed_policy_percent: Some(5),
+        })
+    }
+}
+
+/// A clock the test moves.
+#[derive(Clone)]
+struct ManualClock(Arc<Mutex<OffsetDateTime>>);
+
+impl ManualClock {
+    fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+const EXAMPLE_RULES: &str = include_str!("../../deploy/rules/approval.cedar");
+
+fn target() -> Target {
+    Target {
+        id: "dev-logs-read".into(),
+        description: String::new(),
+        environment: "staging".into(),
+        account_id: "123456789012".into(),
+        role_arn: "arn:aws:iam::123456789012:role/vendor-logs-read".into(),
+        region: "eu-west-1".into(),
+        external_id: None,
+        max_duration_secs: 3600,
+        mfa_required: false,
+        session_tags: false,
+        ceiling: vec![Scope {
+            actions: vec![crate::domain::ActionPattern::parse("s3:Get*").unwrap()],
+            resources: vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::acme-logs/*").unwrap()],
+        }],
+        allow_unknown_actions: false,
+    }
+}
+
+struct Setup {
+    store: MemoryStore,
+    issuer: FakeIssuer,
+    clock: ManualClock,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            store: MemoryStore::default(),
+            issuer: FakeIssuer::default(),
+            clock: ManualClock(Arc::new(Mutex::new(datetime!(2026-11-25 14:00 UTC)))),
+        }
+    }
+
+    /// A broker over this setup's store, issuer and clock, with the example rules plus `extra`.
+    fn broker(
+        &self,
+        extra: &str,
+        target: Target,
+        max_issuances_per_grant: u32,
+    ) -> Broker<MemoryStore, FakeIssuer, ManualClock> {
+        let rules = RuleEngine::load(&[
+            RuleSource {
+                name: "approval.cedar",
+                text: EXAMPLE_RULES,
+            },
+            RuleSource {
+                name: "extra.cedar",
+                text: extra,
+            },
+        ])
+        .unwrap();
+        Broker::new(
+            self.store.clone(),
+            self.issuer.clone(),
+            self.clock.clone(),
+            rules,
+            vec![target],
+            BrokerSettings {
+                role_chaining: false,
+                max_issuances_per_grant,
+            },
+        )
+    }
+}
+
+fn caller() -> Caller {
+    Caller {
+        id: CallerId::parse("vendor-portal").unwrap(),
+        targets: ["dev-logs-read".to_owned()].into(),
+    }
+}
+
+fn request(request_id: &str) -> AccessRequest {
+    AccessRequest::validate(RawAccessRequest {
+        request_id: request_id.into(),
+        target: "dev-logs-read".into(),
+        scopes: vec![(vec!["s3:GetObject".into()], vec!["arn:aws:s3:::acme-logs/x/*".into()])],
+        duration: Some((1800, 0)),
+        requester: "alice@example.com".into(),
+        grantee: "vendor-x".into(),
+        ..RawAccessRequest::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn retries_issue_until_the_cap_and_reads_stay_bounded() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 12);
+    for n in 1..=12u64 {
+        let outcome = broker.request_access(&caller(), request("r")).await.unwrap();
+        assert!(outcome.credentials.is_some());
+        assert_eq!(outcome.grant.issuance_count, n);
+        assert_eq!(
+            outcome.grant.issuances.len(),
+            usize::try_from(n).unwrap().min(RECENT_ISSUANCES)
+        );
+    }
+    let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BrokerError::IssuanceLimitReached {
+                attempts: 12,
+                limit: 12,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(setup.issuer.calls.load(Ordering::SeqCst), 12);
+}
+
+#[tokio::test]
+async fn failed_sts_calls_count_against_the_cap_too() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 2);
+    setup.issuer.failing.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+        assert!(matches!(error, BrokerError::Issue(_)), "{error:?}");
+    }
+    setup.issuer.failing.store(false, Ordering::SeqCst);
+    let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+    assert!(matches!(error, BrokerError::IssuanceLimitReached { .. }), "{error:?}");
+    assert_eq!(setup.issuer.calls.load(Ordering::SeqCst), 2, "the cap bounds STS calls");
+}
+
+#[tokio::test]
+async fn a_retry_after_the_window_ends_issues_nothing() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    broker.request_access(&caller(), request("r")).await.unwrap();
+    setup.clock.advance(Duration::minutes(30));
+    let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BrokerError::NotIssuable {
+                state: GrantState::Expired,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(setup.issuer.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn sessions_last_only_what_is_left_of_the_window() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let first = broker.request_access(&caller(), request("r")).await.unwrap();
+    let first_expiry = first.credentials.unwrap().expiration;
+    setup.clock.advance(Duration::minutes(20));
+    let second = broker.request_access(&caller(), request("r")).await.unwrap();
+    // 10 minutes are left, but STS issues at least 15: the policy's time condition ends it.
+    let issued: Vec<_> = setup
+        .store
+        .events(first.grant.id)
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::Issuing { duration_secs, .. } => Some(duration_secs),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(issued, [1800, 900]);
+    assert!(second.credentials.unwrap().expiration < first_expiry + Duration::minutes(20));
+}
+
+#[tokio::test]
+async fn a_target_moved_to_another_role_refuses_retries() {
+    let setup = Setup::new();
+    setup
+        .broker("", target(), 10)
+        .request_access(&caller(), request("r"))
+        .await
+        .unwrap();
+    let mut moved = target();
+    moved.role_arn = "arn:aws:iam::123456789012:role/other".into();
+    let error = setup
+        .broker("", moved, 10)
+        .request_access(&caller(), request("r"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BrokerError::TargetChanged { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn an_edited_record_issues_nothing_and_says_so_in_the_audit_trail() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let grant = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    // Widened in one field, kept consistent in another: both refused.
+    setup.store.edit(grant.id, |g| {
+        g.session_policy = g.session_policy.replace("acme-logs/x/*", "*")
+    });
+    let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+    assert!(matches!(error, BrokerError::RecordInconsistent { .. }), "{error:?}");
+    setup.store.edit(grant.id, |g| {
+        g.end += Duration::days(3);
+        g.session_policy = build_session_policy(&g.scopes, g.end).unwrap();
+    });
+    let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+    assert!(matches!(error, BrokerError::RecordInconsistent { .. }), "{error:?}");
+    let refused = setup
+        .store
+        .events(grant.id)
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::IssueRefused { .. }))
+        .count();
+    assert_eq!(refused, 2);
+    assert_eq!(setup.issuer.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_rules_are_asked_again_at_every_issuance() {
+    let setup = Setup::new();
+    let office_hours = r#"@id("office-hours") @reason("only during office hours")
+        forbid (principal, action == GrantBroker::Action::"request", resource)
+        when { context.hour_utc < 8 || context.hour_utc >= 18 };"#;
+    setup.clock.advance(Duration::minutes(3 * 60 + 50)); // 17:50
+    let broker = setup.broker(office_hours, target(), 10);
+    broker.request_access(&caller(), request("r")).await.unwrap();
+
+    // 18:05, the grant's window still open: the same rule now says no.
+    setup.clock.advance(Duration::minutes(15));
+    let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+    match error {
+        BrokerError::RulesRefuseIssuance { policy_ids, reason, .. } => {
+            assert_eq!(policy_ids, ["office-hours"]);
+            assert!(reason.contains("only during office hours"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A rule that withdraws automatic approval stops an automatically approved grant.
+    let manual = setup.broker(
+        r#"@id("humans-only") forbid (principal, action == GrantBroker::Action::"auto_approve", resource);"#,
+        target(),
+        10,
+    );
+    setup.clock.advance(Duration::minutes(-10)); // 17:55
+    let error = manual.request_access(&caller(), request("r")).await.unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::RulesRefuseIssuance { reason, .. } if reason.contains("no longer approve it automatically")),
+        "{error:?}"
+    );
+    assert_eq!(setup.issuer.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn credentials_whose_issuance_cannot_be_recorded_are_dropped() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    setup.store.0.lock().unwrap().fail_issuance_write = true;
+    let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+    assert!(matches!(error, BrokerError::CredentialsNotRecorded { .. }), "{error:?}");
+    assert_eq!(setup.issuer.calls.load(Ordering::SeqCst), 1, "STS did mint them");
+    let grant = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    assert_eq!(grant.issuance_count, 1, "only the recorded one counts as issued");
+    let discarded = setup
+        .store
+        .events(grant.id)
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::IssueDiscarded { .. }))
+        .count();
+    assert_eq!(discarded, 1);
+}

@@ -9,13 +9,15 @@
 //! - [`broker`]: the use cases (request, issue, get, list), generic over [`ports`].
 //! - [`ports`]: what the broker needs from outside: grant store, credential issuer, clock.
 //! - [`adapters`]: Redis grant store and STS issuer; the only code that knows those SDKs.
-//! - [`grpc`]: transport: authentication, validation on receipt, status mapping, the service and
-//!   the command-line client; the only code that knows protobuf.
+//! - [`grpc`]: transport: authentication, validation on receipt, status mapping, the service; the
+//!   only server code that knows protobuf.
+//! - [`cli`]: the command's client side: calls, rendering, exit codes.
 //! - [`config`]: the validated TOML configuration.
 //! - [`server`]: wiring and the server loop (health, reflection, shutdown).
 
 pub mod adapters;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;

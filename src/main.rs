@@ -5,11 +5,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use grant_broker::{
+    cli::{ClientError, CredentialFormat, Exit, client},
     config::Config,
-    grpc::{
-        client::{self, ClientError, CredentialFormat},
-        proto,
-    },
+    grpc::proto,
     server,
 };
 use tokio::net::TcpListener;
@@ -179,7 +177,7 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
             for problem in &problems {
                 tracing::error!(%problem, "configuration problem");
             }
-            return ExitCode::from(2);
+            return exit(Exit::Usage);
         }
     };
     for warning in &config.warnings {
@@ -229,7 +227,7 @@ fn check_config(path: PathBuf) -> ExitCode {
                 eprintln!("{problem}");
             }
             eprintln!("{}: {} problem(s)", path.display(), problems.len());
-            ExitCode::from(2)
+            exit(Exit::Usage)
         }
     }
 }
@@ -239,10 +237,8 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
         let address = connection.server.clone();
         let token = connection.token.clone();
         async move {
-            let token = token.ok_or_else(|| ClientError {
-                message: "no token: pass --token or set GRANT_BROKER_TOKEN".to_owned(),
-                exit_code: 2,
-            })?;
+            let token = token
+                .ok_or_else(|| ClientError::new(Exit::Usage, "no token: pass --token or set GRANT_BROKER_TOKEN"))?;
             client::connect(&address, &token).await
         }
     };
@@ -294,11 +290,14 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             };
             client::request(&mut connect(&connection).await?, message, format).await
         }
-        Command::Serve { .. } | Command::CheckConfig { .. } => Err(ClientError {
-            message: "not a client command".into(),
-            exit_code: 2,
-        }),
+        Command::Serve { .. } | Command::CheckConfig { .. } => {
+            Err(ClientError::new(Exit::Usage, "not a client command"))
+        }
     }
+}
+
+fn exit(how: Exit) -> ExitCode {
+    ExitCode::from(how.code())
 }
 
 #[tokio::main]
@@ -317,7 +316,7 @@ async fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("{}", error.message);
-                ExitCode::from(error.exit_code)
+                exit(error.exit)
             }
         },
     }

@@ -1,9 +1,9 @@
-//! The gRPC transport, and the only code that names generated protobuf types: authentication,
-//! proto <-> domain conversion (validation happens here, once, on receipt), the one mapping from
-//! broker errors to `tonic::Status`, the service itself, and the command-line client.
+//! The server's gRPC transport, and the only server code that names generated protobuf types:
+//! authentication, proto <-> domain conversion (validation happens here, once, on receipt), the
+//! one mapping from broker errors to `tonic::Status`, and the service itself. (The command-line
+//! client, `cli/`, is a client of the same API.)
 
 pub mod auth;
-pub mod client;
 pub mod convert;
 pub mod service;
 pub mod status;

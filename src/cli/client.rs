@@ -1,6 +1,6 @@
-//! The command-line client: `targets`, `request`, `get` and `list` against a running server,
-//! printing a readable summary, JSON (`--json`), `export AWS_...` lines or the JSON that AWS
-//! `credential_process` expects.
+//! The calls the command line makes against a running server (`targets`, `request`, `get`,
+//! `list`), each returning what to print: a readable summary, JSON (`--json`), `export AWS_...`
+//! lines or the JSON that AWS `credential_process` expects.
 
 use std::fmt::Write as _;
 
@@ -12,9 +12,9 @@ use tonic::{
     service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
-use tonic_types::StatusExt;
 
-use super::proto::{self, grant_broker_client::GrantBrokerClient};
+use super::{ClientError, Exit};
+use crate::grpc::proto::{self, grant_broker_client::GrantBrokerClient};
 
 type Client = GrantBrokerClient<InterceptedService<Channel, BearerToken>>;
 
@@ -29,46 +29,14 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
-/// What went wrong on the client side, and the process exit code it deserves.
-#[derive(Debug)]
-pub struct ClientError {
-    pub message: String,
-    pub exit_code: u8,
-}
-
-impl ClientError {
-    fn usage(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            exit_code: 2,
-        }
-    }
-}
-
-impl From<Status> for ClientError {
-    /// The status code, message and any field violations, one per line.
-    fn from(status: Status) -> Self {
-        let mut message = format!("{:?}: {}", status.code(), status.message());
-        if let Some(bad_request) = status.get_error_details().bad_request() {
-            for violation in &bad_request.field_violations {
-                let _ = write!(message, "\n  {}: {}", violation.field, violation.description);
-            }
-        }
-        Self { message, exit_code: 1 }
-    }
-}
-
 pub async fn connect(address: &str, token: &str) -> Result<Client, ClientError> {
     let header = AsciiMetadataValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| ClientError::usage("the token must be printable ASCII"))?;
+        .map_err(|_| ClientError::new(Exit::Usage, "the token must be printable ASCII"))?;
     let channel = Endpoint::from_shared(address.to_owned())
-        .map_err(|error| ClientError::usage(format!("bad server address `{address}`: {error}")))?
+        .map_err(|error| ClientError::new(Exit::Usage, format!("bad server address `{address}`: {error}")))?
         .connect()
         .await
-        .map_err(|error| ClientError {
-            message: format!("cannot connect to {address}: {error}"),
-            exit_code: 1,
-        })?;
+        .map_err(|error| ClientError::new(Exit::Refused, format!("cannot connect to {address}: {error}")))?;
     Ok(GrantBrokerClient::with_interceptor(channel, BearerToken(header)))
 }
 
@@ -270,16 +238,15 @@ pub async fn request(
     format: CredentialFormat,
 ) -> Result<String, ClientError> {
     let response = client.request_access(message).await?.into_inner();
-    let grant = response.grant.ok_or_else(|| ClientError {
-        message: "the server returned no grant".into(),
-        exit_code: 1,
-    })?;
+    let grant = response
+        .grant
+        .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no grant"))?;
     if grant.state == i32::from(proto::GrantState::Denied) {
         let reason = grant.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
-        return Err(ClientError {
-            message: format!("grant {} denied: {reason}", grant.id),
-            exit_code: 3,
-        });
+        return Err(ClientError::new(
+            Exit::Denied,
+            format!("grant {} denied: {reason}", grant.id),
+        ));
     }
     match (format, &response.credentials) {
         (CredentialFormat::Summary, credentials) => {
@@ -295,14 +262,14 @@ pub async fn request(
         })
         .to_string()),
         (_, Some(credentials)) => Ok(credentials_text(credentials, format)),
-        (_, None) => Err(ClientError {
-            message: format!(
+        (_, None) => Err(ClientError::new(
+            Exit::NotIssued,
+            format!(
                 "grant {} is {}: no credentials issued",
                 grant.id,
                 state_text(grant.state)
             ),
-            exit_code: 4,
-        }),
+        )),
     }
 }
 

@@ -1,0 +1,68 @@
+//! The `grant-broker` command's client side: calls against a running server and how their
+//! results are printed, and the one list of exit codes. (The server side of the command, `serve`
+//! and `check-config`, is in `main.rs`.) A client of the gRPC API, so it names protobuf types;
+//! the server's own transport is `grpc/`.
+
+pub mod client;
+
+use std::fmt::Write as _;
+
+use tonic::Status;
+use tonic_types::StatusExt;
+
+pub use client::CredentialFormat;
+
+/// Every way the command can end, and the process exit code each gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    /// The server refused, or could not be reached: the status code and message go to stderr.
+    Refused,
+    /// The command line itself was wrong (or the configuration, for `check-config`).
+    Usage,
+    /// The rules denied the grant.
+    Denied,
+    /// Credentials were asked for in a machine format, but none were issued (pending approval).
+    NotIssued,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Success => 0,
+            Self::Refused => 1,
+            Self::Usage => 2,
+            Self::Denied => 3,
+            Self::NotIssued => 4,
+        }
+    }
+}
+
+/// What went wrong on the client side, and how the command ends.
+#[derive(Debug)]
+pub struct ClientError {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl ClientError {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Status> for ClientError {
+    /// The status code, message and any field violations, one per line.
+    fn from(status: Status) -> Self {
+        let mut message = format!("{:?}: {}", status.code(), status.message());
+        if let Some(bad_request) = status.get_error_details().bad_request() {
+            for violation in &bad_request.field_violations {
+                let _ = write!(message, "\n  {}: {}", violation.field, violation.description);
+            }
+        }
+        Self::new(Exit::Refused, message)
+    }
+}

@@ -18,6 +18,10 @@ fn main() -> io::Result<()> {
         .build_client(true)
         .build_server(true)
         // Credentials and requests (the MFA code) get a hand-written Debug that redacts secrets.
-        .skip_debug(["grantbroker.v1.Credentials", "grantbroker.v1.RequestAccessRequest"])
+        .skip_debug([
+            "grantbroker.v1.Credentials",
+            "grantbroker.v1.RequestAccessRequest",
+            "grantbroker.v1.IssueCredentialsRequest",
+        ])
         .compile_fds(descriptors)
 }

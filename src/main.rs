@@ -1,5 +1,5 @@
 //! The `grant-broker` command: the server (`serve`), configuration checking (`check-config`) and
-//! a client for a running server (`targets`, `request`, `get`, `list`).
+//! a client for a running server (`targets`, `request`, `issue`, `cancel`, `get`, `list`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -117,6 +117,35 @@ enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+    /// Fresh credentials for an approved grant (usable as an AWS credential_process).
+    Issue(Box<IssueArgs>),
+    /// Withdraw a pending or approved grant.
+    Cancel {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// Why (recorded in the grant's audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The grant's id.
+    id: String,
+    #[arg(long, default_value = "")]
+    mfa_serial: String,
+    #[arg(long, default_value = "")]
+    mfa_code: String,
+    /// Print the credentials as `export AWS_...` lines.
+    #[arg(long, conflicts_with_all = ["credential_process", "json"])]
+    export: bool,
+    /// Print the credentials as AWS `credential_process` JSON.
+    #[arg(long, conflicts_with = "json")]
+    credential_process: bool,
 }
 
 fn parse_duration(text: &str) -> Result<i64, String> {
@@ -250,6 +279,26 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             page_size,
             page_token,
         } => client::list(&mut connect(&connection).await?, page_size, page_token, connection.json).await,
+        Command::Issue(arguments) => {
+            let IssueArgs {
+                connection,
+                id,
+                mfa_serial,
+                mfa_code,
+                export,
+                credential_process,
+            } = *arguments;
+            let format = CredentialFormat::chosen(connection.json, export, credential_process);
+            let message = proto::IssueCredentialsRequest {
+                grant_id: id,
+                mfa_serial,
+                mfa_code,
+            };
+            client::issue(&mut connect(&connection).await?, message, format).await
+        }
+        Command::Cancel { connection, id, reason } => {
+            client::cancel(&mut connect(&connection).await?, id, reason, connection.json).await
+        }
         Command::Request(arguments) => {
             let RequestArgs {
                 connection,
@@ -267,12 +316,7 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 export,
                 credential_process,
             } = *arguments;
-            let format = match (connection.json, export, credential_process) {
-                (_, true, _) => CredentialFormat::Export,
-                (_, _, true) => CredentialFormat::CredentialProcess,
-                (true, _, _) => CredentialFormat::Json,
-                _ => CredentialFormat::Summary,
-            };
+            let format = CredentialFormat::chosen(connection.json, export, credential_process);
             let message = proto::RequestAccessRequest {
                 request_id,
                 target,

@@ -34,11 +34,13 @@ pub enum Reservation {
     Existing { grant_id: GrantId, fingerprint: String },
 }
 
-/// A conditional append to a grant's record.
+/// A conditional change of a grant's record: a new state and/or an event (and issuance).
 #[derive(Debug, Clone, Copy)]
-pub struct Append<'a> {
-    /// Written only while the grant is in this state.
-    pub expected: GrantState,
+pub struct Change<'a> {
+    /// Written only while the grant's stored state is one of these.
+    pub expected: &'a [GrantState],
+    /// The state the grant moves to; `None` keeps it.
+    pub to: Option<GrantState>,
     pub event: &'a GrantEvent,
     /// An issuance recorded together with the event.
     pub issuance: Option<&'a Issuance>,
@@ -47,7 +49,7 @@ pub struct Append<'a> {
     pub attempt_limit: Option<u32>,
 }
 
-/// Result of a conditional append.
+/// Result of a conditional change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
     Yes,
@@ -101,13 +103,14 @@ pub trait GrantStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
 
-    /// Appends the event (and issuance, and attempt) only if the grant is still in the expected
-    /// state and within its attempt limit, in one atomic step: a revocation racing an issuance
-    /// either lands first (and the issuance is refused) or after (and sees the issuance to revoke).
-    fn append_if_state(
+    /// Applies the change (new state, event, issuance, attempt) only if the grant is still in
+    /// one of the expected states and within its attempt limit, in one atomic step: of two racing
+    /// changes exactly one wins (a cancellation racing an issuance either lands first, and the
+    /// issuance is refused, or after, and sees the issuance).
+    fn change_if_state(
         &self,
         grant: &Grant,
-        append: Append<'_>,
+        change: Change<'_>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// Appends an event whatever the state (for failures worth auditing).

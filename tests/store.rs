@@ -13,7 +13,7 @@ use grant_broker::{
         ActionPattern, CallerId, Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome,
         RECENT_ISSUANCES, RequestId, ResourcePattern, Scope, policy::build_session_policy,
     },
-    ports::{Append, Appended, GrantStore, Reservation},
+    ports::{Appended, Change, GrantStore, Reservation},
 };
 use proptest::prelude::*;
 use time::OffsetDateTime;
@@ -220,9 +220,9 @@ proptest! {
             assert!(store.create(&creation, &event()).await.unwrap());
             for issuance in &written.issuances {
                 let appended = store
-                    .append_if_state(
+                    .change_if_state(
                         &written,
-                        Append { expected: GrantState::Approved, event: &event(), issuance: Some(issuance), attempt_limit: None },
+                        Change { expected: &[GrantState::Approved], to: None, event: &event(), issuance: Some(issuance), attempt_limit: None },
                     )
                     .await
                     .unwrap();

@@ -2,7 +2,7 @@
 //! `#[non_exhaustive]`; the transport maps it to status codes in one exhaustive match.
 
 use crate::{
-    domain::{FieldViolation, GrantId, GrantState},
+    domain::{FieldViolation, GrantId, GrantState, lifecycle::NotAllowed},
     ports::{IssueError, StoreError},
 };
 
@@ -27,6 +27,9 @@ pub enum BrokerError {
 
     #[error("grant {grant_id} is {}: no credentials can be issued for it", .state.as_str())]
     NotIssuable { grant_id: GrantId, state: GrantState },
+
+    #[error("grant {grant_id}: {refused}")]
+    TransitionNotAllowed { grant_id: GrantId, refused: NotAllowed },
 
     #[error("target `{target}` changed since grant {grant_id} was decided ({what}); request access again")]
     TargetChanged {

@@ -26,10 +26,11 @@ use crate::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
         GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
         iam::Catalog,
+        lifecycle::{NotAllowed, Transition},
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
-    ports::{Append, Appended, Clock, CredentialIssuer, GrantStore, Reservation, StoreError},
+    ports::{Appended, Change, Clock, CredentialIssuer, GrantStore, Reservation, StoreError},
     rules::{RuleEngine, RuleInput},
 };
 
@@ -274,6 +275,17 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 credentials: None,
             });
         }
+        self.issue_into(caller, grant, mfa, decided).await
+    }
+
+    /// Issues for `grant` and returns it with the new issuance among its recent ones.
+    async fn issue_into(
+        &self,
+        caller: &Caller,
+        mut grant: Grant,
+        mfa: Option<&MfaToken>,
+        decided: Decided,
+    ) -> Result<AccessOutcome, BrokerError> {
         let (issuance, credentials) = self.issue(caller, &grant, mfa, decided).await?;
         grant.issuances.push(issuance);
         grant.issuance_count += 1;
@@ -284,6 +296,66 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             grant,
             credentials: Some(credentials),
         })
+    }
+
+    /// Fresh credentials for one of the caller's approved grants whose window is open: exactly
+    /// the checks and records of every issuance (the rules are asked again, the cap holds).
+    pub async fn issue_credentials(
+        &self,
+        caller: &Caller,
+        id: GrantId,
+        mfa: Option<MfaToken>,
+    ) -> Result<AccessOutcome, BrokerError> {
+        let grant = self.own_grant(caller, id).await?;
+        tracing::info!(grant_id = %grant.id, caller = %caller.id, "credentials asked for by grant id");
+        self.issue_into(caller, grant, mfa.as_ref(), Decided::Earlier).await
+    }
+
+    /// Withdraws one of the caller's grants: PENDING_APPROVAL or APPROVED becomes CANCELLED, with
+    /// a `cancelled` event, in one compare-and-set (an issuance racing it either lands first or
+    /// is refused).
+    pub async fn cancel_grant(&self, caller: &Caller, id: GrantId, reason: String) -> Result<Grant, BrokerError> {
+        let mut grant = self.own_grant(caller, id).await?;
+        let now = self.clock.now();
+        let transition = Transition::Cancel;
+        let not_allowed = |state| BrokerError::TransitionNotAllowed {
+            grant_id: id,
+            refused: NotAllowed { transition, state },
+        };
+        let to = transition
+            .from(grant.state_at(now))
+            .map_err(|refused| not_allowed(refused.state))?;
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Cancelled { reason },
+        };
+        let changed = self
+            .store
+            .change_if_state(
+                &grant,
+                Change {
+                    expected: transition.allowed_from(),
+                    to,
+                    event: &event,
+                    issuance: None,
+                    attempt_limit: None,
+                },
+            )
+            .await?;
+        match changed {
+            Appended::Yes => {}
+            Appended::WrongState(state) => return Err(not_allowed(state)),
+            Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
+            Appended::LimitReached(_) => {
+                return Err(BrokerError::Store(StoreError::Corrupt(
+                    "a cancellation was refused for an attempt limit it does not have".to_owned(),
+                )));
+            }
+        }
+        tracing::info!(grant_id = %id, caller = %caller.id, "grant cancelled");
+        grant.state = GrantState::Cancelled;
+        Ok(grant)
     }
 
     /// Mints credentials for an approved grant: checks everything again, records the attempt,
@@ -309,10 +381,11 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         });
         let recorded = self
             .store
-            .append_if_state(
+            .change_if_state(
                 grant,
-                Append {
-                    expected: GrantState::Approved,
+                Change {
+                    expected: &[GrantState::Approved],
+                    to: None,
                     event: &issuing,
                     issuance: None,
                     attempt_limit: Some(self.settings.max_issuances_per_grant),
@@ -356,10 +429,11 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         // INVARIANT: credentials are returned only once this write has succeeded.
         let recorded = self
             .store
-            .append_if_state(
+            .change_if_state(
                 grant,
-                Append {
-                    expected: GrantState::Approved,
+                Change {
+                    expected: &[GrantState::Approved],
+                    to: None,
                     event: &issued,
                     issuance: Some(&issuance),
                     attempt_limit: None,
@@ -412,6 +486,12 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             state: not.state,
         })?;
         let target = self.target_for(caller, &grant.target)?;
+        if target.mfa_required && mfa.is_none() {
+            return Err(BrokerError::InvalidRequest(vec![FieldViolation::new(
+                "mfa_code",
+                format!("target `{}` requires MFA: send mfa_serial and mfa_code", target.id),
+            )]));
+        }
         let spec = match approved.session_spec(target, mfa, self.max_duration_secs(target)) {
             Ok(spec) => spec,
             Err(SessionRefused::TargetChanged { target, what }) => {
@@ -529,14 +609,19 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         }
     }
 
-    /// One of the caller's grants, with its state as of now.
-    pub async fn get_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
-        let mut grant = self
-            .store
+    /// One of the caller's grants as stored; another caller's is not found, as if it did not
+    /// exist.
+    async fn own_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
+        self.store
             .get(id)
             .await?
             .filter(|grant| grant.caller == caller.id)
-            .ok_or(BrokerError::GrantNotFound(id))?;
+            .ok_or(BrokerError::GrantNotFound(id))
+    }
+
+    /// One of the caller's grants, with its state as of now.
+    pub async fn get_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
+        let mut grant = self.own_grant(caller, id).await?;
         grant.state = grant.state_at(self.clock.now());
         Ok(grant)
     }

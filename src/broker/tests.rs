@@ -97,27 +97,30 @@ impl GrantStore for MemoryStore {
         unimplemented!("not used by these tests")
     }
 
-    async fn append_if_state(&self, grant: &Grant, append: Append<'_>) -> Result<Appended, StoreError> {
+    async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
         let mut state = self.0.lock().unwrap();
-        if append.issuance.is_some() && std::mem::take(&mut state.fail_issuance_write) {
+        if change.issuance.is_some() && std::mem::take(&mut state.fail_issuance_write) {
             return Err(StoreError::Unavailable("connection refused".into()));
         }
         let Some((stored, issuances, attempts)) = state.grants.get_mut(&grant.id) else {
             return Ok(Appended::Missing);
         };
-        if stored.state != append.expected {
+        if !change.expected.contains(&stored.state) {
             return Ok(Appended::WrongState(stored.state));
         }
-        if let Some(limit) = append.attempt_limit {
+        if let Some(limit) = change.attempt_limit {
             if *attempts >= limit {
                 return Ok(Appended::LimitReached(*attempts));
             }
             *attempts += 1;
         }
-        if let Some(issuance) = append.issuance {
+        if let Some(to) = change.to {
+            stored.state = to;
+        }
+        if let Some(issuance) = change.issuance {
             issuances.push(issuance.clone());
         }
-        state.events.entry(grant.id).or_default().push(append.event.clone());
+        state.events.entry(grant.id).or_default().push(change.event.clone());
         Ok(Appended::Yes)
     }
 

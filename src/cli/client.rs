@@ -51,6 +51,18 @@ pub enum CredentialFormat {
     CredentialProcess,
 }
 
+impl CredentialFormat {
+    /// From the command line's `--json`, `--export` and `--credential-process`.
+    pub fn chosen(json: bool, export: bool, credential_process: bool) -> Self {
+        match (json, export, credential_process) {
+            (_, true, _) => Self::Export,
+            (_, _, true) => Self::CredentialProcess,
+            (true, _, _) => Self::Json,
+            _ => Self::Summary,
+        }
+    }
+}
+
 fn time_text(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
         .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
@@ -102,6 +114,7 @@ pub fn grant_json(grant: &proto::Grant) -> Value {
             "policy_ids": decision.map(|d| d.policy_ids.clone()).unwrap_or_default(),
             "reason": decision.map(|d| d.reason.clone()).unwrap_or_default(),
         },
+        "issuance_count": grant.issuance_count,
         "issuances": grant.issuances.iter().map(|i| json!({
             "access_key_id": i.access_key_id,
             "session_name": i.session_name,
@@ -271,6 +284,42 @@ pub async fn request(
             ),
         )),
     }
+}
+
+/// Fresh credentials for an approved grant, printed like `request` prints them.
+pub async fn issue(
+    client: &mut Client,
+    message: proto::IssueCredentialsRequest,
+    format: CredentialFormat,
+) -> Result<String, ClientError> {
+    let response = client.issue_credentials(message).await?.into_inner();
+    let grant = response
+        .grant
+        .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no grant"))?;
+    let credentials = response
+        .credentials
+        .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no credentials"))?;
+    Ok(match format {
+        CredentialFormat::Summary => grant_summary(&grant) + &credentials_text(&credentials, format),
+        CredentialFormat::Json => json!({
+            "grant": grant_json(&grant),
+            "credentials": credentials_json(&credentials),
+        })
+        .to_string(),
+        _ => credentials_text(&credentials, format),
+    })
+}
+
+pub async fn cancel(client: &mut Client, id: String, reason: String, json: bool) -> Result<String, ClientError> {
+    let grant = client
+        .cancel_grant(proto::CancelGrantRequest { id, reason })
+        .await?
+        .into_inner();
+    Ok(if json {
+        grant_json(&grant).to_string()
+    } else {
+        grant_summary(&grant)
+    })
 }
 
 pub async fn get(client: &mut Client, id: String, json: bool) -> Result<String, ClientError> {

@@ -168,6 +168,10 @@ pub enum EventKind {
         access_key_id: String,
         reason: String,
     },
+    /// The requesting caller withdrew the grant.
+    Cancelled {
+        reason: String,
+    },
     /// The record failed the checks made before every issuance (its stored session policy is
     /// not the one its scopes build, ...): nothing was sent to STS.
     IssueRefused {

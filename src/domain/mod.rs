@@ -7,6 +7,7 @@
 
 pub mod grant;
 pub mod iam;
+pub mod lifecycle;
 pub mod limits;
 pub mod pattern;
 pub mod policy;

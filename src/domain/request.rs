@@ -87,6 +87,46 @@ pub struct MfaToken {
     pub code: Secret,
 }
 
+impl MfaToken {
+    /// The MFA fields of a request: both empty is no MFA; one without the other, or either
+    /// malformed, is a violation (pushed onto `violations`).
+    pub fn parse(serial: String, code: Secret, violations: &mut Vec<FieldViolation>) -> Option<Self> {
+        match (serial.is_empty(), code.expose().is_empty()) {
+            (true, true) => None,
+            (false, true) => {
+                violations.push(FieldViolation::new("mfa_code", "is required when mfa_serial is set"));
+                None
+            }
+            (true, false) => {
+                violations.push(FieldViolation::new("mfa_serial", "is required when mfa_code is set"));
+                None
+            }
+            (false, false) => {
+                let serial_ok = limits::check_mfa_serial(&serial)
+                    .map_err(|why| violations.push(FieldViolation::new("mfa_serial", why)))
+                    .is_ok();
+                let code_ok = limits::check_mfa_code(code.expose())
+                    .map_err(|why| violations.push(FieldViolation::new("mfa_code", why)))
+                    .is_ok();
+                (serial_ok && code_ok).then_some(Self { serial, code })
+            }
+        }
+    }
+}
+
+/// Free text a caller sends besides a request (a cancellation's reason): at most `max`
+/// characters, no control or invisible format characters.
+pub fn free_text(field: &str, value: String, max: usize) -> Result<String, FieldViolation> {
+    let mut check = BoundsCheck::default();
+    check.text(field, &value, false, max);
+    let mut violations = check.exceeded;
+    check_text(field, &value, &mut violations);
+    match violations.pop() {
+        Some(violation) => Err(violation),
+        None => Ok(value),
+    }
+}
+
 /// Bounds on every field of a request, checked before anything else is done with it (so no input
 /// makes the broker work hard or echo much), and documented in the README and the proto.
 pub mod bounds {
@@ -335,29 +375,7 @@ impl AccessRequest {
         }
         check_text("grantee", &grantee, &mut violations);
 
-        let mfa = match (mfa_serial.is_empty(), mfa_code.expose().is_empty()) {
-            (true, true) => None,
-            (false, true) => {
-                violations.push(FieldViolation::new("mfa_code", "is required when mfa_serial is set"));
-                None
-            }
-            (true, false) => {
-                violations.push(FieldViolation::new("mfa_serial", "is required when mfa_code is set"));
-                None
-            }
-            (false, false) => {
-                let serial_ok = limits::check_mfa_serial(&mfa_serial)
-                    .map_err(|why| violations.push(FieldViolation::new("mfa_serial", why)))
-                    .is_ok();
-                let code_ok = limits::check_mfa_code(mfa_code.expose())
-                    .map_err(|why| violations.push(FieldViolation::new("mfa_code", why)))
-                    .is_ok();
-                (serial_ok && code_ok).then_some(MfaToken {
-                    serial: mfa_serial,
-                    code: mfa_code,
-                })
-            }
-        };
+        let mfa = MfaToken::parse(mfa_serial, mfa_code, &mut violations);
 
         if !violations.is_empty() {
             return Err(violations);

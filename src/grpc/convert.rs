@@ -8,8 +8,9 @@ use super::proto;
 use crate::{
     broker::{BrokerError, DEFAULT_PAGE_SIZE},
     domain::{
-        AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, Outcome,
-        RawAccessRequest, Scope, Secret, Target,
+        AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, MfaToken,
+        Outcome, RawAccessRequest, Scope, Secret, Target,
+        request::{bounds, free_text},
     },
 };
 
@@ -51,6 +52,52 @@ pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequ
 pub fn grant_id(message: proto::GetGrantRequest) -> Result<GrantId, Status> {
     let proto::GetGrantRequest { id } = message;
     GrantId::parse(&id).map_err(|why| invalid(vec![FieldViolation::new("id", why)]))
+}
+
+/// Longest cancellation reason.
+const MAX_REASON_CHARS: usize = 1_000;
+
+pub fn cancel_grant(message: proto::CancelGrantRequest) -> Result<(GrantId, String), Status> {
+    let proto::CancelGrantRequest { id, reason } = message;
+    let mut violations = Vec::new();
+    let id = GrantId::parse(&id)
+        .map_err(|why| violations.push(FieldViolation::new("id", why)))
+        .ok();
+    let reason = free_text("reason", reason, MAX_REASON_CHARS)
+        .map_err(|violation| violations.push(violation))
+        .ok();
+    match (id, reason) {
+        (Some(id), Some(reason)) if violations.is_empty() => Ok((id, reason)),
+        _ => Err(invalid(violations)),
+    }
+}
+
+pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(GrantId, Option<MfaToken>), Status> {
+    let proto::IssueCredentialsRequest {
+        grant_id,
+        mfa_serial,
+        mfa_code,
+    } = message;
+    let mut violations = Vec::new();
+    let id = GrantId::parse(&grant_id)
+        .map_err(|why| violations.push(FieldViolation::new("grant_id", why)))
+        .ok();
+    if mfa_serial.chars().count() > bounds::MFA_SERIAL_CHARS || mfa_code.chars().count() > bounds::MFA_CODE_CHARS {
+        violations.push(FieldViolation::new(
+            "mfa_serial",
+            format!(
+                "mfa_serial and mfa_code are at most {} and {} characters",
+                bounds::MFA_SERIAL_CHARS,
+                bounds::MFA_CODE_CHARS
+            ),
+        ));
+        return Err(invalid(violations));
+    }
+    let mfa = MfaToken::parse(mfa_serial, Secret::new(mfa_code), &mut violations);
+    match id {
+        Some(id) if violations.is_empty() => Ok((id, mfa)),
+        _ => Err(invalid(violations)),
+    }
 }
 
 /// Page size (default for 0, capped by the broker) and the id to continue before.

@@ -31,6 +31,17 @@ pub mod proto {
     }
 
     /// Never prints the MFA code.
+    impl std::fmt::Debug for IssueCredentialsRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("IssueCredentialsRequest")
+                .field("grant_id", &self.grant_id)
+                .field("mfa_serial", &self.mfa_serial)
+                .field("mfa_code", &"[redacted]")
+                .finish()
+        }
+    }
+
+    /// Never prints the MFA code.
     impl std::fmt::Debug for RequestAccessRequest {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("RequestAccessRequest")

@@ -64,6 +64,32 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn issue_credentials(
+        &self,
+        request: Request<proto::IssueCredentialsRequest>,
+    ) -> Result<Response<proto::IssueCredentialsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, mfa) = convert::issue_credentials(request.into_inner())?;
+        let outcome = self.broker.issue_credentials(&caller, id, mfa).await?;
+        let credentials = outcome
+            .credentials
+            .map(|credentials| convert::credentials(credentials, &outcome.grant.region));
+        Ok(Response::new(proto::IssueCredentialsResponse {
+            grant: Some(convert::grant(&outcome.grant)),
+            credentials,
+        }))
+    }
+
+    async fn cancel_grant(
+        &self,
+        request: Request<proto::CancelGrantRequest>,
+    ) -> Result<Response<proto::Grant>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, reason) = convert::cancel_grant(request.into_inner())?;
+        let grant = self.broker.cancel_grant(&caller, id, reason).await?;
+        Ok(Response::new(convert::grant(&grant)))
+    }
+
     async fn list_grants(
         &self,
         request: Request<proto::ListGrantsRequest>,

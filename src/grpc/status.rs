@@ -213,6 +213,21 @@ impl From<BrokerError> for Status {
                 );
                 with_details(Code::FailedPrecondition, &message, details)
             }
+            BrokerError::TransitionNotAllowed { grant_id, refused } => {
+                let mut details = info(
+                    "TRANSITION_NOT_ALLOWED",
+                    &[
+                        ("grant_id", grant_id.to_string()),
+                        ("state", refused.state.as_str().to_owned()),
+                    ],
+                );
+                details.add_precondition_failure_violation(
+                    "STATE",
+                    format!("grants/{grant_id}"),
+                    format!("grant is {}", refused.state.as_str()),
+                );
+                with_details(Code::FailedPrecondition, &message, details)
+            }
             BrokerError::TargetChanged { grant_id, target, .. } => with_details(
                 Code::FailedPrecondition,
                 &message,

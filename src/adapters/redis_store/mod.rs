@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 use self::record::StoredGrant;
 use crate::{
     domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret},
-    ports::{Append, Appended, GrantStore, Reservation, StoreError},
+    ports::{Appended, Change, GrantStore, Reservation, StoreError},
 };
 
 /// Connection and retention settings. Debug hides the URL's password.
@@ -136,22 +136,28 @@ redis.call('EXPIREAT', KEYS[2], ARGV[3])
 return 'created'
 ";
 
-/// KEYS: grant, issuances, events; ARGV: expected state, expiry (unix s), event, attempt limit
-/// (empty: this append is not an STS attempt), [issuance]. Records of the first release have no
-/// `attempts` field: their issuances are the attempts they are known to have made.
-const APPEND_IF_STATE: &str = r"
+/// KEYS: grant, issuances, events; ARGV: expected states (space-separated), expiry (unix s),
+/// event, attempt limit (empty: not an STS attempt), new state (empty: unchanged), [issuance].
+/// Records of the first release have no `attempts` field: their issuances are the attempts they
+/// are known to have made.
+const CHANGE_IF_STATE: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
-if state ~= ARGV[1] then return 'state ' .. state end
+local expected = false
+for allowed in string.gmatch(ARGV[1], '%S+') do
+  if allowed == state then expected = true end
+end
+if not expected then return 'state ' .. state end
 if ARGV[4] ~= '' then
   local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or redis.call('LLEN', KEYS[2]))
   if attempts >= tonumber(ARGV[4]) then return 'limit ' .. attempts end
   redis.call('HSET', KEYS[1], 'attempts', attempts + 1)
 end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[5]) end
 redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('EXPIREAT', KEYS[3], ARGV[2])
-if ARGV[5] then
-  redis.call('RPUSH', KEYS[2], ARGV[5])
+if ARGV[6] then
+  redis.call('RPUSH', KEYS[2], ARGV[6])
   redis.call('EXPIREAT', KEYS[2], ARGV[2])
 end
 return 'ok'
@@ -175,7 +181,7 @@ pub struct RedisGrantStore {
     retention: Duration,
     reserve: Script,
     create: Script,
-    append_if_state: Script,
+    change_if_state: Script,
     append_event: Script,
 }
 
@@ -246,7 +252,7 @@ impl RedisGrantStore {
             retention: settings.retention,
             reserve: Script::new(RESERVE),
             create: Script::new(CREATE),
-            append_if_state: Script::new(APPEND_IF_STATE),
+            change_if_state: Script::new(CHANGE_IF_STATE),
             append_event: Script::new(APPEND_EVENT),
         })
     }
@@ -436,16 +442,18 @@ impl GrantStore for RedisGrantStore {
         Ok((self.get_many(&ids).await?, next))
     }
 
-    async fn append_if_state(&self, grant: &Grant, append: Append<'_>) -> Result<Appended, StoreError> {
-        let mut invocation = self.append_if_state.key(self.grant_key(grant.id));
+    async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
+        let expected: Vec<&str> = change.expected.iter().map(|state| state.as_str()).collect();
+        let mut invocation = self.change_if_state.key(self.grant_key(grant.id));
         invocation
             .key(self.issuances_key(grant.id))
             .key(self.events_key(grant.id))
-            .arg(append.expected.as_str())
+            .arg(expected.join(" "))
             .arg(self.expiry(grant.end))
-            .arg(to_json(append.event)?)
-            .arg(append.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default());
-        if let Some(issuance) = append.issuance {
+            .arg(to_json(change.event)?)
+            .arg(change.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default())
+            .arg(change.to.map(GrantState::as_str).unwrap_or_default());
+        if let Some(issuance) = change.issuance {
             invocation.arg(record::encode_issuance(issuance).map_err(StoreError::Corrupt)?);
         }
         let reply: String = match &self.durable {
@@ -456,7 +464,7 @@ impl GrantStore for RedisGrantStore {
             Some(durable) => {
                 // One round trip: (re)load the script, run it, wait for the replicas.
                 let (_, reply, acknowledged): (String, String, u32) = redis::pipe()
-                    .load_script(&self.append_if_state)
+                    .load_script(&self.change_if_state)
                     .invoke_script(&invocation)
                     .cmd("WAIT")
                     .arg(durable.min_replicas)

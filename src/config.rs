@@ -15,7 +15,9 @@ use serde::Deserialize;
 use crate::{
     adapters::{RedisSettings, RedisTls, StsSettings},
     broker::BrokerSettings,
-    domain::{ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, iam::Catalog, limits, scope},
+    domain::{
+        ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, approval::Person, iam::Catalog, limits, scope,
+    },
     rules::{RuleEngine, RuleSource},
 };
 
@@ -47,6 +49,8 @@ pub struct CallerConfig {
     pub id: CallerId,
     pub token_sha256: [u8; 32],
     pub targets: BTreeSet<String>,
+    /// May relay approvals and denials of the people it names (an approval portal).
+    pub act_for_approvers: bool,
 }
 
 /// The whole validated configuration.
@@ -81,6 +85,8 @@ struct RawConfig {
     targets: Vec<RawTarget>,
     #[serde(default)]
     callers: Vec<RawCaller>,
+    #[serde(default)]
+    approvers: Vec<RawApprover>,
 }
 
 #[derive(Deserialize)]
@@ -103,14 +109,27 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields, default)]
 struct RawGrants {
     max_issuances_per_grant: u32,
+    pending_timeout_hours: u64,
 }
 
 impl Default for RawGrants {
     fn default() -> Self {
         Self {
             max_issuances_per_grant: BrokerSettings::default().max_issuances_per_grant,
+            pending_timeout_hours: 24,
         }
     }
+}
+
+/// Longest a request may wait for approvals (a week).
+const MAX_PENDING_TIMEOUT_HOURS: u64 = 168;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprover {
+    person: String,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 /// Most STS calls one grant may be configured to make.
@@ -228,6 +247,8 @@ struct RawCaller {
     id: String,
     token_sha256: String,
     targets: Vec<String>,
+    #[serde(default)]
+    act_for_approvers: bool,
 }
 
 impl Config {
@@ -261,6 +282,14 @@ impl Config {
                 format!("must be 1-{MAX_ISSUANCES_PER_GRANT}"),
             ));
         }
+        let pending_timeout_hours = raw.grants.pending_timeout_hours;
+        if !(1..=MAX_PENDING_TIMEOUT_HOURS).contains(&pending_timeout_hours) {
+            problems.push(Problem::new(
+                "grants.pending_timeout_hours",
+                format!("must be 1-{MAX_PENDING_TIMEOUT_HOURS}"),
+            ));
+        }
+        let approver_groups = validate_approvers(raw.approvers, &mut problems);
         let targets = validate_targets(raw.targets, &mut problems);
         warnings.extend(ceiling_warnings(&targets));
         let callers = validate_callers(raw.callers, &targets, &mut problems);
@@ -275,6 +304,8 @@ impl Config {
                 broker: BrokerSettings {
                     role_chaining,
                     max_issuances_per_grant,
+                    pending_timeout: time::Duration::hours(i64::try_from(pending_timeout_hours).unwrap_or(24)),
+                    approver_groups,
                 },
                 rules,
                 targets,
@@ -553,6 +584,39 @@ fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Tar
     targets
 }
 
+/// People who approve, and their groups (which rules match with `principal in Group`).
+fn validate_approvers(raw: Vec<RawApprover>, problems: &mut Vec<Problem>) -> BTreeMap<Person, BTreeSet<String>> {
+    let mut approvers = BTreeMap::new();
+    for (index, approver) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("approvers[{index}].{field}");
+        let person = match Person::parse(&key("person"), &approver.person) {
+            Ok(person) => person,
+            Err(violation) => {
+                problems.push(Problem::new(violation.field, violation.description));
+                continue;
+            }
+        };
+        for (i, group) in approver.groups.iter().enumerate() {
+            let ok = !group.is_empty()
+                && group.len() <= 64
+                && group.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                problems.push(Problem::new(
+                    format!("{}[{i}]", key("groups")),
+                    "must be 1-64 characters of letters, digits and -_.",
+                ));
+            }
+        }
+        if approvers
+            .insert(person.clone(), approver.groups.into_iter().collect())
+            .is_some()
+        {
+            problems.push(Problem::new(key("person"), format!("`{person}` is listed twice")));
+        }
+    }
+    approvers
+}
+
 /// Ceilings that reach further than they look, or name actions the catalog does not know, each
 /// under its target's key.
 fn ceiling_warnings(targets: &[Target]) -> Vec<Problem> {
@@ -645,6 +709,7 @@ fn validate_callers(raw: Vec<RawCaller>, targets: &[Target], problems: &mut Vec<
                 id,
                 token_sha256,
                 targets: caller.targets.into_iter().collect(),
+                act_for_approvers: caller.act_for_approvers,
             });
         }
     }

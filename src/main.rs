@@ -1,5 +1,6 @@
 //! The `grant-broker` command: the server (`serve`), configuration checking (`check-config`) and
-//! a client for a running server (`targets`, `request`, `issue`, `cancel`, `get`, `list`).
+//! a client for a running server (`targets`, `request`, `issue`, `approve`, `deny`, `cancel`,
+//! `get`, `list`).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -119,6 +120,28 @@ enum Command {
     },
     /// Fresh credentials for an approved grant (usable as an AWS credential_process).
     Issue(Box<IssueArgs>),
+    /// Approve a pending grant, as the named approver (the caller must relay approvals).
+    Approve {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// The person approving.
+        #[arg(long, env = "GRANT_BROKER_APPROVER")]
+        approver: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Deny a pending grant, as the named approver.
+    Deny {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        #[arg(long, env = "GRANT_BROKER_APPROVER")]
+        approver: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
     /// Withdraw a pending or approved grant.
     Cancel {
         #[command(flatten)]
@@ -295,6 +318,24 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 mfa_code,
             };
             client::issue(&mut connect(&connection).await?, message, format).await
+        }
+        Command::Approve {
+            connection,
+            id,
+            approver,
+            comment,
+        } => {
+            let message = proto::ApproveGrantRequest { id, approver, comment };
+            client::approve(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::Deny {
+            connection,
+            id,
+            approver,
+            reason,
+        } => {
+            let message = proto::DenyGrantRequest { id, approver, reason };
+            client::deny(&mut connect(&connection).await?, message, connection.json).await
         }
         Command::Cancel { connection, id, reason } => {
             client::cancel(&mut connect(&connection).await?, id, reason, connection.json).await

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec,
+    approval::Approval,
 };
 
 /// The time. A port so tests can move it.
@@ -34,14 +35,21 @@ pub enum Reservation {
     Existing { grant_id: GrantId, fingerprint: String },
 }
 
-/// A conditional change of a grant's record: a new state and/or an event (and issuance).
+/// A conditional change of a grant's record: a new state and/or events (and an issuance, an
+/// approval, a new window).
 #[derive(Debug, Clone, Copy)]
 pub struct Change<'a> {
     /// Written only while the grant's stored state is one of these.
     pub expected: &'a [GrantState],
     /// The state the grant moves to; `None` keeps it.
     pub to: Option<GrantState>,
-    pub event: &'a GrantEvent,
+    /// Audit events, in order; at least one.
+    pub events: &'a [GrantEvent],
+    /// An approval, written only while the grant has exactly this many (so the approval that
+    /// meets a quorum is decided on what is recorded, whatever races it).
+    pub approval: Option<(usize, &'a Approval)>,
+    /// A new window: start, end, and the session policy for that end.
+    pub window: Option<(OffsetDateTime, OffsetDateTime, &'a str)>,
     /// An issuance recorded together with the event.
     pub issuance: Option<&'a Issuance>,
     /// This append announces an STS call: it counts one attempt against the grant and is refused
@@ -59,6 +67,8 @@ pub enum Appended {
     Missing,
     /// The grant has made this many STS attempts, its limit; nothing was written.
     LimitReached(u32),
+    /// The grant has this many approvals now, not the number expected; nothing was written.
+    ApprovalsChanged(usize),
 }
 
 #[derive(Debug, thiserror::Error)]

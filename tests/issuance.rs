@@ -525,12 +525,15 @@ async fn records_expire_after_the_retention_period() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     // The test config keeps the default retention of 400 days after the grant ends.
     let expected = end + 400 * 86_400 - now;
-    for key in [
-        format!("gb:grant:{{{}}}", grant.id),
-        format!("gb:grant:{{{}}}:events", grant.id),
-        format!("gb:grant:{{{}}}:issuances", grant.id),
-        "gb:caller:{vendor-portal}:request:ttl".to_owned(),
-        "gb:caller:{vendor-portal}:grants".to_owned(),
+    // The request id and the index are written before the rules decide, so they last as long
+    // as the grant could: approved just before its request would have timed out (24 hours).
+    let until_latest_end = expected + 86_400;
+    for (key, expected) in [
+        (format!("gb:grant:{{{}}}", grant.id), expected),
+        (format!("gb:grant:{{{}}}:events", grant.id), expected),
+        (format!("gb:grant:{{{}}}:issuances", grant.id), expected),
+        ("gb:caller:{vendor-portal}:request:ttl".to_owned(), until_latest_end),
+        ("gb:caller:{vendor-portal}:grants".to_owned(), until_latest_end),
     ] {
         let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut connection).await.unwrap();
         assert!(

@@ -210,7 +210,11 @@ async fn pending_and_denied_decisions_are_recorded_with_the_deciding_rules() {
     assert_eq!(pending.state, i32::from(proto::GrantState::PendingApproval));
     let decision = pending.decision.clone().unwrap();
     assert_eq!(decision.outcome, i32::from(proto::DecisionOutcome::RequireApproval));
-    assert_eq!(decision.policy_ids, ["callers-may-request"]);
+    assert_eq!(
+        decision.policy_ids,
+        ["callers-may-request", "production-needs-security-and-a-lead"]
+    );
+    assert_eq!(pending.approvals_required, "security:1, team-leads:1");
 
     let denied = client
         .request_access(authed(PORTAL_TOKEN, production("")))
@@ -282,7 +286,11 @@ async fn pending_and_denied_decisions_are_recorded_with_the_deciding_rules() {
     assert!(sts.calls().is_empty(), "only approved grants reach STS");
     // Recorded durably, with the decision in the audit event.
     for (grant, state, ids) in [
-        (&pending, "pending_approval", vec!["callers-may-request"]),
+        (
+            &pending,
+            "pending_approval",
+            vec!["callers-may-request", "production-needs-security-and-a-lead"],
+        ),
         (&denied, "denied", vec!["production-needs-ticket"]),
     ] {
         let stored = client

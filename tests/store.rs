@@ -169,12 +169,15 @@ fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
         created_at: start,
         start,
         end,
+        pending_until: end,
         decision: Decision {
             outcome: Outcome::Approve,
             policy_ids: vec!["a".into(), text.to_owned()],
             reason: text.to_owned(),
             decided_at: start,
+            approvals_required: Default::default(),
         },
+        approvals: Vec::new(),
         issuances: (0..issuances)
             .map(|n| Issuance {
                 access_key_id: format!("ASIA{n:016}"),
@@ -222,7 +225,7 @@ proptest! {
                 let appended = store
                     .change_if_state(
                         &written,
-                        Change { expected: &[GrantState::Approved], to: None, event: &event(), issuance: Some(issuance), attempt_limit: None },
+                        Change { expected: &[GrantState::Approved], to: None, events: &[event()], approval: None, window: None, issuance: Some(issuance), attempt_limit: None },
                     )
                     .await
                     .unwrap();

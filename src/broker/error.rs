@@ -31,6 +31,26 @@ pub enum BrokerError {
     #[error("grant {grant_id}: {refused}")]
     TransitionNotAllowed { grant_id: GrantId, refused: NotAllowed },
 
+    #[error("caller `{caller}` may not relay approvals (the configuration does not set act_for_approvers for it)")]
+    CallerMayNotApprove { caller: String },
+
+    #[error("`{approver}` requested grant {grant_id} and cannot approve it")]
+    SelfApproval { grant_id: GrantId, approver: String },
+
+    #[error("`{approver}` may not decide on grant {grant_id}: {reason}")]
+    ApproverNotEligible {
+        grant_id: GrantId,
+        approver: String,
+        policy_ids: Vec<String>,
+        reason: String,
+    },
+
+    #[error("grant {grant_id} has recorded as many approvals as a grant may")]
+    TooManyApprovals { grant_id: GrantId },
+
+    #[error("grant {grant_id} kept changing while this change was decided; retry")]
+    Contended { grant_id: GrantId },
+
     #[error("target `{target}` changed since grant {grant_id} was decided ({what}); request access again")]
     TargetChanged {
         grant_id: GrantId,

@@ -14,7 +14,7 @@ mod error;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use time::Duration;
 use uuid::Uuid;
@@ -25,13 +25,14 @@ use crate::{
     domain::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
         GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
+        approval::{Approval, Person},
         iam::Catalog,
         lifecycle::{NotAllowed, Transition},
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
     ports::{Appended, Change, Clock, CredentialIssuer, GrantStore, Reservation, StoreError},
-    rules::{RuleEngine, RuleInput},
+    rules::{Eligibility, RuleEngine, RuleInput},
 };
 
 /// Default and largest page of ListGrants.
@@ -54,12 +55,16 @@ pub struct AccessOutcome {
 }
 
 /// How the broker behaves, from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerSettings {
     /// When the broker's own credentials are a role session, STS caps sessions at one hour.
     pub role_chaining: bool,
     /// STS calls one grant may cause in all (each retry of an approved request is one).
     pub max_issuances_per_grant: u32,
+    /// How long a request may wait for approvals before it expires.
+    pub pending_timeout: Duration,
+    /// Each approver's groups (people not listed have none).
+    pub approver_groups: BTreeMap<Person, BTreeSet<String>>,
 }
 
 impl Default for BrokerSettings {
@@ -67,8 +72,41 @@ impl Default for BrokerSettings {
         Self {
             role_chaining: false,
             max_issuances_per_grant: 10,
+            pending_timeout: Duration::hours(24),
+            approver_groups: BTreeMap::new(),
         }
     }
+}
+
+/// Most approvals one grant records (a bound on its record; quorums need at most 10).
+pub const MAX_RECORDED_APPROVALS: usize = 32;
+
+/// How often an approval is decided again when others keep landing first.
+const APPROVAL_ATTEMPTS: usize = 8;
+
+/// The rules' view of a recorded grant, as of `now`, for `f`.
+fn with_rule_input<R>(
+    caller: &str,
+    grant: &Grant,
+    target: &Target,
+    mfa_present: bool,
+    now: time::OffsetDateTime,
+    f: impl FnOnce(&RuleInput<'_>) -> R,
+) -> R {
+    let facts = Catalog::builtin().facts(&grant.scopes);
+    f(&RuleInput {
+        caller,
+        requester: &grant.requester,
+        grantee: &grant.grantee,
+        target,
+        scopes: &grant.scopes,
+        facts: &facts,
+        duration_secs: u64::try_from(grant.duration().whole_seconds()).unwrap_or(0),
+        justification: &grant.justification,
+        ticket: &grant.ticket,
+        mfa_present,
+        now,
+    })
 }
 
 pub struct Broker<S, I, C> {
@@ -136,7 +174,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         let target = self.target_for(caller, &request.target)?;
         let max_duration_secs = self.max_duration_secs(target);
         let now = self.clock.now();
-        let end = now + Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
+        let duration = Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
+        let end = now + duration;
+        let pending_until = now + self.settings.pending_timeout;
 
         // The size check comes first: it bounds the work the containment check can be made to do.
         let session_policy = build_session_policy(&request.scopes, end)
@@ -163,7 +203,8 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 &fingerprint,
                 candidate,
                 now,
-                end,
+                // The latest end the grant can get: approved just before its request times out.
+                end.max(pending_until + duration),
             )
             .await?
         {
@@ -230,7 +271,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             created_at: now,
             start: now,
             end,
+            pending_until,
             decision,
+            approvals: Vec::new(),
             issuances: Vec::new(),
             issuance_count: 0,
         };
@@ -337,7 +380,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 Change {
                     expected: transition.allowed_from(),
                     to,
-                    event: &event,
+                    events: std::slice::from_ref(&event),
+                    approval: None,
+                    window: None,
                     issuance: None,
                     attempt_limit: None,
                 },
@@ -347,9 +392,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             Appended::Yes => {}
             Appended::WrongState(state) => return Err(not_allowed(state)),
             Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-            Appended::LimitReached(_) => {
+            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) => {
                 return Err(BrokerError::Store(StoreError::Corrupt(
-                    "a cancellation was refused for an attempt limit it does not have".to_owned(),
+                    "a cancellation was refused for a limit it does not have".to_owned(),
                 )));
             }
         }
@@ -386,7 +431,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 Change {
                     expected: &[GrantState::Approved],
                     to: None,
-                    event: &issuing,
+                    events: std::slice::from_ref(&issuing),
+                    approval: None,
+                    window: None,
                     issuance: None,
                     attempt_limit: Some(self.settings.max_issuances_per_grant),
                 },
@@ -434,7 +481,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 Change {
                     expected: &[GrantState::Approved],
                     to: None,
-                    event: &issued,
+                    events: std::slice::from_ref(&issued),
+                    approval: None,
+                    window: None,
                     issuance: Some(&issuance),
                     attempt_limit: None,
                 },
@@ -540,20 +589,8 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         mfa_present: bool,
         now: time::OffsetDateTime,
     ) -> Result<(), BrokerError> {
-        let duration_secs = u64::try_from((grant.end - grant.start).whole_seconds()).unwrap_or(0);
-        let facts = Catalog::builtin().facts(&grant.scopes);
-        let decision: Decision = self.rules.decide(&RuleInput {
-            caller: caller.id.as_str(),
-            requester: &grant.requester,
-            grantee: &grant.grantee,
-            target,
-            scopes: &grant.scopes,
-            facts: &facts,
-            duration_secs,
-            justification: &grant.justification,
-            ticket: &grant.ticket,
-            mfa_present,
-            now,
+        let decision: Decision = with_rule_input(caller.id.as_str(), grant, target, mfa_present, now, |input| {
+            self.rules.decide(input)
         });
         let refused = match (grant.decision.outcome, decision.outcome) {
             (_, Outcome::Deny) => Some(decision.reason),
@@ -573,6 +610,239 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     reason,
                 })
             }
+        }
+    }
+
+    /// The caller relays approvals for people only when the configuration says it may.
+    fn may_act_for_approvers(caller: &Caller) -> Result<(), BrokerError> {
+        if caller.acts_for_approvers {
+            Ok(())
+        } else {
+            Err(BrokerError::CallerMayNotApprove {
+                caller: caller.id.to_string(),
+            })
+        }
+    }
+
+    /// Whether the rules let `approver` decide on this grant.
+    fn check_eligible(
+        &self,
+        grant: &Grant,
+        target: &Target,
+        approver: &Person,
+        groups: &BTreeSet<String>,
+        now: time::OffsetDateTime,
+    ) -> Result<(), BrokerError> {
+        let eligibility = with_rule_input(
+            grant.caller.as_str(),
+            grant,
+            target,
+            grant.mfa_serial.is_some(),
+            now,
+            |input| self.rules.eligible_approver(input, approver, groups),
+        );
+        match eligibility {
+            Eligibility::Eligible { .. } => Ok(()),
+            Eligibility::NotEligible { policy_ids, reason } => Err(BrokerError::ApproverNotEligible {
+                grant_id: grant.id,
+                approver: approver.to_string(),
+                policy_ids,
+                reason,
+            }),
+        }
+    }
+
+    /// A pending grant and its target, for a decision by `approver` (never on their own request).
+    async fn pending_for(
+        &self,
+        id: GrantId,
+        approver: &Person,
+        transition: Transition,
+    ) -> Result<(Grant, &Target), BrokerError> {
+        let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        transition
+            .from(grant.state_at(self.clock.now()))
+            .map_err(|refused| BrokerError::TransitionNotAllowed { grant_id: id, refused })?;
+        if transition != Transition::Deny && approver.as_str() == grant.requester {
+            return Err(BrokerError::SelfApproval {
+                grant_id: id,
+                approver: approver.to_string(),
+            });
+        }
+        let target = self
+            .targets
+            .get(&grant.target)
+            .ok_or_else(|| BrokerError::TargetNotAllowed {
+                caller: grant.caller.to_string(),
+                target: grant.target.clone(),
+            })?;
+        Ok((grant, target))
+    }
+
+    /// Records `approver`'s approval of a pending grant; the approval that meets the grant's
+    /// requirement approves it, and its window starts now. Of racing approvals each is decided
+    /// on the approvals actually recorded (a compare-and-set on their count), so a quorum is
+    /// met exactly once. Approving twice is answered with the grant as it is.
+    pub async fn approve_grant(
+        &self,
+        caller: &Caller,
+        id: GrantId,
+        approver: Person,
+        comment: String,
+    ) -> Result<Grant, BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        for _ in 0..APPROVAL_ATTEMPTS {
+            let (mut grant, target) = self.pending_for(id, &approver, Transition::RecordApproval).await?;
+            let now = self.clock.now();
+            if grant.approvals.iter().any(|approval| approval.approver == approver) {
+                return Ok(grant);
+            }
+            if grant.approvals.len() >= MAX_RECORDED_APPROVALS {
+                return Err(BrokerError::TooManyApprovals { grant_id: id });
+            }
+            let groups = self
+                .settings
+                .approver_groups
+                .get(&approver)
+                .cloned()
+                .unwrap_or_default();
+            self.check_eligible(&grant, target, &approver, &groups, now)?;
+            let approval = Approval {
+                approver: approver.clone(),
+                groups,
+                at: now,
+                comment: comment.clone(),
+                caller: caller.id.to_string(),
+            };
+            let before = grant.approvals.len();
+            grant.approvals.push(approval.clone());
+            let met = grant.decision.approvals_required.is_met(&grant.approvals);
+            let mut events = vec![GrantEvent {
+                at: now,
+                caller: caller.id.to_string(),
+                kind: EventKind::ApprovalRecorded {
+                    approver: approver.to_string(),
+                    groups: approval.groups.iter().cloned().collect(),
+                    comment: comment.clone(),
+                },
+            }];
+            // The window starts at the approval that meets the quorum, with the full duration.
+            let (start, end) = (now, now + grant.duration());
+            let policy = build_session_policy(&grant.scopes, end).map_err(|what| BrokerError::RecordInconsistent {
+                grant_id: id,
+                what: format!("its scopes build no session policy: {what}"),
+            })?;
+            if met {
+                events.push(GrantEvent {
+                    at: now,
+                    caller: caller.id.to_string(),
+                    kind: EventKind::Approved { start, end },
+                });
+            }
+            let transition = if met {
+                Transition::Approve
+            } else {
+                Transition::RecordApproval
+            };
+            let changed = self
+                .store
+                .change_if_state(
+                    &grant,
+                    Change {
+                        expected: transition.allowed_from(),
+                        to: transition.to(),
+                        events: &events,
+                        approval: Some((before, &approval)),
+                        window: met.then_some((start, end, policy.as_str())),
+                        issuance: None,
+                        attempt_limit: None,
+                    },
+                )
+                .await?;
+            match changed {
+                Appended::Yes => {
+                    tracing::info!(grant_id = %id, %approver, approved = met, "approval recorded");
+                    if met {
+                        grant.state = GrantState::Approved;
+                        (grant.start, grant.end, grant.session_policy) = (start, end, policy);
+                    }
+                    return Ok(grant);
+                }
+                // Another approval landed first: decide again on what is recorded now.
+                Appended::ApprovalsChanged(_) => continue,
+                Appended::WrongState(state) => {
+                    return Err(BrokerError::TransitionNotAllowed {
+                        grant_id: id,
+                        refused: NotAllowed { transition, state },
+                    });
+                }
+                Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
+                Appended::LimitReached(_) => {
+                    return Err(BrokerError::Store(StoreError::Corrupt(
+                        "an approval was refused for an attempt limit it does not have".to_owned(),
+                    )));
+                }
+            }
+        }
+        Err(BrokerError::Contended { grant_id: id })
+    }
+
+    /// An eligible approver refuses a pending grant: DENIED, with their reason.
+    pub async fn deny_grant(
+        &self,
+        caller: &Caller,
+        id: GrantId,
+        approver: Person,
+        reason: String,
+    ) -> Result<Grant, BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        let (mut grant, target) = self.pending_for(id, &approver, Transition::Deny).await?;
+        let now = self.clock.now();
+        let groups = self
+            .settings
+            .approver_groups
+            .get(&approver)
+            .cloned()
+            .unwrap_or_default();
+        self.check_eligible(&grant, target, &approver, &groups, now)?;
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Denied {
+                approver: approver.to_string(),
+                reason,
+            },
+        };
+        let transition = Transition::Deny;
+        let changed = self
+            .store
+            .change_if_state(
+                &grant,
+                Change {
+                    expected: transition.allowed_from(),
+                    to: transition.to(),
+                    events: std::slice::from_ref(&event),
+                    approval: None,
+                    window: None,
+                    issuance: None,
+                    attempt_limit: None,
+                },
+            )
+            .await?;
+        match changed {
+            Appended::Yes => {
+                tracing::info!(grant_id = %id, %approver, "grant denied");
+                grant.state = GrantState::Denied;
+                Ok(grant)
+            }
+            Appended::WrongState(state) => Err(BrokerError::TransitionNotAllowed {
+                grant_id: id,
+                refused: NotAllowed { transition, state },
+            }),
+            Appended::Missing => Err(BrokerError::GrantNotFound(id)),
+            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) => Err(BrokerError::Store(StoreError::Corrupt(
+                "a denial was refused for a limit it does not have".to_owned(),
+            ))),
         }
     }
 
@@ -606,6 +876,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 attempts,
                 limit: self.settings.max_issuances_per_grant,
             }),
+            Appended::ApprovalsChanged(_) => Err(BrokerError::Store(StoreError::Corrupt(
+                "an issuance was refused for an approval count it does not check".to_owned(),
+            ))),
         }
     }
 

@@ -114,13 +114,26 @@ impl GrantStore for MemoryStore {
             }
             *attempts += 1;
         }
+        if let Some((before, approval)) = change.approval {
+            if stored.approvals.len() != before {
+                return Ok(Appended::ApprovalsChanged(stored.approvals.len()));
+            }
+            stored.approvals.push(approval.clone());
+        }
+        if let Some((start, end, policy)) = change.window {
+            (stored.start, stored.end, stored.session_policy) = (start, end, policy.to_owned());
+        }
         if let Some(to) = change.to {
             stored.state = to;
         }
         if let Some(issuance) = change.issuance {
             issuances.push(issuance.clone());
         }
-        state.events.entry(grant.id).or_default().push(change.event.clone());
+        state
+            .events
+            .entry(grant.id)
+            .or_default()
+            .extend(change.events.iter().cloned());
         Ok(Appended::Yes)
     }
 
@@ -246,8 +259,9 @@ impl Setup {
             rules,
             vec![target],
             BrokerSettings {
-                role_chaining: false,
                 max_issuances_per_grant,
+                approver_groups: [(Person::from_trusted("bob".into()), ["security".to_owned()].into())].into(),
+                ..BrokerSettings::default()
             },
         )
     }
@@ -257,6 +271,7 @@ fn caller() -> Caller {
     Caller {
         id: CallerId::parse("vendor-portal").unwrap(),
         targets: ["dev-logs-read".to_owned()].into(),
+        acts_for_approvers: false,
     }
 }
 
@@ -456,4 +471,95 @@ async fn credentials_whose_issuance_cannot_be_recorded_are_dropped() {
         .filter(|event| matches!(event.kind, EventKind::IssueDiscarded { .. }))
         .count();
     assert_eq!(discarded, 1);
+}
+
+/// Nothing is approved automatically: every request waits for a person.
+const HUMANS_ONLY: &str =
+    r#"@id("humans-only") forbid (principal, action == GrantBroker::Action::"auto_approve", resource);"#;
+
+fn approval_portal() -> Caller {
+    Caller {
+        acts_for_approvers: true,
+        ..caller()
+    }
+}
+
+#[tokio::test]
+async fn a_request_approved_hours_later_gets_its_whole_duration() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let pending = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    assert_eq!(pending.state, GrantState::PendingApproval);
+    assert_eq!(pending.pending_until, pending.created_at + Duration::hours(24));
+
+    // Five hours later, long after the requested 30 minutes would have ended.
+    setup.clock.advance(Duration::hours(5));
+    let approved = broker
+        .approve_grant(
+            &approval_portal(),
+            pending.id,
+            Person::from_trusted("bob".into()),
+            String::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(approved.state, GrantState::Approved);
+    assert_eq!(approved.start, setup.clock.now());
+    assert_eq!(approved.end, setup.clock.now() + Duration::minutes(30));
+    let issued = broker.issue_credentials(&caller(), pending.id, None).await.unwrap();
+    assert!(issued.credentials.is_some());
+    let durations: Vec<u64> = setup
+        .store
+        .events(pending.id)
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::Issuing { duration_secs, .. } => Some(duration_secs),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(durations, [1800]);
+
+    // And it ends 30 minutes after the approval, not after the request.
+    setup.clock.advance(Duration::minutes(31));
+    let error = broker.issue_credentials(&caller(), pending.id, None).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BrokerError::NotIssuable {
+                state: GrantState::Expired,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_nobody_approves_in_time_expires() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let pending = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    setup.clock.advance(Duration::hours(23));
+    assert_eq!(
+        broker.get_grant(&caller(), pending.id).await.unwrap().state,
+        GrantState::PendingApproval
+    );
+    setup.clock.advance(Duration::hours(1));
+    assert_eq!(
+        broker.get_grant(&caller(), pending.id).await.unwrap().state,
+        GrantState::Expired
+    );
+    let error = broker
+        .approve_grant(
+            &approval_portal(),
+            pending.id,
+            Person::from_trusted("bob".into()),
+            String::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::TransitionNotAllowed { refused, .. } if refused.state == GrantState::Expired),
+        "{error:?}"
+    );
 }

@@ -115,6 +115,15 @@ pub fn grant_json(grant: &proto::Grant) -> Value {
             "reason": decision.map(|d| d.reason.clone()).unwrap_or_default(),
         },
         "issuance_count": grant.issuance_count,
+        "approvals_required": grant.approvals_required,
+        "approval_deadline": time_text(grant.approval_deadline.as_ref()),
+        "approvals": grant.approvals.iter().map(|a| json!({
+            "approver": a.approver,
+            "groups": a.groups,
+            "approve_time": time_text(a.approve_time.as_ref()),
+            "comment": a.comment,
+            "caller": a.caller,
+        })).collect::<Vec<_>>(),
         "issuances": grant.issuances.iter().map(|i| json!({
             "access_key_id": i.access_key_id,
             "session_name": i.session_name,
@@ -153,6 +162,28 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
             "  decision  {} [{}]",
             decision.reason,
             decision.policy_ids.join(", ")
+        );
+    }
+    for approval in &grant.approvals {
+        let _ = writeln!(
+            text,
+            "  approval  {} ({}) at {}{}",
+            approval.approver,
+            approval.groups.join(", "),
+            time_text(approval.approve_time.as_ref()),
+            if approval.comment.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", approval.comment)
+            }
+        );
+    }
+    if grant.state == i32::from(proto::GrantState::PendingApproval) {
+        let _ = writeln!(
+            text,
+            "  waiting   for {} until {}",
+            grant.approvals_required,
+            time_text(grant.approval_deadline.as_ref())
         );
     }
     for issuance in &grant.issuances {
@@ -310,25 +341,37 @@ pub async fn issue(
     })
 }
 
+fn grant_text(grant: &proto::Grant, json: bool) -> String {
+    if json {
+        grant_json(grant).to_string()
+    } else {
+        grant_summary(grant)
+    }
+}
+
+pub async fn approve(
+    client: &mut Client,
+    message: proto::ApproveGrantRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    Ok(grant_text(&client.approve_grant(message).await?.into_inner(), json))
+}
+
+pub async fn deny(client: &mut Client, message: proto::DenyGrantRequest, json: bool) -> Result<String, ClientError> {
+    Ok(grant_text(&client.deny_grant(message).await?.into_inner(), json))
+}
+
 pub async fn cancel(client: &mut Client, id: String, reason: String, json: bool) -> Result<String, ClientError> {
     let grant = client
         .cancel_grant(proto::CancelGrantRequest { id, reason })
         .await?
         .into_inner();
-    Ok(if json {
-        grant_json(&grant).to_string()
-    } else {
-        grant_summary(&grant)
-    })
+    Ok(grant_text(&grant, json))
 }
 
 pub async fn get(client: &mut Client, id: String, json: bool) -> Result<String, ClientError> {
     let grant = client.get_grant(proto::GetGrantRequest { id }).await?.into_inner();
-    Ok(if json {
-        grant_json(&grant).to_string()
-    } else {
-        grant_summary(&grant)
-    })
+    Ok(grant_text(&grant, json))
 }
 
 pub async fn list(client: &mut Client, page_size: i32, page_token: String, json: bool) -> Result<String, ClientError> {

@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{CallerId, Scope};
+use super::{
+    CallerId, Scope,
+    approval::{Approval, ApprovalRequirement},
+};
 
 /// A grant's id: a UUIDv7, so ids sort by creation time (the audit indexes rely on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,6 +112,8 @@ pub struct Decision {
     pub policy_ids: Vec<String>,
     pub reason: String,
     pub decided_at: OffsetDateTime,
+    /// For a grant that waits for people: how many approvals, from which groups.
+    pub approvals_required: ApprovalRequirement,
 }
 
 /// One set of credentials minted for a grant: what identifies the session in CloudTrail and for
@@ -172,6 +177,25 @@ pub enum EventKind {
     Cancelled {
         reason: String,
     },
+    /// An approval that did not (yet) meet the quorum, or the one that did (then `Approved`
+    /// follows in the same step).
+    ApprovalRecorded {
+        approver: String,
+        groups: Vec<String>,
+        comment: String,
+    },
+    /// The quorum is met: the window starts now.
+    Approved {
+        #[serde(with = "time::serde::rfc3339")]
+        start: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
+        end: OffsetDateTime,
+    },
+    /// An eligible approver refused.
+    Denied {
+        approver: String,
+        reason: String,
+    },
     /// The record failed the checks made before every issuance (its stored session policy is
     /// not the one its scopes build, ...): nothing was sent to STS.
     IssueRefused {
@@ -207,9 +231,16 @@ pub struct Grant {
     pub ticket: String,
     pub mfa_serial: Option<String>,
     pub created_at: OffsetDateTime,
+    /// The window: when access becomes possible (at request for a grant approved at once, at the
+    /// approval that meets the quorum for one that waits), and when it ends. `end - start` is
+    /// the requested duration.
     pub start: OffsetDateTime,
     pub end: OffsetDateTime,
+    /// A grant still pending at this time has expired (the request timed out).
+    pub pending_until: OffsetDateTime,
     pub decision: Decision,
+    /// The approvals recorded so far, oldest first.
+    pub approvals: Vec<Approval>,
     /// The most recent issuances, oldest first: at most [`RECENT_ISSUANCES`].
     pub issuances: Vec<Issuance>,
     /// How many issuances the grant has had in all.
@@ -217,12 +248,27 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// The state as callers see it at `now`: approved and pending grants whose window has ended
-    /// read as expired.
+    /// The state as callers see it at `now`: an approved grant whose window has ended, and a
+    /// pending one past its deadline, read as expired.
     pub fn state_at(&self, now: OffsetDateTime) -> GrantState {
         match self.state {
-            GrantState::Approved | GrantState::PendingApproval if now >= self.end => GrantState::Expired,
+            GrantState::Approved if now >= self.end => GrantState::Expired,
+            GrantState::PendingApproval if now >= self.pending_until => GrantState::Expired,
             state => state,
+        }
+    }
+
+    /// The requested length of access, whenever it starts.
+    pub fn duration(&self) -> time::Duration {
+        self.end - self.start
+    }
+
+    /// The last moment the grant can matter: its end, or for a pending grant the latest end
+    /// an approval could still give it. Records are kept for the retention period after it.
+    pub fn last_moment(&self) -> OffsetDateTime {
+        match self.state {
+            GrantState::PendingApproval => self.end.max(self.pending_until + self.duration()),
+            _ => self.end,
         }
     }
 

@@ -5,6 +5,7 @@
 //! function is deterministic given its inputs (time is always passed in), so the rules that keep
 //! credentials safe can be tested exhaustively.
 
+pub mod approval;
 pub mod grant;
 pub mod iam;
 pub mod lifecycle;

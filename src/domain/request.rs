@@ -48,6 +48,8 @@ pub struct Caller {
     pub id: CallerId,
     /// Target ids this caller may request.
     pub targets: std::collections::BTreeSet<String>,
+    /// Whether it may relay approvals and denials for the people it names.
+    pub acts_for_approvers: bool,
 }
 
 impl Caller {
@@ -180,6 +182,11 @@ pub struct AccessRequest {
     pub requester: String,
     pub grantee: String,
     pub mfa: Option<MfaToken>,
+}
+
+/// Whether `text` holds an invisible format character (see [`is_invisible_format`]).
+pub fn has_invisible_format(text: &str) -> bool {
+    text.chars().any(is_invisible_format)
 }
 
 /// Unicode format characters (general category Cf): invisible, and the bidirectional ones

@@ -294,12 +294,15 @@ mod tests {
             created_at: start,
             start,
             end,
+            pending_until: end,
             decision: Decision {
                 outcome: Outcome::Approve,
                 policy_ids: vec![],
                 reason: String::new(),
                 decided_at: start,
+                approvals_required: Default::default(),
             },
+            approvals: vec![],
             issuances: vec![],
             issuance_count: 0,
         }

@@ -29,6 +29,7 @@ impl Authenticator {
                     Caller {
                         id: caller.id.clone(),
                         targets: caller.targets.clone(),
+                        acts_for_approvers: caller.act_for_approvers,
                     },
                 )
             })

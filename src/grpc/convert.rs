@@ -10,6 +10,7 @@ use crate::{
     domain::{
         AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, MfaToken,
         Outcome, RawAccessRequest, Scope, Secret, Target,
+        approval::Person,
         request::{bounds, free_text},
     },
 };
@@ -54,7 +55,7 @@ pub fn grant_id(message: proto::GetGrantRequest) -> Result<GrantId, Status> {
     GrantId::parse(&id).map_err(|why| invalid(vec![FieldViolation::new("id", why)]))
 }
 
-/// Longest cancellation reason.
+/// Longest cancellation reason, approval comment or denial reason.
 const MAX_REASON_CHARS: usize = 1_000;
 
 pub fn cancel_grant(message: proto::CancelGrantRequest) -> Result<(GrantId, String), Status> {
@@ -70,6 +71,42 @@ pub fn cancel_grant(message: proto::CancelGrantRequest) -> Result<(GrantId, Stri
         (Some(id), Some(reason)) if violations.is_empty() => Ok((id, reason)),
         _ => Err(invalid(violations)),
     }
+}
+
+/// An approver's decision: the grant, the person, and the free text (comment or reason).
+fn approver_decision(
+    id: String,
+    approver: String,
+    (field, value): (&str, String),
+    text_required: bool,
+) -> Result<(GrantId, Person, String), Status> {
+    let mut violations = Vec::new();
+    let id = GrantId::parse(&id)
+        .map_err(|why| violations.push(FieldViolation::new("id", why)))
+        .ok();
+    let approver = Person::parse("approver", &approver)
+        .map_err(|violation| violations.push(violation))
+        .ok();
+    if text_required && value.trim().is_empty() {
+        violations.push(FieldViolation::new(field, "is required"));
+    }
+    let value = free_text(field, value, MAX_REASON_CHARS)
+        .map_err(|violation| violations.push(violation))
+        .ok();
+    match (id, approver, value) {
+        (Some(id), Some(approver), Some(value)) if violations.is_empty() => Ok((id, approver, value)),
+        _ => Err(invalid(violations)),
+    }
+}
+
+pub fn approve_grant(message: proto::ApproveGrantRequest) -> Result<(GrantId, Person, String), Status> {
+    let proto::ApproveGrantRequest { id, approver, comment } = message;
+    approver_decision(id, approver, ("comment", comment), false)
+}
+
+pub fn deny_grant(message: proto::DenyGrantRequest) -> Result<(GrantId, Person, String), Status> {
+    let proto::DenyGrantRequest { id, approver, reason } = message;
+    approver_decision(id, approver, ("reason", reason), true)
 }
 
 pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(GrantId, Option<MfaToken>), Status> {
@@ -221,6 +258,19 @@ pub fn grant(grant: &Grant) -> proto::Grant {
         decision: Some(decision(&grant.decision)),
         issuances: grant.issuances.iter().map(issuance).collect(),
         issuance_count: u32::try_from(grant.issuance_count).unwrap_or(u32::MAX),
+        approvals: grant
+            .approvals
+            .iter()
+            .map(|approval| proto::Approval {
+                approver: approval.approver.to_string(),
+                groups: approval.groups.iter().cloned().collect(),
+                approve_time: Some(timestamp(approval.at)),
+                comment: approval.comment.clone(),
+                caller: approval.caller.clone(),
+            })
+            .collect(),
+        approvals_required: grant.decision.approvals_required.to_annotation(),
+        approval_deadline: Some(timestamp(grant.pending_until)),
     }
 }
 

@@ -90,6 +90,23 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn approve_grant(
+        &self,
+        request: Request<proto::ApproveGrantRequest>,
+    ) -> Result<Response<proto::Grant>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, approver, comment) = convert::approve_grant(request.into_inner())?;
+        let grant = self.broker.approve_grant(&caller, id, approver, comment).await?;
+        Ok(Response::new(convert::grant(&grant)))
+    }
+
+    async fn deny_grant(&self, request: Request<proto::DenyGrantRequest>) -> Result<Response<proto::Grant>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, approver, reason) = convert::deny_grant(request.into_inner())?;
+        let grant = self.broker.deny_grant(&caller, id, approver, reason).await?;
+        Ok(Response::new(convert::grant(&grant)))
+    }
+
     async fn list_grants(
         &self,
         request: Request<proto::ListGrantsRequest>,

@@ -228,6 +228,36 @@ impl From<BrokerError> for Status {
                 );
                 with_details(Code::FailedPrecondition, &message, details)
             }
+            BrokerError::CallerMayNotApprove { caller } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info("CALLER_MAY_NOT_APPROVE", &[("caller", caller)]),
+            ),
+            BrokerError::SelfApproval { grant_id, .. } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info("SELF_APPROVAL", &[("grant_id", grant_id.to_string())]),
+            ),
+            BrokerError::ApproverNotEligible {
+                grant_id, policy_ids, ..
+            } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info(
+                    "APPROVER_NOT_ELIGIBLE",
+                    &[("grant_id", grant_id.to_string()), ("policy_ids", policy_ids.join(","))],
+                ),
+            ),
+            BrokerError::TooManyApprovals { grant_id } => with_details(
+                Code::FailedPrecondition,
+                &message,
+                info("TOO_MANY_APPROVALS", &[("grant_id", grant_id.to_string())]),
+            ),
+            BrokerError::Contended { grant_id } => retryable(
+                Code::Aborted,
+                &message,
+                info("CONTENDED", &[("grant_id", grant_id.to_string())]),
+            ),
             BrokerError::TargetChanged { grant_id, target, .. } => with_details(
                 Code::FailedPrecondition,
                 &message,

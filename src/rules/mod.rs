@@ -7,9 +7,18 @@
 //! for a `forbid` would let a request through; so any evaluation failure on `request` denies, and
 //! on `auto_approve` withholds automatic approval.
 //!
+//! Human approval: the policy that permitted a pending request may say how many approvals it
+//! needs, `@approvals("security:1, team-leads:1")` (default: one); who may give them is the
+//! action `approve`, with the approver as principal, a member of their groups
+//! (`principal in GrantBroker::Group::"security"`), over the same facts as the request. Default
+//! deny again: without a permit on `approve`, nobody may approve.
+//!
 //! Pure and synchronous: the caller reads the rule files and passes their text in.
 
-use std::{collections::BTreeSet, str::FromStr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    str::FromStr,
+};
 
 use cedar_policy::{
     AuthorizationError, Authorizer, Context, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId,
@@ -18,7 +27,11 @@ use cedar_policy::{
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::domain::{Decision, Outcome, Scope, Target, iam::ActionFacts};
+use crate::domain::{
+    Decision, Outcome, Scope, Target,
+    approval::{ApprovalRequirement, Person},
+    iam::ActionFacts,
+};
 
 /// The schema every rule file is validated against.
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -47,12 +60,22 @@ pub struct RuleEngine {
     policies: PolicySet,
     authorizer: Authorizer,
     actions: Actions,
+    /// Policy id -> its `@approvals` annotation.
+    approvals: BTreeMap<String, ApprovalRequirement>,
 }
 
 #[derive(Debug)]
 struct Actions {
     request: EntityUid,
     auto_approve: EntityUid,
+    approve: EntityUid,
+}
+
+/// Whether a person may approve (or deny) a grant, and which rules say so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eligibility {
+    Eligible { policy_ids: Vec<String> },
+    NotEligible { policy_ids: Vec<String>, reason: String },
 }
 
 /// Principal, resource, context and entities of one request, shared by both actions.
@@ -83,6 +106,7 @@ impl RuleEngine {
             .map_err(|error| vec![format!("built-in schema: {error}")])?;
         let mut problems = Vec::new();
         let mut policies = PolicySet::new();
+        let mut approvals = BTreeMap::new();
         for source in sources {
             let parsed = match PolicySet::from_str(source.text) {
                 Ok(parsed) => parsed,
@@ -98,6 +122,14 @@ impl RuleEngine {
                 let id = policy
                     .annotation("id")
                     .map_or_else(|| format!("{}#{index}", source.name), str::to_owned);
+                if let Some(annotation) = policy.annotation("approvals") {
+                    match ApprovalRequirement::parse(annotation) {
+                        Ok(requirement) => {
+                            approvals.insert(id.clone(), requirement);
+                        }
+                        Err(why) => problems.push(format!("{}: policy `{id}`: @approvals: {why}", source.name)),
+                    }
+                }
                 if let Err(error) = policies.add(policy.new_id(PolicyId::new(&id))) {
                     problems.push(format!("{}: policy `{id}`: {error}", source.name));
                 }
@@ -115,8 +147,10 @@ impl RuleEngine {
         let actions = Actions {
             request: entity_uid("Action", "request").map_err(|error| vec![error])?,
             auto_approve: entity_uid("Action", "auto_approve").map_err(|error| vec![error])?,
+            approve: entity_uid("Action", "approve").map_err(|error| vec![error])?,
         };
         Ok(Self {
+            approvals,
             policies,
             authorizer: Authorizer::new(),
             actions,
@@ -129,11 +163,75 @@ impl RuleEngine {
 
     /// The rules' decision for one request, with the ids of the policies that determined it.
     pub fn decide(&self, input: &RuleInput<'_>) -> Decision {
+        let mut decision = self.decide_outcome(input);
+        if decision.outcome == Outcome::RequireApproval {
+            decision.approvals_required = self.required_approvals(&decision.policy_ids);
+            decision.reason = format!("{}; needs {}", decision.reason, decision.approvals_required.describe());
+        }
+        decision
+    }
+
+    /// What the deciding policies' `@approvals` annotations ask for: the largest, when several
+    /// do (so adding a stricter rule never weakens a requirement); one approval when none does.
+    fn required_approvals(&self, policy_ids: &[String]) -> ApprovalRequirement {
+        policy_ids
+            .iter()
+            .filter_map(|id| self.approvals.get(id))
+            .max_by_key(|requirement| requirement.total())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// May `approver`, a member of `groups`, approve or deny the grant these facts describe?
+    /// Default deny; a failing policy denies, for the same reason as in [`Self::decide`].
+    pub fn eligible_approver(
+        &self,
+        input: &RuleInput<'_>,
+        approver: &Person,
+        groups: &BTreeSet<String>,
+    ) -> Eligibility {
+        let not_eligible = |policy_ids, reason| Eligibility::NotEligible { policy_ids, reason };
+        let prepared = match self.prepare(input, None).and_then(|mut prepared| {
+            prepared.principal = entity_uid("Approver", approver.as_str())?;
+            prepared.entities = self.entities(input.target, Some((approver, groups)), None)?;
+            Ok(prepared)
+        }) {
+            Ok(prepared) => prepared,
+            Err(error) => return not_eligible(Vec::new(), format!("the rules could not evaluate: {error}")),
+        };
+        let response = match self.authorize(&self.actions.approve, &prepared, None) {
+            Ok(response) => response,
+            Err(error) => return not_eligible(Vec::new(), format!("the rules could not evaluate: {error}")),
+        };
+        let failed = self.failed_policies(&response);
+        if !failed.is_empty() {
+            let reason = format!("{} failed to evaluate", self.describe(&failed));
+            return not_eligible(failed, reason);
+        }
+        let ids = self.determining(&response);
+        match response.decision() {
+            CedarDecision::Allow => Eligibility::Eligible { policy_ids: ids },
+            CedarDecision::Deny if ids.is_empty() => not_eligible(
+                ids,
+                format!(
+                    "no rule lets `{approver}` approve grants on target `{}`",
+                    input.target.id
+                ),
+            ),
+            CedarDecision::Deny => {
+                let reason = format!("forbidden by {}", self.describe(&ids));
+                not_eligible(ids, reason)
+            }
+        }
+    }
+
+    fn decide_outcome(&self, input: &RuleInput<'_>) -> Decision {
         let decision = |outcome, policy_ids, reason| Decision {
             outcome,
             policy_ids,
             reason,
             decided_at: input.now,
+            approvals_required: ApprovalRequirement::default(),
         };
         let request = match self
             .prepare(input, None)
@@ -258,26 +356,44 @@ impl RuleEngine {
         if let Some((schema, action)) = schema {
             context.validate(schema, action).map_err(|e| e.to_string())?;
         }
-        let entities = Entities::from_json_value(
-            json!([{
-                "uid": { "type": "GrantBroker::Target", "id": target.id },
-                "attrs": {
-                    "environment": target.environment,
-                    "account_id": target.account_id,
-                    "region": target.region,
-                    "mfa_required": target.mfa_required,
-                },
-                "parents": [],
-            }]),
-            schema.map(|(schema, _)| schema),
-        )
-        .map_err(|e| e.to_string())?;
+        let entities = self.entities(target, None, schema.map(|(schema, _)| schema))?;
         Ok(Prepared {
             principal: entity_uid("Requester", input.requester)?,
             resource: entity_uid("Target", &target.id)?,
             context,
             entities,
         })
+    }
+
+    /// The target, and for `approve` the approver in their groups.
+    fn entities(
+        &self,
+        target: &Target,
+        approver: Option<(&Person, &BTreeSet<String>)>,
+        schema: Option<&Schema>,
+    ) -> Result<Entities, String> {
+        let mut entities = vec![json!({
+            "uid": { "type": "GrantBroker::Target", "id": target.id },
+            "attrs": {
+                "environment": target.environment,
+                "account_id": target.account_id,
+                "region": target.region,
+                "mfa_required": target.mfa_required,
+            },
+            "parents": [],
+        })];
+        if let Some((approver, groups)) = approver {
+            entities.push(json!({
+                "uid": { "type": "GrantBroker::Approver", "id": approver.as_str() },
+                "attrs": {},
+                "parents": groups.iter().map(|group| json!({ "type": "GrantBroker::Group", "id": group })).collect::<Vec<_>>(),
+            }));
+            for group in groups {
+                entities
+                    .push(json!({ "uid": { "type": "GrantBroker::Group", "id": group }, "attrs": {}, "parents": [] }));
+            }
+        }
+        Entities::from_json_value(serde_json::Value::Array(entities), schema).map_err(|e| e.to_string())
     }
 
     fn authorize(&self, action: &EntityUid, prepared: &Prepared, schema: Option<&Schema>) -> Result<Response, String> {
@@ -442,7 +558,16 @@ mod tests {
         let engine = example();
         let pending = decide(&engine, &target("production"), &["s3:GetObject"], 900, "CHG-1");
         assert_eq!(pending.outcome, Outcome::RequireApproval);
-        assert_eq!(pending.policy_ids, ["callers-may-request"]);
+        assert_eq!(
+            pending.policy_ids,
+            ["callers-may-request", "production-needs-security-and-a-lead"]
+        );
+        assert_eq!(pending.approvals_required.to_annotation(), "security:1, team-leads:1");
+        assert!(
+            pending.reason.ends_with("needs 1 from security and 1 from team-leads"),
+            "{}",
+            pending.reason
+        );
         let denied = decide(&engine, &target("production"), &["s3:GetObject"], 900, "");
         assert_eq!(denied.outcome, Outcome::Deny);
         assert_eq!(denied.policy_ids, ["production-needs-ticket"]);
@@ -710,14 +835,20 @@ mod tests {
             RuleSource { name: "a.cedar", text: "permit (principal, action, resource) when { context.nope };" },
             RuleSource { name: "b.cedar", text: "permit (principal, action" },
             RuleSource { name: "c.cedar", text: r#"@id("x") permit (principal, action, resource); @id("x") forbid (principal, action, resource);"# },
+            RuleSource { name: "d.cedar", text: r#"@id("y") @approvals("security") permit (principal, action, resource);"# },
         ])
         .unwrap_err();
-        // One parse error, one duplicate id, and a schema error for each action `a.cedar` covers.
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        // One parse error, one duplicate id, a bad @approvals, and a schema error for each of
+        // the three actions `a.cedar` covers.
+        assert_eq!(problems.len(), 6, "{problems:?}");
         assert!(problems[0].starts_with("b.cedar:"), "{problems:?}");
         assert!(problems[1].starts_with("c.cedar: policy `x`"), "{problems:?}");
         assert!(
-            problems[2].starts_with("for policy `a.cedar#0`, attribute `nope`"),
+            problems[2].starts_with("d.cedar: policy `y`: @approvals: `security` is not `group:count`"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[3].starts_with("for policy `a.cedar#0`, attribute `nope`"),
             "{problems:?}"
         );
     }

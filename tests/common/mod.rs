@@ -28,6 +28,8 @@ pub type Client = proto::grant_broker_client::GrantBrokerClient<Channel>;
 
 pub const PORTAL_TOKEN: &str = "portal-token-0123456789";
 pub const PIPELINE_TOKEN: &str = "pipeline-token-0123456789";
+/// An approval portal: relays approvals for the people it names.
+pub const APPROVALS_TOKEN: &str = "approvals-token-0123456789";
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -611,6 +613,28 @@ targets = ["dev-logs-read", "prod-logs-read", "staging-ec2-mfa", "staging-iam", 
 id = "ci-pipeline"
 token_sha256 = "{pipeline}"
 targets = ["dev-logs-read"]
+
+[[callers]]
+id = "approval-portal"
+token_sha256 = "{approvals}"
+targets = []
+act_for_approvers = true
+
+[[approvers]]
+person = "bob@example.com"
+groups = ["security"]
+
+[[approvers]]
+person = "carol@example.com"
+groups = ["team-leads"]
+
+[[approvers]]
+person = "dave@example.com"
+groups = ["security", "team-leads"]
+
+[[approvers]]
+person = "alice@example.com"
+groups = ["security", "team-leads"]
 "#,
         redis_url = settings.redis_url,
         redis_timeout = settings.redis_timeout_ms,
@@ -624,6 +648,7 @@ targets = ["dev-logs-read"]
         max_issuances = settings.max_issuances_per_grant,
         portal = sha256_hex(PORTAL_TOKEN),
         pipeline = sha256_hex(PIPELINE_TOKEN),
+        approvals = sha256_hex(APPROVALS_TOKEN),
     )
 }
 

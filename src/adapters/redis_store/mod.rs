@@ -136,10 +136,12 @@ redis.call('EXPIREAT', KEYS[2], ARGV[3])
 return 'created'
 ";
 
-/// KEYS: grant, issuances, events; ARGV: expected states (space-separated), expiry (unix s),
-/// event, attempt limit (empty: not an STS attempt), new state (empty: unchanged), [issuance].
+/// KEYS: grant, issuances, events, approvals.
+/// ARGV: expected states (space-separated), expiry (unix s), attempt limit (empty: not an STS
+/// attempt), new state (empty: unchanged), approvals expected so far (empty: no approval),
+/// approval, window (empty: unchanged), issuance (empty: none), then one or more events.
 /// Records of the first release have no `attempts` field: their issuances are the attempts they
-/// are known to have made.
+/// are known to have made. Expiries only ever move later (an approval moves the window).
 const CHANGE_IF_STATE: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
@@ -148,17 +150,24 @@ for allowed in string.gmatch(ARGV[1], '%S+') do
   if allowed == state then expected = true end
 end
 if not expected then return 'state ' .. state end
-if ARGV[4] ~= '' then
+if ARGV[5] ~= '' then
+  local approvals = redis.call('LLEN', KEYS[4])
+  if approvals ~= tonumber(ARGV[5]) then return 'approvals ' .. approvals end
+end
+if ARGV[3] ~= '' then
   local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or redis.call('LLEN', KEYS[2]))
-  if attempts >= tonumber(ARGV[4]) then return 'limit ' .. attempts end
+  if attempts >= tonumber(ARGV[3]) then return 'limit ' .. attempts end
   redis.call('HSET', KEYS[1], 'attempts', attempts + 1)
 end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[5]) end
-redis.call('RPUSH', KEYS[3], ARGV[3])
-redis.call('EXPIREAT', KEYS[3], ARGV[2])
-if ARGV[6] then
-  redis.call('RPUSH', KEYS[2], ARGV[6])
-  redis.call('EXPIREAT', KEYS[2], ARGV[2])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[4]) end
+if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
+for i = 9, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+local expiry = tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  local current = redis.call('EXPIRETIME', key)
+  if current == -1 or (current >= 0 and current < expiry) then redis.call('EXPIREAT', key, expiry) end
 end
 return 'ok'
 ";
@@ -199,8 +208,9 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
 }
 
-/// Commands per grant in a read pipeline: HMGET, LRANGE, LLEN.
-const READ_COMMANDS: usize = 3;
+/// Commands per grant in a read pipeline: HMGET, LRANGE and LLEN of the issuances, LRANGE of
+/// the approvals.
+const READ_COMMANDS: usize = 4;
 
 impl RedisGrantStore {
     /// Connects lazily: the service starts (and reports NOT_SERVING) while Redis is down, and
@@ -265,6 +275,10 @@ impl RedisGrantStore {
         format!("{}:grant:{{{id}}}:issuances", self.prefix)
     }
 
+    fn approvals_key(&self, id: GrantId) -> String {
+        format!("{}:grant:{{{id}}}:approvals", self.prefix)
+    }
+
     fn events_key(&self, id: GrantId) -> String {
         format!("{}:grant:{{{id}}}:events", self.prefix)
     }
@@ -293,16 +307,19 @@ impl RedisGrantStore {
             .arg(self.grant_key(id))
             .arg("v")
             .arg("state")
-            .arg("doc");
+            .arg("doc")
+            .arg("window");
         pipe.lrange(self.issuances_key(id), -recent, -1);
         pipe.llen(self.issuances_key(id));
+        // Bounded: the broker records at most MAX_RECORDED_APPROVALS.
+        pipe.lrange(self.approvals_key(id), 0, -1);
     }
 
     /// Decodes the replies of [`Self::queue_read`]; `None` when the grant does not exist.
     fn decode_read(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<Grant>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
-        let [fields, issuances, issuance_count] = replies;
-        let [version, state, doc]: [Value; 3] = reply::array_of(fields, 3)
+        let [fields, issuances, issuance_count, approvals] = replies;
+        let [version, state, doc, window]: [Value; 4] = reply::array_of(fields, 4)
             .map_err(&corrupt)?
             .try_into()
             .map_err(|_| corrupt("HMGET reply".to_owned()))?;
@@ -317,6 +334,8 @@ impl RedisGrantStore {
             version,
             state,
             doc,
+            window: reply::optional_text(window).map_err(&corrupt)?,
+            approvals: reply::texts(approvals).map_err(&corrupt)?,
             issuances: reply::texts(issuances).map_err(&corrupt)?,
             issuance_count: reply::count(issuance_count).map_err(&corrupt)?,
         };
@@ -397,7 +416,7 @@ impl GrantStore for RedisGrantStore {
             .key(self.events_key(grant.id))
             .arg(grant.state.as_str())
             .arg(record::encode_grant(grant).map_err(StoreError::Corrupt)?)
-            .arg(self.expiry(grant.end))
+            .arg(self.expiry(grant.last_moment()))
             .arg(to_json(event)?)
             .arg(record::CURRENT_VERSION)
             .invoke_async(&mut connection)
@@ -444,17 +463,39 @@ impl GrantStore for RedisGrantStore {
 
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
         let expected: Vec<&str> = change.expected.iter().map(|state| state.as_str()).collect();
+        let (approvals_before, approval) = match change.approval {
+            Some((before, approval)) => (
+                before.to_string(),
+                record::encode_approval(approval).map_err(StoreError::Corrupt)?,
+            ),
+            None => (String::new(), String::new()),
+        };
+        let (last_moment, window) = match change.window {
+            Some((start, end, policy)) => (
+                end.max(grant.last_moment()),
+                record::encode_window(start, end, policy).map_err(StoreError::Corrupt)?,
+            ),
+            None => (grant.last_moment(), String::new()),
+        };
+        let issuance = match change.issuance {
+            Some(issuance) => record::encode_issuance(issuance).map_err(StoreError::Corrupt)?,
+            None => String::new(),
+        };
         let mut invocation = self.change_if_state.key(self.grant_key(grant.id));
         invocation
             .key(self.issuances_key(grant.id))
             .key(self.events_key(grant.id))
+            .key(self.approvals_key(grant.id))
             .arg(expected.join(" "))
-            .arg(self.expiry(grant.end))
-            .arg(to_json(change.event)?)
+            .arg(self.expiry(last_moment))
             .arg(change.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default())
-            .arg(change.to.map(GrantState::as_str).unwrap_or_default());
-        if let Some(issuance) = change.issuance {
-            invocation.arg(record::encode_issuance(issuance).map_err(StoreError::Corrupt)?);
+            .arg(change.to.map(GrantState::as_str).unwrap_or_default())
+            .arg(approvals_before)
+            .arg(approval)
+            .arg(window)
+            .arg(issuance);
+        for event in change.events {
+            invocation.arg(to_json(event)?);
         }
         let reply: String = match &self.durable {
             None => invocation
@@ -491,6 +532,10 @@ impl GrantStore for RedisGrantStore {
                 .parse()
                 .map(Appended::LimitReached)
                 .map_err(|_| StoreError::Corrupt(format!("grant {}: attempts `{attempts}`", grant.id))),
+            Some(("approvals", count)) => count
+                .parse()
+                .map(Appended::ApprovalsChanged)
+                .map_err(|_| StoreError::Corrupt(format!("grant {}: approvals `{count}`", grant.id))),
             _ => Err(StoreError::Corrupt(format!("unexpected append reply `{reply}`"))),
         }
     }

@@ -1,12 +1,16 @@
 //! How a grant is written to Redis, and read back from any version that was ever written.
 //!
-//! The grant hash holds `v` (the record version), `state`, `doc` (the immutable part of the grant
-//! as JSON) and `attempts` (STS calls made for it). Issuances are JSON entries of their own list.
-//! These types, not the domain's, define the stored format, so a domain field can be renamed
-//! without making 400 days of records unreadable.
+//! The grant hash holds `v` (the record version), `state`, `doc` (what the request fixed, as
+//! JSON), `attempts` (STS calls made for it) and, once an approval starts the window, `window`
+//! (start, end and the session policy they imply). Issuances and approvals are JSON entries of
+//! lists of their own. These types, not the domain's, define the stored format, so a domain field
+//! can be renamed without making 400 days of records unreadable.
 //!
 //! Versions:
 //! - 1: the format of the first release. Its records carry no `v` field; a missing `v` means 1.
+//! - 2: the doc gains `approvals_required` and `pending_until`; the hash may hold `window`; the
+//!   grant has an approvals list. A version 1 record reads as needing one approval, pending
+//!   until its end.
 //!
 //! INVARIANT: a record is read back leniently (patterns a later release refuses still read, so
 //! old grants stay visible) and is never trusted for issuance as is: the broker re-validates
@@ -17,13 +21,15 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     ActionPattern, CallerId, Decision, Grant, GrantId, GrantState, Issuance, Outcome, ResourcePattern, Scope,
+    approval::{Approval, ApprovalRequirement, Person},
 };
 
 /// The version this release writes.
-pub const CURRENT_VERSION: u32 = 1;
+pub const CURRENT_VERSION: u32 = 2;
 
+/// The doc of versions 1 and 2 (2 only adds optional fields).
 #[derive(Serialize, Deserialize)]
-struct GrantDocV1 {
+struct GrantDoc {
     id: String,
     request_id: Option<String>,
     fingerprint: String,
@@ -46,6 +52,36 @@ struct GrantDocV1 {
     #[serde(with = "time::serde::rfc3339")]
     end: OffsetDateTime,
     decision: DecisionV1,
+    /// Version 2: the `@approvals` requirement, in annotation form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    approvals_required: Option<String>,
+    /// Version 2.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pending_until: Option<OffsetDateTime>,
+}
+
+/// The `window` field: set when an approval starts the window.
+#[derive(Serialize, Deserialize)]
+struct WindowV2 {
+    #[serde(with = "time::serde::rfc3339")]
+    start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    end: OffsetDateTime,
+    session_policy: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApprovalV2 {
+    approver: String,
+    groups: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    comment: String,
+    caller: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,7 +127,7 @@ fn encode<T: Serialize>(value: &T) -> Result<String, String> {
 /// The `doc` field of a new record, in the current version.
 pub fn encode_grant(grant: &Grant) -> Result<String, String> {
     let decision = &grant.decision;
-    encode(&GrantDocV1 {
+    encode(&GrantDoc {
         id: grant.id.to_string(),
         request_id: grant.request_id.clone(),
         fingerprint: grant.fingerprint.clone(),
@@ -127,6 +163,27 @@ pub fn encode_grant(grant: &Grant) -> Result<String, String> {
             reason: decision.reason.clone(),
             decided_at: decision.decided_at,
         },
+        approvals_required: Some(decision.approvals_required.to_annotation()),
+        pending_until: Some(grant.pending_until),
+    })
+}
+
+/// The `window` field for a grant whose window an approval has (re)started.
+pub fn encode_window(start: OffsetDateTime, end: OffsetDateTime, session_policy: &str) -> Result<String, String> {
+    encode(&WindowV2 {
+        start,
+        end,
+        session_policy: session_policy.to_owned(),
+    })
+}
+
+pub fn encode_approval(approval: &Approval) -> Result<String, String> {
+    encode(&ApprovalV2 {
+        approver: approval.approver.as_str().to_owned(),
+        groups: approval.groups.iter().cloned().collect(),
+        at: approval.at,
+        comment: approval.comment.clone(),
+        caller: approval.caller.clone(),
     })
 }
 
@@ -147,6 +204,8 @@ pub struct StoredGrant {
     pub version: Option<String>,
     pub state: String,
     pub doc: String,
+    pub window: Option<String>,
+    pub approvals: Vec<String>,
     /// The most recent issuances, oldest first.
     pub issuances: Vec<String>,
     pub issuance_count: u64,
@@ -160,13 +219,32 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
             .parse::<u32>()
             .map_err(|_| format!("record version `{text}` is not a number"))?,
     };
-    if version != 1 {
+    if !(1..=CURRENT_VERSION).contains(&version) {
         return Err(format!(
             "record version {version} is not one this release reads (it reads 1 to {CURRENT_VERSION})"
         ));
     }
     let state = GrantState::parse(&stored.state).ok_or_else(|| format!("unknown state `{}`", stored.state))?;
-    let doc: GrantDocV1 = serde_json::from_str(&stored.doc).map_err(|error| format!("doc: {error}"))?;
+    let doc: GrantDoc = serde_json::from_str(&stored.doc).map_err(|error| format!("doc: {error}"))?;
+    let approvals_required = match &doc.approvals_required {
+        None => ApprovalRequirement::default(),
+        Some(text) => ApprovalRequirement::parse(text).map_err(|why| format!("approvals_required: {why}"))?,
+    };
+    let window = match &stored.window {
+        None => None,
+        Some(text) => Some(serde_json::from_str::<WindowV2>(text).map_err(|error| format!("window: {error}"))?),
+    };
+    let approvals = stored
+        .approvals
+        .iter()
+        .map(|text| serde_json::from_str::<ApprovalV2>(text).map(approval_from_v2))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("approval: {error}"))?;
+    let pending_until = doc.pending_until.unwrap_or(doc.end);
+    let (start, end, session_policy) = match window {
+        Some(window) => (window.start, window.end, window.session_policy),
+        None => (doc.start, doc.end, doc.session_policy),
+    };
     if doc.id != id.to_string() {
         return Err(format!("doc belongs to grant {}", doc.id));
     }
@@ -198,13 +276,14 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
                 resources: scope.resources.into_iter().map(ResourcePattern::from_record).collect(),
             })
             .collect(),
-        session_policy: doc.session_policy,
+        session_policy,
         justification: doc.justification,
         ticket: doc.ticket,
         mfa_serial: doc.mfa_serial,
         created_at: doc.created_at,
-        start: doc.start,
-        end: doc.end,
+        start,
+        end,
+        pending_until,
         decision: Decision {
             outcome: match doc.decision.outcome {
                 OutcomeV1::Approve => Outcome::Approve,
@@ -214,10 +293,22 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
             policy_ids: doc.decision.policy_ids,
             reason: doc.decision.reason,
             decided_at: doc.decision.decided_at,
+            approvals_required,
         },
+        approvals,
         issuances,
         issuance_count: stored.issuance_count,
     })
+}
+
+fn approval_from_v2(approval: ApprovalV2) -> Approval {
+    Approval {
+        approver: Person::from_trusted(approval.approver),
+        groups: approval.groups.into_iter().collect(),
+        at: approval.at,
+        comment: approval.comment,
+        caller: approval.caller,
+    }
 }
 
 fn issuance_from_v1(issuance: IssuanceV1) -> Issuance {

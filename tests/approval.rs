@@ -1,0 +1,301 @@
+//! Human approval end to end: quorum across groups, eligibility by the rules, no self-approval,
+//! denial, the window starting at the approval, and racing approvals from two broker processes
+//! meeting a quorum exactly once. Real server, real Redis, the fake STS.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use grant_broker::grpc::proto;
+use tonic::Code;
+
+fn approve(id: &str, approver: &str) -> proto::ApproveGrantRequest {
+    proto::ApproveGrantRequest {
+        id: id.to_owned(),
+        approver: approver.to_owned(),
+        comment: format!("ok from {approver}"),
+    }
+}
+
+/// A production request, which the example rules send to security and a team lead.
+async fn pending(client: &mut Client) -> proto::Grant {
+    let request = proto::RequestAccessRequest {
+        target: "prod-logs-read".into(),
+        scopes: vec![proto::Scope {
+            actions: vec!["s3:GetObject".into()],
+            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()],
+        }],
+        ticket: "CHG-9".into(),
+        ..read_logs_request("")
+    };
+    let grant = client
+        .request_access(authed(PORTAL_TOKEN, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(grant.state, i32::from(proto::GrantState::PendingApproval));
+    grant
+}
+
+fn state(grant: &proto::Grant) -> proto::GrantState {
+    proto::GrantState::try_from(grant.state).unwrap()
+}
+
+#[tokio::test]
+async fn a_quorum_of_security_and_a_team_lead_approves_and_starts_the_window() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let grant = pending(&mut client).await;
+    assert_eq!(grant.approvals_required, "security:1, team-leads:1");
+    let deadline = grant.approval_deadline.unwrap().seconds - grant.create_time.unwrap().seconds;
+    assert_eq!(deadline, 24 * 3600, "pending requests expire after a day");
+
+    // Only a caller configured to relay approvals may.
+    let status = client
+        .approve_grant(authed(PORTAL_TOKEN, approve(&grant.id, "bob@example.com")))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        "CALLER_MAY_NOT_APPROVE",
+        "act_for_approvers",
+    );
+    // The requester never approves their own request, whatever their groups.
+    let status = client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "alice@example.com")))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "SELF_APPROVAL", "cannot approve it");
+    // Someone the rules do not let approve.
+    let status = client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "mallory@example.com")))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        "APPROVER_NOT_ELIGIBLE",
+        "no rule lets `mallory@example.com` approve",
+    );
+
+    // Security first: recorded, still pending; the same approval again changes nothing.
+    for _ in 0..2 {
+        let after_bob = client
+            .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "bob@example.com")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(state(&after_bob), proto::GrantState::PendingApproval);
+        assert_eq!(after_bob.approvals.len(), 1);
+        assert_eq!(after_bob.approvals[0].groups, ["security"]);
+        assert_eq!(after_bob.approvals[0].caller, "approval-portal");
+    }
+    let status = client
+        .issue_credentials(authed(
+            PORTAL_TOKEN,
+            proto::IssueCredentialsRequest {
+                grant_id: grant.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        "GRANT_NOT_ISSUABLE",
+        "pending_approval",
+    );
+
+    // A team lead meets the quorum: approved, and the window starts now with the full duration.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let approved = client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "carol@example.com")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&approved), proto::GrantState::Approved);
+    let (start, end) = (approved.start_time.unwrap().seconds, approved.end_time.unwrap().seconds);
+    assert!(
+        start > grant.start_time.unwrap().seconds,
+        "the window starts at the approval"
+    );
+    assert_eq!(end - start, 1800, "with the whole requested duration");
+    assert!(
+        approved.session_policy.contains(&time_text(end)),
+        "{}",
+        approved.session_policy
+    );
+
+    // The caller that asked can now get credentials; STS sees the moved window.
+    let issued = client
+        .issue_credentials(authed(
+            PORTAL_TOKEN,
+            proto::IssueCredentialsRequest {
+                grant_id: grant.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(issued.credentials.is_some());
+    let call = sts.calls().pop().unwrap();
+    assert!(call["Policy"].contains(&time_text(end)), "{}", call["Policy"]);
+
+    let events: Vec<String> = redis
+        .events(&grant.id)
+        .await
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "requested",
+            "approval_recorded",
+            "approval_recorded",
+            "approved",
+            "issuing",
+            "issued"
+        ]
+    );
+    // Approving what is approved is refused, naming the state.
+    let status = client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "dave@example.com")))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        "TRANSITION_NOT_ALLOWED",
+        "that is approved",
+    );
+}
+
+fn time_text(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_denial_by_an_eligible_approver_denies() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let grant = pending(&mut client).await;
+    let deny = |approver: &str, reason: &str| proto::DenyGrantRequest {
+        id: grant.id.clone(),
+        approver: approver.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let status = client
+        .deny_grant(authed(APPROVALS_TOKEN, deny("bob@example.com", " ")))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["reason"]);
+    let status = client
+        .deny_grant(authed(APPROVALS_TOKEN, deny("mallory@example.com", "no")))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&status), "APPROVER_NOT_ELIGIBLE");
+    let denied = client
+        .deny_grant(authed(
+            APPROVALS_TOKEN,
+            deny("bob@example.com", "not during the freeze"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&denied), proto::GrantState::Denied);
+    let last = redis.events(&grant.id).await.pop().unwrap();
+    assert_eq!(last["event"], "denied");
+    assert_eq!(last["approver"], "bob@example.com");
+    assert_eq!(last["reason"], "not during the freeze");
+    // Final: neither approved nor denied again.
+    let status = client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "carol@example.com")))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        "TRANSITION_NOT_ALLOWED",
+        "that is denied",
+    );
+    assert!(sts.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_approvals_from_two_brokers_meet_the_quorum_exactly_once() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let settings = Settings::new(redis.url(), sts.url.clone());
+    let (first, second) = (Server::start(&settings).await, Server::start(&settings).await);
+    let mut client = first.client().await;
+    for round in 0..5 {
+        let grant = pending(&mut client).await;
+        let mut tasks = Vec::new();
+        for (n, approver) in ["bob@example.com", "carol@example.com", "dave@example.com"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut client = if (n + round) % 2 == 0 {
+                first.client().await
+            } else {
+                second.client().await
+            };
+            let id = grant.id.clone();
+            tasks.push(tokio::spawn(async move {
+                client
+                    .approve_grant(authed(APPROVALS_TOKEN, approve(&id, approver)))
+                    .await
+                    .map(|response| state(&response.into_inner()))
+                    .map_err(|status| error_reason(&status))
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        let events = redis.events(&grant.id).await;
+        let approved_events = events.iter().filter(|e| e["event"] == "approved").count();
+        assert_eq!(approved_events, 1, "round {round}: {outcomes:?}");
+        // Whoever came after the quorum was met was told so; nobody's approval was lost silently.
+        for outcome in &outcomes {
+            assert!(
+                matches!(
+                    outcome,
+                    Ok(proto::GrantState::PendingApproval | proto::GrantState::Approved)
+                ) || *outcome == Err("TRANSITION_NOT_ALLOWED".to_owned()),
+                "round {round}: {outcomes:?}"
+            );
+        }
+        // The `approved` event follows the approval that met the quorum, in the same step.
+        let at = events.iter().position(|e| e["event"] == "approved").unwrap();
+        assert_eq!(events[at - 1]["event"], "approval_recorded");
+        let recorded_before: Vec<&str> = events[..at]
+            .iter()
+            .filter(|e| e["event"] == "approval_recorded")
+            .map(|e| e["approver"].as_str().unwrap())
+            .collect();
+        assert!(
+            recorded_before.len() == 2,
+            "round {round}: two people meet security:1 + team-leads:1 here: {recorded_before:?}"
+        );
+        let stored = client
+            .get_grant(authed(PORTAL_TOKEN, proto::GetGrantRequest { id: grant.id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(state(&stored), proto::GrantState::Approved);
+    }
+}

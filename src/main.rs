@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use grant_broker::{
-    cli::{ClientError, CredentialFormat, Exit, client},
+    cli::{self, ClientError, CredentialFormat, Exit, client},
     config::Config,
     grpc::proto,
     server,
@@ -53,6 +53,19 @@ struct Connection {
 struct RequestArgs {
     #[command(flatten)]
     connection: Connection,
+    #[command(flatten)]
+    fields: RequestFields,
+    /// Print the credentials as `export AWS_...` lines.
+    #[arg(long, conflicts_with_all = ["credential_process", "json"])]
+    export: bool,
+    /// Print the credentials as AWS `credential_process` JSON.
+    #[arg(long, conflicts_with = "json")]
+    credential_process: bool,
+}
+
+/// What `request` and `explain` send.
+#[derive(clap::Args)]
+struct RequestFields {
     #[arg(long)]
     target: String,
     #[arg(long = "action", required = true)]
@@ -77,12 +90,39 @@ struct RequestArgs {
     mfa_serial: String,
     #[arg(long, default_value = "")]
     mfa_code: String,
-    /// Print the credentials as `export AWS_...` lines.
-    #[arg(long, conflicts_with_all = ["credential_process", "json"])]
-    export: bool,
-    /// Print the credentials as AWS `credential_process` JSON.
-    #[arg(long, conflicts_with = "json")]
-    credential_process: bool,
+}
+
+impl RequestFields {
+    fn into_message(self) -> proto::RequestAccessRequest {
+        let Self {
+            target,
+            actions,
+            resources,
+            duration,
+            justification,
+            ticket,
+            requester,
+            grantee,
+            request_id,
+            mfa_serial,
+            mfa_code,
+        } = self;
+        proto::RequestAccessRequest {
+            request_id,
+            target,
+            scopes: vec![proto::Scope { actions, resources }],
+            duration: Some(prost_types::Duration {
+                seconds: duration,
+                nanos: 0,
+            }),
+            justification,
+            ticket,
+            requester,
+            grantee,
+            mfa_serial,
+            mfa_code,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -95,7 +135,20 @@ enum Command {
         log_format: LogFormat,
     },
     /// Validate a configuration file and the rule files it names; print every problem.
-    CheckConfig { config: PathBuf },
+    CheckConfig {
+        config: PathBuf,
+        /// Also decide the sample requests in this JSON file with the configuration's rules and
+        /// compare with the outcomes it expects (exit 2 when one differs).
+        #[arg(long)]
+        explain: Option<PathBuf>,
+    },
+    /// What a request would get (the decision, approvals, session policy), without making it.
+    Explain {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        fields: RequestFields,
+    },
     /// List the targets this caller may request.
     Targets {
         #[command(flatten)]
@@ -258,9 +311,24 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
     }
 }
 
-fn check_config(path: PathBuf) -> ExitCode {
+fn check_config(path: PathBuf, explain: Option<PathBuf>) -> ExitCode {
     match Config::load(&path) {
         Ok(config) => {
+            if let Some(cases) = explain {
+                let report = std::fs::read_to_string(&cases)
+                    .map_err(|error| format!("cannot read {}: {error}", cases.display()))
+                    .and_then(|text| cli::cases::run(&config, &text));
+                match report {
+                    Ok(report) => print!("{report}"),
+                    Err(report) => {
+                        eprint!("{report}");
+                        if !report.ends_with('\n') {
+                            eprintln!();
+                        }
+                        return exit(Exit::Usage);
+                    }
+                }
+            }
             for warning in &config.warnings {
                 eprintln!("warning: {warning}");
             }
@@ -343,37 +411,15 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
         Command::Request(arguments) => {
             let RequestArgs {
                 connection,
-                target,
-                actions,
-                resources,
-                duration,
-                justification,
-                ticket,
-                requester,
-                grantee,
-                request_id,
-                mfa_serial,
-                mfa_code,
+                fields,
                 export,
                 credential_process,
             } = *arguments;
             let format = CredentialFormat::chosen(connection.json, export, credential_process);
-            let message = proto::RequestAccessRequest {
-                request_id,
-                target,
-                scopes: vec![proto::Scope { actions, resources }],
-                duration: Some(prost_types::Duration {
-                    seconds: duration,
-                    nanos: 0,
-                }),
-                justification,
-                ticket,
-                requester,
-                grantee,
-                mfa_serial,
-                mfa_code,
-            };
-            client::request(&mut connect(&connection).await?, message, format).await
+            client::request(&mut connect(&connection).await?, fields.into_message(), format).await
+        }
+        Command::Explain { connection, fields } => {
+            client::explain(&mut connect(&connection).await?, fields.into_message(), connection.json).await
         }
         Command::Serve { .. } | Command::CheckConfig { .. } => {
             Err(ClientError::new(Exit::Usage, "not a client command"))
@@ -390,7 +436,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, log_format } => serve(config, log_format).await,
-        Command::CheckConfig { config } => check_config(config),
+        Command::CheckConfig { config, explain } => check_config(config, explain),
         command => match run_client(command).await {
             Ok(output) => {
                 print!("{output}");

@@ -299,3 +299,69 @@ async fn racing_approvals_from_two_brokers_meet_the_quorum_exactly_once() {
         assert_eq!(state(&stored), proto::GrantState::Approved);
     }
 }
+
+#[tokio::test]
+async fn explain_tells_what_a_request_would_get_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let production = proto::RequestAccessRequest {
+        target: "prod-logs-read".into(),
+        scopes: vec![proto::Scope {
+            actions: vec!["s3:GetObject".into()],
+            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()],
+        }],
+        ticket: "CHG-9".into(),
+        ..read_logs_request("ignored")
+    };
+    let explained = client
+        .explain_request(authed(PORTAL_TOKEN, production.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = explained.decision.unwrap();
+    assert_eq!(decision.outcome, i32::from(proto::DecisionOutcome::RequireApproval));
+    assert_eq!(
+        decision.policy_ids,
+        ["callers-may-request", "production-needs-security-and-a-lead"]
+    );
+    assert_eq!(explained.approvals_required, "security:1, team-leads:1");
+    // alice is in both groups, but she is the requester.
+    assert_eq!(
+        explained.eligible_approvers,
+        ["bob@example.com", "carol@example.com", "dave@example.com"]
+    );
+    assert_eq!(explained.session_duration.unwrap().seconds, 1800);
+    assert!(
+        explained
+            .session_policy
+            .contains("arn:aws:s3:::acme-prod-logs/vendor-x/*")
+    );
+    assert!(redis.dump().await.is_empty(), "nothing recorded");
+    assert!(sts.calls().is_empty(), "no AWS call");
+
+    // What RequestAccess then does agrees.
+    let made = client
+        .request_access(authed(PORTAL_TOKEN, production))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(made.decision.unwrap().policy_ids, decision.policy_ids);
+    assert_eq!(made.approvals_required, explained.approvals_required);
+
+    // Invalid requests get the errors RequestAccess gives.
+    let mut typo = read_logs_request("");
+    typo.scopes[0].actions = vec!["s3:GetObjcet".into()];
+    let status = client.explain_request(authed(PORTAL_TOKEN, typo)).await.unwrap_err();
+    assert_eq!(violated_fields(&status), ["scopes[0].actions[0]"]);
+    let mut production_for_pipeline = read_logs_request("");
+    production_for_pipeline.target = "prod-logs-read".into();
+    let status = client
+        .explain_request(authed(PIPELINE_TOKEN, production_for_pipeline))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "TARGET_NOT_ALLOWED", "prod-logs-read");
+}

@@ -246,6 +246,50 @@ async fn the_cli_reads_an_error_about_hundreds_of_problems() {
     assert!(sts.calls().is_empty());
 }
 
+/// Rules tested like code: the shipped sample requests pass against the shipped rules, and a
+/// sample whose expectation the rules do not meet fails the check, saying how.
+#[tokio::test]
+async fn check_config_explains_sample_requests_and_fails_on_a_surprise() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("deploy/dev/grant-broker.toml").display().to_string();
+    let samples = root.join("deploy/rules/approval.examples.json");
+    let output = run(vec![
+        "check-config".into(),
+        config.clone(),
+        "--explain".into(),
+        samples.display().to_string(),
+    ])
+    .await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("5 case(s), 0 failed"),
+        "{}",
+        text(&output.stdout)
+    );
+
+    let surprised =
+        std::fs::read_to_string(&samples)
+            .unwrap()
+            .replacen(r#""outcome": "deny""#, r#""outcome": "approve""#, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cases.json");
+    std::fs::write(&path, surprised).unwrap();
+    let output = run(vec![
+        "check-config".into(),
+        config,
+        "--explain".into(),
+        path.display().to_string(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("FAIL  production without a ticket is denied: outcome deny, expected approve"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("5 case(s), 1 failed"), "{stderr}");
+}
+
 #[tokio::test]
 async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -11,6 +11,7 @@
 //! `issuing` event.
 
 mod error;
+pub mod explain;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ use time::Duration;
 use uuid::Uuid;
 
 pub use error::BrokerError;
+pub use explain::Explanation;
 
 use crate::{
     domain::{
@@ -80,6 +82,17 @@ impl Default for BrokerSettings {
 
 /// Most approvals one grant records (a bound on its record; quorums need at most 10).
 pub const MAX_RECORDED_APPROVALS: usize = 32;
+
+/// The longest session STS issues on `target`: its maximum, STS's, and one hour when the broker's
+/// own credentials are a role session.
+fn max_duration_secs(target: &Target, role_chaining: bool) -> u64 {
+    let cap = if role_chaining {
+        ROLE_CHAINING_MAX_DURATION_SECS
+    } else {
+        MAX_DURATION_SECS
+    };
+    target.max_duration_secs.min(cap)
+}
 
 /// How often an approval is decided again when others keep landing first.
 const APPROVAL_ATTEMPTS: usize = 8;
@@ -148,12 +161,19 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
 
     /// The longest session STS will issue on `target` for this broker.
     pub fn max_duration_secs(&self, target: &Target) -> u64 {
-        let cap = if self.settings.role_chaining {
-            ROLE_CHAINING_MAX_DURATION_SECS
-        } else {
-            MAX_DURATION_SECS
-        };
-        target.max_duration_secs.min(cap)
+        max_duration_secs(target, self.settings.role_chaining)
+    }
+
+    /// What the request would get now, without any of the effects of making it.
+    pub fn explain(&self, caller: &Caller, request: &AccessRequest) -> Result<Explanation, BrokerError> {
+        explain::explain(
+            &self.rules,
+            &self.targets,
+            &self.settings,
+            caller,
+            request,
+            self.clock.now(),
+        )
     }
 
     /// Unknown targets and targets the caller may not use get the same answer, so a caller

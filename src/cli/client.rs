@@ -341,6 +341,52 @@ pub async fn issue(
     })
 }
 
+/// What a request would get, without making it.
+pub async fn explain(
+    client: &mut Client,
+    message: proto::RequestAccessRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    let explained = client.explain_request(message).await?.into_inner();
+    let decision = explained.decision.unwrap_or_default();
+    let outcome = proto::DecisionOutcome::try_from(decision.outcome)
+        .map(|o| o.as_str_name())
+        .unwrap_or("");
+    let duration = explained.session_duration.map_or(0, |d| d.seconds);
+    if json {
+        return Ok(json!({
+            "outcome": outcome,
+            "policy_ids": decision.policy_ids,
+            "reason": decision.reason,
+            "approvals_required": explained.approvals_required,
+            "eligible_approvers": explained.eligible_approvers,
+            "session_duration_secs": duration,
+            "session_policy": explained.session_policy,
+            "evaluate_time": time_text(explained.evaluate_time.as_ref()),
+        })
+        .to_string());
+    }
+    let mut text = format!(
+        "decision  {outcome}: {} [{}]\n",
+        decision.reason,
+        decision.policy_ids.join(", ")
+    );
+    if decision.outcome == i32::from(proto::DecisionOutcome::RequireApproval) {
+        let _ = writeln!(
+            text,
+            "approvals {} from: {}",
+            explained.approvals_required,
+            if explained.eligible_approvers.is_empty() {
+                "nobody configured".to_owned()
+            } else {
+                explained.eligible_approvers.join(", ")
+            }
+        );
+    }
+    let _ = writeln!(text, "session   {duration}s\npolicy    {}", explained.session_policy);
+    Ok(text)
+}
+
 fn grant_text(grant: &proto::Grant, json: bool) -> String {
     if json {
         grant_json(grant).to_string()

@@ -3,6 +3,7 @@
 //! and `check-config`, is in `main.rs`.) A client of the gRPC API, so it names protobuf types;
 //! the server's own transport is `grpc/`.
 
+pub mod cases;
 pub mod client;
 
 use std::fmt::Write as _;

@@ -6,7 +6,7 @@ use tonic::Status;
 
 use super::proto;
 use crate::{
-    broker::{BrokerError, DEFAULT_PAGE_SIZE},
+    broker::{BrokerError, DEFAULT_PAGE_SIZE, Explanation},
     domain::{
         AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, MfaToken,
         Outcome, RawAccessRequest, Scope, Secret, Target,
@@ -207,6 +207,20 @@ fn state(state: GrantState) -> proto::GrantState {
         GrantState::Expired => proto::GrantState::Expired,
         GrantState::Cancelled => proto::GrantState::Cancelled,
         GrantState::Revoked => proto::GrantState::Revoked,
+    }
+}
+
+pub fn explanation(explanation: &Explanation) -> proto::ExplainResponse {
+    proto::ExplainResponse {
+        decision: Some(decision(&explanation.decision)),
+        approvals_required: explanation.decision.approvals_required.to_annotation(),
+        eligible_approvers: explanation.eligible_approvers.iter().map(ToString::to_string).collect(),
+        session_duration: Some(prost_types::Duration {
+            seconds: i64::try_from(explanation.session_duration_secs).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        session_policy: explanation.session_policy.clone(),
+        evaluate_time: Some(timestamp(explanation.at)),
     }
 }
 

@@ -57,6 +57,16 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         }))
     }
 
+    async fn explain_request(
+        &self,
+        request: Request<proto::RequestAccessRequest>,
+    ) -> Result<Response<proto::ExplainResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let access_request = convert::access_request(request.into_inner())?;
+        let explanation = self.broker.explain(&caller, &access_request)?;
+        Ok(Response::new(convert::explanation(&explanation)))
+    }
+
     async fn get_grant(&self, request: Request<proto::GetGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
         let id = convert::grant_id(request.into_inner())?;

@@ -171,6 +171,18 @@ enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+    /// The pending grants waiting for an approver (every caller's; the caller must relay
+    /// approvals).
+    Queue {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, env = "GRANT_BROKER_APPROVER")]
+        approver: String,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
     /// Fresh credentials for an approved grant (usable as an AWS credential_process).
     Issue(Box<IssueArgs>),
     /// Approve a pending grant, as the named approver (the caller must relay approvals).
@@ -369,7 +381,27 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             connection,
             page_size,
             page_token,
-        } => client::list(&mut connect(&connection).await?, page_size, page_token, connection.json).await,
+        } => {
+            let message = proto::ListGrantsRequest {
+                page_size,
+                page_token,
+                waiting_for_approver: String::new(),
+            };
+            client::list(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::Queue {
+            connection,
+            approver,
+            page_size,
+            page_token,
+        } => {
+            let message = proto::ListGrantsRequest {
+                page_size,
+                page_token,
+                waiting_for_approver: approver,
+            };
+            client::list(&mut connect(&connection).await?, message, connection.json).await
+        }
         Command::Issue(arguments) => {
             let IssueArgs {
                 connection,

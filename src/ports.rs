@@ -96,8 +96,8 @@ pub trait GrantStore: Send + Sync + 'static {
         grant_end: OffsetDateTime,
     ) -> impl Future<Output = Result<Reservation, StoreError>> + Send;
 
-    /// Creates the grant with its first event in one atomic step. `false` when a grant with this
-    /// id already exists (nothing written).
+    /// Creates the grant with its first event in one atomic step, and queues it for approvers
+    /// when it is pending. `false` when a grant with this id already exists (nothing written).
     fn create(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The grant with its [`crate::domain::RECENT_ISSUANCES`] most recent issuances and their
@@ -109,6 +109,15 @@ pub trait GrantStore: Send + Sync + 'static {
     fn list_for_caller(
         &self,
         caller: &CallerId,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
+
+    /// Up to `limit` grants of the queue of pending grants (every caller's), newest first,
+    /// strictly older than `before` when given, and the id to continue before. Grants met there
+    /// that are no longer pending are dropped from the queue and not returned.
+    fn list_pending(
+        &self,
         before: Option<GrantId>,
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;

@@ -365,3 +365,138 @@ async fn explain_tells_what_a_request_would_get_and_changes_nothing() {
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "TARGET_NOT_ALLOWED", "prod-logs-read");
 }
+
+async fn queue(
+    client: &mut Client,
+    approver: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<String>, String), tonic::Status> {
+    client
+        .list_grants(authed(
+            APPROVALS_TOKEN,
+            proto::ListGrantsRequest {
+                page_size,
+                page_token: page_token.to_owned(),
+                waiting_for_approver: approver.to_owned(),
+            },
+        ))
+        .await
+        .map(|response| {
+            let response = response.into_inner();
+            (
+                response.grants.into_iter().map(|grant| grant.id).collect(),
+                response.next_page_token,
+            )
+        })
+}
+
+#[tokio::test]
+async fn approvers_see_the_grants_waiting_for_them() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let first = pending(&mut client).await;
+    let second = pending(&mut client).await;
+    let withdrawn = pending(&mut client).await;
+    let third = pending(&mut client).await;
+    client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("")))
+        .await
+        .unwrap();
+    client
+        .cancel_grant(authed(
+            PORTAL_TOKEN,
+            proto::CancelGrantRequest {
+                id: withdrawn.id.clone(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let (ids, next) = queue(&mut client, "bob@example.com", 0, "").await.unwrap();
+    assert_eq!(
+        ids,
+        [third.id.clone(), second.id.clone(), first.id.clone()],
+        "newest first"
+    );
+    assert!(next.is_empty());
+
+    // Page by page, the same grants.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let (ids, next) = queue(&mut client, "bob@example.com", 1, &token).await.unwrap();
+        paged.extend(ids);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(paged, [third.id.clone(), second.id.clone(), first.id.clone()]);
+
+    // Once bob has approved one, it leaves his queue, not carol's.
+    client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&second.id, "bob@example.com")))
+        .await
+        .unwrap();
+    assert_eq!(
+        queue(&mut client, "bob@example.com", 0, "").await.unwrap().0,
+        [third.id.clone(), first.id.clone()]
+    );
+    assert_eq!(
+        queue(&mut client, "carol@example.com", 0, "").await.unwrap().0,
+        [third.id.clone(), second.id.clone(), first.id.clone()]
+    );
+    // The requester, and someone the rules do not let approve, have nothing waiting.
+    assert!(
+        queue(&mut client, "alice@example.com", 0, "")
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    assert!(
+        queue(&mut client, "mallory@example.com", 0, "")
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    // Only a caller that relays approvals may look.
+    let status = client
+        .list_grants(authed(
+            PORTAL_TOKEN,
+            proto::ListGrantsRequest {
+                waiting_for_approver: "bob@example.com".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&status), "CALLER_MAY_NOT_APPROVE");
+    // Decided grants leave the queue for good.
+    client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&second.id, "carol@example.com")))
+        .await
+        .unwrap();
+    assert_eq!(
+        queue(&mut client, "carol@example.com", 0, "").await.unwrap().0,
+        [third.id.clone(), first.id.clone()]
+    );
+    let mut connection = redis.connection().await;
+    let queued: Vec<String> = redis::cmd("ZRANGE")
+        .arg("gb:pending")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued.len(),
+        2,
+        "cancelled and approved grants were dropped: {queued:?}"
+    );
+}

@@ -394,6 +394,7 @@ async fn callers_list_their_own_grants_newest_first_page_by_page() {
                 proto::ListGrantsRequest {
                     page_size: 2,
                     page_token,
+                    ..Default::default()
                 },
             ))
             .await
@@ -428,6 +429,7 @@ async fn callers_list_their_own_grants_newest_first_page_by_page() {
     let bad_page = proto::ListGrantsRequest {
         page_size: -1,
         page_token: "garbage".into(),
+        ..Default::default()
     };
     let status = client.list_grants(authed(PORTAL_TOKEN, bad_page)).await.unwrap_err();
     assert_eq!(violated_fields(&status), ["page_size", "page_token"]);

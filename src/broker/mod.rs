@@ -94,6 +94,9 @@ fn max_duration_secs(target: &Target, role_chaining: bool) -> u64 {
     target.max_duration_secs.min(cap)
 }
 
+/// Store pages one approval-queue call reads at most.
+const QUEUE_SCANS: usize = 5;
+
 /// How often an approval is decided again when others keep landing first.
 const APPROVAL_ATTEMPTS: usize = 8;
 
@@ -933,6 +936,52 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             grant.state = grant.state_at(now);
         }
         Ok((grants, next))
+    }
+
+    /// A page of the grants waiting for `approver`: pending (any caller's), not requested by
+    /// them, not yet approved by them, and which the rules let them decide on; newest first,
+    /// with the id to continue before. Scans a bounded number of queued grants per call, so a
+    /// page may hold fewer than `page_size` and still have a next token.
+    pub async fn approval_queue(
+        &self,
+        caller: &Caller,
+        approver: &Person,
+        before: Option<GrantId>,
+        page_size: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        let groups = self.settings.approver_groups.get(approver).cloned().unwrap_or_default();
+        let now = self.clock.now();
+        let decidable = |grant: &Grant| {
+            grant.state_at(now) == GrantState::PendingApproval
+                && grant.requester != approver.as_str()
+                && !grant.approvals.iter().any(|approval| &approval.approver == approver)
+                && self
+                    .targets
+                    .get(&grant.target)
+                    .is_some_and(|target| self.check_eligible(grant, target, approver, &groups, now).is_ok())
+        };
+        let mut waiting = Vec::new();
+        // Where the scan is: the next call continues strictly before it.
+        let mut cursor = before;
+        for _ in 0..QUEUE_SCANS {
+            let (grants, more) = self.store.list_pending(cursor, page_size).await?;
+            for grant in grants {
+                cursor = Some(grant.id);
+                if decidable(&grant) {
+                    waiting.push(grant);
+                    if waiting.len() == page_size {
+                        return Ok((waiting, cursor));
+                    }
+                }
+            }
+            match more {
+                None => return Ok((waiting, None)),
+                Some(next) => cursor = Some(next),
+            }
+        }
+        Ok((waiting, cursor))
     }
 
     /// Whether the grant store answers; the health check reports it.

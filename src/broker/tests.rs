@@ -137,6 +137,14 @@ impl GrantStore for MemoryStore {
         Ok(Appended::Yes)
     }
 
+    async fn list_pending(
+        &self,
+        _before: Option<GrantId>,
+        _limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        unimplemented!("not used by these tests")
+    }
+
     async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
         self.0
             .lock()

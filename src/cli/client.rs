@@ -420,11 +420,9 @@ pub async fn get(client: &mut Client, id: String, json: bool) -> Result<String, 
     Ok(grant_text(&grant, json))
 }
 
-pub async fn list(client: &mut Client, page_size: i32, page_token: String, json: bool) -> Result<String, ClientError> {
-    let response = client
-        .list_grants(proto::ListGrantsRequest { page_size, page_token })
-        .await?
-        .into_inner();
+/// This caller's grants, or with `waiting_for_approver` an approver's queue.
+pub async fn list(client: &mut Client, message: proto::ListGrantsRequest, json: bool) -> Result<String, ClientError> {
+    let response = client.list_grants(message).await?.into_inner();
     if json {
         return Ok(json!({
             "grants": response.grants.iter().map(grant_json).collect::<Vec<_>>(),

@@ -137,9 +137,21 @@ pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(Gra
     }
 }
 
-/// Page size (default for 0, capped by the broker) and the id to continue before.
-pub fn list_grants(message: proto::ListGrantsRequest) -> Result<(usize, Option<GrantId>), Status> {
-    let proto::ListGrantsRequest { page_size, page_token } = message;
+/// Which grants a ListGrants call asks for.
+pub struct GrantListing {
+    pub page_size: usize,
+    /// Continue strictly before this grant.
+    pub before: Option<GrantId>,
+    /// An approver's queue instead of the caller's own grants.
+    pub waiting_for: Option<Person>,
+}
+
+pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, Status> {
+    let proto::ListGrantsRequest {
+        page_size,
+        page_token,
+        waiting_for_approver,
+    } = message;
     let mut violations = Vec::new();
     let page_size = match usize::try_from(page_size) {
         Ok(0) => DEFAULT_PAGE_SIZE,
@@ -161,8 +173,19 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<(usize, Option<G
             })
             .ok()
     };
+    let waiting_for = if waiting_for_approver.is_empty() {
+        None
+    } else {
+        Person::parse("waiting_for_approver", &waiting_for_approver)
+            .map_err(|violation| violations.push(violation))
+            .ok()
+    };
     if violations.is_empty() {
-        Ok((page_size, before))
+        Ok(GrantListing {
+            page_size,
+            before,
+            waiting_for,
+        })
     } else {
         Err(invalid(violations))
     }

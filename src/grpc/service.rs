@@ -122,8 +122,19 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         request: Request<proto::ListGrantsRequest>,
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
         let caller = caller_of(&request)?;
-        let (page_size, before) = convert::list_grants(request.into_inner())?;
-        let (grants, next) = self.broker.list_grants(&caller, before, page_size).await?;
+        let listing = convert::list_grants(request.into_inner())?;
+        let (grants, next) = match &listing.waiting_for {
+            None => {
+                self.broker
+                    .list_grants(&caller, listing.before, listing.page_size)
+                    .await?
+            }
+            Some(approver) => {
+                self.broker
+                    .approval_queue(&caller, approver, listing.before, listing.page_size)
+                    .await?
+            }
+        };
         Ok(Response::new(proto::ListGrantsResponse {
             grants: grants.iter().map(convert::grant).collect(),
             next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),

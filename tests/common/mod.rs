@@ -769,7 +769,7 @@ pub fn assert_status(status: &tonic::Status, code: tonic::Code, reason: &str, sa
 pub async fn newest_grant(client: &mut Client) -> proto::Grant {
     let page = proto::ListGrantsRequest {
         page_size: 1,
-        page_token: String::new(),
+        ..Default::default()
     };
     let mut grants = client
         .list_grants(authed(PORTAL_TOKEN, page))

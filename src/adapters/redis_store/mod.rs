@@ -208,6 +208,10 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
 }
 
+/// Longest a grant may wait for approvals (the configuration's bound): queue entries older than
+/// this are trimmed.
+const MAX_PENDING_SECS: u64 = 7 * 24 * 3600;
+
 /// Commands per grant in a read pipeline: HMGET, LRANGE and LLEN of the issuances, LRANGE of
 /// the approvals.
 const READ_COMMANDS: usize = 4;
@@ -273,6 +277,12 @@ impl RedisGrantStore {
 
     fn issuances_key(&self, id: GrantId) -> String {
         format!("{}:grant:{{{id}}}:issuances", self.prefix)
+    }
+
+    /// The queue of pending grants: a sorted set of ids (all score 0, so lexical order is time
+    /// order), in a slot of its own.
+    fn pending_key(&self) -> String {
+        format!("{}:pending", self.prefix)
     }
 
     fn approvals_key(&self, id: GrantId) -> String {
@@ -409,20 +419,41 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn create(&self, grant: &Grant, event: &GrantEvent) -> Result<bool, StoreError> {
-        let mut connection = self.connection.clone();
-        let reply: String = self
-            .create
-            .key(self.grant_key(grant.id))
+        let mut invocation = self.create.key(self.grant_key(grant.id));
+        invocation
             .key(self.events_key(grant.id))
             .arg(grant.state.as_str())
             .arg(record::encode_grant(grant).map_err(StoreError::Corrupt)?)
             .arg(self.expiry(grant.last_moment()))
             .arg(to_json(event)?)
-            .arg(record::CURRENT_VERSION)
-            .invoke_async(&mut connection)
+            .arg(record::CURRENT_VERSION);
+        let mut connection = self.connection.clone();
+        if grant.state != GrantState::PendingApproval {
+            let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
+            return Ok(reply == "created");
+        }
+        // The queue lives in a slot of its own, so it is written in the same round trip but not
+        // the same atomic step: a grant whose queue entry was lost is still pending and still
+        // expires; an entry whose grant is no longer pending is dropped when a reader meets it.
+        let trim_before = GrantId::lower_bound_at(grant.created_at - std::time::Duration::from_secs(MAX_PENDING_SECS));
+        let replies: Vec<Value> = redis::pipe()
+            .load_script(&self.create)
+            .invoke_script(&invocation)
+            .zadd(self.pending_key(), grant.id.to_string(), 0)
+            .cmd("ZREMRANGEBYLEX")
+            .arg(self.pending_key())
+            .arg("-")
+            .arg(format!("({trim_before}"))
+            .query_async(&mut connection)
             .await
             .map_err(unavailable)?;
-        Ok(reply == "created")
+        let created = replies
+            .into_iter()
+            .nth(1)
+            .map(reply::text)
+            .transpose()
+            .map_err(|what| StoreError::Corrupt(format!("create reply: {what}")))?;
+        Ok(created.as_deref() == Some("created"))
     }
 
     async fn get(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
@@ -459,6 +490,53 @@ impl GrantStore for RedisGrantStore {
         };
         // Ids reserved by an attempt that never created its grant are skipped here.
         Ok((self.get_many(&ids).await?, next))
+    }
+
+    async fn list_pending(
+        &self,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> = connection
+            .zrevrangebylex_limit(
+                self.pending_key(),
+                max,
+                "-",
+                0,
+                isize::try_from(limit + 1).unwrap_or(isize::MAX),
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut ids = ids
+            .iter()
+            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().copied()
+        } else {
+            None
+        };
+        let (pending, done): (Vec<Grant>, Vec<Grant>) = self
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .partition(|grant| grant.state == GrantState::PendingApproval);
+        // Grants decided or cancelled leave the queue as readers meet them; ids whose grant is
+        // gone are skipped by get_many, and the trim drops every entry older than any pending
+        // grant can be. (Whether a pending grant has timed out is the broker's call, by its clock.)
+        if !done.is_empty() {
+            let _: i64 = connection
+                .zrem(
+                    self.pending_key(),
+                    done.iter().map(|grant| grant.id.to_string()).collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok((pending, next))
     }
 
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {

@@ -207,6 +207,19 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Follow a grant's changes as they happen (one line each), until a final state.
+    Watch {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// Resume after this cursor (printed with every change).
+        #[arg(long)]
+        after: Option<u64>,
+        /// Stop as soon as the grant is approved (exit 0); exit 3 if it ends otherwise. For
+        /// pipelines that wait for a human.
+        #[arg(long)]
+        until_approved: bool,
+    },
     /// Withdraw a pending or approved grant.
     Cancel {
         #[command(flatten)]
@@ -437,6 +450,21 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             let message = proto::DenyGrantRequest { id, approver, reason };
             client::deny(&mut connect(&connection).await?, message, connection.json).await
         }
+        Command::Watch {
+            connection,
+            id,
+            after,
+            until_approved,
+        } => {
+            let message = proto::WatchGrantRequest { id, after_event: after };
+            client::watch(
+                &mut connect(&connection).await?,
+                message,
+                until_approved,
+                connection.json,
+            )
+            .await
+        }
         Command::Cancel { connection, id, reason } => {
             client::cancel(&mut connect(&connection).await?, id, reason, connection.json).await
         }
@@ -472,7 +500,7 @@ async fn main() -> ExitCode {
         command => match run_client(command).await {
             Ok(output) => {
                 print!("{output}");
-                if !output.ends_with('\n') {
+                if !output.is_empty() && !output.ends_with('\n') {
                     println!();
                 }
                 ExitCode::SUCCESS

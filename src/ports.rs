@@ -81,8 +81,24 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Notices that a grant may have changed, from whichever broker replica changed it.
+pub trait ChangeFeed: Send + 'static {
+    /// Waits for the next notice; `false` when the feed has ended (its connection was lost), after
+    /// which the watcher must read the record again and subscribe anew.
+    fn changed(&mut self) -> impl Future<Output = bool> + Send;
+}
+
 /// Durable record of grants and their audit trail.
 pub trait GrantStore: Send + Sync + 'static {
+    type Feed: ChangeFeed;
+
+    /// Subscribes to notices of changes to grant `id` (every appended event sends one).
+    /// Subscribe before reading, so nothing that happens between the two is missed.
+    fn subscribe(&self, id: GrantId) -> impl Future<Output = Result<Self::Feed, StoreError>> + Send;
+
+    /// The grant's audit events from the `from`-th (0 is the first), in order.
+    fn events_from(&self, id: GrantId, from: u64) -> impl Future<Output = Result<Vec<GrantEvent>, StoreError>> + Send;
+
     /// Binds `request_id` (when given) to `candidate` and adds `candidate` to the caller's
     /// index, atomically; if the request id is already bound, changes nothing and says to what.
     /// The binding is kept as long as the grant's record (`grant_end` plus retention).

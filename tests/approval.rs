@@ -500,3 +500,101 @@ async fn approvers_see_the_grants_waiting_for_them() {
         "cancelled and approved grants were dropped: {queued:?}"
     );
 }
+
+async fn next_change(stream: &mut tonic::Streaming<proto::GrantChange>) -> proto::GrantChange {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("a change within 10 s")
+        .unwrap()
+        .expect("the stream is still open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_broker_sees_every_change_made_through_another() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let settings = Settings::new(redis.url(), sts.url.clone());
+    let (watched, changed) = (Server::start(&settings).await, Server::start(&settings).await);
+    let mut client = watched.client().await;
+    let mut other = changed.client().await;
+    let grant = pending(&mut client).await;
+
+    let watch = |after_event| proto::WatchGrantRequest {
+        id: grant.id.clone(),
+        after_event,
+    };
+    let mut stream = client
+        .watch_grant(authed(PORTAL_TOKEN, watch(None)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_change(&mut stream).await;
+    assert_eq!(
+        (first.event.as_str(), first.cursor),
+        ("", 1),
+        "the grant as it is, one event so far"
+    );
+    assert_eq!(state(first.grant.as_ref().unwrap()), proto::GrantState::PendingApproval);
+
+    other
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "bob@example.com")))
+        .await
+        .unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!((change.event.as_str(), change.cursor), ("approval_recorded", 2));
+    assert!(change.event_json.contains("bob@example.com"), "{}", change.event_json);
+    other
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "carol@example.com")))
+        .await
+        .unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!((change.event.as_str(), change.cursor), ("approval_recorded", 3));
+    let change = next_change(&mut stream).await;
+    assert_eq!((change.event.as_str(), change.cursor), ("approved", 4));
+    assert_eq!(state(change.grant.as_ref().unwrap()), proto::GrantState::Approved);
+
+    // A watcher that left after cursor 2 resumes without a gap or a repeat.
+    let mut resumed = client
+        .watch_grant(authed(PORTAL_TOKEN, watch(Some(2))))
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next_change(&mut resumed).await;
+    assert_eq!((snapshot.event.as_str(), snapshot.cursor), ("", 4));
+    let missed: Vec<(String, u64)> = [next_change(&mut resumed).await, next_change(&mut resumed).await]
+        .into_iter()
+        .map(|change| (change.event, change.cursor))
+        .collect();
+    assert_eq!(
+        missed,
+        [("approval_recorded".to_owned(), 3), ("approved".to_owned(), 4)]
+    );
+
+    // A final state ends both streams.
+    other
+        .cancel_grant(authed(
+            PORTAL_TOKEN,
+            proto::CancelGrantRequest {
+                id: grant.id.clone(),
+                reason: "done".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    for stream in [&mut stream, &mut resumed] {
+        let change = next_change(stream).await;
+        assert_eq!((change.event.as_str(), change.cursor), ("cancelled", 5));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(end.is_none(), "the stream ends after a final state");
+    }
+
+    // Another caller's grant cannot be watched.
+    let status = client
+        .watch_grant(authed(PIPELINE_TOKEN, watch(None)))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::NotFound, "GRANT_NOT_FOUND", &grant.id);
+}

@@ -11,6 +11,7 @@ use std::{
 };
 
 use common::*;
+use grant_broker::grpc::proto;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -244,6 +245,72 @@ async fn the_cli_reads_an_error_about_hundreds_of_problems() {
     assert!(stderr.trim_end().ends_with("more problems not listed"), "{stderr}");
     assert!(stderr.len() < 8 * 1024, "{} bytes", stderr.len());
     assert!(sts.calls().is_empty());
+}
+
+/// A pipeline waits for a human with `grant-broker watch --until-approved`: it prints each
+/// change as it comes and exits 0 once the grant is approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_waits_for_approval_with_the_cli() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let request = proto::RequestAccessRequest {
+        target: "prod-logs-read".into(),
+        scopes: vec![proto::Scope {
+            actions: vec!["s3:GetObject".into()],
+            resources: vec!["arn:aws:s3:::acme-prod-logs/x/*".into()],
+        }],
+        ticket: "CHG-3".into(),
+        ..read_logs_request("")
+    };
+    let grant = client
+        .request_access(authed(PORTAL_TOKEN, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    let waiting = run(vec![
+        "watch".into(),
+        grant.id.clone(),
+        "--until-approved".into(),
+        "--server".into(),
+        server.url(),
+        "--token".into(),
+        PORTAL_TOKEN.into(),
+    ]);
+    let waiting = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "it waits while the grant is pending");
+    for approver in ["bob@example.com", "carol@example.com"] {
+        client
+            .approve_grant(authed(
+                APPROVALS_TOKEN,
+                proto::ApproveGrantRequest {
+                    id: grant.id.clone(),
+                    approver: approver.into(),
+                    comment: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let output = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_owned).collect();
+    // Each event with the grant as it is when the watcher reads it: the second approval's line
+    // may already show it approved, and the watch stops there.
+    assert!((2..=4).contains(&lines.len()), "{lines:?}");
+    assert!(
+        lines[0].contains("(now)") && lines[0].contains("pending_approval"),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("approval_recorded"), "{lines:?}");
+    assert!(lines.last().unwrap().contains(" approved"), "{lines:?}");
 }
 
 /// Rules tested like code: the shipped sample requests pass against the shipped rules, and a

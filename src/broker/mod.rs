@@ -14,6 +14,7 @@ mod error;
 pub mod explain;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -43,7 +43,30 @@ impl MemoryStore {
     }
 }
 
+/// These tests watch nothing: a feed that never announces a change.
+struct SilentFeed;
+
+impl crate::ports::ChangeFeed for SilentFeed {
+    async fn changed(&mut self) -> bool {
+        std::future::pending().await
+    }
+}
+
 impl GrantStore for MemoryStore {
+    type Feed = SilentFeed;
+
+    async fn subscribe(&self, _id: GrantId) -> Result<SilentFeed, StoreError> {
+        Ok(SilentFeed)
+    }
+
+    async fn events_from(&self, id: GrantId, from: u64) -> Result<Vec<GrantEvent>, StoreError> {
+        Ok(self
+            .events(id)
+            .into_iter()
+            .skip(usize::try_from(from).unwrap())
+            .collect())
+    }
+
     async fn reserve(
         &self,
         caller: &CallerId,

@@ -387,6 +387,66 @@ pub async fn explain(
     Ok(text)
 }
 
+/// Prints each change as it comes (flushed, so a pipe sees it at once). With `until_approved`,
+/// returns once the grant is approved, and fails with `Exit::Denied` if it ends otherwise.
+pub async fn watch(
+    client: &mut Client,
+    message: proto::WatchGrantRequest,
+    until_approved: bool,
+    json: bool,
+) -> Result<String, ClientError> {
+    use std::io::Write as _;
+    let id = message.id.clone();
+    let mut stream = client.watch_grant(message).await?.into_inner();
+    let mut last_state = proto::GrantState::Unspecified;
+    while let Some(change) = stream.message().await? {
+        let grant = change.grant.unwrap_or_default();
+        last_state = proto::GrantState::try_from(grant.state).unwrap_or(proto::GrantState::Unspecified);
+        let line = if json {
+            json!({
+                "cursor": change.cursor,
+                "event": change.event,
+                "event_time": time_text(change.event_time.as_ref()),
+                "details": serde_json::from_str::<Value>(&change.event_json).unwrap_or(Value::Null),
+                "state": state_text(grant.state),
+            })
+            .to_string()
+        } else {
+            format!(
+                "{:>4}  {:<18} {}{}",
+                change.cursor,
+                if change.event.is_empty() {
+                    "(now)"
+                } else {
+                    change.event.as_str()
+                },
+                state_text(grant.state),
+                if change.event_time.is_some() {
+                    format!("  at {}", time_text(change.event_time.as_ref()))
+                } else {
+                    String::new()
+                }
+            )
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        if until_approved && last_state == proto::GrantState::Approved {
+            return Ok(String::new());
+        }
+    }
+    if until_approved {
+        return Err(ClientError::new(
+            Exit::Denied,
+            format!(
+                "grant {id} ended {} without being approved",
+                state_text(i32::from(last_state))
+            ),
+        ));
+    }
+    Ok(String::new())
+}
+
 fn grant_text(grant: &proto::Grant, json: bool) -> String {
     if json {
         grant_json(grant).to_string()

@@ -247,6 +247,24 @@ pub struct Grant {
     pub issuance_count: u64,
 }
 
+impl EventKind {
+    /// The event's type, as the audit trail names it (`issued`, `approval_recorded`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Requested { .. } => "requested",
+            Self::Issuing { .. } => "issuing",
+            Self::Issued { .. } => "issued",
+            Self::IssueFailed { .. } => "issue_failed",
+            Self::IssueDiscarded { .. } => "issue_discarded",
+            Self::Cancelled { .. } => "cancelled",
+            Self::ApprovalRecorded { .. } => "approval_recorded",
+            Self::Approved { .. } => "approved",
+            Self::Denied { .. } => "denied",
+            Self::IssueRefused { .. } => "issue_refused",
+        }
+    }
+}
+
 impl Grant {
     /// The state as callers see it at `now`: an approved grant whose window has ended, and a
     /// pending one past its deadline, read as expired.

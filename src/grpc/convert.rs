@@ -6,7 +6,7 @@ use tonic::Status;
 
 use super::proto;
 use crate::{
-    broker::{BrokerError, DEFAULT_PAGE_SIZE, Explanation},
+    broker::{BrokerError, DEFAULT_PAGE_SIZE, Explanation, watch::GrantChange},
     domain::{
         AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, MfaToken,
         Outcome, RawAccessRequest, Scope, Secret, Target,
@@ -230,6 +230,32 @@ fn state(state: GrantState) -> proto::GrantState {
         GrantState::Expired => proto::GrantState::Expired,
         GrantState::Cancelled => proto::GrantState::Cancelled,
         GrantState::Revoked => proto::GrantState::Revoked,
+    }
+}
+
+pub fn watch_grant(message: proto::WatchGrantRequest) -> Result<(GrantId, Option<u64>), Status> {
+    let proto::WatchGrantRequest { id, after_event } = message;
+    GrantId::parse(&id)
+        .map(|id| (id, after_event))
+        .map_err(|why| invalid(vec![FieldViolation::new("id", why)]))
+}
+
+pub fn grant_change(change: &GrantChange) -> proto::GrantChange {
+    let (event, event_json, event_time) = match &change.event {
+        None => (String::new(), String::new(), None),
+        Some(event) => (
+            event.kind.name().to_owned(),
+            // The event as the audit trail holds it (serialising these types cannot fail).
+            serde_json::to_string(event).unwrap_or_default(),
+            Some(timestamp(event.at)),
+        ),
+    };
+    proto::GrantChange {
+        grant: Some(grant(&change.grant)),
+        event,
+        event_json,
+        event_time,
+        cursor: change.cursor,
     }
 }
 

@@ -2,8 +2,9 @@
 //! broker, convert back. No decisions are made here. Authentication happened before the message
 //! was decoded ([`super::auth::Authenticate`]).
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{auth::caller_of, convert, proto};
@@ -55,6 +56,23 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
             grant: Some(convert::grant(&outcome.grant)),
             credentials,
         }))
+    }
+
+    type WatchGrantStream = Pin<Box<dyn Stream<Item = Result<proto::GrantChange, Status>> + Send>>;
+
+    async fn watch_grant(
+        &self,
+        request: Request<proto::WatchGrantRequest>,
+    ) -> Result<Response<Self::WatchGrantStream>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, after) = convert::watch_grant(request.into_inner())?;
+        let changes = Arc::clone(&self.broker).watch_grant(&caller, id, after).await?;
+        let stream = ReceiverStream::new(changes).map(|change| {
+            change
+                .map(|change| convert::grant_change(&change))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn explain_request(

@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 use self::record::StoredGrant;
 use crate::{
     domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret},
-    ports::{Appended, Change, GrantStore, Reservation, StoreError},
+    ports::{Appended, Change, ChangeFeed, GrantStore, Reservation, StoreError},
 };
 
 /// Connection and retention settings. Debug hides the URL's password.
@@ -164,6 +164,7 @@ if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
 for i = 9, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+redis.call('PUBLISH', KEYS[3], 'changed')
 local expiry = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
   local current = redis.call('EXPIRETIME', key)
@@ -172,16 +173,21 @@ end
 return 'ok'
 ";
 
-/// KEYS: grant, events; ARGV: expiry (unix s), event.
+/// KEYS: grant, events; ARGV: expiry (unix s), event. Watchers of the grant subscribe to the
+/// events key's name as a channel.
 const APPEND_EVENT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('EXPIREAT', KEYS[2], ARGV[1])
+redis.call('PUBLISH', KEYS[2], 'changed')
 return 'ok'
 ";
 
 pub struct RedisGrantStore {
     connection: ConnectionManager,
+    /// For the subscriptions of watchers, one connection each.
+    client: Client,
+    connect_timeout: Duration,
     /// With `min_replicas`, conditional appends go over their own connection, pipelined with
     /// `WAIT`: WAIT blocks its connection on the server, and must follow the write on the same
     /// connection (a reconnect in between would make it vouch for nothing).
@@ -248,6 +254,7 @@ impl RedisGrantStore {
             .set_max_delay(Duration::from_millis(500));
         let connection =
             ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?;
+        let subscriptions = client.clone();
         let durable = if settings.min_replicas == 0 {
             None
         } else {
@@ -261,6 +268,8 @@ impl RedisGrantStore {
         };
         Ok(Self {
             connection,
+            client: subscriptions,
+            connect_timeout: settings.connect_timeout,
             durable,
             prefix: settings.key_prefix.clone(),
             retention: settings.retention,
@@ -382,7 +391,51 @@ impl RedisGrantStore {
     }
 }
 
+/// A watcher's subscription: its own connection to Redis.
+pub struct RedisFeed(redis::aio::PubSub);
+
+impl ChangeFeed for RedisFeed {
+    async fn changed(&mut self) -> bool {
+        use tokio_stream::StreamExt as _;
+        self.0.on_message().next().await.is_some()
+    }
+}
+
 impl GrantStore for RedisGrantStore {
+    type Feed = RedisFeed;
+
+    async fn subscribe(&self, id: GrantId) -> Result<RedisFeed, StoreError> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(self.events_key(id)).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(pubsub)) => Ok(RedisFeed(pubsub)),
+            Ok(Err(error)) => Err(unavailable(error)),
+            Err(_) => Err(StoreError::Unavailable("subscribing took too long".to_owned())),
+        }
+    }
+
+    async fn events_from(&self, id: GrantId, from: u64) -> Result<Vec<GrantEvent>, StoreError> {
+        let mut connection = self.connection.clone();
+        let start = isize::try_from(from).unwrap_or(isize::MAX);
+        let entries: Value = redis::cmd("LRANGE")
+            .arg(self.events_key(id))
+            .arg(start)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        reply::texts(entries)
+            .map_err(|what| StoreError::Corrupt(format!("grant {id} events: {what}")))?
+            .iter()
+            .map(|text| {
+                serde_json::from_str(text).map_err(|error| StoreError::Corrupt(format!("grant {id} event: {error}")))
+            })
+            .collect()
+    }
+
     async fn reserve(
         &self,
         caller: &CallerId,

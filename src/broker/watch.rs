@@ -1,0 +1,154 @@
+//! Watching one grant: its current state, then every change, until a final state or the watcher
+//! leaves. Changes are read from the grant's audit trail in Redis and announced through the
+//! store's change feed, so a change made through any broker replica reaches every watcher; a
+//! cursor (how many events the watcher has seen) lets a watcher that reconnects resume without
+//! missing or repeating one.
+
+use std::{sync::Arc, time::Duration as StdDuration};
+
+use tokio::sync::mpsc;
+
+use super::{Broker, BrokerError};
+use crate::{
+    domain::{Caller, Grant, GrantEvent, GrantId, GrantState},
+    ports::{ChangeFeed, Clock, CredentialIssuer, GrantStore},
+};
+
+/// One message of a watch.
+#[derive(Debug, Clone)]
+pub struct GrantChange {
+    /// The grant as it is after this change (its state as of now).
+    pub grant: Grant,
+    /// The event; `None` for the first message (the grant as it is) and for a grant that just
+    /// expired, which no event records.
+    pub event: Option<GrantEvent>,
+    /// Events seen so far, this one included: pass it back to resume after it.
+    pub cursor: u64,
+}
+
+/// Even without a notice, the grant is read again this often (a lost notice costs this much).
+const RECHECK: StdDuration = StdDuration::from_secs(15);
+/// Messages a slow watcher may fall behind before the watch waits for it.
+const BUFFER: usize = 32;
+
+fn is_final(state: GrantState) -> bool {
+    matches!(
+        state,
+        GrantState::Denied | GrantState::Cancelled | GrantState::Expired | GrantState::Revoked
+    )
+}
+
+impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
+    /// Starts watching one of the caller's grants. Errors about the request (unknown grant,
+    /// store down) come back at once; the stream then ends after a final state, when the
+    /// watcher leaves, or with an error if the store stays unreachable.
+    pub async fn watch_grant(
+        self: Arc<Self>,
+        caller: &Caller,
+        id: GrantId,
+        after: Option<u64>,
+    ) -> Result<mpsc::Receiver<Result<GrantChange, BrokerError>>, BrokerError> {
+        // Subscribed before the first read, so nothing between the two is missed.
+        let feed = self.store.subscribe(id).await?;
+        self.own_grant(caller, id).await?;
+        let (sender, receiver) = mpsc::channel(BUFFER);
+        tokio::spawn(async move {
+            if let Err(error) = self.watch(id, after, feed, &sender).await {
+                let _ = sender.send(Err(error)).await;
+            }
+        });
+        Ok(receiver)
+    }
+
+    async fn watch(
+        &self,
+        id: GrantId,
+        after: Option<u64>,
+        mut feed: S::Feed,
+        sender: &mpsc::Sender<Result<GrantChange, BrokerError>>,
+    ) -> Result<(), BrokerError> {
+        let send = |change: GrantChange| async move { sender.send(Ok(change)).await.is_ok() };
+        let current = |grant: Option<Grant>, now| {
+            let mut grant = grant.ok_or(BrokerError::GrantNotFound(id))?;
+            grant.state = grant.state_at(now);
+            Ok::<_, BrokerError>(grant)
+        };
+
+        let events = self.store.events_from(id, 0).await?;
+        let total = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        let mut grant = current(self.store.get(id).await?, self.clock.now())?;
+        let mut state = grant.state;
+        if !send(GrantChange {
+            grant: grant.clone(),
+            event: None,
+            cursor: total,
+        })
+        .await
+        {
+            return Ok(());
+        }
+        // A watcher resuming after `after` gets what it missed, in order.
+        let mut cursor = after.unwrap_or(total).min(total);
+        for event in events.into_iter().skip(usize::try_from(cursor).unwrap_or(usize::MAX)) {
+            cursor += 1;
+            if !send(GrantChange {
+                grant: grant.clone(),
+                event: Some(event),
+                cursor,
+            })
+            .await
+            {
+                return Ok(());
+            }
+        }
+        cursor = total;
+
+        while !is_final(state) {
+            let now = self.clock.now();
+            let deadline = grant_deadline(&grant);
+            let wait = (deadline - now).try_into().unwrap_or(StdDuration::ZERO).min(RECHECK);
+            tokio::select! {
+                alive = feed.changed() => {
+                    if !alive {
+                        feed = self.store.subscribe(id).await?;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+                () = sender.closed() => return Ok(()),
+            }
+            let new = self.store.events_from(id, cursor).await?;
+            grant = current(self.store.get(id).await?, self.clock.now())?;
+            for event in new {
+                cursor += 1;
+                if !send(GrantChange {
+                    grant: grant.clone(),
+                    event: Some(event),
+                    cursor,
+                })
+                .await
+                {
+                    return Ok(());
+                }
+            }
+            // Expiry is no event: say so once, then end.
+            if grant.state == GrantState::Expired && state != GrantState::Expired {
+                let _ = send(GrantChange {
+                    grant: grant.clone(),
+                    event: None,
+                    cursor,
+                })
+                .await;
+            }
+            state = grant.state;
+        }
+        Ok(())
+    }
+}
+
+/// When the grant next changes by itself: a pending one expires, an approved window ends.
+fn grant_deadline(grant: &Grant) -> time::OffsetDateTime {
+    match grant.state {
+        GrantState::PendingApproval => grant.pending_until,
+        _ => grant.end,
+    }
+}

@@ -152,6 +152,7 @@ fn pure_costs() {
         ticket: "INC-1",
         mfa_present: false,
         now: time::OffsetDateTime::now_utc(),
+        start: time::OffsetDateTime::now_utc(),
     };
     // A narrow, a service-wide, an everything and a hostile request, to show what expansion
     // costs (the last makes pattern::matches run once per catalog action).

@@ -90,6 +90,18 @@ struct RequestFields {
     mfa_serial: String,
     #[arg(long, default_value = "")]
     mfa_code: String,
+    /// Scheduled access: when the window starts (RFC 3339, at most 30 days ahead).
+    #[arg(long, value_parser = parse_time)]
+    start: Option<prost_types::Timestamp>,
+}
+
+fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| format!("`{text}` is not an RFC 3339 time such as 2026-12-01T22:00:00Z"))?;
+    Ok(prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    })
 }
 
 impl RequestFields {
@@ -106,6 +118,7 @@ impl RequestFields {
             request_id,
             mfa_serial,
             mfa_code,
+            start,
         } = self;
         proto::RequestAccessRequest {
             request_id,
@@ -121,6 +134,7 @@ impl RequestFields {
             grantee,
             mfa_serial,
             mfa_code,
+            start_time: start,
         }
     }
 }

@@ -28,6 +28,12 @@ pub enum BrokerError {
     #[error("grant {grant_id} is {}: no credentials can be issued for it", .state.as_str())]
     NotIssuable { grant_id: GrantId, state: GrantState },
 
+    #[error("grant {grant_id} is approved; its window starts at {start}")]
+    NotStarted {
+        grant_id: GrantId,
+        start: time::OffsetDateTime,
+    },
+
     #[error("grant {grant_id}: {refused}")]
     TransitionNotAllowed { grant_id: GrantId, refused: NotAllowed },
 

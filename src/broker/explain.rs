@@ -24,7 +24,8 @@ pub struct Explanation {
     pub eligible_approvers: Vec<Person>,
     /// How long its first session would last: the requested duration within every cap.
     pub session_duration_secs: u64,
-    /// The exact session policy STS would receive, for a window starting at `at`.
+    /// The exact session policy STS would receive, for a window starting at `at` (or at the
+    /// requested start).
     pub session_policy: String,
     pub at: OffsetDateTime,
 }
@@ -47,7 +48,12 @@ pub fn explain(
             target: request.target.clone(),
         })?;
     let max_secs = max_duration_secs(target, settings.role_chaining);
-    let end = at + Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
+    let violations = request.check_start(at);
+    if !violations.is_empty() {
+        return Err(BrokerError::InvalidRequest(violations));
+    }
+    let start = request.start.map_or(at, |start| start.max(at));
+    let end = start + Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
     let session_policy = build_session_policy(&request.scopes, end)
         .map_err(|why| BrokerError::InvalidRequest(vec![FieldViolation::new("scopes", why)]))?;
     let violations = request.check_against(target, max_secs);
@@ -67,6 +73,7 @@ pub fn explain(
         scopes: &request.scopes,
         facts: &facts,
         duration_secs: request.duration_secs,
+        start,
         justification: &request.justification,
         ticket: &request.ticket,
         mfa_present: request.mfa.is_some(),

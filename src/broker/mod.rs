@@ -119,6 +119,7 @@ fn with_rule_input<R>(
         scopes: &grant.scopes,
         facts: &facts,
         duration_secs: u64::try_from(grant.duration().whole_seconds()).unwrap_or(0),
+        start: grant.start,
         justification: &grant.justification,
         ticket: &grant.ticket,
         mfa_present,
@@ -198,9 +199,18 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         let target = self.target_for(caller, &request.target)?;
         let max_duration_secs = self.max_duration_secs(target);
         let now = self.clock.now();
+        let violations = request.check_start(now);
+        if !violations.is_empty() {
+            return Err(BrokerError::InvalidRequest(violations));
+        }
         let duration = Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
-        let end = now + duration;
-        let pending_until = now + self.settings.pending_timeout;
+        let start = request.start.map_or(now, |start| start.max(now));
+        let end = start + duration;
+        // A scheduled request never waits past the end of the window it asked for.
+        let pending_until = match request.start {
+            Some(_) => (now + self.settings.pending_timeout).min(end),
+            None => now + self.settings.pending_timeout,
+        };
 
         // The size check comes first: it bounds the work the containment check can be made to do.
         let session_policy = build_session_policy(&request.scopes, end)
@@ -259,6 +269,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             scopes: &request.scopes,
             facts: &facts,
             duration_secs: request.duration_secs,
+            start,
             justification: &request.justification,
             ticket: &request.ticket,
             mfa_present: request.mfa.is_some(),
@@ -293,7 +304,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             ticket: request.ticket,
             mfa_serial: request.mfa.as_ref().map(|mfa| mfa.serial.clone()),
             created_at: now,
-            start: now,
+            start,
             end,
             pending_until,
             decision,
@@ -335,8 +346,11 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         mfa: Option<&MfaToken>,
         decided: Decided,
     ) -> Result<AccessOutcome, BrokerError> {
-        if grant.state != GrantState::Approved {
-            grant.state = grant.state_at(self.clock.now());
+        let now = self.clock.now();
+        // Pending, denied, ...; or approved for a scheduled window that has not opened yet:
+        // the grant, and credentials later (IssueCredentials, or a retry).
+        if grant.state != GrantState::Approved || now < grant.start {
+            grant.state = grant.state_at(now);
             return Ok(AccessOutcome {
                 grant,
                 credentials: None,
@@ -554,9 +568,15 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         decided: Decided,
     ) -> Result<SessionSpec, BrokerError> {
         let now = self.clock.now();
-        let approved = ApprovedGrant::check(grant, now).map_err(|not| BrokerError::NotIssuable {
-            grant_id: grant.id,
-            state: not.state,
+        let approved = ApprovedGrant::check(grant, now).map_err(|not| match not.starts_at {
+            Some(start) => BrokerError::NotStarted {
+                grant_id: grant.id,
+                start,
+            },
+            None => BrokerError::NotIssuable {
+                grant_id: grant.id,
+                state: not.state,
+            },
         })?;
         let target = self.target_for(caller, &grant.target)?;
         if target.mfa_required && mfa.is_none() {
@@ -750,8 +770,10 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     comment: comment.clone(),
                 },
             }];
-            // The window starts at the approval that meets the quorum, with the full duration.
-            let (start, end) = (now, now + grant.duration());
+            // The window starts at the approval that meets the quorum (or the scheduled start, if
+            // later), with the full duration.
+            let start = now.max(grant.start);
+            let end = start + grant.duration();
             let policy = build_session_policy(&grant.scopes, end).map_err(|what| BrokerError::RecordInconsistent {
                 grant_id: id,
                 what: format!("its scopes build no session policy: {what}"),

@@ -594,3 +594,125 @@ async fn a_request_nobody_approves_in_time_expires() {
         "{error:?}"
     );
 }
+
+fn scheduled(request_id: &str, start: OffsetDateTime) -> AccessRequest {
+    let mut request = request(request_id);
+    request.start = Some(start);
+    request
+}
+
+#[tokio::test]
+async fn scheduled_access_opens_at_its_start_with_its_whole_duration() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let start = setup.clock.now() + Duration::hours(2);
+    // Approved at once, but nothing is issued before the window opens.
+    let outcome = broker.request_access(&caller(), scheduled("s", start)).await.unwrap();
+    assert!(outcome.credentials.is_none());
+    let grant = outcome.grant;
+    let grant_id = grant.id;
+    assert_eq!(
+        (grant.state, grant.start, grant.end),
+        (GrantState::Approved, start, start + Duration::minutes(30))
+    );
+    let error = broker.issue_credentials(&caller(), grant_id, None).await.unwrap_err();
+    assert!(
+        matches!(error, BrokerError::NotStarted { start: at, .. } if at == start),
+        "{error:?}"
+    );
+    assert_eq!(setup.issuer.calls.load(Ordering::SeqCst), 0);
+
+    setup.clock.advance(Duration::hours(2));
+    let issued = broker.issue_credentials(&caller(), grant_id, None).await.unwrap();
+    assert!(issued.credentials.is_some());
+    let durations: Vec<u64> = setup
+        .store
+        .events(grant_id)
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::Issuing { duration_secs, .. } => Some(duration_secs),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(durations, [1800]);
+}
+
+#[tokio::test]
+async fn a_scheduled_request_waits_no_longer_than_its_window_and_starts_on_time_when_approved_early() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let start = setup.clock.now() + Duration::hours(3);
+    let pending = broker
+        .request_access(&caller(), scheduled("s", start))
+        .await
+        .unwrap()
+        .grant;
+    assert_eq!(
+        pending.pending_until,
+        start + Duration::minutes(30),
+        "not the default 24 hours"
+    );
+    setup.clock.advance(Duration::hours(1));
+    let approved = broker
+        .approve_grant(
+            &approval_portal(),
+            pending.id,
+            Person::from_trusted("bob".into()),
+            String::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((approved.start, approved.end), (start, start + Duration::minutes(30)));
+}
+
+#[tokio::test]
+async fn schedules_in_the_past_or_too_far_ahead_are_refused() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let now = setup.clock.now();
+    for start in [now - Duration::minutes(5), now + Duration::days(31)] {
+        let error = broker
+            .request_access(&caller(), scheduled("s", start))
+            .await
+            .unwrap_err();
+        match error {
+            BrokerError::InvalidRequest(violations) => assert_eq!(violations[0].field, "start_time"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Thirty seconds of clock skew are forgiven: the window starts now.
+    let outcome = broker
+        .request_access(&caller(), scheduled("skew", now - Duration::seconds(30)))
+        .await
+        .unwrap();
+    assert_eq!(outcome.grant.start, now);
+}
+
+#[tokio::test]
+async fn the_rules_see_a_schedule() {
+    let setup = Setup::new();
+    let broker = setup.broker(
+        r#"@id("no-unattended-schedules") forbid (principal, action == GrantBroker::Action::"auto_approve", resource)
+           when { context.scheduled && context.starts_in_seconds > 3600 };"#,
+        target(),
+        10,
+    );
+    let soon = broker
+        .request_access(&caller(), scheduled("soon", setup.clock.now() + Duration::minutes(30)))
+        .await
+        .unwrap()
+        .grant;
+    assert_eq!(soon.state, GrantState::Approved, "approved, not yet open");
+    let later = broker
+        .request_access(&caller(), scheduled("later", setup.clock.now() + Duration::hours(5)))
+        .await
+        .unwrap()
+        .grant;
+    assert_eq!(later.state, GrantState::PendingApproval);
+    assert!(
+        later
+            .decision
+            .policy_ids
+            .contains(&"no-unattended-schedules".to_owned())
+    );
+}

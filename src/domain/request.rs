@@ -2,6 +2,7 @@
 //! types that later code trusts.
 
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 
 use super::{
     ActionPattern, FieldViolation, ResourcePattern, Scope, Secret, Target, echo,
@@ -160,6 +161,8 @@ pub struct RawAccessRequest {
     pub scopes: Vec<(Vec<String>, Vec<String>)>,
     /// `None` when the caller sent no duration; otherwise (seconds, nanoseconds).
     pub duration: Option<(i64, i32)>,
+    /// When access should start (unix seconds, nanoseconds); `None`: as soon as approved.
+    pub start: Option<(i64, i32)>,
     pub justification: String,
     pub ticket: String,
     pub requester: String,
@@ -177,12 +180,17 @@ pub struct AccessRequest {
     pub target: String,
     pub scopes: Vec<Scope>,
     pub duration_secs: u64,
+    /// Scheduled access: the window starts then (or at approval, if later).
+    pub start: Option<OffsetDateTime>,
     pub justification: String,
     pub ticket: String,
     pub requester: String,
     pub grantee: String,
     pub mfa: Option<MfaToken>,
 }
+
+/// Furthest ahead access may be scheduled.
+pub const MAX_SCHEDULE_AHEAD: time::Duration = time::Duration::days(30);
 
 /// Whether `text` holds an invisible format character (see [`is_invisible_format`]).
 pub fn has_invisible_format(text: &str) -> bool {
@@ -296,6 +304,7 @@ impl AccessRequest {
             target,
             scopes,
             duration,
+            start,
             justification,
             ticket,
             requester,
@@ -383,6 +392,15 @@ impl AccessRequest {
         check_text("grantee", &grantee, &mut violations);
 
         let mfa = MfaToken::parse(mfa_serial, mfa_code, &mut violations);
+        let start = start.and_then(|(seconds, nanos)| {
+            OffsetDateTime::from_unix_timestamp(seconds)
+                .ok()
+                .and_then(|at| at.replace_nanosecond(u32::try_from(nanos).ok()?).ok())
+                .or_else(|| {
+                    violations.push(FieldViolation::new("start_time", "is not a valid time"));
+                    None
+                })
+        });
 
         if !violations.is_empty() {
             return Err(violations);
@@ -392,6 +410,7 @@ impl AccessRequest {
             target,
             scopes: parsed_scopes,
             duration_secs,
+            start,
             justification,
             ticket,
             requester,
@@ -421,6 +440,22 @@ impl AccessRequest {
         }
         violations.extend(check_within_ceiling(&self.scopes, &target.ceiling));
         violations
+    }
+
+    /// A scheduled start must be ahead (a minute of clock skew is forgiven), and at most
+    /// [`MAX_SCHEDULE_AHEAD`] away.
+    pub fn check_start(&self, now: OffsetDateTime) -> Vec<FieldViolation> {
+        match self.start {
+            Some(start) if start < now - time::Duration::minutes(1) => vec![FieldViolation::new(
+                "start_time",
+                format!("{start} is in the past; leave it unset to start as soon as approved"),
+            )],
+            Some(start) if start > now + MAX_SCHEDULE_AHEAD => vec![FieldViolation::new(
+                "start_time",
+                format!("{start} is more than 30 days ahead"),
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// Action patterns that match no action the catalog knows, unless the target allows them:
@@ -476,8 +511,14 @@ impl AccessRequest {
             })
             .collect::<Vec<_>>()
             .join(",");
+        // A scheduled start is part of the body, added only when set: bodies without one hash as
+        // they always have.
+        let start = self
+            .start
+            .map(|start| format!(r#","start":{}"#, start.unix_timestamp_nanos()))
+            .unwrap_or_default();
         format!(
-            r#"{{"target":{},"scopes":[{scopes}],"duration_secs":{},"justification":{},"ticket":{},"requester":{},"grantee":{},"mfa_serial":{}}}"#,
+            r#"{{"target":{},"scopes":[{scopes}],"duration_secs":{},"justification":{},"ticket":{},"requester":{},"grantee":{},"mfa_serial":{}{start}}}"#,
             string(&self.target),
             self.duration_secs,
             string(&self.justification),

@@ -55,10 +55,12 @@ pub enum SessionRefused {
     RecordInconsistent(String),
 }
 
-/// Why credentials cannot be minted for a grant.
+/// Why credentials cannot be minted for a grant: its state, or a window that has not started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotIssuable {
     pub state: GrantState,
+    /// Set when the grant is approved but its (scheduled) window starts later.
+    pub starts_at: Option<OffsetDateTime>,
 }
 
 /// Proof that a grant may have credentials minted now: it is approved and its window is open.
@@ -72,8 +74,12 @@ pub struct ApprovedGrant<'a> {
 impl<'a> ApprovedGrant<'a> {
     pub fn check(grant: &'a Grant, now: OffsetDateTime) -> Result<Self, NotIssuable> {
         match grant.state_at(now) {
+            GrantState::Approved if now < grant.start => Err(NotIssuable {
+                state: GrantState::Approved,
+                starts_at: Some(grant.start),
+            }),
             GrantState::Approved => Ok(Self { grant, now }),
-            state => Err(NotIssuable { state }),
+            state => Err(NotIssuable { state, starts_at: None }),
         }
     }
 

@@ -31,8 +31,10 @@ pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequ
         grantee,
         mfa_serial,
         mfa_code,
+        start_time,
     } = message;
     let raw = RawAccessRequest {
+        start: start_time.map(|prost_types::Timestamp { seconds, nanos }| (seconds, nanos)),
         request_id,
         target,
         scopes: scopes

@@ -55,6 +55,7 @@ pub mod proto {
                 .field("grantee", &self.grantee)
                 .field("mfa_serial", &self.mfa_serial)
                 .field("mfa_code", &"[redacted]")
+                .field("start_time", &self.start_time)
                 .finish()
         }
     }

@@ -213,6 +213,19 @@ impl From<BrokerError> for Status {
                 );
                 with_details(Code::FailedPrecondition, &message, details)
             }
+            BrokerError::NotStarted { grant_id, start } => {
+                let start = crate::domain::policy::rfc3339_utc(start);
+                let mut details = info(
+                    "WINDOW_NOT_STARTED",
+                    &[("grant_id", grant_id.to_string()), ("start_time", start.clone())],
+                );
+                details.add_precondition_failure_violation(
+                    "WINDOW",
+                    format!("grants/{grant_id}"),
+                    format!("the window starts at {start}"),
+                );
+                with_details(Code::FailedPrecondition, &message, details)
+            }
             BrokerError::TransitionNotAllowed { grant_id, refused } => {
                 let mut details = info(
                     "TRANSITION_NOT_ALLOWED",

@@ -48,6 +48,8 @@ pub struct RuleInput<'a> {
     /// which also uses it to refuse unknown actions.
     pub facts: &'a ActionFacts<'a>,
     pub duration_secs: u64,
+    /// When the window starts (the request time, a scheduled start, or an approval).
+    pub start: OffsetDateTime,
     pub justification: &'a str,
     pub ticket: &'a str,
     pub mfa_present: bool,
@@ -327,6 +329,11 @@ impl RuleEngine {
                 ("caller", Expr::new_entity_uid(entity_uid("Caller", input.caller)?)),
                 ("grantee", Expr::new_entity_uid(entity_uid("Grantee", input.grantee)?)),
                 ("duration_seconds", Expr::new_long(duration_seconds)),
+                ("scheduled", Expr::new_bool(input.start > input.now)),
+                (
+                    "starts_in_seconds",
+                    Expr::new_long((input.start - input.now).whole_seconds().max(0)),
+                ),
                 ("actions", strings(actions.iter().map(String::as_str))),
                 ("expanded_actions", strings(facts.expanded_actions.iter().copied())),
                 (
@@ -519,6 +526,7 @@ mod tests {
             ticket,
             mfa_present: false,
             now: datetime!(2026-11-25 14:00 UTC),
+            start: datetime!(2026-11-25 14:00 UTC),
         })
     }
 
@@ -634,6 +642,7 @@ mod tests {
                 ticket: "",
                 mfa_present: true,
                 now: datetime!(2026-11-29 23:59 UTC),
+                start: datetime!(2026-11-29 23:59 UTC),
             };
             for action in [&engine.actions.request, &engine.actions.auto_approve] {
                 let prepared = engine.prepare(&input, Some((&schema, action))).unwrap();
@@ -751,6 +760,7 @@ mod tests {
                     ticket: "",
                     mfa_present: false,
                     now: datetime!(2026-11-25 14:00 UTC),
+                    start: datetime!(2026-11-25 14:00 UTC),
                 });
                 decision_time += started.elapsed();
                 // `*` is denied (it can escalate), after one of the two authorizations.

@@ -727,6 +727,7 @@ pub fn read_logs_request(request_id: &str) -> proto::RequestAccessRequest {
         grantee: "vendor-x".to_owned(),
         mfa_serial: String::new(),
         mfa_code: String::new(),
+        start_time: None,
     }
 }
 

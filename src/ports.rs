@@ -112,8 +112,8 @@ pub trait GrantStore: Send + Sync + 'static {
         grant_end: OffsetDateTime,
     ) -> impl Future<Output = Result<Reservation, StoreError>> + Send;
 
-    /// Creates the grant with its first event in one atomic step, and queues it for approvers
-    /// when it is pending. `false` when a grant with this id already exists (nothing written).
+    /// Creates the grant with its first event in one atomic step, queues it for approvers when
+    /// it is pending, and schedules its deadline (when it expires unless something happens). `false` when a grant with this id already exists (nothing written).
     fn create(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The grant with its [`crate::domain::RECENT_ISSUANCES`] most recent issuances and their
@@ -128,6 +128,17 @@ pub trait GrantStore: Send + Sync + 'static {
         before: Option<GrantId>,
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
+
+    /// Up to `limit` ids of grants whose deadline (a pending grant's timeout, an approved
+    /// grant's end) is at or before `now`, earliest first.
+    fn due(&self, now: OffsetDateTime, limit: usize) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
+
+    /// Sets (or moves) a grant's deadline.
+    fn schedule_deadline(&self, id: GrantId, at: OffsetDateTime)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Forgets a grant's deadline (it has been recorded as expired, or ended otherwise).
+    fn forget_deadline(&self, id: GrantId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Up to `limit` grants of the queue of pending grants (every caller's), newest first,
     /// strictly older than `before` when given, and the id to continue before. Grants met there

@@ -59,6 +59,7 @@ pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
     let broker = Arc::new(broker);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
+    let expiry_task = tokio::spawn(sweep_expiries(Arc::clone(&broker)));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -81,7 +82,29 @@ pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     health_task.abort();
+    expiry_task.abort();
     Ok(result?)
+}
+
+/// How often each replica records the expiry of grants whose deadline has passed. Every replica
+/// sweeps; each expiry is recorded once whichever does (see `Broker::expire_due`).
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn sweep_expiries<S: GrantStore, I: CredentialIssuer, C: Clock>(broker: Arc<Broker<S, I, C>>) {
+    loop {
+        tokio::time::sleep(EXPIRY_INTERVAL).await;
+        // Until every due grant is handled: a sweep takes at most a batch.
+        loop {
+            match broker.expire_due().await {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "expiry sweep failed; retrying at the next interval");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// GrantBroker (and the server as a whole, service "") is SERVING while Redis answers: without

@@ -246,3 +246,25 @@ fn shared_redis() -> &'static RedisServer {
     static REDIS: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
     REDIS.get_or_init(RedisServer::start)
 }
+
+/// Deadlines are written with the grant, read in time order, moved and forgotten.
+#[tokio::test]
+async fn deadlines_are_kept_beside_the_grants() {
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let early = sample_grant(GrantId::from_uuid(Uuid::now_v7()), "early", 0);
+    let mut late = sample_grant(GrantId::from_uuid(Uuid::now_v7()), "late", 0);
+    late.end += time::Duration::hours(1);
+    late.session_policy = build_session_policy(&late.scopes, late.end).unwrap();
+    for grant in [&late, &early] {
+        assert!(store.create(grant, &event()).await.unwrap());
+    }
+    let before_both = early.end - time::Duration::seconds(1);
+    assert!(store.due(before_both, 10).await.unwrap().is_empty());
+    assert_eq!(store.due(late.end, 10).await.unwrap(), [early.id, late.id], "earliest first");
+    assert_eq!(store.due(late.end, 1).await.unwrap(), [early.id], "bounded");
+    store.schedule_deadline(early.id, late.end + time::Duration::hours(1)).await.unwrap();
+    assert_eq!(store.due(late.end, 10).await.unwrap(), [late.id], "moved later");
+    store.forget_deadline(late.id).await.unwrap();
+    assert!(store.due(late.end, 10).await.unwrap().is_empty());
+}

@@ -95,6 +95,9 @@ fn max_duration_secs(target: &Target, role_chaining: bool) -> u64 {
     target.max_duration_secs.min(cap)
 }
 
+/// Deadlines one expiry sweep handles at most (the next sweep takes the rest).
+const EXPIRY_BATCH: usize = 100;
+
 /// Store pages one approval-queue call reads at most.
 const QUEUE_SCANS: usize = 5;
 
@@ -811,6 +814,11 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     if met {
                         grant.state = GrantState::Approved;
                         (grant.start, grant.end, grant.session_policy) = (start, end, policy);
+                        // Best effort: a grant whose deadline was not moved is met by the sweep
+                        // at its old deadline, found not yet due, and rescheduled then.
+                        if let Err(error) = self.store.schedule_deadline(id, end).await {
+                            tracing::warn!(grant_id = %id, %error, "could not move the grant's deadline");
+                        }
                     }
                     return Ok(grant);
                 }
@@ -1005,6 +1013,59 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             }
         }
         Ok((waiting, cursor))
+    }
+
+    /// Records the expiry of grants whose deadline has passed: a pending request that timed out,
+    /// an approved window that ended. Any replica may run it at any time: each expiry is one
+    /// compare-and-set with its `expired` event, so it is recorded exactly once. Returns how many
+    /// this call recorded.
+    pub async fn expire_due(&self) -> Result<usize, BrokerError> {
+        let now = self.clock.now();
+        let mut recorded = 0;
+        for id in self.store.due(now, EXPIRY_BATCH).await? {
+            let Some(grant) = self.store.get(id).await? else {
+                self.store.forget_deadline(id).await?;
+                continue;
+            };
+            match grant.deadline() {
+                // Final already (denied, cancelled, ...): nothing left to expire.
+                None => {}
+                // Moved later (an approval whose reschedule was lost): put it where it belongs.
+                Some(deadline) if deadline > now => {
+                    self.store.schedule_deadline(id, deadline).await?;
+                    continue;
+                }
+                Some(_) => {
+                    let transition = Transition::Expire;
+                    let event = GrantEvent {
+                        at: now,
+                        caller: "grant-broker".to_owned(),
+                        kind: EventKind::Expired { was: grant.state },
+                    };
+                    let changed = self
+                        .store
+                        .change_if_state(
+                            &grant,
+                            Change {
+                                expected: transition.allowed_from(),
+                                to: transition.to(),
+                                events: std::slice::from_ref(&event),
+                                approval: None,
+                                window: None,
+                                issuance: None,
+                                attempt_limit: None,
+                            },
+                        )
+                        .await?;
+                    if changed == Appended::Yes {
+                        tracing::info!(grant_id = %id, was = grant.state.as_str(), "grant expired");
+                        recorded += 1;
+                    }
+                }
+            }
+            self.store.forget_deadline(id).await?;
+        }
+        Ok(recorded)
     }
 
     /// Whether the grant store answers; the health check reports it.

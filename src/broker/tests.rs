@@ -29,6 +29,7 @@ struct MemoryState {
     grants: BTreeMap<GrantId, (Grant, Vec<Issuance>, u32)>,
     events: HashMap<GrantId, Vec<GrantEvent>>,
     requests: HashMap<(CallerId, String), (GrantId, String)>,
+    deadlines: HashMap<GrantId, OffsetDateTime>,
     /// Makes the next conditional append that carries an issuance fail, as a dead Redis would.
     fail_issuance_write: bool,
 }
@@ -97,6 +98,9 @@ impl GrantStore for MemoryStore {
             return Ok(false);
         }
         state.grants.insert(grant.id, (grant.clone(), Vec::new(), 0));
+        if let Some(deadline) = grant.deadline() {
+            state.deadlines.insert(grant.id, deadline);
+        }
         state.events.entry(grant.id).or_default().push(event.clone());
         Ok(true)
     }
@@ -158,6 +162,28 @@ impl GrantStore for MemoryStore {
             .or_default()
             .extend(change.events.iter().cloned());
         Ok(Appended::Yes)
+    }
+
+    async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<GrantId>, StoreError> {
+        let state = self.0.lock().unwrap();
+        let mut due: Vec<(OffsetDateTime, GrantId)> = state
+            .deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, at)| (*at, *id))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
+    async fn schedule_deadline(&self, id: GrantId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.0.lock().unwrap().deadlines.insert(id, at);
+        Ok(())
+    }
+
+    async fn forget_deadline(&self, id: GrantId) -> Result<(), StoreError> {
+        self.0.lock().unwrap().deadlines.remove(&id);
+        Ok(())
     }
 
     async fn list_pending(
@@ -715,4 +741,90 @@ async fn the_rules_see_a_schedule() {
             .policy_ids
             .contains(&"no-unattended-schedules".to_owned())
     );
+}
+
+#[tokio::test]
+async fn expiries_are_recorded_once_whoever_sweeps() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let other_replica = setup.broker("", target(), 10);
+    let approved = broker.request_access(&caller(), request("a")).await.unwrap().grant;
+    let humans = setup.broker(HUMANS_ONLY, target(), 10);
+    let pending = humans.request_access(&caller(), request("p")).await.unwrap().grant;
+
+    assert_eq!(broker.expire_due().await.unwrap(), 0, "nothing is due yet");
+    // The approved window (30 minutes) ends; the pending request (24 hours) is not due.
+    setup.clock.advance(Duration::minutes(31));
+    assert_eq!(broker.expire_due().await.unwrap(), 1);
+    assert_eq!(other_replica.expire_due().await.unwrap(), 0, "recorded once");
+    let expired: Vec<_> = setup
+        .store
+        .events(approved.id)
+        .into_iter()
+        .filter(|event| {
+            matches!(
+                event.kind,
+                EventKind::Expired {
+                    was: GrantState::Approved
+                }
+            )
+        })
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        setup.store.0.lock().unwrap().grants[&approved.id].0.state,
+        GrantState::Expired
+    );
+
+    setup.clock.advance(Duration::hours(24));
+    assert_eq!(other_replica.expire_due().await.unwrap(), 1);
+    let last = setup.store.events(pending.id).pop().unwrap();
+    assert!(
+        matches!(
+            last.kind,
+            EventKind::Expired {
+                was: GrantState::PendingApproval
+            }
+        ),
+        "{last:?}"
+    );
+    assert!(setup.store.0.lock().unwrap().deadlines.is_empty());
+}
+
+#[tokio::test]
+async fn an_approval_moves_the_deadline_and_a_lost_move_is_repaired() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let pending = broker.request_access(&caller(), request("p")).await.unwrap().grant;
+    // Approved ten minutes before the request would have timed out: the window (30 minutes)
+    // reaches twenty minutes past the pending deadline.
+    setup.clock.advance(Duration::hours(23) + Duration::minutes(50));
+    broker
+        .approve_grant(
+            &approval_portal(),
+            pending.id,
+            Person::from_trusted("bob".into()),
+            String::new(),
+        )
+        .await
+        .unwrap();
+    // Past the old (pending) deadline, inside the new window: nothing expires.
+    setup.clock.advance(Duration::minutes(15));
+    assert_eq!(broker.expire_due().await.unwrap(), 0);
+    assert_eq!(
+        broker.get_grant(&caller(), pending.id).await.unwrap().state,
+        GrantState::Approved
+    );
+
+    // Had the deadline not moved, the sweep puts it right instead of expiring the grant.
+    setup
+        .store
+        .0
+        .lock()
+        .unwrap()
+        .deadlines
+        .insert(pending.id, setup.clock.now() - Duration::hours(1));
+    assert_eq!(broker.expire_due().await.unwrap(), 0);
+    setup.clock.advance(Duration::minutes(30));
+    assert_eq!(broker.expire_due().await.unwrap(), 1);
 }

@@ -177,6 +177,11 @@ pub enum EventKind {
     Cancelled {
         reason: String,
     },
+    /// Recorded once, by whichever broker replica noticed first: a pending request timed out
+    /// (`was` pending_approval) or an approved window ended (`was` approved).
+    Expired {
+        was: GrantState,
+    },
     /// An approval that did not (yet) meet the quorum, or the one that did (then `Approved`
     /// follows in the same step).
     ApprovalRecorded {
@@ -247,6 +252,18 @@ pub struct Grant {
     pub issuance_count: u64,
 }
 
+impl Grant {
+    /// When the grant expires unless something happens first: a pending request's timeout, an
+    /// approved window's end. `None` for final states.
+    pub fn deadline(&self) -> Option<OffsetDateTime> {
+        match self.state {
+            GrantState::PendingApproval => Some(self.pending_until),
+            GrantState::Approved => Some(self.end),
+            _ => None,
+        }
+    }
+}
+
 impl EventKind {
     /// The event's type, as the audit trail names it (`issued`, `approval_recorded`, ...).
     pub fn name(&self) -> &'static str {
@@ -257,6 +274,7 @@ impl EventKind {
             Self::IssueFailed { .. } => "issue_failed",
             Self::IssueDiscarded { .. } => "issue_discarded",
             Self::Cancelled { .. } => "cancelled",
+            Self::Expired { .. } => "expired",
             Self::ApprovalRecorded { .. } => "approval_recorded",
             Self::Approved { .. } => "approved",
             Self::Denied { .. } => "denied",

@@ -294,6 +294,11 @@ impl RedisGrantStore {
         format!("{}:pending", self.prefix)
     }
 
+    /// Grants' deadlines: a sorted set of ids scored by the unix time they expire at.
+    fn deadlines_key(&self) -> String {
+        format!("{}:deadlines", self.prefix)
+    }
+
     fn approvals_key(&self, id: GrantId) -> String {
         format!("{}:grant:{{{id}}}:approvals", self.prefix)
     }
@@ -481,25 +486,26 @@ impl GrantStore for RedisGrantStore {
             .arg(to_json(event)?)
             .arg(record::CURRENT_VERSION);
         let mut connection = self.connection.clone();
-        if grant.state != GrantState::PendingApproval {
-            let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
-            return Ok(reply == "created");
+        // The queue and the deadlines live in slots of their own, so they are written in the same
+        // round trip but not the same atomic step. A lost queue entry leaves a grant pending (and
+        // expiring: its deadline is read too); an entry whose grant is no longer pending is
+        // dropped when a reader meets it. A lost deadline leaves a grant that still reads as
+        // expired when its time has passed, only without the `expired` event.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.create).invoke_script(&invocation);
+        if let Some(deadline) = grant.deadline() {
+            pipe.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
         }
-        // The queue lives in a slot of its own, so it is written in the same round trip but not
-        // the same atomic step: a grant whose queue entry was lost is still pending and still
-        // expires; an entry whose grant is no longer pending is dropped when a reader meets it.
-        let trim_before = GrantId::lower_bound_at(grant.created_at - std::time::Duration::from_secs(MAX_PENDING_SECS));
-        let replies: Vec<Value> = redis::pipe()
-            .load_script(&self.create)
-            .invoke_script(&invocation)
-            .zadd(self.pending_key(), grant.id.to_string(), 0)
-            .cmd("ZREMRANGEBYLEX")
-            .arg(self.pending_key())
-            .arg("-")
-            .arg(format!("({trim_before}"))
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
+        if grant.state == GrantState::PendingApproval {
+            let trim_before =
+                GrantId::lower_bound_at(grant.created_at - std::time::Duration::from_secs(MAX_PENDING_SECS));
+            pipe.zadd(self.pending_key(), grant.id.to_string(), 0)
+                .cmd("ZREMRANGEBYLEX")
+                .arg(self.pending_key())
+                .arg("-")
+                .arg(format!("({trim_before}"));
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(unavailable)?;
         let created = replies
             .into_iter()
             .nth(1)
@@ -543,6 +549,44 @@ impl GrantStore for RedisGrantStore {
         };
         // Ids reserved by an attempt that never created its grant are skipped here.
         Ok((self.get_many(&ids).await?, next))
+    }
+
+    async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<GrantId>, StoreError> {
+        let mut connection = self.connection.clone();
+        let ids: Value = redis::cmd("ZRANGE")
+            .arg(self.deadlines_key())
+            .arg("-inf")
+            .arg(now.unix_timestamp())
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        reply::texts(ids)
+            .map_err(|what| StoreError::Corrupt(format!("deadlines: {what}")))?
+            .iter()
+            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
+            .collect()
+    }
+
+    async fn schedule_deadline(&self, id: GrantId, at: OffsetDateTime) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = connection
+            .zadd(self.deadlines_key(), id.to_string(), at.unix_timestamp())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn forget_deadline(&self, id: GrantId) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = connection
+            .zrem(self.deadlines_key(), id.to_string())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn list_pending(

@@ -153,6 +153,7 @@ fn pure_costs() {
         mfa_present: false,
         now: time::OffsetDateTime::now_utc(),
         start: time::OffsetDateTime::now_utc(),
+        break_glass: false,
     };
     // A narrow, a service-wide, an everything and a hostile request, to show what expansion
     // costs (the last makes pattern::matches run once per catalog action).

@@ -63,6 +63,14 @@ struct RequestArgs {
     credential_process: bool,
 }
 
+#[derive(clap::Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(flatten)]
+    fields: RequestFields,
+}
+
 /// What `request` and `explain` send.
 #[derive(clap::Args)]
 struct RequestFields {
@@ -93,6 +101,10 @@ struct RequestFields {
     /// Scheduled access: when the window starts (RFC 3339, at most 30 days ahead).
     #[arg(long, value_parser = parse_time)]
     start: Option<prost_types::Timestamp>,
+    /// An emergency: approved at once if the rules permit break-glass, reviewed afterwards
+    /// (needs --justification).
+    #[arg(long)]
+    break_glass: bool,
 }
 
 fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
@@ -119,6 +131,7 @@ impl RequestFields {
             mfa_serial,
             mfa_code,
             start,
+            break_glass,
         } = self;
         proto::RequestAccessRequest {
             request_id,
@@ -135,6 +148,7 @@ impl RequestFields {
             mfa_serial,
             mfa_code,
             start_time: start,
+            break_glass,
         }
     }
 }
@@ -157,12 +171,7 @@ enum Command {
         explain: Option<PathBuf>,
     },
     /// What a request would get (the decision, approvals, session policy), without making it.
-    Explain {
-        #[command(flatten)]
-        connection: Connection,
-        #[command(flatten)]
-        fields: RequestFields,
-    },
+    Explain(Box<ExplainArgs>),
     /// List the targets this caller may request.
     Targets {
         #[command(flatten)]
@@ -220,6 +229,18 @@ enum Command {
         /// Why (required).
         #[arg(long)]
         reason: String,
+    },
+    /// Review a break-glass grant after the fact, as the named approver; without an id, list the
+    /// break-glass grants not yet reviewed.
+    Review {
+        #[command(flatten)]
+        connection: Connection,
+        id: Option<String>,
+        #[arg(long, env = "GRANT_BROKER_APPROVER")]
+        reviewer: Option<String>,
+        /// What the review found (required with an id).
+        #[arg(long, default_value = "")]
+        comment: String,
     },
     /// Follow a grant's changes as they happen (one line each), until a final state.
     Watch {
@@ -412,7 +433,7 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             let message = proto::ListGrantsRequest {
                 page_size,
                 page_token,
-                waiting_for_approver: String::new(),
+                ..proto::ListGrantsRequest::default()
             };
             client::list(&mut connect(&connection).await?, message, connection.json).await
         }
@@ -426,6 +447,7 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 page_size,
                 page_token,
                 waiting_for_approver: approver,
+                ..proto::ListGrantsRequest::default()
             };
             client::list(&mut connect(&connection).await?, message, connection.json).await
         }
@@ -464,6 +486,26 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             let message = proto::DenyGrantRequest { id, approver, reason };
             client::deny(&mut connect(&connection).await?, message, connection.json).await
         }
+        Command::Review {
+            connection, id: None, ..
+        } => {
+            let message = proto::ListGrantsRequest {
+                break_glass_unreviewed: true,
+                ..proto::ListGrantsRequest::default()
+            };
+            client::list(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::Review {
+            connection,
+            id: Some(id),
+            reviewer,
+            comment,
+        } => {
+            let reviewer = reviewer
+                .ok_or_else(|| ClientError::new(Exit::Usage, "--reviewer (or GRANT_BROKER_APPROVER) is required"))?;
+            let message = proto::ReviewGrantRequest { id, reviewer, comment };
+            client::review(&mut connect(&connection).await?, message, connection.json).await
+        }
         Command::Watch {
             connection,
             id,
@@ -492,7 +534,8 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             let format = CredentialFormat::chosen(connection.json, export, credential_process);
             client::request(&mut connect(&connection).await?, fields.into_message(), format).await
         }
-        Command::Explain { connection, fields } => {
+        Command::Explain(arguments) => {
+            let ExplainArgs { connection, fields } = *arguments;
             client::explain(&mut connect(&connection).await?, fields.into_message(), connection.json).await
         }
         Command::Serve { .. } | Command::CheckConfig { .. } => {

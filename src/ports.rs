@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec,
-    approval::Approval,
+    approval::{Approval, Review},
 };
 
 /// The time. A port so tests can move it.
@@ -48,6 +48,8 @@ pub struct Change<'a> {
     /// An approval, written only while the grant has exactly this many (so the approval that
     /// meets a quorum is decided on what is recorded, whatever races it).
     pub approval: Option<(usize, &'a Approval)>,
+    /// A break-glass review, written only if the grant has none yet.
+    pub review: Option<&'a Review>,
     /// A new window: start, end, and the session policy for that end.
     pub window: Option<(OffsetDateTime, OffsetDateTime, &'a str)>,
     /// An issuance recorded together with the event.
@@ -69,6 +71,8 @@ pub enum Appended {
     LimitReached(u32),
     /// The grant has this many approvals now, not the number expected; nothing was written.
     ApprovalsChanged(usize),
+    /// The grant has been reviewed already; nothing was written.
+    AlreadyReviewed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,25 @@ pub enum StoreError {
     /// A stored record could not be read back: a bug or tampering, never the caller's fault.
     #[error("grant record unreadable: {0}")]
     Corrupt(String),
+}
+
+/// The queues of grants people work through, across callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Grants waiting for approvals.
+    Pending,
+    /// Break-glass grants not yet reviewed.
+    BreakGlassUnreviewed,
+}
+
+impl Queue {
+    /// Whether a grant (as stored) still belongs in the queue.
+    pub fn holds(self, grant: &Grant) -> bool {
+        match self {
+            Self::Pending => grant.state == GrantState::PendingApproval,
+            Self::BreakGlassUnreviewed => grant.decision.break_glass && grant.review.is_none(),
+        }
+    }
 }
 
 /// Notices that a grant may have changed, from whichever broker replica changed it.
@@ -114,7 +137,7 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Creates the grant with its first event in one atomic step, queues it for approvers when
     /// it is pending, and schedules its deadline (when it expires unless something happens). `false` when a grant with this id already exists (nothing written).
-    fn create(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn create(&self, grant: &Grant, events: &[GrantEvent]) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The grant with its [`crate::domain::RECENT_ISSUANCES`] most recent issuances and their
     /// total count.
@@ -140,11 +163,12 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Forgets a grant's deadline (it has been recorded as expired, or ended otherwise).
     fn forget_deadline(&self, id: GrantId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Up to `limit` grants of the queue of pending grants (every caller's), newest first,
-    /// strictly older than `before` when given, and the id to continue before. Grants met there
-    /// that are no longer pending are dropped from the queue and not returned.
-    fn list_pending(
+    /// Up to `limit` grants of a queue (every caller's), newest first, strictly older than
+    /// `before` when given, and the id to continue before. Grants met there that no longer
+    /// belong in it are dropped from it and not returned.
+    fn list_queue(
         &self,
+        queue: Queue,
         before: Option<GrantId>,
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;

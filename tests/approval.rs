@@ -379,6 +379,7 @@ async fn queue(
                 page_size,
                 page_token: page_token.to_owned(),
                 waiting_for_approver: approver.to_owned(),
+                ..Default::default()
             },
         ))
         .await
@@ -597,4 +598,143 @@ async fn a_watcher_on_one_broker_sees_every_change_made_through_another() {
         .await
         .unwrap_err();
     assert_status(&status, Code::NotFound, "GRANT_NOT_FOUND", &grant.id);
+}
+
+#[tokio::test]
+async fn break_glass_skips_the_wait_and_is_reviewed_after_the_fact() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let emergency = |ticket: &str, justification: &str| proto::RequestAccessRequest {
+        target: "prod-logs-read".into(),
+        scopes: vec![proto::Scope {
+            actions: vec!["s3:GetObject".into()],
+            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()],
+        }],
+        ticket: ticket.into(),
+        justification: justification.into(),
+        break_glass: true,
+        ..read_logs_request("")
+    };
+    let status = client
+        .request_access(authed(PORTAL_TOKEN, emergency("INC-1", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["justification"]);
+
+    let response = client
+        .request_access(authed(PORTAL_TOKEN, emergency("INC-1", "outage: checkout down")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.credentials.is_some(), "approved at once, no human in the loop");
+    let grant = response.grant.unwrap();
+    assert!(grant.break_glass);
+    assert_eq!(state(&grant), proto::GrantState::Approved);
+    assert!(
+        grant
+            .decision
+            .as_ref()
+            .unwrap()
+            .policy_ids
+            .contains(&"break-glass-with-a-ticket".to_owned())
+    );
+    let events: Vec<String> = redis
+        .events(&grant.id)
+        .await
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["requested", "break_glass_used", "issuing", "issued"]);
+
+    // Where the rules do not permit it (two hours), the request waits like any other, saying why.
+    let mut long = emergency("INC-1", "outage");
+    long.duration = Some(prost_types::Duration {
+        seconds: 7200,
+        nanos: 0,
+    });
+    let waiting = client
+        .request_access(authed(PORTAL_TOKEN, long))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(state(&waiting), proto::GrantState::PendingApproval);
+    assert!(!waiting.break_glass);
+    assert!(
+        waiting
+            .decision
+            .unwrap()
+            .reason
+            .contains("no rule permits break-glass here"),
+        "the reason says why"
+    );
+
+    // Reviewers see what is left to review; the requester may not review their own.
+    let to_review = |client: &mut Client| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_grants(authed(
+                    APPROVALS_TOKEN,
+                    proto::ListGrantsRequest {
+                        break_glass_unreviewed: true,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .grants
+                .into_iter()
+                .map(|grant| grant.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(to_review(&mut client).await, std::slice::from_ref(&grant.id));
+    let review = |reviewer: &str, comment: &str| proto::ReviewGrantRequest {
+        id: grant.id.clone(),
+        reviewer: reviewer.into(),
+        comment: comment.into(),
+    };
+    let status = client
+        .review_grant(authed(APPROVALS_TOKEN, review("alice@example.com", "fine")))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&status), "SELF_APPROVAL");
+    let status = client
+        .review_grant(authed(APPROVALS_TOKEN, review("bob@example.com", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["comment"]);
+    let reviewed = client
+        .review_grant(authed(
+            APPROVALS_TOKEN,
+            review("bob@example.com", "justified: INC-1 postmortem"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reviewed.review.unwrap().reviewer, "bob@example.com");
+    assert!(to_review(&mut client).await.is_empty());
+    let status = client
+        .review_grant(authed(APPROVALS_TOKEN, review("carol@example.com", "again")))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&status), "ALREADY_REVIEWED");
+    let status = client
+        .review_grant(authed(
+            APPROVALS_TOKEN,
+            proto::ReviewGrantRequest {
+                id: waiting.id.clone(),
+                reviewer: "bob@example.com".into(),
+                comment: "?".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&status), "NOT_BREAK_GLASS");
+    assert_eq!(redis.events(&grant.id).await.last().unwrap()["event"], "reviewed");
 }

@@ -176,8 +176,10 @@ fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
             reason: text.to_owned(),
             decided_at: start,
             approvals_required: Default::default(),
+            break_glass: false,
         },
         approvals: Vec::new(),
+        review: None,
         issuances: (0..issuances)
             .map(|n| Issuance {
                 access_key_id: format!("ASIA{n:016}"),
@@ -220,12 +222,12 @@ proptest! {
             let written = sample_grant(id, &text, issuances);
             let mut creation = written.clone();
             creation.issuances.clear();
-            assert!(store.create(&creation, &event()).await.unwrap());
+            assert!(store.create(&creation, &[event()]).await.unwrap());
             for issuance in &written.issuances {
                 let appended = store
                     .change_if_state(
                         &written,
-                        Change { expected: &[GrantState::Approved], to: None, events: &[event()], approval: None, window: None, issuance: Some(issuance), attempt_limit: None },
+                        Change { expected: &[GrantState::Approved], to: None, events: &[event()], approval: None, window: None, review: None, issuance: Some(issuance), attempt_limit: None },
                     )
                     .await
                     .unwrap();
@@ -257,13 +259,20 @@ async fn deadlines_are_kept_beside_the_grants() {
     late.end += time::Duration::hours(1);
     late.session_policy = build_session_policy(&late.scopes, late.end).unwrap();
     for grant in [&late, &early] {
-        assert!(store.create(grant, &event()).await.unwrap());
+        assert!(store.create(grant, &[event()]).await.unwrap());
     }
     let before_both = early.end - time::Duration::seconds(1);
     assert!(store.due(before_both, 10).await.unwrap().is_empty());
-    assert_eq!(store.due(late.end, 10).await.unwrap(), [early.id, late.id], "earliest first");
+    assert_eq!(
+        store.due(late.end, 10).await.unwrap(),
+        [early.id, late.id],
+        "earliest first"
+    );
     assert_eq!(store.due(late.end, 1).await.unwrap(), [early.id], "bounded");
-    store.schedule_deadline(early.id, late.end + time::Duration::hours(1)).await.unwrap();
+    store
+        .schedule_deadline(early.id, late.end + time::Duration::hours(1))
+        .await
+        .unwrap();
     assert_eq!(store.due(late.end, 10).await.unwrap(), [late.id], "moved later");
     store.forget_deadline(late.id).await.unwrap();
     assert!(store.due(late.end, 10).await.unwrap().is_empty());

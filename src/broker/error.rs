@@ -51,6 +51,12 @@ pub enum BrokerError {
         reason: String,
     },
 
+    #[error("grant {grant_id} was not approved as break-glass: there is nothing to review")]
+    NotBreakGlass { grant_id: GrantId },
+
+    #[error("grant {grant_id} has been reviewed already")]
+    AlreadyReviewed { grant_id: GrantId },
+
     #[error("grant {grant_id} has recorded as many approvals as a grant may")]
     TooManyApprovals { grant_id: GrantId },
 

@@ -74,6 +74,7 @@ pub fn explain(
         facts: &facts,
         duration_secs: request.duration_secs,
         start,
+        break_glass: request.break_glass,
         justification: &request.justification,
         ticket: &request.ticket,
         mfa_present: request.mfa.is_some(),

@@ -28,13 +28,13 @@ use crate::{
     domain::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
         GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
-        approval::{Approval, Person},
+        approval::{Approval, Person, Review},
         iam::Catalog,
         lifecycle::{NotAllowed, Transition},
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
-    ports::{Appended, Change, Clock, CredentialIssuer, GrantStore, Reservation, StoreError},
+    ports::{Appended, Change, Clock, CredentialIssuer, GrantStore, Queue, Reservation, StoreError},
     rules::{Eligibility, RuleEngine, RuleInput},
 };
 
@@ -123,6 +123,7 @@ fn with_rule_input<R>(
         facts: &facts,
         duration_secs: u64::try_from(grant.duration().whole_seconds()).unwrap_or(0),
         start: grant.start,
+        break_glass: grant.decision.break_glass,
         justification: &grant.justification,
         ticket: &grant.ticket,
         mfa_present,
@@ -273,6 +274,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             facts: &facts,
             duration_secs: request.duration_secs,
             start,
+            break_glass: request.break_glass,
             justification: &request.justification,
             ticket: &request.ticket,
             mfa_present: request.mfa.is_some(),
@@ -312,6 +314,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             pending_until,
             decision,
             approvals: Vec::new(),
+            review: None,
             issuances: Vec::new(),
             issuance_count: 0,
         };
@@ -319,7 +322,18 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             grant_id = %grant.id, caller = %caller.id, target = %grant.target, state = state.as_str(),
             policy_ids = ?grant.decision.policy_ids, "access requested"
         );
-        if !self.store.create(&grant, &event).await? {
+        let mut events = vec![event];
+        if grant.decision.break_glass {
+            events.push(GrantEvent {
+                at: now,
+                caller: caller.id.to_string(),
+                kind: EventKind::BreakGlassUsed {
+                    justification: grant.justification.clone(),
+                },
+            });
+            tracing::warn!(grant_id = %grant.id, caller = %caller.id, requester = %grant.requester, "break-glass used");
+        }
+        if !self.store.create(&grant, &events).await? {
             // A concurrent retry with the same request id created it first.
             let existing = self
                 .store
@@ -424,6 +438,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     events: std::slice::from_ref(&event),
                     approval: None,
                     window: None,
+                    review: None,
                     issuance: None,
                     attempt_limit: None,
                 },
@@ -433,7 +448,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             Appended::Yes => {}
             Appended::WrongState(state) => return Err(not_allowed(state)),
             Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) => {
+            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) | Appended::AlreadyReviewed => {
                 return Err(BrokerError::Store(StoreError::Corrupt(
                     "a cancellation was refused for a limit it does not have".to_owned(),
                 )));
@@ -475,6 +490,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     events: std::slice::from_ref(&issuing),
                     approval: None,
                     window: None,
+                    review: None,
                     issuance: None,
                     attempt_limit: Some(self.settings.max_issuances_per_grant),
                 },
@@ -525,6 +541,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     events: std::slice::from_ref(&issued),
                     approval: None,
                     window: None,
+                    review: None,
                     issuance: Some(&issuance),
                     attempt_limit: None,
                 },
@@ -803,6 +820,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                         events: &events,
                         approval: Some((before, &approval)),
                         window: met.then_some((start, end, policy.as_str())),
+                        review: None,
                         issuance: None,
                         attempt_limit: None,
                     },
@@ -831,7 +849,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     });
                 }
                 Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-                Appended::LimitReached(_) => {
+                Appended::LimitReached(_) | Appended::AlreadyReviewed => {
                     return Err(BrokerError::Store(StoreError::Corrupt(
                         "an approval was refused for an attempt limit it does not have".to_owned(),
                     )));
@@ -878,6 +896,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     events: std::slice::from_ref(&event),
                     approval: None,
                     window: None,
+                    review: None,
                     issuance: None,
                     attempt_limit: None,
                 },
@@ -894,9 +913,11 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 refused: NotAllowed { transition, state },
             }),
             Appended::Missing => Err(BrokerError::GrantNotFound(id)),
-            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) => Err(BrokerError::Store(StoreError::Corrupt(
-                "a denial was refused for a limit it does not have".to_owned(),
-            ))),
+            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) | Appended::AlreadyReviewed => {
+                Err(BrokerError::Store(StoreError::Corrupt(
+                    "a denial was refused for a limit it does not have".to_owned(),
+                )))
+            }
         }
     }
 
@@ -930,7 +951,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 attempts,
                 limit: self.settings.max_issuances_per_grant,
             }),
-            Appended::ApprovalsChanged(_) => Err(BrokerError::Store(StoreError::Corrupt(
+            Appended::ApprovalsChanged(_) | Appended::AlreadyReviewed => Err(BrokerError::Store(StoreError::Corrupt(
                 "an issuance was refused for an approval count it does not check".to_owned(),
             ))),
         }
@@ -997,7 +1018,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         // Where the scan is: the next call continues strictly before it.
         let mut cursor = before;
         for _ in 0..QUEUE_SCANS {
-            let (grants, more) = self.store.list_pending(cursor, page_size).await?;
+            let (grants, more) = self.store.list_queue(Queue::Pending, cursor, page_size).await?;
             for grant in grants {
                 cursor = Some(grant.id);
                 if decidable(&grant) {
@@ -1013,6 +1034,116 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             }
         }
         Ok((waiting, cursor))
+    }
+
+    /// Break-glass grants of every caller not yet reviewed, newest first (for callers that relay
+    /// approvers).
+    pub async fn unreviewed_break_glass(
+        &self,
+        caller: &Caller,
+        before: Option<GrantId>,
+        page_size: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        let (mut grants, next) = self
+            .store
+            .list_queue(Queue::BreakGlassUnreviewed, before, page_size.clamp(1, MAX_PAGE_SIZE))
+            .await?;
+        let now = self.clock.now();
+        for grant in &mut grants {
+            grant.state = grant.state_at(now);
+        }
+        Ok((grants, next))
+    }
+
+    /// An eligible approver (never the requester) reviews a break-glass grant after the fact:
+    /// once, whatever its state now, with a `reviewed` event.
+    pub async fn review_grant(
+        &self,
+        caller: &Caller,
+        id: GrantId,
+        reviewer: Person,
+        comment: String,
+    ) -> Result<Grant, BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        let mut grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        if !grant.decision.break_glass {
+            return Err(BrokerError::NotBreakGlass { grant_id: id });
+        }
+        if reviewer.as_str() == grant.requester {
+            return Err(BrokerError::SelfApproval {
+                grant_id: id,
+                approver: reviewer.to_string(),
+            });
+        }
+        let target = self
+            .targets
+            .get(&grant.target)
+            .ok_or_else(|| BrokerError::TargetNotAllowed {
+                caller: grant.caller.to_string(),
+                target: grant.target.clone(),
+            })?;
+        let now = self.clock.now();
+        let groups = self
+            .settings
+            .approver_groups
+            .get(&reviewer)
+            .cloned()
+            .unwrap_or_default();
+        self.check_eligible(&grant, target, &reviewer, &groups, now)?;
+        let review = Review {
+            reviewer: reviewer.clone(),
+            at: now,
+            comment: comment.clone(),
+            caller: caller.id.to_string(),
+        };
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Reviewed {
+                reviewer: reviewer.to_string(),
+                comment,
+            },
+        };
+        const ANY_STATE: [GrantState; 6] = [
+            GrantState::PendingApproval,
+            GrantState::Approved,
+            GrantState::Denied,
+            GrantState::Expired,
+            GrantState::Cancelled,
+            GrantState::Revoked,
+        ];
+        let changed = self
+            .store
+            .change_if_state(
+                &grant,
+                Change {
+                    expected: &ANY_STATE,
+                    to: None,
+                    events: std::slice::from_ref(&event),
+                    approval: None,
+                    window: None,
+                    review: Some(&review),
+                    issuance: None,
+                    attempt_limit: None,
+                },
+            )
+            .await?;
+        match changed {
+            Appended::Yes => {
+                tracing::info!(grant_id = %id, %reviewer, "break-glass grant reviewed");
+                grant.review = Some(review);
+                grant.state = grant.state_at(now);
+                Ok(grant)
+            }
+            Appended::AlreadyReviewed => Err(BrokerError::AlreadyReviewed { grant_id: id }),
+            Appended::Missing => Err(BrokerError::GrantNotFound(id)),
+            Appended::WrongState(_) | Appended::LimitReached(_) | Appended::ApprovalsChanged(_) => {
+                Err(BrokerError::Store(StoreError::Corrupt(
+                    "a review was refused for a check it does not make".to_owned(),
+                )))
+            }
+        }
     }
 
     /// Records the expiry of grants whose deadline has passed: a pending request that timed out,
@@ -1052,6 +1183,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                                 events: std::slice::from_ref(&event),
                                 approval: None,
                                 window: None,
+                                review: None,
                                 issuance: None,
                                 attempt_limit: None,
                             },

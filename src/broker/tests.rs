@@ -92,7 +92,7 @@ impl GrantStore for MemoryStore {
         Ok(Reservation::New)
     }
 
-    async fn create(&self, grant: &Grant, event: &GrantEvent) -> Result<bool, StoreError> {
+    async fn create(&self, grant: &Grant, events: &[GrantEvent]) -> Result<bool, StoreError> {
         let mut state = self.0.lock().unwrap();
         if state.grants.contains_key(&grant.id) {
             return Ok(false);
@@ -101,7 +101,7 @@ impl GrantStore for MemoryStore {
         if let Some(deadline) = grant.deadline() {
             state.deadlines.insert(grant.id, deadline);
         }
-        state.events.entry(grant.id).or_default().push(event.clone());
+        state.events.entry(grant.id).or_default().extend(events.iter().cloned());
         Ok(true)
     }
 
@@ -186,8 +186,9 @@ impl GrantStore for MemoryStore {
         Ok(())
     }
 
-    async fn list_pending(
+    async fn list_queue(
         &self,
+        _queue: crate::ports::Queue,
         _before: Option<GrantId>,
         _limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {

@@ -116,6 +116,12 @@ pub fn grant_json(grant: &proto::Grant) -> Value {
         },
         "issuance_count": grant.issuance_count,
         "approvals_required": grant.approvals_required,
+        "break_glass": grant.break_glass,
+        "review": grant.review.as_ref().map(|r| json!({
+            "reviewer": r.reviewer,
+            "review_time": time_text(r.review_time.as_ref()),
+            "comment": r.comment,
+        })),
         "approval_deadline": time_text(grant.approval_deadline.as_ref()),
         "approvals": grant.approvals.iter().map(|a| json!({
             "approver": a.approver,
@@ -177,6 +183,22 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
                 format!(": {}", approval.comment)
             }
         );
+    }
+    if grant.break_glass {
+        match &grant.review {
+            Some(review) => {
+                let _ = writeln!(
+                    text,
+                    "  break-glass, reviewed by {} at {}: {}",
+                    review.reviewer,
+                    time_text(review.review_time.as_ref()),
+                    review.comment
+                );
+            }
+            None => {
+                let _ = writeln!(text, "  break-glass, not yet reviewed");
+            }
+        }
     }
     if grant.state == i32::from(proto::GrantState::PendingApproval) {
         let _ = writeln!(
@@ -461,6 +483,14 @@ pub async fn approve(
     json: bool,
 ) -> Result<String, ClientError> {
     Ok(grant_text(&client.approve_grant(message).await?.into_inner(), json))
+}
+
+pub async fn review(
+    client: &mut Client,
+    message: proto::ReviewGrantRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    Ok(grant_text(&client.review_grant(message).await?.into_inner(), json))
 }
 
 pub async fn deny(client: &mut Client, message: proto::DenyGrantRequest, json: bool) -> Result<String, ClientError> {

@@ -78,6 +78,16 @@ pub struct Approval {
     pub caller: String,
 }
 
+/// A reviewer's look at a break-glass grant after the fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Review {
+    pub reviewer: Person,
+    pub at: OffsetDateTime,
+    pub comment: String,
+    /// The calling system that relayed it.
+    pub caller: String,
+}
+
 /// How many approvals of which groups a grant needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApprovalRequirement {

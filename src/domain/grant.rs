@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{
     CallerId, Scope,
-    approval::{Approval, ApprovalRequirement},
+    approval::{Approval, ApprovalRequirement, Review},
 };
 
 /// A grant's id: a UUIDv7, so ids sort by creation time (the audit indexes rely on it).
@@ -114,6 +114,8 @@ pub struct Decision {
     pub decided_at: OffsetDateTime,
     /// For a grant that waits for people: how many approvals, from which groups.
     pub approvals_required: ApprovalRequirement,
+    /// Approved at once as break-glass: to be reviewed after the fact.
+    pub break_glass: bool,
 }
 
 /// One set of credentials minted for a grant: what identifies the session in CloudTrail and for
@@ -176,6 +178,15 @@ pub enum EventKind {
     /// The requesting caller withdrew the grant.
     Cancelled {
         reason: String,
+    },
+    /// The grant was approved at once as break-glass: reviewers read the justification.
+    BreakGlassUsed {
+        justification: String,
+    },
+    /// An approver reviewed a break-glass grant after the fact.
+    Reviewed {
+        reviewer: String,
+        comment: String,
     },
     /// Recorded once, by whichever broker replica noticed first: a pending request timed out
     /// (`was` pending_approval) or an approved window ended (`was` approved).
@@ -246,6 +257,8 @@ pub struct Grant {
     pub decision: Decision,
     /// The approvals recorded so far, oldest first.
     pub approvals: Vec<Approval>,
+    /// For a break-glass grant: its review after the fact, once made.
+    pub review: Option<Review>,
     /// The most recent issuances, oldest first: at most [`RECENT_ISSUANCES`].
     pub issuances: Vec<Issuance>,
     /// How many issuances the grant has had in all.
@@ -275,6 +288,8 @@ impl EventKind {
             Self::IssueDiscarded { .. } => "issue_discarded",
             Self::Cancelled { .. } => "cancelled",
             Self::Expired { .. } => "expired",
+            Self::BreakGlassUsed { .. } => "break_glass_used",
+            Self::Reviewed { .. } => "reviewed",
             Self::ApprovalRecorded { .. } => "approval_recorded",
             Self::Approved { .. } => "approved",
             Self::Denied { .. } => "denied",

@@ -163,6 +163,8 @@ pub struct RawAccessRequest {
     pub duration: Option<(i64, i32)>,
     /// When access should start (unix seconds, nanoseconds); `None`: as soon as approved.
     pub start: Option<(i64, i32)>,
+    /// An emergency: approved at once if the rules permit break-glass.
+    pub break_glass: bool,
     pub justification: String,
     pub ticket: String,
     pub requester: String,
@@ -182,6 +184,8 @@ pub struct AccessRequest {
     pub duration_secs: u64,
     /// Scheduled access: the window starts then (or at approval, if later).
     pub start: Option<OffsetDateTime>,
+    /// Break-glass: approved at once if a rule permits it, reviewed after the fact.
+    pub break_glass: bool,
     pub justification: String,
     pub ticket: String,
     pub requester: String,
@@ -305,6 +309,7 @@ impl AccessRequest {
             scopes,
             duration,
             start,
+            break_glass,
             justification,
             ticket,
             requester,
@@ -392,6 +397,12 @@ impl AccessRequest {
         check_text("grantee", &grantee, &mut violations);
 
         let mfa = MfaToken::parse(mfa_serial, mfa_code, &mut violations);
+        if break_glass && justification.trim().is_empty() {
+            violations.push(FieldViolation::new(
+                "justification",
+                "is required for break-glass: the reviewers read it",
+            ));
+        }
         let start = start.and_then(|(seconds, nanos)| {
             OffsetDateTime::from_unix_timestamp(seconds)
                 .ok()
@@ -411,6 +422,7 @@ impl AccessRequest {
             scopes: parsed_scopes,
             duration_secs,
             start,
+            break_glass,
             justification,
             ticket,
             requester,
@@ -516,7 +528,8 @@ impl AccessRequest {
         let start = self
             .start
             .map(|start| format!(r#","start":{}"#, start.unix_timestamp_nanos()))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + if self.break_glass { r#","break_glass":true"# } else { "" };
         format!(
             r#"{{"target":{},"scopes":[{scopes}],"duration_secs":{},"justification":{},"ticket":{},"requester":{},"grantee":{},"mfa_serial":{}{start}}}"#,
             string(&self.target),

@@ -307,8 +307,10 @@ mod tests {
                 reason: String::new(),
                 decided_at: start,
                 approvals_required: Default::default(),
+                break_glass: false,
             },
             approvals: vec![],
+            review: None,
             issuances: vec![],
             issuance_count: 0,
         }

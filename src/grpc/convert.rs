@@ -32,8 +32,10 @@ pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequ
         mfa_serial,
         mfa_code,
         start_time,
+        break_glass,
     } = message;
     let raw = RawAccessRequest {
+        break_glass,
         start: start_time.map(|prost_types::Timestamp { seconds, nanos }| (seconds, nanos)),
         request_id,
         target,
@@ -106,6 +108,11 @@ pub fn approve_grant(message: proto::ApproveGrantRequest) -> Result<(GrantId, Pe
     approver_decision(id, approver, ("comment", comment), false)
 }
 
+pub fn review_grant(message: proto::ReviewGrantRequest) -> Result<(GrantId, Person, String), Status> {
+    let proto::ReviewGrantRequest { id, reviewer, comment } = message;
+    approver_decision(id, reviewer, ("comment", comment), true)
+}
+
 pub fn deny_grant(message: proto::DenyGrantRequest) -> Result<(GrantId, Person, String), Status> {
     let proto::DenyGrantRequest { id, approver, reason } = message;
     approver_decision(id, approver, ("reason", reason), true)
@@ -146,6 +153,8 @@ pub struct GrantListing {
     pub before: Option<GrantId>,
     /// An approver's queue instead of the caller's own grants.
     pub waiting_for: Option<Person>,
+    /// Break-glass grants to review instead of the caller's own grants.
+    pub break_glass_unreviewed: bool,
 }
 
 pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, Status> {
@@ -153,6 +162,7 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
         page_size,
         page_token,
         waiting_for_approver,
+        break_glass_unreviewed,
     } = message;
     let mut violations = Vec::new();
     let page_size = match usize::try_from(page_size) {
@@ -182,11 +192,18 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
             .map_err(|violation| violations.push(violation))
             .ok()
     };
+    if waiting_for.is_some() && break_glass_unreviewed {
+        violations.push(FieldViolation::new(
+            "break_glass_unreviewed",
+            "ask for one list at a time: an approver's queue, or the break-glass grants to review",
+        ));
+    }
     if violations.is_empty() {
         Ok(GrantListing {
             page_size,
             before,
             waiting_for,
+            break_glass_unreviewed,
         })
     } else {
         Err(invalid(violations))
@@ -336,6 +353,13 @@ pub fn grant(grant: &Grant) -> proto::Grant {
             .collect(),
         approvals_required: grant.decision.approvals_required.to_annotation(),
         approval_deadline: Some(timestamp(grant.pending_until)),
+        break_glass: grant.decision.break_glass,
+        review: grant.review.as_ref().map(|review| proto::Review {
+            reviewer: review.reviewer.to_string(),
+            review_time: Some(timestamp(review.at)),
+            comment: review.comment.clone(),
+            caller: review.caller.clone(),
+        }),
     }
 }
 

@@ -128,6 +128,16 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn review_grant(
+        &self,
+        request: Request<proto::ReviewGrantRequest>,
+    ) -> Result<Response<proto::Grant>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, reviewer, comment) = convert::review_grant(request.into_inner())?;
+        let grant = self.broker.review_grant(&caller, id, reviewer, comment).await?;
+        Ok(Response::new(convert::grant(&grant)))
+    }
+
     async fn deny_grant(&self, request: Request<proto::DenyGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
         let (id, approver, reason) = convert::deny_grant(request.into_inner())?;
@@ -141,15 +151,20 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
         let caller = caller_of(&request)?;
         let listing = convert::list_grants(request.into_inner())?;
-        let (grants, next) = match &listing.waiting_for {
-            None => {
-                self.broker
-                    .list_grants(&caller, listing.before, listing.page_size)
-                    .await?
-            }
-            Some(approver) => {
+        let (grants, next) = match (&listing.waiting_for, listing.break_glass_unreviewed) {
+            (Some(approver), _) => {
                 self.broker
                     .approval_queue(&caller, approver, listing.before, listing.page_size)
+                    .await?
+            }
+            (None, true) => {
+                self.broker
+                    .unreviewed_break_glass(&caller, listing.before, listing.page_size)
+                    .await?
+            }
+            (None, false) => {
+                self.broker
+                    .list_grants(&caller, listing.before, listing.page_size)
                     .await?
             }
         };

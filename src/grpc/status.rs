@@ -261,6 +261,16 @@ impl From<BrokerError> for Status {
                     &[("grant_id", grant_id.to_string()), ("policy_ids", policy_ids.join(","))],
                 ),
             ),
+            BrokerError::NotBreakGlass { grant_id } => with_details(
+                Code::FailedPrecondition,
+                &message,
+                info("NOT_BREAK_GLASS", &[("grant_id", grant_id.to_string())]),
+            ),
+            BrokerError::AlreadyReviewed { grant_id } => with_details(
+                Code::FailedPrecondition,
+                &message,
+                info("ALREADY_REVIEWED", &[("grant_id", grant_id.to_string())]),
+            ),
             BrokerError::TooManyApprovals { grant_id } => with_details(
                 Code::FailedPrecondition,
                 &message,

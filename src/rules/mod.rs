@@ -50,6 +50,8 @@ pub struct RuleInput<'a> {
     pub duration_secs: u64,
     /// When the window starts (the request time, a scheduled start, or an approval).
     pub start: OffsetDateTime,
+    /// The requester invokes break-glass (an emergency): approved at once if a rule permits it.
+    pub break_glass: bool,
     pub justification: &'a str,
     pub ticket: &'a str,
     pub mfa_present: bool,
@@ -71,6 +73,7 @@ struct Actions {
     request: EntityUid,
     auto_approve: EntityUid,
     approve: EntityUid,
+    break_glass: EntityUid,
 }
 
 /// Whether a person may approve (or deny) a grant, and which rules say so.
@@ -150,6 +153,7 @@ impl RuleEngine {
             request: entity_uid("Action", "request").map_err(|error| vec![error])?,
             auto_approve: entity_uid("Action", "auto_approve").map_err(|error| vec![error])?,
             approve: entity_uid("Action", "approve").map_err(|error| vec![error])?,
+            break_glass: entity_uid("Action", "break_glass").map_err(|error| vec![error])?,
         };
         Ok(Self {
             approvals,
@@ -234,6 +238,7 @@ impl RuleEngine {
             reason,
             decided_at: input.now,
             approvals_required: ApprovalRequirement::default(),
+            break_glass: false,
         };
         let request = match self
             .prepare(input, None)
@@ -263,6 +268,35 @@ impl RuleEngine {
             return decision(Outcome::Deny, request_ids, reason);
         }
         let permitted = format!("permitted by {}", self.describe(&request_ids));
+        // Break-glass: approved at once when a rule permits it (and nothing above forbade the
+        // request); a failing policy withholds it, like automatic approval.
+        let mut glass_refused = String::new();
+        if input.break_glass {
+            match self.authorize(&self.actions.break_glass, &prepared, None) {
+                Ok(response) if self.failed_policies(&response).is_empty() => {
+                    let glass_ids = self.determining(&response);
+                    if response.decision() == CedarDecision::Allow {
+                        let reason = format!("{permitted}; break-glass permitted by {}", self.describe(&glass_ids));
+                        let mut approved = decision(Outcome::Approve, union(request_ids, glass_ids), reason);
+                        approved.break_glass = true;
+                        return approved;
+                    }
+                    glass_refused = if glass_ids.is_empty() {
+                        "; no rule permits break-glass here".to_owned()
+                    } else {
+                        format!("; break-glass forbidden by {}", self.describe(&glass_ids))
+                    };
+                }
+                Ok(response) => {
+                    glass_refused = format!(
+                        "; break-glass withheld because {} failed to evaluate",
+                        self.describe(&self.failed_policies(&response))
+                    );
+                }
+                Err(error) => glass_refused = format!("; break-glass could not be evaluated: {error}"),
+            }
+        }
+        let permitted = format!("{permitted}{glass_refused}");
         let approve = match self.authorize(&self.actions.auto_approve, &prepared, None) {
             Ok(response) => response,
             Err(error) => {
@@ -330,6 +364,7 @@ impl RuleEngine {
                 ("grantee", Expr::new_entity_uid(entity_uid("Grantee", input.grantee)?)),
                 ("duration_seconds", Expr::new_long(duration_seconds)),
                 ("scheduled", Expr::new_bool(input.start > input.now)),
+                ("break_glass", Expr::new_bool(input.break_glass)),
                 (
                     "starts_in_seconds",
                     Expr::new_long((input.start - input.now).whole_seconds().max(0)),
@@ -527,6 +562,7 @@ mod tests {
             mfa_present: false,
             now: datetime!(2026-11-25 14:00 UTC),
             start: datetime!(2026-11-25 14:00 UTC),
+            break_glass: false,
         })
     }
 
@@ -643,6 +679,7 @@ mod tests {
                 mfa_present: true,
                 now: datetime!(2026-11-29 23:59 UTC),
                 start: datetime!(2026-11-29 23:59 UTC),
+                break_glass: false,
             };
             for action in [&engine.actions.request, &engine.actions.auto_approve] {
                 let prepared = engine.prepare(&input, Some((&schema, action))).unwrap();
@@ -761,6 +798,7 @@ mod tests {
                     mfa_present: false,
                     now: datetime!(2026-11-25 14:00 UTC),
                     start: datetime!(2026-11-25 14:00 UTC),
+                    break_glass: false,
                 });
                 decision_time += started.elapsed();
                 // `*` is denied (it can escalate), after one of the two authorizations.
@@ -849,8 +887,8 @@ mod tests {
         ])
         .unwrap_err();
         // One parse error, one duplicate id, a bad @approvals, and a schema error for each of
-        // the three actions `a.cedar` covers.
-        assert_eq!(problems.len(), 6, "{problems:?}");
+        // the four actions `a.cedar` covers.
+        assert_eq!(problems.len(), 7, "{problems:?}");
         assert!(problems[0].starts_with("b.cedar:"), "{problems:?}");
         assert!(problems[1].starts_with("c.cedar: policy `x`"), "{problems:?}");
         assert!(

@@ -728,6 +728,7 @@ pub fn read_logs_request(request_id: &str) -> proto::RequestAccessRequest {
         mfa_serial: String::new(),
         mfa_code: String::new(),
         start_time: None,
+        break_glass: false,
     }
 }
 

@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 use self::record::StoredGrant;
 use crate::{
     domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret},
-    ports::{Appended, Change, ChangeFeed, GrantStore, Reservation, StoreError},
+    ports::{Appended, Change, ChangeFeed, GrantStore, Queue, Reservation, StoreError},
 };
 
 /// Connection and retention settings. Debug hides the URL's password.
@@ -129,8 +129,8 @@ return 'new'
 /// KEYS: grant, events; ARGV: state, doc, expiry (unix s), first event, record version.
 const CREATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
-redis.call('HSET', KEYS[1], 'v', ARGV[5], 'state', ARGV[1], 'doc', ARGV[2], 'attempts', 0)
-redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'state', ARGV[1], 'doc', ARGV[2], 'attempts', 0)
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
 redis.call('EXPIREAT', KEYS[2], ARGV[3])
 return 'created'
@@ -139,7 +139,8 @@ return 'created'
 /// KEYS: grant, issuances, events, approvals.
 /// ARGV: expected states (space-separated), expiry (unix s), attempt limit (empty: not an STS
 /// attempt), new state (empty: unchanged), approvals expected so far (empty: no approval),
-/// approval, window (empty: unchanged), issuance (empty: none), then one or more events.
+/// approval, window (empty: unchanged), issuance (empty: none), review (empty: none; refused
+/// once the grant has one), then one or more events.
 /// Records of the first release have no `attempts` field: their issuances are the attempts they
 /// are known to have made. Expiries only ever move later (an approval moves the window).
 const CHANGE_IF_STATE: &str = r"
@@ -150,6 +151,7 @@ for allowed in string.gmatch(ARGV[1], '%S+') do
   if allowed == state then expected = true end
 end
 if not expected then return 'state ' .. state end
+if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[1], 'review') == 1 then return 'reviewed' end
 if ARGV[5] ~= '' then
   local approvals = redis.call('LLEN', KEYS[4])
   if approvals ~= tonumber(ARGV[5]) then return 'approvals ' .. approvals end
@@ -163,7 +165,8 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[4]) end
 if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
-for i = 9, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'review', ARGV[9]) end
+for i = 10, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
 redis.call('PUBLISH', KEYS[3], 'changed')
 local expiry = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
@@ -294,6 +297,11 @@ impl RedisGrantStore {
         format!("{}:pending", self.prefix)
     }
 
+    /// Break-glass grants not yet reviewed: a sorted set of ids, all score 0.
+    fn break_glass_key(&self) -> String {
+        format!("{}:break-glass", self.prefix)
+    }
+
     /// Grants' deadlines: a sorted set of ids scored by the unix time they expire at.
     fn deadlines_key(&self) -> String {
         format!("{}:deadlines", self.prefix)
@@ -332,7 +340,8 @@ impl RedisGrantStore {
             .arg("v")
             .arg("state")
             .arg("doc")
-            .arg("window");
+            .arg("window")
+            .arg("review");
         pipe.lrange(self.issuances_key(id), -recent, -1);
         pipe.llen(self.issuances_key(id));
         // Bounded: the broker records at most MAX_RECORDED_APPROVALS.
@@ -343,7 +352,7 @@ impl RedisGrantStore {
     fn decode_read(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<Grant>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
         let [fields, issuances, issuance_count, approvals] = replies;
-        let [version, state, doc, window]: [Value; 4] = reply::array_of(fields, 4)
+        let [version, state, doc, window, review]: [Value; 5] = reply::array_of(fields, 5)
             .map_err(&corrupt)?
             .try_into()
             .map_err(|_| corrupt("HMGET reply".to_owned()))?;
@@ -359,6 +368,7 @@ impl RedisGrantStore {
             state,
             doc,
             window: reply::optional_text(window).map_err(&corrupt)?,
+            review: reply::optional_text(review).map_err(&corrupt)?,
             approvals: reply::texts(approvals).map_err(&corrupt)?,
             issuances: reply::texts(issuances).map_err(&corrupt)?,
             issuance_count: reply::count(issuance_count).map_err(&corrupt)?,
@@ -476,15 +486,17 @@ impl GrantStore for RedisGrantStore {
         }
     }
 
-    async fn create(&self, grant: &Grant, event: &GrantEvent) -> Result<bool, StoreError> {
+    async fn create(&self, grant: &Grant, events: &[GrantEvent]) -> Result<bool, StoreError> {
         let mut invocation = self.create.key(self.grant_key(grant.id));
         invocation
             .key(self.events_key(grant.id))
             .arg(grant.state.as_str())
             .arg(record::encode_grant(grant).map_err(StoreError::Corrupt)?)
             .arg(self.expiry(grant.last_moment()))
-            .arg(to_json(event)?)
             .arg(record::CURRENT_VERSION);
+        for event in events {
+            invocation.arg(to_json(event)?);
+        }
         let mut connection = self.connection.clone();
         // The queue and the deadlines live in slots of their own, so they are written in the same
         // round trip but not the same atomic step. A lost queue entry leaves a grant pending (and
@@ -495,6 +507,9 @@ impl GrantStore for RedisGrantStore {
         pipe.load_script(&self.create).invoke_script(&invocation);
         if let Some(deadline) = grant.deadline() {
             pipe.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
+        }
+        if grant.decision.break_glass {
+            pipe.zadd(self.break_glass_key(), grant.id.to_string(), 0);
         }
         if grant.state == GrantState::PendingApproval {
             let trim_before =
@@ -589,21 +604,20 @@ impl GrantStore for RedisGrantStore {
         Ok(())
     }
 
-    async fn list_pending(
+    async fn list_queue(
         &self,
+        queue: Queue,
         before: Option<GrantId>,
         limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        let key = match queue {
+            Queue::Pending => self.pending_key(),
+            Queue::BreakGlassUnreviewed => self.break_glass_key(),
+        };
         let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
         let mut connection = self.connection.clone();
         let ids: Vec<String> = connection
-            .zrevrangebylex_limit(
-                self.pending_key(),
-                max,
-                "-",
-                0,
-                isize::try_from(limit + 1).unwrap_or(isize::MAX),
-            )
+            .zrevrangebylex_limit(&key, max, "-", 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
             .await
             .map_err(unavailable)?;
         let mut ids = ids
@@ -616,24 +630,21 @@ impl GrantStore for RedisGrantStore {
         } else {
             None
         };
-        let (pending, done): (Vec<Grant>, Vec<Grant>) = self
+        let (queued, done): (Vec<Grant>, Vec<Grant>) = self
             .get_many(&ids)
             .await?
             .into_iter()
-            .partition(|grant| grant.state == GrantState::PendingApproval);
+            .partition(|grant| queue.holds(grant));
         // Grants decided or cancelled leave the queue as readers meet them; ids whose grant is
         // gone are skipped by get_many, and the trim drops every entry older than any pending
         // grant can be. (Whether a pending grant has timed out is the broker's call, by its clock.)
         if !done.is_empty() {
             let _: i64 = connection
-                .zrem(
-                    self.pending_key(),
-                    done.iter().map(|grant| grant.id.to_string()).collect::<Vec<_>>(),
-                )
+                .zrem(&key, done.iter().map(|grant| grant.id.to_string()).collect::<Vec<_>>())
                 .await
                 .map_err(unavailable)?;
         }
-        Ok((pending, next))
+        Ok((queued, next))
     }
 
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
@@ -668,7 +679,11 @@ impl GrantStore for RedisGrantStore {
             .arg(approvals_before)
             .arg(approval)
             .arg(window)
-            .arg(issuance);
+            .arg(issuance)
+            .arg(match change.review {
+                Some(review) => record::encode_review(review).map_err(StoreError::Corrupt)?,
+                None => String::new(),
+            });
         for event in change.events {
             invocation.arg(to_json(event)?);
         }
@@ -707,6 +722,7 @@ impl GrantStore for RedisGrantStore {
                 .parse()
                 .map(Appended::LimitReached)
                 .map_err(|_| StoreError::Corrupt(format!("grant {}: attempts `{attempts}`", grant.id))),
+            None if reply == "reviewed" => Ok(Appended::AlreadyReviewed),
             Some(("approvals", count)) => count
                 .parse()
                 .map(Appended::ApprovalsChanged)

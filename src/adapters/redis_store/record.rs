@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     ActionPattern, CallerId, Decision, Grant, GrantId, GrantState, Issuance, Outcome, ResourcePattern, Scope,
-    approval::{Approval, ApprovalRequirement, Person},
+    approval::{Approval, ApprovalRequirement, Person, Review},
 };
 
 /// The version this release writes.
@@ -75,6 +75,15 @@ struct WindowV2 {
 }
 
 #[derive(Serialize, Deserialize)]
+struct ReviewV2 {
+    reviewer: String,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    comment: String,
+    caller: String,
+}
+
+#[derive(Serialize, Deserialize)]
 struct ApprovalV2 {
     approver: String,
     groups: Vec<String>,
@@ -97,6 +106,9 @@ struct DecisionV1 {
     reason: String,
     #[serde(with = "time::serde::rfc3339")]
     decided_at: OffsetDateTime,
+    /// Version 2.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    break_glass: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,6 +174,7 @@ pub fn encode_grant(grant: &Grant) -> Result<String, String> {
             policy_ids: decision.policy_ids.clone(),
             reason: decision.reason.clone(),
             decided_at: decision.decided_at,
+            break_glass: decision.break_glass,
         },
         approvals_required: Some(decision.approvals_required.to_annotation()),
         pending_until: Some(grant.pending_until),
@@ -174,6 +187,15 @@ pub fn encode_window(start: OffsetDateTime, end: OffsetDateTime, session_policy:
         start,
         end,
         session_policy: session_policy.to_owned(),
+    })
+}
+
+pub fn encode_review(review: &Review) -> Result<String, String> {
+    encode(&ReviewV2 {
+        reviewer: review.reviewer.as_str().to_owned(),
+        at: review.at,
+        comment: review.comment.clone(),
+        caller: review.caller.clone(),
     })
 }
 
@@ -205,6 +227,7 @@ pub struct StoredGrant {
     pub state: String,
     pub doc: String,
     pub window: Option<String>,
+    pub review: Option<String>,
     pub approvals: Vec<String>,
     /// The most recent issuances, oldest first.
     pub issuances: Vec<String>,
@@ -241,6 +264,18 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| format!("approval: {error}"))?;
     let pending_until = doc.pending_until.unwrap_or(doc.end);
+    let review = match &stored.review {
+        None => None,
+        Some(text) => {
+            let review: ReviewV2 = serde_json::from_str(text).map_err(|error| format!("review: {error}"))?;
+            Some(Review {
+                reviewer: Person::from_trusted(review.reviewer),
+                at: review.at,
+                comment: review.comment,
+                caller: review.caller,
+            })
+        }
+    };
     let (start, end, session_policy) = match window {
         Some(window) => (window.start, window.end, window.session_policy),
         None => (doc.start, doc.end, doc.session_policy),
@@ -294,8 +329,10 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
             reason: doc.decision.reason,
             decided_at: doc.decision.decided_at,
             approvals_required,
+            break_glass: doc.decision.break_glass,
         },
         approvals,
+        review,
         issuances,
         issuance_count: stored.issuance_count,
     })

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use crate::domain::{
     CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec,
     approval::{Approval, Review},
+    lifecycle::Transition,
 };
 
 /// The time. A port so tests can move it.
@@ -57,6 +58,38 @@ pub struct Change<'a> {
     /// This append announces an STS call: it counts one attempt against the grant and is refused
     /// once the grant has made this many.
     pub attempt_limit: Option<u32>,
+}
+
+impl<'a> Change<'a> {
+    /// A transition of the life cycle with its events: from exactly the states it allows, to
+    /// where it leads, nothing else written. Other changes start here and set more fields.
+    pub fn transition(transition: Transition, events: &'a [GrantEvent]) -> Self {
+        Self {
+            expected: transition.allowed_from(),
+            to: transition.to(),
+            events,
+            approval: None,
+            review: None,
+            window: None,
+            issuance: None,
+            attempt_limit: None,
+        }
+    }
+
+    /// Events (and whatever the caller sets besides) while the grant is in one of `expected`,
+    /// its state unchanged.
+    pub fn append(expected: &'a [GrantState], events: &'a [GrantEvent]) -> Self {
+        Self {
+            expected,
+            to: None,
+            events,
+            approval: None,
+            review: None,
+            window: None,
+            issuance: None,
+            attempt_limit: None,
+        }
+    }
 }
 
 /// Result of a conditional change.

@@ -95,6 +95,14 @@ fn max_duration_secs(target: &Target, role_chaining: bool) -> u64 {
     target.max_duration_secs.min(cap)
 }
 
+/// A store that refused a change for a check the change did not ask for (an attempt limit on a
+/// cancellation, say) is not behaving as its contract says: internal, never the caller's fault.
+fn unasked_refusal(change: &str, outcome: Appended) -> BrokerError {
+    BrokerError::Store(StoreError::Corrupt(format!(
+        "the store refused a {change} for a check it did not ask for: {outcome:?}"
+    )))
+}
+
 /// Deadlines one expiry sweep handles at most (the next sweep takes the rest).
 const EXPIRY_BATCH: usize = 100;
 
@@ -433,14 +441,8 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             .change_if_state(
                 &grant,
                 Change {
-                    expected: transition.allowed_from(),
                     to,
-                    events: std::slice::from_ref(&event),
-                    approval: None,
-                    window: None,
-                    review: None,
-                    issuance: None,
-                    attempt_limit: None,
+                    ..Change::transition(transition, std::slice::from_ref(&event))
                 },
             )
             .await?;
@@ -448,11 +450,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             Appended::Yes => {}
             Appended::WrongState(state) => return Err(not_allowed(state)),
             Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) | Appended::AlreadyReviewed => {
-                return Err(BrokerError::Store(StoreError::Corrupt(
-                    "a cancellation was refused for a limit it does not have".to_owned(),
-                )));
-            }
+            other => return Err(unasked_refusal("cancellation", other)),
         }
         tracing::info!(grant_id = %id, caller = %caller.id, "grant cancelled");
         grant.state = GrantState::Cancelled;
@@ -485,14 +483,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             .change_if_state(
                 grant,
                 Change {
-                    expected: &[GrantState::Approved],
-                    to: None,
-                    events: std::slice::from_ref(&issuing),
-                    approval: None,
-                    window: None,
-                    review: None,
                     issuance: None,
                     attempt_limit: Some(self.settings.max_issuances_per_grant),
+                    ..Change::append(&[GrantState::Approved], std::slice::from_ref(&issuing))
                 },
             )
             .await?;
@@ -536,14 +529,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             .change_if_state(
                 grant,
                 Change {
-                    expected: &[GrantState::Approved],
-                    to: None,
-                    events: std::slice::from_ref(&issued),
-                    approval: None,
-                    window: None,
-                    review: None,
                     issuance: Some(&issuance),
                     attempt_limit: None,
+                    ..Change::append(&[GrantState::Approved], std::slice::from_ref(&issued))
                 },
             )
             .await;
@@ -815,14 +803,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 .change_if_state(
                     &grant,
                     Change {
-                        expected: transition.allowed_from(),
-                        to: transition.to(),
-                        events: &events,
                         approval: Some((before, &approval)),
                         window: met.then_some((start, end, policy.as_str())),
-                        review: None,
-                        issuance: None,
-                        attempt_limit: None,
+                        ..Change::transition(transition, &events)
                     },
                 )
                 .await?;
@@ -849,11 +832,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     });
                 }
                 Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-                Appended::LimitReached(_) | Appended::AlreadyReviewed => {
-                    return Err(BrokerError::Store(StoreError::Corrupt(
-                        "an approval was refused for an attempt limit it does not have".to_owned(),
-                    )));
-                }
+                other => return Err(unasked_refusal("approval", other)),
             }
         }
         Err(BrokerError::Contended { grant_id: id })
@@ -888,19 +867,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         let transition = Transition::Deny;
         let changed = self
             .store
-            .change_if_state(
-                &grant,
-                Change {
-                    expected: transition.allowed_from(),
-                    to: transition.to(),
-                    events: std::slice::from_ref(&event),
-                    approval: None,
-                    window: None,
-                    review: None,
-                    issuance: None,
-                    attempt_limit: None,
-                },
-            )
+            .change_if_state(&grant, Change::transition(transition, std::slice::from_ref(&event)))
             .await?;
         match changed {
             Appended::Yes => {
@@ -913,11 +880,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 refused: NotAllowed { transition, state },
             }),
             Appended::Missing => Err(BrokerError::GrantNotFound(id)),
-            Appended::LimitReached(_) | Appended::ApprovalsChanged(_) | Appended::AlreadyReviewed => {
-                Err(BrokerError::Store(StoreError::Corrupt(
-                    "a denial was refused for a limit it does not have".to_owned(),
-                )))
-            }
+            other => Err(unasked_refusal("denial", other)),
         }
     }
 
@@ -951,9 +914,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 attempts,
                 limit: self.settings.max_issuances_per_grant,
             }),
-            Appended::ApprovalsChanged(_) | Appended::AlreadyReviewed => Err(BrokerError::Store(StoreError::Corrupt(
-                "an issuance was refused for an approval count it does not check".to_owned(),
-            ))),
+            other => Err(unasked_refusal("issuance", other)),
         }
     }
 
@@ -1105,27 +1066,13 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 comment,
             },
         };
-        const ANY_STATE: [GrantState; 6] = [
-            GrantState::PendingApproval,
-            GrantState::Approved,
-            GrantState::Denied,
-            GrantState::Expired,
-            GrantState::Cancelled,
-            GrantState::Revoked,
-        ];
         let changed = self
             .store
             .change_if_state(
                 &grant,
                 Change {
-                    expected: &ANY_STATE,
-                    to: None,
-                    events: std::slice::from_ref(&event),
-                    approval: None,
-                    window: None,
                     review: Some(&review),
-                    issuance: None,
-                    attempt_limit: None,
+                    ..Change::append(&GrantState::ALL, std::slice::from_ref(&event))
                 },
             )
             .await?;
@@ -1138,11 +1085,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             }
             Appended::AlreadyReviewed => Err(BrokerError::AlreadyReviewed { grant_id: id }),
             Appended::Missing => Err(BrokerError::GrantNotFound(id)),
-            Appended::WrongState(_) | Appended::LimitReached(_) | Appended::ApprovalsChanged(_) => {
-                Err(BrokerError::Store(StoreError::Corrupt(
-                    "a review was refused for a check it does not make".to_owned(),
-                )))
-            }
+            other => Err(unasked_refusal("review", other)),
         }
     }
 
@@ -1175,19 +1118,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     };
                     let changed = self
                         .store
-                        .change_if_state(
-                            &grant,
-                            Change {
-                                expected: transition.allowed_from(),
-                                to: transition.to(),
-                                events: std::slice::from_ref(&event),
-                                approval: None,
-                                window: None,
-                                review: None,
-                                issuance: None,
-                                attempt_limit: None,
-                            },
-                        )
+                        .change_if_state(&grant, Change::transition(transition, std::slice::from_ref(&event)))
                         .await?;
                     if changed == Appended::Yes {
                         tracing::info!(grant_id = %id, was = grant.state.as_str(), "grant expired");

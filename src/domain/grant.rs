@@ -71,17 +71,18 @@ impl GrantState {
         }
     }
 
+    /// Every state.
+    pub const ALL: [Self; 6] = [
+        Self::PendingApproval,
+        Self::Approved,
+        Self::Denied,
+        Self::Expired,
+        Self::Cancelled,
+        Self::Revoked,
+    ];
+
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::PendingApproval,
-            Self::Approved,
-            Self::Denied,
-            Self::Expired,
-            Self::Cancelled,
-            Self::Revoked,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == text)
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
     }
 }
 
@@ -361,14 +362,7 @@ mod tests {
 
     #[test]
     fn states_round_trip_through_their_names() {
-        for state in [
-            GrantState::PendingApproval,
-            GrantState::Approved,
-            GrantState::Denied,
-            GrantState::Expired,
-            GrantState::Cancelled,
-            GrantState::Revoked,
-        ] {
+        for state in GrantState::ALL {
             assert_eq!(GrantState::parse(state.as_str()), Some(state));
         }
     }

@@ -100,14 +100,6 @@ impl std::fmt::Display for NotAllowed {
 mod tests {
     use super::*;
 
-    const ALL_STATES: [GrantState; 6] = [
-        GrantState::PendingApproval,
-        GrantState::Approved,
-        GrantState::Denied,
-        GrantState::Expired,
-        GrantState::Cancelled,
-        GrantState::Revoked,
-    ];
     const ALL: [Transition; 6] = [
         Transition::RecordApproval,
         Transition::Approve,
@@ -138,7 +130,7 @@ mod tests {
         let allowed: Vec<(Transition, GrantState, Option<GrantState>)> = ALL
             .iter()
             .flat_map(|&t| {
-                ALL_STATES
+                GrantState::ALL
                     .iter()
                     .filter(|&&s| s != GrantState::Expired)
                     .filter_map(move |&s| t.from(s).ok().map(|to| (t, s, to)))

@@ -497,37 +497,41 @@ impl GrantStore for RedisGrantStore {
         for event in events {
             invocation.arg(to_json(event)?);
         }
-        let mut connection = self.connection.clone();
-        // The queue and the deadlines live in slots of their own, so they are written in the same
-        // round trip but not the same atomic step. A lost queue entry leaves a grant pending (and
-        // expiring: its deadline is read too); an entry whose grant is no longer pending is
+        // The deadline and the queues live in slots of their own, so they are not written in the
+        // grant's atomic step, but beside it: sent at once on the same multiplexed connection,
+        // after it, so they cost no extra round trip. A lost queue entry leaves a grant pending
+        // (and expiring: its deadline is read too); an entry whose grant is no longer pending is
         // dropped when a reader meets it. A lost deadline leaves a grant that still reads as
-        // expired when its time has passed, only without the `expired` event.
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.create).invoke_script(&invocation);
+        // expired when its time has passed, only without the `expired` event. (An index entry
+        // written for a grant that already existed points at that grant: harmless.)
+        let mut indexes = redis::pipe();
         if let Some(deadline) = grant.deadline() {
-            pipe.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
+            indexes.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
         }
         if grant.decision.break_glass {
-            pipe.zadd(self.break_glass_key(), grant.id.to_string(), 0);
+            indexes.zadd(self.break_glass_key(), grant.id.to_string(), 0);
         }
         if grant.state == GrantState::PendingApproval {
             let trim_before =
                 GrantId::lower_bound_at(grant.created_at - std::time::Duration::from_secs(MAX_PENDING_SECS));
-            pipe.zadd(self.pending_key(), grant.id.to_string(), 0)
+            indexes
+                .zadd(self.pending_key(), grant.id.to_string(), 0)
                 .cmd("ZREMRANGEBYLEX")
                 .arg(self.pending_key())
                 .arg("-")
                 .arg(format!("({trim_before}"));
         }
-        let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(unavailable)?;
-        let created = replies
-            .into_iter()
-            .nth(1)
-            .map(reply::text)
-            .transpose()
-            .map_err(|what| StoreError::Corrupt(format!("create reply: {what}")))?;
-        Ok(created.as_deref() == Some("created"))
+        let (mut for_grant, mut for_indexes) = (self.connection.clone(), self.connection.clone());
+        let (created, indexed) = tokio::join!(
+            invocation.invoke_async::<String>(&mut for_grant),
+            indexes.query_async::<()>(&mut for_indexes)
+        );
+        let created = created.map_err(unavailable)? == "created";
+        if let Err(error) = indexed {
+            // The grant is recorded; what it lacks is repaired as described above.
+            tracing::warn!(grant_id = %grant.id, %error, "grant recorded, but not indexed");
+        }
+        Ok(created)
     }
 
     async fn get(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {

@@ -676,6 +676,27 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         }
     }
 
+    /// A person's approver groups, from the configuration (none when not listed).
+    fn groups_of(&self, person: &Person) -> BTreeSet<String> {
+        self.settings.approver_groups.get(person).cloned().unwrap_or_default()
+    }
+
+    /// The target of a grant `person` is about to decide on, refusing when they requested it.
+    fn target_for_decider(&self, grant: &Grant, person: &Person) -> Result<&Target, BrokerError> {
+        if person.as_str() == grant.requester {
+            return Err(BrokerError::SelfApproval {
+                grant_id: grant.id,
+                approver: person.to_string(),
+            });
+        }
+        self.targets
+            .get(&grant.target)
+            .ok_or_else(|| BrokerError::TargetNotAllowed {
+                caller: grant.caller.to_string(),
+                target: grant.target.clone(),
+            })
+    }
+
     /// Whether the rules let `approver` decide on this grant.
     fn check_eligible(
         &self,
@@ -715,19 +736,17 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         transition
             .from(grant.state_at(self.clock.now()))
             .map_err(|refused| BrokerError::TransitionNotAllowed { grant_id: id, refused })?;
-        if transition != Transition::Deny && approver.as_str() == grant.requester {
-            return Err(BrokerError::SelfApproval {
-                grant_id: id,
-                approver: approver.to_string(),
-            });
-        }
-        let target = self
-            .targets
-            .get(&grant.target)
-            .ok_or_else(|| BrokerError::TargetNotAllowed {
-                caller: grant.caller.to_string(),
-                target: grant.target.clone(),
-            })?;
+        let target = match transition {
+            // A requester may refuse their own request (as they may cancel it), never approve it.
+            Transition::Deny => self
+                .targets
+                .get(&grant.target)
+                .ok_or_else(|| BrokerError::TargetNotAllowed {
+                    caller: grant.caller.to_string(),
+                    target: grant.target.clone(),
+                })?,
+            _ => self.target_for_decider(&grant, approver)?,
+        };
         Ok((grant, target))
     }
 
@@ -752,12 +771,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             if grant.approvals.len() >= MAX_RECORDED_APPROVALS {
                 return Err(BrokerError::TooManyApprovals { grant_id: id });
             }
-            let groups = self
-                .settings
-                .approver_groups
-                .get(&approver)
-                .cloned()
-                .unwrap_or_default();
+            let groups = self.groups_of(&approver);
             self.check_eligible(&grant, target, &approver, &groups, now)?;
             let approval = Approval {
                 approver: approver.clone(),
@@ -849,12 +863,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         Self::may_act_for_approvers(caller)?;
         let (mut grant, target) = self.pending_for(id, &approver, Transition::Deny).await?;
         let now = self.clock.now();
-        let groups = self
-            .settings
-            .approver_groups
-            .get(&approver)
-            .cloned()
-            .unwrap_or_default();
+        let groups = self.groups_of(&approver);
         self.check_eligible(&grant, target, &approver, &groups, now)?;
         let event = GrantEvent {
             at: now,
@@ -964,7 +973,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
     ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
         Self::may_act_for_approvers(caller)?;
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
-        let groups = self.settings.approver_groups.get(approver).cloned().unwrap_or_default();
+        let groups = self.groups_of(approver);
         let now = self.clock.now();
         let decidable = |grant: &Grant| {
             grant.state_at(now) == GrantState::PendingApproval
@@ -1031,26 +1040,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         if !grant.decision.break_glass {
             return Err(BrokerError::NotBreakGlass { grant_id: id });
         }
-        if reviewer.as_str() == grant.requester {
-            return Err(BrokerError::SelfApproval {
-                grant_id: id,
-                approver: reviewer.to_string(),
-            });
-        }
-        let target = self
-            .targets
-            .get(&grant.target)
-            .ok_or_else(|| BrokerError::TargetNotAllowed {
-                caller: grant.caller.to_string(),
-                target: grant.target.clone(),
-            })?;
+        let target = self.target_for_decider(&grant, &reviewer)?;
         let now = self.clock.now();
-        let groups = self
-            .settings
-            .approver_groups
-            .get(&reviewer)
-            .cloned()
-            .unwrap_or_default();
+        let groups = self.groups_of(&reviewer);
         self.check_eligible(&grant, target, &reviewer, &groups, now)?;
         let review = Review {
             reviewer: reviewer.clone(),

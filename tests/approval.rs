@@ -19,17 +19,8 @@ fn approve(id: &str, approver: &str) -> proto::ApproveGrantRequest {
 
 /// A production request, which the example rules send to security and a team lead.
 async fn pending(client: &mut Client) -> proto::Grant {
-    let request = proto::RequestAccessRequest {
-        target: "prod-logs-read".into(),
-        scopes: vec![proto::Scope {
-            actions: vec!["s3:GetObject".into()],
-            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()],
-        }],
-        ticket: "CHG-9".into(),
-        ..read_logs_request("")
-    };
     let grant = client
-        .request_access(authed(PORTAL_TOKEN, request))
+        .request_access(authed(PORTAL_TOKEN, production_request()))
         .await
         .unwrap()
         .into_inner()
@@ -307,13 +298,8 @@ async fn explain_tells_what_a_request_would_get_and_changes_nothing() {
     let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
     let mut client = server.client().await;
     let production = proto::RequestAccessRequest {
-        target: "prod-logs-read".into(),
-        scopes: vec![proto::Scope {
-            actions: vec!["s3:GetObject".into()],
-            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()],
-        }],
-        ticket: "CHG-9".into(),
-        ..read_logs_request("ignored")
+        request_id: "ignored".into(),
+        ..production_request()
     };
     let explained = client
         .explain_request(authed(PORTAL_TOKEN, production.clone()))
@@ -607,15 +593,10 @@ async fn break_glass_skips_the_wait_and_is_reviewed_after_the_fact() {
     let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
     let mut client = server.client().await;
     let emergency = |ticket: &str, justification: &str| proto::RequestAccessRequest {
-        target: "prod-logs-read".into(),
-        scopes: vec![proto::Scope {
-            actions: vec!["s3:GetObject".into()],
-            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()],
-        }],
         ticket: ticket.into(),
         justification: justification.into(),
         break_glass: true,
-        ..read_logs_request("")
+        ..production_request()
     };
     let status = client
         .request_access(authed(PORTAL_TOKEN, emergency("INC-1", "")))

@@ -27,19 +27,6 @@ fn cancel(id: &str, reason: &str) -> proto::CancelGrantRequest {
     }
 }
 
-/// A request the example rules send to a human (production, with a ticket).
-fn pending_request() -> proto::RequestAccessRequest {
-    proto::RequestAccessRequest {
-        target: "prod-logs-read".into(),
-        scopes: vec![proto::Scope {
-            actions: vec!["s3:GetObject".into()],
-            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()],
-        }],
-        ticket: "CHG-7".into(),
-        ..read_logs_request("")
-    }
-}
-
 async fn approved_grant(client: &mut Client) -> proto::Grant {
     client
         .request_access(authed(PORTAL_TOKEN, read_logs_request("")))
@@ -83,7 +70,7 @@ async fn credentials_are_issued_again_by_grant_id_with_every_check_of_an_issuanc
         .unwrap_err();
     assert_status(&status, Code::NotFound, "GRANT_NOT_FOUND", &grant.id);
     let pending = client
-        .request_access(authed(PORTAL_TOKEN, pending_request()))
+        .request_access(authed(PORTAL_TOKEN, production_request()))
         .await
         .unwrap()
         .into_inner()
@@ -161,7 +148,7 @@ async fn a_cancelled_grant_issues_nothing_and_stays_cancelled() {
 
     // Pending: cancelled by its caller, with the reason in the audit trail.
     let pending = client
-        .request_access(authed(PORTAL_TOKEN, pending_request()))
+        .request_access(authed(PORTAL_TOKEN, production_request()))
         .await
         .unwrap()
         .into_inner()
@@ -213,7 +200,7 @@ async fn a_cancelled_grant_issues_nothing_and_stays_cancelled() {
     assert_eq!(sts.calls().len(), 1, "only the issuance before the cancellation");
 
     // Denied grants are final.
-    let mut unticketed = pending_request();
+    let mut unticketed = production_request();
     unticketed.ticket.clear();
     let denied = client
         .request_access(authed(PORTAL_TOKEN, unticketed))

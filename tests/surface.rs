@@ -255,17 +255,8 @@ async fn a_pipeline_waits_for_approval_with_the_cli() {
     let sts = FakeSts::start(StsBehaviour::Succeed).await;
     let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
     let mut client = server.client().await;
-    let request = proto::RequestAccessRequest {
-        target: "prod-logs-read".into(),
-        scopes: vec![proto::Scope {
-            actions: vec!["s3:GetObject".into()],
-            resources: vec!["arn:aws:s3:::acme-prod-logs/x/*".into()],
-        }],
-        ticket: "CHG-3".into(),
-        ..read_logs_request("")
-    };
     let grant = client
-        .request_access(authed(PORTAL_TOKEN, request))
+        .request_access(authed(PORTAL_TOKEN, production_request()))
         .await
         .unwrap()
         .into_inner()

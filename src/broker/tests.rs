@@ -39,6 +39,17 @@ impl MemoryStore {
         self.0.lock().unwrap().events.get(&id).cloned().unwrap_or_default()
     }
 
+    /// The session durations the grant's `issuing` events announced, in order.
+    fn issuing_durations(&self, id: GrantId) -> Vec<u64> {
+        self.events(id)
+            .into_iter()
+            .filter_map(|event| match event.kind {
+                EventKind::Issuing { duration_secs, .. } => Some(duration_secs),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn edit(&self, id: GrantId, change: impl FnOnce(&mut Grant)) {
         change(&mut self.0.lock().unwrap().grants.get_mut(&id).unwrap().0);
     }
@@ -418,15 +429,7 @@ async fn sessions_last_only_what_is_left_of_the_window() {
     setup.clock.advance(Duration::minutes(20));
     let second = broker.request_access(&caller(), request("r")).await.unwrap();
     // 10 minutes are left, but STS issues at least 15: the policy's time condition ends it.
-    let issued: Vec<_> = setup
-        .store
-        .events(first.grant.id)
-        .into_iter()
-        .filter_map(|event| match event.kind {
-            EventKind::Issuing { duration_secs, .. } => Some(duration_secs),
-            _ => None,
-        })
-        .collect();
+    let issued = setup.store.issuing_durations(first.grant.id);
     assert_eq!(issued, [1800, 900]);
     assert!(second.credentials.unwrap().expiration < first_expiry + Duration::minutes(20));
 }
@@ -566,15 +569,7 @@ async fn a_request_approved_hours_later_gets_its_whole_duration() {
     assert_eq!(approved.end, setup.clock.now() + Duration::minutes(30));
     let issued = broker.issue_credentials(&caller(), pending.id, None).await.unwrap();
     assert!(issued.credentials.is_some());
-    let durations: Vec<u64> = setup
-        .store
-        .events(pending.id)
-        .into_iter()
-        .filter_map(|event| match event.kind {
-            EventKind::Issuing { duration_secs, .. } => Some(duration_secs),
-            _ => None,
-        })
-        .collect();
+    let durations = setup.store.issuing_durations(pending.id);
     assert_eq!(durations, [1800]);
 
     // And it ends 30 minutes after the approval, not after the request.
@@ -652,15 +647,7 @@ async fn scheduled_access_opens_at_its_start_with_its_whole_duration() {
     setup.clock.advance(Duration::hours(2));
     let issued = broker.issue_credentials(&caller(), grant_id, None).await.unwrap();
     assert!(issued.credentials.is_some());
-    let durations: Vec<u64> = setup
-        .store
-        .events(grant_id)
-        .into_iter()
-        .filter_map(|event| match event.kind {
-            EventKind::Issuing { duration_secs, .. } => Some(duration_secs),
-            _ => None,
-        })
-        .collect();
+    let durations = setup.store.issuing_durations(grant_id);
     assert_eq!(durations, [1800]);
 }
 

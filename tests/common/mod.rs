@@ -732,6 +732,20 @@ pub fn read_logs_request(request_id: &str) -> proto::RequestAccessRequest {
     }
 }
 
+/// A request the example rules send to people: production, with a ticket (one approval from
+/// security and one from a team lead).
+pub fn production_request() -> proto::RequestAccessRequest {
+    proto::RequestAccessRequest {
+        target: "prod-logs-read".to_owned(),
+        scopes: vec![proto::Scope {
+            actions: vec!["s3:GetObject".to_owned()],
+            resources: vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".to_owned()],
+        }],
+        ticket: "CHG-7".to_owned(),
+        ..read_logs_request("")
+    }
+}
+
 /// The field paths of a status's BadRequest violations.
 pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;

@@ -148,6 +148,7 @@ fn pure_costs() {
         scopes: &scopes,
         facts: &facts,
         duration_secs: 1800,
+        extension_secs: 0,
         justification: "bench",
         ticket: "INC-1",
         mfa_present: false,

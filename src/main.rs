@@ -1,5 +1,5 @@
 //! The `grant-broker` command: the server (`serve`), configuration checking (`check-config`) and
-//! a client for a running server (`targets`, `request`, `issue`, `approve`, `deny`, `cancel`,
+//! a client for a running server (`targets`, `request`, `issue`, `approve`, `deny`, `extend`, `cancel`,
 //! `get`, `list`).
 
 use std::{path::PathBuf, process::ExitCode};
@@ -254,6 +254,22 @@ enum Command {
         /// pipelines that wait for a human.
         #[arg(long)]
         until_approved: bool,
+    },
+    /// Ask for more time on an approved grant: approved at once, waiting for approvers
+    /// (`approve`/`deny` then decide it), or denied by the rules (exit 3).
+    Extend {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// How much longer: 1800, 30m, 2h.
+        #[arg(long, value_parser = parse_duration)]
+        by: i64,
+        /// Why more time is needed (required).
+        #[arg(long)]
+        justification: String,
+        /// Idempotency key: the same key again returns the grant as it is.
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
     /// Withdraw a pending or approved grant.
     Cancel {
@@ -520,6 +536,21 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 connection.json,
             )
             .await
+        }
+        Command::Extend {
+            connection,
+            id,
+            by,
+            justification,
+            request_id,
+        } => {
+            let message = proto::ExtendGrantRequest {
+                id,
+                additional_duration: Some(prost_types::Duration { seconds: by, nanos: 0 }),
+                justification,
+                request_id,
+            };
+            client::extend(&mut connect(&connection).await?, message, connection.json).await
         }
         Command::Cancel { connection, id, reason } => {
             client::cancel(&mut connect(&connection).await?, id, reason, connection.json).await

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use crate::domain::{
     CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec,
     approval::{Approval, Review},
+    extension::Extension,
     lifecycle::Transition,
 };
 
@@ -58,6 +59,16 @@ pub struct Change<'a> {
     /// This append announces an STS call: it counts one attempt against the grant and is refused
     /// once the grant has made this many.
     pub attempt_limit: Option<u32>,
+    /// The grant's extensions replaced by `after`, written only while the stored ones are still
+    /// `before` (so of two racing extension changes exactly one lands).
+    pub extensions: Option<ExtensionsChange<'a>>,
+}
+
+/// The grant's extensions as read, and as they are to be.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtensionsChange<'a> {
+    pub before: &'a [Extension],
+    pub after: &'a [Extension],
 }
 
 impl<'a> Change<'a> {
@@ -73,6 +84,7 @@ impl<'a> Change<'a> {
             window: None,
             issuance: None,
             attempt_limit: None,
+            extensions: None,
         }
     }
 
@@ -88,6 +100,7 @@ impl<'a> Change<'a> {
             window: None,
             issuance: None,
             attempt_limit: None,
+            extensions: None,
         }
     }
 }
@@ -106,6 +119,9 @@ pub enum Appended {
     ApprovalsChanged(usize),
     /// The grant has been reviewed already; nothing was written.
     AlreadyReviewed,
+    /// The grant's extensions are no longer the ones the change was decided on; nothing was
+    /// written.
+    ExtensionsChanged,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +137,7 @@ pub enum StoreError {
 /// The queues of grants people work through, across callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
-    /// Grants waiting for approvals.
+    /// Grants waiting for approvals: pending requests, and approved grants whose extension waits.
     Pending,
     /// Break-glass grants not yet reviewed.
     BreakGlassUnreviewed,
@@ -131,7 +147,7 @@ impl Queue {
     /// Whether a grant (as stored) still belongs in the queue.
     pub fn holds(self, grant: &Grant) -> bool {
         match self {
-            Self::Pending => grant.state == GrantState::PendingApproval,
+            Self::Pending => grant.state == GrantState::PendingApproval || grant.pending_extension().is_some(),
             Self::BreakGlassUnreviewed => grant.decision.break_glass && grant.review.is_none(),
         }
     }

@@ -11,9 +11,12 @@ use grant_broker::{
     adapters::{RedisGrantStore, RedisSettings},
     domain::{
         ActionPattern, CallerId, Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome,
-        RECENT_ISSUANCES, RequestId, ResourcePattern, Scope, policy::build_session_policy,
+        RECENT_ISSUANCES, RequestId, ResourcePattern, Scope,
+        approval::{Approval, ApprovalRequirement, Person},
+        extension::{Extension, ExtensionState},
+        policy::build_session_policy,
     },
-    ports::{Appended, Change, GrantStore, Reservation},
+    ports::{Appended, Change, ExtensionsChange, GrantStore, Reservation},
 };
 use proptest::prelude::*;
 use time::OffsetDateTime;
@@ -192,7 +195,51 @@ fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
             })
             .collect(),
         issuance_count: 0,
+        extensions: vec![],
     }
+}
+
+/// `count` extensions: the last one waiting, the others approved or denied in turn.
+fn sample_extensions(text: &str, count: usize) -> Vec<Extension> {
+    let at = OffsetDateTime::from_unix_timestamp(1_800_000_600).unwrap() + time::Duration::nanoseconds(987_654_321);
+    (0..count)
+        .map(|n| {
+            let state = match (n + 1 == count, n % 2) {
+                (true, _) => ExtensionState::Pending,
+                (false, 0) => ExtensionState::Approved,
+                (false, _) => ExtensionState::Denied,
+            };
+            Extension {
+                number: u32::try_from(n + 1).unwrap(),
+                request_id: (n % 2 == 0).then(|| format!("ext-{n}")),
+                additional_secs: 600 * (u64::try_from(n).unwrap() + 1),
+                justification: text.repeat(2),
+                requested_at: at,
+                caller: "vendor-portal".into(),
+                decision: Decision {
+                    outcome: Outcome::RequireApproval,
+                    policy_ids: vec![text.to_owned()],
+                    reason: format!("needs {text}"),
+                    decided_at: at,
+                    approvals_required: ApprovalRequirement::parse("security:1, team-leads:1").unwrap(),
+                    break_glass: false,
+                },
+                state,
+                approvals: (0..n)
+                    .map(|k| Approval {
+                        approver: Person::from_trusted(format!("{text}-{k}")),
+                        groups: ["security".to_owned()].into(),
+                        at,
+                        comment: text.to_owned(),
+                        caller: "approval-portal".into(),
+                    })
+                    .collect(),
+                denied_by: (state == ExtensionState::Denied)
+                    .then(|| (Person::from_trusted(text.to_owned()), text.to_owned())),
+                new_end: (state == ExtensionState::Approved).then_some(at + time::Duration::hours(2)),
+            }
+        })
+        .collect()
 }
 
 fn event() -> GrantEvent {
@@ -212,6 +259,7 @@ proptest! {
     #[test]
     fn grants_round_trip_with_any_number_of_issuances(
         issuances in 0usize..=14,
+        extensions in 0usize..=3,
         text in "\\PC{1,40}",
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -219,19 +267,34 @@ proptest! {
             let redis = shared_redis();
             let store = RedisGrantStore::new(&settings(redis)).unwrap();
             let id = GrantId::from_uuid(Uuid::now_v7());
-            let written = sample_grant(id, &text, issuances);
+            let mut written = sample_grant(id, &text, issuances);
+            written.extensions = sample_extensions(&text, extensions);
             let mut creation = written.clone();
+            creation.extensions.clear();
             creation.issuances.clear();
             assert!(store.create(&creation, &[event()]).await.unwrap());
             for issuance in &written.issuances {
                 let appended = store
                     .change_if_state(
                         &written,
-                        Change { expected: &[GrantState::Approved], to: None, events: &[event()], approval: None, window: None, review: None, issuance: Some(issuance), attempt_limit: None },
+                        Change { issuance: Some(issuance), ..Change::append(&[GrantState::Approved], &[event()]) },
                     )
                     .await
                     .unwrap();
                 assert_eq!(appended, Appended::Yes);
+            }
+            if extensions > 0 {
+                let events = [event()];
+                let change = |before| Change {
+                    extensions: Some(ExtensionsChange { before, after: &written.extensions }),
+                    ..Change::append(&[GrantState::Approved], &events)
+                };
+                prop_assert_eq!(store.change_if_state(&written, change(&[])).await.unwrap(), Appended::Yes);
+                // Written once: the same change again finds the extensions changed.
+                prop_assert_eq!(
+                    store.change_if_state(&written, change(&[])).await.unwrap(),
+                    Appended::ExtensionsChanged
+                );
             }
             let read = store.get(id).await.unwrap().unwrap();
             let mut expected = written.clone();

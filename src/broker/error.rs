@@ -60,6 +60,14 @@ pub enum BrokerError {
     #[error("grant {grant_id} has recorded as many approvals as a grant may")]
     TooManyApprovals { grant_id: GrantId },
 
+    #[error(
+        "grant {grant_id} has an extension waiting for approval (number {number}); it must be approved or denied before another is asked for"
+    )]
+    ExtensionWaiting { grant_id: GrantId, number: u32 },
+
+    #[error("grant {grant_id} has asked for {limit} extensions, the most one grant may; request access again")]
+    TooManyExtensions { grant_id: GrantId, limit: usize },
+
     #[error("grant {grant_id} kept changing while this change was decided; retry")]
     Contended { grant_id: GrantId },
 

@@ -73,6 +73,7 @@ pub fn explain(
         scopes: &request.scopes,
         facts: &facts,
         duration_secs: request.duration_secs,
+        extension_secs: 0,
         start,
         break_glass: request.break_glass,
         justification: &request.justification,

@@ -12,6 +12,7 @@
 
 mod error;
 pub mod explain;
+mod extension;
 #[cfg(test)]
 mod tests;
 pub mod watch;
@@ -103,6 +104,15 @@ fn unasked_refusal(change: &str, outcome: Appended) -> BrokerError {
     )))
 }
 
+/// The session policy of `grant`'s scopes for a window ending at `end` (a window that moves
+/// moves the policy's time condition with it).
+fn policy_until(grant: &Grant, end: time::OffsetDateTime) -> Result<String, BrokerError> {
+    build_session_policy(&grant.scopes, end).map_err(|what| BrokerError::RecordInconsistent {
+        grant_id: grant.id,
+        what: format!("its scopes build no session policy: {what}"),
+    })
+}
+
 /// Deadlines one expiry sweep handles at most (the next sweep takes the rest).
 const EXPIRY_BATCH: usize = 100;
 
@@ -112,6 +122,15 @@ const QUEUE_SCANS: usize = 5;
 /// How often an approval is decided again when others keep landing first.
 const APPROVAL_ATTEMPTS: usize = 8;
 
+/// What the rules are asked about a recorded grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asking {
+    /// The grant as it was requested: its requested duration, before any extension.
+    Request,
+    /// Adding this many seconds to the grant as it is now.
+    Extension(u64),
+}
+
 /// The rules' view of a recorded grant, as of `now`, for `f`.
 fn with_rule_input<R>(
     caller: &str,
@@ -119,9 +138,15 @@ fn with_rule_input<R>(
     target: &Target,
     mfa_present: bool,
     now: time::OffsetDateTime,
+    asking: Asking,
     f: impl FnOnce(&RuleInput<'_>) -> R,
 ) -> R {
     let facts = Catalog::builtin().facts(&grant.scopes);
+    let seconds = |duration: Duration| u64::try_from(duration.whole_seconds()).unwrap_or(0);
+    let (duration_secs, extension_secs) = match asking {
+        Asking::Request => (seconds(grant.requested_duration()), 0),
+        Asking::Extension(additional) => (seconds(grant.duration()).saturating_add(additional), additional),
+    };
     f(&RuleInput {
         caller,
         requester: &grant.requester,
@@ -129,7 +154,8 @@ fn with_rule_input<R>(
         target,
         scopes: &grant.scopes,
         facts: &facts,
-        duration_secs: u64::try_from(grant.duration().whole_seconds()).unwrap_or(0),
+        duration_secs,
+        extension_secs,
         start: grant.start,
         break_glass: grant.decision.break_glass,
         justification: &grant.justification,
@@ -281,6 +307,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             scopes: &request.scopes,
             facts: &facts,
             duration_secs: request.duration_secs,
+            extension_secs: 0,
             start,
             break_glass: request.break_glass,
             justification: &request.justification,
@@ -323,6 +350,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             decision,
             approvals: Vec::new(),
             review: None,
+            extensions: Vec::new(),
             issuances: Vec::new(),
             issuance_count: 0,
         };
@@ -641,9 +669,17 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         mfa_present: bool,
         now: time::OffsetDateTime,
     ) -> Result<(), BrokerError> {
-        let decision: Decision = with_rule_input(caller.id.as_str(), grant, target, mfa_present, now, |input| {
-            self.rules.decide(input)
-        });
+        // The request as it was decided: an approved extension was decided on its own terms, and
+        // a longer total must not turn a grant approved at once into one that needed people.
+        let decision: Decision = with_rule_input(
+            caller.id.as_str(),
+            grant,
+            target,
+            mfa_present,
+            now,
+            Asking::Request,
+            |input| self.rules.decide(input),
+        );
         let refused = match (grant.decision.outcome, decision.outcome) {
             (_, Outcome::Deny) => Some(decision.reason),
             (Outcome::Approve, Outcome::RequireApproval) => Some(format!(
@@ -697,7 +733,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             })
     }
 
-    /// Whether the rules let `approver` decide on this grant.
+    /// Whether the rules let `approver` decide on this grant (its request, or its extension).
     fn check_eligible(
         &self,
         grant: &Grant,
@@ -705,6 +741,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         approver: &Person,
         groups: &BTreeSet<String>,
         now: time::OffsetDateTime,
+        asking: Asking,
     ) -> Result<(), BrokerError> {
         let eligibility = with_rule_input(
             grant.caller.as_str(),
@@ -712,6 +749,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             target,
             grant.mfa_serial.is_some(),
             now,
+            asking,
             |input| self.rules.eligible_approver(input, approver, groups),
         );
         match eligibility {
@@ -726,13 +764,13 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
     }
 
     /// A pending grant and its target, for a decision by `approver` (never on their own request).
-    async fn pending_for(
+    fn pending_for(
         &self,
-        id: GrantId,
+        grant: Grant,
         approver: &Person,
         transition: Transition,
     ) -> Result<(Grant, &Target), BrokerError> {
-        let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        let id = grant.id;
         transition
             .from(grant.state_at(self.clock.now()))
             .map_err(|refused| BrokerError::TransitionNotAllowed { grant_id: id, refused })?;
@@ -750,10 +788,11 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         Ok((grant, target))
     }
 
-    /// Records `approver`'s approval of a pending grant; the approval that meets the grant's
-    /// requirement approves it, and its window starts now. Of racing approvals each is decided
-    /// on the approvals actually recorded (a compare-and-set on their count), so a quorum is
-    /// met exactly once. Approving twice is answered with the grant as it is.
+    /// Records `approver`'s approval of a pending grant, or of an approved grant's waiting
+    /// extension; the approval that meets the requirement approves it: a grant's window starts
+    /// now, an extension moves its end. Of racing approvals each is decided on the approvals
+    /// actually recorded (a compare-and-set on their count), so a quorum is met exactly once.
+    /// Approving twice is answered with the grant as it is.
     pub async fn approve_grant(
         &self,
         caller: &Caller,
@@ -763,7 +802,15 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
     ) -> Result<Grant, BrokerError> {
         Self::may_act_for_approvers(caller)?;
         for _ in 0..APPROVAL_ATTEMPTS {
-            let (mut grant, target) = self.pending_for(id, &approver, Transition::RecordApproval).await?;
+            let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+            if self.extension_waits(&grant) {
+                match self.approve_extension(caller, grant, &approver, &comment).await? {
+                    Some(grant) => return Ok(grant),
+                    // Another change to its extensions landed first: decide again.
+                    None => continue,
+                }
+            }
+            let (mut grant, target) = self.pending_for(grant, &approver, Transition::RecordApproval)?;
             let now = self.clock.now();
             if grant.approvals.iter().any(|approval| approval.approver == approver) {
                 return Ok(grant);
@@ -772,7 +819,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                 return Err(BrokerError::TooManyApprovals { grant_id: id });
             }
             let groups = self.groups_of(&approver);
-            self.check_eligible(&grant, target, &approver, &groups, now)?;
+            self.check_eligible(&grant, target, &approver, &groups, now, Asking::Request)?;
             let approval = Approval {
                 approver: approver.clone(),
                 groups,
@@ -790,16 +837,14 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
                     approver: approver.to_string(),
                     groups: approval.groups.iter().cloned().collect(),
                     comment: comment.clone(),
+                    extension: None,
                 },
             }];
             // The window starts at the approval that meets the quorum (or the scheduled start, if
             // later), with the full duration.
             let start = now.max(grant.start);
             let end = start + grant.duration();
-            let policy = build_session_policy(&grant.scopes, end).map_err(|what| BrokerError::RecordInconsistent {
-                grant_id: id,
-                what: format!("its scopes build no session policy: {what}"),
-            })?;
+            let policy = policy_until(&grant, end)?;
             if met {
                 events.push(GrantEvent {
                     at: now,
@@ -852,7 +897,8 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         Err(BrokerError::Contended { grant_id: id })
     }
 
-    /// An eligible approver refuses a pending grant: DENIED, with their reason.
+    /// An eligible approver refuses a pending grant: DENIED, with their reason. On an approved
+    /// grant whose extension waits, refuses the extension; the grant stays approved.
     pub async fn deny_grant(
         &self,
         caller: &Caller,
@@ -861,10 +907,14 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         reason: String,
     ) -> Result<Grant, BrokerError> {
         Self::may_act_for_approvers(caller)?;
-        let (mut grant, target) = self.pending_for(id, &approver, Transition::Deny).await?;
+        let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        if self.extension_waits(&grant) {
+            return self.deny_extension(caller, grant, approver, reason).await;
+        }
+        let (mut grant, target) = self.pending_for(grant, &approver, Transition::Deny)?;
         let now = self.clock.now();
         let groups = self.groups_of(&approver);
-        self.check_eligible(&grant, target, &approver, &groups, now)?;
+        self.check_eligible(&grant, target, &approver, &groups, now, Asking::Request)?;
         let event = GrantEvent {
             at: now,
             caller: caller.id.to_string(),
@@ -976,13 +1026,20 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         let groups = self.groups_of(approver);
         let now = self.clock.now();
         let decidable = |grant: &Grant| {
-            grant.state_at(now) == GrantState::PendingApproval
-                && grant.requester != approver.as_str()
-                && !grant.approvals.iter().any(|approval| &approval.approver == approver)
-                && self
-                    .targets
-                    .get(&grant.target)
-                    .is_some_and(|target| self.check_eligible(grant, target, approver, &groups, now).is_ok())
+            // What waits: the request, or an approved grant's extension.
+            let (approvals, asking) = match (grant.state_at(now), grant.pending_extension()) {
+                (GrantState::PendingApproval, _) => (&grant.approvals, Asking::Request),
+                (GrantState::Approved, Some(extension)) => {
+                    (&extension.approvals, Asking::Extension(extension.additional_secs))
+                }
+                _ => return false,
+            };
+            grant.requester != approver.as_str()
+                && !approvals.iter().any(|approval| &approval.approver == approver)
+                && self.targets.get(&grant.target).is_some_and(|target| {
+                    self.check_eligible(grant, target, approver, &groups, now, asking)
+                        .is_ok()
+                })
         };
         let mut waiting = Vec::new();
         // Where the scan is: the next call continues strictly before it.
@@ -1043,7 +1100,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         let target = self.target_for_decider(&grant, &reviewer)?;
         let now = self.clock.now();
         let groups = self.groups_of(&reviewer);
-        self.check_eligible(&grant, target, &reviewer, &groups, now)?;
+        self.check_eligible(&grant, target, &reviewer, &groups, now, Asking::Request)?;
         let review = Review {
             reviewer: reviewer.clone(),
             at: now,

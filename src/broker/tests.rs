@@ -158,6 +158,12 @@ impl GrantStore for MemoryStore {
             }
             stored.approvals.push(approval.clone());
         }
+        if let Some(extensions) = change.extensions {
+            if stored.extensions != extensions.before {
+                return Ok(Appended::ExtensionsChanged);
+            }
+            stored.extensions = extensions.after.to_vec();
+        }
         if let Some((start, end, policy)) = change.window {
             (stored.start, stored.end, stored.session_policy) = (start, end, policy.to_owned());
         }
@@ -815,4 +821,301 @@ async fn an_approval_moves_the_deadline_and_a_lost_move_is_repaired() {
     assert_eq!(broker.expire_due().await.unwrap(), 0);
     setup.clock.advance(Duration::minutes(30));
     assert_eq!(broker.expire_due().await.unwrap(), 1);
+}
+
+// Extensions. The example rules permit `extend` up to 8 hours in all, with one approval outside
+// production; the read-only auto_approve rule approves one at once while the total stays within
+// an hour.
+
+fn long_target() -> Target {
+    Target {
+        max_duration_secs: 4 * 3600,
+        ..target()
+    }
+}
+
+fn more_time(seconds: u64, request_id: &str) -> crate::domain::extension::ExtensionRequest {
+    crate::domain::extension::ExtensionRequest {
+        additional_secs: seconds,
+        justification: "the migration overran".into(),
+        request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
+    }
+}
+
+fn bob() -> Person {
+    Person::from_trusted("bob".into())
+}
+
+fn extension_events(store: &MemoryStore, id: GrantId) -> Vec<&'static str> {
+    store
+        .events(id)
+        .iter()
+        .map(|event| event.kind.name())
+        .filter(|name| name.contains("exten") || *name == "approval_recorded")
+        .collect()
+}
+
+#[tokio::test]
+async fn an_extension_the_rules_approve_moves_the_end_and_the_policy_at_once() {
+    use crate::domain::extension::ExtensionState;
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    setup.clock.advance(Duration::minutes(20));
+    let extended = broker
+        .extend_grant(&caller(), granted.id, more_time(1200, ""))
+        .await
+        .unwrap();
+    assert_eq!(extended.state, GrantState::Approved);
+    assert_eq!(extended.end, granted.end + Duration::minutes(20));
+    assert_eq!(extended.extensions.len(), 1);
+    assert_eq!(extended.extensions[0].state, ExtensionState::Approved);
+    assert_eq!(extended.extensions[0].new_end, Some(extended.end));
+    assert!(
+        extended.extensions[0]
+            .decision
+            .policy_ids
+            .contains(&"auto-approve-nonprod-read-only".to_owned()),
+        "{:?}",
+        extended.extensions[0].decision
+    );
+    assert_eq!(
+        extended.session_policy,
+        build_session_policy(&extended.scopes, extended.end).unwrap()
+    );
+    assert_eq!(
+        extension_events(&setup.store, granted.id),
+        ["extension_requested", "extended"]
+    );
+
+    // Past the old end, inside the new one: issuance works, clipped to the new end, and the
+    // rules asked again about the request as decided still approve it automatically.
+    setup.clock.advance(Duration::minutes(15));
+    let issued = broker.issue_credentials(&caller(), granted.id, None).await.unwrap();
+    assert!(issued.credentials.is_some());
+    assert_eq!(setup.store.issuing_durations(granted.id), [1800, 900]);
+    // The sweep expires it at the new end, not the old one.
+    assert_eq!(broker.expire_due().await.unwrap(), 0);
+    setup.clock.advance(Duration::minutes(15));
+    assert_eq!(broker.expire_due().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_extension_never_takes_a_grant_past_its_targets_maximum() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    let error = broker
+        .extend_grant(&caller(), granted.id, more_time(1801, ""))
+        .await
+        .unwrap_err();
+    let BrokerError::InvalidRequest(violations) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(violations[0].field, "additional_duration");
+    assert!(
+        violations[0].description.contains("at most 1800s can be added"),
+        "{}",
+        violations[0].description
+    );
+    // Exactly up to the maximum is fine; then nothing is left.
+    broker
+        .extend_grant(&caller(), granted.id, more_time(1800, ""))
+        .await
+        .unwrap();
+    let error = broker
+        .extend_grant(&caller(), granted.id, more_time(60, ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BrokerError::InvalidRequest(_)), "{error:?}");
+    assert_eq!(
+        broker.get_grant(&caller(), granted.id).await.unwrap().duration(),
+        Duration::hours(1)
+    );
+}
+
+#[tokio::test]
+async fn an_extension_that_waits_moves_nothing_until_approved_and_is_decided_once() {
+    use crate::domain::extension::ExtensionState;
+    let setup = Setup::new();
+    let broker = setup.broker("", long_target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    // 30 minutes + 1 hour is past what the rules approve automatically.
+    let waiting = broker
+        .extend_grant(&caller(), granted.id, more_time(3600, "ext-1"))
+        .await
+        .unwrap();
+    assert_eq!(waiting.end, granted.end);
+    assert_eq!(waiting.pending_extension().map(|e| e.number), Some(1));
+
+    // Asking again with the same id changes nothing; another request waits its turn.
+    let again = broker
+        .extend_grant(&caller(), granted.id, more_time(3600, "ext-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.extensions, waiting.extensions);
+    let reused = broker
+        .extend_grant(&caller(), granted.id, more_time(600, "ext-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(reused, BrokerError::RequestIdReused { .. }), "{reused:?}");
+    let second = broker
+        .extend_grant(&caller(), granted.id, more_time(600, "ext-2"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(second, BrokerError::ExtensionWaiting { number: 1, .. }),
+        "{second:?}"
+    );
+
+    // The requester cannot approve their own extension.
+    let own = broker
+        .approve_grant(
+            &approval_portal(),
+            granted.id,
+            Person::from_trusted("alice@example.com".into()),
+            String::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(own, BrokerError::SelfApproval { .. }), "{own:?}");
+
+    // The grant keeps working on its old window meanwhile.
+    setup.clock.advance(Duration::minutes(10));
+    broker.issue_credentials(&caller(), granted.id, None).await.unwrap();
+
+    let approved = broker
+        .approve_grant(&approval_portal(), granted.id, bob(), "ok".into())
+        .await
+        .unwrap();
+    assert_eq!(approved.end, granted.end + Duration::hours(1));
+    assert_eq!(approved.extensions[0].state, ExtensionState::Approved);
+    assert_eq!(approved.extensions[0].approvals.len(), 1);
+    assert_eq!(
+        extension_events(&setup.store, granted.id),
+        ["extension_requested", "approval_recorded", "extended"]
+    );
+    // Approving again answers with the grant as it is; nothing moves twice.
+    let twice = broker
+        .approve_grant(&approval_portal(), granted.id, bob(), "ok".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&twice, BrokerError::TransitionNotAllowed { .. }),
+        "nothing waits any more: {twice:?}"
+    );
+    assert_eq!(broker.get_grant(&caller(), granted.id).await.unwrap().end, approved.end);
+
+    // An hour past the old end the grant still issues: the rules are asked about the request as
+    // decided (30 minutes, approved at once), not about its extended total.
+    setup.clock.advance(Duration::minutes(50));
+    let issued = broker.issue_credentials(&caller(), granted.id, None).await.unwrap();
+    assert!(issued.credentials.is_some());
+}
+
+#[tokio::test]
+async fn a_denied_extension_leaves_the_grant_as_it_was() {
+    use crate::domain::extension::ExtensionState;
+    let setup = Setup::new();
+    let broker = setup.broker("", long_target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    broker
+        .extend_grant(&caller(), granted.id, more_time(3600, ""))
+        .await
+        .unwrap();
+    let denied = broker
+        .deny_grant(&approval_portal(), granted.id, bob(), "not today".into())
+        .await
+        .unwrap();
+    assert_eq!(denied.state, GrantState::Approved);
+    assert_eq!(denied.end, granted.end);
+    assert_eq!(denied.extensions[0].state, ExtensionState::Denied);
+    assert_eq!(denied.extensions[0].denied_by, Some((bob(), "not today".to_owned())));
+    // Another may be asked for now.
+    let next = broker
+        .extend_grant(&caller(), granted.id, more_time(3600, ""))
+        .await
+        .unwrap();
+    assert_eq!(next.pending_extension().map(|e| e.number), Some(2));
+}
+
+#[tokio::test]
+async fn the_rules_can_refuse_an_extension_and_the_grant_says_why() {
+    use crate::domain::extension::ExtensionState;
+    let setup = Setup::new();
+    let broker = setup.broker(
+        r#"@id("no-long-extensions") @reason("extensions are at most an hour")
+        forbid (principal, action == GrantBroker::Action::"extend", resource)
+        when { context.extension_seconds > 3600 };"#,
+        long_target(),
+        10,
+    );
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    let refused = broker
+        .extend_grant(&caller(), granted.id, more_time(7200, ""))
+        .await
+        .unwrap();
+    assert_eq!(refused.end, granted.end);
+    let extension = &refused.extensions[0];
+    assert_eq!(extension.state, ExtensionState::Denied);
+    assert_eq!(extension.decision.outcome, Outcome::Deny);
+    assert_eq!(extension.decision.policy_ids, ["no-long-extensions"]);
+    assert_eq!(
+        extension_events(&setup.store, granted.id),
+        ["extension_requested", "extension_denied"]
+    );
+}
+
+#[tokio::test]
+async fn only_approved_open_grants_can_be_extended_and_only_so_often() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, long_target(), 10);
+    let pending = broker.request_access(&caller(), request("p")).await.unwrap().grant;
+    let error = broker
+        .extend_grant(&caller(), pending.id, more_time(600, ""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::TransitionNotAllowed { refused, .. } if refused.state == GrantState::PendingApproval),
+        "{error:?}"
+    );
+
+    let setup = Setup::new();
+    let broker = setup.broker("", long_target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    // Ten one-minute extensions are approved at once (the total stays under an hour) ...
+    for n in 0..crate::domain::extension::MAX_EXTENSIONS {
+        broker
+            .extend_grant(&caller(), granted.id, more_time(60, &format!("e{n}")))
+            .await
+            .unwrap();
+    }
+    // ... and an eleventh is refused.
+    let error = broker
+        .extend_grant(&caller(), granted.id, more_time(60, "e10"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, BrokerError::TooManyExtensions { limit: 10, .. }),
+        "{error:?}"
+    );
+    // Another caller's grant does not exist for this one; an ended grant cannot be extended.
+    let other = Caller {
+        id: CallerId::parse("other").unwrap(),
+        ..caller()
+    };
+    let error = broker
+        .extend_grant(&other, granted.id, more_time(60, ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BrokerError::GrantNotFound(_)), "{error:?}");
+    setup.clock.advance(Duration::minutes(40));
+    let error = broker
+        .extend_grant(&caller(), granted.id, more_time(60, ""))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, BrokerError::TransitionNotAllowed { refused, .. } if refused.state == GrantState::Expired),
+        "{error:?}"
+    );
 }

@@ -89,6 +89,25 @@ fn scopes_json(scopes: &[proto::Scope]) -> Value {
         .collect()
 }
 
+fn approval_json(approval: &proto::Approval) -> Value {
+    json!({
+        "approver": approval.approver,
+        "groups": approval.groups,
+        "approve_time": time_text(approval.approve_time.as_ref()),
+        "comment": approval.comment,
+        "caller": approval.caller,
+    })
+}
+
+fn extension_state_text(state: i32) -> &'static str {
+    match proto::ExtensionState::try_from(state).unwrap_or(proto::ExtensionState::Unspecified) {
+        proto::ExtensionState::Unspecified => "unspecified",
+        proto::ExtensionState::Pending => "pending",
+        proto::ExtensionState::Approved => "approved",
+        proto::ExtensionState::Denied => "denied",
+    }
+}
+
 pub fn grant_json(grant: &proto::Grant) -> Value {
     let decision = grant.decision.as_ref();
     json!({
@@ -123,12 +142,22 @@ pub fn grant_json(grant: &proto::Grant) -> Value {
             "comment": r.comment,
         })),
         "approval_deadline": time_text(grant.approval_deadline.as_ref()),
-        "approvals": grant.approvals.iter().map(|a| json!({
-            "approver": a.approver,
-            "groups": a.groups,
-            "approve_time": time_text(a.approve_time.as_ref()),
-            "comment": a.comment,
-            "caller": a.caller,
+        "approvals": grant.approvals.iter().map(approval_json).collect::<Vec<_>>(),
+        "extensions": grant.extensions.iter().map(|e| json!({
+            "number": e.number,
+            "state": extension_state_text(e.state),
+            "additional_seconds": e.additional_duration.as_ref().map_or(0, |d| d.seconds),
+            "justification": e.justification,
+            "request_time": time_text(e.request_time.as_ref()),
+            "caller": e.caller,
+            "request_id": e.request_id,
+            "reason": e.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
+            "policy_ids": e.decision.as_ref().map(|d| d.policy_ids.clone()).unwrap_or_default(),
+            "approvals_required": e.approvals_required,
+            "approvals": e.approvals.iter().map(approval_json).collect::<Vec<_>>(),
+            "denied_by": e.denied_by,
+            "deny_reason": e.deny_reason,
+            "new_end_time": time_text(e.new_end_time.as_ref()),
         })).collect::<Vec<_>>(),
         "issuances": grant.issuances.iter().map(|i| json!({
             "access_key_id": i.access_key_id,
@@ -206,6 +235,35 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
             "  waiting   for {} until {}",
             grant.approvals_required,
             time_text(grant.approval_deadline.as_ref())
+        );
+    }
+    for extension in &grant.extensions {
+        let seconds = extension.additional_duration.as_ref().map_or(0, |d| d.seconds);
+        let outcome = match proto::ExtensionState::try_from(extension.state) {
+            Ok(proto::ExtensionState::Approved) => {
+                format!("approved, ends {}", time_text(extension.new_end_time.as_ref()))
+            }
+            Ok(proto::ExtensionState::Pending) => format!(
+                "waiting for {} ({} so far)",
+                extension.approvals_required,
+                extension.approvals.len()
+            ),
+            Ok(proto::ExtensionState::Denied) if !extension.denied_by.is_empty() => {
+                format!("denied by {}: {}", extension.denied_by, extension.deny_reason)
+            }
+            _ => format!(
+                "denied: {}",
+                extension
+                    .decision
+                    .as_ref()
+                    .map(|d| d.reason.as_str())
+                    .unwrap_or_default()
+            ),
+        };
+        let _ = writeln!(
+            text,
+            "  extension {} +{}s: {} ({})",
+            extension.number, seconds, outcome, extension.justification
         );
     }
     for issuance in &grant.issuances {
@@ -495,6 +553,29 @@ pub async fn review(
 
 pub async fn deny(client: &mut Client, message: proto::DenyGrantRequest, json: bool) -> Result<String, ClientError> {
     Ok(grant_text(&client.deny_grant(message).await?.into_inner(), json))
+}
+
+/// Asks for more time; an extension the rules refuse exits 3, like a denied request.
+pub async fn extend(
+    client: &mut Client,
+    message: proto::ExtendGrantRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    let grant = client.extend_grant(message).await?.into_inner();
+    if let Some(extension) = grant.extensions.last()
+        && extension.state == i32::from(proto::ExtensionState::Denied)
+    {
+        let reason = extension
+            .decision
+            .as_ref()
+            .map(|d| d.reason.clone())
+            .unwrap_or_default();
+        return Err(ClientError::new(
+            Exit::Denied,
+            format!("extension {} of grant {} denied: {reason}", extension.number, grant.id),
+        ));
+    }
+    Ok(grant_text(&grant, json))
 }
 
 pub async fn cancel(client: &mut Client, id: String, reason: String, json: bool) -> Result<String, ClientError> {

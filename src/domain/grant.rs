@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{
     CallerId, Scope,
     approval::{Approval, ApprovalRequirement, Review},
+    extension::Extension,
 };
 
 /// A grant's id: a UUIDv7, so ids sort by creation time (the audit indexes rely on it).
@@ -194,12 +195,38 @@ pub enum EventKind {
     Expired {
         was: GrantState,
     },
-    /// An approval that did not (yet) meet the quorum, or the one that did (then `Approved`
-    /// follows in the same step).
+    /// An approval that did not (yet) meet the quorum, or the one that did (then `Approved`, or
+    /// `Extended` for an extension, follows in the same step).
     ApprovalRecorded {
         approver: String,
         groups: Vec<String>,
         comment: String,
+        /// Set when the approval is of the grant's extension with this number.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extension: Option<u32>,
+    },
+    /// The caller asked for more time; the rules decided as `outcome` (`Extended` or
+    /// `ExtensionDenied` follows in the same step unless it waits for approvals).
+    ExtensionRequested {
+        extension: u32,
+        additional_secs: u64,
+        justification: String,
+        outcome: Outcome,
+        policy_ids: Vec<String>,
+        reason: String,
+    },
+    /// An extension was approved: the window now ends at `end`.
+    Extended {
+        extension: u32,
+        #[serde(with = "time::serde::rfc3339")]
+        end: OffsetDateTime,
+    },
+    /// An extension was refused, by the rules (no approver) or by an approver.
+    ExtensionDenied {
+        extension: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approver: Option<String>,
+        reason: String,
     },
     /// The quorum is met: the window starts now.
     Approved {
@@ -250,7 +277,7 @@ pub struct Grant {
     pub created_at: OffsetDateTime,
     /// The window: when access becomes possible (at request for a grant approved at once, at the
     /// approval that meets the quorum for one that waits), and when it ends. `end - start` is
-    /// the requested duration.
+    /// the requested duration plus approved extensions.
     pub start: OffsetDateTime,
     pub end: OffsetDateTime,
     /// A grant still pending at this time has expired (the request timed out).
@@ -260,6 +287,8 @@ pub struct Grant {
     pub approvals: Vec<Approval>,
     /// For a break-glass grant: its review after the fact, once made.
     pub review: Option<Review>,
+    /// Every extension asked for, oldest first: at most [`super::extension::MAX_EXTENSIONS`].
+    pub extensions: Vec<Extension>,
     /// The most recent issuances, oldest first: at most [`RECENT_ISSUANCES`].
     pub issuances: Vec<Issuance>,
     /// How many issuances the grant has had in all.
@@ -295,6 +324,9 @@ impl EventKind {
             Self::Approved { .. } => "approved",
             Self::Denied { .. } => "denied",
             Self::IssueRefused { .. } => "issue_refused",
+            Self::ExtensionRequested { .. } => "extension_requested",
+            Self::Extended { .. } => "extended",
+            Self::ExtensionDenied { .. } => "extension_denied",
         }
     }
 }

@@ -23,6 +23,15 @@ pub enum Transition {
     Expire,
     /// Taken back by the caller, an approver or an admin.
     Revoke,
+    /// The caller asks for more time (decided by the rules at once, or left waiting).
+    RequestExtension,
+    /// An approval of the waiting extension that does not yet meet its quorum.
+    RecordExtensionApproval,
+    /// The extension is approved (at once, or by the approval that meets its quorum): the
+    /// window's end moves.
+    Extend,
+    /// An eligible approver refuses the waiting extension; the grant stays approved.
+    DenyExtension,
 }
 
 /// A transition the grant's state does not allow.
@@ -41,6 +50,10 @@ impl Transition {
             Self::Cancel => "cancel",
             Self::Expire => "expire",
             Self::Revoke => "revoke",
+            Self::RequestExtension => "extend",
+            Self::RecordExtensionApproval => "record an extension approval on",
+            Self::Extend => "approve an extension of",
+            Self::DenyExtension => "deny an extension of",
         }
     }
 
@@ -50,13 +63,18 @@ impl Transition {
         match self {
             Self::RecordApproval | Self::Approve | Self::Deny => &[PendingApproval],
             Self::Cancel | Self::Expire | Self::Revoke => &[PendingApproval, Approved],
+            Self::RequestExtension | Self::RecordExtensionApproval | Self::Extend | Self::DenyExtension => &[Approved],
         }
     }
 
     /// Where it leads: `None` keeps the state (an approval short of the quorum).
     pub fn to(self) -> Option<GrantState> {
         match self {
-            Self::RecordApproval => None,
+            Self::RecordApproval
+            | Self::RequestExtension
+            | Self::RecordExtensionApproval
+            | Self::Extend
+            | Self::DenyExtension => None,
             Self::Approve => Some(GrantState::Approved),
             Self::Deny => Some(GrantState::Denied),
             Self::Cancel => Some(GrantState::Cancelled),
@@ -100,13 +118,17 @@ impl std::fmt::Display for NotAllowed {
 mod tests {
     use super::*;
 
-    const ALL: [Transition; 6] = [
+    const ALL: [Transition; 10] = [
         Transition::RecordApproval,
         Transition::Approve,
         Transition::Deny,
         Transition::Cancel,
         Transition::Expire,
         Transition::Revoke,
+        Transition::RequestExtension,
+        Transition::RecordExtensionApproval,
+        Transition::Extend,
+        Transition::DenyExtension,
     ];
 
     #[test]
@@ -149,6 +171,10 @@ mod tests {
                 (Transition::Expire, Approved, Some(Expired)),
                 (Transition::Revoke, PendingApproval, Some(Revoked)),
                 (Transition::Revoke, Approved, Some(Revoked)),
+                (Transition::RequestExtension, Approved, None),
+                (Transition::RecordExtensionApproval, Approved, None),
+                (Transition::Extend, Approved, None),
+                (Transition::DenyExtension, Approved, None),
             ]
         );
     }

@@ -6,6 +6,7 @@
 //! credentials safe can be tested exhaustively.
 
 pub mod approval;
+pub mod extension;
 pub mod grant;
 pub mod iam;
 pub mod lifecycle;

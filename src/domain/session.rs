@@ -313,6 +313,7 @@ mod tests {
             review: None,
             issuances: vec![],
             issuance_count: 0,
+            extensions: vec![],
         }
     }
 

@@ -10,7 +10,8 @@ use crate::{
     domain::{
         AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, MfaToken,
         Outcome, RawAccessRequest, Scope, Secret, Target,
-        approval::Person,
+        approval::{Approval, Person},
+        extension::{Extension, ExtensionRequest, ExtensionState},
         request::{bounds, free_text},
     },
 };
@@ -116,6 +117,29 @@ pub fn review_grant(message: proto::ReviewGrantRequest) -> Result<(GrantId, Pers
 pub fn deny_grant(message: proto::DenyGrantRequest) -> Result<(GrantId, Person, String), Status> {
     let proto::DenyGrantRequest { id, approver, reason } = message;
     approver_decision(id, approver, ("reason", reason), true)
+}
+
+pub fn extend_grant(message: proto::ExtendGrantRequest) -> Result<(GrantId, ExtensionRequest), Status> {
+    let proto::ExtendGrantRequest {
+        id,
+        additional_duration,
+        justification,
+        request_id,
+    } = message;
+    let id = GrantId::parse(&id).map_err(|why| FieldViolation::new("id", why));
+    let request = ExtensionRequest::validate(
+        additional_duration.map(|prost_types::Duration { seconds, nanos }| (seconds, nanos)),
+        justification,
+        request_id,
+    );
+    match (id, request) {
+        (Ok(id), Ok(request)) => Ok((id, request)),
+        (id, request) => {
+            let mut violations: Vec<FieldViolation> = id.err().into_iter().collect();
+            violations.extend(request.err().unwrap_or_default());
+            Err(invalid(violations))
+        }
+    }
 }
 
 pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(GrantId, Option<MfaToken>), Status> {
@@ -318,6 +342,47 @@ fn issuance(issuance: &Issuance) -> proto::Issuance {
     }
 }
 
+fn approval(approval: &Approval) -> proto::Approval {
+    proto::Approval {
+        approver: approval.approver.to_string(),
+        groups: approval.groups.iter().cloned().collect(),
+        approve_time: Some(timestamp(approval.at)),
+        comment: approval.comment.clone(),
+        caller: approval.caller.clone(),
+    }
+}
+
+fn extension(extension: &Extension) -> proto::Extension {
+    let state = match extension.state {
+        ExtensionState::Pending => proto::ExtensionState::Pending,
+        ExtensionState::Approved => proto::ExtensionState::Approved,
+        ExtensionState::Denied => proto::ExtensionState::Denied,
+    };
+    let (denied_by, deny_reason) = extension
+        .denied_by
+        .as_ref()
+        .map(|(person, reason)| (person.to_string(), reason.clone()))
+        .unwrap_or_default();
+    proto::Extension {
+        number: extension.number,
+        state: state.into(),
+        additional_duration: Some(prost_types::Duration {
+            seconds: i64::try_from(extension.additional_secs).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        justification: extension.justification.clone(),
+        request_time: Some(timestamp(extension.requested_at)),
+        caller: extension.caller.clone(),
+        request_id: extension.request_id.clone().unwrap_or_default(),
+        decision: Some(decision(&extension.decision)),
+        approvals_required: extension.decision.approvals_required.to_annotation(),
+        approvals: extension.approvals.iter().map(approval).collect(),
+        denied_by,
+        deny_reason,
+        new_end_time: extension.new_end.map(timestamp),
+    }
+}
+
 pub fn grant(grant: &Grant) -> proto::Grant {
     proto::Grant {
         id: grant.id.to_string(),
@@ -340,17 +405,8 @@ pub fn grant(grant: &Grant) -> proto::Grant {
         decision: Some(decision(&grant.decision)),
         issuances: grant.issuances.iter().map(issuance).collect(),
         issuance_count: u32::try_from(grant.issuance_count).unwrap_or(u32::MAX),
-        approvals: grant
-            .approvals
-            .iter()
-            .map(|approval| proto::Approval {
-                approver: approval.approver.to_string(),
-                groups: approval.groups.iter().cloned().collect(),
-                approve_time: Some(timestamp(approval.at)),
-                comment: approval.comment.clone(),
-                caller: approval.caller.clone(),
-            })
-            .collect(),
+        approvals: grant.approvals.iter().map(approval).collect(),
+        extensions: grant.extensions.iter().map(extension).collect(),
         approvals_required: grant.decision.approvals_required.to_annotation(),
         approval_deadline: Some(timestamp(grant.pending_until)),
         break_glass: grant.decision.break_glass,

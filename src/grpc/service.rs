@@ -118,6 +118,16 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::G
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn extend_grant(
+        &self,
+        request: Request<proto::ExtendGrantRequest>,
+    ) -> Result<Response<proto::Grant>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, extension) = convert::extend_grant(request.into_inner())?;
+        let grant = self.broker.extend_grant(&caller, id, extension).await?;
+        Ok(Response::new(convert::grant(&grant)))
+    }
+
     async fn approve_grant(
         &self,
         request: Request<proto::ApproveGrantRequest>,

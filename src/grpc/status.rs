@@ -276,6 +276,26 @@ impl From<BrokerError> for Status {
                 &message,
                 info("TOO_MANY_APPROVALS", &[("grant_id", grant_id.to_string())]),
             ),
+            BrokerError::ExtensionWaiting { grant_id, number } => {
+                let mut details = info(
+                    "EXTENSION_WAITING",
+                    &[("grant_id", grant_id.to_string()), ("extension", number.to_string())],
+                );
+                details.add_precondition_failure_violation(
+                    "EXTENSION",
+                    format!("grants/{grant_id}"),
+                    format!("extension {number} waits for approval"),
+                );
+                with_details(Code::FailedPrecondition, &message, details)
+            }
+            BrokerError::TooManyExtensions { grant_id, limit } => with_details(
+                Code::ResourceExhausted,
+                &message,
+                info(
+                    "EXTENSION_LIMIT_REACHED",
+                    &[("grant_id", grant_id.to_string()), ("limit", limit.to_string())],
+                ),
+            ),
             BrokerError::Contended { grant_id } => retryable(
                 Code::Aborted,
                 &message,

@@ -47,7 +47,10 @@ pub struct RuleInput<'a> {
     /// What `scopes` can actually match: `Catalog::facts(scopes)`, computed once by the caller,
     /// which also uses it to refuse unknown actions.
     pub facts: &'a ActionFacts<'a>,
+    /// The grant's length: requested, or for an extension the total it would have.
     pub duration_secs: u64,
+    /// For an extension: what it adds (0 otherwise).
+    pub extension_secs: u64,
     /// When the window starts (the request time, a scheduled start, or an approval).
     pub start: OffsetDateTime,
     /// The requester invokes break-glass (an emergency): approved at once if a rule permits it.
@@ -74,6 +77,7 @@ struct Actions {
     auto_approve: EntityUid,
     approve: EntityUid,
     break_glass: EntityUid,
+    extend: EntityUid,
 }
 
 /// Whether a person may approve (or deny) a grant, and which rules say so.
@@ -154,6 +158,7 @@ impl RuleEngine {
             auto_approve: entity_uid("Action", "auto_approve").map_err(|error| vec![error])?,
             approve: entity_uid("Action", "approve").map_err(|error| vec![error])?,
             break_glass: entity_uid("Action", "break_glass").map_err(|error| vec![error])?,
+            extend: entity_uid("Action", "extend").map_err(|error| vec![error])?,
         };
         Ok(Self {
             approvals,
@@ -169,7 +174,23 @@ impl RuleEngine {
 
     /// The rules' decision for one request, with the ids of the policies that determined it.
     pub fn decide(&self, input: &RuleInput<'_>) -> Decision {
-        let mut decision = self.decide_outcome(input);
+        self.decide_as(&self.actions.request, input)
+    }
+
+    /// The rules' decision on extending a grant (`input` describes the grant with the total
+    /// duration it would have and `extension_secs` set): the same procedure as a request, with
+    /// `extend` in place of `request` and no break-glass. The `@approvals` of the permitting
+    /// `extend` rules say what a waiting extension needs.
+    pub fn decide_extension(&self, input: &RuleInput<'_>) -> Decision {
+        let input = RuleInput {
+            break_glass: false,
+            ..input.clone()
+        };
+        self.decide_as(&self.actions.extend, &input)
+    }
+
+    fn decide_as(&self, action: &EntityUid, input: &RuleInput<'_>) -> Decision {
+        let mut decision = self.decide_outcome(action, input);
         if decision.outcome == Outcome::RequireApproval {
             decision.approvals_required = self.required_approvals(&decision.policy_ids);
             decision.reason = format!("{}; needs {}", decision.reason, decision.approvals_required.describe());
@@ -231,7 +252,13 @@ impl RuleEngine {
         }
     }
 
-    fn decide_outcome(&self, input: &RuleInput<'_>) -> Decision {
+    /// `action` is `request` or `extend`: what may be asked for at all.
+    fn decide_outcome(&self, action: &EntityUid, input: &RuleInput<'_>) -> Decision {
+        let asked = if action == &self.actions.extend {
+            "extension"
+        } else {
+            "request"
+        };
         let decision = |outcome, policy_ids, reason| Decision {
             outcome,
             policy_ids,
@@ -242,11 +269,11 @@ impl RuleEngine {
         };
         let request = match self
             .prepare(input, None)
-            .and_then(|prepared| Ok((self.authorize(&self.actions.request, &prepared, None)?, prepared)))
+            .and_then(|prepared| Ok((self.authorize(action, &prepared, None)?, prepared)))
         {
             Ok(evaluated) => evaluated,
             Err(error) => {
-                let reason = format!("the rules could not evaluate this request: {error}");
+                let reason = format!("the rules could not evaluate this {asked}: {error}");
                 return decision(Outcome::Deny, Vec::new(), reason);
             }
         };
@@ -261,7 +288,7 @@ impl RuleEngine {
         let request_ids = self.determining(&request);
         if request.decision() == CedarDecision::Deny {
             let reason = if request_ids.is_empty() {
-                "no rule permits this request".to_owned()
+                format!("no rule permits this {asked}")
             } else {
                 format!("denied by {}", self.describe(&request_ids))
             };
@@ -363,6 +390,13 @@ impl RuleEngine {
                 ("caller", Expr::new_entity_uid(entity_uid("Caller", input.caller)?)),
                 ("grantee", Expr::new_entity_uid(entity_uid("Grantee", input.grantee)?)),
                 ("duration_seconds", Expr::new_long(duration_seconds)),
+                (
+                    "extension_seconds",
+                    Expr::new_long(
+                        i64::try_from(input.extension_secs)
+                            .map_err(|_| format!("extension {} is out of range", input.extension_secs))?,
+                    ),
+                ),
                 ("scheduled", Expr::new_bool(input.start > input.now)),
                 ("break_glass", Expr::new_bool(input.break_glass)),
                 (
@@ -557,6 +591,7 @@ mod tests {
             scopes: &scopes,
             facts: &facts,
             duration_secs,
+            extension_secs: 0,
             justification: "why",
             ticket,
             mfa_present: false,
@@ -674,6 +709,7 @@ mod tests {
                 scopes: &scopes,
                 facts: &facts,
                 duration_secs: 900,
+                extension_secs: 0,
                 justification: "",
                 ticket: "",
                 mfa_present: true,
@@ -793,6 +829,7 @@ mod tests {
                     scopes: &scopes,
                     facts: &facts,
                     duration_secs: 900,
+                    extension_secs: 0,
                     justification: "why",
                     ticket: "",
                     mfa_present: false,
@@ -887,8 +924,8 @@ mod tests {
         ])
         .unwrap_err();
         // One parse error, one duplicate id, a bad @approvals, and a schema error for each of
-        // the four actions `a.cedar` covers.
-        assert_eq!(problems.len(), 7, "{problems:?}");
+        // the five actions `a.cedar` covers.
+        assert_eq!(problems.len(), 8, "{problems:?}");
         assert!(problems[0].starts_with("b.cedar:"), "{problems:?}");
         assert!(problems[1].starts_with("c.cedar: policy `x`"), "{problems:?}");
         assert!(

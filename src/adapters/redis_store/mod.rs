@@ -36,7 +36,10 @@ use time::OffsetDateTime;
 
 use self::record::StoredGrant;
 use crate::{
-    domain::{CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret},
+    domain::{
+        CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret,
+        extension::ExtensionState,
+    },
     ports::{Appended, Change, ChangeFeed, GrantStore, Queue, Reservation, StoreError},
 };
 
@@ -140,7 +143,8 @@ return 'created'
 /// ARGV: expected states (space-separated), expiry (unix s), attempt limit (empty: not an STS
 /// attempt), new state (empty: unchanged), approvals expected so far (empty: no approval),
 /// approval, window (empty: unchanged), issuance (empty: none), review (empty: none; refused
-/// once the grant has one), then one or more events.
+/// once the grant has one), extensions tag expected (empty: extensions unchanged), extensions,
+/// their new tag, then one or more events.
 /// Records of the first release have no `attempts` field: their issuances are the attempts they
 /// are known to have made. Expiries only ever move later (an approval moves the window).
 const CHANGE_IF_STATE: &str = r"
@@ -152,6 +156,7 @@ for allowed in string.gmatch(ARGV[1], '%S+') do
 end
 if not expected then return 'state ' .. state end
 if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[1], 'review') == 1 then return 'reviewed' end
+if ARGV[10] ~= '' and (redis.call('HGET', KEYS[1], 'ext_tag') or '0') ~= ARGV[10] then return 'extensions' end
 if ARGV[5] ~= '' then
   local approvals = redis.call('LLEN', KEYS[4])
   if approvals ~= tonumber(ARGV[5]) then return 'approvals ' .. approvals end
@@ -166,7 +171,8 @@ if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'review', ARGV[9]) end
-for i = 10, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'extensions', ARGV[11], 'ext_tag', ARGV[12]) end
+for i = 13, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
 redis.call('PUBLISH', KEYS[3], 'changed')
 local expiry = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
@@ -341,7 +347,8 @@ impl RedisGrantStore {
             .arg("state")
             .arg("doc")
             .arg("window")
-            .arg("review");
+            .arg("review")
+            .arg("extensions");
         pipe.lrange(self.issuances_key(id), -recent, -1);
         pipe.llen(self.issuances_key(id));
         // Bounded: the broker records at most MAX_RECORDED_APPROVALS.
@@ -352,7 +359,7 @@ impl RedisGrantStore {
     fn decode_read(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<Grant>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
         let [fields, issuances, issuance_count, approvals] = replies;
-        let [version, state, doc, window, review]: [Value; 5] = reply::array_of(fields, 5)
+        let [version, state, doc, window, review, extensions]: [Value; 6] = reply::array_of(fields, 6)
             .map_err(&corrupt)?
             .try_into()
             .map_err(|_| corrupt("HMGET reply".to_owned()))?;
@@ -369,11 +376,34 @@ impl RedisGrantStore {
             doc,
             window: reply::optional_text(window).map_err(&corrupt)?,
             review: reply::optional_text(review).map_err(&corrupt)?,
+            extensions: reply::optional_text(extensions).map_err(&corrupt)?,
             approvals: reply::texts(approvals).map_err(&corrupt)?,
             issuances: reply::texts(issuances).map_err(&corrupt)?,
             issuance_count: reply::count(issuance_count).map_err(&corrupt)?,
         };
         record::decode_grant(id, stored).map(Some).map_err(corrupt)
+    }
+
+    /// What the change script's reply says.
+    fn decode_change_reply(id: GrantId, reply: &str) -> Result<Appended, StoreError> {
+        match reply.split_once(' ') {
+            None if reply == "ok" => Ok(Appended::Yes),
+            None if reply == "missing" => Ok(Appended::Missing),
+            Some(("state", state)) => GrantState::parse(state)
+                .map(Appended::WrongState)
+                .ok_or_else(|| StoreError::Corrupt(format!("grant {id}: unknown state `{state}`"))),
+            Some(("limit", attempts)) => attempts
+                .parse()
+                .map(Appended::LimitReached)
+                .map_err(|_| StoreError::Corrupt(format!("grant {id}: attempts `{attempts}`"))),
+            None if reply == "reviewed" => Ok(Appended::AlreadyReviewed),
+            None if reply == "extensions" => Ok(Appended::ExtensionsChanged),
+            Some(("approvals", count)) => count
+                .parse()
+                .map(Appended::ApprovalsChanged)
+                .map_err(|_| StoreError::Corrupt(format!("grant {id}: approvals `{count}`"))),
+            _ => Err(StoreError::Corrupt(format!("unexpected append reply `{reply}`"))),
+        }
     }
 
     /// Reads several grants in one round trip; missing ones are skipped.
@@ -688,6 +718,13 @@ impl GrantStore for RedisGrantStore {
                 Some(review) => record::encode_review(review).map_err(StoreError::Corrupt)?,
                 None => String::new(),
             });
+        match change.extensions {
+            Some(extensions) => invocation
+                .arg(record::extensions_tag(extensions.before))
+                .arg(record::encode_extensions(extensions.after).map_err(StoreError::Corrupt)?)
+                .arg(record::extensions_tag(extensions.after)),
+            None => invocation.arg("").arg("").arg(""),
+        };
         for event in change.events {
             invocation.arg(to_json(event)?);
         }
@@ -716,23 +753,24 @@ impl GrantStore for RedisGrantStore {
                 reply
             }
         };
-        match reply.split_once(' ') {
-            None if reply == "ok" => Ok(Appended::Yes),
-            None if reply == "missing" => Ok(Appended::Missing),
-            Some(("state", state)) => GrantState::parse(state)
-                .map(Appended::WrongState)
-                .ok_or_else(|| StoreError::Corrupt(format!("grant {}: unknown state `{state}`", grant.id))),
-            Some(("limit", attempts)) => attempts
-                .parse()
-                .map(Appended::LimitReached)
-                .map_err(|_| StoreError::Corrupt(format!("grant {}: attempts `{attempts}`", grant.id))),
-            None if reply == "reviewed" => Ok(Appended::AlreadyReviewed),
-            Some(("approvals", count)) => count
-                .parse()
-                .map(Appended::ApprovalsChanged)
-                .map_err(|_| StoreError::Corrupt(format!("grant {}: approvals `{count}`", grant.id))),
-            _ => Err(StoreError::Corrupt(format!("unexpected append reply `{reply}`"))),
+        let appended = Self::decode_change_reply(grant.id, &reply)?;
+        let extension_waits = change
+            .extensions
+            .and_then(|extensions| extensions.after.last())
+            .is_some_and(|last| last.state == ExtensionState::Pending);
+        if appended == Appended::Yes && extension_waits {
+            // Beside the grant's step, like the queue entry of a new pending grant (see create):
+            // a lost entry leaves the extension waiting, and a ListGrants of the grant shows it.
+            let queued: Result<i64, _> = self
+                .connection
+                .clone()
+                .zadd(self.pending_key(), grant.id.to_string(), 0)
+                .await;
+            if let Err(error) = queued {
+                tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
+            }
         }
+        Ok(appended)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -10,7 +10,10 @@
 //! - 1: the format of the first release. Its records carry no `v` field; a missing `v` means 1.
 //! - 2: the doc gains `approvals_required` and `pending_until`; the hash may hold `window`; the
 //!   grant has an approvals list. A version 1 record reads as needing one approval, pending
-//!   until its end.
+//!   until its end. Added later within version 2, without changing what was there: the hash may
+//!   hold `extensions` (a JSON array, absent when there are none) and `ext_tag` (see
+//!   [`extensions_tag`]); a release that does not know them reads the grant correctly, its
+//!   window included, only without its extension history.
 //!
 //! INVARIANT: a record is read back leniently (patterns a later release refuses still read, so
 //! old grants stay visible) and is never trusted for issuance as is: the broker re-validates
@@ -22,6 +25,7 @@ use time::OffsetDateTime;
 use crate::domain::{
     ActionPattern, CallerId, Decision, Grant, GrantId, GrantState, Issuance, Outcome, ResourcePattern, Scope,
     approval::{Approval, ApprovalRequirement, Person, Review},
+    extension::{Extension, ExtensionState},
 };
 
 /// The version this release writes.
@@ -94,6 +98,31 @@ struct ApprovalV2 {
 }
 
 #[derive(Serialize, Deserialize)]
+struct ExtensionV2 {
+    number: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+    additional_secs: u64,
+    justification: String,
+    #[serde(with = "time::serde::rfc3339")]
+    requested_at: OffsetDateTime,
+    caller: String,
+    decision: DecisionV1,
+    approvals_required: String,
+    state: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    approvals: Vec<ApprovalV2>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    denied_by: Option<(String, String)>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    new_end: Option<OffsetDateTime>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct ScopeV1 {
     actions: Vec<String>,
     resources: Vec<String>,
@@ -136,6 +165,97 @@ fn encode<T: Serialize>(value: &T) -> Result<String, String> {
     serde_json::to_string(value).map_err(|error| format!("cannot encode: {error}"))
 }
 
+fn decision_v1(decision: &Decision) -> DecisionV1 {
+    DecisionV1 {
+        outcome: match decision.outcome {
+            Outcome::Approve => OutcomeV1::Approve,
+            Outcome::RequireApproval => OutcomeV1::RequireApproval,
+            Outcome::Deny => OutcomeV1::Deny,
+        },
+        policy_ids: decision.policy_ids.clone(),
+        reason: decision.reason.clone(),
+        decided_at: decision.decided_at,
+        break_glass: decision.break_glass,
+    }
+}
+
+fn decision_from_v1(decision: DecisionV1, approvals_required: ApprovalRequirement) -> Decision {
+    Decision {
+        outcome: match decision.outcome {
+            OutcomeV1::Approve => Outcome::Approve,
+            OutcomeV1::RequireApproval => Outcome::RequireApproval,
+            OutcomeV1::Deny => Outcome::Deny,
+        },
+        policy_ids: decision.policy_ids,
+        reason: decision.reason,
+        decided_at: decision.decided_at,
+        approvals_required,
+        break_glass: decision.break_glass,
+    }
+}
+
+/// What the change script compares before replacing a grant's extensions: every extension change
+/// alters it (a new extension, the last one's state, or its approvals), so it is a
+/// compare-and-set token that needs no counter of its own.
+pub fn extensions_tag(extensions: &[Extension]) -> String {
+    match extensions.last() {
+        None => "0".to_owned(),
+        Some(last) => format!("{}/{}/{}", extensions.len(), last.state.as_str(), last.approvals.len()),
+    }
+}
+
+/// The `extensions` field.
+pub fn encode_extensions(extensions: &[Extension]) -> Result<String, String> {
+    let stored: Vec<ExtensionV2> = extensions
+        .iter()
+        .map(|extension| ExtensionV2 {
+            number: extension.number,
+            request_id: extension.request_id.clone(),
+            additional_secs: extension.additional_secs,
+            justification: extension.justification.clone(),
+            requested_at: extension.requested_at,
+            caller: extension.caller.clone(),
+            decision: decision_v1(&extension.decision),
+            approvals_required: extension.decision.approvals_required.to_annotation(),
+            state: extension.state.as_str().to_owned(),
+            approvals: extension.approvals.iter().map(approval_v2).collect(),
+            denied_by: extension
+                .denied_by
+                .as_ref()
+                .map(|(person, reason)| (person.as_str().to_owned(), reason.clone())),
+            new_end: extension.new_end,
+        })
+        .collect();
+    encode(&stored)
+}
+
+fn decode_extensions(text: &str) -> Result<Vec<Extension>, String> {
+    let stored: Vec<ExtensionV2> = serde_json::from_str(text).map_err(|error| format!("extensions: {error}"))?;
+    stored
+        .into_iter()
+        .map(|extension| {
+            let approvals_required = ApprovalRequirement::parse(&extension.approvals_required)
+                .map_err(|why| format!("extension {}: approvals_required: {why}", extension.number))?;
+            Ok(Extension {
+                number: extension.number,
+                request_id: extension.request_id,
+                additional_secs: extension.additional_secs,
+                justification: extension.justification,
+                requested_at: extension.requested_at,
+                caller: extension.caller,
+                decision: decision_from_v1(extension.decision, approvals_required),
+                state: ExtensionState::parse(&extension.state)
+                    .ok_or_else(|| format!("extension {}: unknown state `{}`", extension.number, extension.state))?,
+                approvals: extension.approvals.into_iter().map(approval_from_v2).collect(),
+                denied_by: extension
+                    .denied_by
+                    .map(|(person, reason)| (Person::from_trusted(person), reason)),
+                new_end: extension.new_end,
+            })
+        })
+        .collect()
+}
+
 /// The `doc` field of a new record, in the current version.
 pub fn encode_grant(grant: &Grant) -> Result<String, String> {
     let decision = &grant.decision;
@@ -165,17 +285,7 @@ pub fn encode_grant(grant: &Grant) -> Result<String, String> {
         created_at: grant.created_at,
         start: grant.start,
         end: grant.end,
-        decision: DecisionV1 {
-            outcome: match decision.outcome {
-                Outcome::Approve => OutcomeV1::Approve,
-                Outcome::RequireApproval => OutcomeV1::RequireApproval,
-                Outcome::Deny => OutcomeV1::Deny,
-            },
-            policy_ids: decision.policy_ids.clone(),
-            reason: decision.reason.clone(),
-            decided_at: decision.decided_at,
-            break_glass: decision.break_glass,
-        },
+        decision: decision_v1(decision),
         approvals_required: Some(decision.approvals_required.to_annotation()),
         pending_until: Some(grant.pending_until),
     })
@@ -199,14 +309,18 @@ pub fn encode_review(review: &Review) -> Result<String, String> {
     })
 }
 
-pub fn encode_approval(approval: &Approval) -> Result<String, String> {
-    encode(&ApprovalV2 {
+fn approval_v2(approval: &Approval) -> ApprovalV2 {
+    ApprovalV2 {
         approver: approval.approver.as_str().to_owned(),
         groups: approval.groups.iter().cloned().collect(),
         at: approval.at,
         comment: approval.comment.clone(),
         caller: approval.caller.clone(),
-    })
+    }
+}
+
+pub fn encode_approval(approval: &Approval) -> Result<String, String> {
+    encode(&approval_v2(approval))
 }
 
 pub fn encode_issuance(issuance: &Issuance) -> Result<String, String> {
@@ -228,6 +342,7 @@ pub struct StoredGrant {
     pub doc: String,
     pub window: Option<String>,
     pub review: Option<String>,
+    pub extensions: Option<String>,
     pub approvals: Vec<String>,
     /// The most recent issuances, oldest first.
     pub issuances: Vec<String>,
@@ -284,6 +399,10 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
         return Err(format!("doc belongs to grant {}", doc.id));
     }
     let caller = CallerId::parse(&doc.caller).map_err(|why| format!("caller: {why}"))?;
+    let extensions = match &stored.extensions {
+        None => Vec::new(),
+        Some(text) => decode_extensions(text)?,
+    };
     let issuances = stored
         .issuances
         .iter()
@@ -319,20 +438,10 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
         start,
         end,
         pending_until,
-        decision: Decision {
-            outcome: match doc.decision.outcome {
-                OutcomeV1::Approve => Outcome::Approve,
-                OutcomeV1::RequireApproval => Outcome::RequireApproval,
-                OutcomeV1::Deny => Outcome::Deny,
-            },
-            policy_ids: doc.decision.policy_ids,
-            reason: doc.decision.reason,
-            decided_at: doc.decision.decided_at,
-            approvals_required,
-            break_glass: doc.decision.break_glass,
-        },
+        decision: decision_from_v1(doc.decision, approvals_required),
         approvals,
         review,
+        extensions,
         issuances,
         issuance_count: stored.issuance_count,
     })

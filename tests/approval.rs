@@ -9,14 +9,6 @@ use common::*;
 use grant_broker::grpc::proto;
 use tonic::Code;
 
-fn approve(id: &str, approver: &str) -> proto::ApproveGrantRequest {
-    proto::ApproveGrantRequest {
-        id: id.to_owned(),
-        approver: approver.to_owned(),
-        comment: format!("ok from {approver}"),
-    }
-}
-
 /// A production request, which the example rules send to security and a team lead.
 async fn pending(client: &mut Client) -> proto::Grant {
     let grant = client

@@ -6,19 +6,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use common::*;
 use grant_broker::grpc::proto;
 use tonic::Code;
-
-fn approve(id: &str, approver: &str) -> proto::ApproveGrantRequest {
-    proto::ApproveGrantRequest {
-        id: id.to_owned(),
-        approver: approver.to_owned(),
-        comment: format!("ok from {approver}"),
-    }
-}
 
 fn extend(id: &str, seconds: i64, request_id: &str) -> proto::ExtendGrantRequest {
     proto::ExtendGrantRequest {
@@ -460,17 +450,6 @@ async fn racing_decisions_on_a_waiting_extension_land_once() {
     }
 }
 
-async fn run(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_grant-broker"))
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_extends_and_exits_3_when_the_rules_refuse() {
     let redis = RedisServer::start();
@@ -497,11 +476,11 @@ async fn the_cli_extends_and_exits_3_when_the_rules_refuse() {
             PORTAL_TOKEN.into(),
         ]
     };
-    let output = run(extend_cli("10m")).await;
+    let output = run_cli(extend_cli("10m")).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("extension 1 +600s: approved, ends"), "{stdout}");
-    let output = run(extend_cli("20m")).await;
+    let output = run_cli(extend_cli("20m")).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(
@@ -510,7 +489,7 @@ async fn the_cli_extends_and_exits_3_when_the_rules_refuse() {
     );
     let mut json_args = extend_cli("5m");
     json_args.push("--json".into());
-    let output = run(json_args).await;
+    let output = run_cli(json_args).await;
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["extensions"][2]["state"], "approved");
     assert_eq!(printed["extensions"][1]["state"], "denied");

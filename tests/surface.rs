@@ -6,7 +6,6 @@ mod common;
 
 use std::{
     path::Path,
-    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -94,17 +93,6 @@ async fn reflection_v1_and_v1alpha_advertise_only_the_public_services() {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
-async fn run(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_grant-broker"))
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -146,7 +134,7 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
         args
     };
 
-    let output = run(request("--credential-process")).await;
+    let output = run_cli(request("--credential-process")).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(document["Version"], 1);
@@ -155,7 +143,7 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
     assert!(document["AccessKeyId"].as_str().unwrap().starts_with("ASIAFAKE"));
     assert!(document["Expiration"].as_str().unwrap().ends_with('Z'));
 
-    let output = run(request("--export")).await;
+    let output = run_cli(request("--export")).await;
     let exports = text(&output.stdout);
     assert!(
         exports.contains(&format!("export AWS_SECRET_ACCESS_KEY={}\n", fake_secret(1))),
@@ -165,7 +153,7 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
 
     let mut listing = base("list");
     listing.push("--json".into());
-    let output = run(listing).await;
+    let output = run_cli(listing).await;
     let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let grants = listed["grants"].as_array().unwrap();
     assert_eq!(grants.len(), 2);
@@ -177,7 +165,7 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
 
     let mut get = base("get");
     get.push(grants[1]["id"].as_str().unwrap().to_owned());
-    let output = run(get).await;
+    let output = run_cli(get).await;
     assert!(
         text(&output.stdout).contains("approved by `auto-approve-nonprod-read-only`"),
         "{}",
@@ -188,7 +176,7 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
     let mut bad = request("--export");
     let at = bad.iter().position(|a| a == "30m").unwrap();
     bad[at] = "5m".into();
-    let output = run(bad).await;
+    let output = run_cli(bad).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(
         text(&output.stderr).contains("InvalidArgument"),
@@ -231,7 +219,7 @@ async fn the_cli_reads_an_error_about_hundreds_of_problems() {
             format!("arn:aws:s3:::other-{i:02}/{}", "x".repeat(20)),
         ]);
     }
-    let output = run(args).await;
+    let output = run_cli(args).await;
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -262,7 +250,7 @@ async fn a_pipeline_waits_for_approval_with_the_cli() {
         .into_inner()
         .grant
         .unwrap();
-    let waiting = run(vec![
+    let waiting = run_cli(vec![
         "watch".into(),
         grant.id.clone(),
         "--until-approved".into(),
@@ -311,7 +299,7 @@ async fn check_config_explains_sample_requests_and_fails_on_a_surprise() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = root.join("deploy/dev/grant-broker.toml").display().to_string();
     let samples = root.join("deploy/rules/approval.examples.json");
-    let output = run(vec![
+    let output = run_cli(vec![
         "check-config".into(),
         config.clone(),
         "--explain".into(),
@@ -332,7 +320,7 @@ async fn check_config_explains_sample_requests_and_fails_on_a_surprise() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cases.json");
     std::fs::write(&path, surprised).unwrap();
-    let output = run(vec![
+    let output = run_cli(vec![
         "check-config".into(),
         config,
         "--explain".into(),
@@ -352,7 +340,7 @@ async fn check_config_explains_sample_requests_and_fails_on_a_surprise() {
 async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for config in ["deploy/dev/grant-broker.toml", "deploy/grant-broker.example.toml"] {
-        let output = run(vec!["check-config".into(), root.join(config).display().to_string()]).await;
+        let output = run_cli(vec!["check-config".into(), root.join(config).display().to_string()]).await;
         assert!(output.status.success(), "{config}: {}", text(&output.stderr));
         assert!(text(&output.stdout).contains(": ok ("), "{}", text(&output.stdout));
     }
@@ -369,7 +357,7 @@ async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
         )),
     )
     .unwrap();
-    let output = run(vec!["check-config".into(), wide.display().to_string()]).await;
+    let output = run_cli(vec!["check-config".into(), wide.display().to_string()]).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stderr = text(&output.stderr);
     assert!(
@@ -394,7 +382,7 @@ async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
     .replace("region = \"us-east-1\"", "region = \"US East\"");
     let path = dir.path().join("broken.toml");
     std::fs::write(&path, broken).unwrap();
-    let output = run(vec!["check-config".into(), path.display().to_string()]).await;
+    let output = run_cli(vec!["check-config".into(), path.display().to_string()]).await;
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(

@@ -10,7 +10,7 @@ use time::{Duration, OffsetDateTime};
 use super::{
     Decision, FieldViolation, Grant, RequestId,
     approval::{Approval, Person},
-    request::{bounds, free_text},
+    request::{bounds, free_text, whole_seconds},
 };
 
 /// Most extensions one grant may ask for (a bound on its record; the target's maximum bounds
@@ -93,29 +93,14 @@ impl ExtensionRequest {
         request_id: String,
     ) -> Result<Self, Vec<FieldViolation>> {
         let mut violations = Vec::new();
-        let additional_secs = match additional {
-            None => {
-                violations.push(FieldViolation::new("additional_duration", "is required"));
-                0
-            }
-            Some((_, nanos)) if nanos != 0 => {
-                violations.push(FieldViolation::new(
-                    "additional_duration",
-                    "must be a whole number of seconds",
-                ));
-                0
-            }
-            Some((seconds, _)) => match u64::try_from(seconds) {
-                Ok(seconds) if (MIN_EXTENSION_SECS..=MAX_EXTENSION_SECS).contains(&seconds) => seconds,
-                _ => {
-                    violations.push(FieldViolation::new(
-                        "additional_duration",
-                        format!("must be {MIN_EXTENSION_SECS}-{MAX_EXTENSION_SECS} seconds, got {seconds}"),
-                    ));
-                    0
-                }
-            },
-        };
+        let additional_secs = whole_seconds(
+            "additional_duration",
+            additional,
+            MIN_EXTENSION_SECS..=MAX_EXTENSION_SECS,
+            "",
+        )
+        .map_err(|violation| violations.push(violation))
+        .unwrap_or(0);
         if justification.trim().is_empty() {
             violations.push(FieldViolation::new(
                 "justification",

@@ -117,6 +117,27 @@ impl MfaToken {
     }
 }
 
+/// A required duration sent as (seconds, nanoseconds): a whole number of seconds within `range`
+/// (`why` says where the range comes from, for the message).
+pub fn whole_seconds(
+    field: &str,
+    value: Option<(i64, i32)>,
+    range: std::ops::RangeInclusive<u64>,
+    why: &str,
+) -> Result<u64, FieldViolation> {
+    match value {
+        None => Err(FieldViolation::new(field, "is required")),
+        Some((_, nanos)) if nanos != 0 => Err(FieldViolation::new(field, "must be a whole number of seconds")),
+        Some((seconds, _)) => match u64::try_from(seconds) {
+            Ok(secs) if range.contains(&secs) => Ok(secs),
+            _ => Err(FieldViolation::new(
+                field,
+                format!("must be {}-{} seconds{why}, got {seconds}", range.start(), range.end()),
+            )),
+        },
+    }
+}
+
 /// Free text a caller sends besides a request (a cancellation's reason): at most `max`
 /// characters, no control or invisible format characters.
 pub fn free_text(field: &str, value: String, max: usize) -> Result<String, FieldViolation> {
@@ -360,30 +381,14 @@ impl AccessRequest {
             parsed_scopes.push(Scope { actions, resources });
         }
 
-        let duration_secs = match duration {
-            None => {
-                violations.push(FieldViolation::new("duration", "is required"));
-                0
-            }
-            Some((_, nanos)) if nanos != 0 => {
-                violations.push(FieldViolation::new("duration", "must be a whole number of seconds"));
-                0
-            }
-            Some((seconds, _)) => match u64::try_from(seconds) {
-                Ok(seconds) if (limits::MIN_DURATION_SECS..=limits::MAX_DURATION_SECS).contains(&seconds) => seconds,
-                _ => {
-                    violations.push(FieldViolation::new(
-                        "duration",
-                        format!(
-                            "must be {}-{} seconds (STS limits), got {seconds}",
-                            limits::MIN_DURATION_SECS,
-                            limits::MAX_DURATION_SECS
-                        ),
-                    ));
-                    0
-                }
-            },
-        };
+        let duration_secs = whole_seconds(
+            "duration",
+            duration,
+            limits::MIN_DURATION_SECS..=limits::MAX_DURATION_SECS,
+            " (STS limits)",
+        )
+        .map_err(|violation| violations.push(violation))
+        .unwrap_or(0);
 
         check_text("justification", &justification, &mut violations);
         check_text("ticket", &ticket, &mut violations);

@@ -796,3 +796,24 @@ pub async fn newest_grant(client: &mut Client) -> proto::Grant {
     assert_eq!(grants.len(), 1, "the caller has a grant");
     grants.remove(0)
 }
+
+/// An approver's approval, with a comment naming them.
+pub fn approve(id: &str, approver: &str) -> proto::ApproveGrantRequest {
+    proto::ApproveGrantRequest {
+        id: id.to_owned(),
+        approver: approver.to_owned(),
+        comment: format!("ok from {approver}"),
+    }
+}
+
+/// Runs the grant-broker command with `args`, off the async runtime's threads.
+pub async fn run_cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_grant-broker"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}

@@ -24,7 +24,7 @@
 //! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
 mod record;
-mod reply;
+pub(crate) mod reply;
 
 use std::time::Duration;
 

@@ -393,11 +393,12 @@ fn check_config(path: PathBuf, explain: Option<PathBuf>) -> ExitCode {
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} targets, {} callers, {} rules, {} warning(s))",
+                "{}: ok ({} targets, {} callers, {} rules, {} webhooks, {} warning(s))",
                 path.display(),
                 config.targets.len(),
                 config.callers.len(),
                 config.rules.policy_count(),
+                config.webhooks.len(),
                 config.warnings.len()
             );
             ExitCode::SUCCESS

@@ -357,9 +357,9 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
         }
     };
     let result = async {
-        let (broker, auth) = server::build(config).await?;
+        let (broker, auth, deliveries) = server::build(config).await?;
         tracing::info!(address = %listen, "grant-broker serving");
-        server::run(listener, broker, auth, shutdown_signal()).await
+        server::run(listener, broker, auth, deliveries, shutdown_signal()).await
     }
     .await;
     match result {

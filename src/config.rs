@@ -1,11 +1,11 @@
 //! Typed, validated configuration: one TOML file naming the listen address, Redis, AWS, the rule
-//! files, the targets and the callers. Loading reports every problem at once, each with the key
+//! files, the targets, the callers and the webhooks. Loading reports every problem at once, each with the key
 //! that holds it (`targets[1].role_arn: ...`), so `grant-broker check-config` can list them all.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,7 +13,10 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    adapters::{RedisSettings, RedisTls, StsSettings},
+    adapters::{
+        RedisSettings, RedisTls, StsSettings,
+        webhooks::{self, DeliverySettings, Webhook},
+    },
     broker::BrokerSettings,
     domain::{
         ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, approval::Person, iam::Catalog, limits, scope,
@@ -65,6 +68,11 @@ pub struct Config {
     pub rules: RuleEngine,
     pub targets: Vec<Target>,
     pub callers: Vec<CallerConfig>,
+    /// Where notifications of grant events go; empty: nowhere (and no delivery worker runs).
+    pub webhooks: Vec<Webhook>,
+    /// How the delivery worker paces itself: not in the file (the defaults suit production);
+    /// tests shorten it.
+    pub delivery: DeliverySettings,
     /// Valid, but probably not what the operator means (a ceiling reaching further than it
     /// looks, plaintext on the network): `check-config` prints them, `serve` logs them.
     pub warnings: Vec<Problem>,
@@ -87,7 +95,36 @@ struct RawConfig {
     callers: Vec<RawCaller>,
     #[serde(default)]
     approvers: Vec<RawApprover>,
+    #[serde(default)]
+    webhooks: Vec<RawWebhook>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: String,
+    url: String,
+    /// The name of the environment variable holding the HMAC secret, never the secret.
+    secret_env: String,
+    /// `None`: [`webhooks::DEFAULT_EVENTS`].
+    events: Option<Vec<String>>,
+    #[serde(default = "default_webhook_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_webhook_max_attempts")]
+    max_attempts: u32,
+    #[serde(default)]
+    insecure_http: bool,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+/// With the default backoff (1 s doubling), eight attempts span about two minutes.
+fn default_webhook_max_attempts() -> u32 {
+    8
+}
+const WEBHOOK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+const WEBHOOK_MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=50;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -265,8 +302,15 @@ impl Config {
         Self::parse(&text, base)
     }
 
-    /// Validates configuration text; rule files are resolved against `base`.
+    /// Validates configuration text; rule files are resolved against `base`, webhook secrets
+    /// read from the process environment.
     pub fn parse(text: &str, base: &Path) -> Result<Self, Vec<Problem>> {
+        Self::parse_with_env(text, base, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Self::parse`] with webhook secrets read through `env` (tests cannot change the
+    /// process environment safely).
+    pub fn parse_with_env(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Vec<Problem>> {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|error| vec![Problem::new("config", error.to_string().trim_end().to_owned())])?;
         let mut problems = Vec::new();
@@ -294,6 +338,7 @@ impl Config {
         warnings.extend(ceiling_warnings(&targets));
         let callers = validate_callers(raw.callers, &targets, &mut problems);
         let rules = load_rules(&raw.rules, base, &mut problems);
+        let webhooks = validate_webhooks(raw.webhooks, env, &mut problems, &mut warnings);
 
         match (listen, rules) {
             (Some(listen), Some(rules)) if problems.is_empty() => Ok(Self {
@@ -310,6 +355,8 @@ impl Config {
                 rules,
                 targets,
                 callers,
+                webhooks,
+                delivery: DeliverySettings::default(),
                 warnings,
             }),
             _ => Err(problems),
@@ -716,6 +763,163 @@ fn validate_callers(raw: Vec<RawCaller>, targets: &[Target], problems: &mut Vec<
     callers
 }
 
+/// Webhooks: a unique name, an https URL (http only to loopback, or when the operator says so),
+/// a secret from the environment long enough for HMAC-SHA256, and known event names.
+fn validate_webhooks(
+    raw: Vec<RawWebhook>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Vec<Webhook> {
+    let mut names = BTreeMap::new();
+    let mut valid = Vec::with_capacity(raw.len());
+    for (index, webhook) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("webhooks[{index}].{field}");
+        let before = problems.len();
+        let name_ok = !webhook.name.is_empty()
+            && webhook.name.len() <= 64
+            && webhook
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !name_ok {
+            problems.push(Problem::new(key("name"), "must be 1-64 characters of a-z, 0-9 and -_."));
+        }
+        if let Some(first) = names.insert(webhook.name.clone(), index) {
+            problems.push(Problem::new(
+                key("name"),
+                format!("`{}` is also the name of webhooks[{first}]", webhook.name),
+            ));
+        }
+        let url = match validate_webhook_url(&webhook.url, webhook.insecure_http) {
+            Ok((url, plaintext)) => {
+                if plaintext {
+                    warnings.push(Problem::new(
+                        key("insecure_http"),
+                        format!(
+                            "notifications to {} cross the network unencrypted (signed, but readable)",
+                            webhooks::redacted_url(&url)
+                        ),
+                    ));
+                }
+                Some(url)
+            }
+            Err(why) => {
+                problems.push(Problem::new(key("url"), why));
+                None
+            }
+        };
+        // The secret's value never appears in a problem: only its variable's name and length.
+        let secret = match env(&webhook.secret_env) {
+            _ if webhook.secret_env.is_empty() => {
+                problems.push(Problem::new(
+                    key("secret_env"),
+                    "name the environment variable that holds the HMAC secret",
+                ));
+                None
+            }
+            None => {
+                problems.push(Problem::new(
+                    key("secret_env"),
+                    format!("the environment variable `{}` is not set", webhook.secret_env),
+                ));
+                None
+            }
+            Some(value) if value.len() < webhooks::MIN_SECRET_BYTES => {
+                problems.push(Problem::new(
+                    key("secret_env"),
+                    format!(
+                        "`{}` holds {} bytes; an HMAC-SHA256 secret needs at least {}",
+                        webhook.secret_env,
+                        value.len(),
+                        webhooks::MIN_SECRET_BYTES
+                    ),
+                ));
+                None
+            }
+            Some(value) => Some(Secret::new(value)),
+        };
+        let events: BTreeSet<String> = match webhook.events {
+            None => webhooks::DEFAULT_EVENTS.iter().map(|&name| name.to_owned()).collect(),
+            Some(events) => {
+                if events.is_empty() {
+                    problems.push(Problem::new(
+                        key("events"),
+                        "name at least one event, or leave it out for the defaults",
+                    ));
+                }
+                for (i, event) in events.iter().enumerate() {
+                    if !webhooks::KNOWN_EVENTS.contains(&event.as_str()) {
+                        problems.push(Problem::new(
+                            format!("{}[{i}]", key("events")),
+                            format!(
+                                "`{event}` is not an event; known: {}",
+                                webhooks::KNOWN_EVENTS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                events.into_iter().collect()
+            }
+        };
+        if !WEBHOOK_TIMEOUT_MS.contains(&webhook.timeout_ms) {
+            problems.push(Problem::new(
+                key("timeout_ms"),
+                format!("must be {}-{}", WEBHOOK_TIMEOUT_MS.start(), WEBHOOK_TIMEOUT_MS.end()),
+            ));
+        }
+        if !WEBHOOK_MAX_ATTEMPTS.contains(&webhook.max_attempts) {
+            problems.push(Problem::new(
+                key("max_attempts"),
+                format!(
+                    "must be {}-{}",
+                    WEBHOOK_MAX_ATTEMPTS.start(),
+                    WEBHOOK_MAX_ATTEMPTS.end()
+                ),
+            ));
+        }
+        if let (Some(url), Some(secret), true) = (url, secret, problems.len() == before) {
+            valid.push(Webhook {
+                name: webhook.name,
+                url,
+                secret,
+                events,
+                timeout: Duration::from_millis(webhook.timeout_ms),
+                max_attempts: webhook.max_attempts,
+            });
+        }
+    }
+    valid
+}
+
+/// An absolute http(s) URL without credentials in it; plain http only to a loopback host unless
+/// `insecure_http`. Returns the URL and whether it is plaintext beyond loopback (a warning).
+fn validate_webhook_url(text: &str, insecure_http: bool) -> Result<(hyper::Uri, bool), String> {
+    let url: hyper::Uri = text
+        .parse()
+        .map_err(|_| format!("`{}` is not a URL", crate::domain::clip(text, 128)))?;
+    let Some(authority) = url.authority() else {
+        return Err("must be an absolute https:// URL".to_owned());
+    };
+    if authority.as_str().contains('@') {
+        return Err("must not hold credentials (user:password@): sign with secret_env instead".to_owned());
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("must name a host".to_owned());
+    }
+    let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match url.scheme_str() {
+        Some("https") => Ok((url, false)),
+        Some("http") if loopback => Ok((url, false)),
+        Some("http") if insecure_http => Ok((url, true)),
+        Some("http") => Err(format!(
+            "plain http to {host} would send notifications unencrypted: use https://, or set insecure_http = true to accept it"
+        )),
+        _ => Err("must start with https:// (or http:// to a loopback host)".to_owned()),
+    }
+}
+
 fn load_rules(raw: &RawRules, base: &Path, problems: &mut Vec<Problem>) -> Option<RuleEngine> {
     if raw.files.is_empty() {
         problems.push(Problem::new("rules.files", "name at least one Cedar rule file"));
@@ -908,6 +1112,137 @@ mod tests {
             crate::adapters::redacted_url("redis://hunter2@h:1"),
             "redis://[redacted]@h:1"
         );
+    }
+
+    const HOOK_SECRET: &str = "hook-secret-0123456789abcdef-0123456789";
+
+    fn with_webhooks(webhooks: &str) -> Result<Config, Vec<Problem>> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+        let env = |name: &str| match name {
+            "GB_HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
+            "GB_SHORT_SECRET" => Some("too-short".to_owned()),
+            _ => None,
+        };
+        Config::parse_with_env(&format!("{GOOD}\n{webhooks}"), dir.path(), &env)
+    }
+
+    #[test]
+    fn a_webhook_gets_the_default_events_timeout_and_attempts() {
+        let config = with_webhooks(
+            "[[webhooks]]\nname = \"approvals\"\nurl = \"https://hooks.example.com/grant-broker\"\nsecret_env = \"GB_HOOK_SECRET\"",
+        )
+        .unwrap();
+        let [webhook] = config.webhooks.as_slice() else {
+            panic!("{:?}", config.webhooks)
+        };
+        assert_eq!(webhook.name, "approvals");
+        assert_eq!(webhook.secret.expose(), HOOK_SECRET);
+        assert_eq!(webhook.timeout, Duration::from_secs(5));
+        assert_eq!(webhook.max_attempts, 8);
+        let events: Vec<&str> = webhook.events.iter().map(String::as_str).collect();
+        let mut defaults = webhooks::DEFAULT_EVENTS.to_vec();
+        defaults.sort_unstable();
+        assert_eq!(events, defaults);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        // Loopback may be plain http (a sidecar); no webhooks at all is fine too.
+        let local = with_webhooks(
+            "[[webhooks]]\nname = \"local\"\nurl = \"http://127.0.0.1:8080/hook\"\nsecret_env = \"GB_HOOK_SECRET\"\nevents = [\"extended\", \"extension_requested\", \"issued\"]",
+        )
+        .unwrap();
+        assert_eq!(local.webhooks[0].events.len(), 3);
+        assert!(with_rules(GOOD).unwrap().webhooks.is_empty());
+    }
+
+    #[test]
+    fn webhook_problems_are_reported_by_key_and_never_show_the_secret() {
+        let problems = with_webhooks(
+            r#"
+            [[webhooks]]
+            name = "approvals"
+            url = "http://hooks.example.com/grant-broker"
+            secret_env = "GB_MISSING_SECRET"
+            events = ["requested", "aproved"]
+            [[webhooks]]
+            name = "approvals"
+            url = "https://user:pw@hooks.example.com/x"
+            secret_env = "GB_SHORT_SECRET"
+            timeout_ms = 0
+            max_attempts = 0
+            [[webhooks]]
+            name = "Bad Name"
+            url = "ftp://hooks.example.com/x"
+            secret_env = "GB_HOOK_SECRET"
+            events = []
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "webhooks[0].url",
+                "webhooks[0].secret_env",
+                "webhooks[0].events[1]",
+                "webhooks[1].name",
+                "webhooks[1].url",
+                "webhooks[1].secret_env",
+                "webhooks[1].timeout_ms",
+                "webhooks[1].max_attempts",
+                "webhooks[2].name",
+                "webhooks[2].url",
+                "webhooks[2].events",
+            ],
+            "{problems:?}"
+        );
+        let says = |key: &str, text: &str| {
+            assert!(
+                problems.iter().any(|p| p.key == key && p.message.contains(text)),
+                "{key}: {text} in {problems:?}"
+            )
+        };
+        says("webhooks[0].url", "insecure_http");
+        says("webhooks[0].secret_env", "`GB_MISSING_SECRET` is not set");
+        says("webhooks[0].events[1]", "`aproved` is not an event");
+        says("webhooks[1].name", "also the name of webhooks[0]");
+        says("webhooks[1].url", "credentials");
+        says("webhooks[1].secret_env", "holds 9 bytes");
+        let printed = format!("{problems:?}");
+        assert!(
+            !printed.contains("too-short") && !printed.contains(HOOK_SECRET),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn the_example_webhook_is_valid_once_uncommented() {
+        let example = include_str!("../deploy/grant-broker.example.toml");
+        let start = example.find("# [[webhooks]]").unwrap();
+        let block: String = example[start..]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+        let env = |name: &str| (name == "GRANT_BROKER_WEBHOOK_SECRET").then(|| HOOK_SECRET.to_owned());
+        let config = Config::parse_with_env(&format!("{GOOD}\n{block}"), dir.path(), &env).unwrap();
+        assert_eq!(config.webhooks.len(), 1);
+        assert_eq!(config.webhooks[0].events.len(), 6);
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_is_a_warning_when_the_operator_accepts_it() {
+        let config = with_webhooks(
+            "[[webhooks]]\nname = \"lan\"\nurl = \"http://10.0.0.7/hook?token=t0k3n\"\nsecret_env = \"GB_HOOK_SECRET\"\ninsecure_http = true",
+        )
+        .unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert_eq!(config.warnings[0].key, "webhooks[0].insecure_http");
+        let printed = format!("{config:?}");
+        for hidden in [HOOK_SECRET, "t0k3n"] {
+            assert!(!printed.contains(hidden), "{hidden} in {printed}");
+        }
     }
 
     #[test]

@@ -373,9 +373,9 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
         }
     };
     let result = async {
-        let (broker, auth) = server::build(config).await?;
+        let (broker, auth, deliveries) = server::build(config).await?;
         tracing::info!(address = %listen, "grant-broker serving");
-        server::run(listener, broker, auth, shutdown_signal()).await
+        server::run(listener, broker, auth, deliveries, shutdown_signal()).await
     }
     .await;
     match result {
@@ -409,11 +409,12 @@ fn check_config(path: PathBuf, explain: Option<PathBuf>) -> ExitCode {
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} targets, {} callers, {} rules, {} warning(s))",
+                "{}: ok ({} targets, {} callers, {} rules, {} webhooks, {} warning(s))",
                 path.display(),
                 config.targets.len(),
                 config.callers.len(),
                 config.rules.policy_count(),
+                config.webhooks.len(),
                 config.warnings.len()
             );
             ExitCode::SUCCESS

@@ -9,7 +9,10 @@ use tonic::{service::interceptor::InterceptedService, transport::server::TcpInco
 use tonic_health::ServingStatus;
 
 use crate::{
-    adapters::{RedisGrantStore, StsIssuer},
+    adapters::{
+        RedisGrantStore, StsIssuer,
+        webhooks::{DeliveryWorker, Outbox},
+    },
     broker::Broker,
     config::Config,
     grpc::{Authenticate, Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, proto},
@@ -28,38 +31,51 @@ pub enum ServeError {
     Store(#[from] crate::ports::StoreError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot set up webhook deliveries: {0}")]
+    Webhooks(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Builds the broker and authenticator a configuration describes.
-pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator), ServeError> {
+/// Builds the broker and authenticator a configuration describes, and the webhook delivery
+/// worker when webhooks are configured (for [`run`]).
+pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, Option<DeliveryWorker>), ServeError> {
     // Parsed now rather than by the first request (a few milliseconds).
     let catalog = crate::domain::iam::Catalog::builtin();
     tracing::info!(source = catalog.source(), "IAM action catalog loaded");
-    let store = RedisGrantStore::new(&config.redis)?;
+    let store =
+        RedisGrantStore::new(&config.redis)?.with_outbox(Outbox::new(&config.redis.key_prefix, &config.webhooks));
+    let deliveries = if config.webhooks.is_empty() {
+        None
+    } else {
+        let worker = DeliveryWorker::new(store.redis_client(), &config.redis, config.webhooks, config.delivery)
+            .map_err(ServeError::Webhooks)?;
+        Some(worker)
+    };
     let mut regions: Vec<String> = config.targets.iter().map(|target| target.region.clone()).collect();
     regions.sort();
     regions.dedup();
     let issuer = StsIssuer::new(&config.sts, regions).await;
     let auth = Authenticator::new(&config.callers);
     let broker = Broker::new(store, issuer, SystemClock, config.rules, config.targets, config.broker);
-    Ok((broker, auth))
+    Ok((broker, auth, deliveries))
 }
 
 /// Serves GrantBroker, grpc.health.v1.Health and server reflection (v1 and v1alpha, advertising
 /// only GrantBroker and Health) on `listener` until `shutdown` completes, then drains in-flight
-/// calls.
+/// calls. Runs `deliveries` (webhook notifications) meanwhile.
 pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
     listener: TcpListener,
     broker: Broker<S, I, C>,
     auth: Authenticator,
+    deliveries: Option<DeliveryWorker>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let broker = Arc::new(broker);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
     let expiry_task = tokio::spawn(sweep_expiries(Arc::clone(&broker)));
+    let delivery_task = deliveries.map(|worker| tokio::spawn(worker.run()));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -83,6 +99,10 @@ pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
         .await;
     health_task.abort();
     expiry_task.abort();
+    // An attempt cut short here is reclaimed by another replica (or this one, restarted).
+    if let Some(task) = delivery_task {
+        task.abort();
+    }
     Ok(result?)
 }
 

@@ -1,7 +1,9 @@
-//! The only code that knows Redis and the AWS SDK: implementations of the ports.
+//! The only code that knows Redis, the AWS SDK and HTTP clients: implementations of the ports,
+//! and webhook notifications (queued beside the store's changes, delivered by a worker).
 
 pub mod redis_store;
 pub mod sts_issuer;
+pub mod webhooks;
 
 pub use redis_store::{RedisGrantStore, RedisSettings, RedisTls, redacted_url};
 pub use sts_issuer::{StsIssuer, StsSettings};

@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use grant_broker::{config::Config, grpc::proto, server};
+use grant_broker::{adapters::webhooks::DeliverySettings, config::Config, grpc::proto, server};
 use http_body_util::{BodyExt, Full};
 use hyper::{Response, body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -218,6 +218,17 @@ impl RedisServer {
                     .query_async(&mut connection)
                     .await
                     .unwrap(),
+                // Webhook notifications: every entry's fields.
+                "stream" => {
+                    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg("-")
+                        .arg("+")
+                        .query_async(&mut connection)
+                        .await
+                        .unwrap();
+                    entries.into_iter().flat_map(|(_, fields)| fields).collect()
+                }
                 other => panic!("unexpected key type {other} for {key}"),
             };
             entries.push((key, value.join("\n")));
@@ -478,6 +489,14 @@ pub struct Settings {
     pub extra_rules: String,
     /// Extra lines for the `[redis]` table (TLS files).
     pub redis_extra: String,
+    /// `[[webhooks]]` tables appended to the configuration.
+    pub webhooks: String,
+    /// The environment the configuration's `secret_env` names are read from.
+    pub env: HashMap<String, String>,
+    /// The webhook delivery worker's pacing.
+    pub delivery: DeliverySettings,
+    /// Run the delivery worker (when webhooks are configured); `false`: only queue.
+    pub deliver: bool,
 }
 
 impl Settings {
@@ -493,6 +512,10 @@ impl Settings {
             max_issuances_per_grant: 10,
             extra_rules: String::new(),
             redis_extra: String::new(),
+            webhooks: String::new(),
+            env: HashMap::new(),
+            delivery: DeliverySettings::default(),
+            deliver: true,
         }
     }
 }
@@ -635,6 +658,8 @@ groups = ["security", "team-leads"]
 [[approvers]]
 person = "alice@example.com"
 groups = ["security", "team-leads"]
+
+{webhooks}
 "#,
         redis_url = settings.redis_url,
         redis_timeout = settings.redis_timeout_ms,
@@ -649,6 +674,7 @@ groups = ["security", "team-leads"]
         portal = sha256_hex(PORTAL_TOKEN),
         pipeline = sha256_hex(PIPELINE_TOKEN),
         approvals = sha256_hex(APPROVALS_TOKEN),
+        webhooks = settings.webhooks,
     )
 }
 
@@ -660,15 +686,19 @@ pub struct Server {
 
 impl Server {
     pub async fn start(settings: &Settings) -> Self {
-        let config = Config::parse(&config_text(settings), &manifest_dir()).unwrap_or_else(|problems| {
-            panic!("test config invalid: {problems:?}");
-        });
+        let env = |name: &str| settings.env.get(name).cloned();
+        let mut config =
+            Config::parse_with_env(&config_text(settings), &manifest_dir(), &env).unwrap_or_else(|problems| {
+                panic!("test config invalid: {problems:?}");
+            });
+        config.delivery = settings.delivery.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let (broker, auth) = server::build(config).await.unwrap();
+        let (broker, auth, deliveries) = server::build(config).await.unwrap();
+        let deliveries = deliveries.filter(|_| settings.deliver);
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            server::run(listener, broker, auth, async {
+            server::run(listener, broker, auth, deliveries, async {
                 let _ = stopped.await;
             })
             .await

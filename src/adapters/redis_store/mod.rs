@@ -24,7 +24,7 @@
 //! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
 mod record;
-mod reply;
+pub(crate) mod reply;
 
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use redis::{
 use time::OffsetDateTime;
 
 use self::record::StoredGrant;
+use super::webhooks::Outbox;
 use crate::{
     domain::{
         CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret,
@@ -207,6 +208,8 @@ pub struct RedisGrantStore {
     create: Script,
     change_if_state: Script,
     append_event: Script,
+    /// Queues webhook notifications for recorded changes (`adapters::webhooks`).
+    outbox: Outbox,
 }
 
 struct Durable {
@@ -286,7 +289,18 @@ impl RedisGrantStore {
             create: Script::new(CREATE),
             change_if_state: Script::new(CHANGE_IF_STATE),
             append_event: Script::new(APPEND_EVENT),
+            outbox: Outbox::none(),
         })
+    }
+
+    /// Queues webhook notifications for every change this store records from now on.
+    pub fn with_outbox(self, outbox: Outbox) -> Self {
+        Self { outbox, ..self }
+    }
+
+    /// The client this store connects with (URL and TLS settings), for other connections.
+    pub fn redis_client(&self) -> Client {
+        self.client.clone()
     }
 
     fn grant_key(&self, id: GrantId) -> String {
@@ -561,6 +575,10 @@ impl GrantStore for RedisGrantStore {
             // The grant is recorded; what it lacks is repaired as described above.
             tracing::warn!(grant_id = %grant.id, %error, "grant recorded, but not indexed");
         }
+        // After the script, not beside it: a create that lost a race must announce nothing.
+        if created {
+            self.outbox.enqueue(&self.connection, grant, grant.state, events).await;
+        }
         Ok(created)
     }
 
@@ -770,6 +788,11 @@ impl GrantStore for RedisGrantStore {
                 tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
             }
         }
+        // Only a change that was made is announced (see Outbox::enqueue); it never fails the change.
+        if appended == Appended::Yes {
+            let state = change.to.unwrap_or(grant.state);
+            self.outbox.enqueue(&self.connection, grant, state, change.events).await;
+        }
         Ok(appended)
     }
 
@@ -784,7 +807,7 @@ impl GrantStore for RedisGrantStore {
 
     async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
-        let _reply: String = self
+        let reply: String = self
             .append_event
             .key(self.grant_key(grant.id))
             .key(self.events_key(grant.id))
@@ -793,6 +816,11 @@ impl GrantStore for RedisGrantStore {
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
+        if reply == "ok" {
+            self.outbox
+                .enqueue(&self.connection, grant, grant.state, std::slice::from_ref(event))
+                .await;
+        }
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::future::Future;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec,
+    CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec, Target,
     approval::{Approval, Review},
     extension::Extension,
     lifecycle::Transition,
@@ -276,4 +276,61 @@ pub struct IssueError {
 /// produce.
 pub trait CredentialIssuer: Send + Sync + 'static {
     fn assume_role(&self, spec: &SessionSpec) -> impl Future<Output = Result<IssuedCredentials, IssueError>> + Send;
+}
+
+/// What a target's role looks like to IAM, as far as revocation needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleFacts {
+    /// The role's unique id (`AROA...`): sessions are `aws:userid` = `<RoleId>:<session name>`.
+    pub role_id: String,
+    /// The role's MaxSessionDuration: no session of it outlives a token-issue-time cutoff by more.
+    pub max_session_secs: u64,
+}
+
+/// Why IAM did not do what enforcement asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforceErrorKind {
+    /// The role does not exist (NoSuchEntity): an operator must fix the target.
+    RoleNotFound,
+    /// The broker may not read or change the role's inline policies (AccessDenied), or may not
+    /// assume the admin role configured for the target's account.
+    AccessDenied,
+    /// IAM refused the document (LimitExceeded, MalformedPolicyDocument).
+    Rejected,
+    /// IAM rate limits still hit after the SDK's retries.
+    Throttled,
+    /// IAM unreachable or too slow.
+    Unavailable,
+    /// Anything else IAM or the SDK reported.
+    Failed,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct EnforceError {
+    pub kind: EnforceErrorKind,
+    /// AWS's error code (`AccessDenied`, `Throttling`, `NoSuchEntity`), or the broker's own name
+    /// for a failure that never got an answer (`Timeout`, `Unreachable`). Safe to show callers.
+    pub code: String,
+    /// What AWS or the SDK said: for the log and the grant's enforcement record (never a secret).
+    pub message: String,
+}
+
+/// Reaches IAM in a target's account to manage the one inline policy the broker owns on the
+/// target's role ([`crate::domain::revocation::DENY_POLICY_NAME`]). It never touches other inline
+/// or attached policies. Every call is idempotent.
+pub trait RoleEnforcer: Send + Sync + 'static {
+    /// The role's id and maximum session duration (GetRole). Callers cache it.
+    fn role_facts(&self, target: &Target) -> impl Future<Output = Result<RoleFacts, EnforceError>> + Send;
+
+    /// The size, whitespace not counted, of every inline policy on the role other than the
+    /// broker's own (ListRolePolicies, GetRolePolicy): IAM caps the role's total at 10,240.
+    fn other_inline_policy_chars(&self, target: &Target) -> impl Future<Output = Result<usize, EnforceError>> + Send;
+
+    /// Creates or replaces the broker's inline policy on the role (PutRolePolicy).
+    fn put_deny_policy(&self, target: &Target, document: &str)
+    -> impl Future<Output = Result<(), EnforceError>> + Send;
+
+    /// Deletes the broker's inline policy from the role (DeleteRolePolicy); done when absent.
+    fn delete_deny_policy(&self, target: &Target) -> impl Future<Output = Result<(), EnforceError>> + Send;
 }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod pattern;
 pub mod policy;
 pub mod request;
+pub mod revocation;
 pub mod scope;
 pub mod session;
 pub mod target;

@@ -11,6 +11,7 @@ use crate::domain::{
     approval::{Approval, Review},
     extension::Extension,
     lifecycle::Transition,
+    revocation::{Enforcement, Revocation},
 };
 
 /// The time. A port so tests can move it.
@@ -62,6 +63,10 @@ pub struct Change<'a> {
     /// The grant's extensions replaced by `after`, written only while the stored ones are still
     /// `before` (so of two racing extension changes exactly one lands).
     pub extensions: Option<ExtensionsChange<'a>>,
+    /// Who revoked the grant, when and why (with the transition to REVOKED).
+    pub revocation: Option<&'a Revocation>,
+    /// Where enforcement of its revocation stands now.
+    pub enforcement: Option<&'a Enforcement>,
 }
 
 /// The grant's extensions as read, and as they are to be.
@@ -85,6 +90,8 @@ impl<'a> Change<'a> {
             issuance: None,
             attempt_limit: None,
             extensions: None,
+            revocation: None,
+            enforcement: None,
         }
     }
 
@@ -101,6 +108,8 @@ impl<'a> Change<'a> {
             issuance: None,
             attempt_limit: None,
             extensions: None,
+            revocation: None,
+            enforcement: None,
         }
     }
 }

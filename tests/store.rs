@@ -196,6 +196,9 @@ fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
             .collect(),
         issuance_count: 0,
         extensions: vec![],
+        revocation: None,
+        enforcement: None,
+        role_cutoff: None,
     }
 }
 

@@ -351,6 +351,9 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
             approvals: Vec::new(),
             review: None,
             extensions: Vec::new(),
+            revocation: None,
+            enforcement: None,
+            role_cutoff: None,
             issuances: Vec::new(),
             issuance_count: 0,
         };

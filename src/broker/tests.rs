@@ -164,6 +164,12 @@ impl GrantStore for MemoryStore {
             }
             stored.extensions = extensions.after.to_vec();
         }
+        if let Some(revocation) = change.revocation {
+            stored.revocation = Some(revocation.clone());
+        }
+        if let Some(enforcement) = change.enforcement {
+            stored.enforcement = Some(enforcement.clone());
+        }
         if let Some((start, end, policy)) = change.window {
             (stored.start, stored.end, stored.session_policy) = (start, end, policy.to_owned());
         }

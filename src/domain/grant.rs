@@ -9,6 +9,7 @@ use super::{
     CallerId, Scope,
     approval::{Approval, ApprovalRequirement, Review},
     extension::Extension,
+    revocation::{Cutoff, Enforcement, EnforcementStatus, Revocation},
 };
 
 /// A grant's id: a UUIDv7, so ids sort by creation time (the audit indexes rely on it).
@@ -221,6 +222,29 @@ pub enum EventKind {
         #[serde(with = "time::serde::rfc3339")]
         end: OffsetDateTime,
     },
+    /// Taken back; `enforcement` says what was still to be done in AWS.
+    Revoked {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revoker: Option<String>,
+        reason: String,
+        /// The RevokeGrantee operation this was part of.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation: Option<String>,
+        enforcement: EnforcementStatus,
+    },
+    /// Enforcement of the revocation in AWS moved on (written, failed, no longer needed).
+    EnforcementChanged {
+        status: EnforcementStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Set when a role-wide token-issue-time cutoff denies the grant's sessions.
+        #[serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        cutoff: Option<OffsetDateTime>,
+    },
     /// An extension was refused, by the rules (no approver) or by an approver.
     ExtensionDenied {
         extension: u32,
@@ -289,6 +313,13 @@ pub struct Grant {
     pub review: Option<Review>,
     /// Every extension asked for, oldest first: at most [`super::extension::MAX_EXTENSIONS`].
     pub extensions: Vec<Extension>,
+    /// Who revoked it, when and why (REVOKED grants).
+    pub revocation: Option<Revocation>,
+    /// How enforcement of the revocation in AWS stands.
+    pub enforcement: Option<Enforcement>,
+    /// Read from the role, not the grant: a role-wide cutoff in effect. The grant's sessions
+    /// issued before it are denied (it may issue fresh ones).
+    pub role_cutoff: Option<Cutoff>,
     /// The most recent issuances, oldest first: at most [`RECENT_ISSUANCES`].
     pub issuances: Vec<Issuance>,
     /// How many issuances the grant has had in all.
@@ -327,6 +358,8 @@ impl EventKind {
             Self::ExtensionRequested { .. } => "extension_requested",
             Self::Extended { .. } => "extended",
             Self::ExtensionDenied { .. } => "extension_denied",
+            Self::Revoked { .. } => "revoked",
+            Self::EnforcementChanged { .. } => "enforcement_changed",
         }
     }
 }

@@ -314,6 +314,9 @@ mod tests {
             issuances: vec![],
             issuance_count: 0,
             extensions: vec![],
+            revocation: None,
+            enforcement: None,
+            role_cutoff: None,
         }
     }
 

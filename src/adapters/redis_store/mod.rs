@@ -145,7 +145,8 @@ return 'created'
 /// attempt), new state (empty: unchanged), approvals expected so far (empty: no approval),
 /// approval, window (empty: unchanged), issuance (empty: none), review (empty: none; refused
 /// once the grant has one), extensions tag expected (empty: extensions unchanged), extensions,
-/// their new tag, then one or more events.
+/// their new tag, revocation (empty: none), enforcement (empty: unchanged), then one or more
+/// events.
 /// Records of the first release have no `attempts` field: their issuances are the attempts they
 /// are known to have made. Expiries only ever move later (an approval moves the window).
 const CHANGE_IF_STATE: &str = r"
@@ -173,7 +174,9 @@ if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'review', ARGV[9]) end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'extensions', ARGV[11], 'ext_tag', ARGV[12]) end
-for i = 13, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'revocation', ARGV[13]) end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'enforcement', ARGV[14]) end
+for i = 15, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
 redis.call('PUBLISH', KEYS[3], 'changed')
 local expiry = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
@@ -362,7 +365,9 @@ impl RedisGrantStore {
             .arg("doc")
             .arg("window")
             .arg("review")
-            .arg("extensions");
+            .arg("extensions")
+            .arg("revocation")
+            .arg("enforcement");
         pipe.lrange(self.issuances_key(id), -recent, -1);
         pipe.llen(self.issuances_key(id));
         // Bounded: the broker records at most MAX_RECORDED_APPROVALS.
@@ -373,7 +378,8 @@ impl RedisGrantStore {
     fn decode_read(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<Grant>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
         let [fields, issuances, issuance_count, approvals] = replies;
-        let [version, state, doc, window, review, extensions]: [Value; 6] = reply::array_of(fields, 6)
+        let [version, state, doc, window, review, extensions, revocation, enforcement]: [Value; 8] =
+            reply::array_of(fields, 8)
             .map_err(&corrupt)?
             .try_into()
             .map_err(|_| corrupt("HMGET reply".to_owned()))?;
@@ -391,6 +397,8 @@ impl RedisGrantStore {
             window: reply::optional_text(window).map_err(&corrupt)?,
             review: reply::optional_text(review).map_err(&corrupt)?,
             extensions: reply::optional_text(extensions).map_err(&corrupt)?,
+            revocation: reply::optional_text(revocation).map_err(&corrupt)?,
+            enforcement: reply::optional_text(enforcement).map_err(&corrupt)?,
             approvals: reply::texts(approvals).map_err(&corrupt)?,
             issuances: reply::texts(issuances).map_err(&corrupt)?,
             issuance_count: reply::count(issuance_count).map_err(&corrupt)?,
@@ -743,6 +751,15 @@ impl GrantStore for RedisGrantStore {
                 .arg(record::extensions_tag(extensions.after)),
             None => invocation.arg("").arg("").arg(""),
         };
+        invocation
+            .arg(match change.revocation {
+                Some(revocation) => record::encode_revocation(revocation).map_err(StoreError::Corrupt)?,
+                None => String::new(),
+            })
+            .arg(match change.enforcement {
+                Some(enforcement) => record::encode_enforcement(enforcement).map_err(StoreError::Corrupt)?,
+                None => String::new(),
+            });
         for event in change.events {
             invocation.arg(to_json(event)?);
         }

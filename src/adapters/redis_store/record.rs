@@ -12,8 +12,9 @@
 //!   grant has an approvals list. A version 1 record reads as needing one approval, pending
 //!   until its end. Added later within version 2, without changing what was there: the hash may
 //!   hold `extensions` (a JSON array, absent when there are none) and `ext_tag` (see
-//!   [`extensions_tag`]); a release that does not know them reads the grant correctly, its
-//!   window included, only without its extension history.
+//!   [`extensions_tag`]), and for a revoked grant `revocation` and `enforcement`; a release that
+//!   does not know them reads the grant correctly, its window and state included, only without
+//!   its extension history and revocation details.
 //!
 //! INVARIANT: a record is read back leniently (patterns a later release refuses still read, so
 //! old grants stay visible) and is never trusted for issuance as is: the broker re-validates
@@ -26,6 +27,7 @@ use crate::domain::{
     ActionPattern, CallerId, Decision, Grant, GrantId, GrantState, Issuance, Outcome, ResourcePattern, Scope,
     approval::{Approval, ApprovalRequirement, Person, Review},
     extension::{Extension, ExtensionState},
+    revocation::{Enforcement, EnforcementStatus, Revocation},
 };
 
 /// The version this release writes.
@@ -120,6 +122,33 @@ struct ExtensionV2 {
         skip_serializing_if = "Option::is_none"
     )]
     new_end: Option<OffsetDateTime>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RevocationV2 {
+    caller: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoker: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operation: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnforcementV2 {
+    status: EnforcementStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    cutoff: Option<OffsetDateTime>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -256,6 +285,27 @@ fn decode_extensions(text: &str) -> Result<Vec<Extension>, String> {
         .collect()
 }
 
+/// The `revocation` field.
+pub fn encode_revocation(revocation: &Revocation) -> Result<String, String> {
+    encode(&RevocationV2 {
+        caller: revocation.caller.clone(),
+        revoker: revocation.revoker.clone(),
+        at: revocation.at,
+        reason: revocation.reason.clone(),
+        operation: revocation.operation.clone(),
+    })
+}
+
+/// The `enforcement` field.
+pub fn encode_enforcement(enforcement: &Enforcement) -> Result<String, String> {
+    encode(&EnforcementV2 {
+        status: enforcement.status,
+        at: enforcement.at,
+        error: enforcement.error.clone(),
+        cutoff: enforcement.cutoff,
+    })
+}
+
 /// The `doc` field of a new record, in the current version.
 pub fn encode_grant(grant: &Grant) -> Result<String, String> {
     let decision = &grant.decision;
@@ -343,6 +393,8 @@ pub struct StoredGrant {
     pub window: Option<String>,
     pub review: Option<String>,
     pub extensions: Option<String>,
+    pub revocation: Option<String>,
+    pub enforcement: Option<String>,
     pub approvals: Vec<String>,
     /// The most recent issuances, oldest first.
     pub issuances: Vec<String>,
@@ -403,6 +455,32 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
         None => Vec::new(),
         Some(text) => decode_extensions(text)?,
     };
+    let revocation = match &stored.revocation {
+        None => None,
+        Some(text) => {
+            let stored: RevocationV2 = serde_json::from_str(text).map_err(|error| format!("revocation: {error}"))?;
+            Some(Revocation {
+                caller: stored.caller,
+                revoker: stored.revoker,
+                at: stored.at,
+                reason: stored.reason,
+                operation: stored.operation,
+            })
+        }
+    };
+    let enforcement = match &stored.enforcement {
+        None => None,
+        Some(text) => {
+            let stored: EnforcementV2 =
+                serde_json::from_str(text).map_err(|error| format!("enforcement: {error}"))?;
+            Some(Enforcement {
+                status: stored.status,
+                at: stored.at,
+                error: stored.error,
+                cutoff: stored.cutoff,
+            })
+        }
+    };
     let issuances = stored
         .issuances
         .iter()
@@ -442,6 +520,9 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
         approvals,
         review,
         extensions,
+        revocation,
+        enforcement,
+        role_cutoff: None,
         issuances,
         issuance_count: stored.issuance_count,
     })

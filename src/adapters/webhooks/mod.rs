@@ -397,6 +397,9 @@ mod tests {
             approvals: Vec::new(),
             review: None,
             extensions: Vec::new(),
+            revocation: None,
+            enforcement: None,
+            role_cutoff: None,
             issuances: Vec::new(),
             issuance_count: 0,
         }

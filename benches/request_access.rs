@@ -138,6 +138,7 @@ fn pure_costs() {
         session_tags: true,
         ceiling: scopes.clone(),
         allow_unknown_actions: false,
+        revocation: Default::default(),
     };
     let facts = catalog.facts(&scopes);
     let input = RuleInput {

@@ -626,6 +626,7 @@ fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Tar
             session_tags: target.session_tags,
             ceiling,
             allow_unknown_actions: target.allow_unknown_actions,
+            revocation: Default::default(),
         });
     }
     targets

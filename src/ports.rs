@@ -11,7 +11,7 @@ use crate::domain::{
     approval::{Approval, Review},
     extension::Extension,
     lifecycle::Transition,
-    revocation::{Enforcement, Revocation},
+    revocation::{Cutoff, Enforcement, Revocation, RevokedEntry},
 };
 
 /// The time. A port so tests can move it.
@@ -210,6 +210,15 @@ pub trait GrantStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
 
+    /// Up to `limit` of a grantee's grants (every caller's), newest first, strictly older than
+    /// `before` when given; and the id to continue before when there are more.
+    fn list_for_grantee(
+        &self,
+        grantee: &str,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
+
     /// Up to `limit` ids of grants whose deadline (a pending grant's timeout, an approved
     /// grant's end) is at or before `now`, earliest first.
     fn due(&self, now: OffsetDateTime, limit: usize) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
@@ -342,4 +351,124 @@ pub trait RoleEnforcer: Send + Sync + 'static {
 
     /// Deletes the broker's inline policy from the role (DeleteRolePolicy); done when absent.
     fn delete_deny_policy(&self, target: &Target) -> impl Future<Output = Result<(), EnforceError>> + Send;
+}
+
+/// A lease on one role's enforcement: while it holds, no other replica writes the role's
+/// policy. `token` fences the records made under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub role_arn: String,
+    pub token: String,
+}
+
+/// What the worker needs to know, each tick, about a role.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoleSummary {
+    /// Bumped by every change to what the role must deny.
+    pub desired: u64,
+    /// The `desired` the last successful write was computed from.
+    pub written: u64,
+    /// When something expires (an entry, a cutoff) and the document must be rewritten.
+    pub next_check: Option<OffsetDateTime>,
+    /// After a failure: not before then.
+    pub retry_at: Option<OffsetDateTime>,
+    pub cutoff: Option<Cutoff>,
+    /// The last failure, while it is not yet written.
+    pub last_error: Option<String>,
+}
+
+impl RoleSummary {
+    /// Whether the role's policy must be written now.
+    pub fn needs_work(&self, now: OffsetDateTime) -> bool {
+        let changed = self.desired > self.written && self.retry_at.is_none_or(|at| at <= now);
+        let expiring = self.next_check.is_some_and(|at| at <= now);
+        changed || expiring
+    }
+}
+
+/// A role's revocations as Redis holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoleRevocations {
+    pub summary: RoleSummary,
+    pub entries: Vec<RevokedEntry>,
+    /// The role's id and maximum session, cached from IAM.
+    pub facts: Option<RoleFacts>,
+    /// Digest of the document last written: the same document is not written again.
+    pub digest: Option<String>,
+    /// Grants whose enforcement is still to be recorded on them.
+    pub unmarked: Vec<GrantId>,
+    /// Failed attempts since the last successful write.
+    pub failures: u32,
+}
+
+/// The outcome of a record made under a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leased {
+    Recorded,
+    /// The lease expired and another replica took the role: nothing was recorded.
+    Lost,
+}
+
+/// Shared, durable revocation work: which grants' revocations still need entries, each role's
+/// deny list and cutoff, and a lease per role so that one replica at a time writes its policy.
+/// Every method is idempotent.
+pub trait EnforcementStore: Send + Sync + 'static {
+    /// Notes a grant whose revocation may need enforcing, before the revocation is recorded
+    /// (a note for a grant that was not revoked is dropped later).
+    fn queue_grant(&self, id: GrantId, at: OffsetDateTime) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` noted grants, oldest first, with when they were noted.
+    fn queued_grants(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(GrantId, OffsetDateTime)>, StoreError>> + Send;
+
+    fn unqueue_grant(&self, id: GrantId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Adds a revoked grant to its role's deny list and to the grants to mark, bumping the
+    /// role's `desired` version when that changes anything.
+    fn add_entry(&self, role_arn: &str, entry: &RevokedEntry) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets a cutoff on the role unless one at least as late is in effect, bumping `desired`;
+    /// grants listed on the role whose entries it covers are to be marked again.
+    fn set_cutoff(&self, role_arn: &str, cutoff: &Cutoff) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// These roles' summaries, in order, in one round trip.
+    fn role_summaries(&self, roles: &[String]) -> impl Future<Output = Result<Vec<RoleSummary>, StoreError>> + Send;
+
+    /// The role's lease for `ttl`, if no other replica holds it.
+    fn lease(
+        &self,
+        role_arn: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+
+    /// Gives the lease back (if it is still this one).
+    fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Everything about the role's revocations.
+    fn role(&self, role_arn: &str) -> impl Future<Output = Result<RoleRevocations, StoreError>> + Send;
+
+    /// Under the lease: the policy for `version` is written (or deleted); records it with the
+    /// document's digest and the role's facts, drops entries and a cutoff that have expired by
+    /// `now`, clears failures, and sets when to look again.
+    fn record_written(
+        &self,
+        lease: &Lease,
+        version: u64,
+        digest: &str,
+        facts: &RoleFacts,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Leased, StoreError>> + Send;
+
+    /// Under the lease: an attempt failed; retry not before `retry_at`.
+    fn record_failure(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> impl Future<Output = Result<Leased, StoreError>> + Send;
+
+    /// These grants' enforcement is recorded on them: no longer to mark.
+    fn marked(&self, role_arn: &str, grants: &[GrantId]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

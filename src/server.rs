@@ -16,11 +16,47 @@ use crate::{
     broker::Broker,
     config::Config,
     grpc::{Authenticate, Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, proto},
-    ports::{Clock, CredentialIssuer, GrantStore, SystemClock},
+    ports::{Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer, SystemClock},
 };
 
 /// The production broker: Redis, STS, the system clock.
-pub type ProductionBroker = Broker<RedisGrantStore, StsIssuer, SystemClock>;
+pub type ProductionBroker = Broker<RedisGrantStore, StsIssuer, SystemClock, PendingIam>;
+
+/// Placeholder until the IAM adapter lands: every enforcement attempt fails, and is retried.
+pub struct PendingIam;
+
+impl crate::ports::RoleEnforcer for PendingIam {
+    async fn role_facts(
+        &self,
+        _target: &crate::domain::Target,
+    ) -> Result<crate::ports::RoleFacts, crate::ports::EnforceError> {
+        Err(not_wired())
+    }
+    async fn other_inline_policy_chars(
+        &self,
+        _target: &crate::domain::Target,
+    ) -> Result<usize, crate::ports::EnforceError> {
+        Err(not_wired())
+    }
+    async fn put_deny_policy(
+        &self,
+        _target: &crate::domain::Target,
+        _document: &str,
+    ) -> Result<(), crate::ports::EnforceError> {
+        Err(not_wired())
+    }
+    async fn delete_deny_policy(&self, _target: &crate::domain::Target) -> Result<(), crate::ports::EnforceError> {
+        Err(not_wired())
+    }
+}
+
+fn not_wired() -> crate::ports::EnforceError {
+    crate::ports::EnforceError {
+        kind: crate::ports::EnforceErrorKind::Failed,
+        code: "NotWired".into(),
+        message: "IAM enforcement is not wired yet".into(),
+    }
+}
 
 /// How often the health check asks Redis whether it answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -57,16 +93,24 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     regions.dedup();
     let issuer = StsIssuer::new(&config.sts, regions).await;
     let auth = Authenticator::new(&config.callers);
-    let broker = Broker::new(store, issuer, SystemClock, config.rules, config.targets, config.broker);
+    let broker = Broker::new(
+        store,
+        issuer,
+        PendingIam,
+        SystemClock,
+        config.rules,
+        config.targets,
+        config.broker,
+    );
     Ok((broker, auth, deliveries))
 }
 
 /// Serves GrantBroker, grpc.health.v1.Health and server reflection (v1 and v1alpha, advertising
 /// only GrantBroker and Health) on `listener` until `shutdown` completes, then drains in-flight
 /// calls. Runs `deliveries` (webhook notifications) meanwhile.
-pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
+pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
     listener: TcpListener,
-    broker: Broker<S, I, C>,
+    broker: Broker<S, I, C, E>,
     auth: Authenticator,
     deliveries: Option<DeliveryWorker>,
     shutdown: impl Future<Output = ()> + Send,
@@ -110,7 +154,9 @@ pub async fn run<S: GrantStore, I: CredentialIssuer, C: Clock>(
 /// sweeps; each expiry is recorded once whichever does (see `Broker::expire_due`).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn sweep_expiries<S: GrantStore, I: CredentialIssuer, C: Clock>(broker: Arc<Broker<S, I, C>>) {
+async fn sweep_expiries<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
+    broker: Arc<Broker<S, I, C, E>>,
+) {
     loop {
         tokio::time::sleep(EXPIRY_INTERVAL).await;
         // Until every due grant is handled: a sweep takes at most a batch.
@@ -129,8 +175,8 @@ async fn sweep_expiries<S: GrantStore, I: CredentialIssuer, C: Clock>(broker: Ar
 
 /// GrantBroker (and the server as a whole, service "") is SERVING while Redis answers: without
 /// the store no request can be recorded, so load balancers should send traffic elsewhere.
-async fn report_health<S: GrantStore, I: CredentialIssuer, C: Clock>(
-    broker: Arc<Broker<S, I, C>>,
+async fn report_health<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
+    broker: Arc<Broker<S, I, C, E>>,
     reporter: tonic_health::server::HealthReporter,
 ) {
     const SERVICE: &str = "grantbroker.v1.GrantBroker";

@@ -3,7 +3,7 @@
 
 use crate::{
     domain::{FieldViolation, GrantId, GrantState, lifecycle::NotAllowed},
-    ports::{IssueError, StoreError},
+    ports::{EnforceError, IssueError, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,16 @@ pub enum BrokerError {
         attempts: u32,
         limit: u32,
     },
+
+    #[error("caller `{caller}` may not do this: the configuration does not make it an admin caller")]
+    NotAdmin { caller: String },
+
+    #[error("target `{target}` is record-only: the broker may not modify its role, so its sessions cannot be cut off")]
+    RecordOnlyTarget { target: String },
+
+    /// Writing a role's deny policy failed; recorded on the role and its grants, and retried.
+    #[error("could not write revocations to role {role_arn}: {}", .error.code)]
+    Enforcement { role_arn: String, error: EnforceError },
 
     #[error(transparent)]
     Store(StoreError),

@@ -13,6 +13,7 @@
 mod error;
 pub mod explain;
 mod extension;
+mod revocation;
 #[cfg(test)]
 mod tests;
 pub mod watch;
@@ -35,7 +36,10 @@ use crate::{
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
-    ports::{Appended, Change, Clock, CredentialIssuer, GrantStore, Queue, Reservation, StoreError},
+    ports::{
+        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantStore, Queue, Reservation, RoleEnforcer,
+        StoreError,
+    },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
 
@@ -165,19 +169,25 @@ fn with_rule_input<R>(
     })
 }
 
-pub struct Broker<S, I, C> {
+pub struct Broker<S, I, C, E> {
     store: S,
     issuer: I,
+    /// Writes revocations into target roles.
+    enforcer: E,
     clock: C,
     rules: RuleEngine,
     targets: BTreeMap<String, Target>,
     settings: BrokerSettings,
+    /// The role-wide cutoffs in effect, as the enforcement worker last read them (every replica
+    /// refreshes its copy each tick): reads say which sessions they deny.
+    role_cutoffs: std::sync::Mutex<BTreeMap<String, crate::domain::revocation::Cutoff>>,
 }
 
-impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
+impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
     pub fn new(
         store: S,
         issuer: I,
+        enforcer: E,
         clock: C,
         rules: RuleEngine,
         targets: Vec<Target>,
@@ -187,10 +197,12 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         Self {
             store,
             issuer,
+            enforcer,
             clock,
             rules,
             targets,
             settings,
+            role_cutoffs: std::sync::Mutex::default(),
         }
     }
 
@@ -994,6 +1006,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
     pub async fn get_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
         let mut grant = self.own_grant(caller, id).await?;
         grant.state = grant.state_at(self.clock.now());
+        self.with_role_cutoff(&mut grant);
         Ok(grant)
     }
 
@@ -1009,6 +1022,7 @@ impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
         let now = self.clock.now();
         for grant in &mut grants {
             grant.state = grant.state_at(now);
+            self.with_role_cutoff(grant);
         }
         Ok((grants, next))
     }

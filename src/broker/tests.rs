@@ -14,7 +14,11 @@ use time::{Duration, OffsetDateTime, macros::datetime};
 
 use super::*;
 use crate::{
-    domain::{CallerId, RECENT_ISSUANCES, RawAccessRequest, RequestId, Scope, Secret, policy::build_session_policy},
+    domain::{
+        CallerId, RECENT_ISSUANCES, RawAccessRequest, RequestId, Scope, Secret,
+        policy::build_session_policy,
+        revocation::{Cutoff, RevokedEntry},
+    },
     ports::{IssueError, IssueErrorKind},
     rules::RuleSource,
 };
@@ -32,6 +36,20 @@ struct MemoryState {
     deadlines: HashMap<GrantId, OffsetDateTime>,
     /// Makes the next conditional append that carries an issuance fail, as a dead Redis would.
     fail_issuance_write: bool,
+    /// Revocation work: noted grants, and per role what the Redis adapter keeps.
+    noted: BTreeMap<GrantId, OffsetDateTime>,
+    roles: HashMap<String, MemoryRole>,
+}
+
+#[derive(Default, Clone)]
+struct MemoryRole {
+    summary: crate::ports::RoleSummary,
+    entries: BTreeMap<GrantId, RevokedEntry>,
+    unmarked: std::collections::BTreeSet<GrantId>,
+    facts: Option<crate::ports::RoleFacts>,
+    digest: Option<String>,
+    failures: u32,
+    lease: Option<String>,
 }
 
 impl MemoryStore {
@@ -135,6 +153,32 @@ impl GrantStore for MemoryStore {
         unimplemented!("not used by these tests")
     }
 
+    async fn list_for_grantee(
+        &self,
+        grantee: &str,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        let ids: Vec<GrantId> = {
+            let state = self.0.lock().unwrap();
+            state
+                .grants
+                .values()
+                .filter(|(grant, _, _)| grant.grantee == grantee && before.is_none_or(|before| grant.id < before))
+                .map(|(grant, _, _)| grant.id)
+                .rev()
+                .collect()
+        };
+        let mut grants = Vec::new();
+        for id in ids.iter().take(limit) {
+            grants.extend(self.get(*id).await?);
+        }
+        let next = (ids.len() > limit)
+            .then(|| grants.last().map(|grant: &Grant| grant.id))
+            .flatten();
+        Ok((grants, next))
+    }
+
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
         let mut state = self.0.lock().unwrap();
         if change.issuance.is_some() && std::mem::take(&mut state.fail_issuance_write) {
@@ -234,6 +278,231 @@ impl GrantStore for MemoryStore {
     }
 }
 
+impl crate::ports::EnforcementStore for MemoryStore {
+    async fn queue_grant(&self, id: GrantId, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.0.lock().unwrap().noted.insert(id, at);
+        Ok(())
+    }
+
+    async fn queued_grants(&self, limit: usize) -> Result<Vec<(GrantId, OffsetDateTime)>, StoreError> {
+        let state = self.0.lock().unwrap();
+        let mut noted: Vec<(GrantId, OffsetDateTime)> = state.noted.iter().map(|(id, at)| (*id, *at)).collect();
+        noted.sort_by_key(|(_, at)| *at);
+        noted.truncate(limit);
+        Ok(noted)
+    }
+
+    async fn unqueue_grant(&self, id: GrantId) -> Result<(), StoreError> {
+        self.0.lock().unwrap().noted.remove(&id);
+        Ok(())
+    }
+
+    async fn add_entry(&self, role_arn: &str, entry: &RevokedEntry) -> Result<(), StoreError> {
+        let mut state = self.0.lock().unwrap();
+        let role = state.roles.entry(role_arn.to_owned()).or_default();
+        let changed = role.entries.get(&entry.grant).is_none_or(|old| old.until < entry.until);
+        if changed {
+            role.entries.insert(entry.grant, *entry);
+            role.summary.desired += 1;
+        }
+        role.unmarked.insert(entry.grant);
+        Ok(())
+    }
+
+    async fn set_cutoff(&self, role_arn: &str, cutoff: &Cutoff) -> Result<(), StoreError> {
+        let mut state = self.0.lock().unwrap();
+        let role = state.roles.entry(role_arn.to_owned()).or_default();
+        if role
+            .summary
+            .cutoff
+            .as_ref()
+            .is_some_and(|current| current.at >= cutoff.at)
+        {
+            return Ok(());
+        }
+        role.summary.cutoff = Some(cutoff.clone());
+        role.summary.desired += 1;
+        let covered: Vec<GrantId> = role
+            .entries
+            .values()
+            .filter(|e| cutoff.covers(e))
+            .map(|e| e.grant)
+            .collect();
+        role.unmarked.extend(covered);
+        Ok(())
+    }
+
+    async fn role_summaries(&self, roles: &[String]) -> Result<Vec<crate::ports::RoleSummary>, StoreError> {
+        let state = self.0.lock().unwrap();
+        Ok(roles
+            .iter()
+            .map(|role| state.roles.get(role).map(|r| r.summary.clone()).unwrap_or_default())
+            .collect())
+    }
+
+    async fn lease(
+        &self,
+        role_arn: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<crate::ports::Lease>, StoreError> {
+        let mut state = self.0.lock().unwrap();
+        let role = state.roles.entry(role_arn.to_owned()).or_default();
+        if role.lease.is_some() {
+            return Ok(None);
+        }
+        let token = uuid::Uuid::now_v7().to_string();
+        role.lease = Some(token.clone());
+        Ok(Some(crate::ports::Lease {
+            role_arn: role_arn.to_owned(),
+            token,
+        }))
+    }
+
+    async fn release(&self, lease: &crate::ports::Lease) -> Result<(), StoreError> {
+        let mut state = self.0.lock().unwrap();
+        if let Some(role) = state.roles.get_mut(&lease.role_arn)
+            && role.lease.as_deref() == Some(lease.token.as_str())
+        {
+            role.lease = None;
+        }
+        Ok(())
+    }
+
+    async fn role(&self, role_arn: &str) -> Result<crate::ports::RoleRevocations, StoreError> {
+        let state = self.0.lock().unwrap();
+        let role = state.roles.get(role_arn).cloned().unwrap_or_default();
+        Ok(crate::ports::RoleRevocations {
+            summary: role.summary,
+            entries: role.entries.values().copied().collect(),
+            facts: role.facts,
+            digest: role.digest,
+            unmarked: role.unmarked.into_iter().collect(),
+            failures: role.failures,
+        })
+    }
+
+    async fn record_written(
+        &self,
+        lease: &crate::ports::Lease,
+        version: u64,
+        digest: &str,
+        facts: &crate::ports::RoleFacts,
+        now: OffsetDateTime,
+    ) -> Result<crate::ports::Leased, StoreError> {
+        let mut state = self.0.lock().unwrap();
+        let role = state.roles.entry(lease.role_arn.clone()).or_default();
+        if role.lease.as_deref() != Some(lease.token.as_str()) {
+            return Ok(crate::ports::Leased::Lost);
+        }
+        role.summary.written = role.summary.written.max(version);
+        role.digest = Some(digest.to_owned());
+        role.facts = Some(facts.clone());
+        role.failures = 0;
+        role.summary.retry_at = None;
+        role.summary.last_error = None;
+        role.entries.retain(|_, entry| entry.until > now);
+        if role.summary.cutoff.as_ref().is_some_and(|cutoff| cutoff.until <= now) {
+            role.summary.cutoff = None;
+        }
+        role.summary.next_check = role
+            .entries
+            .values()
+            .map(|entry| entry.until)
+            .chain(role.summary.cutoff.as_ref().map(|cutoff| cutoff.until))
+            .min();
+        Ok(crate::ports::Leased::Recorded)
+    }
+
+    async fn record_failure(
+        &self,
+        lease: &crate::ports::Lease,
+        error: &str,
+        retry_at: OffsetDateTime,
+    ) -> Result<crate::ports::Leased, StoreError> {
+        let mut state = self.0.lock().unwrap();
+        let role = state.roles.entry(lease.role_arn.clone()).or_default();
+        if role.lease.as_deref() != Some(lease.token.as_str()) {
+            return Ok(crate::ports::Leased::Lost);
+        }
+        role.failures += 1;
+        role.summary.last_error = Some(error.to_owned());
+        role.summary.retry_at = Some(retry_at);
+        Ok(crate::ports::Leased::Recorded)
+    }
+
+    async fn marked(&self, role_arn: &str, grants: &[GrantId]) -> Result<(), StoreError> {
+        let mut state = self.0.lock().unwrap();
+        if let Some(role) = state.roles.get_mut(role_arn) {
+            for id in grants {
+                role.unmarked.remove(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// IAM in memory: the broker's policy per role, the size of the role's other inline policies,
+/// and failures on demand.
+#[derive(Default, Clone)]
+struct FakeIam {
+    documents: Arc<Mutex<HashMap<String, String>>>,
+    other_chars: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl FakeIam {
+    fn document(&self, role_arn: &str) -> Option<serde_json::Value> {
+        self.documents
+            .lock()
+            .unwrap()
+            .get(role_arn)
+            .map(|text| serde_json::from_str(text).unwrap())
+    }
+
+    fn check(&self) -> Result<(), crate::ports::EnforceError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(crate::ports::EnforceError {
+                kind: crate::ports::EnforceErrorKind::Throttled,
+                code: "Throttling".into(),
+                message: "Rate exceeded for arn:aws:iam::123456789012:user/broker".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl crate::ports::RoleEnforcer for FakeIam {
+    async fn role_facts(&self, _target: &Target) -> Result<crate::ports::RoleFacts, crate::ports::EnforceError> {
+        self.check()?;
+        Ok(crate::ports::RoleFacts {
+            role_id: "AROAFAKEROLEID000001".into(),
+            max_session_secs: 3600,
+        })
+    }
+
+    async fn other_inline_policy_chars(&self, _target: &Target) -> Result<usize, crate::ports::EnforceError> {
+        self.check()?;
+        Ok(self.other_chars.load(Ordering::SeqCst))
+    }
+
+    async fn put_deny_policy(&self, target: &Target, document: &str) -> Result<(), crate::ports::EnforceError> {
+        self.check()?;
+        self.documents
+            .lock()
+            .unwrap()
+            .insert(target.role_arn.clone(), document.to_owned());
+        Ok(())
+    }
+
+    async fn delete_deny_policy(&self, target: &Target) -> Result<(), crate::ports::EnforceError> {
+        self.check()?;
+        self.documents.lock().unwrap().remove(&target.role_arn);
+        Ok(())
+    }
+}
+
 /// STS that answers at once with numbered credentials, or fails while `failing` is set.
 #[derive(Default, Clone)]
 struct FakeIssuer {
@@ -297,12 +566,14 @@ fn target() -> Target {
             resources: vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::acme-logs/*").unwrap()],
         }],
         allow_unknown_actions: false,
+        revocation: Default::default(),
     }
 }
 
 struct Setup {
     store: MemoryStore,
     issuer: FakeIssuer,
+    iam: FakeIam,
     clock: ManualClock,
 }
 
@@ -311,6 +582,7 @@ impl Setup {
         Self {
             store: MemoryStore::default(),
             issuer: FakeIssuer::default(),
+            iam: FakeIam::default(),
             clock: ManualClock(Arc::new(Mutex::new(datetime!(2026-11-25 14:00 UTC)))),
         }
     }
@@ -321,7 +593,7 @@ impl Setup {
         extra: &str,
         target: Target,
         max_issuances_per_grant: u32,
-    ) -> Broker<MemoryStore, FakeIssuer, ManualClock> {
+    ) -> Broker<MemoryStore, FakeIssuer, ManualClock, FakeIam> {
         let rules = RuleEngine::load(&[
             RuleSource {
                 name: "approval.cedar",
@@ -336,6 +608,7 @@ impl Setup {
         Broker::new(
             self.store.clone(),
             self.issuer.clone(),
+            self.iam.clone(),
             self.clock.clone(),
             rules,
             vec![target],
@@ -353,6 +626,7 @@ fn caller() -> Caller {
         id: CallerId::parse("vendor-portal").unwrap(),
         targets: ["dev-logs-read".to_owned()].into(),
         acts_for_approvers: false,
+        admin: false,
     }
 }
 
@@ -1124,4 +1398,407 @@ async fn only_approved_open_grants_can_be_extended_and_only_so_often() {
         matches!(&error, BrokerError::TransitionNotAllowed { refused, .. } if refused.state == GrantState::Expired),
         "{error:?}"
     );
+}
+
+// Revocation.
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/vendor-logs-read";
+
+fn admin() -> Caller {
+    Caller {
+        id: CallerId::parse("security-console").unwrap(),
+        admin: true,
+        ..caller()
+    }
+}
+
+fn enforcement_of(grant: &Grant) -> (crate::domain::revocation::EnforcementStatus, Option<String>) {
+    let enforcement = grant.enforcement.as_ref().unwrap();
+    (enforcement.status, enforcement.error.clone())
+}
+
+fn denied_user_ids(iam: &FakeIam) -> Vec<String> {
+    iam.document(ROLE)
+        .map(|document| {
+            document["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|statement| statement["Condition"]["StringEquals"]["aws:userid"].as_array())
+                .flatten()
+                .map(|id| id.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_revoked_grant_issues_nothing_more_and_its_sessions_are_denied_on_the_role() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    let revoked = broker
+        .revoke_grant(&caller(), granted.id, None, "vendor offboarded".into())
+        .await
+        .unwrap();
+    assert_eq!(revoked.state, GrantState::Revoked);
+    assert_eq!(revoked.revocation.as_ref().unwrap().reason, "vendor offboarded");
+    assert_eq!(enforcement_of(&revoked).0, EnforcementStatus::Enforced);
+    assert_eq!(
+        denied_user_ids(&setup.iam),
+        [format!("AROAFAKEROLEID000001:gb-{}", granted.id)]
+    );
+    let names: Vec<&str> = setup.store.events(granted.id).iter().map(|e| e.kind.name()).collect();
+    assert_eq!(names[names.len() - 2..], ["revoked", "enforcement_changed"]);
+
+    let error = broker.issue_credentials(&caller(), granted.id, None).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BrokerError::NotIssuable {
+                state: GrantState::Revoked,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Twice is refused with the state; nothing more is written to IAM.
+    let calls = setup.iam.calls.load(Ordering::SeqCst);
+    let again = broker
+        .revoke_grant(&caller(), granted.id, None, "again".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&again, BrokerError::TransitionNotAllowed { refused, .. } if refused.state == GrantState::Revoked),
+        "{again:?}"
+    );
+    assert_eq!(broker.enforce_pending().await.unwrap(), 0);
+    assert_eq!(setup.iam.calls.load(Ordering::SeqCst), calls);
+
+    // Once its sessions have expired the entry is pruned, and the empty policy deleted.
+    setup.clock.advance(Duration::minutes(31));
+    assert_eq!(broker.enforce_pending().await.unwrap(), 1);
+    assert_eq!(setup.iam.document(ROLE), None);
+}
+
+#[tokio::test]
+async fn grants_with_nothing_to_deny_say_so_and_touch_no_role() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let pending = broker.request_access(&caller(), request("p")).await.unwrap().grant;
+    let revoked = broker
+        .revoke_grant(&caller(), pending.id, None, "no".into())
+        .await
+        .unwrap();
+    assert_eq!(enforcement_of(&revoked).0, EnforcementStatus::NotNeeded);
+
+    // Approved but never issued: decided once it is revoked (nothing can be issued after).
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    setup.clock.advance(Duration::hours(1));
+    let scheduled = broker
+        .request_access(&caller(), scheduled("s", setup.clock.now() + Duration::hours(2)))
+        .await
+        .unwrap()
+        .grant;
+    assert_eq!(scheduled.state, GrantState::Approved);
+    let revoked = broker
+        .revoke_grant(&caller(), scheduled.id, None, "no".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        enforcement_of(&revoked),
+        (EnforcementStatus::NotNeeded, Some("it never issued credentials".into()))
+    );
+    assert_eq!(setup.iam.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn failed_enforcement_is_retried_with_backoff_until_written() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    setup.iam.failing.store(true, Ordering::SeqCst);
+    let revoked = broker
+        .revoke_grant(&caller(), granted.id, None, "incident".into())
+        .await
+        .unwrap();
+    assert_eq!(revoked.state, GrantState::Revoked, "recorded whatever IAM says");
+    let (status, error) = enforcement_of(&revoked);
+    assert_eq!(status, EnforcementStatus::Failed);
+    let error = error.unwrap();
+    assert!(error.starts_with("Throttling: "), "{error}");
+    assert!(
+        !error.contains("arn:aws:iam"),
+        "AWS's message stays in the log: {error}"
+    );
+
+    // Not retried before its backoff; retried after it, and still failing, nothing is repeated
+    // on the grant.
+    assert_eq!(broker.enforce_pending().await.unwrap(), 0);
+    let events_before = setup.store.events(granted.id).len();
+    setup.clock.advance(Duration::seconds(3));
+    assert_eq!(broker.enforce_pending().await.unwrap(), 0);
+    assert_eq!(setup.store.events(granted.id).len(), events_before);
+
+    setup.iam.failing.store(false, Ordering::SeqCst);
+    setup.clock.advance(Duration::seconds(4));
+    assert_eq!(broker.enforce_pending().await.unwrap(), 1);
+    let grant = broker.get_grant(&caller(), granted.id).await.unwrap();
+    assert_eq!(enforcement_of(&grant), (EnforcementStatus::Enforced, None));
+    assert_eq!(denied_user_ids(&setup.iam).len(), 1);
+}
+
+#[tokio::test]
+async fn a_revocation_interrupted_before_its_entry_is_finished_by_the_worker() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    // As if a broker died right after recording REVOKED: the note is there, the entry is not.
+    let now = setup.clock.now();
+    crate::ports::EnforcementStore::queue_grant(&setup.store, granted.id, now)
+        .await
+        .unwrap();
+    setup.store.edit(granted.id, |grant| {
+        grant.state = GrantState::Revoked;
+        grant.enforcement = Some(crate::domain::revocation::Enforcement {
+            status: EnforcementStatus::Pending,
+            at: now,
+            error: None,
+            cutoff: None,
+        });
+    });
+    assert_eq!(broker.enforce_pending().await.unwrap(), 1);
+    assert_eq!(denied_user_ids(&setup.iam).len(), 1);
+    let grant = broker.get_grant(&caller(), granted.id).await.unwrap();
+    assert_eq!(enforcement_of(&grant).0, EnforcementStatus::Enforced);
+    assert!(setup.store.0.lock().unwrap().noted.is_empty());
+    // A note for a grant whose revocation never landed goes after a while.
+    let other = broker.request_access(&caller(), request("o")).await.unwrap().grant;
+    crate::ports::EnforcementStore::queue_grant(&setup.store, other.id, setup.clock.now())
+        .await
+        .unwrap();
+    broker.enforce_pending().await.unwrap();
+    assert_eq!(
+        setup.store.0.lock().unwrap().noted.len(),
+        1,
+        "it may still be on its way"
+    );
+    setup.clock.advance(Duration::minutes(2));
+    broker.enforce_pending().await.unwrap();
+    assert!(setup.store.0.lock().unwrap().noted.is_empty());
+}
+
+#[tokio::test]
+async fn a_deny_list_that_would_not_fit_falls_back_to_a_cutoff_and_every_grant_says_so() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let live = broker.request_access(&caller(), request("live")).await.unwrap().grant;
+    let doomed = broker.request_access(&caller(), request("doomed")).await.unwrap().grant;
+    // The role's other inline policies leave 200 characters: a cutoff fits (194), one entry
+    // does not (217).
+    setup.iam.other_chars.store(10_040, Ordering::SeqCst);
+    setup.clock.advance(Duration::seconds(5));
+    let revoked = broker
+        .revoke_grant(&caller(), doomed.id, None, "x".into())
+        .await
+        .unwrap();
+    let enforcement = revoked.enforcement.clone().unwrap();
+    assert_eq!(enforcement.status, EnforcementStatus::Enforced);
+    let cutoff = enforcement.cutoff.expect("denied by the cutoff");
+    assert!(cutoff > revoked.revocation.as_ref().unwrap().at);
+    let document = setup.iam.document(ROLE).unwrap();
+    assert_eq!(
+        document["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"],
+        crate::domain::policy::rfc3339_utc(cutoff)
+    );
+    assert!(denied_user_ids(&setup.iam).is_empty());
+    // The live grant's earlier session is cut off too, and it says so; it may issue again.
+    broker.enforce_pending().await.unwrap();
+    let read = broker.get_grant(&caller(), live.id).await.unwrap();
+    assert_eq!(read.role_cutoff.as_ref().map(|c| c.at), Some(cutoff));
+    assert_eq!(read.state, GrantState::Approved);
+    setup.clock.advance(Duration::seconds(2));
+    broker.issue_credentials(&caller(), live.id, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn record_only_targets_record_and_stop_issuance_without_touching_the_role() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker(
+        "",
+        Target {
+            revocation: crate::domain::RevocationMode::RecordOnly,
+            ..target()
+        },
+        10,
+    );
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    let revoked = broker
+        .revoke_grant(&caller(), granted.id, None, "x".into())
+        .await
+        .unwrap();
+    assert_eq!(enforcement_of(&revoked).0, EnforcementStatus::NotAvailable);
+    assert_eq!(setup.iam.calls.load(Ordering::SeqCst), 0);
+    assert!(broker.issue_credentials(&caller(), granted.id, None).await.is_err());
+    let error = broker
+        .revoke_target_sessions(&admin(), "dev-logs-read", None, "x".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BrokerError::RecordOnlyTarget { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn who_may_revoke() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let other = Caller {
+        id: CallerId::parse("other-portal").unwrap(),
+        ..caller()
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            broker
+                .request_access(&caller(), request(&format!("r{n}")))
+                .await
+                .unwrap()
+                .grant
+                .id,
+        );
+    }
+    let error = broker.revoke_grant(&other, ids[0], None, "x".into()).await.unwrap_err();
+    assert!(matches!(error, BrokerError::GrantNotFound(_)), "{error:?}");
+    // An approver portal, for someone the rules let approve it; not for anyone else.
+    let error = broker
+        .revoke_grant(
+            &approval_portal_of("other-approvals"),
+            ids[0],
+            Some(Person::from_trusted("mallory".into())),
+            "x".into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BrokerError::ApproverNotEligible { .. }), "{error:?}");
+    let by_approver = broker
+        .revoke_grant(&approval_portal_of("other-approvals"), ids[0], Some(bob()), "x".into())
+        .await
+        .unwrap();
+    assert_eq!(by_approver.revocation.unwrap().revoker.as_deref(), Some("bob"));
+    // An admin caller, any grant.
+    broker.revoke_grant(&admin(), ids[1], None, "x".into()).await.unwrap();
+    // Incident operations are for admins only.
+    for error in [
+        broker
+            .revoke_grantee(&caller(), "vendor-x", None, "x".into())
+            .await
+            .map(drop)
+            .unwrap_err(),
+        broker
+            .revoke_target_sessions(&caller(), "dev-logs-read", None, "x".into())
+            .await
+            .map(drop)
+            .unwrap_err(),
+    ] {
+        assert!(matches!(error, BrokerError::NotAdmin { .. }), "{error:?}");
+    }
+}
+
+fn approval_portal_of(id: &str) -> Caller {
+    Caller {
+        id: CallerId::parse(id).unwrap(),
+        acts_for_approvers: true,
+        ..caller()
+    }
+}
+
+#[tokio::test]
+async fn a_compromised_vendor_loses_every_live_grant_in_one_operation() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let pending = broker.request_access(&caller(), request("p")).await.unwrap().grant;
+    let mut approved = broker.request_access(&caller(), request("a")).await.unwrap().grant;
+    approved = broker
+        .approve_grant(&approval_portal(), approved.id, bob(), String::new())
+        .await
+        .unwrap();
+    broker.issue_credentials(&caller(), approved.id, None).await.unwrap();
+    let mut someone_else = request("e");
+    someone_else.grantee = "vendor-y".into();
+    let other = broker.request_access(&caller(), someone_else).await.unwrap().grant;
+
+    let operation = broker
+        .revoke_grantee(&admin(), "vendor-x", None, "vendor-x is compromised".into())
+        .await
+        .unwrap();
+    assert!(!operation.truncated);
+    let outcomes: BTreeMap<GrantId, EnforcementStatus> = operation
+        .outcomes
+        .iter()
+        .map(|(id, outcome)| (*id, enforcement_of(outcome.as_ref().unwrap()).0))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (pending.id, EnforcementStatus::NotNeeded),
+            (approved.id, EnforcementStatus::Enforced)
+        ]
+        .into()
+    );
+    for (id, _) in &operation.outcomes {
+        let grant = broker.get_grant(&caller(), *id).await.unwrap();
+        assert_eq!(
+            grant.revocation.unwrap().operation.as_deref(),
+            Some(operation.operation.as_str())
+        );
+    }
+    assert_eq!(
+        broker.get_grant(&caller(), other.id).await.unwrap().state,
+        GrantState::PendingApproval,
+        "another grantee's grant is untouched"
+    );
+    assert_eq!(
+        denied_user_ids(&setup.iam),
+        [format!("AROAFAKEROLEID000001:gb-{}", approved.id)]
+    );
+}
+
+#[tokio::test]
+async fn cutting_off_a_target_denies_earlier_sessions_and_leaves_grants_valid() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    let cut = broker
+        .revoke_target_sessions(&admin(), "dev-logs-read", None, "keys leaked".into())
+        .await
+        .unwrap();
+    assert_eq!(cut.status, EnforcementStatus::Enforced, "{cut:?}");
+    assert_eq!(cut.role_arn, ROLE);
+    assert!(cut.cutoff.at > setup.clock.now());
+    assert!(cut.cutoff.reason.contains("keys leaked"), "{}", cut.cutoff.reason);
+    assert_eq!(
+        cut.cutoff.until,
+        cut.cutoff.at + Duration::hours(1),
+        "the role's longest session"
+    );
+    let document = setup.iam.document(ROLE).unwrap();
+    assert_eq!(
+        document["Statement"][0]["Condition"]["DateLessThan"]["aws:TokenIssueTime"],
+        crate::domain::policy::rfc3339_utc(cut.cutoff.at)
+    );
+    let read = broker.get_grant(&caller(), granted.id).await.unwrap();
+    assert_eq!(read.state, GrantState::Approved);
+    assert_eq!(read.role_cutoff.map(|c| c.at), Some(cut.cutoff.at));
+    // Once every session it can cover has expired, the cutoff and the policy go.
+    setup.clock.advance(Duration::hours(2));
+    broker.enforce_pending().await.unwrap();
+    assert_eq!(setup.iam.document(ROLE), None);
 }

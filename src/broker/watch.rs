@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Broker, BrokerError};
 use crate::{
     domain::{Caller, Grant, GrantEvent, GrantId, GrantState},
-    ports::{ChangeFeed, Clock, CredentialIssuer, GrantStore},
+    ports::{ChangeFeed, Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer},
 };
 
 /// One message of a watch.
@@ -38,7 +38,7 @@ fn is_final(state: GrantState) -> bool {
     )
 }
 
-impl<S: GrantStore, I: CredentialIssuer, C: Clock> Broker<S, I, C> {
+impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
     /// Starts watching one of the caller's grants. Errors about the request (unknown grant,
     /// store down) come back at once; the stream then ends after a final state, when the
     /// watcher leaves, or with an error if the store stays unreachable.

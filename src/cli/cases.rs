@@ -103,6 +103,7 @@ fn check(config: &Config, targets: &BTreeMap<String, crate::domain::Target>, cas
             id: caller.id.clone(),
             targets: caller.targets.clone(),
             acts_for_approvers: caller.act_for_approvers,
+            admin: false,
         })
         .ok_or_else(|| format!("no caller `{}` in the configuration", case.caller))?;
     let request = &case.request;

@@ -51,6 +51,8 @@ pub struct Caller {
     pub targets: std::collections::BTreeSet<String>,
     /// Whether it may relay approvals and denials for the people it names.
     pub acts_for_approvers: bool,
+    /// Whether it may revoke any grant and cut off every session of a target (incident response).
+    pub admin: bool,
 }
 
 impl Caller {

@@ -334,6 +334,7 @@ mod tests {
             session_tags: tags,
             ceiling: read_a(),
             allow_unknown_actions: false,
+            revocation: Default::default(),
         }
     }
 

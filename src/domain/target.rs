@@ -26,4 +26,17 @@ pub struct Target {
     /// Whether requests may name actions the IAM catalog does not know (services newer than
     /// the catalog). Otherwise such a pattern, usually a typo, is refused.
     pub allow_unknown_actions: bool,
+    /// Whether revoking a grant writes a deny on the role, or only records it.
+    pub revocation: RevocationMode,
+}
+
+/// What revoking a grant on a target does in AWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RevocationMode {
+    /// Denies the grant's live sessions with the broker's inline policy on the role.
+    #[default]
+    Enforce,
+    /// Records the revocation and stops issuance; the role (which the broker may not modify)
+    /// is left alone, and live sessions run until they expire.
+    RecordOnly,
 }

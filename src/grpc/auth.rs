@@ -30,6 +30,7 @@ impl Authenticator {
                         id: caller.id.clone(),
                         targets: caller.targets.clone(),
                         acts_for_approvers: caller.act_for_approvers,
+                        admin: false,
                     },
                 )
             })

@@ -10,22 +10,22 @@ use tonic::{Request, Response, Status};
 use super::{auth::caller_of, convert, proto};
 use crate::{
     broker::Broker,
-    ports::{Clock, CredentialIssuer, GrantStore},
+    ports::{Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer},
 };
 
-pub struct GrantBrokerService<S, I, C> {
-    broker: Arc<Broker<S, I, C>>,
+pub struct GrantBrokerService<S, I, C, E> {
+    broker: Arc<Broker<S, I, C, E>>,
 }
 
-impl<S, I, C> GrantBrokerService<S, I, C> {
-    pub fn new(broker: Arc<Broker<S, I, C>>) -> Self {
+impl<S, I, C, E> GrantBrokerService<S, I, C, E> {
+    pub fn new(broker: Arc<Broker<S, I, C, E>>) -> Self {
         Self { broker }
     }
 }
 
 #[tonic::async_trait]
-impl<S: GrantStore, I: CredentialIssuer, C: Clock> proto::grant_broker_server::GrantBroker
-    for GrantBrokerService<S, I, C>
+impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>
+    proto::grant_broker_server::GrantBroker for GrantBrokerService<S, I, C, E>
 {
     async fn list_targets(
         &self,

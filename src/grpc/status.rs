@@ -296,6 +296,21 @@ impl From<BrokerError> for Status {
                     &[("grant_id", grant_id.to_string()), ("limit", limit.to_string())],
                 ),
             ),
+            BrokerError::NotAdmin { caller } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info("NOT_ADMIN", &[("caller", caller)]),
+            ),
+            BrokerError::RecordOnlyTarget { target } => with_details(
+                Code::FailedPrecondition,
+                &message,
+                info("RECORD_ONLY_TARGET", &[("target", target)]),
+            ),
+            BrokerError::Enforcement { role_arn, error } => retryable(
+                Code::Unavailable,
+                &message,
+                info("ENFORCEMENT_FAILED", &[("role_arn", role_arn), ("code", error.code)]),
+            ),
             BrokerError::Contended { grant_id } => retryable(
                 Code::Aborted,
                 &message,

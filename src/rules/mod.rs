@@ -570,6 +570,7 @@ mod tests {
             session_tags: false,
             ceiling: vec![],
             allow_unknown_actions: false,
+            revocation: Default::default(),
         }
     }
 

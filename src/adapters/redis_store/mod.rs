@@ -23,6 +23,7 @@
 //! With `min_replicas`, the conditional appends (`issuing` and the issuance) are pipelined with
 //! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
+mod enforcement;
 mod record;
 pub(crate) mod reply;
 
@@ -211,6 +212,7 @@ pub struct RedisGrantStore {
     create: Script,
     change_if_state: Script,
     append_event: Script,
+    enforcement_scripts: enforcement::EnforcementScripts,
     /// Queues webhook notifications for recorded changes (`adapters::webhooks`).
     outbox: Outbox,
 }
@@ -292,6 +294,7 @@ impl RedisGrantStore {
             create: Script::new(CREATE),
             change_if_state: Script::new(CHANGE_IF_STATE),
             append_event: Script::new(APPEND_EVENT),
+            enforcement_scripts: enforcement::EnforcementScripts::default(),
             outbox: Outbox::none(),
         })
     }
@@ -342,6 +345,14 @@ impl RedisGrantStore {
         format!("{}:caller:{{{caller}}}:grants", self.prefix)
     }
 
+    /// A grantee's grants (for revoking everything a vendor holds): a sorted set of ids, all
+    /// score 0. Grantees are free text, so the key holds a digest of the name.
+    fn grantee_key(&self, grantee: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = hex::encode(Sha256::digest(grantee.as_bytes()));
+        format!("{}:grantee:{{{}}}:grants", self.prefix, &digest[..32])
+    }
+
     fn request_key(&self, caller: &CallerId, request_id: &RequestId) -> String {
         format!("{}:caller:{{{caller}}}:request:{}", self.prefix, request_id.as_str())
     }
@@ -380,9 +391,9 @@ impl RedisGrantStore {
         let [fields, issuances, issuance_count, approvals] = replies;
         let [version, state, doc, window, review, extensions, revocation, enforcement]: [Value; 8] =
             reply::array_of(fields, 8)
-            .map_err(&corrupt)?
-            .try_into()
-            .map_err(|_| corrupt("HMGET reply".to_owned()))?;
+                .map_err(&corrupt)?
+                .try_into()
+                .map_err(|_| corrupt("HMGET reply".to_owned()))?;
         let version = reply::optional_text(version).map_err(&corrupt)?;
         let (Some(state), Some(doc)) = (
             reply::optional_text(state).map_err(&corrupt)?,
@@ -426,6 +437,33 @@ impl RedisGrantStore {
                 .map_err(|_| StoreError::Corrupt(format!("grant {id}: approvals `{count}`"))),
             _ => Err(StoreError::Corrupt(format!("unexpected append reply `{reply}`"))),
         }
+    }
+
+    /// Up to `limit` grants of a lexically ordered index of grant ids (newest first), strictly
+    /// older than `before`, and the id to continue before when there are more.
+    async fn list_index(
+        &self,
+        key: &str,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> = connection
+            .zrevrangebylex_limit(key, max, "-", 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
+            .await
+            .map_err(unavailable)?;
+        let mut ids = ids
+            .iter()
+            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().copied()
+        } else {
+            None
+        };
+        Ok((self.get_many(&ids).await?, next))
     }
 
     /// Reads several grants in one round trip; missing ones are skipped.
@@ -557,6 +595,26 @@ impl GrantStore for RedisGrantStore {
         // expired when its time has passed, only without the `expired` event. (An index entry
         // written for a grant that already existed points at that grant: harmless.)
         let mut indexes = redis::pipe();
+        let grantee = self.grantee_key(&grant.grantee);
+        let trim_before = GrantId::lower_bound_at(
+            grant.created_at
+                - self.retention
+                - std::time::Duration::from_secs(crate::domain::limits::MAX_DURATION_SECS),
+        );
+        indexes
+            .zadd(&grantee, grant.id.to_string(), 0)
+            .cmd("ZREMRANGEBYLEX")
+            .arg(&grantee)
+            .arg("-")
+            .arg(format!("({trim_before}"))
+            .cmd("EXPIREAT")
+            .arg(&grantee)
+            .arg(self.expiry(grant.last_moment()))
+            .arg("GT")
+            .cmd("EXPIREAT")
+            .arg(&grantee)
+            .arg(self.expiry(grant.last_moment()))
+            .arg("NX");
         if let Some(deadline) = grant.deadline() {
             indexes.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
         }
@@ -600,30 +658,17 @@ impl GrantStore for RedisGrantStore {
         before: Option<GrantId>,
         limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
-        let mut connection = self.connection.clone();
-        let ids: Vec<String> = connection
-            .zrevrangebylex_limit(
-                self.index_key(caller),
-                max,
-                "-",
-                0,
-                isize::try_from(limit + 1).unwrap_or(isize::MAX),
-            )
-            .await
-            .map_err(unavailable)?;
-        let mut ids = ids
-            .iter()
-            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = if ids.len() > limit {
-            ids.truncate(limit);
-            ids.last().copied()
-        } else {
-            None
-        };
-        // Ids reserved by an attempt that never created its grant are skipped here.
-        Ok((self.get_many(&ids).await?, next))
+        // Ids reserved by an attempt that never created its grant are skipped by get_many.
+        self.list_index(&self.index_key(caller), before, limit).await
+    }
+
+    async fn list_for_grantee(
+        &self,
+        grantee: &str,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        self.list_index(&self.grantee_key(grantee), before, limit).await
     }
 
     async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<GrantId>, StoreError> {

@@ -471,8 +471,7 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
     let enforcement = match &stored.enforcement {
         None => None,
         Some(text) => {
-            let stored: EnforcementV2 =
-                serde_json::from_str(text).map_err(|error| format!("enforcement: {error}"))?;
+            let stored: EnforcementV2 = serde_json::from_str(text).map_err(|error| format!("enforcement: {error}"))?;
             Some(Enforcement {
                 status: stored.status,
                 at: stored.at,

@@ -65,6 +65,8 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "extension_requested",
     "extended",
     "extension_denied",
+    "revoked",
+    "enforcement_changed",
 ];
 
 /// What a webhook gets when its `events` are not configured: what approvers and requesters act
@@ -78,6 +80,7 @@ pub const DEFAULT_EVENTS: &[&str] = &[
     "extension_requested",
     "extended",
     "expired",
+    "revoked",
 ];
 
 /// Shortest HMAC secret accepted: 32 bytes, the size of the SHA-256 digest (RFC 2104 advises
@@ -483,6 +486,17 @@ mod tests {
                 approver: None,
                 reason: String::new(),
             },
+            EventKind::Revoked {
+                revoker: None,
+                reason: String::new(),
+                operation: None,
+                enforcement: crate::domain::revocation::EnforcementStatus::Pending,
+            },
+            EventKind::EnforcementChanged {
+                status: crate::domain::revocation::EnforcementStatus::Enforced,
+                error: None,
+                cutoff: None,
+            },
         ];
         for kind in &kinds {
             match kind {
@@ -501,7 +515,9 @@ mod tests {
                 | EventKind::IssueRefused { .. }
                 | EventKind::ExtensionRequested { .. }
                 | EventKind::Extended { .. }
-                | EventKind::ExtensionDenied { .. } => {}
+                | EventKind::ExtensionDenied { .. }
+                | EventKind::Revoked { .. }
+                | EventKind::EnforcementChanged { .. } => {}
             }
         }
         kinds

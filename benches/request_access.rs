@@ -138,6 +138,8 @@ fn pure_costs() {
         session_tags: true,
         ceiling: scopes.clone(),
         allow_unknown_actions: false,
+        revocation: grant_broker::domain::RevocationMode::Enforce,
+        iam: grant_broker::domain::IamAccess::default(),
     };
     let facts = catalog.facts(&scopes);
     let input = RuleInput {

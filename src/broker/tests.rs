@@ -291,6 +291,8 @@ fn target() -> Target {
             resources: vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::acme-logs/*").unwrap()],
         }],
         allow_unknown_actions: false,
+        revocation: crate::domain::RevocationMode::Enforce,
+        iam: crate::domain::IamAccess::default(),
     }
 }
 
@@ -347,6 +349,7 @@ fn caller() -> Caller {
         id: CallerId::parse("vendor-portal").unwrap(),
         targets: ["dev-logs-read".to_owned()].into(),
         acts_for_approvers: false,
+        admin: false,
     }
 }
 

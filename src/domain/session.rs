@@ -331,6 +331,8 @@ mod tests {
             session_tags: tags,
             ceiling: read_a(),
             allow_unknown_actions: false,
+            revocation: crate::domain::RevocationMode::Enforce,
+            iam: crate::domain::IamAccess::default(),
         }
     }
 

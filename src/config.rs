@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::{
     adapters::{
-        RedisSettings, RedisTls, StsSettings,
+        IamSettings, RedisSettings, RedisTls, StsSettings,
         webhooks::{self, DeliverySettings, Webhook},
     },
     broker::BrokerSettings,
@@ -79,6 +79,8 @@ pub struct Config {
     pub insecure_plaintext: bool,
     pub redis: RedisSettings,
     pub sts: StsSettings,
+    /// How to reach IAM for revocation (the STS settings, and an IAM endpoint override).
+    pub iam: IamSettings,
     pub broker: BrokerSettings,
     pub rules: RuleEngine,
     pub targets: Vec<Target>,
@@ -230,6 +232,7 @@ fn default_retention_days() -> u64 {
 #[serde(deny_unknown_fields, default)]
 struct RawAws {
     sts_endpoint: Option<String>,
+    iam_endpoint: Option<String>,
     attempt_timeout_ms: u64,
     operation_timeout_ms: u64,
     max_attempts: u32,
@@ -242,6 +245,7 @@ impl Default for RawAws {
     fn default() -> Self {
         Self {
             sts_endpoint: None,
+            iam_endpoint: None,
             attempt_timeout_ms: 3_000,
             operation_timeout_ms: 10_000,
             max_attempts: 3,
@@ -339,7 +343,7 @@ impl Config {
 
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
         let redis = validate_redis(raw.redis, base, &mut problems);
-        let (sts, role_chaining) = validate_aws(raw.aws, &mut problems);
+        let (sts, iam, role_chaining) = validate_aws(raw.aws, &mut problems);
         let max_issuances_per_grant = raw.grants.max_issuances_per_grant;
         if !(1..=MAX_ISSUANCES_PER_GRANT).contains(&max_issuances_per_grant) {
             problems.push(Problem::new(
@@ -367,6 +371,7 @@ impl Config {
                 insecure_plaintext: raw.server.insecure_plaintext,
                 redis,
                 sts,
+                iam,
                 broker: BrokerSettings {
                     role_chaining,
                     max_issuances_per_grant,
@@ -514,11 +519,16 @@ fn validate_redis(raw: RawRedis, base: &Path, problems: &mut Vec<Problem>) -> Re
     }
 }
 
-fn validate_aws(raw: RawAws, problems: &mut Vec<Problem>) -> (StsSettings, bool) {
-    if let Some(endpoint) = &raw.sts_endpoint
-        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-    {
-        problems.push(Problem::new("aws.sts_endpoint", "must be an http:// or https:// URL"));
+fn validate_aws(raw: RawAws, problems: &mut Vec<Problem>) -> (StsSettings, IamSettings, bool) {
+    for (key, endpoint) in [
+        ("aws.sts_endpoint", &raw.sts_endpoint),
+        ("aws.iam_endpoint", &raw.iam_endpoint),
+    ] {
+        if let Some(endpoint) = endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(Problem::new(key, "must be an http:// or https:// URL"));
+        }
     }
     if raw.emulator_credentials.is_some() && raw.sts_endpoint.is_none() {
         problems.push(Problem::new(
@@ -545,7 +555,13 @@ fn validate_aws(raw: RawAws, problems: &mut Vec<Problem>) -> (StsSettings, bool)
             .emulator_credentials
             .map(|credentials| (credentials.access_key_id, Secret::new(credentials.secret_access_key))),
     };
-    (settings, raw.role_chaining)
+    // IAM calls share the STS settings: the same credentials, timeouts and retries, and the STS
+    // endpoint for assuming a target's IAM role.
+    let iam = IamSettings {
+        endpoint: raw.iam_endpoint,
+        aws: settings.clone(),
+    };
+    (settings, iam, raw.role_chaining)
 }
 
 fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) -> Vec<Target> {
@@ -1432,6 +1448,23 @@ mod tests {
         );
         assert!(config.callers[0].admin && config.callers[0].caller().admin);
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn the_iam_endpoint_is_read_and_checked_and_iam_shares_the_sts_settings() {
+        let config = with_rules(GOOD).unwrap();
+        assert_eq!(config.iam.endpoint, None);
+        assert_eq!(config.iam.aws.max_attempts, config.sts.max_attempts);
+        let text = GOOD.replace(
+            "[rules]",
+            "[aws]\nsts_endpoint = \"http://127.0.0.1:5000\"\niam_endpoint = \"http://127.0.0.1:5001\"\n[rules]",
+        );
+        let config = with_rules(&text).unwrap();
+        assert_eq!(config.iam.endpoint.as_deref(), Some("http://127.0.0.1:5001"));
+        assert_eq!(config.iam.aws.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        let problems =
+            with_rules(&GOOD.replace("[rules]", "[aws]\niam_endpoint = \"127.0.0.1:5001\"\n[rules]")).unwrap_err();
+        assert_eq!(problems[0].key, "aws.iam_endpoint", "{problems:?}");
     }
 
     #[test]

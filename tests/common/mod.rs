@@ -3,6 +3,8 @@
 //! the error paths moto cannot produce, and the real grant-broker server on `127.0.0.1:0`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fake_iam;
+
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener as StdListener},

@@ -138,7 +138,8 @@ fn pure_costs() {
         session_tags: true,
         ceiling: scopes.clone(),
         allow_unknown_actions: false,
-        revocation: Default::default(),
+        revocation: grant_broker::domain::RevocationMode::Enforce,
+        iam: grant_broker::domain::IamAccess::default(),
     };
     let facts = catalog.facts(&scopes);
     let input = RuleInput {

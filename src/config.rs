@@ -14,12 +14,13 @@ use serde::Deserialize;
 
 use crate::{
     adapters::{
-        RedisSettings, RedisTls, StsSettings,
+        IamSettings, RedisSettings, RedisTls, StsSettings,
         webhooks::{self, DeliverySettings, Webhook},
     },
     broker::BrokerSettings,
     domain::{
-        ActionPattern, CallerId, ResourcePattern, Scope, Secret, Target, approval::Person, iam::Catalog, limits, scope,
+        ActionPattern, Caller, CallerId, IamAccess, ResourcePattern, RevocationMode, Scope, Secret, Target,
+        approval::Person, iam::Catalog, limits, scope,
     },
     rules::{RuleEngine, RuleSource},
 };
@@ -54,6 +55,20 @@ pub struct CallerConfig {
     pub targets: BTreeSet<String>,
     /// May relay approvals and denials of the people it names (an approval portal).
     pub act_for_approvers: bool,
+    /// May revoke any grant and cut off a target's sessions (an operator's tool).
+    pub admin: bool,
+}
+
+impl CallerConfig {
+    /// The authenticated caller this configuration describes, as the broker sees it.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            id: self.id.clone(),
+            targets: self.targets.clone(),
+            acts_for_approvers: self.act_for_approvers,
+            admin: self.admin,
+        }
+    }
 }
 
 /// The whole validated configuration.
@@ -64,6 +79,8 @@ pub struct Config {
     pub insecure_plaintext: bool,
     pub redis: RedisSettings,
     pub sts: StsSettings,
+    /// How to reach IAM for revocation (the STS settings, and an IAM endpoint override).
+    pub iam: IamSettings,
     pub broker: BrokerSettings,
     pub rules: RuleEngine,
     pub targets: Vec<Target>,
@@ -215,6 +232,7 @@ fn default_retention_days() -> u64 {
 #[serde(deny_unknown_fields, default)]
 struct RawAws {
     sts_endpoint: Option<String>,
+    iam_endpoint: Option<String>,
     attempt_timeout_ms: u64,
     operation_timeout_ms: u64,
     max_attempts: u32,
@@ -227,6 +245,7 @@ impl Default for RawAws {
     fn default() -> Self {
         Self {
             sts_endpoint: None,
+            iam_endpoint: None,
             attempt_timeout_ms: 3_000,
             operation_timeout_ms: 10_000,
             max_attempts: 3,
@@ -268,6 +287,10 @@ struct RawTarget {
     session_tags: bool,
     #[serde(default)]
     allow_unknown_actions: bool,
+    /// `enforce` (the default) or `record-only`.
+    revocation: Option<String>,
+    iam_role_arn: Option<String>,
+    iam_external_id: Option<String>,
     ceiling: Vec<RawScope>,
 }
 
@@ -286,6 +309,8 @@ struct RawCaller {
     targets: Vec<String>,
     #[serde(default)]
     act_for_approvers: bool,
+    #[serde(default)]
+    admin: bool,
 }
 
 impl Config {
@@ -318,7 +343,7 @@ impl Config {
 
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
         let redis = validate_redis(raw.redis, base, &mut problems);
-        let (sts, role_chaining) = validate_aws(raw.aws, &mut problems);
+        let (sts, iam, role_chaining) = validate_aws(raw.aws, &mut problems);
         let max_issuances_per_grant = raw.grants.max_issuances_per_grant;
         if !(1..=MAX_ISSUANCES_PER_GRANT).contains(&max_issuances_per_grant) {
             problems.push(Problem::new(
@@ -334,7 +359,7 @@ impl Config {
             ));
         }
         let approver_groups = validate_approvers(raw.approvers, &mut problems);
-        let targets = validate_targets(raw.targets, &mut problems);
+        let targets = validate_targets(raw.targets, &mut problems, &mut warnings);
         warnings.extend(ceiling_warnings(&targets));
         let callers = validate_callers(raw.callers, &targets, &mut problems);
         let rules = load_rules(&raw.rules, base, &mut problems);
@@ -346,6 +371,7 @@ impl Config {
                 insecure_plaintext: raw.server.insecure_plaintext,
                 redis,
                 sts,
+                iam,
                 broker: BrokerSettings {
                     role_chaining,
                     max_issuances_per_grant,
@@ -493,11 +519,16 @@ fn validate_redis(raw: RawRedis, base: &Path, problems: &mut Vec<Problem>) -> Re
     }
 }
 
-fn validate_aws(raw: RawAws, problems: &mut Vec<Problem>) -> (StsSettings, bool) {
-    if let Some(endpoint) = &raw.sts_endpoint
-        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-    {
-        problems.push(Problem::new("aws.sts_endpoint", "must be an http:// or https:// URL"));
+fn validate_aws(raw: RawAws, problems: &mut Vec<Problem>) -> (StsSettings, IamSettings, bool) {
+    for (key, endpoint) in [
+        ("aws.sts_endpoint", &raw.sts_endpoint),
+        ("aws.iam_endpoint", &raw.iam_endpoint),
+    ] {
+        if let Some(endpoint) = endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(Problem::new(key, "must be an http:// or https:// URL"));
+        }
     }
     if raw.emulator_credentials.is_some() && raw.sts_endpoint.is_none() {
         problems.push(Problem::new(
@@ -524,10 +555,16 @@ fn validate_aws(raw: RawAws, problems: &mut Vec<Problem>) -> (StsSettings, bool)
             .emulator_credentials
             .map(|credentials| (credentials.access_key_id, Secret::new(credentials.secret_access_key))),
     };
-    (settings, raw.role_chaining)
+    // IAM calls share the STS settings: the same credentials, timeouts and retries, and the STS
+    // endpoint for assuming a target's IAM role.
+    let iam = IamSettings {
+        endpoint: raw.iam_endpoint,
+        aws: settings.clone(),
+    };
+    (settings, iam, raw.role_chaining)
 }
 
-fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Target> {
+fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) -> Vec<Target> {
     let mut seen = BTreeMap::new();
     let mut targets = Vec::with_capacity(raw.len());
     for (index, target) in raw.into_iter().enumerate() {
@@ -594,6 +631,7 @@ fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Tar
         if target.ceiling.is_empty() {
             problems.push(Problem::new(key("ceiling"), "at least one statement is required"));
         }
+        let (revocation, iam) = validate_revocation(&target, &key, problems, warnings);
         let ceiling = target
             .ceiling
             .into_iter()
@@ -626,10 +664,131 @@ fn validate_targets(raw: Vec<RawTarget>, problems: &mut Vec<Problem>) -> Vec<Tar
             session_tags: target.session_tags,
             ceiling,
             allow_unknown_actions: target.allow_unknown_actions,
-            revocation: Default::default(),
+            revocation,
+            iam,
         });
     }
+    same_revocation_per_role(&targets, problems);
     targets
+}
+
+/// A target's `revocation`, `iam_role_arn` and `iam_external_id`.
+fn validate_revocation(
+    target: &RawTarget,
+    key: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> (RevocationMode, IamAccess) {
+    let revocation = match target.revocation.as_deref() {
+        None | Some("enforce") => RevocationMode::Enforce,
+        Some("record-only") => RevocationMode::RecordOnly,
+        Some(other) => {
+            problems.push(Problem::new(
+                key("revocation"),
+                format!(
+                    "`{}` is not a revocation mode: `enforce` (deny revoked sessions on the role) or `record-only` (the role is not the broker's to change)",
+                    crate::domain::clip(other, 64)
+                ),
+            ));
+            RevocationMode::Enforce
+        }
+    };
+    if let Some(arn) = &target.iam_role_arn {
+        match parse_role_arn(arn) {
+            None => problems.push(Problem::new(
+                key("iam_role_arn"),
+                "must be arn:<partition>:iam::<account>:role/<name> (20-2048 characters): a role the broker assumes to manage the target role's inline policy",
+            )),
+            Some((partition, account)) => {
+                let target_partition = parse_role_arn(&target.role_arn).map(|(partition, _)| partition);
+                if target_partition.is_some_and(|target_partition| target_partition != partition) {
+                    problems.push(Problem::new(
+                        key("iam_role_arn"),
+                        format!("is in partition `{partition}`, the target's role is not: IAM is per partition"),
+                    ));
+                } else if account != target.account_id {
+                    warnings.push(Problem::new(
+                        key("iam_role_arn"),
+                        format!(
+                            "is in account {account}, not the target's {}: it can manage the role only through a cross-account grant",
+                            target.account_id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(external_id) = &target.iam_external_id {
+        if target.iam_role_arn.is_none() {
+            problems.push(Problem::new(
+                key("iam_external_id"),
+                "only for assuming iam_role_arn: set iam_role_arn too",
+            ));
+        } else if let Err(why) = limits::check_external_id(external_id) {
+            problems.push(Problem::new(key("iam_external_id"), why));
+        }
+    }
+    let iam = IamAccess {
+        assume_role_arn: target.iam_role_arn.clone(),
+        external_id: target.iam_external_id.clone(),
+    };
+    (revocation, iam)
+}
+
+/// The partition and account of a role ARN of the shape `arn:<partition>:iam::<account>:role/<name>`.
+fn parse_role_arn(arn: &str) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    match parts.as_slice() {
+        ["arn", partition, "iam", "", account, resource]
+            if !partition.is_empty()
+                && account.len() == 12
+                && account.chars().all(|c| c.is_ascii_digit())
+                && resource.len() > 5
+                && resource.starts_with("role/")
+                && !resource.ends_with('/')
+                && (20..=2048).contains(&arn.len()) =>
+        {
+            Some((partition, account))
+        }
+        _ => None,
+    }
+}
+
+/// Enforcement is per role: the broker keeps one deny policy on it, whichever target a revoked
+/// grant came from. So targets naming the same role (IAM role names are unique per account
+/// whatever their path, and case-insensitive) must agree on how it is enforced.
+fn same_revocation_per_role(targets: &[Target], problems: &mut Vec<Problem>) {
+    let mut first_of_role: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for (index, target) in targets.iter().enumerate() {
+        let Some((partition, account)) = parse_role_arn(&target.role_arn) else {
+            continue;
+        };
+        let role = (
+            partition.to_owned(),
+            account.to_owned(),
+            target.role_name().to_ascii_lowercase(),
+        );
+        let first = *first_of_role.entry(role).or_insert(index);
+        let Some(other) = targets.get(first).filter(|_| first != index) else {
+            continue;
+        };
+        let field = if other.revocation != target.revocation {
+            "revocation"
+        } else if other.iam.assume_role_arn != target.iam.assume_role_arn {
+            "iam_role_arn"
+        } else if other.iam.external_id != target.iam.external_id {
+            "iam_external_id"
+        } else {
+            continue;
+        };
+        problems.push(Problem::new(
+            format!("targets[{index}].{field}"),
+            format!(
+                "targets[{first}] names the same role ({}) with another {field}: the broker keeps one deny policy per role, so every target of a role must set revocation, iam_role_arn and iam_external_id alike",
+                target.role_name()
+            ),
+        ));
+    }
 }
 
 /// People who approve, and their groups (which rules match with `principal in Group`).
@@ -758,6 +917,7 @@ fn validate_callers(raw: Vec<RawCaller>, targets: &[Target], problems: &mut Vec<
                 token_sha256,
                 targets: caller.targets.into_iter().collect(),
                 act_for_approvers: caller.act_for_approvers,
+                admin: caller.admin,
             });
         }
     }
@@ -1244,6 +1404,145 @@ mod tests {
         for hidden in [HOOK_SECRET, "t0k3n"] {
             assert!(!printed.contains(hidden), "{hidden} in {printed}");
         }
+    }
+
+    /// GOOD with a second target on `role_arn`, whose lines `second` adds to.
+    fn with_second_target(role_arn: &str, second: &str) -> String {
+        let target = GOOD
+            .split("[[targets]]")
+            .nth(1)
+            .and_then(|rest| rest.split("[[callers]]").next())
+            .unwrap()
+            .replace("id = \"prod-logs-read\"", &format!("id = \"second\"\n{second}"))
+            .replace("arn:aws:iam::123456789012:role/vendor-logs-read", role_arn);
+        GOOD.replace("[[callers]]", &format!("[[targets]]{target}[[callers]]"))
+    }
+
+    #[test]
+    fn revocation_is_enforced_with_the_brokers_own_credentials_by_default() {
+        let config = with_rules(GOOD).unwrap();
+        let target = &config.targets[0];
+        assert_eq!(target.revocation, RevocationMode::Enforce);
+        assert_eq!(target.iam, IamAccess::default());
+        assert_eq!(target.role_name(), "vendor-logs-read");
+        assert!(!config.callers[0].admin && !config.callers[0].caller().admin);
+    }
+
+    #[test]
+    fn revocation_keys_admin_callers_and_the_iam_endpoint_are_read() {
+        let text = GOOD
+            .replace(
+                "max_duration_secs = 3600",
+                "max_duration_secs = 3600\nrevocation = \"record-only\"\niam_role_arn = \"arn:aws:iam::123456789012:role/admin/grant-broker-iam\"\niam_external_id = \"gb-iam-7f3a\"",
+            )
+            .replace("targets = [\"prod-logs-read\"]", "targets = [\"prod-logs-read\"]\nadmin = true");
+        let config = with_rules(&text).unwrap();
+        let target = &config.targets[0];
+        assert_eq!(target.revocation, RevocationMode::RecordOnly);
+        assert_eq!(
+            target.iam,
+            IamAccess {
+                assume_role_arn: Some("arn:aws:iam::123456789012:role/admin/grant-broker-iam".into()),
+                external_id: Some("gb-iam-7f3a".into()),
+            }
+        );
+        assert!(config.callers[0].admin && config.callers[0].caller().admin);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn the_iam_endpoint_is_read_and_checked_and_iam_shares_the_sts_settings() {
+        let config = with_rules(GOOD).unwrap();
+        assert_eq!(config.iam.endpoint, None);
+        assert_eq!(config.iam.aws.max_attempts, config.sts.max_attempts);
+        let text = GOOD.replace(
+            "[rules]",
+            "[aws]\nsts_endpoint = \"http://127.0.0.1:5000\"\niam_endpoint = \"http://127.0.0.1:5001\"\n[rules]",
+        );
+        let config = with_rules(&text).unwrap();
+        assert_eq!(config.iam.endpoint.as_deref(), Some("http://127.0.0.1:5001"));
+        assert_eq!(config.iam.aws.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        let problems =
+            with_rules(&GOOD.replace("[rules]", "[aws]\niam_endpoint = \"127.0.0.1:5001\"\n[rules]")).unwrap_err();
+        assert_eq!(problems[0].key, "aws.iam_endpoint", "{problems:?}");
+    }
+
+    #[test]
+    fn revocation_problems_are_reported_by_key() {
+        let text = GOOD
+            .replace(
+                "max_duration_secs = 3600",
+                "max_duration_secs = 3600\nrevocation = \"off\"\niam_role_arn = \"arn:aws:iam::123456789012:user/admin\"\niam_external_id = \"x\"",
+            );
+        let problems = with_rules(&text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "targets[0].revocation",
+                "targets[0].iam_role_arn",
+                "targets[0].iam_external_id"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("record-only"), "{problems:?}");
+
+        let external_id_alone = GOOD.replace(
+            "max_duration_secs = 3600",
+            "max_duration_secs = 3600\niam_external_id = \"gb-iam-7f3a\"",
+        );
+        let problems = with_rules(&external_id_alone).unwrap_err();
+        assert_eq!(problems[0].key, "targets[0].iam_external_id");
+        assert!(problems[0].message.contains("set iam_role_arn"), "{problems:?}");
+
+        let other_partition = GOOD.replace(
+            "max_duration_secs = 3600",
+            "max_duration_secs = 3600\niam_role_arn = \"arn:aws-cn:iam::123456789012:role/gb\"",
+        );
+        let problems = with_rules(&other_partition).unwrap_err();
+        assert_eq!(problems[0].key, "targets[0].iam_role_arn");
+    }
+
+    #[test]
+    fn an_iam_role_in_another_account_is_a_warning() {
+        let text = GOOD.replace(
+            "max_duration_secs = 3600",
+            "max_duration_secs = 3600\niam_role_arn = \"arn:aws:iam::999999999999:role/gb-iam\"",
+        );
+        let config = with_rules(&text).unwrap();
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert_eq!(config.warnings[0].key, "targets[0].iam_role_arn");
+        assert!(config.warnings[0].message.contains("999999999999"));
+    }
+
+    #[test]
+    fn targets_of_one_role_must_agree_on_its_enforcement() {
+        // The same role under another path and case: IAM role names are unique per account
+        // whatever the path, and case-insensitive.
+        let same_role = "arn:aws:iam::123456789012:role/team/Vendor-Logs-Read";
+        let config = with_rules(&with_second_target(same_role, "")).unwrap();
+        assert_eq!(config.targets[1].role_name(), "Vendor-Logs-Read");
+        let key = |second: &str| {
+            with_rules(&with_second_target(same_role, second))
+                .unwrap_err()
+                .into_iter()
+                .map(|p| (p.key, p.message))
+                .collect::<Vec<_>>()
+        };
+        let problems = key("revocation = \"record-only\"");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "targets[1].revocation");
+        assert!(problems[0].1.contains("targets[0]"), "{problems:?}");
+        assert_eq!(
+            key("iam_role_arn = \"arn:aws:iam::123456789012:role/gb-iam\"")[0].0,
+            "targets[1].iam_role_arn"
+        );
+        // Another role of the account is another matter.
+        let elsewhere = with_second_target(
+            "arn:aws:iam::123456789012:role/vendor-logs-write",
+            "revocation = \"record-only\"",
+        );
+        assert!(with_rules(&elsewhere).is_ok());
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! - [`rules`]: Cedar approval rules: schema, loading and validation, request -> decision.
 //! - [`broker`]: the use cases (request, issue, get, list), generic over [`ports`].
 //! - [`ports`]: what the broker needs from outside: grant store, credential issuer, clock.
-//! - [`adapters`]: Redis grant store, STS issuer, webhook notifications (queue, signing,
-//!   delivery worker); the only code that knows those SDKs and HTTP clients.
+//! - [`adapters`]: Redis grant store, STS issuer, IAM role enforcer (the broker's inline deny
+//!   policy on target roles), webhook notifications (queue, signing, delivery worker); the only
+//!   code that knows those SDKs and HTTP clients.
 //! - [`grpc`]: transport: authentication, validation on receipt, status mapping, the service; the
 //!   only server code that knows protobuf.
 //! - [`cli`]: the command's client side: calls, rendering, exit codes.

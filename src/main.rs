@@ -1,5 +1,6 @@
 //! The `grant-broker` command: the server (`serve`), configuration checking (`check-config`) and
-//! a client for a running server (`targets`, `request`, `issue`, `approve`, `deny`, `extend`, `cancel`,
+//! a client for a running server (`targets`, `request`, `issue`, `approve`, `deny`, `extend`,
+//! `revoke`, `revoke-grantee`, `revoke-target-sessions`, `cancel`,
 //! `get`, `list`).
 
 use std::{path::PathBuf, process::ExitCode};
@@ -270,6 +271,42 @@ enum Command {
         /// Idempotency key: the same key again returns the grant as it is.
         #[arg(long, default_value = "")]
         request_id: String,
+    },
+    /// Take a grant back (this caller's, any for an admin caller, or as an approver) and deny its
+    /// live sessions in AWS.
+    Revoke {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        /// The person revoking (required when relaying an approver).
+        #[arg(long, env = "GRANT_BROKER_APPROVER", default_value = "")]
+        revoker: String,
+        /// Wait until the deny is written in AWS, up to this long (exit 5 if it is not): 30s, 2m.
+        #[arg(long, value_parser = parse_duration, num_args = 0..=1, default_missing_value = "60")]
+        wait: Option<i64>,
+    },
+    /// Incident response (admin callers): revoke every live grant of a grantee, on every target.
+    RevokeGrantee {
+        #[command(flatten)]
+        connection: Connection,
+        grantee: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = "GRANT_BROKER_APPROVER", default_value = "")]
+        revoker: String,
+    },
+    /// Emergency (admin callers): deny every session of a target's role issued before now.
+    RevokeTargetSessions {
+        #[command(flatten)]
+        connection: Connection,
+        target: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = "GRANT_BROKER_APPROVER", default_value = "")]
+        revoker: String,
     },
     /// Withdraw a pending or approved grant.
     Cancel {
@@ -552,6 +589,43 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 request_id,
             };
             client::extend(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::Revoke {
+            connection,
+            id,
+            reason,
+            revoker,
+            wait,
+        } => {
+            let message = proto::RevokeGrantRequest { id, reason, revoker };
+            let wait = wait.map(|seconds| std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(0)));
+            client::revoke(&mut connect(&connection).await?, message, wait, connection.json).await
+        }
+        Command::RevokeGrantee {
+            connection,
+            grantee,
+            reason,
+            revoker,
+        } => {
+            let message = proto::RevokeGranteeRequest {
+                grantee,
+                reason,
+                revoker,
+            };
+            client::revoke_grantee(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::RevokeTargetSessions {
+            connection,
+            target,
+            reason,
+            revoker,
+        } => {
+            let message = proto::RevokeTargetSessionsRequest {
+                target,
+                reason,
+                revoker,
+            };
+            client::revoke_target_sessions(&mut connect(&connection).await?, message, connection.json).await
         }
         Command::Cancel { connection, id, reason } => {
             client::cancel(&mut connect(&connection).await?, id, reason, connection.json).await

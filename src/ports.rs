@@ -310,8 +310,9 @@ pub struct RoleFacts {
 pub enum EnforceErrorKind {
     /// The role does not exist (NoSuchEntity): an operator must fix the target.
     RoleNotFound,
-    /// The broker may not read or change the role's inline policies (AccessDenied), or may not
-    /// assume the admin role configured for the target's account.
+    /// The broker may not read or change the role's inline policies (AccessDenied), may not
+    /// assume the admin role configured for the target's account, or was asked to change the
+    /// role of a `record-only` target (code `RecordOnlyTarget`; nothing reaches IAM).
     AccessDenied,
     /// IAM refused the document (LimitExceeded, MalformedPolicyDocument).
     Rejected,

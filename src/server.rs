@@ -10,7 +10,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     adapters::{
-        RedisGrantStore, StsIssuer,
+        IamEnforcer, RedisGrantStore, StsIssuer,
         webhooks::{DeliveryWorker, Outbox},
     },
     broker::Broker,
@@ -20,43 +20,7 @@ use crate::{
 };
 
 /// The production broker: Redis, STS, the system clock.
-pub type ProductionBroker = Broker<RedisGrantStore, StsIssuer, SystemClock, PendingIam>;
-
-/// Placeholder until the IAM adapter lands: every enforcement attempt fails, and is retried.
-pub struct PendingIam;
-
-impl crate::ports::RoleEnforcer for PendingIam {
-    async fn role_facts(
-        &self,
-        _target: &crate::domain::Target,
-    ) -> Result<crate::ports::RoleFacts, crate::ports::EnforceError> {
-        Err(not_wired())
-    }
-    async fn other_inline_policy_chars(
-        &self,
-        _target: &crate::domain::Target,
-    ) -> Result<usize, crate::ports::EnforceError> {
-        Err(not_wired())
-    }
-    async fn put_deny_policy(
-        &self,
-        _target: &crate::domain::Target,
-        _document: &str,
-    ) -> Result<(), crate::ports::EnforceError> {
-        Err(not_wired())
-    }
-    async fn delete_deny_policy(&self, _target: &crate::domain::Target) -> Result<(), crate::ports::EnforceError> {
-        Err(not_wired())
-    }
-}
-
-fn not_wired() -> crate::ports::EnforceError {
-    crate::ports::EnforceError {
-        kind: crate::ports::EnforceErrorKind::Failed,
-        code: "NotWired".into(),
-        message: "IAM enforcement is not wired yet".into(),
-    }
-}
+pub type ProductionBroker = Broker<RedisGrantStore, StsIssuer, SystemClock, IamEnforcer>;
 
 /// How often the health check asks Redis whether it answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -93,10 +57,11 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     regions.dedup();
     let issuer = StsIssuer::new(&config.sts, regions).await;
     let auth = Authenticator::new(&config.callers);
+    let enforcer = IamEnforcer::new(&config.iam, &config.targets).await;
     let broker = Broker::new(
         store,
         issuer,
-        PendingIam,
+        enforcer,
         SystemClock,
         config.rules,
         config.targets,
@@ -119,6 +84,7 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
     let expiry_task = tokio::spawn(sweep_expiries(Arc::clone(&broker)));
+    let enforcement_task = tokio::spawn(enforce_revocations(Arc::clone(&broker)));
     let delivery_task = deliveries.map(|worker| tokio::spawn(worker.run()));
 
     let reflection = || {
@@ -143,11 +109,27 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
         .await;
     health_task.abort();
     expiry_task.abort();
+    // A write cut short here leaves its lease to expire; the next holder writes the same state.
+    enforcement_task.abort();
     // An attempt cut short here is reclaimed by another replica (or this one, restarted).
     if let Some(task) = delivery_task {
         task.abort();
     }
     Ok(result?)
+}
+
+/// How often each replica looks for revocation work: noted grants, roles to (re)write.
+const ENFORCEMENT_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn enforce_revocations<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
+    broker: Arc<Broker<S, I, C, E>>,
+) {
+    loop {
+        tokio::time::sleep(ENFORCEMENT_INTERVAL).await;
+        if let Err(error) = broker.enforce_pending().await {
+            tracing::warn!(%error, "revocation enforcement pass failed; retrying at the next interval");
+        }
+    }
 }
 
 /// How often each replica records the expiry of grants whose deadline has passed. Every replica

@@ -1,9 +1,12 @@
-//! The only code that knows Redis, the AWS SDK and HTTP clients: implementations of the ports,
-//! and webhook notifications (queued beside the store's changes, delivered by a worker).
+//! The only code that knows Redis, the AWS SDK and HTTP clients: implementations of the ports
+//! (the grant store, the STS issuer, the IAM role enforcer), and webhook notifications (queued
+//! beside the store's changes, delivered by a worker).
 
+pub mod iam_enforcer;
 pub mod redis_store;
 pub mod sts_issuer;
 pub mod webhooks;
 
+pub use iam_enforcer::{IamEnforcer, IamSettings};
 pub use redis_store::{RedisGrantStore, RedisSettings, RedisTls, redacted_url};
 pub use sts_issuer::{StsIssuer, StsSettings};

@@ -566,7 +566,8 @@ fn target() -> Target {
             resources: vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::acme-logs/*").unwrap()],
         }],
         allow_unknown_actions: false,
-        revocation: Default::default(),
+        revocation: crate::domain::RevocationMode::Enforce,
+        iam: crate::domain::IamAccess::default(),
     }
 }
 

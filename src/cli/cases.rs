@@ -28,8 +28,8 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     broker::{BrokerError, explain::explain},
-    config::Config,
-    domain::{AccessRequest, Caller, Outcome, RawAccessRequest, Secret},
+    config::{CallerConfig, Config},
+    domain::{AccessRequest, Outcome, RawAccessRequest, Secret},
 };
 
 #[derive(Deserialize)]
@@ -99,12 +99,7 @@ fn check(config: &Config, targets: &BTreeMap<String, crate::domain::Target>, cas
         .callers
         .iter()
         .find(|caller| caller.id.as_str() == case.caller)
-        .map(|caller| Caller {
-            id: caller.id.clone(),
-            targets: caller.targets.clone(),
-            acts_for_approvers: caller.act_for_approvers,
-            admin: false,
-        })
+        .map(CallerConfig::caller)
         .ok_or_else(|| format!("no caller `{}` in the configuration", case.caller))?;
     let request = &case.request;
     let validated = AccessRequest::validate(RawAccessRequest {

@@ -108,6 +108,33 @@ fn extension_state_text(state: i32) -> &'static str {
     }
 }
 
+fn revocation_json(revocation: &proto::Revocation) -> Value {
+    let sessions: Vec<Value> = revocation
+        .sessions
+        .iter()
+        .map(|s| {
+            json!({
+                "session_name": s.session_name,
+                "access_key_id": s.access_key_id,
+                "expiration": time_text(s.expiration.as_ref()),
+                "enforcement": enforcement_text(s.enforcement),
+            })
+        })
+        .collect();
+    json!({
+        "caller": revocation.caller,
+        "revoker": revocation.revoker,
+        "revoke_time": time_text(revocation.revoke_time.as_ref()),
+        "reason": revocation.reason,
+        "operation_id": revocation.operation_id,
+        "enforcement": enforcement_text(revocation.enforcement),
+        "enforcement_error": revocation.enforcement_error,
+        "enforcement_time": time_text(revocation.enforcement_time.as_ref()),
+        "cutoff_time": time_text(revocation.cutoff_time.as_ref()),
+        "sessions": sessions,
+    })
+}
+
 pub fn grant_json(grant: &proto::Grant) -> Value {
     let decision = grant.decision.as_ref();
     json!({
@@ -159,6 +186,8 @@ pub fn grant_json(grant: &proto::Grant) -> Value {
             "deny_reason": e.deny_reason,
             "new_end_time": time_text(e.new_end_time.as_ref()),
         })).collect::<Vec<_>>(),
+        "revocation": grant.revocation.as_ref().map(revocation_json),
+        "sessions_denied_before": time_text(grant.sessions_denied_before.as_ref()),
         "issuances": grant.issuances.iter().map(|i| json!({
             "access_key_id": i.access_key_id,
             "session_name": i.session_name,
@@ -264,6 +293,53 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
             text,
             "  extension {} +{}s: {} ({})",
             extension.number, seconds, outcome, extension.justification
+        );
+    }
+    if let Some(revocation) = &grant.revocation {
+        let by = if revocation.revoker.is_empty() {
+            revocation.caller.clone()
+        } else {
+            format!("{} via {}", revocation.revoker, revocation.caller)
+        };
+        let _ = writeln!(
+            text,
+            "  revoked   by {by} at {}: {}",
+            time_text(revocation.revoke_time.as_ref()),
+            revocation.reason
+        );
+        let _ = writeln!(
+            text,
+            "  enforcement {}{}{}",
+            enforcement_text(revocation.enforcement),
+            if revocation.enforcement_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", revocation.enforcement_error)
+            },
+            if revocation.cutoff_time.is_some() {
+                format!(
+                    " (by a role-wide cutoff at {})",
+                    time_text(revocation.cutoff_time.as_ref())
+                )
+            } else {
+                String::new()
+            }
+        );
+        for session in &revocation.sessions {
+            let _ = writeln!(
+                text,
+                "  session   {} {} until {}: {}",
+                session.session_name,
+                session.access_key_id,
+                time_text(session.expiration.as_ref()),
+                enforcement_text(session.enforcement)
+            );
+        }
+    } else if grant.sessions_denied_before.is_some() {
+        let _ = writeln!(
+            text,
+            "  cut off   sessions issued before {} are denied (a role-wide cutoff); issue again for working credentials",
+            time_text(grant.sessions_denied_before.as_ref())
         );
     }
     for issuance in &grant.issuances {
@@ -576,6 +652,156 @@ pub async fn extend(
         ));
     }
     Ok(grant_text(&grant, json))
+}
+
+fn enforcement_text(status: i32) -> &'static str {
+    match proto::EnforcementStatus::try_from(status).unwrap_or(proto::EnforcementStatus::Unspecified) {
+        proto::EnforcementStatus::Unspecified => "unspecified",
+        proto::EnforcementStatus::Pending => "pending",
+        proto::EnforcementStatus::Enforced => "enforced",
+        proto::EnforcementStatus::NotNeeded => "not_needed",
+        proto::EnforcementStatus::Failed => "failed",
+        proto::EnforcementStatus::NotAvailable => "not_available",
+    }
+}
+
+/// Revokes a grant; with `wait`, polls it until its deny is written in AWS (or nothing was
+/// needed), exiting 5 if that does not happen in time.
+pub async fn revoke(
+    client: &mut Client,
+    message: proto::RevokeGrantRequest,
+    wait: Option<std::time::Duration>,
+    json: bool,
+) -> Result<String, ClientError> {
+    let id = message.id.clone();
+    let mut grant = client.revoke_grant(message).await?.into_inner();
+    if let Some(wait) = wait {
+        let deadline = std::time::Instant::now() + wait;
+        let settled = |grant: &proto::Grant| {
+            grant.revocation.as_ref().is_some_and(|r| {
+                !matches!(
+                    proto::EnforcementStatus::try_from(r.enforcement),
+                    Ok(proto::EnforcementStatus::Pending | proto::EnforcementStatus::Failed)
+                )
+            })
+        };
+        while !settled(&grant) {
+            if std::time::Instant::now() >= deadline {
+                let status = grant.revocation.as_ref().map_or(0, |r| r.enforcement);
+                let error = grant
+                    .revocation
+                    .as_ref()
+                    .map(|r| r.enforcement_error.clone())
+                    .unwrap_or_default();
+                return Err(ClientError::new(
+                    Exit::NotEnforced,
+                    format!(
+                        "grant {id} is revoked, but its deny is not written yet ({}{}); the broker keeps retrying",
+                        enforcement_text(status),
+                        if error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {error}")
+                        }
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            grant = client
+                .get_grant(proto::GetGrantRequest { id: id.clone() })
+                .await?
+                .into_inner();
+        }
+    }
+    Ok(grant_text(&grant, json))
+}
+
+pub async fn revoke_grantee(
+    client: &mut Client,
+    message: proto::RevokeGranteeRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    let response = client.revoke_grantee(message).await?.into_inner();
+    if json {
+        return Ok(json!({
+            "operation_id": response.operation_id,
+            "truncated": response.truncated,
+            "outcomes": response.outcomes.iter().map(|o| json!({
+                "grant_id": o.grant_id,
+                "grant": o.grant.as_ref().map(grant_json),
+                "error_code": o.error_code,
+                "error": o.error,
+            })).collect::<Vec<_>>(),
+        })
+        .to_string());
+    }
+    let mut text = format!(
+        "operation {}: {} grant(s)\n",
+        response.operation_id,
+        response.outcomes.len()
+    );
+    for outcome in &response.outcomes {
+        match &outcome.grant {
+            Some(grant) => {
+                let revocation = grant.revocation.as_ref();
+                let _ = writeln!(
+                    text,
+                    "{}  revoked  {}  enforcement {}{}",
+                    outcome.grant_id,
+                    grant.target,
+                    enforcement_text(revocation.map_or(0, |r| r.enforcement)),
+                    revocation
+                        .map(|r| r.enforcement_error.as_str())
+                        .filter(|e| !e.is_empty())
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    text,
+                    "{}  not revoked: {} {}",
+                    outcome.grant_id, outcome.error_code, outcome.error
+                );
+            }
+        }
+    }
+    if response.truncated {
+        let _ = writeln!(text, "more live grants remain: run it again");
+    }
+    Ok(text)
+}
+
+pub async fn revoke_target_sessions(
+    client: &mut Client,
+    message: proto::RevokeTargetSessionsRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    let response = client.revoke_target_sessions(message).await?.into_inner();
+    if json {
+        return Ok(json!({
+            "target": response.target,
+            "role_arn": response.role_arn,
+            "cutoff_time": time_text(response.cutoff_time.as_ref()),
+            "cutoff_until": time_text(response.cutoff_until.as_ref()),
+            "enforcement": enforcement_text(response.enforcement),
+            "enforcement_error": response.enforcement_error,
+        })
+        .to_string());
+    }
+    Ok(format!(
+        "target {} ({}): sessions issued before {} are denied until {}; enforcement {}{}\n",
+        response.target,
+        response.role_arn,
+        time_text(response.cutoff_time.as_ref()),
+        time_text(response.cutoff_until.as_ref()),
+        enforcement_text(response.enforcement),
+        if response.enforcement_error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", response.enforcement_error)
+        }
+    ))
 }
 
 pub async fn cancel(client: &mut Client, id: String, reason: String, json: bool) -> Result<String, ClientError> {

@@ -25,6 +25,8 @@ pub enum Exit {
     Denied,
     /// Credentials were asked for in a machine format, but none were issued (pending approval).
     NotIssued,
+    /// A revocation is recorded, but `--wait` ran out before its deny was written in AWS.
+    NotEnforced,
 }
 
 impl Exit {
@@ -35,6 +37,7 @@ impl Exit {
             Self::Usage => 2,
             Self::Denied => 3,
             Self::NotIssued => 4,
+            Self::NotEnforced => 5,
         }
     }
 }

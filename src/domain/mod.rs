@@ -23,7 +23,7 @@ pub use grant::{Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Iss
 pub use request::{AccessRequest, Caller, CallerId, MfaToken, RawAccessRequest, RequestId};
 pub use scope::{ActionPattern, ResourcePattern, Scope};
 pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionRefused, SessionSpec, SessionTag};
-pub use target::{RevocationMode, Target};
+pub use target::{IamAccess, RevocationMode, Target};
 
 /// Longest piece of caller input echoed back in an error message.
 pub const MAX_ECHO_CHARS: usize = 128;

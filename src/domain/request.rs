@@ -51,7 +51,8 @@ pub struct Caller {
     pub targets: std::collections::BTreeSet<String>,
     /// Whether it may relay approvals and denials for the people it names.
     pub acts_for_approvers: bool,
-    /// Whether it may revoke any grant and cut off every session of a target (incident response).
+    /// Whether it may revoke any caller's grant and cut off every session of a target (an
+    /// operator's console or an incident tool), beyond its own grants.
     pub admin: bool,
 }
 

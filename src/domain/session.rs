@@ -334,7 +334,8 @@ mod tests {
             session_tags: tags,
             ceiling: read_a(),
             allow_unknown_actions: false,
-            revocation: Default::default(),
+            revocation: crate::domain::RevocationMode::Enforce,
+            iam: crate::domain::IamAccess::default(),
         }
     }
 

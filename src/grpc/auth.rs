@@ -23,17 +23,7 @@ impl Authenticator {
     pub fn new(callers: &[CallerConfig]) -> Self {
         let by_digest = callers
             .iter()
-            .map(|caller| {
-                (
-                    caller.token_sha256,
-                    Caller {
-                        id: caller.id.clone(),
-                        targets: caller.targets.clone(),
-                        acts_for_approvers: caller.act_for_approvers,
-                        admin: false,
-                    },
-                )
-            })
+            .map(|caller| (caller.token_sha256, caller.caller()))
             .collect();
         Self { by_digest }
     }

@@ -6,13 +6,18 @@ use tonic::Status;
 
 use super::proto;
 use crate::{
-    broker::{BrokerError, DEFAULT_PAGE_SIZE, Explanation, watch::GrantChange},
+    broker::{
+        BrokerError, DEFAULT_PAGE_SIZE, Explanation,
+        revocation::{GranteeRevocation, TargetCutoff},
+        watch::GrantChange,
+    },
     domain::{
         AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, MfaToken,
         Outcome, RawAccessRequest, Scope, Secret, Target,
         approval::{Approval, Person},
         extension::{Extension, ExtensionRequest, ExtensionState},
         request::{bounds, free_text},
+        revocation::EnforcementStatus,
     },
 };
 
@@ -140,6 +145,193 @@ pub fn extend_grant(message: proto::ExtendGrantRequest) -> Result<(GrantId, Exte
             Err(invalid(violations))
         }
     }
+}
+
+/// A revocation's reason (required) and the person named (optional).
+fn reason_and_revoker(
+    reason: String,
+    revoker: String,
+    violations: &mut Vec<FieldViolation>,
+) -> (String, Option<Person>) {
+    if reason.trim().is_empty() {
+        violations.push(FieldViolation::new("reason", "is required"));
+    }
+    let reason = free_text("reason", reason, MAX_REASON_CHARS)
+        .map_err(|violation| violations.push(violation))
+        .unwrap_or_default();
+    let revoker = if revoker.is_empty() {
+        None
+    } else {
+        Person::parse("revoker", &revoker)
+            .map_err(|violation| violations.push(violation))
+            .ok()
+    };
+    (reason, revoker)
+}
+
+pub fn revoke_grant(message: proto::RevokeGrantRequest) -> Result<(GrantId, String, Option<Person>), Status> {
+    let proto::RevokeGrantRequest { id, reason, revoker } = message;
+    let mut violations = Vec::new();
+    let id = GrantId::parse(&id)
+        .map_err(|why| violations.push(FieldViolation::new("id", why)))
+        .ok();
+    let (reason, revoker) = reason_and_revoker(reason, revoker, &mut violations);
+    match id {
+        Some(id) if violations.is_empty() => Ok((id, reason, revoker)),
+        _ => Err(invalid(violations)),
+    }
+}
+
+pub fn revoke_grantee(message: proto::RevokeGranteeRequest) -> Result<(String, String, Option<Person>), Status> {
+    let proto::RevokeGranteeRequest {
+        grantee,
+        reason,
+        revoker,
+    } = message;
+    let mut violations = Vec::new();
+    let length = grantee.chars().count();
+    if length == 0 || length > bounds::GRANTEE_CHARS {
+        violations.push(FieldViolation::new(
+            "grantee",
+            format!("must be 1-{} characters, got {length}", bounds::GRANTEE_CHARS),
+        ));
+    }
+    let (reason, revoker) = reason_and_revoker(reason, revoker, &mut violations);
+    if violations.is_empty() {
+        Ok((grantee, reason, revoker))
+    } else {
+        Err(invalid(violations))
+    }
+}
+
+pub fn revoke_target_sessions(
+    message: proto::RevokeTargetSessionsRequest,
+) -> Result<(String, String, Option<Person>), Status> {
+    let proto::RevokeTargetSessionsRequest {
+        target,
+        reason,
+        revoker,
+    } = message;
+    let mut violations = Vec::new();
+    let length = target.chars().count();
+    if length == 0 || length > bounds::TARGET_CHARS {
+        violations.push(FieldViolation::new(
+            "target",
+            format!("must be 1-{} characters, got {length}", bounds::TARGET_CHARS),
+        ));
+    }
+    let (reason, revoker) = reason_and_revoker(reason, revoker, &mut violations);
+    if violations.is_empty() {
+        Ok((target, reason, revoker))
+    } else {
+        Err(invalid(violations))
+    }
+}
+
+/// A status code's canonical name, as every gRPC library spells it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn enforcement_status(status: EnforcementStatus) -> proto::EnforcementStatus {
+    match status {
+        EnforcementStatus::Pending => proto::EnforcementStatus::Pending,
+        EnforcementStatus::Enforced => proto::EnforcementStatus::Enforced,
+        EnforcementStatus::NotNeeded => proto::EnforcementStatus::NotNeeded,
+        EnforcementStatus::Failed => proto::EnforcementStatus::Failed,
+        EnforcementStatus::NotAvailable => proto::EnforcementStatus::NotAvailable,
+    }
+}
+
+pub fn grantee_revocation(outcome: GranteeRevocation) -> proto::RevokeGranteeResponse {
+    proto::RevokeGranteeResponse {
+        operation_id: outcome.operation,
+        outcomes: outcome
+            .outcomes
+            .into_iter()
+            .map(|(id, result)| match result {
+                Ok(revoked) => proto::GranteeRevocationOutcome {
+                    grant_id: id.to_string(),
+                    grant: Some(grant(&revoked)),
+                    error_code: String::new(),
+                    error: String::new(),
+                },
+                Err(error) => {
+                    let status = Status::from(error);
+                    proto::GranteeRevocationOutcome {
+                        grant_id: id.to_string(),
+                        grant: None,
+                        error_code: code_name(status.code()).to_owned(),
+                        error: status.message().to_owned(),
+                    }
+                }
+            })
+            .collect(),
+        truncated: outcome.truncated,
+    }
+}
+
+pub fn target_cutoff(cut: &TargetCutoff) -> proto::RevokeTargetSessionsResponse {
+    proto::RevokeTargetSessionsResponse {
+        target: cut.target.clone(),
+        role_arn: cut.role_arn.clone(),
+        cutoff_time: Some(timestamp(cut.cutoff.at)),
+        cutoff_until: Some(timestamp(cut.cutoff.until)),
+        enforcement: enforcement_status(cut.status).into(),
+        enforcement_error: cut.error.clone().unwrap_or_default(),
+    }
+}
+
+fn revocation(grant: &Grant) -> Option<proto::Revocation> {
+    let revocation = grant.revocation.as_ref()?;
+    let enforcement = grant.enforcement.as_ref();
+    let status = enforcement.map_or(EnforcementStatus::Pending, |e| e.status);
+    Some(proto::Revocation {
+        caller: revocation.caller.clone(),
+        revoker: revocation.revoker.clone().unwrap_or_default(),
+        revoke_time: Some(timestamp(revocation.at)),
+        reason: revocation.reason.clone(),
+        operation_id: revocation.operation.clone().unwrap_or_default(),
+        enforcement: enforcement_status(status).into(),
+        enforcement_error: enforcement.and_then(|e| e.error.clone()).unwrap_or_default(),
+        enforcement_time: enforcement.map(|e| timestamp(e.at)),
+        cutoff_time: enforcement.and_then(|e| e.cutoff).map(timestamp),
+        sessions: grant
+            .issuances
+            .iter()
+            .map(|issuance| proto::SessionEnforcement {
+                session_name: issuance.session_name.clone(),
+                access_key_id: issuance.access_key_id.clone(),
+                expiration: Some(timestamp(issuance.expiration)),
+                // A session already expired when the grant was revoked needed nothing.
+                enforcement: enforcement_status(if issuance.expiration <= revocation.at {
+                    EnforcementStatus::NotNeeded
+                } else {
+                    status
+                })
+                .into(),
+            })
+            .collect(),
+    })
 }
 
 pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(GrantId, Option<MfaToken>), Status> {
@@ -407,6 +599,8 @@ pub fn grant(grant: &Grant) -> proto::Grant {
         issuance_count: u32::try_from(grant.issuance_count).unwrap_or(u32::MAX),
         approvals: grant.approvals.iter().map(approval).collect(),
         extensions: grant.extensions.iter().map(extension).collect(),
+        revocation: revocation(grant),
+        sessions_denied_before: grant.role_cutoff.as_ref().map(|cutoff| timestamp(cutoff.at)),
         approvals_required: grant.decision.approvals_required.to_annotation(),
         approval_deadline: Some(timestamp(grant.pending_until)),
         break_glass: grant.decision.break_glass,

@@ -128,6 +128,39 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn revoke_grant(
+        &self,
+        request: Request<proto::RevokeGrantRequest>,
+    ) -> Result<Response<proto::Grant>, Status> {
+        let caller = caller_of(&request)?;
+        let (id, reason, revoker) = convert::revoke_grant(request.into_inner())?;
+        let grant = self.broker.revoke_grant(&caller, id, revoker, reason).await?;
+        Ok(Response::new(convert::grant(&grant)))
+    }
+
+    async fn revoke_grantee(
+        &self,
+        request: Request<proto::RevokeGranteeRequest>,
+    ) -> Result<Response<proto::RevokeGranteeResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let (grantee, reason, revoker) = convert::revoke_grantee(request.into_inner())?;
+        let outcome = self.broker.revoke_grantee(&caller, &grantee, revoker, reason).await?;
+        Ok(Response::new(convert::grantee_revocation(outcome)))
+    }
+
+    async fn revoke_target_sessions(
+        &self,
+        request: Request<proto::RevokeTargetSessionsRequest>,
+    ) -> Result<Response<proto::RevokeTargetSessionsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let (target, reason, revoker) = convert::revoke_target_sessions(request.into_inner())?;
+        let cut = self
+            .broker
+            .revoke_target_sessions(&caller, &target, revoker, reason)
+            .await?;
+        Ok(Response::new(convert::target_cutoff(&cut)))
+    }
+
     async fn approve_grant(
         &self,
         request: Request<proto::ApproveGrantRequest>,

@@ -570,7 +570,8 @@ mod tests {
             session_tags: false,
             ceiling: vec![],
             allow_unknown_actions: false,
-            revocation: Default::default(),
+            revocation: crate::domain::RevocationMode::Enforce,
+            iam: crate::domain::IamAccess::default(),
         }
     }
 

@@ -3,6 +3,8 @@
 //! the error paths moto cannot produce, and the real grant-broker server on `127.0.0.1:0`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fake_iam;
+
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpListener as StdListener},
@@ -30,6 +32,8 @@ pub const PORTAL_TOKEN: &str = "portal-token-0123456789";
 pub const PIPELINE_TOKEN: &str = "pipeline-token-0123456789";
 /// An approval portal: relays approvals for the people it names.
 pub const APPROVALS_TOKEN: &str = "approvals-token-0123456789";
+/// An admin caller (`security-console`): revokes any grant, cuts off a target's sessions.
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -497,6 +501,11 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// Run the delivery worker (when webhooks are configured); `false`: only queue.
     pub deliver: bool,
+    /// Where the broker reaches IAM (moto, or the fake in front of it); none: no enforcement
+    /// can succeed.
+    pub iam_endpoint: Option<String>,
+    /// The role name of the `dev-logs-read` target (tests sharing one moto use their own).
+    pub logs_role: String,
 }
 
 impl Settings {
@@ -516,6 +525,8 @@ impl Settings {
             env: HashMap::new(),
             delivery: DeliverySettings::default(),
             deliver: true,
+            iam_endpoint: None,
+            logs_role: "vendor-logs-read".to_owned(),
         }
     }
 }
@@ -556,6 +567,7 @@ replica_timeout_ms = 300
 
 [aws]
 sts_endpoint = "{sts}"
+{iam_endpoint}
 max_attempts = {max_attempts}
 attempt_timeout_ms = {attempt_timeout}
 operation_timeout_ms = {operation_timeout}
@@ -573,7 +585,7 @@ id = "dev-logs-read"
 description = "Vendor X reads staging logs"
 environment = "staging"
 account_id = "123456789012"
-role_arn = "arn:aws:iam::123456789012:role/vendor-logs-read"
+role_arn = "arn:aws:iam::123456789012:role/{logs_role}"
 region = "eu-west-1"
 external_id = "acme-vendor-x"
 max_duration_secs = 3600
@@ -630,12 +642,30 @@ resources = ["arn:aws:logs:us-west-2:123456789012:log-group:app-*-prod"]
 [[callers]]
 id = "vendor-portal"
 token_sha256 = "{portal}"
-targets = ["dev-logs-read", "prod-logs-read", "staging-ec2-mfa", "staging-iam", "app-logs"]
+targets = ["dev-logs-read", "prod-logs-read", "staging-ec2-mfa", "staging-iam", "app-logs", "legacy-logs"]
 
 [[callers]]
 id = "ci-pipeline"
 token_sha256 = "{pipeline}"
 targets = ["dev-logs-read"]
+
+[[callers]]
+id = "security-console"
+token_sha256 = "{admin}"
+targets = []
+admin = true
+
+[[targets]]
+id = "legacy-logs"
+environment = "staging"
+account_id = "123456789012"
+role_arn = "arn:aws:iam::123456789012:role/legacy-logs-reader"
+region = "eu-west-1"
+max_duration_secs = 3600
+revocation = "record-only"
+[[targets.ceiling]]
+actions = ["s3:GetObject"]
+resources = ["arn:aws:s3:::legacy-logs/*"]
 
 [[callers]]
 id = "approval-portal"
@@ -674,6 +704,13 @@ groups = ["security", "team-leads"]
         portal = sha256_hex(PORTAL_TOKEN),
         pipeline = sha256_hex(PIPELINE_TOKEN),
         approvals = sha256_hex(APPROVALS_TOKEN),
+        admin = sha256_hex(ADMIN_TOKEN),
+        iam_endpoint = settings
+            .iam_endpoint
+            .as_ref()
+            .map(|url| format!("iam_endpoint = \"{url}\""))
+            .unwrap_or_default(),
+        logs_role = settings.logs_role,
         webhooks = settings.webhooks,
     )
 }

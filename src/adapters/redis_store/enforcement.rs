@@ -86,6 +86,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+/// The role hash's fields, its entries with their scores, and the grants to mark.
+type RoleReply = (Vec<Option<String>>, Vec<(String, f64)>, Vec<String>);
+
 /// Fields of the role hash a summary reads, in order.
 const SUMMARY_FIELDS: [&str; 8] = [
     "desired",
@@ -306,7 +309,7 @@ impl EnforcementStore for RedisGrantStore {
     }
 
     async fn role(&self, role_arn: &str) -> Result<RoleRevocations, StoreError> {
-        let (fields, entries, unmarked): (Vec<Option<String>>, Vec<(String, f64)>, Vec<String>) = redis::pipe()
+        let (fields, entries, unmarked): RoleReply = redis::pipe()
             .cmd("HMGET")
             .arg(self.role_key(role_arn))
             .arg(&SUMMARY_FIELDS[..])

@@ -709,3 +709,132 @@ async fn the_cli_revokes_waits_for_the_deny_and_reports_each_session() {
     let seen = get(&mut client, &other.id).await;
     assert!(seen.sessions_denied_before.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_are_pruned_when_their_sessions_expire_and_the_empty_policy_is_deleted() {
+    let world = World::new(100).await;
+    let server = Server::start(&world.settings(&world.moto.url)).await;
+    let mut client = server.client().await;
+    let first = issued_grant(&mut client, "prune-1").await;
+    let second = issued_grant(&mut client, "prune-2").await;
+    for grant in [&first, &second] {
+        client
+            .revoke_grant(authed(PORTAL_TOKEN, revoke(&grant.id, "done")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(denied_user_ids(&world.deny_policy().await.unwrap()).len(), 2);
+
+    // Grants last at least 15 minutes: make the first one's sessions expire in two seconds, as
+    // its window's end would (the entry's score is when its sessions expire).
+    let mut redis = world.redis.connection().await;
+    let role_arn = format!("arn:aws:iam::123456789012:role/{}", world.role);
+    let entries = format!("gb:role:{{{role_arn}}}:entries");
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&entries)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let soon = time::OffsetDateTime::now_utc().unix_timestamp() + 2;
+    for member in &members {
+        let expiry = if member.starts_with(&first.id) { soon } else { soon + 2 };
+        let () = redis::cmd("ZADD")
+            .arg(&entries)
+            .arg(expiry)
+            .arg(member)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let () = redis::cmd("HSET")
+        .arg(format!("gb:role:{{{role_arn}}}"))
+        .arg("next_check")
+        .arg(soon)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // The enforcement pass rewrites the role without the first, then deletes the policy.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen_one = false;
+    loop {
+        match world.deny_policy().await {
+            Some(document) => {
+                let ids = denied_user_ids(&document);
+                if ids == [format!("{}:gb-{}", world.role_id, second.id)] {
+                    seen_one = true;
+                }
+            }
+            None => break,
+        }
+        assert!(Instant::now() < deadline, "the policy was not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen_one, "the first entry went before the second");
+    assert!(
+        policy(&world.iam, &world.role, "team-reads-logs").await.is_some(),
+        "the other policy stays"
+    );
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&entries)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn revoking_what_cannot_be_revoked_says_why() {
+    let world = World::new(100).await;
+    let server = Server::start(&world.settings(&world.moto.url)).await;
+    let mut client = server.client().await;
+    let status = client
+        .revoke_grant(authed(
+            PORTAL_TOKEN,
+            revoke("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "x"),
+        ))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::NotFound, "GRANT_NOT_FOUND", "0190a1b2");
+    // The rules deny IAM writes: the grant is DENIED, and nothing is left to revoke.
+    let mut iam_write = read_logs_request("denied");
+    iam_write.target = "staging-iam".into();
+    iam_write.scopes = vec![proto::Scope {
+        actions: vec!["iam:PutRolePolicy".into()],
+        resources: vec!["*".into()],
+    }];
+    let denied = client
+        .request_access(authed(PORTAL_TOKEN, iam_write))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(denied.state, i32::from(proto::GrantState::Denied));
+    let status = client
+        .revoke_grant(authed(PORTAL_TOKEN, revoke(&denied.id, "x")))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        "TRANSITION_NOT_ALLOWED",
+        "cannot revoke a grant that is denied",
+    );
+    let status = client
+        .revoke_grantee(authed(
+            ADMIN_TOKEN,
+            proto::RevokeGranteeRequest {
+                grantee: String::new(),
+                reason: String::new(),
+                revoker: "x\u{202E}".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["grantee", "reason", "revoker"]);
+}

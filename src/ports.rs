@@ -452,7 +452,8 @@ pub trait EnforcementStore: Send + Sync + 'static {
 
     /// Under the lease: the policy for `version` is written (or deleted); records it with the
     /// document's digest and the role's facts, drops entries and a cutoff that have expired by
-    /// `now`, clears failures, and sets when to look again.
+    /// `now`, clears failures, and sets when to look again. When the lease was lost meanwhile,
+    /// the write may have replaced a newer document: the role is marked to be written again.
     fn record_written(
         &self,
         lease: &Lease,

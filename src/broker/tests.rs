@@ -392,6 +392,8 @@ impl crate::ports::EnforcementStore for MemoryStore {
         let mut state = self.0.lock().unwrap();
         let role = state.roles.entry(lease.role_arn.clone()).or_default();
         if role.lease.as_deref() != Some(lease.token.as_str()) {
+            role.summary.desired += 1;
+            role.digest = None;
             return Ok(crate::ports::Leased::Lost);
         }
         role.summary.written = role.summary.written.max(version);
@@ -449,6 +451,9 @@ struct FakeIam {
     other_chars: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
     calls: Arc<AtomicUsize>,
+    puts: Arc<AtomicUsize>,
+    /// Runs inside the next PutRolePolicy (a slow write, overtaken by another replica).
+    during_put: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
 }
 
 impl FakeIam {
@@ -489,6 +494,11 @@ impl crate::ports::RoleEnforcer for FakeIam {
 
     async fn put_deny_policy(&self, target: &Target, document: &str) -> Result<(), crate::ports::EnforceError> {
         self.check()?;
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        let during = self.during_put.lock().unwrap().take();
+        if let Some(during) = during {
+            during();
+        }
         self.documents
             .lock()
             .unwrap()
@@ -1802,4 +1812,32 @@ async fn cutting_off_a_target_denies_earlier_sessions_and_leaves_grants_valid() 
     setup.clock.advance(Duration::hours(2));
     broker.enforce_pending().await.unwrap();
     assert_eq!(setup.iam.document(ROLE), None);
+}
+
+#[tokio::test]
+async fn a_write_whose_lease_expired_midway_is_written_again() {
+    use crate::domain::revocation::EnforcementStatus;
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    // The write stalls past its lease, and another replica takes the role meanwhile.
+    let store = setup.store.clone();
+    *setup.iam.during_put.lock().unwrap() = Some(Box::new(move || {
+        store.0.lock().unwrap().roles.get_mut(ROLE).unwrap().lease = Some("another replica".into());
+    }));
+    let revoked = broker
+        .revoke_grant(&caller(), granted.id, None, "x".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        enforcement_of(&revoked).0,
+        EnforcementStatus::Pending,
+        "not recorded as written"
+    );
+    // That replica finishes; the role is written again, whatever the stale write left.
+    setup.store.0.lock().unwrap().roles.get_mut(ROLE).unwrap().lease = None;
+    assert_eq!(broker.enforce_pending().await.unwrap(), 1);
+    assert_eq!(setup.iam.puts.load(Ordering::SeqCst), 2, "not skipped as unchanged");
+    let grant = broker.get_grant(&caller(), granted.id).await.unwrap();
+    assert_eq!(enforcement_of(&grant).0, EnforcementStatus::Enforced);
 }

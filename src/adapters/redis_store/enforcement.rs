@@ -51,8 +51,14 @@ return 1
 ";
 
 /// KEYS: role, entries, lease. ARGV: token, version, digest, role id, max session, now (unix s).
+/// A writer whose lease expired may have overwritten a newer document with its own: the role is
+/// then marked for another write (and the digest forgotten, so it is not skipped as unchanged).
 const RECORD_WRITTEN: &str = r"
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 'lost' end
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'desired', 1)
+  redis.call('HDEL', KEYS[1], 'digest')
+  return 'lost'
+end
 local now = tonumber(ARGV[6])
 local written = tonumber(redis.call('HGET', KEYS[1], 'written') or '0')
 if tonumber(ARGV[2]) > written then redis.call('HSET', KEYS[1], 'written', ARGV[2]) end

@@ -453,8 +453,10 @@ struct FakeIam {
     calls: Arc<AtomicUsize>,
     puts: Arc<AtomicUsize>,
     /// Runs inside the next PutRolePolicy (a slow write, overtaken by another replica).
-    during_put: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    during_put: Arc<Mutex<Option<DuringPut>>>,
 }
+
+type DuringPut = Box<dyn FnOnce() + Send>;
 
 impl FakeIam {
     fn document(&self, role_arn: &str) -> Option<serde_json::Value> {

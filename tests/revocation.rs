@@ -838,3 +838,76 @@ async fn revoking_what_cannot_be_revoked_says_why() {
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["grantee", "reason", "revoker"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_racing_approvals_always_ends_revoked_with_nothing_issued() {
+    let world = World::new(100).await;
+    let settings = world.settings(&world.moto.url);
+    let (first, second) = (Server::start(&settings).await, Server::start(&settings).await);
+    let mut client = first.client().await;
+    for round in 0..5 {
+        let grant = client
+            .request_access(authed(PORTAL_TOKEN, production_request()))
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        client
+            .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "bob@example.com")))
+            .await
+            .unwrap();
+        // The approval that meets the quorum, and a revocation, through different brokers.
+        let mut approver = if round % 2 == 0 {
+            first.client().await
+        } else {
+            second.client().await
+        };
+        let mut revoker = if round % 2 == 0 {
+            second.client().await
+        } else {
+            first.client().await
+        };
+        let (id_a, id_r) = (grant.id.clone(), grant.id.clone());
+        let approving = tokio::spawn(async move {
+            approver
+                .approve_grant(authed(APPROVALS_TOKEN, approve(&id_a, "carol@example.com")))
+                .await
+                .map(drop)
+                .map_err(|status| error_reason(&status))
+        });
+        let revoking = tokio::spawn(async move {
+            revoker
+                .revoke_grant(authed(PORTAL_TOKEN, revoke(&id_r, "withdrawn")))
+                .await
+                .map(|response| response.into_inner())
+        });
+        let approved = approving.await.unwrap();
+        let revoked = revoking.await.unwrap().unwrap();
+        assert_eq!(revoked.state, i32::from(proto::GrantState::Revoked), "round {round}");
+        assert!(
+            approved.is_ok() || approved == Err("TRANSITION_NOT_ALLOWED".to_owned()),
+            "round {round}: {approved:?}"
+        );
+        let status = client
+            .issue_credentials(authed(
+                PORTAL_TOKEN,
+                proto::IssueCredentialsRequest {
+                    grant_id: grant.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::FailedPrecondition, "GRANT_NOT_ISSUABLE", "revoked");
+        // Nothing was ever issued: nothing to deny, whichever landed first.
+        let settled = wait_for(
+            &mut client,
+            &grant.id,
+            proto::EnforcementStatus::NotNeeded,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(settled.issuance_count, 0);
+    }
+}

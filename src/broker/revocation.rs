@@ -46,6 +46,9 @@ const NOTE_GRACE: Duration = Duration::seconds(60);
 /// Most grants one RevokeGrantee call revokes.
 pub const MAX_GRANTEE_GRANTS: usize = 1_000;
 
+/// Most of a grantee's grants (live or not, newest first) one RevokeGrantee call reads.
+const MAX_GRANTEE_SCAN: usize = 20_000;
+
 /// Longest wait between retries of a role whose writes fail.
 const MAX_RETRY_SECS: i64 = 300;
 
@@ -286,8 +289,16 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         let mut live = Vec::new();
         let mut before = None;
         let mut truncated = false;
+        let mut scanned = 0;
+        // A grant can start at most 30 days after it was requested and last 12 hours.
+        let live_horizon = now
+            - crate::domain::request::MAX_SCHEDULE_AHEAD
+            - Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
         loop {
             let (grants, next) = self.store.list_for_grantee(grantee, before, 200).await?;
+            scanned += grants.len();
+            // Newest first: once past the oldest a live grant can be, nothing older is live.
+            let past_horizon = grants.last().is_some_and(|grant| grant.created_at < live_horizon);
             live.extend(
                 grants
                     .into_iter()
@@ -299,6 +310,12 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 break;
             }
             match next {
+                Some(_) if past_horizon => break,
+                // Bounded: a grantee's history (newest first) is read only so far per call.
+                Some(_) if scanned >= MAX_GRANTEE_SCAN => {
+                    truncated = true;
+                    break;
+                }
                 Some(next) => before = Some(next),
                 None => break,
             }

@@ -57,6 +57,8 @@ pub struct CallerConfig {
     pub act_for_approvers: bool,
     /// May revoke any grant and cut off a target's sessions (an operator's tool).
     pub admin: bool,
+    /// May read every grant (an audit tool).
+    pub auditor: bool,
 }
 
 impl CallerConfig {
@@ -67,6 +69,7 @@ impl CallerConfig {
             targets: self.targets.clone(),
             acts_for_approvers: self.act_for_approvers,
             admin: self.admin,
+            auditor: self.auditor,
         }
     }
 }
@@ -311,6 +314,8 @@ struct RawCaller {
     act_for_approvers: bool,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    auditor: bool,
 }
 
 impl Config {
@@ -918,6 +923,7 @@ fn validate_callers(raw: Vec<RawCaller>, targets: &[Target], problems: &mut Vec<
                 targets: caller.targets.into_iter().collect(),
                 act_for_approvers: caller.act_for_approvers,
                 admin: caller.admin,
+                auditor: caller.auditor,
             });
         }
     }

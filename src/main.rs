@@ -1,6 +1,6 @@
 //! The `grant-broker` command: the server (`serve`), configuration checking (`check-config`) and
 //! a client for a running server (`targets`, `request`, `issue`, `approve`, `deny`, `extend`,
-//! `revoke`, `revoke-grantee`, `revoke-target-sessions`, `cancel`,
+//! `revoke`, `revoke-grantee`, `revoke-target-sessions`, `find-key`, `cancel`,
 //! `get`, `list`).
 
 use std::{path::PathBuf, process::ExitCode};
@@ -307,6 +307,13 @@ enum Command {
         reason: String,
         #[arg(long, env = "GRANT_BROKER_APPROVER", default_value = "")]
         revoker: String,
+    },
+    /// From a CloudTrail event back to the grant: which grant and issuance an access key id
+    /// belongs to (any grant for an auditor or admin caller).
+    FindKey {
+        #[command(flatten)]
+        connection: Connection,
+        access_key_id: String,
     },
     /// Withdraw a pending or approved grant.
     Cancel {
@@ -626,6 +633,13 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 revoker,
             };
             client::revoke_target_sessions(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::FindKey {
+            connection,
+            access_key_id,
+        } => {
+            let message = proto::FindGrantByAccessKeyRequest { access_key_id };
+            client::find_key(&mut connect(&connection).await?, message, connection.json).await
         }
         Command::Cancel { connection, id, reason } => {
             client::cancel(&mut connect(&connection).await?, id, reason, connection.json).await

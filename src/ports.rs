@@ -210,6 +210,20 @@ pub trait GrantStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
 
+    /// The grant an access key id was issued for (indexed when its issuance was recorded).
+    fn grant_for_access_key(
+        &self,
+        access_key_id: &str,
+    ) -> impl Future<Output = Result<Option<GrantId>, StoreError>> + Send;
+
+    /// The issuance of `grant` with this access key id, among all of its issuances (not only
+    /// the most recent).
+    fn issuance_with_key(
+        &self,
+        grant: GrantId,
+        access_key_id: &str,
+    ) -> impl Future<Output = Result<Option<Issuance>, StoreError>> + Send;
+
     /// Up to `limit` of a grantee's grants (every caller's), newest first, strictly older than
     /// `before` when given; and the id to continue before when there are more.
     fn list_for_grantee(

@@ -25,6 +25,9 @@ pub enum BrokerError {
     #[error("grant {0} not found")]
     GrantNotFound(GrantId),
 
+    #[error("no grant of yours issued access key {access_key_id}")]
+    AccessKeyNotFound { access_key_id: String },
+
     #[error("grant {grant_id} is {}: no credentials can be issued for it", .state.as_str())]
     NotIssuable { grant_id: GrantId, state: GrantState },
 

@@ -1004,7 +1004,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
 
     /// One of the caller's grants (any grant, for an admin caller), with its state as of now.
     pub async fn get_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
-        let mut grant = if caller.admin {
+        let mut grant = if caller.reads_every_grant() {
             self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?
         } else {
             self.own_grant(caller, id).await?
@@ -1012,6 +1012,41 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         grant.state = grant.state_at(self.clock.now());
         self.with_role_cutoff(&mut grant);
         Ok(grant)
+    }
+
+    /// From a CloudTrail event back to the grant and the issuance an access key id belongs to:
+    /// any grant for an auditor or admin caller, otherwise only the caller's own (another's is
+    /// not found, as if it did not exist).
+    pub async fn find_grant_by_access_key(
+        &self,
+        caller: &Caller,
+        access_key_id: &str,
+    ) -> Result<(Grant, Option<Issuance>), BrokerError> {
+        let not_found = || BrokerError::AccessKeyNotFound {
+            access_key_id: access_key_id.to_owned(),
+        };
+        let id = self
+            .store
+            .grant_for_access_key(access_key_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let mut grant = self
+            .store
+            .get(id)
+            .await?
+            .filter(|grant| caller.reads_every_grant() || grant.caller == caller.id)
+            .ok_or_else(not_found)?;
+        let issuance = match grant
+            .issuances
+            .iter()
+            .find(|issuance| issuance.access_key_id == access_key_id)
+        {
+            Some(recent) => Some(recent.clone()),
+            None => self.store.issuance_with_key(id, access_key_id).await?,
+        };
+        grant.state = grant.state_at(self.clock.now());
+        self.with_role_cutoff(&mut grant);
+        Ok((grant, issuance))
     }
 
     /// A page of the caller's grants, newest first, and the id to continue before.

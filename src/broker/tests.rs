@@ -153,6 +153,23 @@ impl GrantStore for MemoryStore {
         unimplemented!("not used by these tests")
     }
 
+    async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
+        let state = self.0.lock().unwrap();
+        Ok(state
+            .grants
+            .iter()
+            .find(|(_, (_, issuances, _))| issuances.iter().any(|i| i.access_key_id == access_key_id))
+            .map(|(id, _)| *id))
+    }
+
+    async fn issuance_with_key(&self, grant: GrantId, access_key_id: &str) -> Result<Option<Issuance>, StoreError> {
+        let state = self.0.lock().unwrap();
+        Ok(state
+            .grants
+            .get(&grant)
+            .and_then(|(_, issuances, _)| issuances.iter().find(|i| i.access_key_id == access_key_id).cloned()))
+    }
+
     async fn list_for_grantee(
         &self,
         grantee: &str,
@@ -640,6 +657,7 @@ fn caller() -> Caller {
         targets: ["dev-logs-read".to_owned()].into(),
         acts_for_approvers: false,
         admin: false,
+        auditor: false,
     }
 }
 

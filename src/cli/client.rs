@@ -804,6 +804,43 @@ pub async fn revoke_target_sessions(
     ))
 }
 
+pub async fn find_key(
+    client: &mut Client,
+    message: proto::FindGrantByAccessKeyRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    let found = client.find_grant_by_access_key(message).await?.into_inner();
+    let grant = found.grant.unwrap_or_default();
+    if json {
+        return Ok(json!({
+            "grant": grant_json(&grant),
+            "issuance": found.issuance.as_ref().map(|i| json!({
+                "access_key_id": i.access_key_id,
+                "session_name": i.session_name,
+                "source_identity": i.source_identity,
+                "assumed_role_arn": i.assumed_role_arn,
+                "expiration": time_text(i.expiration.as_ref()),
+                "issue_time": time_text(i.issue_time.as_ref()),
+            })),
+        })
+        .to_string());
+    }
+    let mut text = String::new();
+    if let Some(issuance) = &found.issuance {
+        let _ = writeln!(
+            text,
+            "{} was issued at {} as {} (source identity {}), valid until {}",
+            issuance.access_key_id,
+            time_text(issuance.issue_time.as_ref()),
+            issuance.assumed_role_arn,
+            issuance.source_identity,
+            time_text(issuance.expiration.as_ref())
+        );
+    }
+    text.push_str(&grant_summary(&grant));
+    Ok(text)
+}
+
 pub async fn cancel(client: &mut Client, id: String, reason: String, json: bool) -> Result<String, ClientError> {
     let grant = client
         .cancel_grant(proto::CancelGrantRequest { id, reason })

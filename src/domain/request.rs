@@ -54,6 +54,15 @@ pub struct Caller {
     /// Whether it may revoke any caller's grant and cut off every session of a target (an
     /// operator's console or an incident tool), beyond its own grants.
     pub admin: bool,
+    /// Whether it may read every caller's grants (an audit tool).
+    pub auditor: bool,
+}
+
+impl Caller {
+    /// Whether it may read grants other callers asked for.
+    pub fn reads_every_grant(&self) -> bool {
+        self.admin || self.auditor
+    }
 }
 
 impl Caller {

@@ -334,6 +334,34 @@ fn revocation(grant: &Grant) -> Option<proto::Revocation> {
     })
 }
 
+/// Longest access key id (IAM's own bound; STS's are 20 characters).
+const MAX_ACCESS_KEY_ID_CHARS: usize = 128;
+
+pub fn access_key_id(message: proto::FindGrantByAccessKeyRequest) -> Result<String, Status> {
+    let proto::FindGrantByAccessKeyRequest { access_key_id } = message;
+    let length = access_key_id.chars().count();
+    let well_formed =
+        (16..=MAX_ACCESS_KEY_ID_CHARS).contains(&length) && access_key_id.chars().all(|c| c.is_ascii_alphanumeric());
+    if well_formed {
+        Ok(access_key_id)
+    } else {
+        Err(invalid(vec![FieldViolation::new(
+            "access_key_id",
+            format!(
+                "{} is not an access key id (16-{MAX_ACCESS_KEY_ID_CHARS} letters and digits, such as ASIAIOSFODNN7EXAMPLE)",
+                crate::domain::echo(&access_key_id)
+            ),
+        )]))
+    }
+}
+
+pub fn found_by_access_key(grant: &Grant, found: Option<&Issuance>) -> proto::FindGrantByAccessKeyResponse {
+    proto::FindGrantByAccessKeyResponse {
+        grant: Some(self::grant(grant)),
+        issuance: found.map(issuance),
+    }
+}
+
 pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(GrantId, Option<MfaToken>), Status> {
     let proto::IssueCredentialsRequest {
         grant_id,

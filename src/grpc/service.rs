@@ -128,6 +128,16 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn find_grant_by_access_key(
+        &self,
+        request: Request<proto::FindGrantByAccessKeyRequest>,
+    ) -> Result<Response<proto::FindGrantByAccessKeyResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let access_key_id = convert::access_key_id(request.into_inner())?;
+        let (grant, issuance) = self.broker.find_grant_by_access_key(&caller, &access_key_id).await?;
+        Ok(Response::new(convert::found_by_access_key(&grant, issuance.as_ref())))
+    }
+
     async fn revoke_grant(
         &self,
         request: Request<proto::RevokeGrantRequest>,

@@ -201,6 +201,11 @@ impl From<BrokerError> for Status {
                 &message,
                 info("GRANT_NOT_FOUND", &[("grant_id", id.to_string())]),
             ),
+            BrokerError::AccessKeyNotFound { access_key_id } => with_details(
+                Code::NotFound,
+                &message,
+                info("ACCESS_KEY_NOT_FOUND", &[("access_key_id", access_key_id)]),
+            ),
             BrokerError::NotIssuable { grant_id, state } => {
                 let mut details = info(
                     "GRANT_NOT_ISSUABLE",

@@ -34,6 +34,8 @@ pub const PIPELINE_TOKEN: &str = "pipeline-token-0123456789";
 pub const APPROVALS_TOKEN: &str = "approvals-token-0123456789";
 /// An admin caller (`security-console`): revokes any grant, cuts off a target's sessions.
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+/// An auditor caller (`audit-tool`): reads every grant.
+pub const AUDITOR_TOKEN: &str = "auditor-token-0123456789";
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -650,6 +652,12 @@ token_sha256 = "{pipeline}"
 targets = ["dev-logs-read"]
 
 [[callers]]
+id = "audit-tool"
+token_sha256 = "{auditor}"
+targets = []
+auditor = true
+
+[[callers]]
 id = "security-console"
 token_sha256 = "{admin}"
 targets = []
@@ -705,6 +713,7 @@ groups = ["security", "team-leads"]
         pipeline = sha256_hex(PIPELINE_TOKEN),
         approvals = sha256_hex(APPROVALS_TOKEN),
         admin = sha256_hex(ADMIN_TOKEN),
+        auditor = sha256_hex(AUDITOR_TOKEN),
         iam_endpoint = settings
             .iam_endpoint
             .as_ref()

@@ -39,7 +39,7 @@ use self::record::StoredGrant;
 use super::webhooks::Outbox;
 use crate::{
     domain::{
-        CallerId, Grant, GrantEvent, GrantId, GrantState, RECENT_ISSUANCES, RequestId, Secret,
+        CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RECENT_ISSUANCES, RequestId, Secret,
         extension::ExtensionState,
     },
     ports::{Appended, Change, ChangeFeed, GrantStore, Queue, Reservation, StoreError},
@@ -343,6 +343,11 @@ impl RedisGrantStore {
 
     fn index_key(&self, caller: &CallerId) -> String {
         format!("{}:caller:{{{caller}}}:grants", self.prefix)
+    }
+
+    /// The grant an access key was issued for: a string, kept as long as the grant's record.
+    fn access_key_key(&self, access_key_id: &str) -> String {
+        format!("{}:key:{{{access_key_id}}}", self.prefix)
     }
 
     /// A grantee's grants (for revoking everything a vendor holds): a sorted set of ids, all
@@ -662,6 +667,36 @@ impl GrantStore for RedisGrantStore {
         self.list_index(&self.index_key(caller), before, limit).await
     }
 
+    async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
+        let id: Option<String> = self
+            .connection
+            .clone()
+            .get(self.access_key_key(access_key_id))
+            .await
+            .map_err(unavailable)?;
+        id.map(|id| GrantId::parse(&id).map_err(StoreError::Corrupt))
+            .transpose()
+    }
+
+    async fn issuance_with_key(&self, grant: GrantId, access_key_id: &str) -> Result<Option<Issuance>, StoreError> {
+        // Bounded by the grant's issuance cap.
+        let entries: Value = redis::cmd("LRANGE")
+            .arg(self.issuances_key(grant))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let corrupt = |what: String| StoreError::Corrupt(format!("grant {grant} issuances: {what}"));
+        for text in reply::texts(entries).map_err(corrupt)? {
+            let issuance = record::decode_issuance(&text).map_err(corrupt)?;
+            if issuance.access_key_id == access_key_id {
+                return Ok(Some(issuance));
+            }
+        }
+        Ok(None)
+    }
+
     async fn list_for_grantee(
         &self,
         grantee: &str,
@@ -850,10 +885,27 @@ impl GrantStore for RedisGrantStore {
                 tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
             }
         }
-        // Only a change that was made is announced (see Outbox::enqueue); it never fails the change.
         if appended == Appended::Yes {
+            // Beside the grant's step (other slots), at once and together. A lost access key
+            // entry leaves the issuance findable in its grant's events and issuances, not by key;
+            // notifications: see Outbox::enqueue (never fails the change).
+            let index = async {
+                if let Some(issuance) = change.issuance {
+                    let indexed: Result<(), _> = redis::cmd("SET")
+                        .arg(self.access_key_key(&issuance.access_key_id))
+                        .arg(grant.id.to_string())
+                        .arg("EXAT")
+                        .arg(self.expiry(grant.last_moment()))
+                        .query_async(&mut self.connection.clone())
+                        .await;
+                    if let Err(error) = indexed {
+                        tracing::warn!(grant_id = %grant.id, %error, "issuance recorded, but not indexed by access key");
+                    }
+                }
+            };
             let state = change.to.unwrap_or(grant.state);
-            self.outbox.enqueue(&self.connection, grant, state, change.events).await;
+            let notify = self.outbox.enqueue(&self.connection, grant, state, change.events);
+            tokio::join!(index, notify);
         }
         Ok(appended)
     }

@@ -537,6 +537,13 @@ fn approval_from_v2(approval: ApprovalV2) -> Approval {
     }
 }
 
+/// One entry of a grant's issuances list.
+pub fn decode_issuance(text: &str) -> Result<Issuance, String> {
+    serde_json::from_str::<IssuanceV1>(text)
+        .map(issuance_from_v1)
+        .map_err(|error| format!("issuance: {error}"))
+}
+
 fn issuance_from_v1(issuance: IssuanceV1) -> Issuance {
     Issuance {
         access_key_id: issuance.access_key_id,

@@ -15,9 +15,7 @@ use std::{collections::HashMap, time::Duration};
 use aws_config::{SdkConfig, sts::AssumeRoleProvider};
 use aws_sdk_iam::{
     Client,
-    config::{
-        BehaviorVersion, Credentials, Region, SharedCredentialsProvider, retry::RetryConfig, timeout::TimeoutConfig,
-    },
+    config::{Region, SharedCredentialsProvider},
     error::{ProvideErrorMetadata, SdkError},
 };
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
@@ -76,25 +74,9 @@ impl IamEnforcer {
     /// an admin role is first assumed by the first IAM call that needs it.
     pub async fn new(settings: &IamSettings, targets: &[Target]) -> Self {
         let aws = &settings.aws;
-        // Every client sets its own region; naming one here stops the loader from asking IMDS.
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new("us-east-1"));
-        if let Some((access_key_id, secret)) = &aws.static_credentials {
-            loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                access_key_id,
-                secret.expose(),
-                None,
-                None,
-                "grant-broker-static",
-            )));
-        }
-        let shared = loader.load().await;
-        let timeouts = TimeoutConfig::builder()
-            .operation_attempt_timeout(aws.attempt_timeout)
-            .operation_timeout(aws.operation_timeout)
-            .build();
-        let retries = RetryConfig::standard()
-            .with_max_attempts(aws.max_attempts)
-            .with_initial_backoff(aws.initial_backoff);
+        let shared = aws.base_config().await;
+        let timeouts = aws.timeouts();
+        let retries = aws.retries();
         // What AssumeRoleProvider builds its STS client from: the issuer's endpoint and bounds.
         // Kept apart from `shared`, so the STS endpoint never becomes the IAM clients' endpoint.
         let mut sts = shared

@@ -34,16 +34,13 @@ pub struct StsSettings {
     pub static_credentials: Option<(String, Secret)>,
 }
 
-pub struct StsIssuer {
-    clients: HashMap<String, Client>,
-}
-
-impl StsIssuer {
-    /// Builds one client per region in `regions`.
-    pub async fn new(settings: &StsSettings, regions: impl IntoIterator<Item = String>) -> Self {
-        // Every client sets its own region; naming one here stops the loader from asking IMDS.
+impl StsSettings {
+    /// What every AWS client of the broker starts from: the emulator's credentials or the
+    /// standard provider chain, and a region named here so the loader never asks IMDS (every
+    /// client then sets its own).
+    pub(crate) async fn base_config(&self) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new("us-east-1"));
-        if let Some((access_key_id, secret)) = &settings.static_credentials {
+        if let Some((access_key_id, secret)) = &self.static_credentials {
             loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
                 access_key_id,
                 secret.expose(),
@@ -52,23 +49,40 @@ impl StsIssuer {
                 "grant-broker-static",
             )));
         }
-        let shared = loader.load().await;
+        loader.load().await
+    }
+
+    /// Each call's bounds: per attempt and in all.
+    pub(crate) fn timeouts(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(self.attempt_timeout)
+            .operation_timeout(self.operation_timeout)
+            .build()
+    }
+
+    /// The SDK's standard retries (throttling included), bounded.
+    pub(crate) fn retries(&self) -> RetryConfig {
+        RetryConfig::standard()
+            .with_max_attempts(self.max_attempts)
+            .with_initial_backoff(self.initial_backoff)
+    }
+}
+
+pub struct StsIssuer {
+    clients: HashMap<String, Client>,
+}
+
+impl StsIssuer {
+    /// Builds one client per region in `regions`.
+    pub async fn new(settings: &StsSettings, regions: impl IntoIterator<Item = String>) -> Self {
+        let shared = settings.base_config().await;
         let clients = regions
             .into_iter()
             .map(|region| {
                 let mut config = aws_sdk_sts::config::Builder::from(&shared)
                     .region(Region::new(region.clone()))
-                    .timeout_config(
-                        TimeoutConfig::builder()
-                            .operation_attempt_timeout(settings.attempt_timeout)
-                            .operation_timeout(settings.operation_timeout)
-                            .build(),
-                    )
-                    .retry_config(
-                        RetryConfig::standard()
-                            .with_max_attempts(settings.max_attempts)
-                            .with_initial_backoff(settings.initial_backoff),
-                    );
+                    .timeout_config(settings.timeouts())
+                    .retry_config(settings.retries());
                 if let Some(endpoint) = &settings.endpoint {
                     config = config.endpoint_url(endpoint);
                 }

@@ -452,9 +452,22 @@ impl RedisGrantStore {
         before: Option<GrantId>,
         limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        let (ids, next) = self.page_ids(key, before, limit).await?;
+        Ok((self.get_many(&ids).await?, next))
+    }
+
+    /// Up to `limit` ids of a lexically ordered index of grant ids, newest first, strictly older
+    /// than `before`, and the id to continue before when there are more.
+    async fn page_ids(
+        &self,
+        key: &str,
+        before: Option<GrantId>,
+        limit: usize,
+    ) -> Result<(Vec<GrantId>, Option<GrantId>), StoreError> {
         let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
-        let mut connection = self.connection.clone();
-        let ids: Vec<String> = connection
+        let ids: Vec<String> = self
+            .connection
+            .clone()
             .zrevrangebylex_limit(key, max, "-", 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
             .await
             .map_err(unavailable)?;
@@ -468,7 +481,7 @@ impl RedisGrantStore {
         } else {
             None
         };
-        Ok((self.get_many(&ids).await?, next))
+        Ok((ids, next))
     }
 
     /// Reads several grants in one round trip; missing ones are skipped.
@@ -754,22 +767,8 @@ impl GrantStore for RedisGrantStore {
             Queue::Pending => self.pending_key(),
             Queue::BreakGlassUnreviewed => self.break_glass_key(),
         };
-        let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let (ids, next) = self.page_ids(&key, before, limit).await?;
         let mut connection = self.connection.clone();
-        let ids: Vec<String> = connection
-            .zrevrangebylex_limit(&key, max, "-", 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
-            .await
-            .map_err(unavailable)?;
-        let mut ids = ids
-            .iter()
-            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = if ids.len() > limit {
-            ids.truncate(limit);
-            ids.last().copied()
-        } else {
-            None
-        };
         let (queued, done): (Vec<Grant>, Vec<Grant>) = self
             .get_many(&ids)
             .await?

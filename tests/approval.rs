@@ -79,13 +79,7 @@ async fn a_quorum_of_security_and_a_team_lead_approves_and_starts_the_window() {
         assert_eq!(after_bob.approvals[0].caller, "approval-portal");
     }
     let status = client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: grant.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
         .await
         .unwrap_err();
     assert_status(
@@ -117,13 +111,7 @@ async fn a_quorum_of_security_and_a_team_lead_approves_and_starts_the_window() {
 
     // The caller that asked can now get credentials; STS sees the moved window.
     let issued = client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: grant.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
         .await
         .unwrap()
         .into_inner();

@@ -190,13 +190,7 @@ async fn a_production_extension_waits_for_security_then_moves_the_end_and_the_po
 
     // Credentials now last past the old end, and the policy STS gets ends at the new one.
     let issued = client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: grant.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
         .await
         .unwrap()
         .into_inner();

@@ -237,24 +237,12 @@ async fn a_revoked_grant_is_denied_by_user_id_on_its_role_and_issues_nothing_mor
 
     // Nothing is issued for it any more; the other grant still works.
     let status = client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: grant.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
         .await
         .unwrap_err();
     assert_status(&status, Code::FailedPrecondition, "GRANT_NOT_ISSUABLE", "revoked");
     client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: keep.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&keep.id)))
         .await
         .unwrap();
     let events: Vec<String> = world
@@ -432,13 +420,7 @@ async fn a_deny_list_that_would_not_fit_becomes_a_cutoff_that_other_grants_see()
     assert_eq!(seen.sessions_denied_before.map(|t| t.seconds), Some(at.seconds));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: bystander.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&bystander.id)))
         .await
         .unwrap();
 }
@@ -578,13 +560,7 @@ async fn cutting_off_a_target_denies_earlier_sessions_and_later_ones_work() {
     assert_eq!(seen.state, i32::from(proto::GrantState::Approved));
     assert_eq!(seen.sessions_denied_before.map(|t| t.seconds), Some(at.seconds));
     let fresh = client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: grant.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
         .await
         .unwrap()
         .into_inner();
@@ -638,13 +614,7 @@ async fn a_revocation_racing_an_issuance_leaves_no_credentials_after_it() {
     let mut client = server.client().await;
     let grant = issued_grant(&mut client, "raced").await;
     let status = client
-        .issue_credentials(authed(
-            PORTAL_TOKEN,
-            proto::IssueCredentialsRequest {
-                grant_id: grant.id.clone(),
-                ..Default::default()
-            },
-        ))
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
         .await
         .unwrap_err();
     assert_status(&status, Code::FailedPrecondition, "GRANT_NOT_ISSUABLE", "revoked");
@@ -890,13 +860,7 @@ async fn a_revocation_racing_approvals_always_ends_revoked_with_nothing_issued()
             "round {round}: {approved:?}"
         );
         let status = client
-            .issue_credentials(authed(
-                PORTAL_TOKEN,
-                proto::IssueCredentialsRequest {
-                    grant_id: grant.id.clone(),
-                    ..Default::default()
-                },
-            ))
+            .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
             .await
             .unwrap_err();
         assert_status(&status, Code::FailedPrecondition, "GRANT_NOT_ISSUABLE", "revoked");

@@ -893,3 +893,11 @@ pub async fn run_cli(args: Vec<String>) -> std::process::Output {
     .await
     .unwrap()
 }
+
+/// IssueCredentials for a grant, without MFA.
+pub fn issue_for(grant_id: &str) -> proto::IssueCredentialsRequest {
+    proto::IssueCredentialsRequest {
+        grant_id: grant_id.to_owned(),
+        ..Default::default()
+    }
+}

@@ -187,14 +187,7 @@ enum Command {
         id: String,
     },
     /// List this caller's grants, newest first.
-    List {
-        #[command(flatten)]
-        connection: Connection,
-        #[arg(long, default_value_t = 0)]
-        page_size: i32,
-        #[arg(long, default_value = "")]
-        page_token: String,
-    },
+    List(Box<ListArgs>),
     /// The pending grants waiting for an approver (every caller's; the caller must relay
     /// approvals).
     Queue {
@@ -324,6 +317,51 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+}
+
+/// `list`: this caller's grants, or (auditor and admin callers) any caller's, filtered.
+#[derive(clap::Args)]
+struct ListArgs {
+    #[command(flatten)]
+    connection: Connection,
+    #[arg(long, default_value_t = 0)]
+    page_size: i32,
+    #[arg(long, default_value = "")]
+    page_token: String,
+    #[arg(long, default_value = "")]
+    requester: String,
+    #[arg(long, default_value = "")]
+    grantee: String,
+    /// Another caller's grants (auditor and admin callers).
+    #[arg(long, default_value = "")]
+    caller: String,
+    #[arg(long, default_value = "")]
+    target: String,
+    #[arg(long, default_value = "")]
+    account: String,
+    /// pending_approval, approved, denied, expired, cancelled or revoked (repeat for any of).
+    #[arg(long, value_parser = parse_state)]
+    state: Vec<proto::GrantState>,
+    /// Only grants live now: approved, window open.
+    #[arg(long)]
+    live: bool,
+    /// Only break-glass grants (`--break-glass true`) or only others (`false`).
+    #[arg(long)]
+    break_glass: Option<bool>,
+    /// Created at or after (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<prost_types::Timestamp>,
+    /// Created before (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<prost_types::Timestamp>,
+}
+
+fn parse_state(text: &str) -> Result<proto::GrantState, String> {
+    proto::GrantState::from_str_name(&format!("GRANT_STATE_{}", text.to_ascii_uppercase()))
+        .filter(|state| *state != proto::GrantState::Unspecified)
+        .ok_or_else(|| {
+            format!("`{text}` is not a state: pending_approval, approved, denied, expired, cancelled or revoked")
+        })
 }
 
 #[derive(clap::Args)]
@@ -486,14 +524,35 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
     match command {
         Command::Targets { connection } => client::targets(&mut connect(&connection).await?, connection.json).await,
         Command::Get { connection, id } => client::get(&mut connect(&connection).await?, id, connection.json).await,
-        Command::List {
-            connection,
-            page_size,
-            page_token,
-        } => {
+        Command::List(arguments) => {
+            let ListArgs {
+                connection,
+                page_size,
+                page_token,
+                requester,
+                grantee,
+                caller,
+                target,
+                account,
+                state,
+                live,
+                break_glass,
+                since,
+                until,
+            } = *arguments;
             let message = proto::ListGrantsRequest {
                 page_size,
                 page_token,
+                requester,
+                grantee,
+                caller,
+                target,
+                account_id: account,
+                states: state.into_iter().map(i32::from).collect(),
+                live,
+                break_glass,
+                create_time_from: since,
+                create_time_to: until,
                 ..proto::ListGrantsRequest::default()
             };
             client::list(&mut connect(&connection).await?, message, connection.json).await

@@ -143,6 +143,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// The indexes of grants a search can walk, each newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantIndex {
+    Caller(CallerId),
+    Requester(String),
+    Grantee(String),
+    Target(String),
+    Account(String),
+    /// Every grant.
+    All,
+}
+
 /// The queues of grants people work through, across callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
@@ -223,6 +235,17 @@ pub trait GrantStore: Send + Sync + 'static {
         grant: GrantId,
         access_key_id: &str,
     ) -> impl Future<Output = Result<Option<Issuance>, StoreError>> + Send;
+
+    /// Up to `limit` grants of an index, newest first: strictly older than `before` and at least
+    /// as new as `since` (both grant ids, which sort by creation time), and the id to continue
+    /// before when there are more.
+    fn list_index(
+        &self,
+        index: &GrantIndex,
+        before: Option<GrantId>,
+        since: Option<GrantId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
 
     /// Up to `limit` of a grantee's grants (every caller's), newest first, strictly older than
     /// `before` when given; and the id to continue before when there are more.

@@ -88,3 +88,308 @@ async fn an_access_key_leads_back_to_its_grant_and_issuance_for_those_who_may_se
     assert!(stdout.starts_with(&format!("{} was issued at ", keys[3])), "{stdout}");
     assert!(stdout.contains(&format!("grant {grant_id}")), "{stdout}");
 }
+
+/// One search, as the test's model and the RPC see it.
+#[derive(Debug, Clone)]
+struct Search {
+    requester: Option<&'static str>,
+    grantee: Option<&'static str>,
+    caller: Option<&'static str>,
+    target: Option<&'static str>,
+    state: Option<proto::GrantState>,
+    live: bool,
+    break_glass: Option<bool>,
+    /// Created in the first / last part of the run: an index into the grants' creation times.
+    since: Option<usize>,
+    until: Option<usize>,
+    page_size: i32,
+}
+
+const REQUESTERS: [&str; 3] = ["alice@example.com", "bob@example.com", "carol@example.com"];
+const GRANTEES: [&str; 3] = ["vendor-x", "vendor-y", "job-17"];
+const TARGETS: [&str; 3] = ["dev-logs-read", "app-logs", "prod-logs-read"];
+
+fn search_strategy(grants: usize) -> impl proptest::strategy::Strategy<Value = Search> {
+    use proptest::prelude::*;
+    let pick = |options: &'static [&'static str]| proptest::option::of(proptest::sample::select(options));
+    let states = proptest::option::of(proptest::sample::select(vec![
+        proto::GrantState::PendingApproval,
+        proto::GrantState::Approved,
+        proto::GrantState::Cancelled,
+        proto::GrantState::Revoked,
+        proto::GrantState::Denied,
+    ]));
+    (
+        (
+            pick(&REQUESTERS),
+            pick(&GRANTEES),
+            pick(&["vendor-portal", "ci-pipeline"]),
+            pick(&TARGETS),
+        ),
+        (states, any::<bool>(), proptest::option::of(any::<bool>())),
+        (
+            proptest::option::of(0..grants),
+            proptest::option::of(0..grants),
+            1i32..7,
+        ),
+    )
+        .prop_map(
+            |((requester, grantee, caller, target), (state, live, break_glass), (since, until, page_size))| Search {
+                requester,
+                grantee,
+                caller,
+                target,
+                state,
+                live,
+                break_glass,
+                since,
+                until,
+                page_size,
+            },
+        )
+}
+
+fn timestamp_of(grant: &proto::Grant) -> (i64, i32) {
+    let t = grant.create_time.unwrap();
+    (t.seconds, t.nanos)
+}
+
+/// What the search should return: the model, filtering every grant as read back.
+fn expected(all: &[proto::Grant], search: &Search, times: &[prost_types::Timestamp]) -> Vec<String> {
+    let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+    let mut ids: Vec<&proto::Grant> = all
+        .iter()
+        .filter(|g| search.requester.is_none_or(|r| g.requester == r))
+        .filter(|g| search.grantee.is_none_or(|r| g.grantee == r))
+        .filter(|g| search.caller.is_none_or(|r| g.caller == r))
+        .filter(|g| search.target.is_none_or(|r| g.target == r))
+        .filter(|g| search.state.is_none_or(|s| g.state == i32::from(s)))
+        .filter(|g| {
+            !search.live
+                || (g.state == i32::from(proto::GrantState::Approved) && g.start_time.unwrap().seconds <= now.seconds)
+        })
+        .filter(|g| search.break_glass.is_none_or(|b| g.break_glass == b))
+        .filter(|g| {
+            search
+                .since
+                .is_none_or(|i| timestamp_of(g) >= (times[i].seconds, times[i].nanos))
+        })
+        .filter(|g| {
+            search
+                .until
+                .is_none_or(|i| timestamp_of(g) < (times[i].seconds, times[i].nanos))
+        })
+        .collect();
+    ids.sort_by(|a, b| b.id.cmp(&a.id));
+    ids.iter().map(|g| g.id.clone()).collect()
+}
+
+fn request_for(search: &Search, times: &[prost_types::Timestamp], page_token: String) -> proto::ListGrantsRequest {
+    proto::ListGrantsRequest {
+        page_size: search.page_size,
+        page_token,
+        requester: search.requester.unwrap_or_default().into(),
+        grantee: search.grantee.unwrap_or_default().into(),
+        caller: search.caller.unwrap_or_default().into(),
+        target: search.target.unwrap_or_default().into(),
+        states: search.state.map(i32::from).into_iter().collect(),
+        live: search.live,
+        break_glass: search.break_glass,
+        create_time_from: search.since.map(|i| times[i]),
+        create_time_to: search.until.map(|i| times[i]),
+        ..Default::default()
+    }
+}
+
+/// Every page of a search, concatenated.
+async fn all_pages(client: &mut Client, token: &str, search: &Search, times: &[prost_types::Timestamp]) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..200 {
+        let page = client
+            .list_grants(authed(token, request_for(search, times, page_token)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.grants.len() <= usize::try_from(search.page_size).unwrap());
+        ids.extend(page.grants.into_iter().map(|g| g.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        page_token = page.next_page_token;
+    }
+    panic!("the search never ended: {search:?}");
+}
+
+/// Grants of every kind: three requesters, grantees and targets, two callers, pending, approved,
+/// denied, cancelled, revoked and break-glass.
+async fn populate(client: &mut Client) -> Vec<proto::Grant> {
+    let mut made = Vec::new();
+    for n in 0..24usize {
+        let target = TARGETS[n % 3];
+        let mut request = read_logs_request(&format!("search-{n}"));
+        request.requester = REQUESTERS[(n / 3) % 3].into();
+        request.grantee = GRANTEES[(n / 2) % 3].into();
+        request.target = target.into();
+        match target {
+            "app-logs" => {
+                request.scopes = vec![proto::Scope {
+                    actions: vec!["logs:GetLogEvents".into()],
+                    resources: vec!["arn:aws:logs:us-west-2:123456789012:log-group:app-web-prod".into()],
+                }];
+            }
+            "prod-logs-read" => {
+                request.scopes[0].resources = vec!["arn:aws:s3:::acme-prod-logs/vendor-x/*".into()];
+                request.ticket = if n % 4 == 0 { String::new() } else { "CHG-9".into() };
+                request.break_glass = n % 5 == 0 && !request.ticket.is_empty();
+            }
+            _ => {}
+        }
+        let token = if target == "dev-logs-read" && n % 2 == 1 {
+            PIPELINE_TOKEN
+        } else {
+            PORTAL_TOKEN
+        };
+        let grant = client
+            .request_access(authed(token, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        if n % 7 == 3 {
+            client
+                .cancel_grant(authed(
+                    token,
+                    proto::CancelGrantRequest {
+                        id: grant.id.clone(),
+                        reason: "done".into(),
+                    },
+                ))
+                .await
+                .unwrap();
+        } else if n % 7 == 5 {
+            client
+                .revoke_grant(authed(
+                    token,
+                    proto::RevokeGrantRequest {
+                        id: grant.id.clone(),
+                        reason: "done".into(),
+                        revoker: String::new(),
+                    },
+                ))
+                .await
+                .unwrap();
+        }
+        made.push(grant.id);
+    }
+    let mut all = Vec::new();
+    for id in made {
+        all.push(
+            client
+                .get_grant(authed(AUDITOR_TOKEN, proto::GetGrantRequest { id }))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    all
+}
+
+#[test]
+fn searches_return_exactly_what_the_model_says_page_after_page() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_redis, _sts, server, all) = runtime.block_on(async {
+        let redis = RedisServer::start();
+        let sts = FakeSts::start(StsBehaviour::Succeed).await;
+        let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+        let mut client = server.client().await;
+        let all = populate(&mut client).await;
+        (redis, sts, server, all)
+    });
+    let states: std::collections::BTreeSet<i32> = all.iter().map(|g| g.state).collect();
+    assert!(states.len() >= 5, "every kind of grant is there: {states:?}");
+    assert!(all.iter().any(|g| g.break_glass));
+    let times: Vec<prost_types::Timestamp> = all.iter().map(|g| g.create_time.unwrap()).collect();
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config::with_cases(48));
+    runner
+        .run(&search_strategy(all.len()), |search| {
+            runtime.block_on(async {
+                let mut client = server.client().await;
+                let found = all_pages(&mut client, AUDITOR_TOKEN, &search, &times).await;
+                let want = expected(&all, &search, &times);
+                assert_eq!(found, want, "{search:?}");
+                // A requester caller searches its own grants only, and cannot name another.
+                let own = Search {
+                    caller: None,
+                    ..search.clone()
+                };
+                let found = all_pages(&mut client, PORTAL_TOKEN, &own, &times).await;
+                let want = expected(
+                    &all,
+                    &Search {
+                        caller: Some("vendor-portal"),
+                        ..own
+                    },
+                    &times,
+                );
+                assert_eq!(found, want);
+            });
+            Ok(())
+        })
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = server.client().await;
+        let search = Search {
+            requester: None,
+            grantee: None,
+            caller: Some("ci-pipeline"),
+            target: None,
+            state: None,
+            live: false,
+            break_glass: None,
+            since: None,
+            until: None,
+            page_size: 5,
+        };
+        let status = client
+            .list_grants(authed(PORTAL_TOKEN, request_for(&search, &times, String::new())))
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::PermissionDenied, "NOT_AUDITOR", "auditor");
+
+        // Pages stay correct while grants are added: new grants sort before every token.
+        let everything = Search {
+            caller: None,
+            page_size: 4,
+            ..search
+        };
+        let first = client
+            .list_grants(authed(AUDITOR_TOKEN, request_for(&everything, &times, String::new())))
+            .await
+            .unwrap()
+            .into_inner();
+        for n in 0..3 {
+            client
+                .request_access(authed(PORTAL_TOKEN, read_logs_request(&format!("late-{n}"))))
+                .await
+                .unwrap();
+        }
+        let mut ids: Vec<String> = first.grants.into_iter().map(|g| g.id).collect();
+        let mut token = first.next_page_token;
+        while !token.is_empty() {
+            let page = client
+                .list_grants(authed(AUDITOR_TOKEN, request_for(&everything, &times, token)))
+                .await
+                .unwrap()
+                .into_inner();
+            ids.extend(page.grants.into_iter().map(|g| g.id));
+            token = page.next_page_token;
+        }
+        assert_eq!(ids, expected(&all, &everything, &times));
+    });
+}

@@ -100,6 +100,9 @@ pub enum BrokerError {
         limit: u32,
     },
 
+    #[error("caller `{caller}` reads only its own grants: the configuration does not make it an auditor caller")]
+    NotAuditor { caller: String },
+
     #[error("caller `{caller}` may not do this: the configuration does not make it an admin caller")]
     NotAdmin { caller: String },
 

@@ -31,14 +31,15 @@ use crate::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
         GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
         approval::{Approval, Person, Review},
+        filter::GrantFilter,
         iam::Catalog,
         lifecycle::{NotAllowed, Transition},
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
     },
     ports::{
-        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantStore, Queue, Reservation, RoleEnforcer,
-        StoreError,
+        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantStore, Queue, Reservation,
+        RoleEnforcer, StoreError,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -122,6 +123,9 @@ const EXPIRY_BATCH: usize = 100;
 
 /// Store pages one approval-queue call reads at most.
 const QUEUE_SCANS: usize = 5;
+
+/// Index pages one search reads at most.
+const SEARCH_SCANS: usize = 5;
 
 /// How often an approval is decided again when others keep landing first.
 const APPROVAL_ATTEMPTS: usize = 8;
@@ -1049,21 +1053,74 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok((grant, issuance))
     }
 
-    /// A page of the caller's grants, newest first, and the id to continue before.
-    pub async fn list_grants(
+    /// A page of the grants `filter` matches, newest first, and the id to continue before:
+    /// the caller's own, or any caller's for an auditor or admin caller. Walks the most selective
+    /// index the filter names and checks the rest on each grant, reading a bounded number of
+    /// index pages per call, so a page may hold fewer than `page_size` and still have a next
+    /// token. Tokens stay correct while grants are added (new grants sort after every token).
+    pub async fn search_grants(
         &self,
         caller: &Caller,
+        mut filter: GrantFilter,
         before: Option<GrantId>,
         page_size: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
-        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
-        let (mut grants, next) = self.store.list_for_caller(&caller.id, before, page_size).await?;
-        let now = self.clock.now();
-        for grant in &mut grants {
-            grant.state = grant.state_at(now);
-            self.with_role_cutoff(grant);
+        if !caller.reads_every_grant() {
+            match &filter.caller {
+                Some(other) if other != &caller.id => {
+                    return Err(BrokerError::NotAuditor {
+                        caller: caller.id.to_string(),
+                    });
+                }
+                _ => filter.caller = Some(caller.id.clone()),
+            }
         }
-        Ok((grants, next))
+        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        let index = if let Some(requester) = &filter.requester {
+            GrantIndex::Requester(requester.clone())
+        } else if let Some(grantee) = &filter.grantee {
+            GrantIndex::Grantee(grantee.clone())
+        } else if let Some(caller) = &filter.caller {
+            GrantIndex::Caller(caller.clone())
+        } else if let Some(target) = &filter.target {
+            GrantIndex::Target(target.clone())
+        } else if let Some(account) = &filter.account_id {
+            GrantIndex::Account(account.clone())
+        } else {
+            GrantIndex::All
+        };
+        // Ids are UUIDv7: the creation-time range is (about) a range of ids. An id is made a
+        // moment after its grant's creation time, so the upper end reads a second further and
+        // `matches` decides on the creation time itself.
+        let since = filter.created_from.map(GrantId::lower_bound_at);
+        let until = filter
+            .created_to
+            .map(|to| GrantId::lower_bound_at(to + time::Duration::seconds(1)));
+        let mut cursor = match (before, until) {
+            (Some(before), Some(until)) => Some(before.min(until)),
+            (before, until) => before.or(until),
+        };
+        let now = self.clock.now();
+        let mut found = Vec::new();
+        for _ in 0..SEARCH_SCANS {
+            let (grants, more) = self.store.list_index(&index, cursor, since, page_size).await?;
+            for mut grant in grants {
+                cursor = Some(grant.id);
+                if filter.matches(&grant, now) {
+                    grant.state = grant.state_at(now);
+                    self.with_role_cutoff(&mut grant);
+                    found.push(grant);
+                    if found.len() == page_size {
+                        return Ok((found, cursor));
+                    }
+                }
+            }
+            match more {
+                None => return Ok((found, None)),
+                Some(next) => cursor = Some(next),
+            }
+        }
+        Ok((found, cursor))
     }
 
     /// A page of the grants waiting for `approver`: pending (any caller's), not requested by

@@ -153,6 +153,16 @@ impl GrantStore for MemoryStore {
         unimplemented!("not used by these tests")
     }
 
+    async fn list_index(
+        &self,
+        _index: &crate::ports::GrantIndex,
+        _before: Option<GrantId>,
+        _since: Option<GrantId>,
+        _limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        unimplemented!("searches run against the real store in tests/audit.rs")
+    }
+
     async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
         let state = self.0.lock().unwrap();
         Ok(state

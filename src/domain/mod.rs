@@ -7,6 +7,7 @@
 
 pub mod approval;
 pub mod extension;
+pub mod filter;
 pub mod grant;
 pub mod iam;
 pub mod lifecycle;

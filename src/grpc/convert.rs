@@ -12,10 +12,11 @@ use crate::{
         watch::GrantChange,
     },
     domain::{
-        AccessRequest, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials, MfaToken,
-        Outcome, RawAccessRequest, Scope, Secret, Target,
+        AccessRequest, CallerId, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials,
+        MfaToken, Outcome, RawAccessRequest, Scope, Secret, Target,
         approval::{Approval, Person},
         extension::{Extension, ExtensionRequest, ExtensionState},
+        filter::GrantFilter,
         request::{bounds, free_text},
         revocation::EnforcementStatus,
     },
@@ -395,6 +396,8 @@ pub struct GrantListing {
     pub page_size: usize,
     /// Continue strictly before this grant.
     pub before: Option<GrantId>,
+    /// Which grants (for a search, not the two lists below).
+    pub filter: GrantFilter,
     /// An approver's queue instead of the caller's own grants.
     pub waiting_for: Option<Person>,
     /// Break-glass grants to review instead of the caller's own grants.
@@ -407,8 +410,78 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
         page_token,
         waiting_for_approver,
         break_glass_unreviewed,
+        requester,
+        grantee,
+        caller,
+        target,
+        account_id,
+        states,
+        live,
+        break_glass,
+        create_time_from,
+        create_time_to,
     } = message;
     let mut violations = Vec::new();
+    let mut text = |field: &str, value: String, max: usize| {
+        if value.is_empty() {
+            return None;
+        }
+        let length = value.chars().count();
+        if length > max {
+            violations.push(FieldViolation::new(
+                field,
+                format!("must be at most {max} characters, got {length}"),
+            ));
+            return None;
+        }
+        Some(value)
+    };
+    let requester = text("requester", requester, bounds::REQUESTER_CHARS);
+    let grantee = text("grantee", grantee, bounds::GRANTEE_CHARS);
+    let target = text("target", target, bounds::TARGET_CHARS);
+    let account_id = text("account_id", account_id, 12);
+    let caller = text("caller", caller, 64).and_then(|caller| {
+        CallerId::parse(&caller)
+            .map_err(|why| violations.push(FieldViolation::new("caller", why)))
+            .ok()
+    });
+    let mut wanted_states = std::collections::BTreeSet::new();
+    for (n, state) in states.into_iter().enumerate() {
+        match proto::GrantState::try_from(state).ok().and_then(domain_state) {
+            Some(state) => {
+                wanted_states.insert(state);
+            }
+            None => violations.push(FieldViolation::new(
+                format!("states[{n}]"),
+                format!("{state} is not a grant state"),
+            )),
+        }
+    }
+    let mut time = |field: &str, value: Option<prost_types::Timestamp>| {
+        let t = value?;
+        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+        OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .filter(|_| (0..1_000_000_000).contains(&t.nanos))
+            .or_else(|| {
+                violations.push(FieldViolation::new(field, "is not a valid time"));
+                None
+            })
+    };
+    let created_from = time("create_time_from", create_time_from);
+    let created_to = time("create_time_to", create_time_to);
+    let filter = GrantFilter {
+        caller,
+        requester,
+        grantee,
+        target,
+        account_id,
+        states: wanted_states,
+        live,
+        break_glass,
+        created_from,
+        created_to,
+    };
     let page_size = match usize::try_from(page_size) {
         Ok(0) => DEFAULT_PAGE_SIZE,
         Ok(size) => size,
@@ -442,10 +515,17 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
             "ask for one list at a time: an approver's queue, or the break-glass grants to review",
         ));
     }
+    if (waiting_for.is_some() || break_glass_unreviewed) && filter != GrantFilter::default() {
+        violations.push(FieldViolation::new(
+            "waiting_for_approver",
+            "filters apply to a search, not to an approver's queue or the break-glass review list",
+        ));
+    }
     if violations.is_empty() {
         Ok(GrantListing {
             page_size,
             before,
+            filter,
             waiting_for,
             break_glass_unreviewed,
         })
@@ -482,6 +562,18 @@ pub fn target(target: &Target, max_duration_secs: u64) -> proto::Target {
             nanos: 0,
         }),
         mfa_required: target.mfa_required,
+    }
+}
+
+fn domain_state(state: proto::GrantState) -> Option<GrantState> {
+    match state {
+        proto::GrantState::Unspecified => None,
+        proto::GrantState::PendingApproval => Some(GrantState::PendingApproval),
+        proto::GrantState::Approved => Some(GrantState::Approved),
+        proto::GrantState::Denied => Some(GrantState::Denied),
+        proto::GrantState::Expired => Some(GrantState::Expired),
+        proto::GrantState::Cancelled => Some(GrantState::Cancelled),
+        proto::GrantState::Revoked => Some(GrantState::Revoked),
     }
 }
 

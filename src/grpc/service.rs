@@ -217,7 +217,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             }
             (None, false) => {
                 self.broker
-                    .list_grants(&caller, listing.before, listing.page_size)
+                    .search_grants(&caller, listing.filter, listing.before, listing.page_size)
                     .await?
             }
         };

@@ -301,6 +301,11 @@ impl From<BrokerError> for Status {
                     &[("grant_id", grant_id.to_string()), ("limit", limit.to_string())],
                 ),
             ),
+            BrokerError::NotAuditor { caller } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info("NOT_AUDITOR", &[("caller", caller)]),
+            ),
             BrokerError::NotAdmin { caller } => with_details(
                 Code::PermissionDenied,
                 &message,

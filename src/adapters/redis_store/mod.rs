@@ -42,7 +42,7 @@ use crate::{
         CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RECENT_ISSUANCES, RequestId, Secret,
         extension::ExtensionState,
     },
-    ports::{Appended, Change, ChangeFeed, GrantStore, Queue, Reservation, StoreError},
+    ports::{Appended, Change, ChangeFeed, GrantIndex, GrantStore, Queue, Reservation, StoreError},
 };
 
 /// Connection and retention settings. Debug hides the URL's password.
@@ -111,6 +111,14 @@ pub fn redacted_url(url: &str) -> String {
         None => authority.to_owned(),
     };
     format!("{scheme}://{authority}{path}{query}")
+}
+
+/// A digest naming free text in a key: 32 hex characters of its SHA-256.
+fn digest_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = hex::encode(Sha256::digest(text.as_bytes()));
+    digest.truncate(32);
+    digest
 }
 
 /// Binds a request id (if any) and indexes the candidate grant for its caller. The index lives
@@ -353,9 +361,22 @@ impl RedisGrantStore {
     /// A grantee's grants (for revoking everything a vendor holds): a sorted set of ids, all
     /// score 0. Grantees are free text, so the key holds a digest of the name.
     fn grantee_key(&self, grantee: &str) -> String {
-        use sha2::{Digest, Sha256};
-        let digest = hex::encode(Sha256::digest(grantee.as_bytes()));
-        format!("{}:grantee:{{{}}}:grants", self.prefix, &digest[..32])
+        format!("{}:grantee:{{{}}}:grants", self.prefix, digest_of(grantee))
+    }
+
+    /// The sorted set of grant ids (all score 0, newest last) an index is kept in. Free-text
+    /// values (requester, grantee) are keyed by a digest; target and account ids are configured.
+    fn index_of(&self, index: &GrantIndex) -> String {
+        match index {
+            GrantIndex::Caller(caller) => self.index_key(caller),
+            GrantIndex::Grantee(grantee) => self.grantee_key(grantee),
+            GrantIndex::Requester(requester) => {
+                format!("{}:requester:{{{}}}:grants", self.prefix, digest_of(requester))
+            }
+            GrantIndex::Target(target) => format!("{}:target:{{{target}}}:grants", self.prefix),
+            GrantIndex::Account(account) => format!("{}:account:{{{account}}}:grants", self.prefix),
+            GrantIndex::All => format!("{}:grants", self.prefix),
+        }
     }
 
     fn request_key(&self, caller: &CallerId, request_id: &RequestId) -> String {
@@ -446,13 +467,14 @@ impl RedisGrantStore {
 
     /// Up to `limit` grants of a lexically ordered index of grant ids (newest first), strictly
     /// older than `before`, and the id to continue before when there are more.
-    async fn list_index(
+    async fn list_index_key(
         &self,
         key: &str,
         before: Option<GrantId>,
+        since: Option<GrantId>,
         limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        let (ids, next) = self.page_ids(key, before, limit).await?;
+        let (ids, next) = self.page_ids(key, before, since, limit).await?;
         Ok((self.get_many(&ids).await?, next))
     }
 
@@ -462,13 +484,15 @@ impl RedisGrantStore {
         &self,
         key: &str,
         before: Option<GrantId>,
+        since: Option<GrantId>,
         limit: usize,
     ) -> Result<(Vec<GrantId>, Option<GrantId>), StoreError> {
         let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let min = since.map_or_else(|| "-".to_owned(), |id| format!("[{id}"));
         let ids: Vec<String> = self
             .connection
             .clone()
-            .zrevrangebylex_limit(key, max, "-", 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
+            .zrevrangebylex_limit(key, max, min, 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
             .await
             .map_err(unavailable)?;
         let mut ids = ids
@@ -613,26 +637,37 @@ impl GrantStore for RedisGrantStore {
         // expired when its time has passed, only without the `expired` event. (An index entry
         // written for a grant that already existed points at that grant: harmless.)
         let mut indexes = redis::pipe();
-        let grantee = self.grantee_key(&grant.grantee);
+        // The search indexes (the caller's is written by `reserve`): trimmed of ids whose records
+        // must have expired as they grow, and expiring with their newest entry.
         let trim_before = GrantId::lower_bound_at(
             grant.created_at
                 - self.retention
                 - std::time::Duration::from_secs(crate::domain::limits::MAX_DURATION_SECS),
         );
-        indexes
-            .zadd(&grantee, grant.id.to_string(), 0)
-            .cmd("ZREMRANGEBYLEX")
-            .arg(&grantee)
-            .arg("-")
-            .arg(format!("({trim_before}"))
-            .cmd("EXPIREAT")
-            .arg(&grantee)
-            .arg(self.expiry(grant.last_moment()))
-            .arg("GT")
-            .cmd("EXPIREAT")
-            .arg(&grantee)
-            .arg(self.expiry(grant.last_moment()))
-            .arg("NX");
+        let expiry = self.expiry(grant.last_moment());
+        for index in [
+            GrantIndex::Grantee(grant.grantee.clone()),
+            GrantIndex::Requester(grant.requester.clone()),
+            GrantIndex::Target(grant.target.clone()),
+            GrantIndex::Account(grant.account_id.clone()),
+            GrantIndex::All,
+        ] {
+            let key = self.index_of(&index);
+            indexes
+                .zadd(&key, grant.id.to_string(), 0)
+                .cmd("ZREMRANGEBYLEX")
+                .arg(&key)
+                .arg("-")
+                .arg(format!("({trim_before}"))
+                .cmd("EXPIREAT")
+                .arg(&key)
+                .arg(expiry)
+                .arg("GT")
+                .cmd("EXPIREAT")
+                .arg(&key)
+                .arg(expiry)
+                .arg("NX");
+        }
         if let Some(deadline) = grant.deadline() {
             indexes.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
         }
@@ -677,7 +712,7 @@ impl GrantStore for RedisGrantStore {
         limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
         // Ids reserved by an attempt that never created its grant are skipped by get_many.
-        self.list_index(&self.index_key(caller), before, limit).await
+        self.list_index_key(&self.index_key(caller), before, None, limit).await
     }
 
     async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
@@ -716,7 +751,18 @@ impl GrantStore for RedisGrantStore {
         before: Option<GrantId>,
         limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        self.list_index(&self.grantee_key(grantee), before, limit).await
+        self.list_index_key(&self.grantee_key(grantee), before, None, limit)
+            .await
+    }
+
+    async fn list_index(
+        &self,
+        index: &GrantIndex,
+        before: Option<GrantId>,
+        since: Option<GrantId>,
+        limit: usize,
+    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
+        self.list_index_key(&self.index_of(index), before, since, limit).await
     }
 
     async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<GrantId>, StoreError> {
@@ -767,7 +813,7 @@ impl GrantStore for RedisGrantStore {
             Queue::Pending => self.pending_key(),
             Queue::BreakGlassUnreviewed => self.break_glass_key(),
         };
-        let (ids, next) = self.page_ids(&key, before, limit).await?;
+        let (ids, next) = self.page_ids(&key, before, None, limit).await?;
         let mut connection = self.connection.clone();
         let (queued, done): (Vec<Grant>, Vec<Grant>) = self
             .get_many(&ids)

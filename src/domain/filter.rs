@@ -1,0 +1,48 @@
+//! Which grants a search asks for: the audit questions ("which vendors had access to account X
+//! last month", "what did requester Y ask for", "which grants are live now"), as one predicate.
+
+use std::collections::BTreeSet;
+
+use time::OffsetDateTime;
+
+use super::{CallerId, Grant, GrantState};
+
+/// Conditions a grant must all meet; an empty filter matches every grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantFilter {
+    pub caller: Option<CallerId>,
+    pub requester: Option<String>,
+    pub grantee: Option<String>,
+    pub target: Option<String>,
+    pub account_id: Option<String>,
+    /// Any of these states, as of now (empty: any state).
+    pub states: BTreeSet<GrantState>,
+    /// Live now: approved, its window open (not revoked, cancelled or expired).
+    pub live: bool,
+    /// Only break-glass grants (`Some(true)`), or only others (`Some(false)`).
+    pub break_glass: Option<bool>,
+    /// Created at or after this.
+    pub created_from: Option<OffsetDateTime>,
+    /// Created before this.
+    pub created_to: Option<OffsetDateTime>,
+}
+
+impl GrantFilter {
+    /// Whether `grant` (its state as stored) meets every condition as of `now`.
+    pub fn matches(&self, grant: &Grant, now: OffsetDateTime) -> bool {
+        let state = grant.state_at(now);
+        let equal = |wanted: &Option<String>, actual: &str| wanted.as_deref().is_none_or(|wanted| wanted == actual);
+        self.caller.as_ref().is_none_or(|caller| caller == &grant.caller)
+            && equal(&self.requester, &grant.requester)
+            && equal(&self.grantee, &grant.grantee)
+            && equal(&self.target, &grant.target)
+            && equal(&self.account_id, &grant.account_id)
+            && (self.states.is_empty() || self.states.contains(&state))
+            && (!self.live || (state == GrantState::Approved && grant.start <= now))
+            && self
+                .break_glass
+                .is_none_or(|wanted| wanted == grant.decision.break_glass)
+            && self.created_from.is_none_or(|from| grant.created_at >= from)
+            && self.created_to.is_none_or(|to| grant.created_at < to)
+    }
+}

@@ -370,6 +370,7 @@ impl Config {
         let rules = load_rules(&raw.rules, base, &mut problems);
         let webhooks = validate_webhooks(raw.webhooks, env, &mut problems, &mut warnings);
 
+        let retention = time::Duration::try_from(redis.retention).unwrap_or(time::Duration::days(400));
         match (listen, rules) {
             (Some(listen), Some(rules)) if problems.is_empty() => Ok(Self {
                 listen,
@@ -382,6 +383,7 @@ impl Config {
                     max_issuances_per_grant,
                     pending_timeout: time::Duration::hours(i64::try_from(pending_timeout_hours).unwrap_or(24)),
                     approver_groups,
+                    retention,
                 },
                 rules,
                 targets,

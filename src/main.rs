@@ -308,6 +308,9 @@ enum Command {
         connection: Connection,
         access_key_id: String,
     },
+    /// The audit log (auditor and admin callers).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Withdraw a pending or approved grant.
     Cancel {
         #[command(flatten)]
@@ -316,6 +319,44 @@ enum Command {
         /// Why (recorded in the grant's audit trail).
         #[arg(long, default_value = "")]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Audit events, oldest first (or `--newest-first`), one line each.
+    Events {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_parser = parse_time)]
+        since: Option<prost_types::Timestamp>,
+        #[arg(long, value_parser = parse_time)]
+        until: Option<prost_types::Timestamp>,
+        #[arg(long, default_value = "")]
+        grant: String,
+        /// A person or a calling system.
+        #[arg(long, default_value = "")]
+        actor: String,
+        /// Event types (repeat for any of).
+        #[arg(long)]
+        event: Vec<String>,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long)]
+        newest_first: bool,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Follow the audit log as it grows (from now, or after a cursor), one line per event.
+    Tail {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, default_value = "")]
+        after: String,
     },
 }
 
@@ -692,6 +733,37 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 revoker,
             };
             client::revoke_target_sessions(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::Audit(AuditCommand::Events {
+            connection,
+            since,
+            until,
+            grant,
+            actor,
+            event,
+            target,
+            account,
+            newest_first,
+            page_size,
+            page_token,
+        }) => {
+            let message = proto::ListAuditEventsRequest {
+                from_time: since,
+                to_time: until,
+                grant_id: grant,
+                actor,
+                events: event,
+                target,
+                account_id: account,
+                newest_first,
+                page_size,
+                page_token,
+            };
+            client::audit_events(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::Audit(AuditCommand::Tail { connection, after }) => {
+            let message = proto::WatchAuditEventsRequest { after_cursor: after };
+            client::audit_tail(&mut connect(&connection).await?, message, connection.json).await
         }
         Command::FindKey {
             connection,

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use crate::domain::{
     CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec, Target,
     approval::{Approval, Review},
+    audit::{AuditCursor, AuditEntry},
     extension::Extension,
     lifecycle::Transition,
     revocation::{Cutoff, Enforcement, Revocation, RevokedEntry},
@@ -289,6 +290,25 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Appends an event whatever the state (for failures worth auditing).
     fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` events of the audit log after `after` (exclusive; `None`: from the
+    /// oldest kept), oldest first, or before `before` (exclusive; `None`: from the newest),
+    /// newest first, when `newest_first`. Waits up to `wait` for one when there is none yet
+    /// (only oldest first).
+    fn audit_events(
+        &self,
+        after: Option<&AuditCursor>,
+        before: Option<&AuditCursor>,
+        newest_first: bool,
+        limit: usize,
+        wait: Option<std::time::Duration>,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
+
+    /// The oldest event the log still holds.
+    fn oldest_audit_event(&self) -> impl Future<Output = Result<Option<AuditCursor>, StoreError>> + Send;
+
+    /// Drops the audit log's events logged before `before`; how many.
+    fn trim_audit_log(&self, before: OffsetDateTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Whether the store answers now (for health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

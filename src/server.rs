@@ -85,6 +85,7 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
     let expiry_task = tokio::spawn(sweep_expiries(Arc::clone(&broker)));
     let enforcement_task = tokio::spawn(enforce_revocations(Arc::clone(&broker)));
+    let retention_task = tokio::spawn(trim_audit_log(Arc::clone(&broker)));
     let delivery_task = deliveries.map(|worker| tokio::spawn(worker.run()));
 
     let reflection = || {
@@ -111,6 +112,7 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     expiry_task.abort();
     // A write cut short here leaves its lease to expire; the next holder writes the same state.
     enforcement_task.abort();
+    retention_task.abort();
     // An attempt cut short here is reclaimed by another replica (or this one, restarted).
     if let Some(task) = delivery_task {
         task.abort();
@@ -128,6 +130,22 @@ async fn enforce_revocations<S: GrantStore + EnforcementStore, I: CredentialIssu
         tokio::time::sleep(ENFORCEMENT_INTERVAL).await;
         if let Err(error) = broker.enforce_pending().await {
             tracing::warn!(%error, "revocation enforcement pass failed; retrying at the next interval");
+        }
+    }
+}
+
+/// How often each replica drops audit events older than the retention period (idempotent, so
+/// replicas need not agree on who does it).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+async fn trim_audit_log<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
+    broker: Arc<Broker<S, I, C, E>>,
+) {
+    loop {
+        tokio::time::sleep(RETENTION_INTERVAL).await;
+        match broker.trim_audit_log().await {
+            Ok(trimmed) => tracing::info!(trimmed, "audit log trimmed to its retention period"),
+            Err(error) => tracing::warn!(%error, "audit log trim failed; retrying at the next interval"),
         }
     }
 }

@@ -393,3 +393,234 @@ fn searches_return_exactly_what_the_model_says_page_after_page() {
         assert_eq!(ids, expected(&all, &everything, &times));
     });
 }
+
+async fn audit_pages(client: &mut Client, request: proto::ListAuditEventsRequest) -> Vec<proto::AuditEvent> {
+    let mut events = Vec::new();
+    let mut request = request;
+    for _ in 0..500 {
+        let page = client
+            .list_audit_events(authed(AUDITOR_TOKEN, request.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return events;
+        }
+        request.page_token = page.next_page_token;
+    }
+    panic!("the audit query never ended");
+}
+
+async fn next_event(stream: &mut tonic::Streaming<proto::AuditEvent>) -> proto::AuditEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .expect("the stream is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_repeat() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let settings = Settings::new(redis.url(), sts.url.clone());
+    let first = Server::start(&settings).await;
+    let mut client = first.client().await;
+
+    // A follower from now, before anything happens.
+    let mut follower = first
+        .client()
+        .await
+        .watch_audit_events(authed(AUDITOR_TOKEN, proto::WatchAuditEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let approved = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("log-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let pending = client
+        .request_access(authed(PORTAL_TOKEN, production_request()))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    for approver in ["bob@example.com", "carol@example.com"] {
+        client
+            .approve_grant(authed(APPROVALS_TOKEN, approve(&pending.id, approver)))
+            .await
+            .unwrap();
+    }
+    let approved_id = approved.grant.unwrap().id;
+
+    // The log, oldest first, holds each grant's trail in its order, and nothing else.
+    let all = audit_pages(
+        &mut client,
+        proto::ListAuditEventsRequest {
+            page_size: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    for id in [&approved_id, &pending.id] {
+        let logged: Vec<String> = all
+            .iter()
+            .filter(|e| &e.grant_id == id)
+            .map(|e| e.event.clone())
+            .collect();
+        let trail: Vec<String> = redis
+            .events(id)
+            .await
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(logged, trail, "grant {id}");
+    }
+    assert_eq!(
+        all.len(),
+        redis.events(&approved_id).await.len() + redis.events(&pending.id).await.len()
+    );
+    let cursors: Vec<&String> = all.iter().map(|e| &e.cursor).collect();
+    let mut sorted = cursors.clone();
+    sorted.sort_by_key(|c| {
+        let (ms, seq) = c.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    });
+    assert_eq!(cursors, sorted, "oldest first");
+    let credentials = approved.credentials.unwrap();
+    for event in &all {
+        assert!(!event.event_json.contains(&credentials.secret_access_key));
+        assert!(!event.event_json.contains(&credentials.session_token));
+    }
+
+    // Filters and order.
+    let newest = audit_pages(
+        &mut client,
+        proto::ListAuditEventsRequest {
+            newest_first: true,
+            page_size: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut reversed = all.clone();
+    reversed.reverse();
+    assert_eq!(newest, reversed);
+    let by_bob = audit_pages(
+        &mut client,
+        proto::ListAuditEventsRequest {
+            actor: "bob@example.com".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_bob.len(), 1);
+    assert_eq!(
+        (by_bob[0].event.as_str(), by_bob[0].caller.as_str()),
+        ("approval_recorded", "approval-portal")
+    );
+    let approvals = audit_pages(
+        &mut client,
+        proto::ListAuditEventsRequest {
+            events: vec!["approved".into(), "issued".into()],
+            target: "prod-logs-read".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        approvals
+            .iter()
+            .map(|e| (e.event.as_str(), e.grant_id.as_str()))
+            .collect::<Vec<_>>(),
+        [("approved", pending.id.as_str())]
+    );
+    let one_grant = audit_pages(
+        &mut client,
+        proto::ListAuditEventsRequest {
+            grant_id: approved_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(one_grant.iter().all(|e| e.grant_id == approved_id) && !one_grant.is_empty());
+
+    // The follower saw every one of them, in order.
+    let mut followed = Vec::new();
+    for _ in 0..all.len() {
+        followed.push(next_event(&mut follower).await);
+    }
+    assert_eq!(followed, all);
+    drop(follower);
+
+    // The broker goes away; another one records more; a follower resumes after the last cursor
+    // it saw, and gets exactly what followed.
+    let last = all.last().unwrap().cursor.clone();
+    drop(client);
+    drop(first);
+    let second = Server::start(&settings).await;
+    let mut client = second.client().await;
+    client
+        .cancel_grant(authed(
+            PORTAL_TOKEN,
+            proto::CancelGrantRequest {
+                id: approved_id.clone(),
+                reason: "done".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut resumed = client
+        .watch_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::WatchAuditEventsRequest { after_cursor: last },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let next = next_event(&mut resumed).await;
+    assert_eq!(
+        (next.event.as_str(), next.grant_id.as_str()),
+        ("cancelled", approved_id.as_str())
+    );
+    let nothing_more = tokio::time::timeout(std::time::Duration::from_millis(500), resumed.message()).await;
+    assert!(nothing_more.is_err(), "no repeat: {nothing_more:?}");
+
+    // Who may read it, and what cursors are refused.
+    let status = client
+        .list_audit_events(authed(PORTAL_TOKEN, proto::ListAuditEventsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "NOT_AUDITOR", "auditor");
+    let status = client
+        .watch_audit_events(authed(PORTAL_TOKEN, proto::WatchAuditEventsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "NOT_AUDITOR", "auditor");
+    let status = client
+        .watch_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::WatchAuditEventsRequest {
+                after_cursor: "1-0".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::OutOfRange, "CURSOR_EXPIRED", "retention");
+    let status = client
+        .list_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::ListAuditEventsRequest {
+                page_token: "nope".into(),
+                events: vec!["approvedd".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["events[0]", "page_token"]);
+}

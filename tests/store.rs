@@ -343,3 +343,40 @@ async fn deadlines_are_kept_beside_the_grants() {
     store.forget_deadline(late.id).await.unwrap();
     assert!(store.due(late.end, 10).await.unwrap().is_empty());
 }
+
+/// Retention drops exactly the audit events logged before the horizon, and the oldest kept is
+/// what a reader can resume from.
+#[tokio::test]
+async fn the_audit_log_is_trimmed_to_exactly_what_is_newer_than_the_horizon() {
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let mut connection = redis.connection().await;
+    let event = serde_json::json!({
+        "grant": uuid::Uuid::now_v7().to_string(), "target": "t", "account": "123456789012",
+        "grant_caller": "vendor-portal", "at": "2026-11-29T10:00:00Z", "caller": "vendor-portal",
+        "event": "cancelled", "reason": "x"
+    })
+    .to_string();
+    for id in ["1000-0", "1999-0", "1999-1", "2000-0", "2000-1", "3000-0"] {
+        let _: String = redis::cmd("XADD")
+            .arg("gb:{audit}:events")
+            .arg(id)
+            .arg("e")
+            .arg(&event)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    let horizon = OffsetDateTime::from_unix_timestamp_nanos(2_000_000_000).unwrap();
+    assert_eq!(store.trim_audit_log(horizon).await.unwrap(), 3);
+    assert_eq!(store.oldest_audit_event().await.unwrap().unwrap().to_string(), "2000-0");
+    let kept: Vec<String> = store
+        .audit_events(None, None, false, 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.cursor.to_string())
+        .collect();
+    assert_eq!(kept, ["2000-0", "2000-1", "3000-0"]);
+    assert_eq!(store.trim_audit_log(horizon).await.unwrap(), 0, "idempotent");
+}

@@ -103,6 +103,9 @@ pub enum BrokerError {
     #[error("caller `{caller}` reads only its own grants: the configuration does not make it an auditor caller")]
     NotAuditor { caller: String },
 
+    #[error("audit cursor {cursor} is older than the audit log keeps (its retention period); the oldest kept is {}", .oldest.as_deref().unwrap_or("none"))]
+    CursorExpired { cursor: String, oldest: Option<String> },
+
     #[error("caller `{caller}` may not do this: the configuration does not make it an admin caller")]
     NotAdmin { caller: String },
 

@@ -10,6 +10,7 @@
 //! and the grant's STS attempts are counted against `max_issuances_per_grant` atomically with the
 //! `issuing` event.
 
+pub mod audit;
 mod error;
 pub mod explain;
 mod extension;
@@ -74,6 +75,8 @@ pub struct BrokerSettings {
     pub pending_timeout: Duration,
     /// Each approver's groups (people not listed have none).
     pub approver_groups: BTreeMap<Person, BTreeSet<String>>,
+    /// How long grants and the audit log are kept.
+    pub retention: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -83,6 +86,7 @@ impl Default for BrokerSettings {
             max_issuances_per_grant: 10,
             pending_timeout: Duration::hours(24),
             approver_groups: BTreeMap::new(),
+            retention: Duration::days(400),
         }
     }
 }

@@ -153,6 +153,25 @@ impl GrantStore for MemoryStore {
         unimplemented!("not used by these tests")
     }
 
+    async fn audit_events(
+        &self,
+        _after: Option<&crate::domain::audit::AuditCursor>,
+        _before: Option<&crate::domain::audit::AuditCursor>,
+        _newest_first: bool,
+        _limit: usize,
+        _wait: Option<std::time::Duration>,
+    ) -> Result<Vec<crate::domain::audit::AuditEntry>, StoreError> {
+        unimplemented!("the audit log runs against the real store in tests/audit.rs")
+    }
+
+    async fn oldest_audit_event(&self) -> Result<Option<crate::domain::audit::AuditCursor>, StoreError> {
+        Ok(None)
+    }
+
+    async fn trim_audit_log(&self, _before: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     async fn list_index(
         &self,
         _index: &crate::ports::GrantIndex,

@@ -804,6 +804,67 @@ pub async fn revoke_target_sessions(
     ))
 }
 
+fn audit_line(event: &proto::AuditEvent, json: bool) -> String {
+    if json {
+        json!({
+            "cursor": event.cursor,
+            "event_time": time_text(event.event_time.as_ref()),
+            "event": event.event,
+            "grant_id": event.grant_id,
+            "actor": event.actor,
+            "caller": event.caller,
+            "target": event.target,
+            "account_id": event.account_id,
+            "grant_caller": event.grant_caller,
+            "details": serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null),
+        })
+        .to_string()
+    } else {
+        format!(
+            "{}  {}  {:<20} {}  {} on {} ({})",
+            event.cursor,
+            time_text(event.event_time.as_ref()),
+            event.event,
+            event.grant_id,
+            event.actor,
+            event.target,
+            event.account_id
+        )
+    }
+}
+
+pub async fn audit_events(
+    client: &mut Client,
+    message: proto::ListAuditEventsRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    let response = client.list_audit_events(message).await?.into_inner();
+    let mut text = String::new();
+    for event in &response.events {
+        let _ = writeln!(text, "{}", audit_line(event, json));
+    }
+    if !response.next_page_token.is_empty() && !json {
+        let _ = writeln!(text, "more: --page-token {}", response.next_page_token);
+    }
+    Ok(text)
+}
+
+/// Prints each event as it comes (JSON Lines with `--json`), until the server ends the stream.
+pub async fn audit_tail(
+    client: &mut Client,
+    message: proto::WatchAuditEventsRequest,
+    json: bool,
+) -> Result<String, ClientError> {
+    use std::io::Write as _;
+    let mut stream = client.watch_audit_events(message).await?.into_inner();
+    while let Some(event) = stream.message().await? {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", audit_line(&event, json));
+        let _ = out.flush();
+    }
+    Ok(String::new())
+}
+
 pub async fn find_key(
     client: &mut Client,
     message: proto::FindGrantByAccessKeyRequest,

@@ -338,6 +338,28 @@ impl Grant {
     }
 }
 
+/// Every event type's name, as [`EventKind::name`] gives it.
+pub const EVENT_NAMES: &[&str] = &[
+    "requested",
+    "issuing",
+    "issued",
+    "issue_failed",
+    "issue_discarded",
+    "issue_refused",
+    "cancelled",
+    "expired",
+    "break_glass_used",
+    "reviewed",
+    "approval_recorded",
+    "approved",
+    "denied",
+    "extension_requested",
+    "extended",
+    "extension_denied",
+    "revoked",
+    "enforcement_changed",
+];
+
 impl EventKind {
     /// The event's type, as the audit trail names it (`issued`, `approval_recorded`, ...).
     pub fn name(&self) -> &'static str {

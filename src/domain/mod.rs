@@ -6,6 +6,7 @@
 //! credentials safe can be tested exhaustively.
 
 pub mod approval;
+pub mod audit;
 pub mod extension;
 pub mod filter;
 pub mod grant;

@@ -15,6 +15,7 @@ use crate::{
         AccessRequest, CallerId, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials,
         MfaToken, Outcome, RawAccessRequest, Scope, Secret, Target,
         approval::{Approval, Person},
+        audit::{AuditCursor, AuditEntry, AuditFilter},
         extension::{Extension, ExtensionRequest, ExtensionState},
         filter::GrantFilter,
         request::{bounds, free_text},
@@ -361,6 +362,131 @@ pub fn found_by_access_key(grant: &Grant, found: Option<&Issuance>) -> proto::Fi
         grant: Some(self::grant(grant)),
         issuance: found.map(issuance),
     }
+}
+
+pub fn audit_event(entry: &AuditEntry) -> proto::AuditEvent {
+    proto::AuditEvent {
+        cursor: entry.cursor.to_string(),
+        event_time: Some(timestamp(entry.event.at)),
+        event: entry.event.kind.name().to_owned(),
+        grant_id: entry.grant_id.to_string(),
+        actor: entry.event.actor().to_owned(),
+        caller: entry.event.caller.clone(),
+        target: entry.target.clone(),
+        account_id: entry.account_id.clone(),
+        grant_caller: entry.grant_caller.clone(),
+        // The event as the audit trail holds it (serialising these types cannot fail).
+        event_json: serde_json::to_string(&entry.event).unwrap_or_default(),
+    }
+}
+
+fn audit_cursor(field: &str, text: &str, violations: &mut Vec<FieldViolation>) -> Option<AuditCursor> {
+    if text.is_empty() {
+        return None;
+    }
+    AuditCursor::parse(text)
+        .map_err(|why| violations.push(FieldViolation::new(field, why)))
+        .ok()
+}
+
+pub fn watch_audit(message: proto::WatchAuditEventsRequest) -> Result<Option<AuditCursor>, Status> {
+    let proto::WatchAuditEventsRequest { after_cursor } = message;
+    let mut violations = Vec::new();
+    let cursor = audit_cursor("after_cursor", &after_cursor, &mut violations);
+    if violations.is_empty() {
+        Ok(cursor)
+    } else {
+        Err(invalid(violations))
+    }
+}
+
+/// An audit query: the filter, where to continue, the order and the page size.
+pub struct AuditListing {
+    pub filter: AuditFilter,
+    pub cursor: Option<AuditCursor>,
+    pub newest_first: bool,
+    pub page_size: usize,
+}
+
+pub fn list_audit(message: proto::ListAuditEventsRequest) -> Result<AuditListing, Status> {
+    let proto::ListAuditEventsRequest {
+        from_time,
+        to_time,
+        grant_id,
+        actor,
+        events,
+        target,
+        account_id,
+        newest_first,
+        page_size,
+        page_token,
+    } = message;
+    let mut violations = Vec::new();
+    let mut time = |field: &str, value: Option<prost_types::Timestamp>| {
+        let t = value?;
+        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+        OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .filter(|_| (0..1_000_000_000).contains(&t.nanos))
+            .or_else(|| {
+                violations.push(FieldViolation::new(field, "is not a valid time"));
+                None
+            })
+    };
+    let from = time("from_time", from_time);
+    let to = time("to_time", to_time);
+    let grant = if grant_id.is_empty() {
+        None
+    } else {
+        GrantId::parse(&grant_id)
+            .map_err(|why| violations.push(FieldViolation::new("grant_id", why)))
+            .ok()
+    };
+    for (n, name) in events.iter().enumerate() {
+        if !crate::domain::grant::EVENT_NAMES.contains(&name.as_str()) {
+            violations.push(FieldViolation::new(
+                format!("events[{n}]"),
+                format!("{} is not an event type", crate::domain::echo(name)),
+            ));
+        }
+    }
+    let bounded = |field: &str, value: String, max: usize, violations: &mut Vec<FieldViolation>| {
+        if value.chars().count() > max {
+            violations.push(FieldViolation::new(field, format!("must be at most {max} characters")));
+            None
+        } else {
+            Some(value).filter(|value| !value.is_empty())
+        }
+    };
+    let actor = bounded("actor", actor, bounds::REQUESTER_CHARS, &mut violations);
+    let target = bounded("target", target, bounds::TARGET_CHARS, &mut violations);
+    let account_id = bounded("account_id", account_id, 12, &mut violations);
+    let cursor = audit_cursor("page_token", &page_token, &mut violations);
+    let page_size = match usize::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) => size,
+        Err(_) => {
+            violations.push(FieldViolation::new("page_size", "must not be negative"));
+            0
+        }
+    };
+    if !violations.is_empty() {
+        return Err(invalid(violations));
+    }
+    Ok(AuditListing {
+        filter: AuditFilter {
+            from,
+            to,
+            grant,
+            actor,
+            types: events,
+            target,
+            account_id,
+        },
+        cursor,
+        newest_first,
+        page_size,
+    })
 }
 
 pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(GrantId, Option<MfaToken>), Status> {

@@ -128,6 +128,69 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let listing = convert::list_audit(request.into_inner())?;
+        let (entries, next) = self
+            .broker
+            .list_audit_events(
+                &caller,
+                &listing.filter,
+                listing.cursor,
+                listing.newest_first,
+                listing.page_size,
+            )
+            .await?;
+        Ok(Response::new(proto::ListAuditEventsResponse {
+            events: entries.iter().map(convert::audit_event).collect(),
+            next_page_token: next.map(|cursor| cursor.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    type WatchAuditEventsStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEvent, Status>> + Send>>;
+
+    async fn watch_audit_events(
+        &self,
+        request: Request<proto::WatchAuditEventsRequest>,
+    ) -> Result<Response<Self::WatchAuditEventsStream>, Status> {
+        let caller = caller_of(&request)?;
+        let after = convert::watch_audit(request.into_inner())?;
+        // "From now" is from the newest event logged so far; checks the caller as well.
+        let mut after = match after {
+            Some(cursor) => cursor,
+            None => self.broker.audit_head(&caller).await?,
+        };
+        // Checks the cursor before the stream starts, so the error is the call's.
+        let first = self.broker.follow_audit_events(&caller, Some(&after)).await?;
+        let broker = Arc::clone(&self.broker);
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut batch = first;
+            loop {
+                for entry in &batch {
+                    if sender.send(Ok(convert::audit_event(entry))).await.is_err() {
+                        return; // the client left
+                    }
+                    after = entry.cursor.clone();
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                batch = match broker.follow_audit_events(&caller, Some(&after)).await {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
     async fn find_grant_by_access_key(
         &self,
         request: Request<proto::FindGrantByAccessKeyRequest>,

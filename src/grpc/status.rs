@@ -301,6 +301,14 @@ impl From<BrokerError> for Status {
                     &[("grant_id", grant_id.to_string()), ("limit", limit.to_string())],
                 ),
             ),
+            BrokerError::CursorExpired { cursor, oldest } => with_details(
+                Code::OutOfRange,
+                &message,
+                info(
+                    "CURSOR_EXPIRED",
+                    &[("cursor", cursor), ("oldest", oldest.unwrap_or_default())],
+                ),
+            ),
             BrokerError::NotAuditor { caller } => with_details(
                 Code::PermissionDenied,
                 &message,

@@ -23,6 +23,7 @@
 //! With `min_replicas`, the conditional appends (`issuing` and the issuance) are pipelined with
 //! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
+mod audit;
 mod enforcement;
 mod record;
 pub(crate) mod reply;
@@ -40,6 +41,7 @@ use super::webhooks::Outbox;
 use crate::{
     domain::{
         CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RECENT_ISSUANCES, RequestId, Secret,
+        audit::{AuditCursor, AuditEntry},
         extension::ExtensionState,
     },
     ports::{Appended, Change, ChangeFeed, GrantIndex, GrantStore, Queue, Reservation, StoreError},
@@ -696,7 +698,10 @@ impl GrantStore for RedisGrantStore {
         }
         // After the script, not beside it: a create that lost a race must announce nothing.
         if created {
-            self.outbox.enqueue(&self.connection, grant, grant.state, events).await;
+            tokio::join!(
+                self.outbox.enqueue(&self.connection, grant, grant.state, events),
+                self.log_events(grant, events)
+            );
         }
         Ok(created)
     }
@@ -950,9 +955,28 @@ impl GrantStore for RedisGrantStore {
             };
             let state = change.to.unwrap_or(grant.state);
             let notify = self.outbox.enqueue(&self.connection, grant, state, change.events);
-            tokio::join!(index, notify);
+            tokio::join!(index, notify, self.log_events(grant, change.events));
         }
         Ok(appended)
+    }
+
+    async fn audit_events(
+        &self,
+        after: Option<&AuditCursor>,
+        before: Option<&AuditCursor>,
+        newest_first: bool,
+        limit: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read_audit(after, before, newest_first, limit, wait).await
+    }
+
+    async fn oldest_audit_event(&self) -> Result<Option<AuditCursor>, StoreError> {
+        self.oldest_audit().await
+    }
+
+    async fn trim_audit_log(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.trim_audit(before).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -976,9 +1000,11 @@ impl GrantStore for RedisGrantStore {
             .await
             .map_err(unavailable)?;
         if reply == "ok" {
-            self.outbox
-                .enqueue(&self.connection, grant, grant.state, std::slice::from_ref(event))
-                .await;
+            let events = std::slice::from_ref(event);
+            tokio::join!(
+                self.outbox.enqueue(&self.connection, grant, grant.state, events),
+                self.log_events(grant, events)
+            );
         }
         Ok(())
     }

@@ -47,27 +47,8 @@ pub use self::worker::{DeliverySettings, DeliveryWorker};
 use crate::domain::{EventKind, Grant, GrantEvent, GrantState, Secret};
 
 /// Every event name a webhook may subscribe to: the names `EventKind::name` gives. (A unit test
-/// fails when `EventKind` has a name missing here.)
-pub const KNOWN_EVENTS: &[&str] = &[
-    "requested",
-    "issuing",
-    "issued",
-    "issue_failed",
-    "issue_discarded",
-    "issue_refused",
-    "cancelled",
-    "expired",
-    "break_glass_used",
-    "reviewed",
-    "approval_recorded",
-    "approved",
-    "denied",
-    "extension_requested",
-    "extended",
-    "extension_denied",
-    "revoked",
-    "enforcement_changed",
-];
+/// fails when `EventKind` has a name missing there.)
+pub use crate::domain::grant::EVENT_NAMES as KNOWN_EVENTS;
 
 /// What a webhook gets when its `events` are not configured: what approvers and requesters act
 /// on. `requested` is delivered only for grants that wait for approval (see [`Webhook::wants`]).

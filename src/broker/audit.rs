@@ -1,0 +1,134 @@
+//! Audit queries: the log of every grant's events, filtered, paged and followed as it grows, for
+//! auditor and admin callers.
+
+use super::{Broker, BrokerError, MAX_PAGE_SIZE};
+use crate::{
+    domain::{
+        Caller,
+        audit::{AuditCursor, AuditEntry, AuditFilter},
+    },
+    ports::{Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer},
+};
+
+/// Log pages one query reads at most (a page may come back short, with a cursor to go on).
+const AUDIT_SCANS: usize = 5;
+
+/// How long one wait for new events lasts before a follower checks on its client.
+pub const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
+    fn may_audit(caller: &Caller) -> Result<(), BrokerError> {
+        if caller.reads_every_grant() {
+            Ok(())
+        } else {
+            Err(BrokerError::NotAuditor {
+                caller: caller.id.to_string(),
+            })
+        }
+    }
+
+    /// A cursor a reader may resume from: not from the part of the log retention has dropped
+    /// (older than the retention period, and older than the oldest event kept), where events
+    /// may have been lost to it.
+    async fn check_cursor(&self, cursor: &AuditCursor) -> Result<(), BrokerError> {
+        let horizon = self.clock.now() - self.settings.retention;
+        if cursor.time() >= horizon {
+            return Ok(());
+        }
+        let oldest = self.store.oldest_audit_event().await?;
+        if oldest.as_ref().is_some_and(|oldest| cursor < &oldest.preceding()) {
+            return Err(BrokerError::CursorExpired {
+                cursor: cursor.to_string(),
+                oldest: oldest.map(|c| c.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    /// A page of audit events `filter` matches, oldest first (or newest first), continuing after
+    /// (or before) `cursor`, and the cursor to go on from when there may be more.
+    pub async fn list_audit_events(
+        &self,
+        caller: &Caller,
+        filter: &AuditFilter,
+        cursor: Option<AuditCursor>,
+        newest_first: bool,
+        page_size: usize,
+    ) -> Result<(Vec<AuditEntry>, Option<AuditCursor>), BrokerError> {
+        Self::may_audit(caller)?;
+        if let Some(cursor) = &cursor {
+            self.check_cursor(cursor).await?;
+        }
+        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
+        // The time range is a range of cursors.
+        let from = filter.from.map(AuditCursor::at);
+        let to = filter.to.map(AuditCursor::at);
+        let (mut after, mut before) = if newest_first {
+            (from.map(|c| c.preceding()), cursor.or(to))
+        } else {
+            (cursor.or(from.map(|c| c.preceding())), to)
+        };
+        let mut found = Vec::new();
+        for _ in 0..AUDIT_SCANS {
+            let entries = self
+                .store
+                .audit_events(after.as_ref(), before.as_ref(), newest_first, page_size, None)
+                .await?;
+            let exhausted = entries.len() < page_size;
+            for entry in entries {
+                let position = entry.cursor.clone();
+                if newest_first {
+                    before = Some(position.clone());
+                } else {
+                    after = Some(position.clone());
+                }
+                if filter.matches(&entry) {
+                    found.push(entry);
+                    if found.len() == page_size {
+                        return Ok((found, Some(position)));
+                    }
+                }
+            }
+            if exhausted {
+                return Ok((found, None));
+            }
+        }
+        Ok((found, if newest_first { before } else { after }))
+    }
+
+    /// The events logged after `after` (or from now), oldest first, waiting up to
+    /// [`FOLLOW_WAIT`] for the next ones when there are none: what a follower sends on, then
+    /// calls again with the last cursor it sent.
+    pub async fn follow_audit_events(
+        &self,
+        caller: &Caller,
+        after: Option<&AuditCursor>,
+    ) -> Result<Vec<AuditEntry>, BrokerError> {
+        Self::may_audit(caller)?;
+        if let Some(cursor) = after {
+            self.check_cursor(cursor).await?;
+        }
+        Ok(self
+            .store
+            .audit_events(after, None, false, 100, Some(FOLLOW_WAIT))
+            .await?)
+    }
+
+    /// The newest event's cursor (where "from now" starts), or the log's start.
+    pub async fn audit_head(&self, caller: &Caller) -> Result<AuditCursor, BrokerError> {
+        Self::may_audit(caller)?;
+        let newest = self.store.audit_events(None, None, true, 1, None).await?;
+        Ok(newest.into_iter().next().map_or_else(
+            || AuditCursor::at(time::OffsetDateTime::UNIX_EPOCH),
+            |entry| entry.cursor,
+        ))
+    }
+
+    /// Drops audit events older than the retention period (any replica, any time: idempotent).
+    pub async fn trim_audit_log(&self) -> Result<u64, BrokerError> {
+        Ok(self
+            .store
+            .trim_audit_log(self.clock.now() - self.settings.retention)
+            .await?)
+    }
+}

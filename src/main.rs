@@ -358,6 +358,24 @@ enum AuditCommand {
         #[arg(long, default_value = "")]
         after: String,
     },
+    /// Write the audit log as JSON Lines (one event per line, each with its cursor), to stdout or
+    /// a file, resumable: with `--cursor-file`, a run continues after the last event the previous
+    /// one wrote. `--follow` keeps writing events as they are recorded.
+    Export {
+        #[command(flatten)]
+        connection: Connection,
+        /// Events recorded at or after this (RFC 3339), when there is no cursor to continue from.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<prost_types::Timestamp>,
+        /// Appends here instead of writing to stdout.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// Where the last exported cursor is kept (read at start, rewritten as the export goes).
+        #[arg(long)]
+        cursor_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 /// `list`: this caller's grants, or (auditor and admin callers) any caller's, filtered.
@@ -760,6 +778,21 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
                 page_token,
             };
             client::audit_events(&mut connect(&connection).await?, message, connection.json).await
+        }
+        Command::Audit(AuditCommand::Export {
+            connection,
+            since,
+            output,
+            cursor_file,
+            follow,
+        }) => {
+            let export = client::Export {
+                since,
+                output,
+                cursor_file,
+                follow,
+            };
+            client::audit_export(&mut connect(&connection).await?, export).await
         }
         Command::Audit(AuditCommand::Tail { connection, after }) => {
             let message = proto::WatchAuditEventsRequest { after_cursor: after };

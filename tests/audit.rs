@@ -624,3 +624,90 @@ async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_r
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["events[0]", "page_token"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_resumes_from_its_cursor_file_and_writes_each_event_once() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (output, cursor_file) = (dir.path().join("audit.jsonl"), dir.path().join("audit.cursor"));
+    let export = || {
+        vec![
+            "audit".to_owned(),
+            "export".into(),
+            "--output".into(),
+            output.display().to_string(),
+            "--cursor-file".into(),
+            cursor_file.display().to_string(),
+            "--server".into(),
+            server.url(),
+            "--token".into(),
+            AUDITOR_TOKEN.into(),
+        ]
+    };
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&output)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let mut secrets = Vec::new();
+    for n in 0..3 {
+        let response = client
+            .request_access(authed(PORTAL_TOKEN, read_logs_request(&format!("export-{n}"))))
+            .await
+            .unwrap()
+            .into_inner();
+        secrets.push(response.credentials.unwrap().secret_access_key);
+    }
+    let first = run_cli(export()).await;
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let exported = lines();
+    let log = audit_pages(&mut client, proto::ListAuditEventsRequest::default()).await;
+    assert_eq!(
+        exported
+            .iter()
+            .map(|line| line["cursor"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        log.iter().map(|event| event.cursor.as_str()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cursor_file).unwrap().trim(),
+        log.last().unwrap().cursor
+    );
+    // Nothing new: nothing written. Something new: exactly that, appended.
+    run_cli(export()).await;
+    assert_eq!(lines().len(), log.len());
+    client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("export-late")))
+        .await
+        .unwrap();
+    run_cli(export()).await;
+    let after = lines();
+    let all = audit_pages(&mut client, proto::ListAuditEventsRequest::default()).await;
+    assert_eq!(
+        after
+            .iter()
+            .map(|line| line["cursor"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        all.iter().map(|event| event.cursor.as_str()).collect::<Vec<_>>()
+    );
+    assert!(all.len() > log.len());
+    let text = std::fs::read_to_string(&output).unwrap();
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "a secret was exported");
+    }
+    assert!(
+        after
+            .iter()
+            .all(|line| line["event"].is_string() && line["grant_id"].is_string())
+    );
+}

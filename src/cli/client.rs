@@ -865,6 +865,117 @@ pub async fn audit_tail(
     Ok(String::new())
 }
 
+/// What `audit export` does.
+pub struct Export {
+    pub since: Option<prost_types::Timestamp>,
+    pub output: Option<std::path::PathBuf>,
+    pub cursor_file: Option<std::path::PathBuf>,
+    pub follow: bool,
+}
+
+/// Events per page of an export.
+const EXPORT_PAGE: i32 = 500;
+
+/// Writes the cursor file whole or not at all (a temporary file renamed over it).
+fn save_cursor(path: &std::path::Path, cursor: &str) -> Result<(), ClientError> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, format!("{cursor}\n"))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|error| ClientError::new(Exit::Usage, format!("cannot write {}: {error}", path.display())))
+}
+
+/// Audit events as JSON Lines. The output is flushed before the cursor file moves past it, so a
+/// run that dies writes its last page again when resumed, never skips one (every line carries
+/// its cursor, for a reader that must drop the repeat). On a terminal, progress goes to stderr.
+pub async fn audit_export(client: &mut Client, export: Export) -> Result<String, ClientError> {
+    use std::io::{IsTerminal as _, Write as _};
+    let io_error = |what: &str, error: std::io::Error| ClientError::new(Exit::Usage, format!("{what}: {error}"));
+    let mut cursor = match &export.cursor_file {
+        Some(path) if path.exists() => std::fs::read_to_string(path)
+            .map_err(|error| io_error(&format!("cannot read {}", path.display()), error))?
+            .trim()
+            .to_owned(),
+        _ => String::new(),
+    };
+    let mut out: Box<dyn std::io::Write> = match &export.output {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|error| io_error(&format!("cannot open {}", path.display()), error))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let progress = std::io::stderr().is_terminal();
+    let mut written = 0u64;
+    // Where following starts when nothing was exported: before the first page was asked for (or
+    // at --since), so nothing recorded meanwhile is skipped.
+    let start = export.since.map_or_else(
+        || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            format!("{}-0", now.as_millis().saturating_sub(1_000))
+        },
+        |since| format!("{}-0", since.seconds.max(0).saturating_mul(1_000)),
+    );
+    let mut emit = |events: &[proto::AuditEvent], cursor: &mut String| -> Result<(), ClientError> {
+        for event in events {
+            writeln!(out, "{}", audit_line(event, true)).map_err(|error| io_error("cannot write", error))?;
+            written += 1;
+        }
+        out.flush().map_err(|error| io_error("cannot write", error))?;
+        if let Some(last) = events.last() {
+            cursor.clone_from(&last.cursor);
+            if let Some(path) = &export.cursor_file {
+                save_cursor(path, cursor)?;
+            }
+            if progress {
+                eprint!(
+                    "\rexported {written} events, the last at {}   ",
+                    time_text(last.event_time.as_ref())
+                );
+            }
+        }
+        Ok(())
+    };
+    loop {
+        let page = client
+            .list_audit_events(proto::ListAuditEventsRequest {
+                from_time: if cursor.is_empty() { export.since } else { None },
+                page_size: EXPORT_PAGE,
+                page_token: cursor.clone(),
+                ..proto::ListAuditEventsRequest::default()
+            })
+            .await?
+            .into_inner();
+        emit(&page.events, &mut cursor)?;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+    }
+    if export.follow {
+        let mut stream = client
+            .watch_audit_events(proto::WatchAuditEventsRequest {
+                after_cursor: if cursor.is_empty() {
+                    start.clone()
+                } else {
+                    cursor.clone()
+                },
+            })
+            .await?
+            .into_inner();
+        while let Some(event) = stream.message().await? {
+            emit(std::slice::from_ref(&event), &mut cursor)?;
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(String::new())
+}
+
 pub async fn find_key(
     client: &mut Client,
     message: proto::FindGrantByAccessKeyRequest,

@@ -62,6 +62,23 @@ pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequ
     AccessRequest::validate(raw).map_err(invalid)
 }
 
+/// An optional time field: absent is `None`; one that is no valid time is a violation.
+fn optional_time(
+    field: &str,
+    value: Option<prost_types::Timestamp>,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<OffsetDateTime> {
+    let t = value?;
+    let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .filter(|_| (0..1_000_000_000).contains(&t.nanos))
+        .or_else(|| {
+            violations.push(FieldViolation::new(field, "is not a valid time"));
+            None
+        })
+}
+
 pub fn grant_id(message: proto::GetGrantRequest) -> Result<GrantId, Status> {
     let proto::GetGrantRequest { id } = message;
     GrantId::parse(&id).map_err(|why| invalid(vec![FieldViolation::new("id", why)]))
@@ -422,19 +439,8 @@ pub fn list_audit(message: proto::ListAuditEventsRequest) -> Result<AuditListing
         page_token,
     } = message;
     let mut violations = Vec::new();
-    let mut time = |field: &str, value: Option<prost_types::Timestamp>| {
-        let t = value?;
-        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-        OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .ok()
-            .filter(|_| (0..1_000_000_000).contains(&t.nanos))
-            .or_else(|| {
-                violations.push(FieldViolation::new(field, "is not a valid time"));
-                None
-            })
-    };
-    let from = time("from_time", from_time);
-    let to = time("to_time", to_time);
+    let from = optional_time("from_time", from_time, &mut violations);
+    let to = optional_time("to_time", to_time, &mut violations);
     let grant = if grant_id.is_empty() {
         None
     } else {
@@ -583,19 +589,8 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
             )),
         }
     }
-    let mut time = |field: &str, value: Option<prost_types::Timestamp>| {
-        let t = value?;
-        let nanos = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
-        OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .ok()
-            .filter(|_| (0..1_000_000_000).contains(&t.nanos))
-            .or_else(|| {
-                violations.push(FieldViolation::new(field, "is not a valid time"));
-                None
-            })
-    };
-    let created_from = time("create_time_from", create_time_from);
-    let created_to = time("create_time_to", create_time_to);
+    let created_from = optional_time("create_time_from", create_time_from, &mut violations);
+    let created_to = optional_time("create_time_to", create_time_to, &mut violations);
     let filter = GrantFilter {
         caller,
         requester,

@@ -428,7 +428,9 @@ async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_r
     let first = Server::start(&settings).await;
     let mut client = first.client().await;
 
-    // A follower from now, before anything happens.
+    // A follower from now, before anything happens: the call answers at once, not when the
+    // first event arrives.
+    let started = std::time::Instant::now();
     let mut follower = first
         .client()
         .await
@@ -436,6 +438,11 @@ async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_r
         .await
         .unwrap()
         .into_inner();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the stream started after {:?}",
+        started.elapsed()
+    );
 
     let approved = client
         .request_access(authed(PORTAL_TOKEN, read_logs_request("log-1")))
@@ -623,6 +630,34 @@ async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_r
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["events[0]", "page_token"]);
+    // The largest id has nothing after it: refused as a cursor, not sent to Redis.
+    for (newest_first, token) in [
+        (false, "18446744073709551615-18446744073709551615"),
+        (true, "1-18446744073709551615"),
+    ] {
+        let status = client
+            .list_audit_events(authed(
+                AUDITOR_TOKEN,
+                proto::ListAuditEventsRequest {
+                    page_token: token.into(),
+                    newest_first,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["page_token"], "{token}");
+    }
+    let status = client
+        .watch_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::WatchAuditEventsRequest {
+                after_cursor: "18446744073709551615-0".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["after_cursor"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

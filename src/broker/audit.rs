@@ -96,32 +96,34 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok((found, if newest_first { before } else { after }))
     }
 
-    /// The events logged after `after` (or from now), oldest first, waiting up to
-    /// [`FOLLOW_WAIT`] for the next ones when there are none: what a follower sends on, then
-    /// calls again with the last cursor it sent.
-    pub async fn follow_audit_events(
+    /// Where a follower of the log starts, without waiting for anything: after `after` (which
+    /// must not be from the part retention dropped), or from now (after the newest event, or the
+    /// log's start when it is empty).
+    pub async fn start_following(
         &self,
         caller: &Caller,
-        after: Option<&AuditCursor>,
-    ) -> Result<Vec<AuditEntry>, BrokerError> {
+        after: Option<AuditCursor>,
+    ) -> Result<AuditCursor, BrokerError> {
         Self::may_audit(caller)?;
         if let Some(cursor) = after {
-            self.check_cursor(cursor).await?;
+            self.check_cursor(&cursor).await?;
+            return Ok(cursor);
         }
-        Ok(self
-            .store
-            .audit_events(after, None, false, 100, Some(FOLLOW_WAIT))
-            .await?)
-    }
-
-    /// The newest event's cursor (where "from now" starts), or the log's start.
-    pub async fn audit_head(&self, caller: &Caller) -> Result<AuditCursor, BrokerError> {
-        Self::may_audit(caller)?;
         let newest = self.store.audit_events(None, None, true, 1, None).await?;
         Ok(newest.into_iter().next().map_or_else(
             || AuditCursor::at(time::OffsetDateTime::UNIX_EPOCH),
             |entry| entry.cursor,
         ))
+    }
+
+    /// The events logged after `after`, oldest first, waiting up to [`FOLLOW_WAIT`] for the
+    /// next ones when there are none: what a follower started with [`Self::start_following`]
+    /// sends on, then asks again with the last cursor it sent.
+    pub async fn follow_audit_events(&self, after: &AuditCursor) -> Result<Vec<AuditEntry>, BrokerError> {
+        Ok(self
+            .store
+            .audit_events(Some(after), None, false, 100, Some(FOLLOW_WAIT))
+            .await?)
     }
 
     /// Drops audit events older than the retention period (any replica, any time: idempotent).

@@ -5,6 +5,9 @@ use time::OffsetDateTime;
 
 use super::{EventKind, GrantEvent, GrantId};
 
+/// The last millisecond of the year 9999: later cursors are refused.
+const MAX_CURSOR_MILLIS: u64 = 253_402_300_799_999;
+
 /// Where an event sits in the log: `<unix ms>-<sequence>`, ordered as the log is. A reader that
 /// resumes after a cursor gets every later event once.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -15,12 +18,18 @@ pub struct AuditCursor {
 
 impl AuditCursor {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let invalid = || format!("{} is not an audit cursor (such as 1764405600000-0)", super::echo(text));
+        let invalid = || format!("{} is not an audit cursor (such as 1795941600000-0)", super::echo(text));
         let (millis, sequence) = text.split_once('-').ok_or_else(invalid)?;
-        Ok(Self {
+        let cursor = Self {
             millis: millis.parse().map_err(|_| invalid())?,
             sequence: sequence.parse().map_err(|_| invalid())?,
-        })
+        };
+        // Within what the log can hold, so that "after" and "before" it are always positions
+        // the log can be read from (the largest id has nothing after it).
+        if cursor.millis > MAX_CURSOR_MILLIS || cursor.sequence == u64::MAX {
+            return Err(invalid());
+        }
+        Ok(cursor)
     }
 
     /// The first cursor at or after `at`.
@@ -134,7 +143,17 @@ mod tests {
         assert_eq!(cursor.to_string(), "1764405600000-3");
         assert!(AuditCursor::parse("1764405600000-10").unwrap() > cursor);
         assert!(AuditCursor::parse("1764405600001-0").unwrap() > cursor);
-        for bad in ["", "1-", "-1", "x-1", "1-2-3", "1764405600000"] {
+        for bad in [
+            "",
+            "1-",
+            "-1",
+            "x-1",
+            "1-2-3",
+            "1764405600000",
+            "18446744073709551615-18446744073709551615",
+            "253402300800000-0",
+            "1-18446744073709551615",
+        ] {
             assert!(AuditCursor::parse(bad).is_err(), "{bad}");
         }
         let at = time::macros::datetime!(2026-11-29 08:40:00.123 UTC);

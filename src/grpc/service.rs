@@ -158,34 +158,26 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     ) -> Result<Response<Self::WatchAuditEventsStream>, Status> {
         let caller = caller_of(&request)?;
         let after = convert::watch_audit(request.into_inner())?;
-        // "From now" is from the newest event logged so far; checks the caller as well.
-        let mut after = match after {
-            Some(cursor) => cursor,
-            None => self.broker.audit_head(&caller).await?,
-        };
-        // Checks the cursor before the stream starts, so the error is the call's.
-        let first = self.broker.follow_audit_events(&caller, Some(&after)).await?;
+        // The caller and the cursor are checked here, so a refusal is the call's own error; the
+        // stream then starts at once, before any event arrives.
+        let mut after = self.broker.start_following(&caller, after).await?;
         let broker = Arc::clone(&self.broker);
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
-            let mut batch = first;
-            loop {
-                for entry in &batch {
-                    if sender.send(Ok(convert::audit_event(entry))).await.is_err() {
-                        return; // the client left
-                    }
-                    after = entry.cursor.clone();
-                }
-                if sender.is_closed() {
-                    return;
-                }
-                batch = match broker.follow_audit_events(&caller, Some(&after)).await {
+            while !sender.is_closed() {
+                let batch = match broker.follow_audit_events(&after).await {
                     Ok(batch) => batch,
                     Err(error) => {
                         let _ = sender.send(Err(Status::from(error))).await;
                         return;
                     }
                 };
+                for entry in &batch {
+                    if sender.send(Ok(convert::audit_event(entry))).await.is_err() {
+                        return; // the client left
+                    }
+                    after = entry.cursor.clone();
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))

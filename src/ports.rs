@@ -214,15 +214,6 @@ pub trait GrantStore: Send + Sync + 'static {
     /// total count.
     fn get(&self, id: GrantId) -> impl Future<Output = Result<Option<Grant>, StoreError>> + Send;
 
-    /// Up to `limit` of the caller's grants, newest first, strictly older than `before` when
-    /// given; and the id to continue before when there are more.
-    fn list_for_caller(
-        &self,
-        caller: &CallerId,
-        before: Option<GrantId>,
-        limit: usize,
-    ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
-
     /// The grant an access key id was issued for (indexed when its issuance was recorded).
     fn grant_for_access_key(
         &self,
@@ -245,15 +236,6 @@ pub trait GrantStore: Send + Sync + 'static {
         index: &GrantIndex,
         before: Option<GrantId>,
         since: Option<GrantId>,
-        limit: usize,
-    ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
-
-    /// Up to `limit` of a grantee's grants (every caller's), newest first, strictly older than
-    /// `before` when given; and the id to continue before when there are more.
-    fn list_for_grantee(
-        &self,
-        grantee: &str,
-        before: Option<GrantId>,
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
 
@@ -438,9 +420,10 @@ pub struct RoleSummary {
 impl RoleSummary {
     /// Whether the role's policy must be written now.
     pub fn needs_work(&self, now: OffsetDateTime) -> bool {
-        let changed = self.desired > self.written && self.retry_at.is_none_or(|at| at <= now);
+        let changed = self.desired > self.written;
         let expiring = self.next_check.is_some_and(|at| at <= now);
-        changed || expiring
+        // A failing role waits out its backoff, whatever brought it due.
+        (changed || expiring) && self.retry_at.is_none_or(|at| at <= now)
     }
 }
 

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     domain::{
-        Caller, EventKind, Grant, GrantEvent, GrantId, GrantState, Outcome,
+        Caller, EventKind, Grant, GrantEvent, GrantId, GrantState, Outcome, Target,
         approval::{Approval, Person},
         extension::{Extension, ExtensionRequest, ExtensionState, MAX_EXTENSIONS, check_total},
         lifecycle::{NotAllowed, Transition},
@@ -155,9 +155,9 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Err(BrokerError::Contended { grant_id: id })
     }
 
-    /// The grant's waiting extension, for a decision by `approver`: eligible under the rules
-    /// (asked about the extension), never the requester.
-    fn waiting_extension_for(&self, grant: &Grant, approver: &Person) -> Result<Extension, BrokerError> {
+    /// The grant's waiting extension and its target, for a decision by `approver`: eligible under
+    /// the rules (asked about the extension), never the requester.
+    fn waiting_extension_for(&self, grant: &Grant, approver: &Person) -> Result<(Extension, &Target), BrokerError> {
         let extension = grant
             .pending_extension()
             .cloned()
@@ -178,7 +178,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             self.clock.now(),
             Asking::Extension(extension.additional_secs),
         )?;
-        Ok(extension)
+        Ok((extension, target))
     }
 
     /// Records `approver`'s approval of the grant's waiting extension; the one that meets the
@@ -191,7 +191,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         approver: &Person,
         comment: &str,
     ) -> Result<Option<Grant>, BrokerError> {
-        let mut extension = self.waiting_extension_for(&grant, approver)?;
+        let (mut extension, target) = self.waiting_extension_for(&grant, approver)?;
         if extension
             .approvals
             .iter()
@@ -204,7 +204,6 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         if extension.approvals.len() >= MAX_RECORDED_APPROVALS {
             return Err(BrokerError::TooManyApprovals { grant_id: grant.id });
         }
-        let target = self.target_for_decider(&grant, approver)?;
         // The target's maximum may have been lowered since the extension was asked for.
         check_total(&grant, extension.additional_secs, self.max_duration_secs(target)).map_err(|violation| {
             BrokerError::TargetChanged {
@@ -293,7 +292,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                         },
                     })?
             } else {
-                self.waiting_extension_for(&grant, &approver)?
+                self.waiting_extension_for(&grant, &approver)?.0
             };
             extension.state = ExtensionState::Denied;
             extension.denied_by = Some((approver.clone(), reason.clone()));

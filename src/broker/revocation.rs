@@ -28,8 +28,8 @@ use crate::{
         revocation::{Cutoff, Enforcement, EnforcementStatus, Revocation, RevokedEntry, RolePolicy, role_policy},
     },
     ports::{
-        Appended, Change, Clock, CredentialIssuer, EnforceError, EnforceErrorKind, EnforcementStore, GrantStore, Lease,
-        Leased, RoleEnforcer,
+        Appended, Change, Clock, CredentialIssuer, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex,
+        GrantStore, Lease, Leased, RoleEnforcer,
     },
 };
 
@@ -295,7 +295,10 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             - crate::domain::request::MAX_SCHEDULE_AHEAD
             - Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
         loop {
-            let (grants, next) = self.store.list_for_grantee(grantee, before, 200).await?;
+            let (grants, next) = self
+                .store
+                .list_index(&GrantIndex::Grantee(grantee.to_owned()), before, None, 200)
+                .await?;
             scanned += grants.len();
             // Newest first: once past the oldest a live grant can be, nothing older is live.
             let past_horizon = grants.last().is_some_and(|grant| grant.created_at < live_horizon);
@@ -781,6 +784,40 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_role_waits_out_its_backoff_whatever_made_it_due() {
+        use crate::ports::RoleSummary;
+        let now = time::macros::datetime!(2026-11-29 10:00 UTC);
+        let later = now + Duration::seconds(30);
+        let changed = RoleSummary {
+            desired: 2,
+            written: 1,
+            ..RoleSummary::default()
+        };
+        let expiring = RoleSummary {
+            desired: 1,
+            written: 1,
+            next_check: Some(now - Duration::seconds(1)),
+            ..RoleSummary::default()
+        };
+        for summary in [changed, expiring] {
+            assert!(summary.needs_work(now), "{summary:?}");
+            let failing = RoleSummary {
+                retry_at: Some(later),
+                ..summary.clone()
+            };
+            assert!(!failing.needs_work(now), "{failing:?}");
+            assert!(failing.needs_work(later), "{failing:?}");
+        }
+        let settled = RoleSummary {
+            desired: 1,
+            written: 1,
+            next_check: Some(later),
+            ..RoleSummary::default()
+        };
+        assert!(!settled.needs_work(now));
+    }
 
     #[test]
     fn retries_back_off_to_five_minutes() {

@@ -144,15 +144,6 @@ impl GrantStore for MemoryStore {
         }))
     }
 
-    async fn list_for_caller(
-        &self,
-        _caller: &CallerId,
-        _before: Option<GrantId>,
-        _limit: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        unimplemented!("not used by these tests")
-    }
-
     async fn audit_events(
         &self,
         _after: Option<&crate::domain::audit::AuditCursor>,
@@ -174,12 +165,38 @@ impl GrantStore for MemoryStore {
 
     async fn list_index(
         &self,
-        _index: &crate::ports::GrantIndex,
-        _before: Option<GrantId>,
-        _since: Option<GrantId>,
-        _limit: usize,
+        index: &crate::ports::GrantIndex,
+        before: Option<GrantId>,
+        since: Option<GrantId>,
+        limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        unimplemented!("searches run against the real store in tests/audit.rs")
+        use crate::ports::GrantIndex;
+        let ids: Vec<GrantId> = {
+            let state = self.0.lock().unwrap();
+            state
+                .grants
+                .values()
+                .map(|(grant, _, _)| grant)
+                .filter(|grant| match index {
+                    GrantIndex::Caller(caller) => &grant.caller == caller,
+                    GrantIndex::Requester(requester) => &grant.requester == requester,
+                    GrantIndex::Grantee(grantee) => &grant.grantee == grantee,
+                    GrantIndex::Target(target) => &grant.target == target,
+                    GrantIndex::Account(account) => &grant.account_id == account,
+                    GrantIndex::All => true,
+                })
+                .filter(|grant| before.is_none_or(|before| grant.id < before))
+                .filter(|grant| since.is_none_or(|since| grant.id >= since))
+                .map(|grant| grant.id)
+                .rev()
+                .collect()
+        };
+        let mut grants = Vec::new();
+        for id in ids.iter().take(limit) {
+            grants.extend(self.get(*id).await?);
+        }
+        let next = (ids.len() > limit).then(|| ids[limit - 1]);
+        Ok((grants, next))
     }
 
     async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
@@ -197,32 +214,6 @@ impl GrantStore for MemoryStore {
             .grants
             .get(&grant)
             .and_then(|(_, issuances, _)| issuances.iter().find(|i| i.access_key_id == access_key_id).cloned()))
-    }
-
-    async fn list_for_grantee(
-        &self,
-        grantee: &str,
-        before: Option<GrantId>,
-        limit: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        let ids: Vec<GrantId> = {
-            let state = self.0.lock().unwrap();
-            state
-                .grants
-                .values()
-                .filter(|(grant, _, _)| grant.grantee == grantee && before.is_none_or(|before| grant.id < before))
-                .map(|(grant, _, _)| grant.id)
-                .rev()
-                .collect()
-        };
-        let mut grants = Vec::new();
-        for id in ids.iter().take(limit) {
-            grants.extend(self.get(*id).await?);
-        }
-        let next = (ids.len() > limit)
-            .then(|| grants.last().map(|grant: &Grant| grant.id))
-            .flatten();
-        Ok((grants, next))
     }
 
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
@@ -885,10 +876,7 @@ const HUMANS_ONLY: &str =
     r#"@id("humans-only") forbid (principal, action == GrantBroker::Action::"auto_approve", resource);"#;
 
 fn approval_portal() -> Caller {
-    Caller {
-        acts_for_approvers: true,
-        ..caller()
-    }
+    approval_portal_of("vendor-portal")
 }
 
 #[tokio::test]

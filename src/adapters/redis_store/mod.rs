@@ -710,16 +710,6 @@ impl GrantStore for RedisGrantStore {
         Ok(self.get_many(&[id]).await?.pop())
     }
 
-    async fn list_for_caller(
-        &self,
-        caller: &CallerId,
-        before: Option<GrantId>,
-        limit: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        // Ids reserved by an attempt that never created its grant are skipped by get_many.
-        self.list_index_key(&self.index_key(caller), before, None, limit).await
-    }
-
     async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
         let id: Option<String> = self
             .connection
@@ -748,16 +738,6 @@ impl GrantStore for RedisGrantStore {
             }
         }
         Ok(None)
-    }
-
-    async fn list_for_grantee(
-        &self,
-        grantee: &str,
-        before: Option<GrantId>,
-        limit: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        self.list_index_key(&self.grantee_key(grantee), before, None, limit)
-            .await
     }
 
     async fn list_index(

@@ -85,11 +85,42 @@ async fn redis_bytes_per_grant(redis: &RedisServer) {
             .map(|value| value.trim().parse().unwrap())
             .unwrap()
     };
-    let grants: u64 = redis::cmd("ZCARD")
-        .arg("gb:caller:{vendor-portal}:grants")
+    let grants: u64 = redis::cmd("XLEN")
+        .arg("gb:grants")
         .query_async(&mut connection)
         .await
         .unwrap();
+    // Where one grant's bytes go (MEMORY USAGE counts a key's own allocations; index and log
+    // entries share their streams, so they are in the total below, not here).
+    let newest: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
+        .arg("gb:grants")
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let id = uuid::Uuid::from_slice(&newest[0].1[1]).unwrap();
+    let record: Vec<u8> = redis::cmd("GET")
+        .arg(format!("gb:g:{{{id}}}"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut breakdown = vec![format!("record value {} bytes", record.len())];
+    for key in [
+        format!("gb:g:{{{id}}}"),
+        "gb:caller:{vendor-portal}:request:bench-8-7-249".to_owned(),
+    ] {
+        let usage: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        breakdown.push(format!("{key}: {usage:?}"));
+    }
+    println!("One grant: {}", breakdown.join(", "));
     let memory: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(&mut connection)
@@ -103,7 +134,7 @@ async fn redis_bytes_per_grant(redis: &RedisServer) {
         .unwrap();
     let per_grant = (used(memory) - used(empty)) / grants;
     println!(
-        "Redis memory per approved grant (1 issuance, 3 events, request id, index entry): {per_grant} bytes ({grants} grants)"
+        "Redis memory per approved grant (1 issuance, 3 events, request id, 6 index entries, access key, deadline, 3 audit log entries): {per_grant} bytes ({grants} grants)"
     );
 }
 

@@ -156,6 +156,28 @@ pub enum GrantIndex {
     All,
 }
 
+pub use crate::domain::filter::{INDEX_SKEW, IndexPosition};
+
+/// A page of an index, newest first.
+#[derive(Debug, Default)]
+pub struct IndexPage {
+    /// Each grant with its position.
+    pub grants: Vec<(IndexPosition, Grant)>,
+    /// Where to continue (before), when there may be more.
+    pub next: Option<IndexPosition>,
+}
+
+/// A stretch of the audit log as read.
+#[derive(Debug, Default)]
+pub struct AuditRead {
+    pub entries: Vec<AuditEntry>,
+    /// The cursor of the last entry read, also when its event was not found (its grant is gone):
+    /// where to go on from.
+    pub last: Option<AuditCursor>,
+    /// Fewer entries than asked for were there: the end of the log (or of the range).
+    pub exhausted: bool,
+}
+
 /// The queues of grants people work through, across callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
@@ -228,16 +250,16 @@ pub trait GrantStore: Send + Sync + 'static {
         access_key_id: &str,
     ) -> impl Future<Output = Result<Option<Issuance>, StoreError>> + Send;
 
-    /// Up to `limit` grants of an index, newest first: strictly older than `before` and at least
-    /// as new as `since` (both grant ids, which sort by creation time), and the id to continue
-    /// before when there are more.
+    /// Up to `limit` grants of an index, newest first: positioned before `before`, and not
+    /// created before `since` (an index may also hold grants created up to
+    /// [`INDEX_SKEW`] before their position: callers decide on the creation time itself).
     fn list_index(
         &self,
         index: &GrantIndex,
-        before: Option<GrantId>,
-        since: Option<GrantId>,
+        before: Option<&IndexPosition>,
+        since: Option<OffsetDateTime>,
         limit: usize,
-    ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
+    ) -> impl Future<Output = Result<IndexPage, StoreError>> + Send;
 
     /// Up to `limit` ids of grants whose deadline (a pending grant's timeout, an approved
     /// grant's end) is at or before `now`, earliest first.
@@ -273,7 +295,7 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Appends an event whatever the state (for failures worth auditing).
     fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Up to `limit` events of the audit log after `after` (exclusive; `None`: from the
+    /// Reads up to `limit` entries of the audit log after `after` (exclusive; `None`: from the
     /// oldest kept), oldest first, or before `before` (exclusive; `None`: from the newest),
     /// newest first, when `newest_first`. Waits up to `wait` for one when there is none yet
     /// (only oldest first).
@@ -284,7 +306,7 @@ pub trait GrantStore: Send + Sync + 'static {
         newest_first: bool,
         limit: usize,
         wait: Option<std::time::Duration>,
-    ) -> impl Future<Output = Result<Vec<AuditEntry>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<AuditRead, StoreError>> + Send;
 
     /// The oldest event the log still holds.
     fn oldest_audit_event(&self) -> impl Future<Output = Result<Option<AuditCursor>, StoreError>> + Send;

@@ -184,26 +184,20 @@ async fn a_session_policy_edited_in_redis_issues_nothing_and_is_audited() {
         .grant
         .unwrap();
 
-    // Someone with write access to Redis widens the stored session policy to everything.
+    // Someone with write access to Redis widens the stored scope (same length, so the record
+    // still decodes) without knowing how to make the policy digest match.
     let mut connection = redis.connection().await;
-    let key = format!("gb:grant:{{{}}}", grant.id);
-    let doc: String = redis::cmd("HGET")
+    let key = format!("gb:g:{{{}}}", grant.id);
+    let record: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
+    let (from, to) = (&b"acme-logs/vendor-x/*"[..], &b"acme-logs/**********"[..]);
+    assert_eq!(from.len(), to.len());
+    let at = record.windows(from.len()).position(|window| window == from).unwrap();
+    let mut widened = record.clone();
+    widened[at..at + from.len()].copy_from_slice(to);
+    let () = redis::cmd("SET")
         .arg(&key)
-        .arg("doc")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let mut doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
-    let widened = doc["session_policy"].as_str().unwrap().replace(
-        r#""Action":["s3:GetObject"],"Resource":["arn:aws:s3:::acme-logs/vendor-x/*"]"#,
-        r#""Action":["*"],"Resource":["*"]"#,
-    );
-    assert_ne!(widened, doc["session_policy"].as_str().unwrap());
-    doc["session_policy"] = widened.into();
-    let () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("doc")
-        .arg(doc.to_string())
+        .arg(widened)
+        .arg("KEEPTTL")
         .query_async(&mut connection)
         .await
         .unwrap();

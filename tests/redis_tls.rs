@@ -30,7 +30,7 @@ async fn grants_are_recorded_over_tls_and_an_unverified_server_is_refused() {
     assert!(response.credentials.is_some());
     let grant_id = response.grant.unwrap().id;
     assert_eq!(
-        redis.grant_list(&grant_id, "issuances").await.len(),
+        redis.grant(&grant_id).await.unwrap().issuances.len(),
         1,
         "recorded in that Redis"
     );

@@ -58,14 +58,18 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
         .await
         .unwrap();
     let mut connection = redis.connection().await;
-    let ids: Vec<String> = redis::cmd("ZRANGE")
+    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
         .arg("gb:caller:{vendor-portal}:grants")
-        .arg(0)
-        .arg(-1)
+        .arg("-")
+        .arg("+")
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert_eq!(ids, [newest.to_string()]);
+    let ids: Vec<GrantId> = entries
+        .iter()
+        .map(|(_, fields)| GrantId::from_uuid(Uuid::from_slice(&fields[1]).unwrap()))
+        .collect();
+    assert_eq!(ids, [newest]);
 
     // The request id is bound to the first grant that claimed it, with its fingerprint.
     let again = store
@@ -143,6 +147,96 @@ async fn a_record_written_by_the_first_release_reads_back() {
         .unwrap();
     let error = store.get(GrantId::parse(id).unwrap()).await.unwrap_err();
     assert!(error.to_string().contains("record version 99"), "{error}");
+}
+
+/// A version 2 grant (hash and lists) reads as it is, and its first change converts it to one
+/// version 3 record in the same atomic step: events, issuances and attempts carried over, the
+/// old keys gone.
+#[tokio::test]
+async fn a_version_2_grant_is_converted_by_its_first_change() {
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let id = GrantId::from_uuid(Uuid::now_v7());
+    let doc = format!(
+        r#"{{"id":"{id}","request_id":null,"fingerprint":"5d41402abc4b2a76b9719d911017c592","caller":"vendor-portal","target":"dev-logs-read","account_id":"123456789012","role_arn":"arn:aws:iam::123456789012:role/vendor-logs-read","region":"eu-west-1","requester":"alice@example.com","grantee":"vendor-x","scopes":[{{"actions":["s3:GetObject"],"resources":["arn:aws:s3:::acme-logs/*"]}}],"session_policy":"{{}}","justification":"why","ticket":"","mfa_serial":null,"created_at":"2026-11-28T10:00:00Z","start":"2026-11-28T10:00:00Z","end":"2036-11-28T10:30:00Z","decision":{{"outcome":"approve","policy_ids":["auto"],"reason":"fine","decided_at":"2026-11-28T10:00:00Z"}},"approvals_required":"1","pending_until":"2036-11-28T10:30:00Z"}}"#
+    );
+    let issuance = format!(
+        r#"{{"access_key_id":"ASIAV2","session_name":"gb-{id}","source_identity":"alice@example.com","assumed_role_arn":"arn:aws:sts::123456789012:assumed-role/vendor-logs-read/gb-{id}","expiration":"2026-11-28T11:00:00Z","issued_at":"2026-11-28T10:00:01Z","packed_policy_percent":7}}"#
+    );
+    let events = [
+        r#"{"at":"2026-11-28T10:00:00Z","caller":"vendor-portal","event":"requested","state":"approved","outcome":"approve","policy_ids":["auto"],"reason":"fine"}"#.to_owned(),
+        format!(r#"{{"at":"2026-11-28T10:00:00.5Z","caller":"vendor-portal","event":"issuing","session_name":"gb-{id}","duration_secs":3600}}"#),
+        format!(r#"{{"at":"2026-11-28T10:00:01Z","caller":"vendor-portal","event":"issued","session_name":"gb-{id}","access_key_id":"ASIAV2","expiration":"2026-11-28T11:00:00Z"}}"#),
+    ];
+    let mut connection = redis.connection().await;
+    let () = redis::cmd("HSET")
+        .arg(format!("gb:grant:{{{id}}}"))
+        .arg("v")
+        .arg(2)
+        .arg("state")
+        .arg("approved")
+        .arg("doc")
+        .arg(&doc)
+        .arg("attempts")
+        .arg(1)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("gb:grant:{{{id}}}:issuances"))
+        .arg(&issuance)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("gb:grant:{{{id}}}:events"))
+        .arg(&events[..])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let before = store.get(id).await.unwrap().unwrap();
+    assert_eq!(before.issuance_count, 1);
+    assert_eq!(store.events_from(id, 0).await.unwrap().len(), 3);
+
+    let cancelled = [GrantEvent {
+        at: OffsetDateTime::now_utc(),
+        caller: "vendor-portal".into(),
+        kind: EventKind::Cancelled { reason: "done".into() },
+    }];
+    let change = Change {
+        to: Some(GrantState::Cancelled),
+        ..Change::append(&[GrantState::Approved], &cancelled)
+    };
+    assert_eq!(store.change_if_state(&before, change).await.unwrap(), Appended::Yes);
+
+    let after = store.get(id).await.unwrap().unwrap();
+    assert_eq!(after.state, GrantState::Cancelled);
+    assert_eq!(after.issuances, before.issuances);
+    assert_eq!(after.issuances[0].packed_policy_percent, Some(7));
+    let names: Vec<&str> = store
+        .events_from(id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| event.kind.name())
+        .collect();
+    assert_eq!(names, ["requested", "issuing", "issued", "cancelled"]);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("gb:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(keys.contains(&format!("gb:g:{{{id}}}")), "{keys:?}");
+    assert!(!keys.iter().any(|key| key.starts_with("gb:grant:")), "{keys:?}");
+    // The attempts carried over: the issuance cap still counts the one made before.
+    let limited = Change {
+        attempt_limit: Some(1),
+        ..Change::append(&[GrantState::Cancelled], &[])
+    };
+    assert_eq!(
+        store.change_if_state(&after, limited).await.unwrap(),
+        Appended::LimitReached(1)
+    );
 }
 
 fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
@@ -277,10 +371,20 @@ proptest! {
             creation.issuances.clear();
             assert!(store.create(&creation, &[event()]).await.unwrap());
             for issuance in &written.issuances {
+                // An issuance is recorded with the event that announces it.
+                let issued = [GrantEvent {
+                    at: issuance.issued_at,
+                    caller: "vendor-portal".into(),
+                    kind: EventKind::Issued {
+                        session_name: issuance.session_name.clone(),
+                        access_key_id: issuance.access_key_id.clone(),
+                        expiration: issuance.expiration,
+                    },
+                }];
                 let appended = store
                     .change_if_state(
                         &written,
-                        Change { issuance: Some(issuance), ..Change::append(&[GrantState::Approved], &[event()]) },
+                        Change { issuance: Some(issuance), ..Change::append(&[GrantState::Approved], &issued) },
                     )
                     .await
                     .unwrap();
@@ -351,18 +455,22 @@ async fn the_audit_log_is_trimmed_to_exactly_what_is_newer_than_the_horizon() {
     let redis = RedisServer::start();
     let store = RedisGrantStore::new(&settings(&redis)).unwrap();
     let mut connection = redis.connection().await;
-    let event = serde_json::json!({
-        "grant": uuid::Uuid::now_v7().to_string(), "target": "t", "account": "123456789012",
-        "grant_caller": "vendor-portal", "at": "2026-11-29T10:00:00Z", "caller": "vendor-portal",
-        "event": "cancelled", "reason": "x"
-    })
-    .to_string();
-    for id in ["1000-0", "1999-0", "1999-1", "2000-0", "2000-1", "3000-0"] {
+    // Entries at chosen times, each naming the one event of a real grant.
+    let id = GrantId::from_uuid(Uuid::now_v7());
+    assert!(store.create(&sample_grant(id, "x", 0), &[event()]).await.unwrap());
+    let _: i64 = redis::cmd("DEL")
+        .arg("gb:{audit}:events")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    for entry in ["1000-0", "1999-0", "1999-1", "2000-0", "2000-1", "3000-0"] {
         let _: String = redis::cmd("XADD")
             .arg("gb:{audit}:events")
-            .arg(id)
-            .arg("e")
-            .arg(&event)
+            .arg(entry)
+            .arg("g")
+            .arg(id.as_uuid().as_bytes())
+            .arg("n")
+            .arg(0)
             .query_async(&mut connection)
             .await
             .unwrap();
@@ -374,6 +482,7 @@ async fn the_audit_log_is_trimmed_to_exactly_what_is_newer_than_the_horizon() {
         .audit_events(None, None, false, 10, None)
         .await
         .unwrap()
+        .entries
         .into_iter()
         .map(|entry| entry.cursor.to_string())
         .collect();

@@ -70,12 +70,11 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         };
         let mut found = Vec::new();
         for _ in 0..AUDIT_SCANS {
-            let entries = self
+            let read = self
                 .store
                 .audit_events(after.as_ref(), before.as_ref(), newest_first, page_size, None)
                 .await?;
-            let exhausted = entries.len() < page_size;
-            for entry in entries {
+            for entry in read.entries {
                 let position = entry.cursor.clone();
                 if newest_first {
                     before = Some(position.clone());
@@ -89,8 +88,14 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     }
                 }
             }
-            if exhausted {
+            if read.exhausted {
                 return Ok((found, None));
+            }
+            // Past entries whose event was not found (their grant is gone) too.
+            if newest_first {
+                before = read.last.or(before);
+            } else {
+                after = read.last.or(after);
             }
         }
         Ok((found, if newest_first { before } else { after }))
@@ -110,20 +115,24 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             return Ok(cursor);
         }
         let newest = self.store.audit_events(None, None, true, 1, None).await?;
-        Ok(newest.into_iter().next().map_or_else(
-            || AuditCursor::at(time::OffsetDateTime::UNIX_EPOCH),
-            |entry| entry.cursor,
-        ))
+        Ok(newest
+            .last
+            .unwrap_or_else(|| AuditCursor::at(time::OffsetDateTime::UNIX_EPOCH)))
     }
 
     /// The events logged after `after`, oldest first, waiting up to [`FOLLOW_WAIT`] for the
     /// next ones when there are none: what a follower started with [`Self::start_following`]
-    /// sends on, then asks again with the last cursor it sent.
-    pub async fn follow_audit_events(&self, after: &AuditCursor) -> Result<Vec<AuditEntry>, BrokerError> {
-        Ok(self
+    /// sends on, then asks again after the cursor returned (the last entry read, which may be
+    /// past the last event sent when an entry's grant is gone).
+    pub async fn follow_audit_events(
+        &self,
+        after: &AuditCursor,
+    ) -> Result<(Vec<AuditEntry>, AuditCursor), BrokerError> {
+        let read = self
             .store
             .audit_events(Some(after), None, false, 100, Some(FOLLOW_WAIT))
-            .await?)
+            .await?;
+        Ok((read.entries, read.last.unwrap_or_else(|| after.clone())))
     }
 
     /// Drops audit events older than the retention period (any replica, any time: idempotent).

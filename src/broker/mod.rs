@@ -39,8 +39,8 @@ use crate::{
         policy::build_session_policy,
     },
     ports::{
-        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantStore, Queue, Reservation,
-        RoleEnforcer, StoreError,
+        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantStore, INDEX_SKEW, IndexPosition,
+        Queue, Reservation, RoleEnforcer, StoreError,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -1057,18 +1057,18 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok((grant, issuance))
     }
 
-    /// A page of the grants `filter` matches, newest first, and the id to continue before:
-    /// the caller's own, or any caller's for an auditor or admin caller. Walks the most selective
-    /// index the filter names and checks the rest on each grant, reading a bounded number of
-    /// index pages per call, so a page may hold fewer than `page_size` and still have a next
-    /// token. Tokens stay correct while grants are added (new grants sort after every token).
+    /// A page of the grants `filter` matches, newest first, and the index position to continue
+    /// before: the caller's own, or any caller's for an auditor or admin caller. Walks the most
+    /// selective index the filter names and checks the rest on each grant, reading a bounded
+    /// number of index pages per call, so a page may hold fewer than `page_size` and still have a
+    /// next token. Tokens stay correct while grants are added (new grants land after every token).
     pub async fn search_grants(
         &self,
         caller: &Caller,
         mut filter: GrantFilter,
-        before: Option<GrantId>,
+        before: Option<IndexPosition>,
         page_size: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
+    ) -> Result<(Vec<Grant>, Option<IndexPosition>), BrokerError> {
         if !caller.reads_every_grant() {
             match &filter.caller {
                 Some(other) if other != &caller.id => {
@@ -1093,13 +1093,12 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         } else {
             GrantIndex::All
         };
-        // Ids are UUIDv7: the creation-time range is (about) a range of ids. An id is made a
-        // moment after its grant's creation time, so the upper end reads a second further and
-        // `matches` decides on the creation time itself.
-        let since = filter.created_from.map(GrantId::lower_bound_at);
+        // Index positions follow creation times, never earlier and at most INDEX_SKEW later: the
+        // search starts that much after the range's end, and `matches` decides on the creation
+        // time itself.
         let until = filter
             .created_to
-            .map(|to| GrantId::lower_bound_at(to + time::Duration::seconds(1)));
+            .map(|to| IndexPosition::at(to + INDEX_SKEW + time::Duration::seconds(1)));
         let mut cursor = match (before, until) {
             (Some(before), Some(until)) => Some(before.min(until)),
             (before, until) => before.or(until),
@@ -1107,9 +1106,12 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         let now = self.clock.now();
         let mut found = Vec::new();
         for _ in 0..SEARCH_SCANS {
-            let (grants, more) = self.store.list_index(&index, cursor, since, page_size).await?;
-            for mut grant in grants {
-                cursor = Some(grant.id);
+            let page = self
+                .store
+                .list_index(&index, cursor.as_ref(), filter.created_from, page_size)
+                .await?;
+            for (position, mut grant) in page.grants {
+                cursor = Some(position);
                 if filter.matches(&grant, now) {
                     grant.state = grant.state_at(now);
                     self.with_role_cutoff(&mut grant);
@@ -1119,7 +1121,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     }
                 }
             }
-            match more {
+            match page.next {
                 None => return Ok((found, None)),
                 Some(next) => cursor = Some(next),
             }

@@ -295,10 +295,12 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             - crate::domain::request::MAX_SCHEDULE_AHEAD
             - Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
         loop {
-            let (grants, next) = self
+            let page = self
                 .store
-                .list_index(&GrantIndex::Grantee(grantee.to_owned()), before, None, 200)
+                .list_index(&GrantIndex::Grantee(grantee.to_owned()), before.as_ref(), None, 200)
                 .await?;
+            let next = page.next;
+            let grants: Vec<Grant> = page.grants.into_iter().map(|(_, grant)| grant).collect();
             scanned += grants.len();
             // Newest first: once past the oldest a live grant can be, nothing older is live.
             let past_horizon = grants.last().is_some_and(|grant| grant.created_at < live_horizon);

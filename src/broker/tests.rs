@@ -151,7 +151,7 @@ impl GrantStore for MemoryStore {
         _newest_first: bool,
         _limit: usize,
         _wait: Option<std::time::Duration>,
-    ) -> Result<Vec<crate::domain::audit::AuditEntry>, StoreError> {
+    ) -> Result<crate::ports::AuditRead, StoreError> {
         unimplemented!("the audit log runs against the real store in tests/audit.rs")
     }
 
@@ -166,12 +166,17 @@ impl GrantStore for MemoryStore {
     async fn list_index(
         &self,
         index: &crate::ports::GrantIndex,
-        before: Option<GrantId>,
-        since: Option<GrantId>,
+        before: Option<&crate::ports::IndexPosition>,
+        since: Option<OffsetDateTime>,
         limit: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        use crate::ports::GrantIndex;
-        let ids: Vec<GrantId> = {
+    ) -> Result<crate::ports::IndexPage, StoreError> {
+        use crate::ports::{GrantIndex, IndexPosition};
+        // Positions as the real store makes them: the creation millisecond, then a tie-breaker.
+        let position = |grant: &Grant| {
+            let millis = u64::try_from(grant.created_at.unix_timestamp_nanos() / 1_000_000).unwrap();
+            IndexPosition::from_parts(millis, u64::try_from(grant.id.as_uuid().as_u128() >> 65).unwrap())
+        };
+        let mut entries: Vec<(IndexPosition, GrantId)> = {
             let state = self.0.lock().unwrap();
             state
                 .grants
@@ -185,18 +190,18 @@ impl GrantStore for MemoryStore {
                     GrantIndex::Account(account) => &grant.account_id == account,
                     GrantIndex::All => true,
                 })
-                .filter(|grant| before.is_none_or(|before| grant.id < before))
-                .filter(|grant| since.is_none_or(|since| grant.id >= since))
-                .map(|grant| grant.id)
-                .rev()
+                .filter(|grant| before.is_none_or(|before| position(grant) < *before))
+                .filter(|grant| since.is_none_or(|since| grant.created_at >= since))
+                .map(|grant| (position(grant), grant.id))
                 .collect()
         };
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
         let mut grants = Vec::new();
-        for id in ids.iter().take(limit) {
-            grants.extend(self.get(*id).await?);
+        for (position, id) in entries.iter().take(limit) {
+            grants.extend(self.get(*id).await?.map(|grant| (position.clone(), grant)));
         }
-        let next = (ids.len() > limit).then(|| ids[limit - 1]);
-        Ok((grants, next))
+        let next = (entries.len() > limit).then(|| entries[limit - 1].0.clone());
+        Ok(crate::ports::IndexPage { grants, next })
     }
 
     async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {

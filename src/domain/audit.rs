@@ -32,6 +32,14 @@ impl AuditCursor {
         Ok(cursor)
     }
 
+    /// A cursor from its two numbers (as a store makes them).
+    pub fn from_parts(millis: u64, sequence: u64) -> Self {
+        Self {
+            millis: millis.min(MAX_CURSOR_MILLIS),
+            sequence: sequence.min(u64::MAX - 1),
+        }
+    }
+
     /// The first cursor at or after `at`.
     pub fn at(at: OffsetDateTime) -> Self {
         Self {

@@ -7,6 +7,15 @@ use time::OffsetDateTime;
 
 use super::{CallerId, Grant, GrantState};
 
+/// Where a grant sits in a search index: the order grants were recorded in, which is their
+/// creation order to within [`INDEX_SKEW`]. Positions have the form of audit cursors
+/// (`<ms>-<seq>`), and stay valid while grants are added.
+pub type IndexPosition = super::audit::AuditCursor;
+
+/// How much later than its grant's creation an index position may be: searches by creation time
+/// read this much further, and decide on the creation time itself.
+pub const INDEX_SKEW: time::Duration = time::Duration::minutes(1);
+
 /// Conditions a grant must all meet; an empty filter matches every grant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantFilter {

@@ -17,7 +17,7 @@ use crate::{
         approval::{Approval, Person},
         audit::{AuditCursor, AuditEntry, AuditFilter},
         extension::{Extension, ExtensionRequest, ExtensionState},
-        filter::GrantFilter,
+        filter::{GrantFilter, IndexPosition},
         request::{bounds, free_text},
         revocation::EnforcementStatus,
     },
@@ -526,8 +526,10 @@ pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(Gra
 /// Which grants a ListGrants call asks for.
 pub struct GrantListing {
     pub page_size: usize,
-    /// Continue strictly before this grant.
+    /// A queue continues strictly before this grant ...
     pub before: Option<GrantId>,
+    /// ... a search before this index position.
+    pub search_before: Option<IndexPosition>,
     /// Which grants (for a search, not the two lists below).
     pub filter: GrantFilter,
     /// An approver's queue instead of the caller's own grants.
@@ -611,18 +613,6 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
             0
         }
     };
-    let before = if page_token.is_empty() {
-        None
-    } else {
-        GrantId::parse(&page_token)
-            .map_err(|_| {
-                violations.push(FieldViolation::new(
-                    "page_token",
-                    "is not a token this service returned",
-                ))
-            })
-            .ok()
-    };
     let waiting_for = if waiting_for_approver.is_empty() {
         None
     } else {
@@ -636,7 +626,23 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
             "ask for one list at a time: an approver's queue, or the break-glass grants to review",
         ));
     }
-    if (waiting_for.is_some() || break_glass_unreviewed) && filter != GrantFilter::default() {
+    // Queues page by grant id, searches by index position: each refuses the other's tokens.
+    let is_queue = waiting_for.is_some() || break_glass_unreviewed;
+    let (mut before, mut search_before) = (None, None);
+    if !page_token.is_empty() {
+        let parsed = if is_queue {
+            GrantId::parse(&page_token).map(|id| before = Some(id))
+        } else {
+            IndexPosition::parse(&page_token).map(|position| search_before = Some(position))
+        };
+        if parsed.is_err() {
+            violations.push(FieldViolation::new(
+                "page_token",
+                "is not a token this service returned for this list",
+            ));
+        }
+    }
+    if is_queue && filter != GrantFilter::default() {
         violations.push(FieldViolation::new(
             "waiting_for_approver",
             "filters apply to a search, not to an approver's queue or the break-glass review list",
@@ -646,6 +652,7 @@ pub fn list_grants(message: proto::ListGrantsRequest) -> Result<GrantListing, St
         Ok(GrantListing {
             page_size,
             before,
+            search_before,
             filter,
             waiting_for,
             break_glass_unreviewed,

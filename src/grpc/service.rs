@@ -165,8 +165,8 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             while !sender.is_closed() {
-                let batch = match broker.follow_audit_events(&after).await {
-                    Ok(batch) => batch,
+                let (batch, read_to) = match broker.follow_audit_events(&after).await {
+                    Ok(read) => read,
                     Err(error) => {
                         let _ = sender.send(Err(Status::from(error))).await;
                         return;
@@ -176,8 +176,8 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     if sender.send(Ok(convert::audit_event(entry))).await.is_err() {
                         return; // the client left
                     }
-                    after = entry.cursor.clone();
                 }
+                after = read_to;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -261,24 +261,30 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         let listing = convert::list_grants(request.into_inner())?;
         let (grants, next) = match (&listing.waiting_for, listing.break_glass_unreviewed) {
             (Some(approver), _) => {
-                self.broker
+                let (grants, next) = self
+                    .broker
                     .approval_queue(&caller, approver, listing.before, listing.page_size)
-                    .await?
+                    .await?;
+                (grants, next.map(|id| id.to_string()))
             }
             (None, true) => {
-                self.broker
+                let (grants, next) = self
+                    .broker
                     .unreviewed_break_glass(&caller, listing.before, listing.page_size)
-                    .await?
+                    .await?;
+                (grants, next.map(|id| id.to_string()))
             }
             (None, false) => {
-                self.broker
-                    .search_grants(&caller, listing.filter, listing.before, listing.page_size)
-                    .await?
+                let (grants, next) = self
+                    .broker
+                    .search_grants(&caller, listing.filter, listing.search_before, listing.page_size)
+                    .await?;
+                (grants, next.map(|position| position.to_string()))
             }
         };
         Ok(Response::new(proto::ListGrantsResponse {
             grants: grants.iter().map(convert::grant).collect(),
-            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 }

@@ -204,7 +204,11 @@ impl RedisServer {
         for key in keys {
             let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut connection).await.unwrap();
             let value: Vec<String> = match kind.as_str() {
-                "string" => vec![redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap()],
+                // Records are binary (protobuf): their text parts read as they are.
+                "string" => {
+                    let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
+                    vec![String::from_utf8_lossy(&bytes).into_owned()]
+                }
                 "hash" => redis::cmd("HGETALL")
                     .arg(&key)
                     .query_async(&mut connection)
@@ -226,14 +230,18 @@ impl RedisServer {
                     .unwrap(),
                 // Webhook notifications: every entry's fields.
                 "stream" => {
-                    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                    let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
                         .arg(&key)
                         .arg("-")
                         .arg("+")
                         .query_async(&mut connection)
                         .await
                         .unwrap();
-                    entries.into_iter().flat_map(|(_, fields)| fields).collect()
+                    entries
+                        .into_iter()
+                        .flat_map(|(_, fields)| fields)
+                        .map(|field| String::from_utf8_lossy(&field).into_owned())
+                        .collect()
                 }
                 other => panic!("unexpected key type {other} for {key}"),
             };
@@ -244,23 +252,40 @@ impl RedisServer {
     }
 
     /// A grant's list (`events` or `issuances`), each entry parsed as JSON.
-    pub async fn grant_list(&self, grant_id: &str, list: &str) -> Vec<serde_json::Value> {
-        let mut connection = self.connection().await;
-        let entries: Vec<String> = redis::cmd("LRANGE")
-            .arg(format!("gb:grant:{{{grant_id}}}:{list}"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        entries
-            .iter()
-            .map(|entry| serde_json::from_str(entry).unwrap())
-            .collect()
+    /// A store on this server, as the broker configures it (prefix `gb`), for reading records
+    /// back through the adapter rather than by key layout.
+    pub fn store(&self) -> grant_broker::adapters::redis_store::RedisGrantStore {
+        grant_broker::adapters::redis_store::RedisGrantStore::new(&grant_broker::adapters::redis_store::RedisSettings {
+            url: self.url(),
+            key_prefix: "gb".into(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            retention: Duration::from_secs(400 * 86_400),
+            min_replicas: 0,
+            replica_timeout: Duration::from_millis(100),
+            tls: None,
+        })
+        .unwrap()
     }
 
+    /// The grant as recorded (`None` when there is no record).
+    pub async fn grant(&self, grant_id: &str) -> Option<grant_broker::domain::Grant> {
+        use grant_broker::ports::GrantStore as _;
+        let id = grant_broker::domain::GrantId::parse(grant_id).unwrap();
+        self.store().get(id).await.unwrap()
+    }
+
+    /// The grant's recorded events, as JSON (`event` names the type).
     pub async fn events(&self, grant_id: &str) -> Vec<serde_json::Value> {
-        self.grant_list(grant_id, "events").await
+        use grant_broker::ports::GrantStore as _;
+        let id = grant_broker::domain::GrantId::parse(grant_id).unwrap();
+        self.store()
+            .events_from(id, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| serde_json::to_value(event).unwrap())
+            .collect()
     }
 }
 

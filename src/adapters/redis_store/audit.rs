@@ -1,33 +1,34 @@
-//! The audit log in Redis: one stream, `gb:{audit}:events`, of every recorded event of every
-//! grant. Stream ids are the cursors (`<ms>-<seq>`, ordered as written), so a reader resumes
-//! after the last id it saw with no gap and no repeat, across broker restarts.
+//! The audit log in Redis: one stream, `gb:{audit}:events`, of references to every recorded event
+//! of every grant: `g` (the grant id, 16 bytes) and `n` (the event's position in its grant's
+//! record). The event itself is stored once, in its grant's record, where it was written in the
+//! same atomic step as the change it records; readers resolve references with one pipelined read
+//! of the grants a page names. Stream ids are the cursors (`<ms>-<seq>`, ordered as written), so a
+//! reader resumes after the last id it saw with no gap and no repeat, across broker restarts.
 //!
-//! Entries are added after the grant's own step succeeded, in the same round trip as the other
-//! writes beside it (another slot than the grant's). A broker that dies in between leaves the
-//! event in the grant's own trail but not in the log: the documented gap of this first version.
+//! References are added after the grant's own step succeeded, in the same round trip as the
+//! other writes beside it (another slot than the grant's). A broker that dies in between leaves
+//! the event in the grant's own trail but not in the log (documented in the README). A reference
+//! whose grant has gone (retention) is skipped.
+
+use std::collections::HashMap;
 
 use redis::Value;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{RedisGrantStore, reply, unavailable};
+use super::{RedisGrantStore, id_bytes, id_from_bytes, reply, unavailable};
 use crate::{
     domain::{
-        Grant, GrantEvent, GrantId,
+        Grant, GrantId,
         audit::{AuditCursor, AuditEntry},
     },
-    ports::StoreError,
+    ports::{AuditRead, StoreError},
 };
 
-/// One log entry's `e` field.
-#[derive(Serialize, Deserialize)]
-struct LoggedV1 {
-    grant: String,
-    target: String,
-    account: String,
-    grant_caller: String,
-    #[serde(flatten)]
-    event: GrantEvent,
+/// One reference as the log holds it.
+struct Reference {
+    cursor: AuditCursor,
+    grant: GrantId,
+    event: usize,
 }
 
 impl RedisGrantStore {
@@ -35,40 +36,30 @@ impl RedisGrantStore {
         format!("{}:{{audit}}:events", self.prefix)
     }
 
-    /// Appends `events` of `grant` to the log. Never fails the change it follows: errors are
-    /// logged.
-    pub(super) async fn log_events(&self, grant: &Grant, events: &[GrantEvent]) {
-        if events.is_empty() {
+    /// Logs events `first..first + count` of `grant`. Never fails the change it follows: errors
+    /// are logged.
+    pub(super) async fn log_events(&self, grant: &Grant, first: u64, count: usize) {
+        if count == 0 {
             return;
         }
         let mut pipe = redis::pipe();
-        for event in events {
-            let logged = LoggedV1 {
-                grant: grant.id.to_string(),
-                target: grant.target.clone(),
-                account: grant.account_id.clone(),
-                grant_caller: grant.caller.to_string(),
-                event: event.clone(),
-            };
-            match serde_json::to_string(&logged) {
-                Ok(text) => {
-                    pipe.cmd("XADD")
-                        .arg(self.audit_key())
-                        .arg("*")
-                        .arg("e")
-                        .arg(text)
-                        .ignore();
-                }
-                Err(error) => tracing::error!(grant_id = %grant.id, %error, "cannot encode an audit entry"),
-            }
+        for n in (first..).take(count) {
+            pipe.cmd("XADD")
+                .arg(self.audit_key())
+                .arg("*")
+                .arg("g")
+                .arg(&id_bytes(grant.id)[..])
+                .arg("n")
+                .arg(n)
+                .ignore();
         }
         if let Err(error) = pipe.query_async::<()>(&mut self.connection.clone()).await {
             tracing::warn!(grant_id = %grant.id, %error, "grant change recorded, but not in the audit log");
         }
     }
 
-    /// Decodes an XRANGE / XREAD list of `[id, [field, value, ...]]`.
-    fn audit_entries(entries: Value) -> Result<Vec<AuditEntry>, StoreError> {
+    /// Decodes an XRANGE / XREAD list of `[id, ["g", <grant>, "n", <event>]]`.
+    fn references(entries: Value) -> Result<Vec<Reference>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("audit log: {what}"));
         let Value::Array(entries) = entries else {
             return match entries {
@@ -83,27 +74,54 @@ impl RedisGrantStore {
                     .map_err(&corrupt)?
                     .try_into()
                     .map_err(|_| corrupt("entry shape".to_owned()))?;
-                let id = reply::optional_text(id)
+                let cursor = AuditCursor::parse(&reply::text(id).map_err(&corrupt)?).map_err(&corrupt)?;
+                let [_, grant, _, event]: [Value; 4] = reply::array_of(fields, 4)
                     .map_err(&corrupt)?
-                    .ok_or_else(|| corrupt("entry without id".to_owned()))?;
-                let fields = reply::texts(fields).map_err(&corrupt)?;
-                let text = fields
-                    .chunks(2)
-                    .find(|pair| pair.first().is_some_and(|name| name == "e"))
-                    .and_then(|pair| pair.get(1))
-                    .ok_or_else(|| corrupt(format!("entry {id} without an event")))?;
-                let logged: LoggedV1 =
-                    serde_json::from_str(text).map_err(|error| corrupt(format!("entry {id}: {error}")))?;
-                Ok(AuditEntry {
-                    cursor: AuditCursor::parse(&id).map_err(&corrupt)?,
-                    grant_id: GrantId::parse(&logged.grant).map_err(&corrupt)?,
-                    target: logged.target,
-                    account_id: logged.account,
-                    grant_caller: logged.grant_caller,
-                    event: logged.event,
+                    .try_into()
+                    .map_err(|_| corrupt(format!("entry {cursor} fields")))?;
+                let grant = reply::optional_bytes(grant)
+                    .map_err(&corrupt)?
+                    .ok_or_else(|| corrupt(format!("entry {cursor} without a grant")))?;
+                let event = reply::text(event)
+                    .map_err(&corrupt)?
+                    .parse()
+                    .map_err(|_| corrupt(format!("entry {cursor}: event position")))?;
+                Ok(Reference {
+                    cursor,
+                    grant: id_from_bytes(&grant)?,
+                    event,
                 })
             })
             .collect()
+    }
+
+    /// Resolves references to the events they name, reading each grant once.
+    async fn resolve(&self, references: Vec<Reference>) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut ids: Vec<GrantId> = references.iter().map(|reference| reference.grant).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let records: HashMap<GrantId, _> = ids
+            .iter()
+            .copied()
+            .zip(self.read_records(&ids).await?)
+            .filter_map(|(id, record)| record.map(|record| (id, record)))
+            .collect();
+        Ok(references
+            .into_iter()
+            .filter_map(|reference| {
+                let record = records.get(&reference.grant)?;
+                let event = record.events.get(reference.event)?;
+                let grant = &record.grant;
+                Some(AuditEntry {
+                    cursor: reference.cursor,
+                    grant_id: grant.id,
+                    target: grant.target.clone(),
+                    account_id: grant.account_id.clone(),
+                    grant_caller: grant.caller.to_string(),
+                    event: event.clone(),
+                })
+            })
+            .collect())
     }
 
     pub(super) async fn read_audit(
@@ -113,7 +131,7 @@ impl RedisGrantStore {
         newest_first: bool,
         limit: usize,
         wait: Option<std::time::Duration>,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    ) -> Result<AuditRead, StoreError> {
         let key = self.audit_key();
         let start = after.map_or_else(|| "-".to_owned(), |cursor| format!("({cursor}"));
         let end = before.map_or_else(|| "+".to_owned(), |cursor| format!("({cursor}"));
@@ -178,12 +196,30 @@ impl RedisGrantStore {
                 _ => page,
             }
         };
-        Self::audit_entries(reply)
+        let references = Self::references(reply)?;
+        let last = references.last().map(|reference| reference.cursor.clone());
+        let exhausted = references.len() < limit;
+        Ok(AuditRead {
+            entries: self.resolve(references).await?,
+            last,
+            exhausted,
+        })
     }
 
     pub(super) async fn oldest_audit(&self) -> Result<Option<AuditCursor>, StoreError> {
-        let first = self.read_audit(None, None, false, 1, None).await?;
-        Ok(first.into_iter().next().map(|entry| entry.cursor))
+        let first: Value = redis::cmd("XRANGE")
+            .arg(self.audit_key())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(Self::references(first)?
+            .into_iter()
+            .next()
+            .map(|reference| reference.cursor))
     }
 
     pub(super) async fn trim_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {

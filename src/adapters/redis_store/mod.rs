@@ -5,26 +5,32 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `gb:grant:{<id>}` | hash | `v` (record version), `state`, `doc` (the rest of the grant), `attempts` (STS calls made) |
-//! | `gb:grant:{<id>}:issuances` | list | issuances as JSON, oldest first (never secrets) |
-//! | `gb:grant:{<id>}:events` | list | audit events as JSON, oldest first |
-//! | `gb:caller:{<caller>}:grants` | sorted set | the caller's grant ids, all score 0: UUIDv7 ids sort by time lexically |
+//! | `gb:g:{<id>}` | string | the grant: a header and a protobuf body with its events and issuances ([`record`]) |
 //! | `gb:caller:{<caller>}:request:<request id>` | string | `<grant id> <request fingerprint>` |
+//! | `gb:caller:{<caller>}:grants`, `gb:requester:{<digest>}:grants`, `gb:grantee:{<digest>}:grants`, `gb:target:{<id>}:grants`, `gb:account:{<id>}:grants`, `gb:grants` | stream | search indexes ([`index`]) |
+//! | `gb:key:{<access key id>}` | string | the grant an access key was issued for (16 bytes) |
+//! | `gb:{audit}:events` | stream | the audit log: references to grants' events ([`audit`]) |
+//! | `gb:deadlines`, `gb:pending`, `gb:break-glass` | sorted set | what the background sweeps and the queues walk |
 //!
-//! [`record`] owns the encoding of the grant and issuance entries and reads every version ever
-//! written. Replies are decoded explicitly, value by value ([`reply`]): never by letting the client
+//! Grants recorded by releases before version 3 are hashes and lists under `gb:grant:{<id>}`
+//! ([`legacy`]): they read as they are, and the first change to one converts it to version 3 in
+//! one atomic step (same slot).
+//!
+//! Replies are decoded explicitly, value by value ([`reply`]): never by letting the client
 //! library guess a nested shape, which once made every grant with exactly two issuances unreadable.
 //!
-//! Every state change and append is one Lua script (one round trip, atomic, compare-and-set on
-//! `state`). Retention: grant keys and request ids expire `retention` after the grant ends; the
-//! caller index drops ids older than `retention` whenever it grows and expires with its newest
-//! entry. No KEYS or SCAN anywhere. Needs Redis 7.0 or later.
+//! Every state change and append is one Lua script on the grant's key (one round trip, atomic,
+//! compare-and-set on the header). Retention: grant keys and request ids expire `retention` after
+//! the grant ends; indexes and the audit log are trimmed to the same horizon as they grow, and
+//! expire with their newest entry. No KEYS or SCAN anywhere. Needs Redis 7.0 or later.
 //!
 //! With `min_replicas`, the conditional appends (`issuing` and the issuance) are pipelined with
 //! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
 mod audit;
 mod enforcement;
+mod index;
+mod legacy;
 mod record;
 pub(crate) mod reply;
 
@@ -36,18 +42,17 @@ use redis::{
 };
 use time::OffsetDateTime;
 
-use self::record::StoredGrant;
 use super::webhooks::Outbox;
 use crate::{
     domain::{
-        CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RECENT_ISSUANCES, RequestId, Secret,
-        audit::{AuditCursor, AuditEntry},
+        CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RequestId, Secret, audit::AuditCursor,
         extension::ExtensionState,
     },
-    ports::{Appended, Change, ChangeFeed, GrantIndex, GrantStore, Queue, Reservation, StoreError},
+    ports::{
+        Appended, AuditRead, Change, ChangeFeed, GrantIndex, GrantStore, IndexPage, Queue, Reservation, StoreError,
+    },
 };
 
-/// Connection and retention settings. Debug hides the URL's password.
 #[derive(Clone)]
 pub struct RedisSettings {
     pub url: String,
@@ -123,88 +128,68 @@ fn digest_of(text: &str) -> String {
     digest
 }
 
-/// Binds a request id (if any) and indexes the candidate grant for its caller. The index lives
-/// as long as its newest entry's record (EXPIRETIME needs Redis 7.0).
-/// KEYS: index, [request]; ARGV: grant id, fingerprint, record expiry (unix s), index trim bound
-/// (exclusive).
+/// Binds a request id (if any) to the candidate grant (16 bytes of id, then the request's
+/// fingerprint as text) and indexes the candidate for its caller, in the caller's slot.
+/// KEYS: caller index, [request]; ARGV: grant id (bytes), fingerprint (bytes), record expiry (unix
+/// s), then the index arguments of [`index::INDEX_ARGS`].
 const RESERVE: &str = r"
 if #KEYS == 2 then
   local existing = redis.call('GET', KEYS[2])
-  if existing then return 'existing ' .. existing end
-  redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. ARGV[2], 'EXAT', ARGV[3])
+  if existing then return existing end
+  redis.call('SET', KEYS[2], ARGV[1] .. ARGV[2], 'EXAT', ARGV[3])
 end
-redis.call('ZADD', KEYS[1], 0, ARGV[1])
-redis.call('ZREMRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[4])
-if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('EXPIREAT', KEYS[1], ARGV[3])
+local added = redis.pcall('XADD', KEYS[1], 'MINID', ARGV[6], ARGV[4] .. '-*', 'g', ARGV[1])
+if type(added) == 'table' and added.err then
+  redis.call('XADD', KEYS[1], 'MINID', ARGV[6], '*', 'g', ARGV[1])
 end
-return 'new'
+if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[5]) then redis.call('EXPIREAT', KEYS[1], ARGV[5]) end
+return ''
 ";
 
-/// KEYS: grant, events; ARGV: state, doc, expiry (unix s), first event, record version.
-const CREATE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
-redis.call('HSET', KEYS[1], 'v', ARGV[4], 'state', ARGV[1], 'doc', ARGV[2], 'attempts', 0)
-for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-redis.call('EXPIREAT', KEYS[1], ARGV[3])
-redis.call('EXPIREAT', KEYS[2], ARGV[3])
-return 'created'
-";
-
-/// KEYS: grant, issuances, events, approvals.
-/// ARGV: expected states (space-separated), expiry (unix s), attempt limit (empty: not an STS
-/// attempt), new state (empty: unchanged), approvals expected so far (empty: no approval),
-/// approval, window (empty: unchanged), issuance (empty: none), review (empty: none; refused
-/// once the grant has one), extensions tag expected (empty: extensions unchanged), extensions,
-/// their new tag, revocation (empty: none), enforcement (empty: unchanged), then one or more
-/// events.
-/// Records of the first release have no `attempts` field: their issuances are the attempts they
-/// are known to have made. Expiries only ever move later (an approval moves the window).
-const CHANGE_IF_STATE: &str = r"
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'missing' end
-local expected = false
-for allowed in string.gmatch(ARGV[1], '%S+') do
-  if allowed == state then expected = true end
+/// Changes a version 3 record: compares its header, rewrites it and appends the change's body.
+/// KEYS: record, the legacy hash (only tested for existence).
+/// ARGV: expected state codes (one byte each), expiry (unix s), attempt limit (empty: not an
+/// STS attempt), new state code (empty: unchanged), approvals expected so far (empty: no
+/// approval), extensions tag expected (empty: unchanged), the new tag, review ('1': the change
+/// records one, refused once the grant has one), events appended, the body to append.
+/// Replies `ok <events before>` so the caller knows the new events' positions.
+/// Expiries only ever move later (an approval moves the window).
+const CHANGE: &str = r"
+local record = redis.call('GET', KEYS[1])
+if not record then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'legacy' end
+  return 'missing'
 end
-if not expected then return 'state ' .. state end
-if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[1], 'review') == 1 then return 'reviewed' end
-if ARGV[10] ~= '' and (redis.call('HGET', KEYS[1], 'ext_tag') or '0') ~= ARGV[10] then return 'extensions' end
+local state = string.sub(record, 2, 2)
+if not string.find(ARGV[1], state, 1, true) then return 'state ' .. string.byte(state) end
+local flags = string.byte(record, 11)
+if ARGV[8] ~= '' and flags % 2 == 1 then return 'reviewed' end
+local tag = string.sub(record, 6, 8)
+if ARGV[6] ~= '' and tag ~= ARGV[6] then return 'extensions' end
+local approvals = string.byte(record, 5)
 if ARGV[5] ~= '' then
-  local approvals = redis.call('LLEN', KEYS[4])
   if approvals ~= tonumber(ARGV[5]) then return 'approvals ' .. approvals end
+  approvals = approvals + 1
 end
+local attempts = string.byte(record, 3) * 256 + string.byte(record, 4)
 if ARGV[3] ~= '' then
-  local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or redis.call('LLEN', KEYS[2]))
   if attempts >= tonumber(ARGV[3]) then return 'limit ' .. attempts end
-  redis.call('HSET', KEYS[1], 'attempts', attempts + 1)
+  attempts = attempts + 1
 end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[4]) end
-if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[7]) end
-if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[8]) end
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'review', ARGV[9]) end
-if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'extensions', ARGV[11], 'ext_tag', ARGV[12]) end
-if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'revocation', ARGV[13]) end
-if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'enforcement', ARGV[14]) end
-for i = 15, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-redis.call('PUBLISH', KEYS[3], 'changed')
+local events = string.byte(record, 9) * 256 + string.byte(record, 10)
+local total = events + tonumber(ARGV[9])
+if total > 65535 then return 'full' end
+if ARGV[4] ~= '' then state = ARGV[4] end
+if ARGV[6] ~= '' then tag = ARGV[7] end
+if ARGV[8] ~= '' then flags = flags + 1 end
+local header = string.sub(record, 1, 1) .. state
+  .. string.char(math.floor(attempts / 256), attempts % 256, approvals) .. tag
+  .. string.char(math.floor(total / 256), total % 256, flags)
+redis.call('SET', KEYS[1], header .. string.sub(record, 12) .. ARGV[10], 'KEEPTTL')
 local expiry = tonumber(ARGV[2])
-for _, key in ipairs(KEYS) do
-  local current = redis.call('EXPIRETIME', key)
-  if current == -1 or (current >= 0 and current < expiry) then redis.call('EXPIREAT', key, expiry) end
-end
-return 'ok'
-";
-
-/// KEYS: grant, events; ARGV: expiry (unix s), event. Watchers of the grant subscribe to the
-/// events key's name as a channel.
-const APPEND_EVENT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('EXPIREAT', KEYS[2], ARGV[1])
-redis.call('PUBLISH', KEYS[2], 'changed')
-return 'ok'
+if redis.call('EXPIRETIME', KEYS[1]) < expiry then redis.call('EXPIREAT', KEYS[1], expiry) end
+redis.call('PUBLISH', KEYS[1], 'changed')
+return 'ok ' .. events
 ";
 
 pub struct RedisGrantStore {
@@ -219,9 +204,9 @@ pub struct RedisGrantStore {
     prefix: String,
     retention: Duration,
     reserve: Script,
-    create: Script,
-    change_if_state: Script,
-    append_event: Script,
+    change: Script,
+    index: Script,
+    migrate: Script,
     enforcement_scripts: enforcement::EnforcementScripts,
     /// Queues webhook notifications for recorded changes (`adapters::webhooks`).
     outbox: Outbox,
@@ -237,17 +222,24 @@ fn unavailable(error: redis::RedisError) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|error| StoreError::Corrupt(format!("cannot encode: {error}")))
-}
-
 /// Longest a grant may wait for approvals (the configuration's bound): queue entries older than
 /// this are trimmed.
 const MAX_PENDING_SECS: u64 = 7 * 24 * 3600;
 
-/// Commands per grant in a read pipeline: HMGET, LRANGE and LLEN of the issuances, LRANGE of
-/// the approvals.
-const READ_COMMANDS: usize = 4;
+/// A grant id as index entries, access key entries and audit references hold it.
+fn id_bytes(id: GrantId) -> [u8; 16] {
+    *id.as_uuid().as_bytes()
+}
+
+/// Reads an id as [`id_bytes`] wrote it (or as text, as releases before version 3 did).
+fn id_from_bytes(bytes: &[u8]) -> Result<GrantId, StoreError> {
+    match uuid::Uuid::from_slice(bytes) {
+        Ok(uuid) => Ok(GrantId::from_uuid(uuid)),
+        Err(_) => std::str::from_utf8(bytes)
+            .map_err(|_| StoreError::Corrupt("a grant id that is neither 16 bytes nor text".to_owned()))
+            .and_then(|text| GrantId::parse(text).map_err(StoreError::Corrupt)),
+    }
+}
 
 impl RedisGrantStore {
     /// Connects lazily: the service starts (and reports NOT_SERVING) while Redis is down, and
@@ -301,9 +293,9 @@ impl RedisGrantStore {
             prefix: settings.key_prefix.clone(),
             retention: settings.retention,
             reserve: Script::new(RESERVE),
-            create: Script::new(CREATE),
-            change_if_state: Script::new(CHANGE_IF_STATE),
-            append_event: Script::new(APPEND_EVENT),
+            change: Script::new(CHANGE),
+            index: Script::new(index::INDEX),
+            migrate: Script::new(legacy::MIGRATE),
             enforcement_scripts: enforcement::EnforcementScripts::default(),
             outbox: Outbox::none(),
         })
@@ -319,12 +311,9 @@ impl RedisGrantStore {
         self.client.clone()
     }
 
-    fn grant_key(&self, id: GrantId) -> String {
-        format!("{}:grant:{{{id}}}", self.prefix)
-    }
-
-    fn issuances_key(&self, id: GrantId) -> String {
-        format!("{}:grant:{{{id}}}:issuances", self.prefix)
+    /// The grant's record; also the channel its changes are announced on.
+    fn record_key(&self, id: GrantId) -> String {
+        format!("{}:g:{{{id}}}", self.prefix)
     }
 
     /// The queue of pending grants: a sorted set of ids (all score 0, so lexical order is time
@@ -343,42 +332,9 @@ impl RedisGrantStore {
         format!("{}:deadlines", self.prefix)
     }
 
-    fn approvals_key(&self, id: GrantId) -> String {
-        format!("{}:grant:{{{id}}}:approvals", self.prefix)
-    }
-
-    fn events_key(&self, id: GrantId) -> String {
-        format!("{}:grant:{{{id}}}:events", self.prefix)
-    }
-
-    fn index_key(&self, caller: &CallerId) -> String {
-        format!("{}:caller:{{{caller}}}:grants", self.prefix)
-    }
-
-    /// The grant an access key was issued for: a string, kept as long as the grant's record.
+    /// The grant an access key was issued for, kept as long as the grant's record.
     fn access_key_key(&self, access_key_id: &str) -> String {
         format!("{}:key:{{{access_key_id}}}", self.prefix)
-    }
-
-    /// A grantee's grants (for revoking everything a vendor holds): a sorted set of ids, all
-    /// score 0. Grantees are free text, so the key holds a digest of the name.
-    fn grantee_key(&self, grantee: &str) -> String {
-        format!("{}:grantee:{{{}}}:grants", self.prefix, digest_of(grantee))
-    }
-
-    /// The sorted set of grant ids (all score 0, newest last) an index is kept in. Free-text
-    /// values (requester, grantee) are keyed by a digest; target and account ids are configured.
-    fn index_of(&self, index: &GrantIndex) -> String {
-        match index {
-            GrantIndex::Caller(caller) => self.index_key(caller),
-            GrantIndex::Grantee(grantee) => self.grantee_key(grantee),
-            GrantIndex::Requester(requester) => {
-                format!("{}:requester:{{{}}}:grants", self.prefix, digest_of(requester))
-            }
-            GrantIndex::Target(target) => format!("{}:target:{{{target}}}:grants", self.prefix),
-            GrantIndex::Account(account) => format!("{}:account:{{{account}}}:grants", self.prefix),
-            GrantIndex::All => format!("{}:grants", self.prefix),
-        }
     }
 
     fn request_key(&self, caller: &CallerId, request_id: &RequestId) -> String {
@@ -394,149 +350,221 @@ impl RedisGrantStore {
         end.unix_timestamp().saturating_add(self.retention_secs())
     }
 
-    /// Queues the reads of one grant: its hash fields, its most recent issuances, their count.
-    fn queue_read(&self, pipe: &mut redis::Pipeline, id: GrantId) {
-        let recent = isize::try_from(RECENT_ISSUANCES).unwrap_or(isize::MAX);
-        pipe.cmd("HMGET")
-            .arg(self.grant_key(id))
-            .arg("v")
-            .arg("state")
-            .arg("doc")
-            .arg("window")
-            .arg("review")
-            .arg("extensions")
-            .arg("revocation")
-            .arg("enforcement");
-        pipe.lrange(self.issuances_key(id), -recent, -1);
-        pipe.llen(self.issuances_key(id));
-        // Bounded: the broker records at most MAX_RECORDED_APPROVALS.
-        pipe.lrange(self.approvals_key(id), 0, -1);
-    }
-
-    /// Decodes the replies of [`Self::queue_read`]; `None` when the grant does not exist.
-    fn decode_read(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<Grant>, StoreError> {
-        let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
-        let [fields, issuances, issuance_count, approvals] = replies;
-        let [version, state, doc, window, review, extensions, revocation, enforcement]: [Value; 8] =
-            reply::array_of(fields, 8)
-                .map_err(&corrupt)?
-                .try_into()
-                .map_err(|_| corrupt("HMGET reply".to_owned()))?;
-        let version = reply::optional_text(version).map_err(&corrupt)?;
-        let (Some(state), Some(doc)) = (
-            reply::optional_text(state).map_err(&corrupt)?,
-            reply::optional_text(doc).map_err(&corrupt)?,
-        ) else {
-            return Ok(None);
-        };
-        let stored = StoredGrant {
-            version,
-            state,
-            doc,
-            window: reply::optional_text(window).map_err(&corrupt)?,
-            review: reply::optional_text(review).map_err(&corrupt)?,
-            extensions: reply::optional_text(extensions).map_err(&corrupt)?,
-            revocation: reply::optional_text(revocation).map_err(&corrupt)?,
-            enforcement: reply::optional_text(enforcement).map_err(&corrupt)?,
-            approvals: reply::texts(approvals).map_err(&corrupt)?,
-            issuances: reply::texts(issuances).map_err(&corrupt)?,
-            issuance_count: reply::count(issuance_count).map_err(&corrupt)?,
-        };
-        record::decode_grant(id, stored).map(Some).map_err(corrupt)
-    }
-
-    /// What the change script's reply says.
-    fn decode_change_reply(id: GrantId, reply: &str) -> Result<Appended, StoreError> {
-        match reply.split_once(' ') {
-            None if reply == "ok" => Ok(Appended::Yes),
-            None if reply == "missing" => Ok(Appended::Missing),
-            Some(("state", state)) => GrantState::parse(state)
-                .map(Appended::WrongState)
-                .ok_or_else(|| StoreError::Corrupt(format!("grant {id}: unknown state `{state}`"))),
-            Some(("limit", attempts)) => attempts
-                .parse()
-                .map(Appended::LimitReached)
-                .map_err(|_| StoreError::Corrupt(format!("grant {id}: attempts `{attempts}`"))),
-            None if reply == "reviewed" => Ok(Appended::AlreadyReviewed),
-            None if reply == "extensions" => Ok(Appended::ExtensionsChanged),
-            Some(("approvals", count)) => count
-                .parse()
-                .map(Appended::ApprovalsChanged)
-                .map_err(|_| StoreError::Corrupt(format!("grant {id}: approvals `{count}`"))),
-            _ => Err(StoreError::Corrupt(format!("unexpected append reply `{reply}`"))),
-        }
-    }
-
-    /// Up to `limit` grants of a lexically ordered index of grant ids (newest first), strictly
-    /// older than `before`, and the id to continue before when there are more.
-    async fn list_index_key(
-        &self,
-        key: &str,
-        before: Option<GrantId>,
-        since: Option<GrantId>,
-        limit: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        let (ids, next) = self.page_ids(key, before, since, limit).await?;
-        Ok((self.get_many(&ids).await?, next))
-    }
-
-    /// Up to `limit` ids of a lexically ordered index of grant ids, newest first, strictly older
-    /// than `before`, and the id to continue before when there are more.
-    async fn page_ids(
-        &self,
-        key: &str,
-        before: Option<GrantId>,
-        since: Option<GrantId>,
-        limit: usize,
-    ) -> Result<(Vec<GrantId>, Option<GrantId>), StoreError> {
-        let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
-        let min = since.map_or_else(|| "-".to_owned(), |id| format!("[{id}"));
-        let ids: Vec<String> = self
-            .connection
-            .clone()
-            .zrevrangebylex_limit(key, max, min, 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
-            .await
-            .map_err(unavailable)?;
-        let mut ids = ids
-            .iter()
-            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = if ids.len() > limit {
-            ids.truncate(limit);
-            ids.last().copied()
-        } else {
-            None
-        };
-        Ok((ids, next))
-    }
-
-    /// Reads several grants in one round trip; missing ones are skipped.
-    async fn get_many(&self, ids: &[GrantId]) -> Result<Vec<Grant>, StoreError> {
+    /// The records of `ids`, in order (`None` where a grant does not exist): one round trip, and
+    /// one more only for ids without a version 3 record (grants recorded before it, or gone).
+    async fn read_records(&self, ids: &[GrantId]) -> Result<Vec<Option<record::Decoded>>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for &id in ids {
-            self.queue_read(&mut pipe, id);
+            pipe.cmd("GET").arg(self.record_key(id));
         }
-        let mut connection = self.connection.clone();
-        let replies: Vec<Value> = pipe.query_async(&mut connection).await.map_err(unavailable)?;
-        if replies.len() != ids.len() * READ_COMMANDS {
+        let replies: Vec<Value> = pipe
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        if replies.len() != ids.len() {
             return Err(StoreError::Corrupt(format!(
                 "expected {} replies, got {}",
-                ids.len() * READ_COMMANDS,
+                ids.len(),
                 replies.len()
             )));
         }
-        let mut replies = replies.into_iter();
-        let mut grants = Vec::with_capacity(ids.len());
-        for &id in ids {
-            let one = [(); READ_COMMANDS].map(|()| replies.next().unwrap_or(Value::Nil));
-            if let Some(grant) = Self::decode_read(id, one)? {
-                grants.push(grant);
+        let mut records = Vec::with_capacity(ids.len());
+        let mut earlier = Vec::new();
+        for (&id, reply) in ids.iter().zip(replies) {
+            let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
+            match reply::optional_bytes(reply).map_err(corrupt)? {
+                Some(bytes) => records.push(Some(record::decode_record(id, &bytes).map_err(corrupt)?)),
+                None => {
+                    earlier.push((records.len(), id));
+                    records.push(None);
+                }
             }
         }
-        Ok(grants)
+        if !earlier.is_empty() {
+            let ids: Vec<GrantId> = earlier.iter().map(|(_, id)| *id).collect();
+            for ((slot, _), found) in earlier.iter().zip(self.read_legacy(&ids).await?) {
+                records[*slot] = found;
+            }
+        }
+        Ok(records)
+    }
+
+    /// Reads several grants in one round trip; missing ones are skipped.
+    async fn get_many(&self, ids: &[GrantId]) -> Result<Vec<Grant>, StoreError> {
+        Ok(self
+            .read_records(ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|decoded| decoded.grant)
+            .collect())
+    }
+
+    /// What the change script's reply says, and for a change made, how many events the grant
+    /// had before it.
+    fn decode_change_reply(id: GrantId, reply: &str) -> Result<(Appended, u64), StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("grant {id}: {what} in `{reply}`"));
+        let not_changed = |appended| Ok((appended, 0));
+        match reply.split_once(' ') {
+            Some(("ok", before)) => Ok((Appended::Yes, before.parse().map_err(|_| corrupt("event count"))?)),
+            None if reply == "missing" => not_changed(Appended::Missing),
+            Some(("state", code)) => code
+                .parse::<u8>()
+                .ok()
+                .and_then(|code| {
+                    GrantState::ALL
+                        .into_iter()
+                        .find(|state| record::state_code(*state) == code)
+                })
+                .map_or_else(
+                    || Err(corrupt("unknown state")),
+                    |state| not_changed(Appended::WrongState(state)),
+                ),
+            Some(("limit", attempts)) => not_changed(Appended::LimitReached(
+                attempts.parse().map_err(|_| corrupt("attempts"))?,
+            )),
+            None if reply == "reviewed" => not_changed(Appended::AlreadyReviewed),
+            None if reply == "extensions" => not_changed(Appended::ExtensionsChanged),
+            Some(("approvals", count)) => not_changed(Appended::ApprovalsChanged(
+                count.parse().map_err(|_| corrupt("approvals"))?,
+            )),
+            None if reply == "full" => Err(corrupt("no room for more events")),
+            _ => Err(corrupt("unexpected reply")),
+        }
+    }
+
+    /// Runs the change script, with `WAIT` when replicas must acknowledge it.
+    async fn run_change(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<String, StoreError> {
+        match &self.durable {
+            None => invocation
+                .invoke_async(&mut self.connection.clone())
+                .await
+                .map_err(unavailable),
+            Some(durable) => {
+                // One round trip: (re)load the script, run it, wait for the replicas.
+                let (_, reply, acknowledged): (String, String, u32) = redis::pipe()
+                    .load_script(&self.change)
+                    .invoke_script(invocation)
+                    .cmd("WAIT")
+                    .arg(durable.min_replicas)
+                    .arg(durable.timeout_ms)
+                    .query_async(&mut durable.connection.clone())
+                    .await
+                    .map_err(unavailable)?;
+                if reply.starts_with("ok ") && acknowledged < durable.min_replicas {
+                    return Err(StoreError::Unavailable(format!(
+                        "only {acknowledged} of {} required replicas acknowledged the write within {} ms",
+                        durable.min_replicas, durable.timeout_ms
+                    )));
+                }
+                Ok(reply)
+            }
+        }
+    }
+
+    /// One attempt at a change: `Ok(None)` when the grant is still in the legacy layout.
+    async fn try_change(
+        &self,
+        grant: &Grant,
+        change: &Change<'_>,
+        body: &[u8],
+    ) -> Result<Option<(Appended, u64)>, StoreError> {
+        let expected: Vec<u8> = change.expected.iter().map(|state| record::state_code(*state)).collect();
+        let last_moment = match change.window {
+            Some((_, end, _)) => end.max(grant.last_moment()),
+            None => grant.last_moment(),
+        };
+        let mut invocation = self.change.key(self.record_key(grant.id));
+        invocation
+            .key(self.legacy_grant_key(grant.id))
+            .arg(expected)
+            .arg(self.expiry(last_moment))
+            .arg(change.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default())
+            .arg(
+                change
+                    .to
+                    .map(|state| vec![record::state_code(state)])
+                    .unwrap_or_default(),
+            )
+            .arg(
+                change
+                    .approval
+                    .map(|(before, _)| before.to_string())
+                    .unwrap_or_default(),
+            );
+        match change.extensions {
+            Some(extensions) => invocation
+                .arg(record::extensions_tag(extensions.before).to_vec())
+                .arg(record::extensions_tag(extensions.after).to_vec()),
+            None => invocation.arg("").arg(""),
+        };
+        invocation
+            .arg(if change.review.is_some() { "1" } else { "" })
+            .arg(change.events.len())
+            .arg(body);
+        let reply = self.run_change(&invocation).await?;
+        if reply == "legacy" {
+            return Ok(None);
+        }
+        Self::decode_change_reply(grant.id, &reply).map(Some)
+    }
+
+    /// Records `change` (converting a grant recorded before version 3 first), and returns what
+    /// happened and how many events the grant had before it.
+    async fn record_change(&self, grant: &Grant, change: &Change<'_>) -> Result<(Appended, u64), StoreError> {
+        let body = record::encode_delta(
+            grant,
+            &record::Delta {
+                events: change.events,
+                issuance: change.issuance,
+                approval: change.approval.map(|(_, approval)| approval),
+                window: change.window,
+                review: change.review,
+                extensions: change
+                    .extensions
+                    .map(|extensions| (extensions.before, extensions.after)),
+                revocation: change.revocation,
+                enforcement: change.enforcement,
+            },
+        )
+        .map_err(|what| StoreError::Corrupt(format!("grant {}: {what}", grant.id)))?;
+        if let Some(outcome) = self.try_change(grant, change, &body).await? {
+            return Ok(outcome);
+        }
+        self.convert_legacy(grant.id).await?;
+        self.try_change(grant, change, &body)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("grant {}: still in the legacy layout", grant.id)))
+    }
+
+    /// Writes what sits beside a recorded change, in other slots, at once and together: the
+    /// access key entry, the webhook notification and the audit log references. Never fails the
+    /// change (see each writer for its repair).
+    async fn beside_change(&self, grant: &Grant, state: GrantState, events: &[GrantEvent], first_event: u64) {
+        let access_key = async {
+            let issued = events.iter().filter_map(|event| match &event.kind {
+                crate::domain::EventKind::Issued { access_key_id, .. } => Some(access_key_id),
+                _ => None,
+            });
+            let mut pipe = redis::pipe();
+            for access_key_id in issued {
+                pipe.cmd("SET")
+                    .arg(self.access_key_key(access_key_id))
+                    .arg(&id_bytes(grant.id)[..])
+                    .arg("EXAT")
+                    .arg(self.expiry(grant.last_moment()))
+                    .ignore();
+            }
+            // A lost entry leaves the issuance findable in its grant, not by key.
+            if let Err(error) = pipe.query_async::<()>(&mut self.connection.clone()).await {
+                tracing::warn!(grant_id = %grant.id, %error, "issuance recorded, but not indexed by access key");
+            }
+        };
+        let notify = self.outbox.enqueue(&self.connection, grant, state, events);
+        tokio::join!(access_key, notify, self.log_events(grant, first_event, events.len()));
     }
 }
 
@@ -556,7 +584,7 @@ impl GrantStore for RedisGrantStore {
     async fn subscribe(&self, id: GrantId) -> Result<RedisFeed, StoreError> {
         let connect = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(self.events_key(id)).await?;
+            pubsub.subscribe(self.record_key(id)).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         match tokio::time::timeout(self.connect_timeout, connect).await {
@@ -567,22 +595,11 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn events_from(&self, id: GrantId, from: u64) -> Result<Vec<GrantEvent>, StoreError> {
-        let mut connection = self.connection.clone();
-        let start = isize::try_from(from).unwrap_or(isize::MAX);
-        let entries: Value = redis::cmd("LRANGE")
-            .arg(self.events_key(id))
-            .arg(start)
-            .arg(-1)
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
-        reply::texts(entries)
-            .map_err(|what| StoreError::Corrupt(format!("grant {id} events: {what}")))?
-            .iter()
-            .map(|text| {
-                serde_json::from_str(text).map_err(|error| StoreError::Corrupt(format!("grant {id} event: {error}")))
-            })
-            .collect()
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        Ok(match self.read_records(&[id]).await?.pop().flatten() {
+            Some(decoded) => decoded.events.into_iter().skip(from).collect(),
+            None => Vec::new(),
+        })
     }
 
     async fn reserve(
@@ -594,113 +611,88 @@ impl GrantStore for RedisGrantStore {
         now: OffsetDateTime,
         grant_end: OffsetDateTime,
     ) -> Result<Reservation, StoreError> {
-        let mut invocation = self.reserve.key(self.index_key(caller));
+        let index = self.index_of(&GrantIndex::Caller(caller.clone()));
+        let mut invocation = self.reserve.key(&index);
         if let Some(request_id) = request_id {
             invocation.key(self.request_key(caller, request_id));
         }
-        // Records live until their grant's end plus retention, and a grant lasts at most
-        // MAX_DURATION_SECS: index entries older than both can only point at forgotten records.
-        let trim_before = GrantId::lower_bound_at(
-            now - self.retention - std::time::Duration::from_secs(crate::domain::limits::MAX_DURATION_SECS),
-        );
         invocation
-            .arg(candidate.to_string())
+            .arg(&id_bytes(candidate)[..])
             .arg(fingerprint)
-            .arg(self.expiry(grant_end))
-            .arg(trim_before.to_string());
-        let mut connection = self.connection.clone();
-        let reply: String = invocation.invoke_async(&mut connection).await.map_err(unavailable)?;
-        match reply.split(' ').collect::<Vec<_>>().as_slice() {
-            ["new"] => Ok(Reservation::New),
-            ["existing", grant_id, fingerprint] => Ok(Reservation::Existing {
-                grant_id: GrantId::parse(grant_id).map_err(StoreError::Corrupt)?,
-                fingerprint: (*fingerprint).to_owned(),
-            }),
-            _ => Err(StoreError::Corrupt(format!("unexpected reservation reply `{reply}`"))),
+            .arg(self.expiry(grant_end));
+        self.index_args(&mut invocation, now, grant_end);
+        let reply: Vec<u8> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        if reply.is_empty() {
+            return Ok(Reservation::New);
         }
+        let (grant_id, fingerprint) = reply
+            .split_at_checked(16)
+            .ok_or_else(|| StoreError::Corrupt("request id entry too short".to_owned()))?;
+        Ok(Reservation::Existing {
+            grant_id: id_from_bytes(grant_id)?,
+            fingerprint: String::from_utf8(fingerprint.to_vec())
+                .map_err(|_| StoreError::Corrupt("request fingerprint is not text".to_owned()))?,
+        })
     }
 
     async fn create(&self, grant: &Grant, events: &[GrantEvent]) -> Result<bool, StoreError> {
-        let mut invocation = self.create.key(self.grant_key(grant.id));
-        invocation
-            .key(self.events_key(grant.id))
-            .arg(grant.state.as_str())
-            .arg(record::encode_grant(grant).map_err(StoreError::Corrupt)?)
-            .arg(self.expiry(grant.last_moment()))
-            .arg(record::CURRENT_VERSION);
-        for event in events {
-            invocation.arg(to_json(event)?);
-        }
-        // The deadline and the queues live in slots of their own, so they are not written in the
-        // grant's atomic step, but beside it: sent at once on the same multiplexed connection,
-        // after it, so they cost no extra round trip. A lost queue entry leaves a grant pending
+        let record = record::encode_record(grant, 0, events, &[])
+            .map_err(|what| StoreError::Corrupt(format!("grant {}: {what}", grant.id)))?;
+        let create = async {
+            redis::cmd("SET")
+                .arg(self.record_key(grant.id))
+                .arg(record)
+                .arg("NX")
+                .arg("EXAT")
+                .arg(self.expiry(grant.last_moment()))
+                .query_async::<Option<String>>(&mut self.connection.clone())
+                .await
+        };
+        // The indexes, the deadline and the queues live in slots of their own, so they are not
+        // written in the grant's atomic step, but beside it: sent at once on the same multiplexed
+        // connection, so they cost no extra round trip. Repair: an index entry whose grant is
+        // missing is skipped by readers and removed; a lost queue entry leaves a grant pending
         // (and expiring: its deadline is read too); an entry whose grant is no longer pending is
         // dropped when a reader meets it. A lost deadline leaves a grant that still reads as
         // expired when its time has passed, only without the `expired` event. (An index entry
         // written for a grant that already existed points at that grant: harmless.)
-        let mut indexes = redis::pipe();
-        // The search indexes (the caller's is written by `reserve`): trimmed of ids whose records
-        // must have expired as they grow, and expiring with their newest entry.
-        let trim_before = GrantId::lower_bound_at(
-            grant.created_at
-                - self.retention
-                - std::time::Duration::from_secs(crate::domain::limits::MAX_DURATION_SECS),
-        );
-        let expiry = self.expiry(grant.last_moment());
-        for index in [
-            GrantIndex::Grantee(grant.grantee.clone()),
-            GrantIndex::Requester(grant.requester.clone()),
-            GrantIndex::Target(grant.target.clone()),
-            GrantIndex::Account(grant.account_id.clone()),
-            GrantIndex::All,
-        ] {
-            let key = self.index_of(&index);
-            indexes
-                .zadd(&key, grant.id.to_string(), 0)
-                .cmd("ZREMRANGEBYLEX")
-                .arg(&key)
-                .arg("-")
-                .arg(format!("({trim_before}"))
-                .cmd("EXPIREAT")
-                .arg(&key)
-                .arg(expiry)
-                .arg("GT")
-                .cmd("EXPIREAT")
-                .arg(&key)
-                .arg(expiry)
-                .arg("NX");
-        }
+        let mut queues = redis::pipe();
         if let Some(deadline) = grant.deadline() {
-            indexes.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
+            queues.zadd(self.deadlines_key(), grant.id.to_string(), deadline.unix_timestamp());
         }
         if grant.decision.break_glass {
-            indexes.zadd(self.break_glass_key(), grant.id.to_string(), 0);
+            queues.zadd(self.break_glass_key(), grant.id.to_string(), 0);
         }
         if grant.state == GrantState::PendingApproval {
             let trim_before =
                 GrantId::lower_bound_at(grant.created_at - std::time::Duration::from_secs(MAX_PENDING_SECS));
-            indexes
+            queues
                 .zadd(self.pending_key(), grant.id.to_string(), 0)
                 .cmd("ZREMRANGEBYLEX")
                 .arg(self.pending_key())
                 .arg("-")
                 .arg(format!("({trim_before}"));
         }
-        let (mut for_grant, mut for_indexes) = (self.connection.clone(), self.connection.clone());
-        let (created, indexed) = tokio::join!(
-            invocation.invoke_async::<String>(&mut for_grant),
-            indexes.query_async::<()>(&mut for_indexes)
-        );
-        let created = created.map_err(unavailable)? == "created";
-        if let Err(error) = indexed {
+        let queued = async {
+            if queues.cmd_iter().next().is_none() {
+                return Ok(());
+            }
+            queues.query_async::<()>(&mut self.connection.clone()).await
+        };
+        let (created, indexed, queued) = tokio::join!(create, self.index_grant(grant), queued);
+        let created = created.map_err(unavailable)?.is_some();
+        if let Err(error) = indexed.map(drop).or(queued) {
             // The grant is recorded; what it lacks is repaired as described above.
             tracing::warn!(grant_id = %grant.id, %error, "grant recorded, but not indexed");
         }
-        // After the script, not beside it: a create that lost a race must announce nothing.
+        // After the record, not beside it: a create that lost a race must announce nothing.
         if created {
             tokio::join!(
                 self.outbox.enqueue(&self.connection, grant, grant.state, events),
-                self.log_events(grant, events)
+                self.log_events(grant, 0, events.len())
             );
         }
         Ok(created)
@@ -711,43 +703,32 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
-        let id: Option<String> = self
+        let id: Option<Vec<u8>> = self
             .connection
             .clone()
             .get(self.access_key_key(access_key_id))
             .await
             .map_err(unavailable)?;
-        id.map(|id| GrantId::parse(&id).map_err(StoreError::Corrupt))
-            .transpose()
+        id.map(|id| id_from_bytes(&id)).transpose()
     }
 
     async fn issuance_with_key(&self, grant: GrantId, access_key_id: &str) -> Result<Option<Issuance>, StoreError> {
-        // Bounded by the grant's issuance cap.
-        let entries: Value = redis::cmd("LRANGE")
-            .arg(self.issuances_key(grant))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        let corrupt = |what: String| StoreError::Corrupt(format!("grant {grant} issuances: {what}"));
-        for text in reply::texts(entries).map_err(corrupt)? {
-            let issuance = record::decode_issuance(&text).map_err(corrupt)?;
-            if issuance.access_key_id == access_key_id {
-                return Ok(Some(issuance));
-            }
-        }
-        Ok(None)
+        Ok(self.read_records(&[grant]).await?.pop().flatten().and_then(|decoded| {
+            decoded
+                .issuances
+                .into_iter()
+                .find(|issuance| issuance.access_key_id == access_key_id)
+        }))
     }
 
     async fn list_index(
         &self,
         index: &GrantIndex,
-        before: Option<GrantId>,
-        since: Option<GrantId>,
+        before: Option<&AuditCursor>,
+        since: Option<OffsetDateTime>,
         limit: usize,
-    ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        self.list_index_key(&self.index_of(index), before, since, limit).await
+    ) -> Result<IndexPage, StoreError> {
+        self.index_page(index, before, since, limit).await
     }
 
     async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<GrantId>, StoreError> {
@@ -798,8 +779,23 @@ impl GrantStore for RedisGrantStore {
             Queue::Pending => self.pending_key(),
             Queue::BreakGlassUnreviewed => self.break_glass_key(),
         };
-        let (ids, next) = self.page_ids(&key, before, None, limit).await?;
-        let mut connection = self.connection.clone();
+        let max = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let ids: Vec<String> = self
+            .connection
+            .clone()
+            .zrevrangebylex_limit(&key, max, "-", 0, isize::try_from(limit + 1).unwrap_or(isize::MAX))
+            .await
+            .map_err(unavailable)?;
+        let mut ids = ids
+            .iter()
+            .map(|id| GrantId::parse(id).map_err(StoreError::Corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if ids.len() > limit {
+            ids.truncate(limit);
+            ids.last().copied()
+        } else {
+            None
+        };
         let (queued, done): (Vec<Grant>, Vec<Grant>) = self
             .get_many(&ids)
             .await?
@@ -809,7 +805,9 @@ impl GrantStore for RedisGrantStore {
         // gone are skipped by get_many, and the trim drops every entry older than any pending
         // grant can be. (Whether a pending grant has timed out is the broker's call, by its clock.)
         if !done.is_empty() {
-            let _: i64 = connection
+            let _: i64 = self
+                .connection
+                .clone()
                 .zrem(&key, done.iter().map(|grant| grant.id.to_string()).collect::<Vec<_>>())
                 .await
                 .map_err(unavailable)?;
@@ -818,92 +816,15 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
-        let expected: Vec<&str> = change.expected.iter().map(|state| state.as_str()).collect();
-        let (approvals_before, approval) = match change.approval {
-            Some((before, approval)) => (
-                before.to_string(),
-                record::encode_approval(approval).map_err(StoreError::Corrupt)?,
-            ),
-            None => (String::new(), String::new()),
-        };
-        let (last_moment, window) = match change.window {
-            Some((start, end, policy)) => (
-                end.max(grant.last_moment()),
-                record::encode_window(start, end, policy).map_err(StoreError::Corrupt)?,
-            ),
-            None => (grant.last_moment(), String::new()),
-        };
-        let issuance = match change.issuance {
-            Some(issuance) => record::encode_issuance(issuance).map_err(StoreError::Corrupt)?,
-            None => String::new(),
-        };
-        let mut invocation = self.change_if_state.key(self.grant_key(grant.id));
-        invocation
-            .key(self.issuances_key(grant.id))
-            .key(self.events_key(grant.id))
-            .key(self.approvals_key(grant.id))
-            .arg(expected.join(" "))
-            .arg(self.expiry(last_moment))
-            .arg(change.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default())
-            .arg(change.to.map(GrantState::as_str).unwrap_or_default())
-            .arg(approvals_before)
-            .arg(approval)
-            .arg(window)
-            .arg(issuance)
-            .arg(match change.review {
-                Some(review) => record::encode_review(review).map_err(StoreError::Corrupt)?,
-                None => String::new(),
-            });
-        match change.extensions {
-            Some(extensions) => invocation
-                .arg(record::extensions_tag(extensions.before))
-                .arg(record::encode_extensions(extensions.after).map_err(StoreError::Corrupt)?)
-                .arg(record::extensions_tag(extensions.after)),
-            None => invocation.arg("").arg("").arg(""),
-        };
-        invocation
-            .arg(match change.revocation {
-                Some(revocation) => record::encode_revocation(revocation).map_err(StoreError::Corrupt)?,
-                None => String::new(),
-            })
-            .arg(match change.enforcement {
-                Some(enforcement) => record::encode_enforcement(enforcement).map_err(StoreError::Corrupt)?,
-                None => String::new(),
-            });
-        for event in change.events {
-            invocation.arg(to_json(event)?);
+        let (appended, first_event) = self.record_change(grant, &change).await?;
+        if appended != Appended::Yes {
+            return Ok(appended);
         }
-        let reply: String = match &self.durable {
-            None => invocation
-                .invoke_async(&mut self.connection.clone())
-                .await
-                .map_err(unavailable)?,
-            Some(durable) => {
-                // One round trip: (re)load the script, run it, wait for the replicas.
-                let (_, reply, acknowledged): (String, String, u32) = redis::pipe()
-                    .load_script(&self.change_if_state)
-                    .invoke_script(&invocation)
-                    .cmd("WAIT")
-                    .arg(durable.min_replicas)
-                    .arg(durable.timeout_ms)
-                    .query_async(&mut durable.connection.clone())
-                    .await
-                    .map_err(unavailable)?;
-                if reply == "ok" && acknowledged < durable.min_replicas {
-                    return Err(StoreError::Unavailable(format!(
-                        "only {acknowledged} of {} required replicas acknowledged the write within {} ms",
-                        durable.min_replicas, durable.timeout_ms
-                    )));
-                }
-                reply
-            }
-        };
-        let appended = Self::decode_change_reply(grant.id, &reply)?;
         let extension_waits = change
             .extensions
             .and_then(|extensions| extensions.after.last())
             .is_some_and(|last| last.state == ExtensionState::Pending);
-        if appended == Appended::Yes && extension_waits {
+        if extension_waits {
             // Beside the grant's step, like the queue entry of a new pending grant (see create):
             // a lost entry leaves the extension waiting, and a ListGrants of the grant shows it.
             let queued: Result<i64, _> = self
@@ -915,28 +836,8 @@ impl GrantStore for RedisGrantStore {
                 tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
             }
         }
-        if appended == Appended::Yes {
-            // Beside the grant's step (other slots), at once and together. A lost access key
-            // entry leaves the issuance findable in its grant's events and issuances, not by key;
-            // notifications: see Outbox::enqueue (never fails the change).
-            let index = async {
-                if let Some(issuance) = change.issuance {
-                    let indexed: Result<(), _> = redis::cmd("SET")
-                        .arg(self.access_key_key(&issuance.access_key_id))
-                        .arg(grant.id.to_string())
-                        .arg("EXAT")
-                        .arg(self.expiry(grant.last_moment()))
-                        .query_async(&mut self.connection.clone())
-                        .await;
-                    if let Err(error) = indexed {
-                        tracing::warn!(grant_id = %grant.id, %error, "issuance recorded, but not indexed by access key");
-                    }
-                }
-            };
-            let state = change.to.unwrap_or(grant.state);
-            let notify = self.outbox.enqueue(&self.connection, grant, state, change.events);
-            tokio::join!(index, notify, self.log_events(grant, change.events));
-        }
+        self.beside_change(grant, change.to.unwrap_or(grant.state), change.events, first_event)
+            .await;
         Ok(appended)
     }
 
@@ -947,7 +848,7 @@ impl GrantStore for RedisGrantStore {
         newest_first: bool,
         limit: usize,
         wait: Option<Duration>,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
+    ) -> Result<AuditRead, StoreError> {
         self.read_audit(after, before, newest_first, limit, wait).await
     }
 
@@ -969,22 +870,13 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        let reply: String = self
-            .append_event
-            .key(self.grant_key(grant.id))
-            .key(self.events_key(grant.id))
-            .arg(self.expiry(grant.end))
-            .arg(to_json(event)?)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
-        if reply == "ok" {
-            let events = std::slice::from_ref(event);
-            tokio::join!(
-                self.outbox.enqueue(&self.connection, grant, grant.state, events),
-                self.log_events(grant, events)
-            );
+        let events = std::slice::from_ref(event);
+        let change = Change {
+            attempt_limit: None,
+            ..Change::append(&GrantState::ALL, events)
+        };
+        if let (Appended::Yes, first_event) = self.record_change(grant, &change).await? {
+            self.beside_change(grant, grant.state, events, first_event).await;
         }
         Ok(())
     }

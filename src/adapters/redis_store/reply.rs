@@ -26,6 +26,16 @@ pub fn optional_text(value: Value) -> Result<Option<String>, String> {
     }
 }
 
+/// A bulk string as bytes (binary records, ids); nil is `None`.
+pub fn optional_bytes(value: Value) -> Result<Option<Vec<u8>>, String> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(bytes)),
+        Value::SimpleString(text) => Ok(Some(text.into_bytes())),
+        other => Err(format!("expected a string or nil, got {}", describe(&other))),
+    }
+}
+
 /// A string that must be present.
 pub fn text(value: Value) -> Result<String, String> {
     optional_text(value)?.ok_or_else(|| "expected a string, got nil".to_owned())

@@ -1,0 +1,184 @@
+//! The search indexes: one Redis stream per requester, grantee, caller, target and account, and
+//! one of every grant, each entry holding a grant id (16 bytes) under the id `<creation ms>-<n>`.
+//!
+//! Streams rather than sorted sets: an entry costs about 20 bytes packed in the stream's listpack
+//! nodes, against about 110 for a large sorted set's skiplist node, dictionary entry and member.
+//! Entries are appended in the order grants are recorded. An entry's id takes its grant's creation
+//! millisecond when that keeps the stream ordered (it does unless another replica recorded a
+//! newer grant first), and the stream's next id otherwise, so an entry's id is never earlier than
+//! its grant's creation and is later only by the moment recording took
+//! ([`crate::ports::INDEX_SKEW`] bounds what searches allow for). Stream ids are the page positions: new grants land after every
+//! position already handed out, so positions stay correct while grants are added.
+//!
+//! Written beside the grant's own step (other slots), in the same round trip. Repair: an entry
+//! whose grant is missing (it expired, or its creation failed after the caller's entry was
+//! written) is skipped by readers and deleted. Retention: each append trims entries older than
+//! any record can still be (`MINID`), and the stream expires with its newest entry.
+
+use redis::{ScriptInvocation, Value};
+use time::OffsetDateTime;
+
+use super::{RedisGrantStore, digest_of, id_bytes, id_from_bytes, reply, unavailable};
+use crate::{
+    domain::{Grant, GrantId, audit::AuditCursor},
+    ports::{GrantIndex, IndexPage, StoreError},
+};
+
+/// Appends a grant to one index. KEYS: the index; ARGV: grant id (bytes), then
+/// [`RedisGrantStore::index_args`]: creation ms, expiry (unix s), trim threshold (ms).
+/// [`super::RESERVE`] repeats these lines for the caller's index.
+pub const INDEX: &str = r"
+local added = redis.pcall('XADD', KEYS[1], 'MINID', ARGV[4], ARGV[2] .. '-*', 'g', ARGV[1])
+if type(added) == 'table' and added.err then
+  redis.call('XADD', KEYS[1], 'MINID', ARGV[4], '*', 'g', ARGV[1])
+end
+if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[3]) then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
+return 1
+";
+
+fn millis(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+impl RedisGrantStore {
+    /// The stream an index is kept in. Free-text values (requester, grantee) are keyed by a
+    /// digest; caller, target and account ids are configured.
+    pub(super) fn index_of(&self, index: &GrantIndex) -> String {
+        match index {
+            GrantIndex::Caller(caller) => format!("{}:caller:{{{caller}}}:grants", self.prefix),
+            GrantIndex::Grantee(grantee) => format!("{}:grantee:{{{}}}:grants", self.prefix, digest_of(grantee)),
+            GrantIndex::Requester(requester) => {
+                format!("{}:requester:{{{}}}:grants", self.prefix, digest_of(requester))
+            }
+            GrantIndex::Target(target) => format!("{}:target:{{{target}}}:grants", self.prefix),
+            GrantIndex::Account(account) => format!("{}:account:{{{account}}}:grants", self.prefix),
+            GrantIndex::All => format!("{}:grants", self.prefix),
+        }
+    }
+
+    /// The creation ms, expiry and trim threshold of a grant's index entries: entries older than
+    /// any record can still be are trimmed (records live until their grant's end plus retention,
+    /// and a grant lasts at most MAX_DURATION_SECS).
+    pub(super) fn index_args(
+        &self,
+        invocation: &mut ScriptInvocation<'_>,
+        created: OffsetDateTime,
+        last_moment: OffsetDateTime,
+    ) {
+        let horizon =
+            created - self.retention - std::time::Duration::from_secs(crate::domain::limits::MAX_DURATION_SECS);
+        invocation
+            .arg(millis(created))
+            .arg(self.expiry(last_moment))
+            .arg(millis(horizon));
+    }
+
+    /// Appends `grant` to its requester, grantee, target, account and all-grants indexes (the
+    /// caller's is written when its request is reserved).
+    pub(super) async fn index_grant(&self, grant: &Grant) -> Result<(), StoreError> {
+        let indexes = [
+            GrantIndex::Grantee(grant.grantee.clone()),
+            GrantIndex::Requester(grant.requester.clone()),
+            GrantIndex::Target(grant.target.clone()),
+            GrantIndex::Account(grant.account_id.clone()),
+            GrantIndex::All,
+        ];
+        let append = |index: &GrantIndex| {
+            let mut invocation = self.index.key(self.index_of(index));
+            invocation.arg(&id_bytes(grant.id)[..]);
+            self.index_args(&mut invocation, grant.created_at, grant.last_moment());
+            let mut connection = self.connection.clone();
+            async move { invocation.invoke_async::<i64>(&mut connection).await }
+        };
+        let [grantee, requester, target, account, all] = &indexes;
+        // Concurrent on the multiplexed connection: one round trip.
+        let appended = tokio::join!(
+            append(grantee),
+            append(requester),
+            append(target),
+            append(account),
+            append(all)
+        );
+        for result in [appended.0, appended.1, appended.2, appended.3, appended.4] {
+            result.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// A page of an index, newest first: entries before `before`, from `since` on.
+    pub(super) async fn index_page(
+        &self,
+        index: &GrantIndex,
+        before: Option<&AuditCursor>,
+        since: Option<OffsetDateTime>,
+        limit: usize,
+    ) -> Result<IndexPage, StoreError> {
+        let key = self.index_of(index);
+        let end = before.map_or_else(|| "+".to_owned(), |position| format!("({position}"));
+        let start = since.map_or_else(|| "-".to_owned(), |since| millis(since).max(0).to_string());
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg(end)
+            .arg(start)
+            .arg("COUNT")
+            .arg(limit + 1)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut entries = Self::index_entries(reply)?;
+        let next = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|(position, _)| position.clone())
+        } else {
+            None
+        };
+        let ids: Vec<GrantId> = entries.iter().map(|(_, id)| *id).collect();
+        let records = self.read_records(&ids).await?;
+        let mut found = Vec::with_capacity(entries.len());
+        let mut gone = Vec::new();
+        for ((position, _), record) in entries.into_iter().zip(records) {
+            match record {
+                Some(decoded) => found.push((position, decoded.grant)),
+                None => gone.push(position.to_string()),
+            }
+        }
+        if !gone.is_empty() {
+            // The repair rule: an entry whose grant is missing is skipped, and removed.
+            let removed: Result<i64, _> = redis::cmd("XDEL")
+                .arg(&key)
+                .arg(&gone)
+                .query_async(&mut self.connection.clone())
+                .await;
+            if let Err(error) = removed {
+                tracing::warn!(index = %key, %error, "could not remove index entries whose grant is gone");
+            }
+        }
+        Ok(IndexPage { grants: found, next })
+    }
+
+    /// Decodes XRANGE's `[[id, ["g", <grant id>]], ...]`.
+    fn index_entries(reply: Value) -> Result<Vec<(AuditCursor, GrantId)>, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("grant index: {what}"));
+        let Value::Array(entries) = reply else {
+            return Err(corrupt("not an array".to_owned()));
+        };
+        entries
+            .into_iter()
+            .map(|entry| {
+                let [id, fields]: [Value; 2] = reply::array_of(entry, 2)
+                    .map_err(&corrupt)?
+                    .try_into()
+                    .map_err(|_| corrupt("entry shape".to_owned()))?;
+                let position = AuditCursor::parse(&reply::text(id).map_err(&corrupt)?).map_err(&corrupt)?;
+                let [_, grant]: [Value; 2] = reply::array_of(fields, 2)
+                    .map_err(&corrupt)?
+                    .try_into()
+                    .map_err(|_| corrupt("entry fields".to_owned()))?;
+                let grant = reply::optional_bytes(grant)
+                    .map_err(&corrupt)?
+                    .ok_or_else(|| corrupt("entry without a grant".to_owned()))?;
+                Ok((position, id_from_bytes(&grant)?))
+            })
+            .collect()
+    }
+}

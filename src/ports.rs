@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::domain::{
     CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, IssuedCredentials, RequestId, SessionSpec, Target,
     approval::{Approval, Review},
-    audit::{AuditCursor, AuditEntry},
+    audit::{AuditCursor, AuditEntry, ServiceEvent},
     extension::Extension,
     lifecycle::Transition,
     revocation::{Cutoff, Enforcement, Revocation, RevokedEntry},
@@ -294,6 +294,9 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Appends an event whatever the state (for failures worth auditing).
     fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Adds an event of the service itself (not of a grant) to the audit log.
+    fn log_service_event(&self, event: &ServiceEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Reads up to `limit` entries of the audit log after `after` (exclusive; `None`: from the
     /// oldest kept), oldest first, or before `before` (exclusive; `None`: from the newest),

@@ -86,6 +86,7 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     let expiry_task = tokio::spawn(sweep_expiries(Arc::clone(&broker)));
     let enforcement_task = tokio::spawn(enforce_revocations(Arc::clone(&broker)));
     let retention_task = tokio::spawn(trim_audit_log(Arc::clone(&broker)));
+    let rules_task = tokio::spawn(log_rules_loaded(Arc::clone(&broker)));
     let delivery_task = deliveries.map(|worker| tokio::spawn(worker.run()));
 
     let reflection = || {
@@ -113,11 +114,31 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     // A write cut short here leaves its lease to expire; the next holder writes the same state.
     enforcement_task.abort();
     retention_task.abort();
+    rules_task.abort();
     // An attempt cut short here is reclaimed by another replica (or this one, restarted).
     if let Some(task) = delivery_task {
         task.abort();
     }
     Ok(result?)
+}
+
+/// Records in the audit log which rules this replica runs, once it can reach Redis (retried
+/// while it cannot, for as long as the replica runs: the record is what tells an auditor which
+/// rules decided).
+async fn log_rules_loaded<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
+    broker: Arc<Broker<S, I, C, E>>,
+) {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match broker.log_rules_loaded().await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?wait, "could not record the rules loaded in the audit log");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// How often each replica looks for revocation work: noted grants, roles to (re)write.

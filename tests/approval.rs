@@ -304,7 +304,7 @@ async fn explain_tells_what_a_request_would_get_and_changes_nothing() {
             .session_policy
             .contains("arn:aws:s3:::acme-prod-logs/vendor-x/*")
     );
-    assert!(redis.dump().await.is_empty(), "nothing recorded");
+    assert!(redis.recorded().await.is_empty(), "nothing recorded");
     assert!(sts.calls().is_empty(), "no AWS call");
 
     // What RequestAccess then does agrees.

@@ -184,7 +184,7 @@ async fn invalid_requests_are_refused_with_field_violations_before_any_aws_call(
         assert_eq!(error_reason(&status), "INVALID_REQUEST", "{name}");
     }
     assert!(sts.calls().is_empty(), "no invalid request reaches STS");
-    assert!(redis.dump().await.is_empty(), "no invalid request leaves a record");
+    assert!(redis.recorded().await.is_empty(), "no invalid request leaves a record");
 }
 
 #[tokio::test]

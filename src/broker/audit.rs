@@ -5,7 +5,7 @@ use super::{Broker, BrokerError, MAX_PAGE_SIZE};
 use crate::{
     domain::{
         Caller,
-        audit::{AuditCursor, AuditEntry, AuditFilter},
+        audit::{AuditCursor, AuditEntry, AuditFilter, ServiceEvent, ServiceEventKind},
     },
     ports::{Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer},
 };
@@ -25,6 +25,52 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 caller: caller.id.to_string(),
             })
         }
+    }
+
+    /// Runs an audit query of an auditor or admin caller (one that reads every grant) together
+    /// with the record of it in the audit log (`audit_queried`: who asked, which call, what for):
+    /// concurrent, so recording costs no round trip, and a query that cannot be recorded fails
+    /// (an unrecorded audit query would be a gap in the ledger). Requester callers reading their
+    /// own grants are not auditing, and are not recorded. Callers record the first page of a
+    /// query, not its continuations: a query is recorded once, and paging (or following) the log
+    /// never feeds on its own records.
+    pub(crate) async fn audited<T>(
+        &self,
+        caller: &Caller,
+        query: &str,
+        filter: String,
+        read: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        if !caller.reads_every_grant() {
+            return read.await;
+        }
+        let event = ServiceEvent {
+            at: self.clock.now(),
+            caller: caller.id.to_string(),
+            kind: ServiceEventKind::AuditQueried {
+                query: query.to_owned(),
+                filter,
+            },
+        };
+        let (result, recorded) = tokio::join!(read, self.store.log_service_event(&event));
+        let found = result?;
+        recorded?;
+        Ok(found)
+    }
+
+    /// Records that this replica loaded its rules (at start: every replica says which rules it
+    /// runs).
+    pub async fn log_rules_loaded(&self) -> Result<(), BrokerError> {
+        let event = ServiceEvent {
+            at: self.clock.now(),
+            caller: "grant-broker".to_owned(),
+            kind: ServiceEventKind::RulesLoaded {
+                digest: self.rules.digest().to_owned(),
+                policies: self.rules.policy_count(),
+                sources: self.rules.sources().to_vec(),
+            },
+        };
+        Ok(self.store.log_service_event(&event).await?)
     }
 
     /// A cursor a reader may resume from: not from the part of the log retention has dropped
@@ -58,7 +104,21 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Self::may_audit(caller)?;
         if let Some(cursor) = &cursor {
             self.check_cursor(cursor).await?;
+            return self
+                .audit_page(filter, Some(cursor.clone()), newest_first, page_size)
+                .await;
         }
+        let read = self.audit_page(filter, None, newest_first, page_size);
+        self.audited(caller, "ListAuditEvents", filter.describe(), read).await
+    }
+
+    async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        cursor: Option<AuditCursor>,
+        newest_first: bool,
+        page_size: usize,
+    ) -> Result<(Vec<AuditEntry>, Option<AuditCursor>), BrokerError> {
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
         // The time range is a range of cursors.
         let from = filter.from.map(AuditCursor::at);
@@ -111,13 +171,17 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     ) -> Result<AuditCursor, BrokerError> {
         Self::may_audit(caller)?;
         if let Some(cursor) = after {
+            // Resuming: the follow this continues was recorded when it started.
             self.check_cursor(&cursor).await?;
             return Ok(cursor);
         }
-        let newest = self.store.audit_events(None, None, true, 1, None).await?;
-        Ok(newest
-            .last
-            .unwrap_or_else(|| AuditCursor::at(time::OffsetDateTime::UNIX_EPOCH)))
+        let newest = async {
+            let newest = self.store.audit_events(None, None, true, 1, None).await?;
+            Ok(newest
+                .last
+                .unwrap_or_else(|| AuditCursor::at(time::OffsetDateTime::UNIX_EPOCH)))
+        };
+        self.audited(caller, "WatchAuditEvents", "{}".to_owned(), newest).await
     }
 
     /// The events logged after `after`, oldest first, waiting up to [`FOLLOW_WAIT`] for the

@@ -1013,7 +1013,9 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     /// One of the caller's grants (any grant, for an admin caller), with its state as of now.
     pub async fn get_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
         let mut grant = if caller.reads_every_grant() {
-            self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?
+            let read = async { self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id)) };
+            let asked = serde_json::json!({ "grant_id": id.to_string() }).to_string();
+            self.audited(caller, "GetGrant", asked, read).await?
         } else {
             self.own_grant(caller, id).await?
         };
@@ -1033,9 +1035,10 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         let not_found = || BrokerError::AccessKeyNotFound {
             access_key_id: access_key_id.to_owned(),
         };
+        let asked = serde_json::json!({ "access_key_id": access_key_id }).to_string();
+        let lookup = async { Ok(self.store.grant_for_access_key(access_key_id).await?) };
         let id = self
-            .store
-            .grant_for_access_key(access_key_id)
+            .audited(caller, "FindGrantByAccessKey", asked, lookup)
             .await?
             .ok_or_else(not_found)?;
         let mut grant = self
@@ -1099,10 +1102,27 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         let until = filter
             .created_to
             .map(|to| IndexPosition::at(to + INDEX_SKEW + time::Duration::seconds(1)));
-        let mut cursor = match (before, until) {
-            (Some(before), Some(until)) => Some(before.min(until)),
-            (before, until) => before.or(until),
+        let cursor = match (&before, until) {
+            (Some(before), Some(until)) => Some(before.clone().min(until)),
+            (before, until) => before.clone().or(until),
         };
+        if before.is_none() {
+            // The first page records the query; continuations page it.
+            let asked = filter.describe();
+            let search = self.search_from(&filter, index, cursor, page_size);
+            return self.audited(caller, "ListGrants", asked, search).await;
+        }
+        self.search_from(&filter, index, cursor, page_size).await
+    }
+
+    /// Walks `index` from `cursor` for up to a page of grants `filter` matches.
+    async fn search_from(
+        &self,
+        filter: &GrantFilter,
+        index: GrantIndex,
+        mut cursor: Option<IndexPosition>,
+        page_size: usize,
+    ) -> Result<(Vec<Grant>, Option<IndexPosition>), BrokerError> {
         let now = self.clock.now();
         let mut found = Vec::new();
         for _ in 0..SEARCH_SCANS {

@@ -1,6 +1,7 @@
 //! The audit log: every event of every grant, in the order it was recorded, each with a cursor
 //! that resumes a reader exactly after it, and what auditors filter it by.
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{EventKind, GrantEvent, GrantId};
@@ -75,17 +76,128 @@ impl std::fmt::Display for AuditCursor {
     }
 }
 
-/// One event of the log, with what auditors ask about its grant.
+/// One entry of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub cursor: AuditCursor,
-    pub grant_id: GrantId,
-    pub target: String,
-    pub account_id: String,
-    /// The caller that requested the grant (the event's own caller may be another: an approval
-    /// portal, the broker itself).
-    pub grant_caller: String,
-    pub event: GrantEvent,
+    pub logged: Logged,
+}
+
+/// What an entry of the log records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Logged {
+    /// An event of a grant, with what auditors ask about the grant.
+    Grant {
+        grant_id: GrantId,
+        target: String,
+        account_id: String,
+        /// The caller that requested the grant (the event's own caller may be another: an
+        /// approval portal, the broker itself).
+        grant_caller: String,
+        event: GrantEvent,
+    },
+    /// An event of the service itself.
+    Service(ServiceEvent),
+}
+
+/// An event not tied to a grant: what the service did, or what was asked of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEvent {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The calling system (the broker itself for `rules_loaded`).
+    pub caller: String,
+    #[serde(flatten)]
+    pub kind: ServiceEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ServiceEventKind {
+    /// A broker replica loaded its approval rules: which files, how many policies, and a
+    /// digest of their text (replicas running different rules show different digests).
+    RulesLoaded {
+        digest: String,
+        policies: usize,
+        sources: Vec<String>,
+    },
+    /// An audit query: who asked (`caller`), which call, and what for.
+    AuditQueried { query: String, filter: String },
+}
+
+/// The names of [`ServiceEventKind`]s, as the log gives them.
+pub const SERVICE_EVENT_NAMES: &[&str] = &["rules_loaded", "audit_queried"];
+
+impl ServiceEventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RulesLoaded { .. } => "rules_loaded",
+            Self::AuditQueried { .. } => "audit_queried",
+        }
+    }
+}
+
+impl AuditEntry {
+    /// The event's type (`issued`, `rules_loaded`, ...).
+    pub fn name(&self) -> &'static str {
+        match &self.logged {
+            Logged::Grant { event, .. } => event.kind.name(),
+            Logged::Service(event) => event.kind.name(),
+        }
+    }
+
+    pub fn at(&self) -> OffsetDateTime {
+        match &self.logged {
+            Logged::Grant { event, .. } => event.at,
+            Logged::Service(event) => event.at,
+        }
+    }
+
+    /// The calling system that caused the event.
+    pub fn caller(&self) -> &str {
+        match &self.logged {
+            Logged::Grant { event, .. } => &event.caller,
+            Logged::Service(event) => &event.caller,
+        }
+    }
+
+    /// Who did it: the person a grant's event names, else the caller.
+    pub fn actor(&self) -> &str {
+        match &self.logged {
+            Logged::Grant { event, .. } => event.actor(),
+            Logged::Service(event) => &event.caller,
+        }
+    }
+
+    pub fn grant_id(&self) -> Option<GrantId> {
+        match &self.logged {
+            Logged::Grant { grant_id, .. } => Some(*grant_id),
+            Logged::Service(_) => None,
+        }
+    }
+
+    /// The grant's target, account and requesting caller (empty for a service event).
+    pub fn grant_context(&self) -> (&str, &str, &str) {
+        match &self.logged {
+            Logged::Grant {
+                target,
+                account_id,
+                grant_caller,
+                ..
+            } => (target, account_id, grant_caller),
+            Logged::Service(_) => ("", "", ""),
+        }
+    }
+
+    /// The event as JSON, as the grant's trail or the log holds it.
+    pub fn event_json(&self) -> String {
+        // Serialising these types cannot fail.
+        match &self.logged {
+            Logged::Grant { event, .. } => serde_json::to_string(event),
+            Logged::Service(event) => serde_json::to_string(event),
+        }
+        .unwrap_or_default()
+    }
 }
 
 impl GrantEvent {
@@ -123,19 +235,42 @@ pub struct AuditFilter {
 }
 
 impl AuditFilter {
+    /// The conditions set, as a JSON object (what an audit query record says was asked).
+    pub fn describe(&self) -> String {
+        let mut set = serde_json::Map::new();
+        for (name, at) in [("from", self.from), ("to", self.to)] {
+            if let Some(at) = at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok()) {
+                set.insert(name.to_owned(), at.into());
+            }
+        }
+        if let Some(grant) = self.grant {
+            set.insert("grant_id".to_owned(), grant.to_string().into());
+        }
+        for (name, value) in [
+            ("actor", &self.actor),
+            ("target", &self.target),
+            ("account_id", &self.account_id),
+        ] {
+            if let Some(value) = value {
+                set.insert(name.to_owned(), value.clone().into());
+            }
+        }
+        if !self.types.is_empty() {
+            set.insert("events".to_owned(), self.types.clone().into());
+        }
+        serde_json::Value::Object(set).to_string()
+    }
+
     pub fn matches(&self, entry: &AuditEntry) -> bool {
-        let event = &entry.event;
-        self.grant.is_none_or(|grant| grant == entry.grant_id)
+        let (target, account_id, _) = entry.grant_context();
+        self.grant.is_none_or(|grant| Some(grant) == entry.grant_id())
             && self
                 .actor
                 .as_deref()
-                .is_none_or(|actor| event.actor() == actor || event.caller == actor)
-            && (self.types.is_empty() || self.types.iter().any(|name| name == event.kind.name()))
-            && self.target.as_deref().is_none_or(|target| target == entry.target)
-            && self
-                .account_id
-                .as_deref()
-                .is_none_or(|account| account == entry.account_id)
+                .is_none_or(|actor| entry.actor() == actor || entry.caller() == actor)
+            && (self.types.is_empty() || self.types.iter().any(|name| name == entry.name()))
+            && self.target.as_deref().is_none_or(|wanted| wanted == target)
+            && self.account_id.as_deref().is_none_or(|wanted| wanted == account_id)
             && self.from.is_none_or(|from| entry.cursor.time() >= from)
             && self.to.is_none_or(|to| entry.cursor.time() < to)
     }

@@ -37,6 +37,37 @@ pub struct GrantFilter {
 }
 
 impl GrantFilter {
+    /// The conditions set, as a JSON object (what an audit query record says was asked).
+    pub fn describe(&self) -> String {
+        let mut set = serde_json::Map::new();
+        let mut text = |name: &str, value: Option<&str>| {
+            if let Some(value) = value {
+                set.insert(name.to_owned(), value.into());
+            }
+        };
+        text("caller", self.caller.as_ref().map(CallerId::as_str));
+        text("requester", self.requester.as_deref());
+        text("grantee", self.grantee.as_deref());
+        text("target", self.target.as_deref());
+        text("account_id", self.account_id.as_deref());
+        if !self.states.is_empty() {
+            let states: Vec<&str> = self.states.iter().map(|state| state.as_str()).collect();
+            set.insert("states".to_owned(), states.into());
+        }
+        if self.live {
+            set.insert("live".to_owned(), true.into());
+        }
+        if let Some(break_glass) = self.break_glass {
+            set.insert("break_glass".to_owned(), break_glass.into());
+        }
+        for (name, at) in [("created_from", self.created_from), ("created_to", self.created_to)] {
+            if let Some(at) = at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok()) {
+                set.insert(name.to_owned(), at.into());
+            }
+        }
+        serde_json::Value::Object(set).to_string()
+    }
+
     /// Whether `grant` (its state as stored) meets every condition as of `now`.
     pub fn matches(&self, grant: &Grant, now: OffsetDateTime) -> bool {
         let state = grant.state_at(now);

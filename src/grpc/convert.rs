@@ -382,18 +382,18 @@ pub fn found_by_access_key(grant: &Grant, found: Option<&Issuance>) -> proto::Fi
 }
 
 pub fn audit_event(entry: &AuditEntry) -> proto::AuditEvent {
+    let (target, account_id, grant_caller) = entry.grant_context();
     proto::AuditEvent {
         cursor: entry.cursor.to_string(),
-        event_time: Some(timestamp(entry.event.at)),
-        event: entry.event.kind.name().to_owned(),
-        grant_id: entry.grant_id.to_string(),
-        actor: entry.event.actor().to_owned(),
-        caller: entry.event.caller.clone(),
-        target: entry.target.clone(),
-        account_id: entry.account_id.clone(),
-        grant_caller: entry.grant_caller.clone(),
-        // The event as the audit trail holds it (serialising these types cannot fail).
-        event_json: serde_json::to_string(&entry.event).unwrap_or_default(),
+        event_time: Some(timestamp(entry.at())),
+        event: entry.name().to_owned(),
+        grant_id: entry.grant_id().map(|id| id.to_string()).unwrap_or_default(),
+        actor: entry.actor().to_owned(),
+        caller: entry.caller().to_owned(),
+        target: target.to_owned(),
+        account_id: account_id.to_owned(),
+        grant_caller: grant_caller.to_owned(),
+        event_json: entry.event_json(),
     }
 }
 
@@ -449,7 +449,9 @@ pub fn list_audit(message: proto::ListAuditEventsRequest) -> Result<AuditListing
             .ok()
     };
     for (n, name) in events.iter().enumerate() {
-        if !crate::domain::grant::EVENT_NAMES.contains(&name.as_str()) {
+        if !crate::domain::grant::EVENT_NAMES.contains(&name.as_str())
+            && !crate::domain::audit::SERVICE_EVENT_NAMES.contains(&name.as_str())
+        {
             violations.push(FieldViolation::new(
                 format!("events[{n}]"),
                 format!("{} is not an event type", crate::domain::echo(name)),

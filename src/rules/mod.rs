@@ -69,6 +69,8 @@ pub struct RuleEngine {
     actions: Actions,
     /// Policy id -> its `@approvals` annotation.
     approvals: BTreeMap<String, ApprovalRequirement>,
+    sources: Vec<String>,
+    digest: String,
 }
 
 #[derive(Debug)]
@@ -160,16 +162,40 @@ impl RuleEngine {
             break_glass: entity_uid("Action", "break_glass").map_err(|error| vec![error])?,
             extend: entity_uid("Action", "extend").map_err(|error| vec![error])?,
         };
+        let digest = {
+            use sha2::{Digest, Sha256};
+            let mut hasher = Sha256::new();
+            for source in sources {
+                // Length-prefixed, so moving text between files changes the digest.
+                for part in [source.name, source.text] {
+                    hasher.update(part.len().to_be_bytes());
+                    hasher.update(part.as_bytes());
+                }
+            }
+            hex::encode(hasher.finalize())
+        };
         Ok(Self {
             approvals,
             policies,
             authorizer: Authorizer::new(),
             actions,
+            sources: sources.iter().map(|source| source.name.to_owned()).collect(),
+            digest,
         })
     }
 
     pub fn policy_count(&self) -> usize {
         self.policies.policies().count()
+    }
+
+    /// The names of the files the rules came from, in order.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// SHA-256 of every file's name and text: replicas with the same digest run the same rules.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The rules' decision for one request, with the ids of the policies that determined it.

@@ -252,6 +252,25 @@ impl RedisServer {
     }
 
     /// A grant's list (`events` or `issuances`), each entry parsed as JSON.
+    /// [`Self::dump`] without the audit log when it holds only service events (the rules each
+    /// broker loaded, audit queries): what requests and grants left behind.
+    pub async fn recorded(&self) -> Vec<(String, String)> {
+        let mut connection = self.connection().await;
+        let references: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg("gb:{audit}:events")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let service_only = references.iter().all(|(_, fields)| fields[0] == b"s");
+        self.dump()
+            .await
+            .into_iter()
+            .filter(|(key, _)| !(service_only && key == "gb:{audit}:events"))
+            .collect()
+    }
+
     /// A store on this server, as the broker configures it (prefix `gb`), for reading records
     /// back through the adapter rather than by key layout.
     pub fn store(&self) -> grant_broker::adapters::redis_store::RedisGrantStore {

@@ -19,16 +19,31 @@ use super::{RedisGrantStore, id_bytes, id_from_bytes, reply, unavailable};
 use crate::{
     domain::{
         Grant, GrantId,
-        audit::{AuditCursor, AuditEntry},
+        audit::{AuditCursor, AuditEntry, Logged, ServiceEvent},
     },
     ports::{AuditRead, StoreError},
 };
 
-/// One reference as the log holds it.
-struct Reference {
-    cursor: AuditCursor,
-    grant: GrantId,
-    event: usize,
+/// One entry as the log holds it: a reference to a grant's event, or a service event itself
+/// (field `s`, JSON: rare, and not tied to any grant's record).
+enum Raw {
+    Reference {
+        cursor: AuditCursor,
+        grant: GrantId,
+        event: usize,
+    },
+    Service {
+        cursor: AuditCursor,
+        event: ServiceEvent,
+    },
+}
+
+impl Raw {
+    fn cursor(&self) -> &AuditCursor {
+        match self {
+            Self::Reference { cursor, .. } | Self::Service { cursor, .. } => cursor,
+        }
+    }
 }
 
 impl RedisGrantStore {
@@ -58,8 +73,24 @@ impl RedisGrantStore {
         }
     }
 
-    /// Decodes an XRANGE / XREAD list of `[id, ["g", <grant>, "n", <event>]]`.
-    fn references(entries: Value) -> Result<Vec<Reference>, StoreError> {
+    /// Logs an event of the service itself.
+    pub(super) async fn log_service(&self, event: &ServiceEvent) -> Result<(), StoreError> {
+        let text = serde_json::to_string(event)
+            .map_err(|error| StoreError::Corrupt(format!("cannot encode a service event: {error}")))?;
+        redis::cmd("XADD")
+            .arg(self.audit_key())
+            .arg("*")
+            .arg("s")
+            .arg(text)
+            .query_async::<String>(&mut self.connection.clone())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// Decodes an XRANGE / XREAD list of `[id, ["g", <grant>, "n", <event>]]` and
+    /// `[id, ["s", <service event>]]`.
+    fn references(entries: Value) -> Result<Vec<Raw>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("audit log: {what}"));
         let Value::Array(entries) = entries else {
             return match entries {
@@ -75,29 +106,49 @@ impl RedisGrantStore {
                     .try_into()
                     .map_err(|_| corrupt("entry shape".to_owned()))?;
                 let cursor = AuditCursor::parse(&reply::text(id).map_err(&corrupt)?).map_err(&corrupt)?;
-                let [_, grant, _, event]: [Value; 4] = reply::array_of(fields, 4)
-                    .map_err(&corrupt)?
-                    .try_into()
-                    .map_err(|_| corrupt(format!("entry {cursor} fields")))?;
-                let grant = reply::optional_bytes(grant)
-                    .map_err(&corrupt)?
-                    .ok_or_else(|| corrupt(format!("entry {cursor} without a grant")))?;
-                let event = reply::text(event)
-                    .map_err(&corrupt)?
-                    .parse()
-                    .map_err(|_| corrupt(format!("entry {cursor}: event position")))?;
-                Ok(Reference {
-                    cursor,
-                    grant: id_from_bytes(&grant)?,
-                    event,
-                })
+                let fields = match fields {
+                    Value::Array(fields) => fields,
+                    _ => return Err(corrupt(format!("entry {cursor} fields"))),
+                };
+                match <[Value; 2]>::try_from(fields) {
+                    Ok([_, event]) => {
+                        let text = reply::text(event).map_err(&corrupt)?;
+                        let event =
+                            serde_json::from_str(&text).map_err(|error| corrupt(format!("entry {cursor}: {error}")))?;
+                        Ok(Raw::Service { cursor, event })
+                    }
+                    Err(fields) => {
+                        let [_, grant, _, event]: [Value; 4] = fields
+                            .try_into()
+                            .map_err(|_| corrupt(format!("entry {cursor} fields")))?;
+                        let grant = reply::optional_bytes(grant)
+                            .map_err(&corrupt)?
+                            .ok_or_else(|| corrupt(format!("entry {cursor} without a grant")))?;
+                        let event = reply::text(event)
+                            .map_err(&corrupt)?
+                            .parse()
+                            .map_err(|_| corrupt(format!("entry {cursor}: event position")))?;
+                        Ok(Raw::Reference {
+                            cursor,
+                            grant: id_from_bytes(&grant)?,
+                            event,
+                        })
+                    }
+                }
             })
             .collect()
     }
 
-    /// Resolves references to the events they name, reading each grant once.
-    async fn resolve(&self, references: Vec<Reference>) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut ids: Vec<GrantId> = references.iter().map(|reference| reference.grant).collect();
+    /// Resolves references to the events they name, reading each grant once. A reference whose
+    /// grant is gone is skipped.
+    async fn resolve(&self, entries: Vec<Raw>) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut ids: Vec<GrantId> = entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Raw::Reference { grant, .. } => Some(*grant),
+                Raw::Service { .. } => None,
+            })
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         let records: HashMap<GrantId, _> = ids
@@ -106,20 +157,28 @@ impl RedisGrantStore {
             .zip(self.read_records(&ids).await?)
             .filter_map(|(id, record)| record.map(|record| (id, record)))
             .collect();
-        Ok(references
+        Ok(entries
             .into_iter()
-            .filter_map(|reference| {
-                let record = records.get(&reference.grant)?;
-                let event = record.events.get(reference.event)?;
-                let grant = &record.grant;
-                Some(AuditEntry {
-                    cursor: reference.cursor,
-                    grant_id: grant.id,
-                    target: grant.target.clone(),
-                    account_id: grant.account_id.clone(),
-                    grant_caller: grant.caller.to_string(),
-                    event: event.clone(),
-                })
+            .filter_map(|entry| match entry {
+                Raw::Service { cursor, event } => Some(AuditEntry {
+                    cursor,
+                    logged: Logged::Service(event),
+                }),
+                Raw::Reference { cursor, grant, event } => {
+                    let record = records.get(&grant)?;
+                    let event = record.events.get(event)?;
+                    let grant = &record.grant;
+                    Some(AuditEntry {
+                        cursor,
+                        logged: Logged::Grant {
+                            grant_id: grant.id,
+                            target: grant.target.clone(),
+                            account_id: grant.account_id.clone(),
+                            grant_caller: grant.caller.to_string(),
+                            event: event.clone(),
+                        },
+                    })
+                }
             })
             .collect())
     }
@@ -197,7 +256,7 @@ impl RedisGrantStore {
             }
         };
         let references = Self::references(reply)?;
-        let last = references.last().map(|reference| reference.cursor.clone());
+        let last = references.last().map(|entry| entry.cursor().clone());
         let exhausted = references.len() < limit;
         Ok(AuditRead {
             entries: self.resolve(references).await?,
@@ -216,10 +275,7 @@ impl RedisGrantStore {
             .query_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
-        Ok(Self::references(first)?
-            .into_iter()
-            .next()
-            .map(|reference| reference.cursor))
+        Ok(Self::references(first)?.first().map(|entry| entry.cursor().clone()))
     }
 
     pub(super) async fn trim_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {

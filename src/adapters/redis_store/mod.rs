@@ -45,7 +45,8 @@ use time::OffsetDateTime;
 use super::webhooks::Outbox;
 use crate::{
     domain::{
-        CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RequestId, Secret, audit::AuditCursor,
+        CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RequestId, Secret,
+        audit::{AuditCursor, ServiceEvent},
         extension::ExtensionState,
     },
     ports::{
@@ -850,6 +851,10 @@ impl GrantStore for RedisGrantStore {
         wait: Option<Duration>,
     ) -> Result<AuditRead, StoreError> {
         self.read_audit(after, before, newest_first, limit, wait).await
+    }
+
+    async fn log_service_event(&self, event: &ServiceEvent) -> Result<(), StoreError> {
+        self.log_service(event).await
     }
 
     async fn oldest_audit_event(&self) -> Result<Option<AuditCursor>, StoreError> {

@@ -83,6 +83,48 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
             fingerprint: "fp".into()
         }
     );
+
+    // The broker's fingerprints (SHA-256, hex) are kept as their 32 bytes and read back as hex.
+    let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let hashed = RequestId::parse("r-2").unwrap();
+    for expected in [
+        Reservation::New,
+        Reservation::Existing {
+            grant_id: old,
+            fingerprint: digest.into(),
+        },
+    ] {
+        let reservation = store
+            .reserve(&caller, Some(&hashed), digest, old, later, later)
+            .await
+            .unwrap();
+        assert_eq!(reservation, expected);
+    }
+    // An entry written by a release before version 3 (`<grant id> <fingerprint>`) still binds.
+    let _: () = redis::cmd("SET")
+        .arg("gb:caller:{vendor-portal}:request:r-3")
+        .arg(format!("{recent} {digest}"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let earlier = store
+        .reserve(
+            &caller,
+            Some(&RequestId::parse("r-3").unwrap()),
+            digest,
+            old,
+            later,
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        earlier,
+        Reservation::Existing {
+            grant_id: recent,
+            fingerprint: digest.into()
+        }
+    );
 }
 
 fn settings(redis: &RedisServer) -> RedisSettings {
@@ -250,7 +292,6 @@ fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
         id,
         state: GrantState::Approved,
         request_id: Some("r-1".into()),
-        fingerprint: "f".repeat(64),
         caller: CallerId::parse("vendor-portal").unwrap(),
         target: "dev-logs-read".into(),
         account_id: "123456789012".into(),

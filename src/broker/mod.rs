@@ -350,7 +350,6 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             id: grant_id,
             state,
             request_id: request.request_id.map(|id| id.as_str().to_owned()),
-            fingerprint,
             caller: caller.id.clone(),
             target: target.id.clone(),
             account_id: target.account_id.clone(),

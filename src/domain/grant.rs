@@ -284,8 +284,6 @@ pub struct Grant {
     pub id: GrantId,
     pub state: GrantState,
     pub request_id: Option<String>,
-    /// See `AccessRequest::fingerprint`.
-    pub fingerprint: String,
     pub caller: CallerId,
     pub target: String,
     pub account_id: String,

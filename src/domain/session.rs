@@ -284,7 +284,6 @@ mod tests {
             id: crate::domain::GrantId::from_uuid(Uuid::now_v7()),
             state,
             request_id: None,
-            fingerprint: String::new(),
             caller: CallerId::parse("portal").unwrap(),
             target: "t".into(),
             account_id: "123456789012".into(),

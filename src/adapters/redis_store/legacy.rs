@@ -45,7 +45,7 @@ const CURRENT_VERSION: u32 = 2;
 struct GrantDoc {
     id: String,
     request_id: Option<String>,
-    fingerprint: String,
+    // `fingerprint` is not read: the request body's fingerprint lives with the request id.
     caller: String,
     target: String,
     account_id: String,
@@ -344,7 +344,6 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
         id,
         state,
         request_id: doc.request_id,
-        fingerprint: doc.fingerprint,
         caller,
         target: doc.target,
         account_id: doc.account_id,

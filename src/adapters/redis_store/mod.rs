@@ -130,7 +130,7 @@ fn digest_of(text: &str) -> String {
 }
 
 /// Binds a request id (if any) to the candidate grant (16 bytes of id, then the request's
-/// fingerprint as text) and indexes the candidate for its caller, in the caller's slot.
+/// fingerprint: [`fingerprint_bytes`]) and indexes the candidate for its caller, in the caller's slot.
 /// KEYS: caller index, [request]; ARGV: grant id (bytes), fingerprint (bytes), record expiry (unix
 /// s), then the index arguments of [`index::INDEX_ARGS`].
 const RESERVE: &str = r"
@@ -239,6 +239,23 @@ fn id_from_bytes(bytes: &[u8]) -> Result<GrantId, StoreError> {
         Err(_) => std::str::from_utf8(bytes)
             .map_err(|_| StoreError::Corrupt("a grant id that is neither 16 bytes nor text".to_owned()))
             .and_then(|text| GrantId::parse(text).map_err(StoreError::Corrupt)),
+    }
+}
+
+/// A request fingerprint as the request id entry holds it: a SHA-256 in hex (what the broker
+/// makes) as its 32 bytes after a 0 byte, anything else as its text.
+fn fingerprint_bytes(fingerprint: &str) -> Vec<u8> {
+    match hex::decode(fingerprint) {
+        Ok(bytes) if bytes.len() == 32 && hex::encode(&bytes) == fingerprint => [&[0u8][..], &bytes].concat(),
+        _ => fingerprint.as_bytes().to_vec(),
+    }
+}
+
+fn fingerprint_text(bytes: &[u8]) -> Result<String, StoreError> {
+    match bytes.split_first() {
+        Some((0, digest)) => Ok(hex::encode(digest)),
+        _ => String::from_utf8(bytes.to_vec())
+            .map_err(|_| StoreError::Corrupt("request fingerprint is not text".to_owned())),
     }
 }
 
@@ -619,7 +636,7 @@ impl GrantStore for RedisGrantStore {
         }
         invocation
             .arg(&id_bytes(candidate)[..])
-            .arg(fingerprint)
+            .arg(fingerprint_bytes(fingerprint))
             .arg(self.expiry(grant_end));
         self.index_args(&mut invocation, now, grant_end);
         let reply: Vec<u8> = invocation
@@ -629,13 +646,23 @@ impl GrantStore for RedisGrantStore {
         if reply.is_empty() {
             return Ok(Reservation::New);
         }
+        // Written by releases before version 3: `<grant id> <fingerprint>`, as text.
+        if let Some((grant_id, fingerprint)) = std::str::from_utf8(&reply)
+            .ok()
+            .and_then(|text| text.split_once(' '))
+            .and_then(|(id, fingerprint)| Some((GrantId::parse(id).ok()?, fingerprint)))
+        {
+            return Ok(Reservation::Existing {
+                grant_id,
+                fingerprint: fingerprint.to_owned(),
+            });
+        }
         let (grant_id, fingerprint) = reply
             .split_at_checked(16)
             .ok_or_else(|| StoreError::Corrupt("request id entry too short".to_owned()))?;
         Ok(Reservation::Existing {
             grant_id: id_from_bytes(grant_id)?,
-            fingerprint: String::from_utf8(fingerprint.to_vec())
-                .map_err(|_| StoreError::Corrupt("request fingerprint is not text".to_owned()))?,
+            fingerprint: fingerprint_text(fingerprint)?,
         })
     }
 

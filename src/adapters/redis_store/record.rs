@@ -124,12 +124,7 @@ pub struct Body {
 struct RequestV3 {
     #[prost(string, optional, tag = "1")]
     request_id: Option<String>,
-    /// The fingerprint's bytes when it is hex (always, as the broker makes it) ...
-    #[prost(bytes = "vec", tag = "2")]
-    fingerprint: Vec<u8>,
-    /// ... and its text otherwise.
-    #[prost(string, optional, tag = "3")]
-    fingerprint_text: Option<String>,
+    // Tags 2 and 3 are not used: the request body's fingerprint lives with the request id.
     #[prost(string, tag = "4")]
     caller: String,
     #[prost(string, tag = "5")]
@@ -1061,16 +1056,10 @@ pub fn encode_record(
 ) -> Result<Vec<u8>, String> {
     let context = Context::of(grant);
     let clock = context.clock;
-    let (fingerprint, fingerprint_text) = match hex::decode(&grant.fingerprint) {
-        Ok(bytes) if hex::encode(&bytes) == grant.fingerprint => (bytes, None),
-        _ => (Vec::new(), Some(grant.fingerprint.clone())),
-    };
     let mut issuances = issuances.iter();
     let mut body = Body {
         request: Some(RequestV3 {
             request_id: grant.request_id.clone(),
-            fingerprint,
-            fingerprint_text,
             caller: grant.caller.to_string(),
             target: grant.target.clone(),
             account_id: grant.account_id.clone(),
@@ -1271,9 +1260,6 @@ pub fn decode_record(id: GrantId, bytes: &[u8]) -> Result<Decoded, String> {
         id,
         state,
         request_id: request.request_id,
-        fingerprint: request
-            .fingerprint_text
-            .unwrap_or_else(|| hex::encode(&request.fingerprint)),
         caller,
         target: request.target,
         account_id: request.account_id,

@@ -353,7 +353,6 @@ mod tests {
             id: GrantId::from_uuid(uuid::Uuid::now_v7()),
             state,
             request_id: None,
-            fingerprint: "f".into(),
             caller: CallerId::parse("vendor-portal").unwrap(),
             target: "prod-logs-read".into(),
             account_id: "210987654321".into(),

@@ -295,6 +295,10 @@ pub trait GrantStore: Send + Sync + 'static {
     /// Appends an event whatever the state (for failures worth auditing).
     fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Retries the writes beside grants' steps that failed (index entries, access key entries,
+    /// audit log references) and returns how many landed.
+    fn repair(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
     /// Adds an event of the service itself (not of a grant) to the audit log.
     fn log_service_event(&self, event: &ServiceEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
 

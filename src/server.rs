@@ -87,6 +87,7 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     let enforcement_task = tokio::spawn(enforce_revocations(Arc::clone(&broker)));
     let retention_task = tokio::spawn(trim_audit_log(Arc::clone(&broker)));
     let rules_task = tokio::spawn(log_rules_loaded(Arc::clone(&broker)));
+    let repair_task = tokio::spawn(repair_store(Arc::clone(&broker)));
     let delivery_task = deliveries.map(|worker| tokio::spawn(worker.run()));
 
     let reflection = || {
@@ -115,6 +116,8 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     enforcement_task.abort();
     retention_task.abort();
     rules_task.abort();
+    // Repairs still pending are lost with the process: see the README's storage section.
+    repair_task.abort();
     // An attempt cut short here is reclaimed by another replica (or this one, restarted).
     if let Some(task) = delivery_task {
         task.abort();
@@ -137,6 +140,22 @@ async fn log_rules_loaded<S: GrantStore + EnforcementStore, I: CredentialIssuer,
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+/// How often a replica retries its failed writes beside grants' steps.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
+
+async fn repair_store<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
+    broker: Arc<Broker<S, I, C, E>>,
+) {
+    loop {
+        tokio::time::sleep(REPAIR_INTERVAL).await;
+        match broker.repair_store().await {
+            Ok(0) => {}
+            Ok(landed) => tracing::info!(landed, "writes beside grants' steps repaired"),
+            Err(error) => tracing::debug!(%error, "writes beside grants' steps still failing"),
         }
     }
 }

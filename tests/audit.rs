@@ -907,3 +907,143 @@ async fn audit_queries_and_the_rules_loaded_are_in_the_audit_log() {
     // the queries carry is one.
     assert!(service.iter().all(|event| !event.event_json.contains("Secret")));
 }
+
+/// The repair rule for writes beside a grant's step: when Redis refuses the index and audit log
+/// writes (here an ACL that denies those keys), the grant is still recorded and its credentials
+/// issued, and once Redis takes them again the grant is re-indexed and its events logged, each
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_index_and_log_writes_failed_is_re_indexed() {
+    let redis = RedisServer::start();
+    let mut admin = redis.connection().await;
+    let acl = |rules: &[&str]| {
+        let mut command = redis::cmd("ACL");
+        command
+            .arg("SETUSER")
+            .arg("broker")
+            .arg("on")
+            .arg(">broker-pw")
+            .arg("+@all")
+            .arg("&*");
+        command.arg("resetkeys");
+        for rule in rules {
+            command.arg(*rule);
+        }
+        command
+    };
+    // Everything but the target indexes and the audit log.
+    let () = acl(&[
+        "~gb:g:*",
+        "~gb:grant:*",
+        "~gb:caller:*",
+        "~gb:requester:*",
+        "~gb:grantee:*",
+        "~gb:account:*",
+        "~gb:grants",
+        "~gb:key:*",
+        "~gb:deadlines",
+        "~gb:pending",
+        "~gb:break-glass",
+        "~gb:{notify}:*",
+        "~gb:role:*",
+        "~gb:enforce:*",
+    ])
+    .query_async(&mut admin)
+    .await
+    .unwrap();
+    let url = redis.url().replacen("redis://", "redis://broker:broker-pw@", 1);
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(url, sts.url.clone())).await;
+    let mut client = server.client().await;
+    let response = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("repaired")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.credentials.is_some());
+    let grant_id = response.grant.unwrap().id;
+    let logged: u64 = redis::cmd("XLEN")
+        .arg("gb:{audit}:events")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(logged, 0, "the log was refused");
+    let indexed: u64 = redis::cmd("XLEN")
+        .arg("gb:target:{dev-logs-read}:grants")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(indexed, 0, "the target index was refused");
+
+    let () = acl(&["allkeys"]).query_async(&mut admin).await.unwrap();
+    let by_target = proto::ListGrantsRequest {
+        target: "dev-logs-read".into(),
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let found = client
+            .list_grants(authed(AUDITOR_TOKEN, by_target.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        if !found.is_empty() {
+            assert_eq!(
+                found.iter().map(|grant| grant.id.as_str()).collect::<Vec<_>>(),
+                [grant_id.as_str()]
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never re-indexed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Each index once; each event once, in the grant's order.
+    for request in [
+        by_target,
+        proto::ListGrantsRequest {
+            requester: "alice@example.com".into(),
+            ..Default::default()
+        },
+        proto::ListGrantsRequest::default(),
+    ] {
+        let found = client
+            .list_grants(authed(AUDITOR_TOKEN, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        assert_eq!(found.len(), 1);
+    }
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = audit_pages(
+            &mut client,
+            proto::ListAuditEventsRequest {
+                grant_id: grant_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        if events.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let names: Vec<&str> = events.iter().map(|event| event.event.as_str()).collect();
+    assert_eq!(names, ["requested", "issuing", "issued"]);
+    // And the rules loaded, refused at start, were recorded once Redis took them.
+    let rules = client
+        .list_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::ListAuditEventsRequest {
+                events: vec!["rules_loaded".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(rules.len(), 1);
+}

@@ -199,6 +199,12 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok((read.entries, read.last.unwrap_or_else(|| after.clone())))
     }
 
+    /// Retries the store's failed writes beside grants' steps (index, access key and audit log
+    /// entries): how many landed.
+    pub async fn repair_store(&self) -> Result<usize, BrokerError> {
+        Ok(self.store.repair().await?)
+    }
+
     /// Drops audit events older than the retention period (any replica, any time: idempotent).
     pub async fn trim_audit_log(&self) -> Result<u64, BrokerError> {
         Ok(self

@@ -155,6 +155,10 @@ impl GrantStore for MemoryStore {
         unimplemented!("the audit log runs against the real store in tests/audit.rs")
     }
 
+    async fn repair(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     async fn log_service_event(&self, _event: &crate::domain::audit::ServiceEvent) -> Result<(), StoreError> {
         Ok(())
     }

@@ -18,11 +18,20 @@ use time::OffsetDateTime;
 use super::{RedisGrantStore, id_bytes, id_from_bytes, reply, unavailable};
 use crate::{
     domain::{
-        Grant, GrantId,
+        GrantId,
         audit::{AuditCursor, AuditEntry, Logged, ServiceEvent},
     },
     ports::{AuditRead, StoreError},
 };
+
+/// Adds references to a grant's events. KEYS: the log; ARGV: grant id (bytes), first event,
+/// count.
+pub(super) const LOG: &str = r"
+for n = tonumber(ARGV[2]), tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1 do
+  redis.call('XADD', KEYS[1], '*', 'g', ARGV[1], 'n', n)
+end
+return tonumber(ARGV[3])
+";
 
 /// One entry as the log holds it: a reference to a grant's event, or a service event itself
 /// (field `s`, JSON: rare, and not tied to any grant's record).
@@ -51,26 +60,21 @@ impl RedisGrantStore {
         format!("{}:{{audit}}:events", self.prefix)
     }
 
-    /// Logs events `first..first + count` of `grant`. Never fails the change it follows: errors
-    /// are logged.
-    pub(super) async fn log_events(&self, grant: &Grant, first: u64, count: usize) {
+    /// Adds references to events `first..first + count` of a grant to the log: one command,
+    /// which adds all of them or none.
+    pub(super) async fn log_references(&self, grant: GrantId, first: u64, count: usize) -> Result<(), StoreError> {
         if count == 0 {
-            return;
+            return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for n in (first..).take(count) {
-            pipe.cmd("XADD")
-                .arg(self.audit_key())
-                .arg("*")
-                .arg("g")
-                .arg(&id_bytes(grant.id)[..])
-                .arg("n")
-                .arg(n)
-                .ignore();
-        }
-        if let Err(error) = pipe.query_async::<()>(&mut self.connection.clone()).await {
-            tracing::warn!(grant_id = %grant.id, %error, "grant change recorded, but not in the audit log");
-        }
+        self.log
+            .key(self.audit_key())
+            .arg(&id_bytes(grant)[..])
+            .arg(first)
+            .arg(count)
+            .invoke_async::<i64>(&mut self.connection.clone())
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     /// Logs an event of the service itself.

@@ -73,36 +73,34 @@ impl RedisGrantStore {
             .arg(millis(horizon));
     }
 
-    /// Appends `grant` to its requester, grantee, target, account and all-grants indexes (the
-    /// caller's is written when its request is reserved).
-    pub(super) async fn index_grant(&self, grant: &Grant) -> Result<(), StoreError> {
-        let indexes = [
+    /// The indexes a grant is appended to beside its creation (the caller's is written when its
+    /// request is reserved).
+    pub(super) fn indexes_of(grant: &Grant) -> Vec<GrantIndex> {
+        vec![
             GrantIndex::Grantee(grant.grantee.clone()),
             GrantIndex::Requester(grant.requester.clone()),
             GrantIndex::Target(grant.target.clone()),
             GrantIndex::Account(grant.account_id.clone()),
             GrantIndex::All,
-        ];
-        let append = |index: &GrantIndex| {
+        ]
+    }
+
+    /// Appends `grant` to `indexes`, concurrently on the multiplexed connection (one round
+    /// trip), and returns those whose write failed, with the error.
+    pub(super) async fn index_grant(&self, grant: &Grant, indexes: &[GrantIndex]) -> Vec<(GrantIndex, String)> {
+        let appends = indexes.iter().map(|index| {
             let mut invocation = self.index.key(self.index_of(index));
             invocation.arg(&id_bytes(grant.id)[..]);
             self.index_args(&mut invocation, grant.created_at, grant.last_moment());
             let mut connection = self.connection.clone();
             async move { invocation.invoke_async::<i64>(&mut connection).await }
-        };
-        let [grantee, requester, target, account, all] = &indexes;
-        // Concurrent on the multiplexed connection: one round trip.
-        let appended = tokio::join!(
-            append(grantee),
-            append(requester),
-            append(target),
-            append(account),
-            append(all)
-        );
-        for result in [appended.0, appended.1, appended.2, appended.3, appended.4] {
-            result.map_err(unavailable)?;
-        }
-        Ok(())
+        });
+        futures_util::future::join_all(appends)
+            .await
+            .into_iter()
+            .zip(indexes)
+            .filter_map(|(result, index)| result.err().map(|error| (index.clone(), error.to_string())))
+            .collect()
     }
 
     /// A page of an index, newest first: entries before `before`, from `since` on.

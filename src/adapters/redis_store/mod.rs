@@ -32,6 +32,7 @@ mod enforcement;
 mod index;
 mod legacy;
 mod record;
+mod repair;
 pub(crate) mod reply;
 
 use std::time::Duration;
@@ -208,6 +209,9 @@ pub struct RedisGrantStore {
     change: Script,
     index: Script,
     migrate: Script,
+    log: Script,
+    /// Writes beside a grant's step that failed, to retry ([`repair`]).
+    repairs: repair::Repairs,
     enforcement_scripts: enforcement::EnforcementScripts,
     /// Queues webhook notifications for recorded changes (`adapters::webhooks`).
     outbox: Outbox,
@@ -314,6 +318,8 @@ impl RedisGrantStore {
             change: Script::new(CHANGE),
             index: Script::new(index::INDEX),
             migrate: Script::new(legacy::MIGRATE),
+            log: Script::new(audit::LOG),
+            repairs: repair::Repairs::default(),
             enforcement_scripts: enforcement::EnforcementScripts::default(),
             outbox: Outbox::none(),
         })
@@ -559,30 +565,50 @@ impl RedisGrantStore {
     }
 
     /// Writes what sits beside a recorded change, in other slots, at once and together: the
-    /// access key entry, the webhook notification and the audit log references. Never fails the
-    /// change (see each writer for its repair).
+    /// access key entries, the webhook notification and the audit log references. Never fails
+    /// the change: a failed write is kept and retried ([`repair`]).
     async fn beside_change(&self, grant: &Grant, state: GrantState, events: &[GrantEvent], first_event: u64) {
-        let access_key = async {
-            let issued = events.iter().filter_map(|event| match &event.kind {
-                crate::domain::EventKind::Issued { access_key_id, .. } => Some(access_key_id),
-                _ => None,
-            });
-            let mut pipe = redis::pipe();
-            for access_key_id in issued {
-                pipe.cmd("SET")
-                    .arg(self.access_key_key(access_key_id))
-                    .arg(&id_bytes(grant.id)[..])
-                    .arg("EXAT")
-                    .arg(self.expiry(grant.last_moment()))
-                    .ignore();
-            }
-            // A lost entry leaves the issuance findable in its grant, not by key.
-            if let Err(error) = pipe.query_async::<()>(&mut self.connection.clone()).await {
-                tracing::warn!(grant_id = %grant.id, %error, "issuance recorded, but not indexed by access key");
-            }
-        };
+        let expiry = self.expiry(grant.last_moment());
+        let access_keys = futures_util::future::join_all(events.iter().filter_map(|event| match &event.kind {
+            crate::domain::EventKind::Issued { access_key_id, .. } => Some(async move {
+                if let Err(error) = self.point_access_key(grant.id, access_key_id, expiry).await {
+                    let repair = repair::Repair::AccessKey {
+                        grant: grant.id,
+                        access_key_id: access_key_id.clone(),
+                        expiry,
+                    };
+                    self.keep_for_repair(repair, &error.to_string());
+                }
+            }),
+            _ => None,
+        }));
         let notify = self.outbox.enqueue(&self.connection, grant, state, events);
-        tokio::join!(access_key, notify, self.log_events(grant, first_event, events.len()));
+        tokio::join!(
+            access_keys,
+            notify,
+            self.log_or_repair(grant.id, first_event, events.len())
+        );
+    }
+
+    /// Logs a change's events, keeping the write to retry when it fails.
+    async fn log_or_repair(&self, grant: GrantId, first: u64, count: usize) {
+        if let Err(error) = self.log_references(grant, first, count).await {
+            let repair = repair::Repair::Log { grant, first, count };
+            self.keep_for_repair(repair, &error.to_string());
+        }
+    }
+
+    /// Indexes a new grant, keeping the indexes whose write failed to retry.
+    async fn index_or_repair(&self, grant: &Grant) {
+        let failed = self.index_grant(grant, &Self::indexes_of(grant)).await;
+        if let Some((_, error)) = failed.first() {
+            let error = error.clone();
+            let repair = repair::Repair::Index {
+                grant: Box::new(grant.clone()),
+                indexes: failed.into_iter().map(|(index, _)| index).collect(),
+            };
+            self.keep_for_repair(repair, &error);
+        }
     }
 }
 
@@ -710,17 +736,19 @@ impl GrantStore for RedisGrantStore {
             }
             queues.query_async::<()>(&mut self.connection.clone()).await
         };
-        let (created, indexed, queued) = tokio::join!(create, self.index_grant(grant), queued);
+        let (created, queued) = tokio::join!(create, queued);
         let created = created.map_err(unavailable)?.is_some();
-        if let Err(error) = indexed.map(drop).or(queued) {
+        if let Err(error) = queued {
             // The grant is recorded; what it lacks is repaired as described above.
-            tracing::warn!(grant_id = %grant.id, %error, "grant recorded, but not indexed");
+            tracing::warn!(grant_id = %grant.id, %error, "grant recorded, but not queued or given its deadline");
         }
-        // After the record, not beside it: a create that lost a race must announce nothing.
+        // After the record, not beside it: a create that lost a race must index and announce
+        // nothing (a race only a retried request id can run).
         if created {
             tokio::join!(
+                self.index_or_repair(grant),
                 self.outbox.enqueue(&self.connection, grant, grant.state, events),
-                self.log_events(grant, 0, events.len())
+                self.log_or_repair(grant.id, 0, events.len())
             );
         }
         Ok(created)
@@ -882,6 +910,13 @@ impl GrantStore for RedisGrantStore {
 
     async fn log_service_event(&self, event: &ServiceEvent) -> Result<(), StoreError> {
         self.log_service(event).await
+    }
+
+    async fn repair(&self) -> Result<usize, StoreError> {
+        if self.repairs.len() == 0 {
+            return Ok(0);
+        }
+        self.retry_repairs().await
     }
 
     async fn oldest_audit_event(&self) -> Result<Option<AuditCursor>, StoreError> {

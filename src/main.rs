@@ -324,6 +324,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
+    /// Search grants, newest first: the same as `list` (its filters), for auditors' scripts.
+    List(Box<ListArgs>),
     /// Audit events, oldest first (or `--newest-first`), one line each.
     Events {
         #[command(flatten)]
@@ -583,7 +585,7 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
     match command {
         Command::Targets { connection } => client::targets(&mut connect(&connection).await?, connection.json).await,
         Command::Get { connection, id } => client::get(&mut connect(&connection).await?, id, connection.json).await,
-        Command::List(arguments) => {
+        Command::List(arguments) | Command::Audit(AuditCommand::List(arguments)) => {
             let ListArgs {
                 connection,
                 page_size,

@@ -906,6 +906,26 @@ async fn audit_queries_and_the_rules_loaded_are_in_the_audit_log() {
     // Secrets never appear in a query record: access key ids are not secrets, and nothing else
     // the queries carry is one.
     assert!(service.iter().all(|event| !event.event_json.contains("Secret")));
+
+    // The command line reads them, and searches as `list` does.
+    let cli = |args: &[&str]| {
+        let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        args.extend(["--server".into(), server.url(), "--token".into(), AUDITOR_TOKEN.into()]);
+        run_cli(args)
+    };
+    let output = cli(&["audit", "events", "--event", "rules_loaded"]).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        text.contains("rules_loaded")
+            && text.contains("approval.cedar")
+            && text.contains(rules.2["digest"].as_str().unwrap()),
+        "{text}"
+    );
+    let output = cli(&["audit", "list", "--requester", "alice@example.com", "--json"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed["grants"].as_array().unwrap().len(), 3, "{listed}");
 }
 
 /// The repair rule for writes beside a grant's step: when Redis refuses the index and audit log

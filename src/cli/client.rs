@@ -819,6 +819,31 @@ fn audit_line(event: &proto::AuditEvent, json: bool) -> String {
             "details": serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null),
         })
         .to_string()
+    } else if event.grant_id.is_empty() {
+        // A service event (rules loaded, an audit query): what it says, after who.
+        let details = serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null);
+        let said = match event.event.as_str() {
+            "audit_queried" => format!(
+                "{} {}",
+                details["query"].as_str().unwrap_or(""),
+                details["filter"].as_str().unwrap_or("")
+            ),
+            "rules_loaded" => format!(
+                "{} policies from {}, sha256 {}",
+                details["policies"],
+                details["sources"],
+                details["digest"].as_str().unwrap_or("")
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "{}  {}  {:<20} {}  {}",
+            event.cursor,
+            time_text(event.event_time.as_ref()),
+            event.event,
+            event.actor,
+            said
+        )
     } else {
         format!(
             "{}  {}  {:<20} {}  {} on {} ({})",

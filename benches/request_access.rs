@@ -77,6 +77,57 @@ async fn request_access_latency(server: &Server, concurrency: usize) {
     );
 }
 
+/// Reading the grants just made back: pages of 100 (an auditor's search, every caller's) and
+/// single grants. Each loop bounded in count and time.
+async fn read_latency(server: &Server) {
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let mut pages = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let mut token = String::new();
+        for _ in 0..40 {
+            let sent = Instant::now();
+            let page = client
+                .list_grants(authed(
+                    AUDITOR_TOKEN,
+                    grant_broker::grpc::proto::ListGrantsRequest {
+                        page_size: 100,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            pages.push(sent.elapsed());
+            ids.extend(page.grants.into_iter().map(|grant| grant.id));
+            token = page.next_page_token;
+            if token.is_empty() || started.elapsed() > MAX_TIME {
+                break;
+            }
+        }
+    }
+    report("ListGrants, pages of 100 (auditor)", pages, started.elapsed());
+    let started = Instant::now();
+    let mut gets = Vec::new();
+    for id in ids.iter().take(MAX_REQUESTS) {
+        let sent = Instant::now();
+        client
+            .get_grant(authed(
+                PORTAL_TOKEN,
+                grant_broker::grpc::proto::GetGrantRequest { id: id.clone() },
+            ))
+            .await
+            .unwrap();
+        gets.push(sent.elapsed());
+        if started.elapsed() > MAX_TIME {
+            break;
+        }
+    }
+    report("GetGrant (its caller)", gets, started.elapsed());
+}
+
 async fn redis_bytes_per_grant(redis: &RedisServer) {
     let mut connection = redis.connection().await;
     let used = |info: String| -> u64 {
@@ -270,5 +321,6 @@ async fn main() {
 
     request_access_latency(&server, 1).await;
     request_access_latency(&server, 8).await;
+    read_latency(&server).await;
     redis_bytes_per_grant(&redis).await;
 }

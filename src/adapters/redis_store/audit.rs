@@ -158,7 +158,7 @@ impl RedisGrantStore {
         let records: HashMap<GrantId, _> = ids
             .iter()
             .copied()
-            .zip(self.read_records(&ids).await?)
+            .zip(self.read_records(&ids, super::record::Policy::Skip).await?)
             .filter_map(|(id, record)| record.map(|record| (id, record)))
             .collect();
         Ok(entries

@@ -131,7 +131,7 @@ impl RedisGrantStore {
             None
         };
         let ids: Vec<GrantId> = entries.iter().map(|(_, id)| *id).collect();
-        let records = self.read_records(&ids).await?;
+        let records = self.read_records(&ids, super::record::Policy::Rebuild).await?;
         let mut found = Vec::with_capacity(entries.len());
         let mut gone = Vec::new();
         for ((position, _), record) in entries.into_iter().zip(records) {

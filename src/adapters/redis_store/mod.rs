@@ -376,7 +376,11 @@ impl RedisGrantStore {
 
     /// The records of `ids`, in order (`None` where a grant does not exist): one round trip, and
     /// one more only for ids without a version 3 record (grants recorded before it, or gone).
-    async fn read_records(&self, ids: &[GrantId]) -> Result<Vec<Option<record::Decoded>>, StoreError> {
+    async fn read_records(
+        &self,
+        ids: &[GrantId],
+        policy: record::Policy,
+    ) -> Result<Vec<Option<record::Decoded>>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -400,7 +404,7 @@ impl RedisGrantStore {
         for (&id, reply) in ids.iter().zip(replies) {
             let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
             match reply::optional_bytes(reply).map_err(corrupt)? {
-                Some(bytes) => records.push(Some(record::decode_record(id, &bytes).map_err(corrupt)?)),
+                Some(bytes) => records.push(Some(record::decode_record(id, &bytes, policy).map_err(corrupt)?)),
                 None => {
                     earlier.push((records.len(), id));
                     records.push(None);
@@ -419,7 +423,7 @@ impl RedisGrantStore {
     /// Reads several grants in one round trip; missing ones are skipped.
     async fn get_many(&self, ids: &[GrantId]) -> Result<Vec<Grant>, StoreError> {
         Ok(self
-            .read_records(ids)
+            .read_records(ids, record::Policy::Rebuild)
             .await?
             .into_iter()
             .flatten()
@@ -640,10 +644,12 @@ impl GrantStore for RedisGrantStore {
 
     async fn events_from(&self, id: GrantId, from: u64) -> Result<Vec<GrantEvent>, StoreError> {
         let from = usize::try_from(from).unwrap_or(usize::MAX);
-        Ok(match self.read_records(&[id]).await?.pop().flatten() {
-            Some(decoded) => decoded.events.into_iter().skip(from).collect(),
-            None => Vec::new(),
-        })
+        Ok(
+            match self.read_records(&[id], record::Policy::Skip).await?.pop().flatten() {
+                Some(decoded) => decoded.events.into_iter().skip(from).collect(),
+                None => Vec::new(),
+            },
+        )
     }
 
     async fn reserve(
@@ -769,12 +775,17 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn issuance_with_key(&self, grant: GrantId, access_key_id: &str) -> Result<Option<Issuance>, StoreError> {
-        Ok(self.read_records(&[grant]).await?.pop().flatten().and_then(|decoded| {
-            decoded
-                .issuances
-                .into_iter()
-                .find(|issuance| issuance.access_key_id == access_key_id)
-        }))
+        Ok(self
+            .read_records(&[grant], record::Policy::Skip)
+            .await?
+            .pop()
+            .flatten()
+            .and_then(|decoded| {
+                decoded
+                    .issuances
+                    .into_iter()
+                    .find(|issuance| issuance.access_key_id == access_key_id)
+            }))
     }
 
     async fn list_index(

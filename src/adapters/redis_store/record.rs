@@ -1213,8 +1213,18 @@ pub struct Decoded {
     pub issuances: Vec<Issuance>,
 }
 
+/// Whether a read needs the grant's session policy, which is rebuilt (and checked against its
+/// digest) on read: the grant's callers do, the audit log's readers (events, and what the grant
+/// is of) do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Rebuild,
+    /// The grant reads with an empty policy.
+    Skip,
+}
+
 /// Decodes a version 3 record. Errors say what is wrong, for the log.
-pub fn decode_record(id: GrantId, bytes: &[u8]) -> Result<Decoded, String> {
+pub fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result<Decoded, String> {
     let (header, body) = bytes
         .split_at_checked(HEADER_LEN)
         .ok_or("record shorter than its header")?;
@@ -1244,10 +1254,13 @@ pub fn decode_record(id: GrantId, bytes: &[u8]) -> Result<Decoded, String> {
         Some(window) => (clock.at(window.start), clock.at(window.end), window.policy_digest),
         None => (clock.at(request.start), clock.at(request.end), request.policy_digest),
     };
-    let session_policy = build_session_policy(&scopes, end)
-        .ok()
-        .filter(|policy| policy_digest(policy) == digest)
-        .unwrap_or_default();
+    let session_policy = match policy {
+        Policy::Rebuild => build_session_policy(&scopes, end)
+            .ok()
+            .filter(|policy| policy_digest(policy) == digest)
+            .unwrap_or_default(),
+        Policy::Skip => String::new(),
+    };
     let mut extensions: Vec<Extension> = Vec::new();
     for stored in body.extensions {
         let extension = extension_from(clock, stored)?;

@@ -863,6 +863,19 @@ async fn main() {
         ),
     )
     .await;
+    // Live grants are the newest: the search reads the head of the all-grants index.
+    list_grants_latency(
+        &mut client,
+        "ListGrants, live now",
+        filters(
+            &|_| proto::ListGrantsRequest {
+                live: true,
+                ..Default::default()
+            },
+            vec![0],
+        ),
+    )
+    .await;
     list_grants_latency(
         &mut client,
         "ListGrants, unfiltered",

@@ -152,6 +152,9 @@ pub enum GrantIndex {
     Grantee(String),
     Target(String),
     Account(String),
+    /// Grants pending or approved when recorded: what can be live now. Entries of grants no
+    /// longer so are dropped as readers meet them.
+    Live,
     /// Every grant.
     All,
 }
@@ -294,6 +297,11 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Appends an event whatever the state (for failures worth auditing).
     fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Walks on through the live index from where the last walk stopped (any replica's), up to
+    /// `limit` entries, removing those whose grant is no longer pending or approved; returns how
+    /// many it removed.
+    fn clean_live_index(&self, limit: usize) -> impl Future<Output = Result<usize, StoreError>> + Send;
 
     /// Retries the writes beside grants' steps that failed (index entries, access key entries,
     /// audit log references) and returns how many landed.

@@ -147,6 +147,8 @@ async fn log_rules_loaded<S: GrantStore + EnforcementStore, I: CredentialIssuer,
 /// How often a replica retries its failed writes beside grants' steps.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Also walks the live index on, dropping grants that have ended (so live-now searches read
+/// live grants, not history).
 async fn repair_store<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
     broker: Arc<Broker<S, I, C, E>>,
 ) {
@@ -156,6 +158,9 @@ async fn repair_store<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: 
             Ok(0) => {}
             Ok(landed) => tracing::info!(landed, "writes beside grants' steps repaired"),
             Err(error) => tracing::debug!(%error, "writes beside grants' steps still failing"),
+        }
+        if let Err(error) = broker.clean_live_index().await {
+            tracing::debug!(%error, "could not clean the live index");
         }
     }
 }

@@ -16,7 +16,7 @@ use grant_broker::{
         extension::{Extension, ExtensionState},
         policy::build_session_policy,
     },
-    ports::{Appended, Change, ExtensionsChange, GrantStore, Reservation},
+    ports::{Appended, Change, ExtensionsChange, GrantIndex, GrantStore, Reservation},
 };
 use proptest::prelude::*;
 use time::OffsetDateTime;
@@ -529,4 +529,72 @@ async fn the_audit_log_is_trimmed_to_exactly_what_is_newer_than_the_horizon() {
         .collect();
     assert_eq!(kept, ["2000-0", "2000-1", "3000-0"]);
     assert_eq!(store.trim_audit_log(horizon).await.unwrap(), 0, "idempotent");
+}
+
+/// The live index holds grants created pending or approved; the cleaning walk drops those that
+/// no longer are (here one cancelled, one whose window ended), a bounded stretch at a time and
+/// from where the last walk stopped, and keeps the live one.
+#[tokio::test]
+async fn the_live_index_drops_grants_that_ended_as_it_is_walked() {
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let mut grants = Vec::new();
+    for (n, ends_in) in [
+        (0, time::Duration::hours(1)),
+        (1, time::Duration::hours(1)),
+        (2, -time::Duration::hours(1)),
+    ] {
+        let created = now - time::Duration::hours(2) + time::Duration::minutes(n);
+        let mut grant = sample_grant(id_at(created), "x", 0);
+        grant.created_at = created;
+        grant.start = created;
+        grant.end = now + ends_in;
+        grant.pending_until = grant.end;
+        assert!(store.create(&grant, &[event()]).await.unwrap());
+        grants.push(grant);
+    }
+    let cancelled = [GrantEvent {
+        at: now,
+        caller: "vendor-portal".into(),
+        kind: EventKind::Cancelled { reason: "done".into() },
+    }];
+    let change = Change {
+        to: Some(GrantState::Cancelled),
+        ..Change::append(&[GrantState::Approved], &cancelled)
+    };
+    assert_eq!(store.change_if_state(&grants[1], change).await.unwrap(), Appended::Yes);
+    let mut connection = redis.connection().await;
+    let live = || async {
+        let len: u64 = redis::cmd("XLEN")
+            .arg("gb:live")
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        len
+    };
+    assert_eq!(live().await, 3);
+    // Two entries a walk: the first pass sees the live grant and the cancelled one.
+    assert_eq!(store.clean_live_index(2).await.unwrap(), 1);
+    let walked: String = redis::cmd("GET")
+        .arg("gb:live:walked")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(!walked.is_empty());
+    // The next goes on from there: the ended one, then the walk starts over.
+    assert_eq!(store.clean_live_index(2).await.unwrap(), 1);
+    let walked: Option<String> = redis::cmd("GET")
+        .arg("gb:live:walked")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(walked, None);
+    assert_eq!(live().await, 1);
+    let page = store.list_index(&GrantIndex::Live, None, None, 10).await.unwrap();
+    assert_eq!(
+        page.grants.iter().map(|(_, grant)| grant.id).collect::<Vec<_>>(),
+        [grants[0].id]
+    );
+    assert_eq!(store.clean_live_index(2).await.unwrap(), 0);
 }

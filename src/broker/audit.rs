@@ -13,6 +13,9 @@ use crate::{
 /// Log pages one query reads at most (a page may come back short, with a cursor to go on).
 const AUDIT_SCANS: usize = 5;
 
+/// Live index entries one cleaning pass reads.
+const LIVE_CLEAN_BATCH: usize = 200;
+
 /// How long one wait for new events lasts before a follower checks on its client.
 pub const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -197,6 +200,12 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             .audit_events(Some(after), None, false, 100, Some(FOLLOW_WAIT))
             .await?;
         Ok((read.entries, read.last.unwrap_or_else(|| after.clone())))
+    }
+
+    /// Removes entries of the live index whose grant no longer is pending or approved, a bounded
+    /// stretch at a time (any replica: the walk's position is shared).
+    pub async fn clean_live_index(&self) -> Result<usize, BrokerError> {
+        Ok(self.store.clean_live_index(LIVE_CLEAN_BATCH).await?)
     }
 
     /// Retries the store's failed writes beside grants' steps (index, access key and audit log

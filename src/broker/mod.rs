@@ -1088,6 +1088,9 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             GrantIndex::Grantee(grantee.clone())
         } else if let Some(caller) = &filter.caller {
             GrantIndex::Caller(caller.clone())
+        } else if filter.live_only() {
+            // Far fewer than any target's or account's history.
+            GrantIndex::Live
         } else if let Some(target) = &filter.target {
             GrantIndex::Target(target.clone())
         } else if let Some(account) = &filter.account_id {

@@ -155,6 +155,10 @@ impl GrantStore for MemoryStore {
         unimplemented!("the audit log runs against the real store in tests/audit.rs")
     }
 
+    async fn clean_live_index(&self, _limit: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     async fn repair(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
@@ -196,6 +200,7 @@ impl GrantStore for MemoryStore {
                     GrantIndex::Grantee(grantee) => &grant.grantee == grantee,
                     GrantIndex::Target(target) => &grant.target == target,
                     GrantIndex::Account(account) => &grant.account_id == account,
+                    GrantIndex::Live => matches!(grant.state, GrantState::PendingApproval | GrantState::Approved),
                     GrantIndex::All => true,
                 })
                 .filter(|grant| before.is_none_or(|before| position(grant) < *before))

@@ -68,6 +68,16 @@ impl GrantFilter {
         serde_json::Value::Object(set).to_string()
     }
 
+    /// Whether only grants pending or approved now can match (live now, or only those states).
+    pub fn live_only(&self) -> bool {
+        self.live
+            || (!self.states.is_empty()
+                && self
+                    .states
+                    .iter()
+                    .all(|state| matches!(state, GrantState::PendingApproval | GrantState::Approved)))
+    }
+
     /// Whether `grant` (its state as stored) meets every condition as of `now`.
     pub fn matches(&self, grant: &Grant, now: OffsetDateTime) -> bool {
         let state = grant.state_at(now);

@@ -52,6 +52,7 @@ impl RedisGrantStore {
             }
             GrantIndex::Target(target) => format!("{}:target:{{{target}}}:grants", self.prefix),
             GrantIndex::Account(account) => format!("{}:account:{{{account}}}:grants", self.prefix),
+            GrantIndex::Live => format!("{}:live", self.prefix),
             GrantIndex::All => format!("{}:grants", self.prefix),
         }
     }
@@ -62,11 +63,23 @@ impl RedisGrantStore {
     pub(super) fn index_args(
         &self,
         invocation: &mut ScriptInvocation<'_>,
+        index: &GrantIndex,
         created: OffsetDateTime,
         last_moment: OffsetDateTime,
     ) {
-        let horizon =
-            created - self.retention - std::time::Duration::from_secs(crate::domain::limits::MAX_DURATION_SECS);
+        let longest_grant =
+            time::Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
+        let horizon = match index {
+            // Nothing created earlier can still be pending or approved: scheduled at most 30
+            // days ahead, pending at most a week, lasting at most 12 hours.
+            GrantIndex::Live => {
+                created
+                    - crate::domain::request::MAX_SCHEDULE_AHEAD
+                    - time::Duration::seconds(i64::try_from(super::MAX_PENDING_SECS).unwrap_or(i64::MAX))
+                    - longest_grant
+            }
+            _ => created - self.retention - longest_grant,
+        };
         invocation
             .arg(millis(created))
             .arg(self.expiry(last_moment))
@@ -76,13 +89,17 @@ impl RedisGrantStore {
     /// The indexes a grant is appended to beside its creation (the caller's is written when its
     /// request is reserved).
     pub(super) fn indexes_of(grant: &Grant) -> Vec<GrantIndex> {
-        vec![
+        let mut indexes = vec![
             GrantIndex::Grantee(grant.grantee.clone()),
             GrantIndex::Requester(grant.requester.clone()),
             GrantIndex::Target(grant.target.clone()),
             GrantIndex::Account(grant.account_id.clone()),
             GrantIndex::All,
-        ]
+        ];
+        if grant.deadline().is_some() {
+            indexes.push(GrantIndex::Live);
+        }
+        indexes
     }
 
     /// Appends `grant` to `indexes`, concurrently on the multiplexed connection (one round
@@ -91,7 +108,7 @@ impl RedisGrantStore {
         let appends = indexes.iter().map(|index| {
             let mut invocation = self.index.key(self.index_of(index));
             invocation.arg(&id_bytes(grant.id)[..]);
-            self.index_args(&mut invocation, grant.created_at, grant.last_moment());
+            self.index_args(&mut invocation, index, grant.created_at, grant.last_moment());
             let mut connection = self.connection.clone();
             async move { invocation.invoke_async::<i64>(&mut connection).await }
         });
@@ -136,22 +153,88 @@ impl RedisGrantStore {
         let mut gone = Vec::new();
         for ((position, _), record) in entries.into_iter().zip(records) {
             match record {
+                Some(decoded) if *index == GrantIndex::Live && !Self::may_be_live(&decoded.grant) => {
+                    gone.push(position);
+                }
                 Some(decoded) => found.push((position, decoded.grant)),
-                None => gone.push(position.to_string()),
+                None => gone.push(position),
             }
         }
-        if !gone.is_empty() {
-            // The repair rule: an entry whose grant is missing is skipped, and removed.
-            let removed: Result<i64, _> = redis::cmd("XDEL")
-                .arg(&key)
-                .arg(&gone)
-                .query_async(&mut self.connection.clone())
-                .await;
-            if let Err(error) = removed {
-                tracing::warn!(index = %key, %error, "could not remove index entries whose grant is gone");
-            }
-        }
+        // The repair rule: an entry whose grant is missing is skipped, and removed (and so is a
+        // live entry whose grant no longer is).
+        self.remove_entries(&key, &gone).await;
         Ok(IndexPage { grants: found, next })
+    }
+
+    /// Whether a grant may still be pending or approved: it is by its record, and its window (or
+    /// wait) did not end more than a minute ago by this replica's clock.
+    fn may_be_live(grant: &Grant) -> bool {
+        let ended = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        grant.deadline().is_some_and(|deadline| deadline >= ended)
+    }
+
+    /// Removes index entries (logged, never failing the read that found them).
+    async fn remove_entries(&self, key: &str, positions: &[AuditCursor]) {
+        if positions.is_empty() {
+            return;
+        }
+        let removed: Result<i64, _> = redis::cmd("XDEL")
+            .arg(key)
+            .arg(positions.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .query_async(&mut self.connection.clone())
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!(index = %key, %error, "could not remove index entries whose grant is gone");
+        }
+    }
+
+    /// See [`crate::ports::GrantStore::clean_live_index`]. The walk's position is kept in
+    /// `gb:live:walked`; replicas walking at once repeat each other's work, harmlessly.
+    pub(super) async fn clean_live(&self, limit: usize) -> Result<usize, StoreError> {
+        let key = self.index_of(&GrantIndex::Live);
+        let walked = format!("{key}:walked");
+        let after: Option<String> = redis::cmd("GET")
+            .arg(&walked)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let start = after.map_or_else(|| "-".to_owned(), |position| format!("({position}"));
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let entries = Self::index_entries(reply)?;
+        let ids: Vec<GrantId> = entries.iter().map(|(_, id)| *id).collect();
+        let records = self.read_records(&ids, super::record::Policy::Skip).await?;
+        let dead: Vec<AuditCursor> = entries
+            .iter()
+            .zip(&records)
+            .filter(|(_, record)| record.as_ref().is_none_or(|decoded| !Self::may_be_live(&decoded.grant)))
+            .map(|((position, _), _)| position.clone())
+            .collect();
+        self.remove_entries(&key, &dead).await;
+        // At the newest entry: start again from the oldest next time.
+        let next = match entries.last() {
+            Some((position, _)) if entries.len() == limit => {
+                let mut set = redis::cmd("SET");
+                set.arg(&walked).arg(position.to_string());
+                set
+            }
+            _ => {
+                let mut delete = redis::cmd("DEL");
+                delete.arg(&walked);
+                delete
+            }
+        };
+        next.query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(dead.len())
     }
 
     /// Decodes XRANGE's `[[id, ["g", <grant id>]], ...]`.

@@ -670,7 +670,7 @@ impl GrantStore for RedisGrantStore {
             .arg(&id_bytes(candidate)[..])
             .arg(fingerprint_bytes(fingerprint))
             .arg(self.expiry(grant_end));
-        self.index_args(&mut invocation, now, grant_end);
+        self.index_args(&mut invocation, &GrantIndex::Caller(caller.clone()), now, grant_end);
         let reply: Vec<u8> = invocation
             .invoke_async(&mut self.connection.clone())
             .await
@@ -921,6 +921,10 @@ impl GrantStore for RedisGrantStore {
 
     async fn log_service_event(&self, event: &ServiceEvent) -> Result<(), StoreError> {
         self.log_service(event).await
+    }
+
+    async fn clean_live_index(&self, limit: usize) -> Result<usize, StoreError> {
+        self.clean_live(limit).await
     }
 
     async fn repair(&self) -> Result<usize, StoreError> {

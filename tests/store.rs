@@ -402,8 +402,9 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let redis = shared_redis();
-            let store = RedisGrantStore::new(&settings(redis)).unwrap();
+            // One server per case: a shared static one would outlive the test process.
+            let redis = RedisServer::start();
+            let store = RedisGrantStore::new(&settings(&redis)).unwrap();
             let id = GrantId::from_uuid(Uuid::now_v7());
             let mut written = sample_grant(id, &text, issuances);
             written.extensions = sample_extensions(&text, extensions);
@@ -452,12 +453,6 @@ proptest! {
             Ok(())
         })?;
     }
-}
-
-/// One redis-server for the property test's cases.
-fn shared_redis() -> &'static RedisServer {
-    static REDIS: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
-    REDIS.get_or_init(RedisServer::start)
 }
 
 /// Deadlines are written with the grant, read in time order, moved and forgotten.

@@ -1,19 +1,23 @@
-//! The search indexes: one Redis stream per requester, grantee, caller, target and account, and
-//! one of every grant, each entry holding a grant id (16 bytes) under the id `<creation ms>-<n>`.
+//! The search indexes: one Redis stream per requester, grantee, caller, target and account, one
+//! of every grant, and one of the grants created pending or approved (the live index), each
+//! entry holding a grant id (16 bytes) under the id `<creation ms>-<n>`.
 //!
-//! Streams rather than sorted sets: an entry costs about 20 bytes packed in the stream's listpack
-//! nodes, against about 110 for a large sorted set's skiplist node, dictionary entry and member.
-//! Entries are appended in the order grants are recorded. An entry's id takes its grant's creation
-//! millisecond when that keeps the stream ordered (it does unless another replica recorded a
-//! newer grant first), and the stream's next id otherwise, so an entry's id is never earlier than
-//! its grant's creation and is later only by the moment recording took
-//! ([`crate::ports::INDEX_SKEW`] bounds what searches allow for). Stream ids are the page positions: new grants land after every
-//! position already handed out, so positions stay correct while grants are added.
+//! Streams rather than sorted sets: an entry costs about 20-30 bytes packed in the stream's
+//! listpack nodes, against about 110 for a large sorted set's skiplist node, dictionary entry and
+//! member. Entries are appended in the order grants are recorded. An entry's id takes its grant's
+//! creation millisecond when that keeps the stream ordered (it does unless another replica
+//! recorded a newer grant first), and the stream's next id otherwise, so an entry's id is never
+//! earlier than its grant's creation and is later only by the moment recording took
+//! ([`crate::ports::INDEX_SKEW`] bounds what searches allow for). Stream ids are the page
+//! positions: new grants land after every position already handed out, so positions stay correct
+//! while grants are added.
 //!
-//! Written beside the grant's own step (other slots), in the same round trip. Repair: an entry
-//! whose grant is missing (it expired, or its creation failed after the caller's entry was
-//! written) is skipped by readers and deleted. Retention: each append trims entries older than
-//! any record can still be (`MINID`), and the stream expires with its newest entry.
+//! Written beside the grant's own step (other slots), once it is recorded. Repair: an entry whose
+//! grant is missing (it expired, or its creation failed after the caller's entry was written) is
+//! skipped by readers and deleted, and so is a live entry whose grant has ended; a cleaning walk
+//! ([`RedisGrantStore::clean_live`]) goes through the live index too. Retention: each append trims
+//! entries older than any record can still be, or for the live index older than any grant can
+//! stay pending or approved (`MINID`), and a stream expires with its newest entry.
 
 use redis::{ScriptInvocation, Value};
 use time::OffsetDateTime;

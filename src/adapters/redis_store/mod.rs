@@ -8,6 +8,7 @@
 //! | `gb:g:{<id>}` | string | the grant: a header and a protobuf body with its events and issuances ([`record`]) |
 //! | `gb:caller:{<caller>}:request:<request id>` | string | `<grant id> <request fingerprint>` |
 //! | `gb:caller:{<caller>}:grants`, `gb:requester:{<digest>}:grants`, `gb:grantee:{<digest>}:grants`, `gb:target:{<id>}:grants`, `gb:account:{<id>}:grants`, `gb:grants` | stream | search indexes ([`index`]) |
+//! | `gb:live` | stream | grants created pending or approved, dropped once they end ([`index`]) |
 //! | `gb:key:{<access key id>}` | string | the grant an access key was issued for (16 bytes) |
 //! | `gb:{audit}:events` | stream | the audit log: references to grants' events ([`audit`]) |
 //! | `gb:deadlines`, `gb:pending`, `gb:break-glass` | sorted set | what the background sweeps and the queues walk |

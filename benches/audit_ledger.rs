@@ -18,6 +18,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/report.rs"]
+mod report;
 
 use std::{
     sync::Arc,
@@ -35,6 +37,7 @@ use grant_broker::{
     grpc::proto,
     ports::{Appended, Change, GrantStore, Reservation},
 };
+use report::report;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
@@ -599,28 +602,6 @@ async fn used_memory(redis: &RedisServer) -> u64 {
         .find_map(|line| line.strip_prefix("used_memory:"))
         .map(|value| value.trim().parse().unwrap())
         .unwrap()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration) {
-    if samples.is_empty() {
-        println!("{name:<44} n=0 (nothing measured)");
-        return;
-    }
-    samples.sort();
-    println!(
-        "{name:<44} n={:<5} p50={:>8.3?} p90={:>8.3?} p99={:>8.3?} max={:>8.3?} throughput={:.0}/s",
-        samples.len(),
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.90),
-        percentile(&samples, 0.99),
-        samples[samples.len() - 1],
-        samples.len() as f64 / elapsed.as_secs_f64(),
-    );
 }
 
 /// ListGrants pages of `filters` (one walk each, up to [`GRANT_PAGES`] pages), each page timed.

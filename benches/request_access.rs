@@ -8,6 +8,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/report.rs"]
+mod report;
 
 use std::{
     sync::Arc,
@@ -19,27 +21,10 @@ use grant_broker::{
     domain::{ActionPattern, ResourcePattern, Scope, Target, iam::Catalog, pattern},
     rules::{RuleEngine, RuleInput, RuleSource},
 };
+use report::report;
 
 const MAX_REQUESTS: usize = 2_000;
 const MAX_TIME: Duration = Duration::from_secs(30);
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration) {
-    samples.sort();
-    println!(
-        "{name:<44} n={:<5} p50={:>8.3?} p90={:>8.3?} p99={:>8.3?} max={:>8.3?} throughput={:.0}/s",
-        samples.len(),
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.90),
-        percentile(&samples, 0.99),
-        samples[samples.len() - 1],
-        samples.len() as f64 / elapsed.as_secs_f64(),
-    );
-}
 
 async fn request_access_latency(server: &Server, concurrency: usize) {
     let started = Instant::now();

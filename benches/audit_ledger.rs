@@ -763,6 +763,21 @@ async fn main() {
         after.saturating_sub(before) / loaded,
         after.saturating_sub(before) as f64 / 1_048_576.0
     );
+    // A running broker's cleaning walk drops ended grants from the live index as they end; the
+    // load ended most of a month at once. Walk it through once, as the walk would have.
+    let cleaning = Instant::now();
+    let mut dropped = 0;
+    for _ in 0..=loaded / 1_000 + 1 {
+        dropped += store.clean_live_index(1_000).await.unwrap();
+        if cleaning.elapsed() > LOAD_LIMIT {
+            break;
+        }
+    }
+    println!(
+        "{:<44} {dropped} ended grants dropped in {:.1?}",
+        "live index walked through once",
+        cleaning.elapsed()
+    );
     drop(store);
 
     let server = Server::start(&settings).await;
@@ -844,7 +859,6 @@ async fn main() {
         ),
     )
     .await;
-    // Live grants are the newest: the search reads the head of the all-grants index.
     list_grants_latency(
         &mut client,
         "ListGrants, live now",
@@ -853,7 +867,7 @@ async fn main() {
                 live: true,
                 ..Default::default()
             },
-            vec![0],
+            (0..WALKS).collect(),
         ),
     )
     .await;

@@ -758,7 +758,7 @@ async fn main() {
     assert!(loaded > 0, "no grant was loaded");
     let after = used_memory(&redis).await;
     println!(
-        "Redis memory per grant (1 issuance, 3-4 events and their audit log entries, 6 index entries, access key, request id): {} bytes \
+        "Redis memory per grant (1 issuance, 3-4 events and their audit log entries, 7 index entries, access key, request id): {} bytes \
          ({loaded} grants, {:.1} MiB in all)",
         after.saturating_sub(before) / loaded,
         after.saturating_sub(before) as f64 / 1_048_576.0

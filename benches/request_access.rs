@@ -170,7 +170,7 @@ async fn redis_bytes_per_grant(redis: &RedisServer) {
         .unwrap();
     let per_grant = (used(memory) - used(empty)) / grants;
     println!(
-        "Redis memory per approved grant (1 issuance, 3 events, request id, 6 index entries, access key, deadline, 3 audit log entries): {per_grant} bytes ({grants} grants)"
+        "Redis memory per approved grant (1 issuance, 3 events, request id, 7 index entries (caller, requester, grantee, target, account, all, live), access key, deadline, 3 audit log entries): {per_grant} bytes ({grants} grants)"
     );
 }
 

@@ -593,3 +593,36 @@ async fn the_live_index_drops_grants_that_ended_as_it_is_walked() {
     );
     assert_eq!(store.clean_live_index(2).await.unwrap(), 0);
 }
+
+/// A follower's blocking reads of an idle log reuse one connection instead of opening one per
+/// wait.
+#[tokio::test]
+async fn waits_on_an_idle_audit_log_reuse_their_connection() {
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let mut observer = redis.connection().await;
+    let clients = |info: String| -> u64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .map(|value| value.trim().parse().unwrap())
+            .unwrap()
+    };
+    let wait = Some(Duration::from_millis(50));
+    let after = grant_broker::domain::audit::AuditCursor::parse("1-0").unwrap();
+    store.audit_events(Some(&after), None, false, 10, wait).await.unwrap();
+    let opened: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut observer)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let read = store.audit_events(Some(&after), None, false, 10, wait).await.unwrap();
+        assert!(read.entries.is_empty());
+    }
+    let later: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut observer)
+        .await
+        .unwrap();
+    assert_eq!(clients(later), clients(opened), "no new connection per wait");
+}

@@ -24,6 +24,9 @@ use crate::{
     ports::{AuditRead, StoreError},
 };
 
+/// Idle connections kept for followers' blocking reads.
+const KEPT_BLOCKING_CONNECTIONS: usize = 16;
+
 /// Adds references to a grant's events. KEYS: the log; ARGV: grant id (bytes), first event,
 /// count.
 pub(super) const LOG: &str = r"
@@ -75,6 +78,40 @@ impl RedisGrantStore {
             .await
             .map(drop)
             .map_err(unavailable)
+    }
+
+    /// A connection for a blocking read of up to `wait`: an idle one kept from an earlier wait
+    /// (made for at least as long a wait), or a new one.
+    async fn blocking_connection(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<(std::time::Duration, redis::aio::MultiplexedConnection), StoreError> {
+        let kept = self.blocking.lock().ok().and_then(|mut idle| {
+            let at = idle.iter().position(|(made_for, _)| *made_for >= wait)?;
+            Some(idle.swap_remove(at))
+        });
+        if let Some(connection) = kept {
+            return Ok(connection);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(wait + self.connect_timeout));
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(unavailable)?;
+        Ok((wait, connection))
+    }
+
+    /// Keeps a connection whose blocking read answered, for the next one (at most
+    /// [`KEPT_BLOCKING_CONNECTIONS`]; one that failed is dropped instead).
+    fn return_blocking_connection(&self, connection: (std::time::Duration, redis::aio::MultiplexedConnection)) {
+        if let Ok(mut idle) = self.blocking.lock()
+            && idle.len() < KEPT_BLOCKING_CONNECTIONS
+        {
+            idle.push(connection);
+        }
     }
 
     /// Logs an event of the service itself.
@@ -220,15 +257,9 @@ impl RedisGrantStore {
                 .map_err(unavailable)?;
             match (wait, &page) {
                 (Some(wait), Value::Array(found)) if found.is_empty() && before.is_none() => {
-                    // Blocks its connection on the server: one of its own, not the shared one.
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(self.connect_timeout))
-                        .set_response_timeout(Some(wait + self.connect_timeout));
-                    let mut connection = self
-                        .client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map_err(unavailable)?;
+                    // Blocks its connection on the server: one of its own, not the shared one,
+                    // kept for the next wait once it answered.
+                    let mut connection = self.blocking_connection(wait).await?;
                     let last = after.map_or_else(|| "$".to_owned(), ToString::to_string);
                     let read: Value = redis::cmd("XREAD")
                         .arg("COUNT")
@@ -238,9 +269,10 @@ impl RedisGrantStore {
                         .arg("STREAMS")
                         .arg(&key)
                         .arg(last)
-                        .query_async(&mut connection)
+                        .query_async(&mut connection.1)
                         .await
                         .map_err(unavailable)?;
+                    self.return_blocking_connection(connection);
                     // [[key, entries]] or nil.
                     match read {
                         Value::Array(streams) => match streams.into_iter().next() {

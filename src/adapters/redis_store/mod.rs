@@ -213,6 +213,9 @@ pub struct RedisGrantStore {
     log: Script,
     /// Writes beside a grant's step that failed, to retry ([`repair`]).
     repairs: repair::Repairs,
+    /// Idle connections for followers' blocking reads of the audit log, each with the longest
+    /// wait it was made for ([`audit`]).
+    blocking: std::sync::Mutex<Vec<(Duration, redis::aio::MultiplexedConnection)>>,
     enforcement_scripts: enforcement::EnforcementScripts,
     /// Queues webhook notifications for recorded changes (`adapters::webhooks`).
     outbox: Outbox,
@@ -321,6 +324,7 @@ impl RedisGrantStore {
             migrate: Script::new(legacy::MIGRATE),
             log: Script::new(audit::LOG),
             repairs: repair::Repairs::default(),
+            blocking: std::sync::Mutex::new(Vec::new()),
             enforcement_scripts: enforcement::EnforcementScripts::default(),
             outbox: Outbox::none(),
         })

@@ -616,6 +616,26 @@ async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
     let last = events.last().unwrap();
     assert_eq!(last["event"], "issue_discarded");
     assert_eq!(last["access_key_id"], "ASIAFAKE000000000001");
+    // Changes the replica did not acknowledge stand on the primary, and are in the audit log
+    // like the rest of the trail.
+    let trail: Vec<String> = events.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect();
+    assert!(trail.contains(&"issued".to_owned()), "{trail:?}");
+    let logged: Vec<String> = client
+        .list_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::ListAuditEventsRequest {
+                grant_id: half.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|event| event.event)
+        .collect();
+    assert_eq!(logged, trail);
 
     // With the replica gone, not even the `issuing` record is durable: STS is not called.
     let status = client

@@ -35,7 +35,7 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
     let day_one = OffsetDateTime::now_utc();
     let old = id_at(day_one);
     let recent = id_at(day_one + time::Duration::hours(20));
-    let newest = id_at(day_one + time::Duration::days(3));
+    let newest = id_at(day_one + time::Duration::days(40));
     for (id, now) in [(old, day_one), (recent, day_one + time::Duration::hours(20))] {
         let reservation = store
             .reserve(&caller, None, "fp", id, now, now + time::Duration::hours(1))
@@ -43,8 +43,9 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
             .unwrap();
         assert_eq!(reservation, Reservation::New);
     }
-    // Three days later, with one day of retention: both earlier entries are past it.
-    let later = day_one + time::Duration::days(3);
+    // 40 days later, with one day of retention: both earlier entries are past it (a grant can
+    // stay pending or approved for 38 days at most, and its record is kept a day longer).
+    let later = day_one + time::Duration::days(40);
     let request_id = RequestId::parse("r-1").unwrap();
     store
         .reserve(
@@ -625,4 +626,57 @@ async fn waits_on_an_idle_audit_log_reuse_their_connection() {
         .await
         .unwrap();
     assert_eq!(clients(later), clients(opened), "no new connection per wait");
+}
+
+/// A caller's index entry is written with the request, before its grant is recorded: a reader
+/// meeting it then skips it but keeps it; an entry whose grant never came is removed once it is
+/// older than any creation can take.
+#[tokio::test]
+async fn an_index_entry_of_a_grant_being_created_is_kept_and_one_never_created_removed() {
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let caller = CallerId::parse("vendor-portal").unwrap();
+    let now = OffsetDateTime::now_utc();
+    let stale_at = now - time::Duration::minutes(5);
+    let (stale, fresh) = (id_at(stale_at), id_at(now));
+    for (id, at) in [(stale, stale_at), (fresh, now)] {
+        store
+            .reserve(&caller, None, "fp", id, at, at + time::Duration::hours(1))
+            .await
+            .unwrap();
+    }
+    let mut connection = redis.connection().await;
+    let entries = || async {
+        let found: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg("gb:caller:{vendor-portal}:grants")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        found
+            .iter()
+            .map(|(_, fields)| GrantId::from_uuid(Uuid::from_slice(&fields[1]).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(entries().await, [stale, fresh]);
+    let page = store
+        .list_index(&GrantIndex::Caller(caller.clone()), None, None, 10)
+        .await
+        .unwrap();
+    assert!(page.grants.is_empty());
+    assert_eq!(entries().await, [fresh], "the stale entry removed, the fresh one kept");
+    // Once recorded, the fresh one reads.
+    let mut grant = sample_grant(fresh, "x", 0);
+    grant.created_at = now;
+    assert!(store.create(&grant, &[event()]).await.unwrap());
+    let page = store
+        .list_index(&GrantIndex::Caller(caller), None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.grants.iter().map(|(_, grant)| grant.id).collect::<Vec<_>>(),
+        [fresh]
+    );
+    let _: () = redis::cmd("PING").query_async(&mut connection).await.unwrap();
 }

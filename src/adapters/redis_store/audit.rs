@@ -234,7 +234,12 @@ impl RedisGrantStore {
     ) -> Result<AuditRead, StoreError> {
         let key = self.audit_key();
         let start = after.map_or_else(|| "-".to_owned(), |cursor| format!("({cursor}"));
-        let end = before.map_or_else(|| "+".to_owned(), |cursor| format!("({cursor}"));
+        let Some(end) = super::stream_end_before(before) else {
+            return Ok(AuditRead {
+                exhausted: true,
+                ..AuditRead::default()
+            });
+        };
         let reply: Value = if newest_first {
             redis::cmd("XREVRANGE")
                 .arg(&key)

@@ -71,18 +71,15 @@ impl RedisGrantStore {
         created: OffsetDateTime,
         last_moment: OffsetDateTime,
     ) {
-        let longest_grant =
-            time::Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
+        // Nothing created earlier can still be pending or approved (scheduled at most 30 days
+        // ahead, pending at most a week, lasting at most 12 hours), and no record of it can be
+        // kept beyond that plus the retention.
+        let longest_life = crate::domain::request::MAX_SCHEDULE_AHEAD
+            + time::Duration::seconds(i64::try_from(super::MAX_PENDING_SECS).unwrap_or(i64::MAX))
+            + time::Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
         let horizon = match index {
-            // Nothing created earlier can still be pending or approved: scheduled at most 30
-            // days ahead, pending at most a week, lasting at most 12 hours.
-            GrantIndex::Live => {
-                created
-                    - crate::domain::request::MAX_SCHEDULE_AHEAD
-                    - time::Duration::seconds(i64::try_from(super::MAX_PENDING_SECS).unwrap_or(i64::MAX))
-                    - longest_grant
-            }
-            _ => created - self.retention - longest_grant,
+            GrantIndex::Live => created - longest_life,
+            _ => created - self.retention - longest_life,
         };
         invocation
             .arg(millis(created))
@@ -133,7 +130,9 @@ impl RedisGrantStore {
         limit: usize,
     ) -> Result<IndexPage, StoreError> {
         let key = self.index_of(index);
-        let end = before.map_or_else(|| "+".to_owned(), |position| format!("({position}"));
+        let Some(end) = super::stream_end_before(before) else {
+            return Ok(IndexPage::default());
+        };
         let start = since.map_or_else(|| "-".to_owned(), |since| millis(since).max(0).to_string());
         let reply: Value = redis::cmd("XREVRANGE")
             .arg(&key)
@@ -161,6 +160,9 @@ impl RedisGrantStore {
                     gone.push(position);
                 }
                 Some(decoded) => found.push((position, decoded.grant)),
+                // A recent caller entry may be of a grant still being created (the caller's
+                // entry is written with the request id, before the rules decide): skipped only.
+                None if Self::may_be_in_creation(&position) => {}
                 None => gone.push(position),
             }
         }
@@ -175,6 +177,11 @@ impl RedisGrantStore {
     fn may_be_live(grant: &Grant) -> bool {
         let ended = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
         grant.deadline().is_some_and(|deadline| deadline >= ended)
+    }
+
+    /// Whether an entry is recent enough that its grant may not be recorded yet.
+    fn may_be_in_creation(position: &AuditCursor) -> bool {
+        position.time() > time::OffsetDateTime::now_utc() - crate::ports::INDEX_SKEW
     }
 
     /// Removes index entries (logged, never failing the read that found them).
@@ -218,7 +225,10 @@ impl RedisGrantStore {
         let dead: Vec<AuditCursor> = entries
             .iter()
             .zip(&records)
-            .filter(|(_, record)| record.as_ref().is_none_or(|decoded| !Self::may_be_live(&decoded.grant)))
+            .filter(|((position, _), record)| match record {
+                Some(decoded) => !Self::may_be_live(&decoded.grant),
+                None => !Self::may_be_in_creation(position),
+            })
             .map(|((position, _), _)| position.clone())
             .collect();
         self.remove_entries(&key, &dead).await;

@@ -66,14 +66,10 @@ struct GrantDoc {
     end: OffsetDateTime,
     decision: DecisionV1,
     /// Version 2: the `@approvals` requirement, in annotation form.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     approvals_required: Option<String>,
     /// Version 2.
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "time::serde::rfc3339::option")]
     pending_until: Option<OffsetDateTime>,
 }
 
@@ -109,7 +105,7 @@ struct ApprovalV2 {
 #[derive(Deserialize)]
 struct ExtensionV2 {
     number: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     request_id: Option<String>,
     additional_secs: u64,
     justification: String,
@@ -119,27 +115,23 @@ struct ExtensionV2 {
     decision: DecisionV1,
     approvals_required: String,
     state: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     approvals: Vec<ApprovalV2>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     denied_by: Option<(String, String)>,
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "time::serde::rfc3339::option")]
     new_end: Option<OffsetDateTime>,
 }
 
 #[derive(Deserialize)]
 struct RevocationV2 {
     caller: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     revoker: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     at: OffsetDateTime,
     reason: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     operation: Option<String>,
 }
 
@@ -148,13 +140,9 @@ struct EnforcementV2 {
     status: EnforcementStatus,
     #[serde(with = "time::serde::rfc3339")]
     at: OffsetDateTime,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     error: Option<String>,
-    #[serde(
-        default,
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "time::serde::rfc3339::option")]
     cutoff: Option<OffsetDateTime>,
 }
 
@@ -172,7 +160,7 @@ struct DecisionV1 {
     #[serde(with = "time::serde::rfc3339")]
     decided_at: OffsetDateTime,
     /// Version 2.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     break_glass: bool,
 }
 
@@ -250,9 +238,8 @@ pub struct StoredGrant {
     pub revocation: Option<String>,
     pub enforcement: Option<String>,
     pub approvals: Vec<String>,
-    /// The most recent issuances, oldest first.
-    pub issuances: Vec<String>,
-    pub issuance_count: u64,
+    /// Every issuance, oldest first.
+    pub issuances: Vec<Issuance>,
 }
 
 /// Decodes a record of any version this release knows. Errors say what is wrong, for the log.
@@ -334,12 +321,8 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
             })
         }
     };
-    let issuances = stored
-        .issuances
-        .iter()
-        .map(|text| serde_json::from_str::<IssuanceV1>(text).map(issuance_from_v1))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("issuance: {error}"))?;
+    let issuance_count = u64::try_from(stored.issuances.len()).unwrap_or(u64::MAX);
+    let issuances = stored.issuances[stored.issuances.len().saturating_sub(crate::domain::RECENT_ISSUANCES)..].to_vec();
     Ok(Grant {
         id,
         state,
@@ -376,7 +359,7 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
         enforcement,
         role_cutoff: None,
         issuances,
-        issuance_count: stored.issuance_count,
+        issuance_count,
     })
 }
 
@@ -546,12 +529,11 @@ fn decode_legacy(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<
         return Ok(None);
     };
     let issuances = reply::texts(issuances)?;
-    let issuance_count = u64::try_from(issuances.len()).unwrap_or(u64::MAX);
     // Records of the first release have no `attempts`: their issuances are the attempts they are
     // known to have made.
     let attempts = match reply::optional_text(attempts)? {
         Some(text) => text.parse().map_err(|_| format!("attempts `{text}`"))?,
-        None => u16::try_from(issuance_count).unwrap_or(u16::MAX),
+        None => u16::try_from(issuances.len()).unwrap_or(u16::MAX),
     };
     let all_issuances = issuances
         .iter()
@@ -567,8 +549,7 @@ fn decode_legacy(id: GrantId, replies: [Value; READ_COMMANDS]) -> Result<Option<
         revocation: reply::optional_text(revocation)?,
         enforcement: reply::optional_text(enforcement)?,
         approvals: reply::texts(approvals)?,
-        issuances: issuances[issuances.len().saturating_sub(crate::domain::RECENT_ISSUANCES)..].to_vec(),
-        issuance_count,
+        issuances: all_issuances.clone(),
     };
     let grant = decode_grant(id, stored)?;
     let events = reply::texts(events)?

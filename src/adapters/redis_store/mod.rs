@@ -235,6 +235,16 @@ fn unavailable(error: redis::RedisError) -> StoreError {
 /// this are trimmed.
 const MAX_PENDING_SECS: u64 = 7 * 24 * 3600;
 
+/// The end of a stream range read before `cursor` (exclusive; `+` without one), or `None` when
+/// nothing can come before it: Redis refuses `(0-0` as an end.
+fn stream_end_before(cursor: Option<&AuditCursor>) -> Option<String> {
+    match cursor {
+        None => Some("+".to_owned()),
+        Some(cursor) if *cursor == AuditCursor::from_parts(0, 0) => None,
+        Some(cursor) => Some(format!("({cursor}")),
+    }
+}
+
 /// A grant id as index entries, access key entries and audit references hold it.
 fn id_bytes(id: GrantId) -> [u8; 16] {
     *id.as_uuid().as_bytes()
@@ -444,18 +454,10 @@ impl RedisGrantStore {
         match reply.split_once(' ') {
             Some(("ok", before)) => Ok((Appended::Yes, before.parse().map_err(|_| corrupt("event count"))?)),
             None if reply == "missing" => not_changed(Appended::Missing),
-            Some(("state", code)) => code
-                .parse::<u8>()
-                .ok()
-                .and_then(|code| {
-                    GrantState::ALL
-                        .into_iter()
-                        .find(|state| record::state_code(*state) == code)
-                })
-                .map_or_else(
-                    || Err(corrupt("unknown state")),
-                    |state| not_changed(Appended::WrongState(state)),
-                ),
+            Some(("state", code)) => code.parse::<u8>().ok().and_then(record::state_of).map_or_else(
+                || Err(corrupt("unknown state")),
+                |state| not_changed(Appended::WrongState(state)),
+            ),
             Some(("limit", attempts)) => not_changed(Appended::LimitReached(
                 attempts.parse().map_err(|_| corrupt("attempts"))?,
             )),
@@ -470,11 +472,17 @@ impl RedisGrantStore {
     }
 
     /// Runs the change script, with `WAIT` when replicas must acknowledge it.
-    async fn run_change(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<String, StoreError> {
+    /// The reply, and when too few replicas acknowledged a change made on the primary, that
+    /// shortfall (the change stands: what goes beside it must still be written).
+    async fn run_change(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<(String, Option<StoreError>), StoreError> {
         match &self.durable {
             None => invocation
                 .invoke_async(&mut self.connection.clone())
                 .await
+                .map(|reply| (reply, None))
                 .map_err(unavailable),
             Some(durable) => {
                 // One round trip: (re)load the script, run it, wait for the replicas.
@@ -487,24 +495,35 @@ impl RedisGrantStore {
                     .query_async(&mut durable.connection.clone())
                     .await
                     .map_err(unavailable)?;
-                if reply.starts_with("ok ") && acknowledged < durable.min_replicas {
-                    return Err(StoreError::Unavailable(format!(
+                let shortfall = (reply.starts_with("ok ") && acknowledged < durable.min_replicas).then(|| {
+                    StoreError::Unavailable(format!(
                         "only {acknowledged} of {} required replicas acknowledged the write within {} ms",
                         durable.min_replicas, durable.timeout_ms
-                    )));
-                }
-                Ok(reply)
+                    ))
+                });
+                Ok((reply, shortfall))
             }
         }
     }
+}
 
+/// A change as the store recorded it.
+struct Recorded {
+    appended: Appended,
+    /// How many events the grant had before it.
+    first_event: u64,
+    /// Made on the primary, but too few replicas acknowledged it.
+    unacknowledged: Option<StoreError>,
+}
+
+impl RedisGrantStore {
     /// One attempt at a change: `Ok(None)` when the grant is still in the legacy layout.
     async fn try_change(
         &self,
         grant: &Grant,
         change: &Change<'_>,
         body: &[u8],
-    ) -> Result<Option<(Appended, u64)>, StoreError> {
+    ) -> Result<Option<Recorded>, StoreError> {
         let expected: Vec<u8> = change.expected.iter().map(|state| record::state_code(*state)).collect();
         let last_moment = match change.window {
             Some((_, end, _)) => end.max(grant.last_moment()),
@@ -538,16 +557,21 @@ impl RedisGrantStore {
             .arg(if change.review.is_some() { "1" } else { "" })
             .arg(change.events.len())
             .arg(body);
-        let reply = self.run_change(&invocation).await?;
+        let (reply, unacknowledged) = self.run_change(&invocation).await?;
         if reply == "legacy" {
             return Ok(None);
         }
-        Self::decode_change_reply(grant.id, &reply).map(Some)
+        let (appended, first_event) = Self::decode_change_reply(grant.id, &reply)?;
+        Ok(Some(Recorded {
+            appended,
+            first_event,
+            unacknowledged,
+        }))
     }
 
     /// Records `change` (converting a grant recorded before version 3 first), and returns what
     /// happened and how many events the grant had before it.
-    async fn record_change(&self, grant: &Grant, change: &Change<'_>) -> Result<(Appended, u64), StoreError> {
+    async fn record_change(&self, grant: &Grant, change: &Change<'_>) -> Result<Recorded, StoreError> {
         let body = record::encode_delta(
             grant,
             &record::Delta {
@@ -888,7 +912,11 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
-        let (appended, first_event) = self.record_change(grant, &change).await?;
+        let Recorded {
+            appended,
+            first_event,
+            unacknowledged,
+        } = self.record_change(grant, &change).await?;
         if appended != Appended::Yes {
             return Ok(appended);
         }
@@ -910,7 +938,9 @@ impl GrantStore for RedisGrantStore {
         }
         self.beside_change(grant, change.to.unwrap_or(grant.state), change.events, first_event)
             .await;
-        Ok(appended)
+        // The change stands on the primary (and is logged); the caller learns it may not survive
+        // a failover.
+        unacknowledged.map_or(Ok(appended), Err)
     }
 
     async fn audit_events(
@@ -933,9 +963,6 @@ impl GrantStore for RedisGrantStore {
     }
 
     async fn repair(&self) -> Result<usize, StoreError> {
-        if self.repairs.len() == 0 {
-            return Ok(0);
-        }
         self.retry_repairs().await
     }
 
@@ -962,9 +989,11 @@ impl GrantStore for RedisGrantStore {
             attempt_limit: None,
             ..Change::append(&GrantState::ALL, events)
         };
-        if let (Appended::Yes, first_event) = self.record_change(grant, &change).await? {
-            self.beside_change(grant, grant.state, events, first_event).await;
+        let recorded = self.record_change(grant, &change).await?;
+        if recorded.appended == Appended::Yes {
+            self.beside_change(grant, grant.state, events, recorded.first_event)
+                .await;
         }
-        Ok(())
+        recorded.unacknowledged.map_or(Ok(()), Err)
     }
 }

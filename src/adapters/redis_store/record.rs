@@ -62,7 +62,7 @@ pub fn state_code(state: GrantState) -> u8 {
     }
 }
 
-fn state_of(code: u8) -> Option<GrantState> {
+pub fn state_of(code: u8) -> Option<GrantState> {
     GrantState::ALL.into_iter().find(|state| state_code(*state) == code)
 }
 
@@ -284,7 +284,7 @@ struct EventV3 {
     caller: Option<String>,
     #[prost(
         oneof = "KindV3",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
     )]
     kind: Option<KindV3>,
 }
@@ -1093,12 +1093,7 @@ pub fn encode_record(
             .map(|approval| approval_v3(clock, approval))
             .collect(),
         windows: Vec::new(),
-        review: grant.review.as_ref().map(|review| ReviewV3 {
-            reviewer: review.reviewer.as_str().to_owned(),
-            at: clock.to(review.at),
-            comment: review.comment.clone(),
-            caller: review.caller.clone(),
-        }),
+        review: grant.review.as_ref().map(|review| review_v3(clock, review)),
         extensions: grant
             .extensions
             .iter()
@@ -1127,6 +1122,15 @@ pub fn encode_record(
     let mut record = header(grant, attempts, events.len())?.to_vec();
     body.encode(&mut record).map_err(|error| error.to_string())?;
     Ok(record)
+}
+
+fn review_v3(clock: Clock, review: &Review) -> ReviewV3 {
+    ReviewV3 {
+        reviewer: review.reviewer.as_str().to_owned(),
+        at: clock.to(review.at),
+        comment: review.comment.clone(),
+        caller: review.caller.clone(),
+    }
 }
 
 fn revocation_v3(clock: Clock, revocation: &Revocation) -> RevocationV3 {
@@ -1181,12 +1185,7 @@ pub fn encode_delta(grant: &Grant, delta: &Delta<'_>) -> Result<Vec<u8>, String>
         .map(|(start, end, policy)| window_v3(clock, start, end, policy))
         .into_iter()
         .collect();
-    body.review = delta.review.map(|review| ReviewV3 {
-        reviewer: review.reviewer.as_str().to_owned(),
-        at: clock.to(review.at),
-        comment: review.comment.clone(),
-        caller: review.caller.clone(),
-    });
+    body.review = delta.review.map(|review| review_v3(clock, review));
     // Only the extensions that changed: the last one, or a new one (and the one before it,
     // should both have changed in one step).
     if let Some((before, after)) = delta.extensions {

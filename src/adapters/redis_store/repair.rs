@@ -67,10 +67,6 @@ impl Repairs {
             .map(|mut queue| queue.drain(..).collect())
             .unwrap_or_default()
     }
-
-    pub(super) fn len(&self) -> usize {
-        self.0.lock().map(|queue| queue.len()).unwrap_or(0)
-    }
 }
 
 impl RedisGrantStore {

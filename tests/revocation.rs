@@ -673,11 +673,55 @@ async fn the_cli_revokes_waits_for_the_deny_and_reports_each_session() {
         ADMIN_TOKEN.into(),
     ])
     .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["enforcement"], "enforced", "{printed}");
     assert_eq!(printed["target"], "dev-logs-read");
     let seen = get(&mut client, &other.id).await;
-    assert!(seen.sessions_denied_before.is_some());
+    let denied_before = time::OffsetDateTime::from_unix_timestamp(seen.sessions_denied_before.unwrap().seconds)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert_eq!(printed["cutoff_time"], denied_before.as_str(), "{printed}");
+
+    // A record-only target: no deny can cover its sessions, so waiting says so at once (exit 5).
+    let mut request = read_logs_request("cli-record-only");
+    request.target = "legacy-logs".into();
+    request.scopes[0].resources = vec!["arn:aws:s3:::legacy-logs/*".into()];
+    let record_only = client
+        .request_access(authed(PORTAL_TOKEN, request))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    let started = std::time::Instant::now();
+    let output = run_cli(vec![
+        "revoke".into(),
+        record_only.id.clone(),
+        "--reason".into(),
+        "offboarded".into(),
+        "--wait".into(),
+        "--server".into(),
+        server.url(),
+        "--token".into(),
+        PORTAL_TOKEN.into(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("record-only") && stderr.contains(&record_only.id),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "it did not wait out the 30 s"
+    );
+    assert_eq!(
+        get(&mut client, &record_only.id).await.state,
+        i32::from(proto::GrantState::Revoked)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

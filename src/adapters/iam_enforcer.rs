@@ -286,6 +286,8 @@ fn percent_decode(text: &str) -> String {
         let escaped = (bytes[i] == b'%')
             .then(|| bytes.get(i + 1..i + 3))
             .flatten()
+            // Two hex digits exactly: `from_str_radix` alone would also take `+F`.
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| u8::from_str_radix(hex, 16).ok());
         match escaped {
@@ -407,6 +409,7 @@ mod tests {
             "no form decoding, a broken escape kept"
         );
         assert_eq!(percent_decode("%C3%A9"), "é");
+        assert_eq!(percent_decode("%+F%-1%zz"), "%+F%-1%zz", "only two hex digits escape");
     }
 
     #[test]

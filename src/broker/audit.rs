@@ -139,11 +139,6 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 .await?;
             for entry in read.entries {
                 let position = entry.cursor.clone();
-                if newest_first {
-                    before = Some(position.clone());
-                } else {
-                    after = Some(position.clone());
-                }
                 if filter.matches(&entry) {
                     found.push(entry);
                     if found.len() == page_size {
@@ -154,7 +149,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             if read.exhausted {
                 return Ok((found, None));
             }
-            // Past entries whose event was not found (their grant is gone) too.
+            // On from the last entry read (also past entries whose grant is gone).
             if newest_first {
                 before = read.last.or(before);
             } else {

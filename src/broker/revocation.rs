@@ -290,20 +290,24 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         let mut before = None;
         let mut truncated = false;
         let mut scanned = 0;
-        // A grant can start at most 30 days after it was requested and last 12 hours.
+        // A grant can start at most 30 days after it was requested and last 12 hours: the index
+        // is read no further back (positions are never earlier than creation).
         let live_horizon = now
             - crate::domain::request::MAX_SCHEDULE_AHEAD
             - Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
         loop {
             let page = self
                 .store
-                .list_index(&GrantIndex::Grantee(grantee.to_owned()), before.as_ref(), None, 200)
+                .list_index(
+                    &GrantIndex::Grantee(grantee.to_owned()),
+                    before.as_ref(),
+                    Some(live_horizon),
+                    200,
+                )
                 .await?;
             let next = page.next;
             let grants: Vec<Grant> = page.grants.into_iter().map(|(_, grant)| grant).collect();
             scanned += grants.len();
-            // Newest first: once past the oldest a live grant can be, nothing older is live.
-            let past_horizon = grants.last().is_some_and(|grant| grant.created_at < live_horizon);
             live.extend(
                 grants
                     .into_iter()
@@ -315,7 +319,6 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 break;
             }
             match next {
-                Some(_) if past_horizon => break,
                 // Bounded: a grantee's history (newest first) is read only so far per call.
                 Some(_) if scanned >= MAX_GRANTEE_SCAN => {
                     truncated = true;

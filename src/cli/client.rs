@@ -666,7 +666,15 @@ fn enforcement_text(status: i32) -> &'static str {
 }
 
 /// Revokes a grant; with `wait`, polls it until its deny is written in AWS (or nothing was
-/// needed), exiting 5 if that does not happen in time.
+/// needed), exiting 5 if that does not happen in time, or at once when it cannot happen (a
+/// record-only target).
+/// A revocation the broker cannot enforce in AWS (its target is record-only).
+fn not_enforceable(grant: &proto::Grant) -> bool {
+    grant.revocation.as_ref().is_some_and(|revocation| {
+        proto::EnforcementStatus::try_from(revocation.enforcement) == Ok(proto::EnforcementStatus::NotAvailable)
+    })
+}
+
 pub async fn revoke(
     client: &mut Client,
     message: proto::RevokeGrantRequest,
@@ -685,7 +693,15 @@ pub async fn revoke(
                 )
             })
         };
-        while !settled(&grant) {
+        while !settled(&grant) || not_enforceable(&grant) {
+            if not_enforceable(&grant) {
+                return Err(ClientError::new(
+                    Exit::NotEnforced,
+                    format!(
+                        "grant {id} is revoked, but its target is record-only: its live sessions are not denied in AWS, and they last until they expire"
+                    ),
+                ));
+            }
             if std::time::Instant::now() >= deadline {
                 let status = grant.revocation.as_ref().map_or(0, |r| r.enforcement);
                 let error = grant
@@ -868,8 +884,13 @@ pub async fn audit_events(
     for event in &response.events {
         let _ = writeln!(text, "{}", audit_line(event, json));
     }
-    if !response.next_page_token.is_empty() && !json {
-        let _ = writeln!(text, "more: --page-token {}", response.next_page_token);
+    if !response.next_page_token.is_empty() {
+        if json {
+            // Not in the JSON Lines: a script reading them still learns there is more.
+            eprintln!("more: --page-token {}", response.next_page_token);
+        } else {
+            let _ = writeln!(text, "more: --page-token {}", response.next_page_token);
+        }
     }
     Ok(text)
 }
@@ -903,7 +924,11 @@ const EXPORT_PAGE: i32 = 500;
 
 /// Writes the cursor file whole or not at all (a temporary file renamed over it).
 fn save_cursor(path: &std::path::Path, cursor: &str) -> Result<(), ClientError> {
-    let temporary = path.with_extension("tmp");
+    // Beside it, named after the whole file name (`with_extension` would make `a.cursor` and
+    // an output `a.tmp` collide).
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
     std::fs::write(&temporary, format!("{cursor}\n"))
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|error| ClientError::new(Exit::Usage, format!("cannot write {}: {error}", path.display())))

@@ -251,7 +251,6 @@ impl RedisServer {
         entries
     }
 
-    /// A grant's list (`events` or `issuances`), each entry parsed as JSON.
     /// [`Self::dump`] without the audit log when it holds only service events (the rules each
     /// broker loaded, audit queries): what requests and grants left behind.
     pub async fn recorded(&self) -> Vec<(String, String)> {

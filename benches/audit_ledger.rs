@@ -347,6 +347,7 @@ fn plan(n: u64, count: u64, now: OffsetDateTime, pending_timeout: time::Duration
         role_cutoff: None,
         issuances: Vec::new(),
         issuance_count: 0,
+        session_roles: Default::default(),
         requester,
         grantee,
     };
@@ -394,6 +395,7 @@ fn plan(n: u64, count: u64, now: OffsetDateTime, pending_timeout: time::Duration
             grant.account_id,
             grant.role_arn.rsplit('/').next().unwrap()
         ),
+        role_id: Some("AROABENCHROLE0000001".to_owned()),
         session_name: session_name.clone(),
         source_identity: limits::source_identity_for(&grant.requester).unwrap_or_else(|| "grant-broker".to_owned()),
         expiration: issued_at + time::Duration::seconds(i64::try_from(session_secs).unwrap()),

@@ -165,6 +165,7 @@ impl World {
         let sts = FakeSts::start(StsBehaviour::Succeed).await;
         let iam = iam_client(&moto);
         let (role, role_id) = self::role(&iam, other_policy_chars).await;
+        sts.set_role_id(&role, &role_id);
         Self {
             redis,
             moto,
@@ -275,6 +276,96 @@ async fn a_revoked_grant_is_denied_by_user_id_on_its_role_and_issues_nothing_mor
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["id", "reason"]);
+}
+
+/// Deletes the role and creates it again under the same name, as a Terraform replace does:
+/// returns the new incarnation's RoleId.
+async fn recreate_role(world: &World) -> String {
+    for name in [DENY_POLICY_NAME, "team-reads-logs"] {
+        let _ = world
+            .iam
+            .delete_role_policy()
+            .role_name(&world.role)
+            .policy_name(name)
+            .send()
+            .await;
+    }
+    world.iam.delete_role().role_name(&world.role).send().await.unwrap();
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"sts:AssumeRole"}]}"#;
+    let role = world
+        .iam
+        .create_role()
+        .role_name(&world.role)
+        .assume_role_policy_document(trust)
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap();
+    assert_ne!(role.role_id, world.role_id, "a new incarnation has a new RoleId");
+    world.sts.set_role_id(&world.role, &role.role_id);
+    role.role_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_a_re_created_role_is_denied_under_its_own_role_id() {
+    let world = World::new(100).await;
+    let server = Server::start(&world.settings(&world.moto.url)).await;
+    let mut client = server.client().await;
+    let first = issued_grant(&mut client, "before-1").await;
+    let straddling = issued_grant(&mut client, "before-2").await;
+    // The broker learns (and caches) the first incarnation's RoleId with a revocation.
+    let revoked = client
+        .revoke_grant(authed(PORTAL_TOKEN, revoke(&first.id, "offboarded")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enforcement(&revoked), proto::EnforcementStatus::Enforced);
+
+    let new_role_id = recreate_role(&world).await;
+    // One grant issued again on the new role (it has sessions of both), one only on it.
+    client
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&straddling.id)))
+        .await
+        .unwrap();
+    let after = issued_grant(&mut client, "after-1").await;
+    for grant in [&straddling, &after] {
+        let revoked = client
+            .revoke_grant(authed(PORTAL_TOKEN, revoke(&grant.id, "offboarded")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            enforcement(&revoked),
+            proto::EnforcementStatus::Enforced,
+            "{}",
+            grant.id
+        );
+    }
+    // Each session under the RoleId STS reported for it, nothing under a RoleId it never had.
+    let mut expected = vec![
+        format!("{}:gb-{}", world.role_id, first.id),
+        format!("{}:gb-{}", world.role_id, straddling.id),
+        format!("{new_role_id}:gb-{}", straddling.id),
+        format!("{new_role_id}:gb-{}", after.id),
+    ];
+    expected.sort();
+    assert_eq!(denied_user_ids(&world.deny_policy().await.unwrap()), expected);
+    // The cached RoleId was refreshed from IAM once a session reported another.
+    let cached: String = redis::cmd("HGET")
+        .arg(format!("gb:role:{{arn:aws:iam::123456789012:role/{}}}", world.role))
+        .arg("role_id")
+        .query_async(&mut world.redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(cached, new_role_id);
+    // The issuance records the RoleId it was issued under.
+    let issuances = world.redis.grant(&straddling.id).await.unwrap().issuances;
+    let role_ids: Vec<_> = issuances
+        .iter()
+        .map(|issuance| issuance.role_id.clone().unwrap())
+        .collect();
+    assert_eq!(role_ids, [world.role_id.clone(), new_role_id.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,6 +698,7 @@ async fn a_revocation_racing_an_issuance_leaves_no_credentials_after_it() {
         tokio::task::block_in_place(|| revoking.join().unwrap());
     });
     let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, hook).await;
+    sts.set_role_id(&world.role, &world.role_id);
     let mut settings = world.settings(&world.moto.url);
     settings.sts_endpoint = sts.url.clone();
     let server = Server::start(&settings).await;

@@ -325,12 +325,14 @@ fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
                 session_name: format!("gb-{id}"),
                 source_identity: "alice".into(),
                 assumed_role_arn: format!("arn:aws:sts::123456789012:assumed-role/r/gb-{id}"),
+                role_id: (n % 3 != 0).then(|| format!("AROAINCARNATION{}", n % 2)),
                 expiration: end,
                 issued_at: start + time::Duration::seconds(i64::try_from(n).unwrap()),
                 packed_policy_percent: (n % 2 == 0).then_some(i32::try_from(n).unwrap()),
             })
             .collect(),
         issuance_count: 0,
+        session_roles: Default::default(),
         extensions: vec![],
         revocation: None,
         enforcement: None,
@@ -450,6 +452,14 @@ proptest! {
             let mut expected = written.clone();
             expected.issuances = written.issuances[issuances.saturating_sub(RECENT_ISSUANCES)..].to_vec();
             expected.issuance_count = u64::try_from(issuances).unwrap();
+            // Every issuance's RoleId, once; one STS did not name makes the role's current one count.
+            let mut known: Vec<String> = written.issuances.iter().filter_map(|i| i.role_id.clone()).collect();
+            known.sort();
+            known.dedup();
+            expected.session_roles = grant_broker::domain::SessionRoles {
+                known,
+                unreported: written.issuances.iter().any(|i| i.role_id.is_none()),
+            };
             prop_assert_eq!(read, expected);
             Ok(())
         })?;

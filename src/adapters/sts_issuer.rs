@@ -97,6 +97,15 @@ fn to_time(at: &aws_sdk_sts::primitives::DateTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(at.secs()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// The RoleId in an `AssumedRoleId` (`<RoleId>:<session name>`), when it is for this session.
+fn role_id_of(assumed_role_id: &str, session_name: &str) -> Option<String> {
+    assumed_role_id
+        .strip_suffix(session_name)
+        .and_then(|rest| rest.strip_suffix(':'))
+        .filter(|role_id| !role_id.is_empty() && !role_id.contains(':'))
+        .map(str::to_owned)
+}
+
 fn failed(kind: IssueErrorKind, code: &str, message: impl Into<String>) -> IssueError {
     IssueError {
         kind,
@@ -206,7 +215,23 @@ impl CredentialIssuer for StsIssuer {
                 .assumed_role_user()
                 .map(|user| user.arn().to_owned())
                 .unwrap_or_default(),
+            role_id: output
+                .assumed_role_user()
+                .and_then(|user| role_id_of(user.assumed_role_id(), spec.session_name())),
             packed_policy_percent: packed_policy_percent(&output),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::role_id_of;
+
+    #[test]
+    fn the_role_id_is_what_precedes_this_sessions_name() {
+        assert_eq!(role_id_of("AROA123:gb-x", "gb-x").as_deref(), Some("AROA123"));
+        for other in ["AROA123:gb-y", "gb-x", ":gb-x", "A:B:gb-x", ""] {
+            assert_eq!(role_id_of(other, "gb-x"), None, "{other}");
+        }
     }
 }

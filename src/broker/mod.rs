@@ -375,6 +375,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             role_cutoff: None,
             issuances: Vec::new(),
             issuance_count: 0,
+            session_roles: Default::default(),
         };
         tracing::info!(
             grant_id = %grant.id, caller = %caller.id, target = %grant.target, state = state.as_str(),
@@ -443,6 +444,10 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         decided: Decided,
     ) -> Result<AccessOutcome, BrokerError> {
         let (issuance, credentials) = self.issue(caller, &grant, mfa, decided).await?;
+        match &issuance.role_id {
+            Some(role_id) => grant.session_roles.note(role_id.clone()),
+            None => grant.session_roles.unreported = true,
+        }
         grant.issuances.push(issuance);
         grant.issuance_count += 1;
         if grant.issuances.len() > crate::domain::RECENT_ISSUANCES {
@@ -564,6 +569,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             session_name: session_name.clone(),
             source_identity: spec.source_identity().to_owned(),
             assumed_role_arn: credentials.assumed_role_arn.clone(),
+            role_id: credentials.role_id.clone(),
             expiration: credentials.expiration,
             issued_at: self.clock.now(),
             packed_policy_percent: credentials.packed_policy_percent,
@@ -975,6 +981,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 session_name: issuance.session_name.clone(),
                 access_key_id: issuance.access_key_id.clone(),
                 reason,
+                role_id: issuance.role_id.clone(),
             },
         };
         if let Err(error) = self.store.append_event(grant, &event).await {

@@ -29,7 +29,7 @@ use crate::{
     },
     ports::{
         Appended, Change, Clock, CredentialIssuer, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex,
-        GrantStore, Lease, Leased, RoleEnforcer,
+        GrantStore, Lease, Leased, RoleEnforcer, RoleFacts,
     },
 };
 
@@ -544,6 +544,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     grant: id,
                     revoked_at,
                     until: grant.end,
+                    roles: grant.session_roles.clone(),
                 };
                 self.store.add_entry(&grant.role_arn, &entry).await?;
                 entry_added = true;
@@ -632,11 +633,33 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             return Ok(RoleWrite::Busy);
         };
         let mut state = self.store.role(role_arn).await?;
+        // A session STS reported under another RoleId than the one cached means the role was
+        // deleted and re-created since: the current RoleId (for sessions STS never reported) is
+        // asked of IAM again. Sessions it did report are denied under their own RoleId anyway.
+        let reported_elsewhere = |facts: &RoleFacts| {
+            state
+                .entries
+                .iter()
+                .any(|entry| entry.roles.known.iter().any(|role_id| *role_id != facts.role_id))
+        };
         let facts = match &state.facts {
-            Some(facts) => facts.clone(),
-            None => match self.enforcer.role_facts(target).await {
-                Ok(facts) => facts,
-                Err(error) => return self.failed(lease, &state.unmarked, state.failures, error).await,
+            Some(facts) if !reported_elsewhere(facts) => facts.clone(),
+            cached => match (self.enforcer.role_facts(target).await, cached) {
+                (Ok(facts), cached) => {
+                    if let Some(cached) = cached.as_ref().filter(|cached| cached.role_id != facts.role_id) {
+                        tracing::warn!(
+                            role_arn, was = %cached.role_id, now = %facts.role_id,
+                            "the role's RoleId changed: it was deleted and re-created"
+                        );
+                    }
+                    facts
+                }
+                // Only sessions STS never reported depend on it: the cached one will do for now.
+                (Err(error), Some(cached)) => {
+                    tracing::warn!(role_arn, code = %error.code, "could not read the role's RoleId again; using the cached one");
+                    cached.clone()
+                }
+                (Err(error), None) => return self.failed(lease, &state.unmarked, state.failures, error).await,
             },
         };
         let now = self.clock.now();

@@ -138,6 +138,8 @@ impl GrantStore for MemoryStore {
         let state = self.0.lock().unwrap();
         Ok(state.grants.get(&id).map(|(grant, issuances, _)| {
             let mut grant = grant.clone();
+            let events = state.events.get(&id).map_or(&[][..], Vec::as_slice);
+            grant.session_roles = crate::domain::SessionRoles::of(events, issuances);
             grant.issuances = issuances[issuances.len().saturating_sub(RECENT_ISSUANCES)..].to_vec();
             grant.issuance_count = u64::try_from(issuances.len()).unwrap();
             grant
@@ -357,7 +359,7 @@ impl crate::ports::EnforcementStore for MemoryStore {
         let role = state.roles.entry(role_arn.to_owned()).or_default();
         let changed = role.entries.get(&entry.grant).is_none_or(|old| old.until < entry.until);
         if changed {
-            role.entries.insert(entry.grant, *entry);
+            role.entries.insert(entry.grant, entry.clone());
             role.summary.desired += 1;
         }
         role.unmarked.insert(entry.grant);
@@ -428,7 +430,7 @@ impl crate::ports::EnforcementStore for MemoryStore {
         let role = state.roles.get(role_arn).cloned().unwrap_or_default();
         Ok(crate::ports::RoleRevocations {
             summary: role.summary,
-            entries: role.entries.values().copied().collect(),
+            entries: role.entries.values().cloned().collect(),
             facts: role.facts,
             digest: role.digest,
             unmarked: role.unmarked.into_iter().collect(),
@@ -593,6 +595,7 @@ impl CredentialIssuer for FakeIssuer {
             session_token: Secret::new("token"),
             expiration: OffsetDateTime::now_utc() + Duration::seconds(i64::try_from(spec.duration_secs()).unwrap()),
             assumed_role_arn: format!("{}/{}", spec.role_arn(), spec.session_name()),
+            role_id: Some("AROAFAKEROLEID000001".into()),
             packed_policy_percent: Some(5),
         })
     }

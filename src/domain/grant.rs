@@ -129,9 +129,61 @@ pub struct Issuance {
     pub session_name: String,
     pub source_identity: String,
     pub assumed_role_arn: String,
+    /// The RoleId (`AROA...`) STS reported for the session (`AssumedRoleUser.AssumedRoleId` is
+    /// `<RoleId>:<session name>`): the role incarnation the session belongs to, which a deny must
+    /// name. `None` when STS did not say.
+    pub role_id: Option<String>,
     pub expiration: OffsetDateTime,
     pub issued_at: OffsetDateTime,
     pub packed_policy_percent: Option<i32>,
+}
+
+/// Which incarnations of its role a grant's sessions belong to: what a deny of them must name
+/// (`aws:userid` = `<RoleId>:<session name>`; a role deleted and re-created under the same name
+/// has a new RoleId, and a deny naming the old one covers nothing of the new).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionRoles {
+    /// The distinct RoleIds STS reported for the grant's sessions (returned or discarded), sorted.
+    pub known: Vec<String>,
+    /// An STS call whose answer was never recorded (the broker died during it, the call timed
+    /// out, STS did not name the role): a session may exist on the role as it is now.
+    pub unreported: bool,
+}
+
+impl SessionRoles {
+    /// Walks a grant's events, oldest first, with its issuances in the same order (one per
+    /// `issued` event).
+    pub fn of(events: &[GrantEvent], issuances: &[Issuance]) -> Self {
+        let mut roles = Self::default();
+        let mut issuances = issuances.iter();
+        let mut in_flight = 0_usize;
+        for event in events {
+            let reported = match &event.kind {
+                EventKind::Issuing { .. } => {
+                    in_flight += 1;
+                    continue;
+                }
+                EventKind::Issued { .. } => issuances.next().and_then(|issuance| issuance.role_id.clone()),
+                EventKind::IssueDiscarded { role_id, .. } => role_id.clone(),
+                _ => continue,
+            };
+            in_flight = in_flight.saturating_sub(1);
+            match reported {
+                Some(role_id) => roles.note(role_id),
+                None => roles.unreported = true,
+            }
+        }
+        // A failed call leaves its `issuing` open: a timeout may still have minted a session.
+        roles.unreported |= in_flight > 0;
+        roles
+    }
+
+    /// Adds a RoleId STS reported.
+    pub fn note(&mut self, role_id: String) {
+        if let Err(at) = self.known.binary_search(&role_id) {
+            self.known.insert(at, role_id);
+        }
+    }
 }
 
 /// An audit event: what happened to a grant, when, and on whose behalf.
@@ -177,6 +229,9 @@ pub enum EventKind {
         session_name: String,
         access_key_id: String,
         reason: String,
+        /// The RoleId STS reported for the discarded session: its deny must name it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role_id: Option<String>,
     },
     /// The requesting caller withdrew the grant.
     Cancelled {
@@ -322,6 +377,8 @@ pub struct Grant {
     pub issuances: Vec<Issuance>,
     /// How many issuances the grant has had in all.
     pub issuance_count: u64,
+    /// The role incarnations its sessions (all of them, not only the recent) belong to.
+    pub session_roles: SessionRoles,
 }
 
 impl Grant {
@@ -449,6 +506,71 @@ mod tests {
     fn states_round_trip_through_their_names() {
         for state in GrantState::ALL {
             assert_eq!(GrantState::parse(state.as_str()), Some(state));
+        }
+    }
+
+    #[test]
+    fn session_roles_name_every_reported_role_and_flag_calls_never_answered() {
+        let at = datetime!(2026-11-28 10:00 UTC);
+        let event = |kind| GrantEvent {
+            at,
+            caller: "p".into(),
+            kind,
+        };
+        let issuing = || {
+            event(EventKind::Issuing {
+                session_name: "gb-x".into(),
+                duration_secs: 900,
+            })
+        };
+        let issued = || {
+            event(EventKind::Issued {
+                session_name: "gb-x".into(),
+                access_key_id: "ASIA1".into(),
+                expiration: at,
+            })
+        };
+        let issuance = |role_id: Option<&str>| Issuance {
+            access_key_id: "ASIA1".into(),
+            session_name: "gb-x".into(),
+            source_identity: "a".into(),
+            assumed_role_arn: String::new(),
+            role_id: role_id.map(str::to_owned),
+            expiration: at,
+            issued_at: at,
+            packed_policy_percent: None,
+        };
+        let discarded = |role_id: Option<&str>| {
+            event(EventKind::IssueDiscarded {
+                session_name: "gb-x".into(),
+                access_key_id: "ASIA2".into(),
+                reason: "revoked".into(),
+                role_id: role_id.map(str::to_owned),
+            })
+        };
+        let failed = event(EventKind::IssueFailed {
+            session_name: "gb-x".into(),
+            error: "Timeout".into(),
+        });
+        assert_eq!(SessionRoles::of(&[], &[]), SessionRoles::default());
+        let answered = [
+            issuing(),
+            issued(),
+            issuing(),
+            discarded(Some("AROAB")),
+            issuing(),
+            issued(),
+        ];
+        let roles = SessionRoles::of(&answered, &[issuance(Some("AROAB")), issuance(Some("AROAA"))]);
+        assert_eq!(roles.known, ["AROAA", "AROAB"]);
+        assert!(!roles.unreported);
+        for (events, issuances) in [
+            (vec![issuing()], vec![]),
+            (vec![issuing(), failed], vec![]),
+            (vec![issuing(), discarded(None)], vec![]),
+            (vec![issuing(), issued()], vec![issuance(None)]),
+        ] {
+            assert!(SessionRoles::of(&events, &issuances).unreported, "{events:?}");
         }
     }
 }

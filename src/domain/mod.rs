@@ -21,7 +21,9 @@ pub mod scope;
 pub mod session;
 pub mod target;
 
-pub use grant::{Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome, RECENT_ISSUANCES};
+pub use grant::{
+    Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome, RECENT_ISSUANCES, SessionRoles,
+};
 pub use request::{AccessRequest, Caller, CallerId, MfaToken, RawAccessRequest, RequestId};
 pub use scope::{ActionPattern, ResourcePattern, Scope};
 pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionRefused, SessionSpec, SessionTag};

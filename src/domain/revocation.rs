@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use time::{Duration, OffsetDateTime};
 
-use super::{GrantId, policy::rfc3339_utc};
+use super::{GrantId, SessionRoles, policy::rfc3339_utc};
 
 /// The name of the inline policy the broker manages on a target role; it touches no other.
 pub const DENY_POLICY_NAME: &str = "grant-broker-revocations";
@@ -86,13 +86,15 @@ pub struct Enforcement {
 }
 
 /// One revoked grant's entry in its role's deny list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedEntry {
     pub grant: GrantId,
     /// When it was revoked: no session of it is issued later, so a cutoff after this covers it.
     pub revoked_at: OffsetDateTime,
     /// When its last session's credentials expire (the grant's end): the entry is pruned then.
     pub until: OffsetDateTime,
+    /// The role incarnations its sessions belong to, as STS reported them.
+    pub roles: SessionRoles,
 }
 
 impl RevokedEntry {
@@ -100,6 +102,25 @@ impl RevokedEntry {
     /// covers them all, recorded or not.
     pub fn session_name(&self) -> String {
         format!("gb-{}", self.grant)
+    }
+
+    /// The `aws:userid` of each of its sessions: `<RoleId>:<session name>` for every RoleId STS
+    /// reported, and for `current_role_id` (the role as IAM has it now) when a session may exist
+    /// that STS never reported.
+    pub fn user_ids(&self, current_role_id: &str) -> Vec<String> {
+        let session = self.session_name();
+        let current = (self.roles.unreported || self.roles.known.is_empty()).then_some(current_role_id);
+        let mut ids: Vec<String> = self
+            .roles
+            .known
+            .iter()
+            .map(String::as_str)
+            .chain(current)
+            .map(|role_id| format!("{role_id}:{session}"))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 }
 
@@ -152,9 +173,10 @@ pub fn counted_chars(document: &str) -> usize {
 }
 
 /// The role's policy as of `now`: entries still live and not covered by a cutoff still in
-/// effect, listed by `<role id>:<session name>`, plus the cutoff statement; `Overflow` when that
-/// exceeds what the role's other inline policies leave. Deterministic (entries sorted), so the
-/// same state always writes the same document.
+/// effect, listed by the `aws:userid` of each of their sessions (see [`RevokedEntry::user_ids`];
+/// `role_id` is the role's RoleId as IAM has it now), plus the cutoff statement; `Overflow` when
+/// that exceeds what the role's other inline policies leave. Deterministic (entries and ids
+/// sorted), so the same state always writes the same document.
 pub fn role_policy(
     role_id: &str,
     entries: &[RevokedEntry],
@@ -167,6 +189,11 @@ pub fn role_policy(
         .iter()
         .filter(|entry| entry.until > now && !cutoff.is_some_and(|cutoff| cutoff.covers(entry)))
         .collect();
+    // A grant may have more than one entry (a discarded session reported after its revocation):
+    // the ids of all of them, listed once.
+    let mut user_ids: Vec<String> = listed.iter().flat_map(|entry| entry.user_ids(role_id)).collect();
+    user_ids.sort();
+    user_ids.dedup();
     listed.sort_by_key(|entry| entry.grant);
     listed.dedup_by_key(|entry| entry.grant);
     if listed.is_empty() && cutoff.is_none() {
@@ -175,9 +202,9 @@ pub fn role_policy(
     let mut statements = Vec::new();
     if !listed.is_empty() {
         let mut ids = String::new();
-        for (n, entry) in listed.iter().enumerate() {
+        for (n, user_id) in user_ids.iter().enumerate() {
             let separator = if n == 0 { "" } else { "," };
-            let _ = write!(ids, "{separator}\"{role_id}:{}\"", entry.session_name());
+            let _ = write!(ids, "{separator}\"{user_id}\"");
         }
         statements.push(format!(
             r#"{{"Sid":"RevokedSessions","Effect":"Deny","Action":"*","Resource":"*","Condition":{{"StringEquals":{{"aws:userid":[{ids}]}}}}}}"#
@@ -217,7 +244,54 @@ mod tests {
             grant: GrantId::from_uuid(Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n)),
             revoked_at: NOW - Duration::seconds(revoked_ago_secs),
             until: NOW + Duration::seconds(left_secs),
+            roles: SessionRoles::default(),
         }
+    }
+
+    fn with_roles(mut entry: RevokedEntry, known: &[&str], unreported: bool) -> RevokedEntry {
+        entry.roles = SessionRoles {
+            known: known.iter().map(|id| (*id).to_owned()).collect(),
+            unreported,
+        };
+        entry
+    }
+
+    #[test]
+    fn each_session_is_denied_under_the_role_id_sts_reported_for_it() {
+        // Issued before and after the role was re-created; the role is now its third incarnation.
+        let both = with_roles(entry(1, 60, 600), &["AROAOLD", "AROANEW"], false);
+        let unreported = with_roles(entry(2, 60, 600), &["AROANEW"], true);
+        let json = document(&role_policy(
+            "AROACURRENT",
+            &[both.clone(), unreported.clone()],
+            None,
+            0,
+            NOW,
+        ));
+        assert_eq!(
+            json["Statement"][0]["Condition"]["StringEquals"]["aws:userid"],
+            serde_json::json!([
+                format!("AROACURRENT:gb-{}", unreported.grant),
+                format!("AROANEW:gb-{}", both.grant),
+                format!("AROANEW:gb-{}", unreported.grant),
+                format!("AROAOLD:gb-{}", both.grant),
+            ]),
+            "exactly what was issued, and the current role only where a session went unreported"
+        );
+        // Two entries of one grant (a discarded session reported later) list both ids once.
+        let later = with_roles(both.clone(), &["AROANEW", "AROALATER"], false);
+        let RolePolicy::Deny { document, listed } = role_policy("AROAX", &[both.clone(), later], None, 0, NOW) else {
+            panic!("a document")
+        };
+        assert_eq!(listed, [both.grant]);
+        let json: serde_json::Value = serde_json::from_str(&document).unwrap();
+        assert_eq!(
+            json["Statement"][0]["Condition"]["StringEquals"]["aws:userid"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     fn document(policy: &RolePolicy) -> serde_json::Value {
@@ -259,7 +333,7 @@ mod tests {
         assert_eq!(cutoff.at, datetime!(2026-11-29 09:59:51 UTC), "the next whole second");
         let before = entry(1, 20, 600);
         let after = entry(2, 1, 600);
-        let policy = role_policy(ROLE, &[before, after], Some(&cutoff), 0, NOW);
+        let policy = role_policy(ROLE, &[before.clone(), after.clone()], Some(&cutoff), 0, NOW);
         let RolePolicy::Deny { listed, .. } = &policy else {
             panic!("{policy:?}")
         };
@@ -276,7 +350,7 @@ mod tests {
         // Once every session issued before it has expired, the cutoff goes too.
         let later = NOW + Duration::hours(2);
         assert_eq!(
-            role_policy(ROLE, &[before], Some(&cutoff), 0, later),
+            role_policy(ROLE, std::slice::from_ref(&before), Some(&cutoff), 0, later),
             RolePolicy::Absent
         );
     }

@@ -260,6 +260,9 @@ pub struct IssuedCredentials {
     pub session_token: Secret,
     pub expiration: OffsetDateTime,
     pub assumed_role_arn: String,
+    /// The RoleId STS reported for the session (the part of `AssumedRoleUser.AssumedRoleId`
+    /// before `:<session name>`).
+    pub role_id: Option<String>,
     pub packed_policy_percent: Option<i32>,
 }
 
@@ -312,6 +315,7 @@ mod tests {
             review: None,
             issuances: vec![],
             issuance_count: 0,
+            session_roles: Default::default(),
             extensions: vec![],
             revocation: None,
             enforcement: None,

@@ -423,7 +423,11 @@ pub enum StsBehaviour {
 pub struct FakeSts {
     pub url: String,
     calls: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    role_ids: RoleIds,
 }
+
+/// The RoleId the fake reports for each role name (`AROAFAKE` for any other).
+type RoleIds = Arc<Mutex<HashMap<String, String>>>;
 
 /// Called with each AssumeRole call's parameters before the answer is sent.
 pub type Hook = Arc<dyn Fn(&HashMap<String, String>) + Send + Sync>;
@@ -439,7 +443,8 @@ impl FakeSts {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let calls = Arc::new(Mutex::new(Vec::new()));
         let counter = Arc::new(AtomicUsize::new(0));
-        let state = (Arc::clone(&calls), behaviour, hook, counter);
+        let role_ids = RoleIds::default();
+        let state = (Arc::clone(&calls), behaviour, hook, counter, Arc::clone(&role_ids));
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -449,14 +454,18 @@ impl FakeSts {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: hyper::Request<Incoming>| {
-                        let (calls, behaviour, hook, counter) = state.clone();
+                        let (calls, behaviour, hook, counter, role_ids) = state.clone();
                         async move {
                             let body = request.into_body().collect().await.unwrap().to_bytes();
                             let params: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
                             calls.lock().unwrap().push(params.clone());
                             hook(&params);
                             let n = counter.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, hyper::Error>(answer(&behaviour, &params, n).await)
+                            let role = params.get("RoleArn").and_then(|arn| arn.rsplit('/').next());
+                            let role_id = role
+                                .and_then(|role| role_ids.lock().unwrap().get(role).cloned())
+                                .unwrap_or_else(|| "AROAFAKE".to_owned());
+                            Ok::<_, hyper::Error>(answer(&behaviour, &params, n, &role_id).await)
                         }
                     });
                     let _ = http1::Builder::new()
@@ -465,7 +474,16 @@ impl FakeSts {
                 });
             }
         });
-        Self { url, calls }
+        Self { url, calls, role_ids }
+    }
+
+    /// Sessions of role `role_name` are reported under `role_id` from now on, as STS reports
+    /// the RoleId of the role's current incarnation.
+    pub fn set_role_id(&self, role_name: &str, role_id: &str) {
+        self.role_ids
+            .lock()
+            .unwrap()
+            .insert(role_name.to_owned(), role_id.to_owned());
     }
 
     pub fn calls(&self) -> Vec<HashMap<String, String>> {
@@ -481,7 +499,12 @@ pub fn fake_token(n: usize) -> String {
     format!("FakeSessionToken{n:04}IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ")
 }
 
-async fn answer(behaviour: &StsBehaviour, params: &HashMap<String, String>, n: usize) -> Response<Full<Bytes>> {
+async fn answer(
+    behaviour: &StsBehaviour,
+    params: &HashMap<String, String>,
+    n: usize,
+    role_id: &str,
+) -> Response<Full<Bytes>> {
     let xml = |status: u16, body: String| {
         Response::builder()
             .status(status)
@@ -498,13 +521,13 @@ async fn answer(behaviour: &StsBehaviour, params: &HashMap<String, String>, n: u
         ),
         StsBehaviour::Delay(delay) => {
             tokio::time::sleep(*delay).await;
-            xml(200, success(params, n))
+            xml(200, success(params, n, role_id))
         }
-        StsBehaviour::Succeed => xml(200, success(params, n)),
+        StsBehaviour::Succeed => xml(200, success(params, n, role_id)),
     }
 }
 
-fn success(params: &HashMap<String, String>, n: usize) -> String {
+fn success(params: &HashMap<String, String>, n: usize, role_id: &str) -> String {
     let role_arn = &params["RoleArn"];
     let session = &params["RoleSessionName"];
     let account = role_arn.split(':').nth(4).unwrap();
@@ -516,7 +539,7 @@ fn success(params: &HashMap<String, String>, n: usize) -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     format!(
-        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><SourceIdentity>{source}</SourceIdentity><AssumedRoleUser><AssumedRoleId>AROAFAKE:{session}</AssumedRoleId><Arn>arn:aws:sts::{account}:assumed-role/{role}/{session}</Arn></AssumedRoleUser><Credentials><AccessKeyId>ASIAFAKE{n:012}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration></Credentials><PackedPolicySize>7</PackedPolicySize></AssumeRoleResult><ResponseMetadata><RequestId>fake-{n}</RequestId></ResponseMetadata></AssumeRoleResponse>"#,
+        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult><SourceIdentity>{source}</SourceIdentity><AssumedRoleUser><AssumedRoleId>{role_id}:{session}</AssumedRoleId><Arn>arn:aws:sts::{account}:assumed-role/{role}/{session}</Arn></AssumedRoleUser><Credentials><AccessKeyId>ASIAFAKE{n:012}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration></Credentials><PackedPolicySize>7</PackedPolicySize></AssumeRoleResult><ResponseMetadata><RequestId>fake-{n}</RequestId></ResponseMetadata></AssumeRoleResponse>"#,
         source = params.get("SourceIdentity").cloned().unwrap_or_default(),
         secret = fake_secret(n),
         token = fake_token(n),

@@ -6,7 +6,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `gb:role:{<arn>}` | hash | `desired` (bumped by every change of what to deny), `written` (the `desired` last written), `digest` (of the document last written), `role_id`, `max_session`, `cutoff`/`cutoff_until`/`cutoff_reason` (a token-issue-time cutoff, unix s), `next_check` (unix s: an entry or the cutoff expires), `retry_at` (unix s), `failures`, `error` |
-//! | `gb:role:{<arn>}:entries` | sorted set | revoked grants, member `<grant id>@<revoked at, unix s>`, scored by when their sessions expire |
+//! | `gb:role:{<arn>}:entries` | sorted set | revoked grants, member `<grant id>@<revoked at, unix s>@<RoleIds of its sessions, comma-separated; `*` for a session STS never reported>`, scored by when their sessions expire |
 //! | `gb:role:{<arn>}:unmarked` | set | grant ids whose enforcement is still to be recorded on the grant |
 //! | `gb:role:{<arn>}:lease` | string | the lease token of the replica writing the role's policy (expires) |
 //! | `gb:enforce:grants` | sorted set | grants whose revocation may still need an entry, scored by when they were noted (ms) |
@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::{RedisGrantStore, reply, unavailable};
 use crate::{
     domain::{
-        GrantId,
+        GrantId, SessionRoles,
         revocation::{Cutoff, RevokedEntry},
     },
     ports::{EnforcementStore, Lease, Leased, RoleFacts, RoleRevocations, RoleSummary, StoreError},
@@ -44,7 +44,7 @@ if current_until > untl then untl = current_until end
 redis.call('HSET', KEYS[1], 'cutoff', at, 'cutoff_until', untl, 'cutoff_reason', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'desired', 1)
 for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local id, revoked = string.match(member, '^(.+)@(%d+)$')
+  local id, revoked = string.match(member, '^([^@]+)@(%d+)@')
   if id and tonumber(revoked) < at then redis.call('SADD', KEYS[3], id) end
 end
 return 1
@@ -113,6 +113,46 @@ fn corrupt(role: &str) -> impl Fn(String) -> StoreError + '_ {
 
 fn unix(seconds: i64) -> Result<OffsetDateTime, String> {
     OffsetDateTime::from_unix_timestamp(seconds).map_err(|error| format!("time {seconds}: {error}"))
+}
+
+/// The role ids of an entry's sessions, as its member spells them: `*` stands for a session STS
+/// never reported (denied under the role's RoleId as IAM has it when the policy is written).
+const UNREPORTED: &str = "*";
+
+/// An entry's sorted-set member: `<grant id>@<revoked at, unix s>@<role id>,<role id>[,*]`.
+fn entry_member(entry: &RevokedEntry) -> String {
+    let mut roles: Vec<&str> = entry.roles.known.iter().map(String::as_str).collect();
+    if entry.roles.unreported {
+        roles.push(UNREPORTED);
+    }
+    format!(
+        "{}@{}@{}",
+        entry.grant,
+        entry.revoked_at.unix_timestamp(),
+        roles.join(",")
+    )
+}
+
+fn entry_from(member: &str, until: f64) -> Result<RevokedEntry, String> {
+    let mut parts = member.splitn(3, '@');
+    let (Some(id), Some(revoked), Some(roles)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("entry `{member}`"));
+    };
+    let revoked: i64 = revoked.parse().map_err(|_| format!("entry `{member}`"))?;
+    let mut session_roles = SessionRoles::default();
+    for role in roles.split(',').filter(|role| !role.is_empty()) {
+        if role == UNREPORTED {
+            session_roles.unreported = true;
+        } else {
+            session_roles.known.push(role.to_owned());
+        }
+    }
+    Ok(RevokedEntry {
+        grant: GrantId::parse(id)?,
+        revoked_at: unix(revoked)?,
+        until: unix(until as i64)?,
+        roles: session_roles,
+    })
 }
 
 /// The scripts of this module, loaded once per store.
@@ -240,7 +280,7 @@ impl EnforcementStore for RedisGrantStore {
             .key(self.role_key(role_arn))
             .key(self.role_part(role_arn, "entries"))
             .key(self.role_part(role_arn, "unmarked"))
-            .arg(format!("{}@{}", entry.grant, entry.revoked_at.unix_timestamp()))
+            .arg(entry_member(entry))
             .arg(entry.until.unix_timestamp())
             .arg(entry.grant.to_string())
             .invoke_async(&mut self.connection.clone())
@@ -347,17 +387,7 @@ impl EnforcementStore for RedisGrantStore {
         };
         let entries = entries
             .into_iter()
-            .map(|(member, until)| {
-                let (id, revoked) = member
-                    .split_once('@')
-                    .ok_or_else(|| corrupt(format!("entry `{member}`")))?;
-                Ok(RevokedEntry {
-                    grant: GrantId::parse(id).map_err(&corrupt)?,
-                    revoked_at: unix(revoked.parse().map_err(|_| corrupt(format!("entry `{member}`")))?)
-                        .map_err(&corrupt)?,
-                    until: unix(until as i64).map_err(&corrupt)?,
-                })
-            })
+            .map(|(member, until)| entry_from(&member, until).map_err(&corrupt))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let unmarked = unmarked
             .iter()

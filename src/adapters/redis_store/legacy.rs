@@ -324,6 +324,7 @@ pub fn decode_grant(id: GrantId, stored: StoredGrant) -> Result<Grant, String> {
     let issuance_count = u64::try_from(stored.issuances.len()).unwrap_or(u64::MAX);
     let issuances = stored.issuances[stored.issuances.len().saturating_sub(crate::domain::RECENT_ISSUANCES)..].to_vec();
     Ok(Grant {
+        session_roles: crate::domain::SessionRoles::default(),
         id,
         state,
         request_id: doc.request_id,
@@ -386,6 +387,7 @@ fn issuance_from_v1(issuance: IssuanceV1) -> Issuance {
         session_name: issuance.session_name,
         source_identity: issuance.source_identity,
         assumed_role_arn: issuance.assumed_role_arn,
+        role_id: None,
         expiration: issuance.expiration,
         issued_at: issuance.issued_at,
         packed_policy_percent: issuance.packed_policy_percent,

@@ -36,7 +36,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::domain::{
     ActionPattern, CallerId, Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome,
-    RECENT_ISSUANCES, ResourcePattern, Scope,
+    RECENT_ISSUANCES, ResourcePattern, Scope, SessionRoles,
     approval::{Approval, ApprovalRequirement, Person, Review},
     extension::{Extension, ExtensionState},
     limits,
@@ -380,6 +380,9 @@ struct IssuedV3 {
     issued_at: Option<i64>,
     #[prost(int32, optional, tag = "7")]
     packed_policy_percent: Option<i32>,
+    /// The RoleId STS reported for the session.
+    #[prost(string, optional, tag = "8")]
+    role_id: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -398,6 +401,8 @@ struct DiscardedV3 {
     access_key_id: String,
     #[prost(string, tag = "3")]
     reason: String,
+    #[prost(string, optional, tag = "4")]
+    role_id: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -798,6 +803,7 @@ fn event_v3(context: &Context<'_>, event: &GrantEvent, issuance: Option<&Issuanc
                     .then(|| issuance.assumed_role_arn.clone()),
                 issued_at: (issuance.issued_at != event.at).then(|| clock.to(issuance.issued_at)),
                 packed_policy_percent: issuance.packed_policy_percent,
+                role_id: issuance.role_id.clone(),
             })
         }
         EventKind::IssueFailed { session_name, error } => KindV3::IssueFailed(SessionTextV3 {
@@ -808,10 +814,12 @@ fn event_v3(context: &Context<'_>, event: &GrantEvent, issuance: Option<&Issuanc
             session_name,
             access_key_id,
             reason,
+            role_id,
         } => KindV3::IssueDiscarded(DiscardedV3 {
             session_name: derived.unless_session(session_name),
             access_key_id: access_key_id.clone(),
             reason: reason.clone(),
+            role_id: role_id.clone(),
         }),
         EventKind::Cancelled { reason } => KindV3::Cancelled(TextV3 { text: reason.clone() }),
         EventKind::BreakGlassUsed { justification } => KindV3::BreakGlassUsed(OptionalTextV3 {
@@ -941,6 +949,7 @@ fn event_from(context: &Context<'_>, event: EventV3) -> Result<(GrantEvent, Opti
                 expiration,
                 issued_at: issued.issued_at.map_or(at, |issued_at| clock.at(issued_at)),
                 packed_policy_percent: issued.packed_policy_percent,
+                role_id: issued.role_id,
             });
             EventKind::Issued {
                 session_name,
@@ -956,6 +965,7 @@ fn event_from(context: &Context<'_>, event: EventV3) -> Result<(GrantEvent, Opti
             session_name: derived.session(discarded.session_name),
             access_key_id: discarded.access_key_id,
             reason: discarded.reason,
+            role_id: discarded.role_id,
         },
         KindV3::Cancelled(text) => EventKind::Cancelled { reason: text.text },
         KindV3::BreakGlassUsed(text) => EventKind::BreakGlassUsed {
@@ -1317,6 +1327,7 @@ pub fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result<Decode
         role_cutoff: None,
         issuances: Vec::new(),
         issuance_count: 0,
+        session_roles: SessionRoles::default(),
     };
     let context = Context::of(&grant);
     let mut events = Vec::with_capacity(body.events.len());
@@ -1332,6 +1343,7 @@ pub fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result<Decode
             events.len()
         ));
     }
+    grant.session_roles = SessionRoles::of(&events, &issuances);
     grant.issuance_count = u64::try_from(issuances.len()).unwrap_or(u64::MAX);
     grant.issuances = issuances[issuances.len().saturating_sub(RECENT_ISSUANCES)..].to_vec();
     Ok(Decoded {

@@ -385,6 +385,7 @@ mod tests {
             role_cutoff: None,
             issuances: Vec::new(),
             issuance_count: 0,
+            session_roles: Default::default(),
         }
     }
 
@@ -425,6 +426,7 @@ mod tests {
                 error: String::new(),
             },
             EventKind::IssueDiscarded {
+                role_id: None,
                 session_name: String::new(),
                 access_key_id: String::new(),
                 reason: String::new(),

@@ -517,6 +517,68 @@ async fn a_deny_list_that_would_not_fit_becomes_a_cutoff_that_other_grants_see()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_issued_in_the_second_of_a_cutoff_are_issued_again_after_it() {
+    // When each AssumeRole call reached STS, in call order (the fake's access keys count calls).
+    let arrivals: Arc<std::sync::Mutex<Vec<time::OffsetDateTime>>> = Arc::default();
+    let seen = Arc::clone(&arrivals);
+    let hook = Arc::new(move |_: &std::collections::HashMap<String, String>| {
+        seen.lock().unwrap().push(time::OffsetDateTime::now_utc());
+    });
+    let world = World::new(10_240 - 300).await;
+    let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, hook).await;
+    sts.set_role_id(&world.role, &world.role_id);
+    let mut settings = world.settings(&world.moto.url);
+    settings.sts_endpoint = sts.url.clone();
+    let server = Server::start(&settings).await;
+    let mut client = server.client().await;
+    let bystander = issued_grant(&mut client, "bystander").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(issued_grant(&mut client, &format!("doomed-{n}")).await.id);
+    }
+    for id in &ids[..2] {
+        client
+            .revoke_grant(authed(PORTAL_TOKEN, revoke(id, "incident")))
+            .await
+            .unwrap();
+    }
+    // The third revocation overflows the list into a cutoff at the next whole second; it starts
+    // early in a second, so the issuance right after it falls in the cutoff's second.
+    let now = time::OffsetDateTime::now_utc();
+    let into_next_second = 1_000_000_000 - i64::from(now.nanosecond()) + 20_000_000;
+    tokio::time::sleep(Duration::from_nanos(u64::try_from(into_next_second).unwrap())).await;
+    client
+        .revoke_grant(authed(PORTAL_TOKEN, revoke(&ids[2], "incident")))
+        .await
+        .unwrap();
+    let cutoff = get(&mut client, &ids[2]).await.revocation.unwrap().cutoff_time.unwrap();
+    let cutoff = time::OffsetDateTime::from_unix_timestamp(cutoff.seconds).unwrap();
+    let response = client
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&bystander.id)))
+        .await
+        .unwrap()
+        .into_inner();
+    let credentials = response.credentials.unwrap();
+    let call: usize = credentials
+        .access_key_id
+        .trim_start_matches("ASIAFAKE")
+        .parse()
+        .unwrap();
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert!(
+        arrivals[call] >= cutoff,
+        "the credentials returned were issued at {} and the role denies every session issued before {cutoff}",
+        arrivals[call]
+    );
+    // The session the cutoff denied was issued (and is recorded), then one after it.
+    assert_eq!(arrivals.len(), 6, "{arrivals:?}");
+    assert!(arrivals[4] < cutoff, "{arrivals:?}");
+    let grant = get(&mut client, &bystander.id).await;
+    assert_eq!(grant.issuance_count, 3);
+    assert_eq!(grant.issuances.last().unwrap().access_key_id, credentials.access_key_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compromised_vendor_loses_every_live_grant_across_targets_in_one_call() {
     let world = World::new(100).await;
     let server = Server::start(&world.settings(&world.moto.url)).await;

@@ -30,7 +30,8 @@ pub use explain::Explanation;
 use crate::{
     domain::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
-        GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
+        GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, RevocationMode, SessionRefused, SessionSpec,
+        Target,
         approval::{Approval, Person, Review},
         filter::GrantFilter,
         iam::Catalog,
@@ -40,7 +41,7 @@ use crate::{
     },
     ports::{
         Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantStore, INDEX_SKEW, IndexPosition,
-        Queue, Reservation, RoleEnforcer, StoreError,
+        IssueError, IssueErrorKind, Queue, Reservation, RoleEnforcer, StoreError,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -90,6 +91,13 @@ impl Default for BrokerSettings {
         }
     }
 }
+
+/// How far IAM's clock may be from ours, for sessions issued around a role's cutoff: a session
+/// is taken as denied by a cutoff up to this long after it, and issued again only this long after.
+pub const CUTOFF_MARGIN: Duration = Duration::milliseconds(250);
+
+/// STS calls one issuance makes at most while the role's cutoffs keep covering its sessions.
+const MAX_CUTOFF_REISSUES: u32 = 3;
 
 /// Most approvals one grant records (a bound on its record; quorums need at most 10).
 pub const MAX_RECORDED_APPROVALS: usize = 32;
@@ -513,7 +521,10 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     }
 
     /// Mints credentials for an approved grant: checks everything again, records the attempt,
-    /// calls STS, records the issuance; returns the credentials only once that record is written.
+    /// calls STS, records the issuance; returns the credentials only once that record is written,
+    /// and never credentials a role-wide cutoff already denies (a session STS issued before a
+    /// cutoff the broker has set, or is setting, on the role is dead on arrival: it is recorded,
+    /// and the grant issues again once the cutoff has passed).
     async fn issue(
         &self,
         caller: &Caller,
@@ -521,6 +532,39 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         mfa: Option<&MfaToken>,
         decided: Decided,
     ) -> Result<(Issuance, IssuedCredentials), BrokerError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (issuance, credentials, cutoff) = self.issue_once(caller, grant, mfa, decided).await?;
+            let Some(cutoff) = cutoff else {
+                return Ok((issuance, credentials));
+            };
+            tracing::warn!(
+                grant_id = %grant.id, access_key_id = %issuance.access_key_id, cutoff = %cutoff,
+                "credentials issued before the role's cutoff are denied already: issuing again after it"
+            );
+            if attempts >= MAX_CUTOFF_REISSUES {
+                return Err(BrokerError::Issue(IssueError {
+                    kind: IssueErrorKind::Unavailable,
+                    code: "RoleCutoff".to_owned(),
+                    message: format!("the role's sessions keep being cut off (latest cutoff {cutoff})"),
+                }));
+            }
+            let wait = cutoff + CUTOFF_MARGIN - self.clock.now();
+            if wait.is_positive() {
+                tokio::time::sleep(wait.unsigned_abs()).await;
+            }
+        }
+    }
+
+    /// One STS call for `grant`, recorded; with the role's cutoff when that covers the session.
+    async fn issue_once(
+        &self,
+        caller: &Caller,
+        grant: &Grant,
+        mfa: Option<&MfaToken>,
+        decided: Decided,
+    ) -> Result<(Issuance, IssuedCredentials, Option<time::OffsetDateTime>), BrokerError> {
         let spec = self.checked_session(caller, grant, mfa, decided).await?;
         let session_name = spec.session_name().to_owned();
         let event = |kind| GrantEvent {
@@ -546,6 +590,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             .await?;
         self.expect_appended(grant, recorded)?;
 
+        let sent_at = self.clock.now();
         let credentials = match self.issuer.assume_role(&spec).await {
             Ok(credentials) => credentials,
             Err(error) => {
@@ -580,17 +625,16 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             expiration: issuance.expiration,
         });
         // INVARIANT: credentials are returned only once this write has succeeded.
-        let recorded = self
-            .store
-            .change_if_state(
-                grant,
-                Change {
-                    issuance: Some(&issuance),
-                    attempt_limit: None,
-                    ..Change::append(&[GrantState::Approved], std::slice::from_ref(&issued))
-                },
-            )
-            .await;
+        let record = self.store.change_if_state(
+            grant,
+            Change {
+                issuance: Some(&issuance),
+                attempt_limit: None,
+                ..Change::append(&[GrantState::Approved], std::slice::from_ref(&issued))
+            },
+        );
+        // Read beside the record, so it costs no round trip: a cutoff any replica has set.
+        let (recorded, cutoff) = tokio::join!(record, self.cutoff_covering(&grant.role_arn, sent_at));
         match recorded {
             Ok(Appended::Yes) => {}
             Ok(other) => {
@@ -614,11 +658,50 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 });
             }
         }
-        tracing::info!(
-            grant_id = %grant.id, access_key_id = %issuance.access_key_id, expiration = %issuance.expiration,
-            "credentials issued"
-        );
-        Ok((issuance, credentials))
+        let cutoff = match cutoff {
+            Ok(cutoff) => cutoff,
+            // Not knowing is not a reason to withhold credentials already recorded: the cutoff
+            // read fails only with the store, and then the grant says which sessions it denies.
+            Err(error) => {
+                tracing::warn!(grant_id = %grant.id, %error, "could not read the role's cutoff");
+                None
+            }
+        };
+        if cutoff.is_none() {
+            tracing::info!(
+                grant_id = %grant.id, access_key_id = %issuance.access_key_id, expiration = %issuance.expiration,
+                "credentials issued"
+            );
+        }
+        Ok((issuance, credentials, cutoff))
+    }
+
+    /// The role's cutoff when it denies a session whose AssumeRole call was sent at `sent_at`
+    /// (STS stamps the session somewhere between sending and answering; IAM's clock may differ
+    /// from ours by a little: [`CUTOFF_MARGIN`]).
+    async fn cutoff_covering(
+        &self,
+        role_arn: &str,
+        sent_at: time::OffsetDateTime,
+    ) -> Result<Option<time::OffsetDateTime>, BrokerError> {
+        let enforced = self
+            .targets
+            .values()
+            .any(|target| target.role_arn == role_arn && target.revocation == RevocationMode::Enforce);
+        if !enforced {
+            return Ok(None);
+        }
+        let summary = self
+            .store
+            .role_summaries(&[role_arn.to_owned()])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let now = self.clock.now();
+        Ok(summary
+            .cutoff
+            .filter(|cutoff| cutoff.until > now && cutoff.at + CUTOFF_MARGIN > sent_at)
+            .map(|cutoff| cutoff.at))
     }
 
     /// The checks made before every STS call: the grant is approved and open, its target still

@@ -412,7 +412,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         tracing::warn!(target = %target.id, role_arn = %role, cutoff = %cutoff.at, caller = %caller.id, "every session of a target cut off");
         let written = self.enforce_role(&role).await;
         // Credentials minted after this returns must not fall under the cutoff.
-        let wait = cutoff.at - self.clock.now();
+        let wait = cutoff.at + super::CUTOFF_MARGIN - self.clock.now();
         if wait.is_positive() {
             tokio::time::sleep(wait.unsigned_abs()).await;
         }

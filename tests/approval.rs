@@ -136,6 +136,19 @@ async fn a_quorum_of_security_and_a_team_lead_approves_and_starts_the_window() {
             "issued"
         ]
     );
+    // The approval that met the quorum, retried (a portal whose answer was lost), and an
+    // earlier one: the grant as it is now, nothing recorded twice.
+    for approver in ["carol@example.com", "bob@example.com", "carol@example.com"] {
+        let again = client
+            .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, approver)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(state(&again), proto::GrantState::Approved);
+        assert_eq!(again.approvals.len(), 2);
+        assert_eq!(again.issuance_count, 1);
+    }
+    assert_eq!(redis.events(&grant.id).await.len(), events.len());
     // Approving what is approved is refused, naming the state.
     let status = client
         .approve_grant(authed(APPROVALS_TOKEN, approve(&grant.id, "dave@example.com")))

@@ -921,11 +921,20 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     None => continue,
                 }
             }
+            // A retry (a portal whose answer was lost) gets the grant as its approval left it,
+            // whatever state that led to: approved, issued, even expired or revoked since.
+            let approved_already =
+                |approvals: &[Approval]| approvals.iter().any(|approval| approval.approver == approver);
+            if approved_already(&grant.approvals)
+                || grant
+                    .extensions
+                    .last()
+                    .is_some_and(|extension| approved_already(&extension.approvals))
+            {
+                return Ok(self.as_of_now(grant));
+            }
             let (mut grant, target) = self.pending_for(grant, &approver, Transition::RecordApproval)?;
             let now = self.clock.now();
-            if grant.approvals.iter().any(|approval| approval.approver == approver) {
-                return Ok(grant);
-            }
             if grant.approvals.len() >= MAX_RECORDED_APPROVALS {
                 return Err(BrokerError::TooManyApprovals { grant_id: id });
             }
@@ -1097,6 +1106,14 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             .await?
             .filter(|grant| grant.caller == caller.id)
             .ok_or(BrokerError::GrantNotFound(id))
+    }
+
+    /// The grant as a caller sees it now: its state as of now (an ended window reads EXPIRED
+    /// before the sweep records it) and the role-wide cutoff that denies its earlier sessions.
+    fn as_of_now(&self, mut grant: Grant) -> Grant {
+        grant.state = grant.state_at(self.clock.now());
+        self.with_role_cutoff(&mut grant);
+        grant
     }
 
     /// One of the caller's grants (any grant, for an admin caller), with its state as of now.

@@ -11,7 +11,7 @@ use std::{
 
 use common::*;
 use grant_broker::grpc::proto;
-use tonic::transport::Channel;
+use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 async fn health(channel: Channel, service: &str) -> Option<ServingStatus> {
@@ -391,4 +391,187 @@ async fn check_config_accepts_the_shipped_configs_and_lists_every_problem() {
     );
     assert!(stderr.contains("targets[1].region: must be an AWS region"), "{stderr}");
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}
+
+/// The code and ErrorInfo reason of a call's outcome: `OK` when it succeeded.
+fn outcome<T>(result: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    match result {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(status) => (status.code(), error_reason(&status)),
+    }
+}
+
+/// One rule for every call that names a grant: a grant a caller may not see is NOT_FOUND (as an
+/// id that does not exist), one it sees but may not act on is PERMISSION_DENIED with the reason.
+/// A grant is seen by the caller that requested it, by auditor and admin callers, and by callers
+/// that relay approvers through the person they name (decisions and revocations only).
+#[tokio::test]
+async fn who_may_see_and_act_on_a_grant_is_one_rule_for_every_call() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let issued = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("matrix")))
+        .await
+        .unwrap()
+        .into_inner();
+    let grant = issued.grant.unwrap().id;
+    let key = issued.credentials.unwrap().access_key_id;
+    let pending = client
+        .request_access(authed(PORTAL_TOKEN, production_request()))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap()
+        .id;
+    let unknown = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_owned();
+    let ok = || (Code::Ok, String::new());
+    let not_found = || (Code::NotFound, "GRANT_NOT_FOUND".to_owned());
+    let denied = |reason: &str| (Code::PermissionDenied, reason.to_owned());
+    let callers = [PIPELINE_TOKEN, AUDITOR_TOKEN, ADMIN_TOKEN, APPROVALS_TOKEN];
+
+    // Reading: the owner, auditors and admins; nobody else learns the grant exists.
+    for (token, expected) in callers.iter().zip([not_found(), ok(), ok(), not_found()]) {
+        for id in [&grant, &unknown] {
+            let expected = if id == &unknown { not_found() } else { expected.clone() };
+            let get = client
+                .get_grant(authed(token, proto::GetGrantRequest { id: id.clone() }))
+                .await;
+            assert_eq!(outcome(get), expected, "GetGrant {id} by {token}");
+            let watch = client
+                .watch_grant(authed(
+                    token,
+                    proto::WatchGrantRequest {
+                        id: id.clone(),
+                        after_event: None,
+                    },
+                ))
+                .await;
+            assert_eq!(outcome(watch), expected, "WatchGrant {id} by {token}");
+        }
+        let find = client
+            .find_grant_by_access_key(authed(
+                token,
+                proto::FindGrantByAccessKeyRequest {
+                    access_key_id: key.clone(),
+                },
+            ))
+            .await;
+        let expected = if expected == not_found() {
+            (Code::NotFound, "ACCESS_KEY_NOT_FOUND".to_owned())
+        } else {
+            expected
+        };
+        assert_eq!(outcome(find), expected, "FindGrantByAccessKey by {token}");
+    }
+
+    // Acting as the owner: those who see it are refused, the others do not see it.
+    for (token, expected) in callers.iter().zip([
+        not_found(),
+        denied("NOT_GRANT_OWNER"),
+        denied("NOT_GRANT_OWNER"),
+        not_found(),
+    ]) {
+        let issue = client.issue_credentials(authed(token, issue_for(&grant))).await;
+        assert_eq!(outcome(issue), expected, "IssueCredentials by {token}");
+        let extend = client
+            .extend_grant(authed(
+                token,
+                proto::ExtendGrantRequest {
+                    id: grant.clone(),
+                    additional_duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+                    justification: "more".into(),
+                    request_id: String::new(),
+                },
+            ))
+            .await;
+        assert_eq!(outcome(extend), expected, "ExtendGrant by {token}");
+        let cancel = client
+            .cancel_grant(authed(
+                token,
+                proto::CancelGrantRequest {
+                    id: grant.clone(),
+                    reason: "mine now".into(),
+                },
+            ))
+            .await;
+        assert_eq!(outcome(cancel), expected, "CancelGrant by {token}");
+        let cancel = client
+            .cancel_grant(authed(
+                token,
+                proto::CancelGrantRequest {
+                    id: unknown.clone(),
+                    reason: "x".into(),
+                },
+            ))
+            .await;
+        assert_eq!(
+            outcome(cancel),
+            not_found(),
+            "CancelGrant of an unknown grant by {token}"
+        );
+    }
+
+    // Revoking: the owner and admins; an approval portal through a person who may approve it.
+    let revoke = |id: &str, revoker: &str| proto::RevokeGrantRequest {
+        id: id.to_owned(),
+        reason: "matrix".into(),
+        revoker: revoker.to_owned(),
+    };
+    for (token, revoker, expected) in [
+        (PIPELINE_TOKEN, "", not_found()),
+        (PIPELINE_TOKEN, "bob@example.com", not_found()),
+        (AUDITOR_TOKEN, "", denied("NOT_GRANT_OWNER")),
+        (APPROVALS_TOKEN, "", not_found()),
+        (APPROVALS_TOKEN, "mallory@example.com", denied("APPROVER_NOT_ELIGIBLE")),
+    ] {
+        let result = client.revoke_grant(authed(token, revoke(&pending, revoker))).await;
+        assert_eq!(outcome(result), expected, "RevokeGrant by {token} naming {revoker:?}");
+        let result = client.revoke_grant(authed(token, revoke(&unknown, revoker))).await;
+        assert_eq!(
+            outcome(result),
+            not_found(),
+            "RevokeGrant of an unknown grant by {token}"
+        );
+    }
+
+    // Deciding: only callers that relay approvers, for a person the rules let decide.
+    for (token, approver, expected) in [
+        (PIPELINE_TOKEN, "bob@example.com", denied("CALLER_MAY_NOT_APPROVE")),
+        (AUDITOR_TOKEN, "bob@example.com", denied("CALLER_MAY_NOT_APPROVE")),
+        (ADMIN_TOKEN, "bob@example.com", denied("CALLER_MAY_NOT_APPROVE")),
+        (APPROVALS_TOKEN, "mallory@example.com", denied("APPROVER_NOT_ELIGIBLE")),
+        (APPROVALS_TOKEN, "alice@example.com", denied("SELF_APPROVAL")),
+    ] {
+        let result = client.approve_grant(authed(token, approve(&pending, approver))).await;
+        assert_eq!(outcome(result), expected, "ApproveGrant by {token} for {approver}");
+        let result = client
+            .deny_grant(authed(
+                token,
+                proto::DenyGrantRequest {
+                    id: pending.clone(),
+                    approver: approver.to_owned(),
+                    reason: "no".into(),
+                },
+            ))
+            .await;
+        let expected = if approver == "alice@example.com" {
+            ok()
+        } else {
+            expected
+        };
+        assert_eq!(outcome(result), expected, "DenyGrant by {token} for {approver}");
+    }
+    let result = client
+        .approve_grant(authed(APPROVALS_TOKEN, approve(&unknown, "bob@example.com")))
+        .await;
+    assert_eq!(outcome(result), not_found());
+
+    // The owner and an admin do what they may.
+    let result = client.issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant))).await;
+    assert_eq!(outcome(result), ok());
+    let result = client.revoke_grant(authed(ADMIN_TOKEN, revoke(&grant, ""))).await;
+    assert_eq!(outcome(result), ok());
 }

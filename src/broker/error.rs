@@ -109,6 +109,16 @@ pub enum BrokerError {
     #[error("caller `{caller}` may not do this: the configuration does not make it an admin caller")]
     NotAdmin { caller: String },
 
+    /// The caller sees the grant (an auditor or admin caller) but only the caller that
+    /// requested it may do this.
+    #[error("grant {grant_id} was requested by caller `{owner}`: {rule}")]
+    NotGrantOwner {
+        grant_id: GrantId,
+        owner: String,
+        /// Who may, as a sentence: "only the caller that requested it may cancel it".
+        rule: &'static str,
+    },
+
     #[error("target `{target}` is record-only: the broker may not modify its role, so its sessions cannot be cut off")]
     RecordOnlyTarget { target: String },
 

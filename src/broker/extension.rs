@@ -44,7 +44,9 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         request: ExtensionRequest,
     ) -> Result<Grant, BrokerError> {
         for _ in 0..APPROVAL_ATTEMPTS {
-            let mut grant = self.own_grant(caller, id).await?;
+            let mut grant = self
+                .own_grant(caller, id, "only the caller that requested it may extend it")
+                .await?;
             let now = self.clock.now();
             if let Some(request_id) = &request.request_id
                 && let Some(earlier) = grant

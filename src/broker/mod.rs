@@ -475,7 +475,13 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         id: GrantId,
         mfa: Option<MfaToken>,
     ) -> Result<AccessOutcome, BrokerError> {
-        let grant = self.own_grant(caller, id).await?;
+        let grant = self
+            .own_grant(
+                caller,
+                id,
+                "only the caller that requested it may get credentials for it",
+            )
+            .await?;
         tracing::info!(grant_id = %grant.id, caller = %caller.id, "credentials asked for by grant id");
         self.issue_into(caller, grant, mfa.as_ref(), Decided::Earlier).await
     }
@@ -484,7 +490,9 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     /// a `cancelled` event, in one compare-and-set (an issuance racing it either lands first or
     /// is refused).
     pub async fn cancel_grant(&self, caller: &Caller, id: GrantId, reason: String) -> Result<Grant, BrokerError> {
-        let mut grant = self.own_grant(caller, id).await?;
+        let mut grant = self
+            .own_grant(caller, id, "only the caller that requested it may cancel it")
+            .await?;
         let now = self.clock.now();
         let transition = Transition::Cancel;
         let not_allowed = |state| BrokerError::TransitionNotAllowed {
@@ -1098,14 +1106,31 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         }
     }
 
-    /// One of the caller's grants as stored; another caller's is not found, as if it did not
-    /// exist.
-    async fn own_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
+    /// A grant as stored, if `caller` may see it: its own, or any for an auditor or admin caller.
+    /// One it may not see is not found, exactly as an id that does not exist, so ids cannot be
+    /// probed. (Callers that relay approvers see a grant only through the person they name: see
+    /// the decision calls.)
+    async fn visible_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
         self.store
             .get(id)
             .await?
-            .filter(|grant| grant.caller == caller.id)
+            .filter(|grant| grant.caller == caller.id || caller.reads_every_grant())
             .ok_or(BrokerError::GrantNotFound(id))
+    }
+
+    /// One of the caller's own grants, for what only the caller that requested it may do (`rule`
+    /// says what): a grant it sees but does not own is PERMISSION_DENIED, one it does not see
+    /// NOT_FOUND.
+    async fn own_grant(&self, caller: &Caller, id: GrantId, rule: &'static str) -> Result<Grant, BrokerError> {
+        let grant = self.visible_grant(caller, id).await?;
+        if grant.caller != caller.id {
+            return Err(BrokerError::NotGrantOwner {
+                grant_id: id,
+                owner: grant.caller.to_string(),
+                rule,
+            });
+        }
+        Ok(grant)
     }
 
     /// The grant as a caller sees it now: its state as of now (an ended window reads EXPIRED
@@ -1120,14 +1145,8 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     pub async fn get_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
         // A read of one grant by id is not recorded as an audit query: its id came from a search
         // or the log, which are (and `revoke --wait` polls it).
-        let mut grant = if caller.reads_every_grant() {
-            self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?
-        } else {
-            self.own_grant(caller, id).await?
-        };
-        grant.state = grant.state_at(self.clock.now());
-        self.with_role_cutoff(&mut grant);
-        Ok(grant)
+        let grant = self.visible_grant(caller, id).await?;
+        Ok(self.as_of_now(grant))
     }
 
     /// From a CloudTrail event back to the grant and the issuance an access key id belongs to:

@@ -136,11 +136,18 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
             return Ok(());
         }
         match revoker {
+            // A caller that relays approvers sees the grant through the person it names, who
+            // may revoke what they may approve.
             Some(person) if caller.acts_for_approvers => {
                 let target = self.target_for_decider(grant, person)?;
                 let groups = self.groups_of(person);
                 self.check_eligible(grant, target, person, &groups, self.clock.now(), super::Asking::Request)
             }
+            _ if caller.auditor => Err(BrokerError::NotGrantOwner {
+                grant_id: grant.id,
+                owner: grant.caller.to_string(),
+                rule: "only the caller that requested it, an admin caller, or an approver it may be approved by may revoke it",
+            }),
             // Another caller's grant does not exist for this one.
             _ => Err(BrokerError::GrantNotFound(grant.id)),
         }

@@ -50,7 +50,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     ) -> Result<mpsc::Receiver<Result<GrantChange, BrokerError>>, BrokerError> {
         // Subscribed before the first read, so nothing between the two is missed.
         let feed = self.store.subscribe(id).await?;
-        self.own_grant(caller, id).await?;
+        self.visible_grant(caller, id).await?;
         let (sender, receiver) = mpsc::channel(BUFFER);
         tokio::spawn(async move {
             if let Err(error) = self.watch(id, after, feed, &sender).await {

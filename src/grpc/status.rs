@@ -319,6 +319,14 @@ impl From<BrokerError> for Status {
                 &message,
                 info("NOT_ADMIN", &[("caller", caller)]),
             ),
+            BrokerError::NotGrantOwner { grant_id, owner, .. } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info(
+                    "NOT_GRANT_OWNER",
+                    &[("grant_id", grant_id.to_string()), ("owner", owner)],
+                ),
+            ),
             BrokerError::RecordOnlyTarget { target } => with_details(
                 Code::FailedPrecondition,
                 &message,

@@ -539,8 +539,18 @@ async fn a_watcher_on_one_broker_sees_every_change_made_through_another() {
         .await
         .unwrap()
         .into_inner();
+    // It opens at the cursor it resumed from (the grant as it is now), so a watcher that stores
+    // the last cursor it saw and leaves again after this message still gets 3 and 4.
     let snapshot = next_change(&mut resumed).await;
-    assert_eq!((snapshot.event.as_str(), snapshot.cursor), ("", 4));
+    assert_eq!((snapshot.event.as_str(), snapshot.cursor), ("", 2));
+    assert_eq!(state(snapshot.grant.as_ref().unwrap()), proto::GrantState::Approved);
+    drop(resumed);
+    let mut resumed = client
+        .watch_grant(authed(PORTAL_TOKEN, watch(Some(snapshot.cursor))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_change(&mut resumed).await.cursor, 2);
     let missed: Vec<(String, u64)> = [next_change(&mut resumed).await, next_change(&mut resumed).await]
         .into_iter()
         .map(|change| (change.event, change.cursor))
@@ -577,6 +587,13 @@ async fn a_watcher_on_one_broker_sees_every_change_made_through_another() {
         .await
         .unwrap_err();
     assert_status(&status, Code::NotFound, "GRANT_NOT_FOUND", &grant.id);
+    // Resuming past the end opens at the end: nothing is invented.
+    let mut ended = client
+        .watch_grant(authed(PORTAL_TOKEN, watch(Some(99))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_change(&mut ended).await.cursor, 5);
 }
 
 #[tokio::test]

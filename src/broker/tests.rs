@@ -39,6 +39,7 @@ struct MemoryState {
     /// Revocation work: noted grants, and per role what the Redis adapter keeps.
     noted: BTreeMap<GrantId, OffsetDateTime>,
     roles: HashMap<String, MemoryRole>,
+    changes: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default, Clone)]
@@ -73,20 +74,22 @@ impl MemoryStore {
     }
 }
 
-/// These tests watch nothing: a feed that never announces a change.
-struct SilentFeed;
+/// Announces every change to any grant to every watcher waiting at that moment (a watcher
+/// reads the grant again on each notice, so one meant for another grant costs only a read).
+struct MemoryFeed(Arc<tokio::sync::Notify>);
 
-impl crate::ports::ChangeFeed for SilentFeed {
+impl crate::ports::ChangeFeed for MemoryFeed {
     async fn changed(&mut self) -> bool {
-        std::future::pending().await
+        self.0.notified().await;
+        true
     }
 }
 
 impl GrantStore for MemoryStore {
-    type Feed = SilentFeed;
+    type Feed = MemoryFeed;
 
-    async fn subscribe(&self, _id: GrantId) -> Result<SilentFeed, StoreError> {
-        Ok(SilentFeed)
+    async fn subscribe(&self, _id: GrantId) -> Result<MemoryFeed, StoreError> {
+        Ok(MemoryFeed(Arc::clone(&self.0.lock().unwrap().changes)))
     }
 
     async fn events_from(&self, id: GrantId, from: u64) -> Result<Vec<GrantEvent>, StoreError> {
@@ -285,6 +288,7 @@ impl GrantStore for MemoryStore {
             .entry(grant.id)
             .or_default()
             .extend(change.events.iter().cloned());
+        state.changes.notify_waiters();
         Ok(Appended::Yes)
     }
 
@@ -327,6 +331,7 @@ impl GrantStore for MemoryStore {
             .entry(grant.id)
             .or_default()
             .push(event.clone());
+        self.0.lock().unwrap().changes.notify_waiters();
         Ok(())
     }
 
@@ -970,6 +975,34 @@ async fn a_request_nobody_approves_in_time_expires() {
         matches!(&error, BrokerError::TransitionNotAllowed { refused, .. } if refused.state == GrantState::Expired),
         "{error:?}"
     );
+}
+
+#[tokio::test]
+async fn a_watcher_of_a_grant_that_expires_gets_one_message_for_it_and_the_end() {
+    let setup = Setup::new();
+    let broker = Arc::new(setup.broker(HUMANS_ONLY, target(), 10));
+    let pending = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    let mut watch = Arc::clone(&broker)
+        .watch_grant(&caller(), pending.id, None)
+        .await
+        .unwrap();
+    let first = watch.recv().await.unwrap().unwrap();
+    assert_eq!((first.event.is_none(), first.cursor), (true, 1));
+    // The watcher waits; the window ends and a sweep records the expiry.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    setup.clock.advance(Duration::hours(25));
+    assert_eq!(broker.expire_due().await.unwrap(), 1);
+    let expired = tokio::time::timeout(std::time::Duration::from_secs(5), watch.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(expired.event.map(|event| event.kind.name()), Some("expired"));
+    assert_eq!((expired.grant.state, expired.cursor), (GrantState::Expired, 2));
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), watch.recv())
+        .await
+        .unwrap();
+    assert!(end.is_none(), "one message per change, then the end: {end:?}");
 }
 
 fn scheduled(request_id: &str, start: OffsetDateTime) -> AccessRequest {

@@ -19,15 +19,19 @@ use crate::{
 pub struct GrantChange {
     /// The grant as it is after this change (its state as of now).
     pub grant: Grant,
-    /// The event; `None` for the first message (the grant as it is) and for a grant that just
-    /// expired, which no event records.
+    /// The event; `None` for the first message (the grant as it is) and for a grant whose
+    /// window ended without any replica recording its `expired` event in time.
     pub event: Option<GrantEvent>,
-    /// Events seen so far, this one included: pass it back to resume after it.
+    /// Events given so far, this one included: pass it back to resume after it. The first
+    /// message of a resumed watch carries the cursor it resumed from.
     pub cursor: u64,
 }
 
 /// Even without a notice, the grant is read again this often (a lost notice costs this much).
 const RECHECK: StdDuration = StdDuration::from_secs(15);
+/// How long after a grant's deadline a watch waits for a sweep to record its `expired` event
+/// (every replica sweeps every 5 s) before it reports the expiry itself.
+const EXPIRY_GRACE: time::Duration = time::Duration::seconds(12);
 /// Messages a slow watcher may fall behind before the watch waits for it.
 const BUFFER: usize = 32;
 
@@ -68,31 +72,30 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         sender: &mpsc::Sender<Result<GrantChange, BrokerError>>,
     ) -> Result<(), BrokerError> {
         let send = |change: GrantChange| async move { sender.send(Ok(change)).await.is_ok() };
-        let current = |grant: Option<Grant>, now| {
-            let mut grant = grant.ok_or(BrokerError::GrantNotFound(id))?;
-            grant.state = grant.state_at(now);
-            Ok::<_, BrokerError>(grant)
-        };
+        // The grant as recorded (its state an event set), and as the watcher is shown it.
+        let recorded = |grant: Option<Grant>| grant.ok_or(BrokerError::GrantNotFound(id));
+        let shown = |grant: &Grant| self.as_of_now(grant.clone());
 
         let events = self.store.events_from(id, 0).await?;
         let total = u64::try_from(events.len()).unwrap_or(u64::MAX);
-        let mut grant = current(self.store.get(id).await?, self.clock.now())?;
-        let mut state = grant.state;
+        let mut grant = recorded(self.store.get(id).await?)?;
+        // INVARIANT: every message carries a cursor no further than what the watcher has been
+        // given, so "reconnect after the last cursor you saw" never skips an event. A resumed
+        // watch opens at the cursor it resumed from; the events it missed follow.
+        let mut cursor = after.unwrap_or(total).min(total);
         if !send(GrantChange {
-            grant: grant.clone(),
+            grant: shown(&grant),
             event: None,
-            cursor: total,
+            cursor,
         })
         .await
         {
             return Ok(());
         }
-        // A watcher resuming after `after` gets what it missed, in order.
-        let mut cursor = after.unwrap_or(total).min(total);
         for event in events.into_iter().skip(usize::try_from(cursor).unwrap_or(usize::MAX)) {
             cursor += 1;
             if !send(GrantChange {
-                grant: grant.clone(),
+                grant: shown(&grant),
                 event: Some(event),
                 cursor,
             })
@@ -101,12 +104,28 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 return Ok(());
             }
         }
-        cursor = total;
 
-        while !is_final(state) {
+        // Ends on a final state some event recorded. A window that ended is recorded as an
+        // `expired` event by whichever replica's sweep gets there first; only when none has
+        // within EXPIRY_GRACE does the watch say so itself, once, without an event.
+        while !is_final(grant.state) {
             let now = self.clock.now();
             let deadline = grant_deadline(&grant);
-            let wait = (deadline - now).try_into().unwrap_or(StdDuration::ZERO).min(RECHECK);
+            if now >= deadline + EXPIRY_GRACE {
+                let _ = send(GrantChange {
+                    grant: shown(&grant),
+                    event: None,
+                    cursor,
+                })
+                .await;
+                return Ok(());
+            }
+            let next = if now < deadline {
+                deadline
+            } else {
+                deadline + EXPIRY_GRACE
+            };
+            let wait = (next - now).try_into().unwrap_or(StdDuration::ZERO).min(RECHECK);
             tokio::select! {
                 alive = feed.changed() => {
                     if !alive {
@@ -117,11 +136,11 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 () = sender.closed() => return Ok(()),
             }
             let new = self.store.events_from(id, cursor).await?;
-            grant = current(self.store.get(id).await?, self.clock.now())?;
+            grant = recorded(self.store.get(id).await?)?;
             for event in new {
                 cursor += 1;
                 if !send(GrantChange {
-                    grant: grant.clone(),
+                    grant: shown(&grant),
                     event: Some(event),
                     cursor,
                 })
@@ -130,16 +149,6 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     return Ok(());
                 }
             }
-            // Expiry is no event: say so once, then end.
-            if grant.state == GrantState::Expired && state != GrantState::Expired {
-                let _ = send(GrantChange {
-                    grant: grant.clone(),
-                    event: None,
-                    cursor,
-                })
-                .await;
-            }
-            state = grant.state;
         }
         Ok(())
     }

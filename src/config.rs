@@ -80,6 +80,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The operator accepted serving plaintext gRPC on a non-loopback address (logged at start).
     pub insecure_plaintext: bool,
+    /// How long a shutdown waits for in-flight calls before it stops anyway (streams end at once).
+    pub drain_timeout: std::time::Duration,
     pub redis: RedisSettings,
     pub sts: StsSettings,
     /// How to reach IAM for revocation (the STS settings, and an IAM endpoint override).
@@ -151,6 +153,7 @@ const WEBHOOK_MAX_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=50;
 struct RawServer {
     listen: String,
     insecure_plaintext: bool,
+    drain_timeout_secs: u64,
 }
 
 impl Default for RawServer {
@@ -158,9 +161,14 @@ impl Default for RawServer {
         Self {
             listen: "127.0.0.1:50051".to_owned(),
             insecure_plaintext: false,
+            drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
         }
     }
 }
+
+/// Well under Kubernetes' default 30 s termination grace period, so the process exits on its own.
+const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+const MAX_DRAIN_TIMEOUT_SECS: u64 = 300;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -356,6 +364,13 @@ impl Config {
                 format!("must be 1-{MAX_ISSUANCES_PER_GRANT}"),
             ));
         }
+        let drain_timeout_secs = raw.server.drain_timeout_secs;
+        if !(1..=MAX_DRAIN_TIMEOUT_SECS).contains(&drain_timeout_secs) {
+            problems.push(Problem::new(
+                "server.drain_timeout_secs",
+                format!("must be 1-{MAX_DRAIN_TIMEOUT_SECS} (keep it under the orchestrator's grace period)"),
+            ));
+        }
         let pending_timeout_hours = raw.grants.pending_timeout_hours;
         if !(1..=MAX_PENDING_TIMEOUT_HOURS).contains(&pending_timeout_hours) {
             problems.push(Problem::new(
@@ -375,6 +390,7 @@ impl Config {
             (Some(listen), Some(rules)) if problems.is_empty() => Ok(Self {
                 listen,
                 insecure_plaintext: raw.server.insecure_plaintext,
+                drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
                 redis,
                 sts,
                 iam,

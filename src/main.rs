@@ -490,7 +490,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-    tracing::info!("shutting down: draining in-flight calls");
 }
 
 async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
@@ -508,6 +507,7 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
         tracing::warn!(%warning, "configuration warning");
     }
     let listen = config.listen;
+    let drain_timeout = config.drain_timeout;
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -518,7 +518,7 @@ async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
     let result = async {
         let (broker, auth, deliveries) = server::build(config).await?;
         tracing::info!(address = %listen, "grant-broker serving");
-        server::run(listener, broker, auth, deliveries, shutdown_signal()).await
+        server::run(listener, broker, auth, deliveries, shutdown_signal(), drain_timeout).await
     }
     .await;
     match result {

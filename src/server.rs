@@ -71,14 +71,17 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
 }
 
 /// Serves GrantBroker, grpc.health.v1.Health and server reflection (v1 and v1alpha, advertising
-/// only GrantBroker and Health) on `listener` until `shutdown` completes, then drains in-flight
-/// calls. Runs `deliveries` (webhook notifications) meanwhile.
+/// only GrantBroker and Health) on `listener` until `shutdown` completes. Then it stops
+/// accepting, ends every stream at once (UNAVAILABLE: reconnect elsewhere with the last cursor),
+/// and waits at most `drain_timeout` for the calls still in flight. Runs `deliveries` (webhook
+/// notifications) meanwhile.
 pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
     listener: TcpListener,
     broker: Broker<S, I, C, E>,
     auth: Authenticator,
     deliveries: Option<DeliveryWorker>,
     shutdown: impl Future<Output = ()> + Send,
+    drain_timeout: Duration,
 ) -> Result<(), ServeError> {
     let broker = Arc::new(broker);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -96,20 +99,44 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .include_reflection_service(false)
     };
+    // Set once `shutdown` completes: streams end, and the drain's clock starts.
+    let (draining, drained) = tokio::sync::watch::channel(false);
+    let mut drain_clock = drained.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!(
+            drain_timeout_secs = drain_timeout.as_secs(),
+            "shutting down: ending streams, draining calls in flight"
+        );
+        let _ = draining.send(true);
+    };
+    let drain_deadline = async move {
+        if drain_clock.wait_for(|draining| *draining).await.is_ok() {
+            tokio::time::sleep(drain_timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     // Without TCP_NODELAY, small responses wait out delayed ACKs: ~40 ms per call on Linux.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         // Authentication runs on the headers, before the (size-limited) message is decoded.
         .add_service(InterceptedService::new(
-            proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&broker)))
+            proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&broker), drained))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             Authenticate(Arc::new(auth)),
         ))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let result = tokio::select! {
+        result = serving => result,
+        () = drain_deadline => {
+            tracing::warn!(drain_timeout_secs = drain_timeout.as_secs(), "calls still in flight after the drain timeout: stopping anyway");
+            Ok(())
+        }
+    };
     health_task.abort();
     expiry_task.abort();
     // A write cut short here leaves its lease to expire; the next holder writes the same state.

@@ -575,3 +575,110 @@ async fn who_may_see_and_act_on_a_grant_is_one_rule_for_every_call() {
     let result = client.revoke_grant(authed(ADMIN_TOKEN, revoke(&grant, ""))).await;
     assert_eq!(outcome(result), ok());
 }
+
+/// SIGTERM (Kubernetes stopping a pod): every stream ends at once with UNAVAILABLE telling the
+/// client to reconnect, calls still in flight get at most `drain_timeout_secs`, and the process
+/// exits by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_every_stream_and_the_process_within_its_drain_timeout() {
+    let redis = RedisServer::start();
+    // Every STS call hangs far longer than the drain allows.
+    let sts = FakeSts::start(StsBehaviour::Delay(Duration::from_secs(60))).await;
+    let port = free_port();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout_secs = 2\n{}",
+        config_text(&Settings::new(redis.url(), sts.url.clone()))
+    );
+    std::fs::write(config.path(), text).unwrap();
+    let mut broker = std::process::Command::new(env!("CARGO_BIN_EXE_grant-broker"))
+        .args(["serve", "--config"])
+        .arg(config.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "grant-broker", &mut broker);
+    let mut client = proto::grant_broker_client::GrantBrokerClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let pending = client
+        .request_access(authed(PORTAL_TOKEN, production_request()))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    let mut grant_stream = client
+        .watch_grant(authed(
+            PORTAL_TOKEN,
+            proto::WatchGrantRequest {
+                id: pending.id.clone(),
+                after_event: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grant_stream.message().await.unwrap().is_some(), "the grant as it is");
+    let mut audit_stream = client
+        .watch_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::WatchAuditEventsRequest {
+                after_cursor: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // A call stuck in STS when the signal comes.
+    let mut stuck = client.clone();
+    let in_flight = tokio::spawn(async move {
+        stuck
+            .request_access(authed(PORTAL_TOKEN, read_logs_request("stuck")))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let signalled = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &broker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Whatever was recorded before the signal still arrives; then the end.
+    async fn end_of<T: std::fmt::Debug>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.message())
+                .await
+                .unwrap()
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without saying why"),
+                Err(status) => return status,
+            }
+        }
+    }
+    for status in [end_of(&mut grant_stream).await, end_of(&mut audit_stream).await] {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("reconnect"), "{status:?}");
+        assert!(status.message().contains("last cursor"), "{status:?}");
+    }
+    // The process exits by itself, once the drain timeout has passed for the stuck call.
+    let exited = loop {
+        if let Some(status) = broker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "still running 15 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exited.success(), "{exited:?}");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(outcome.is_err(), "the stuck call cannot have succeeded: {outcome:?}");
+}

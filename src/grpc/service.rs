@@ -4,6 +4,7 @@
 
 use std::{pin::Pin, sync::Arc};
 
+use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
@@ -15,12 +16,44 @@ use crate::{
 
 pub struct GrantBrokerService<S, I, C, E> {
     broker: Arc<Broker<S, I, C, E>>,
+    /// Turns true when the server shuts down: every stream then ends.
+    draining: watch::Receiver<bool>,
 }
 
 impl<S, I, C, E> GrantBrokerService<S, I, C, E> {
-    pub fn new(broker: Arc<Broker<S, I, C, E>>) -> Self {
-        Self { broker }
+    pub fn new(broker: Arc<Broker<S, I, C, E>>, draining: watch::Receiver<bool>) -> Self {
+        Self { broker, draining }
     }
+}
+
+/// What a stream's client is told when the broker shuts down under it.
+const SHUTTING_DOWN: &str =
+    "this grant-broker is shutting down: reconnect (to any replica) and resume after the last cursor you received";
+
+/// `stream`, ended with UNAVAILABLE as soon as the server starts shutting down (a stream that
+/// never ends would otherwise hold the shutdown until it is killed).
+fn ending_on_shutdown<T: Send + 'static>(
+    stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    draining: watch::Receiver<bool>,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    enum Next<T> {
+        Item(Option<Result<T, Status>>),
+        ShuttingDown,
+    }
+    let state = Some((Box::pin(stream), draining));
+    Box::pin(futures_util::stream::unfold(state, |state| async move {
+        let (mut stream, mut draining) = state?;
+        let next = tokio::select! {
+            biased;
+            // An error means the server is gone: the same.
+            _ = draining.wait_for(|draining| *draining) => Next::ShuttingDown,
+            item = stream.next() => Next::Item(item),
+        };
+        match next {
+            Next::ShuttingDown => Some((Err(Status::unavailable(SHUTTING_DOWN)), None)),
+            Next::Item(item) => item.map(|item| (item, Some((stream, draining)))),
+        }
+    }))
 }
 
 #[tonic::async_trait]
@@ -72,7 +105,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 .map(|change| convert::grant_change(&change))
                 .map_err(Status::from)
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(ending_on_shutdown(stream, self.draining.clone())))
     }
 
     async fn explain_request(
@@ -180,7 +213,10 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 after = read_to;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(ending_on_shutdown(
+            ReceiverStream::new(receiver),
+            self.draining.clone(),
+        )))
     }
 
     async fn find_grant_by_access_key(

@@ -41,11 +41,11 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+pub fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -804,15 +804,23 @@ impl Server {
                 panic!("test config invalid: {problems:?}");
             });
         config.delivery = settings.delivery.clone();
+        let drain_timeout = config.drain_timeout;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (broker, auth, deliveries) = server::build(config).await.unwrap();
         let deliveries = deliveries.filter(|_| settings.deliver);
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            server::run(listener, broker, auth, deliveries, async {
-                let _ = stopped.await;
-            })
+            server::run(
+                listener,
+                broker,
+                auth,
+                deliveries,
+                async {
+                    let _ = stopped.await;
+                },
+                drain_timeout,
+            )
             .await
             .unwrap();
         });

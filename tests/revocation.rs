@@ -558,6 +558,18 @@ async fn credentials_issued_in_the_second_of_a_cutoff_are_issued_again_after_it(
         .await
         .unwrap()
         .into_inner();
+    // The grant IssueCredentials returns is the one GetGrant shows: it says its first session
+    // is denied by the cutoff.
+    assert_eq!(
+        response
+            .grant
+            .as_ref()
+            .unwrap()
+            .sessions_denied_before
+            .as_ref()
+            .map(|t| t.seconds),
+        Some(cutoff.unix_timestamp())
+    );
     let credentials = response.credentials.unwrap();
     let call: usize = credentials
         .access_key_id

@@ -31,7 +31,7 @@ pub enum BrokerError {
     #[error("grant {grant_id} is {}: no credentials can be issued for it", .state.as_str())]
     NotIssuable { grant_id: GrantId, state: GrantState },
 
-    #[error("grant {grant_id} is approved; its window starts at {start}")]
+    #[error("grant {grant_id} is approved; its window starts at {}", crate::domain::policy::rfc3339_utc(*.start))]
     NotStarted {
         grant_id: GrantId,
         start: time::OffsetDateTime,
@@ -140,4 +140,40 @@ pub enum BrokerError {
         "credentials for grant {grant_id} were issued but could not be recorded, so they were discarded ({cause}); retry with the same request id"
     )]
     CredentialsNotRecorded { grant_id: GrantId, cause: StoreError },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_messages_are_rfc3339() {
+        let start = time::macros::datetime!(2026-12-02 8:16:55.123 UTC);
+        let error = BrokerError::NotStarted {
+            grant_id: GrantId::from_uuid(uuid::Uuid::nil()),
+            start,
+        };
+        assert!(
+            error.to_string().ends_with("its window starts at 2026-12-02T08:16:55Z"),
+            "{error}"
+        );
+        let request = crate::domain::AccessRequest {
+            request_id: None,
+            target: "t".into(),
+            scopes: Vec::new(),
+            duration_secs: 900,
+            start: Some(start),
+            break_glass: false,
+            justification: String::new(),
+            ticket: String::new(),
+            requester: "a".into(),
+            grantee: "b".into(),
+            mfa: None,
+        };
+        let violations = request.check_start(start + time::Duration::hours(1));
+        assert_eq!(
+            violations[0].description,
+            "2026-12-02T08:16:55Z is in the past; leave it unset to start as soon as approved"
+        );
+    }
 }

@@ -447,11 +447,12 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     async fn issue_into(
         &self,
         caller: &Caller,
-        mut grant: Grant,
+        grant: Grant,
         mfa: Option<&MfaToken>,
         decided: Decided,
     ) -> Result<AccessOutcome, BrokerError> {
         let (issuance, credentials) = self.issue(caller, &grant, mfa, decided).await?;
+        let mut grant = self.as_of_now(grant);
         match &issuance.role_id {
             Some(role_id) => grant.session_roles.note(role_id.clone()),
             None => grant.session_roles.unreported = true,
@@ -555,7 +556,10 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 return Err(BrokerError::Issue(IssueError {
                     kind: IssueErrorKind::Unavailable,
                     code: "RoleCutoff".to_owned(),
-                    message: format!("the role's sessions keep being cut off (latest cutoff {cutoff})"),
+                    message: format!(
+                        "the role's sessions keep being cut off (latest cutoff {})",
+                        crate::domain::policy::rfc3339_utc(cutoff)
+                    ),
                 }));
             }
             let wait = cutoff + CUTOFF_MARGIN - self.clock.now();

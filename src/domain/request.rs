@@ -477,11 +477,14 @@ impl AccessRequest {
         match self.start {
             Some(start) if start < now - time::Duration::minutes(1) => vec![FieldViolation::new(
                 "start_time",
-                format!("{start} is in the past; leave it unset to start as soon as approved"),
+                format!(
+                    "{} is in the past; leave it unset to start as soon as approved",
+                    super::policy::rfc3339_utc(start)
+                ),
             )],
             Some(start) if start > now + MAX_SCHEDULE_AHEAD => vec![FieldViolation::new(
                 "start_time",
-                format!("{start} is more than 30 days ahead"),
+                format!("{} is more than 30 days ahead", super::policy::rfc3339_utc(start)),
             )],
             _ => Vec::new(),
         }

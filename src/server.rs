@@ -143,7 +143,7 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
     enforcement_task.abort();
     retention_task.abort();
     rules_task.abort();
-    // Repairs still pending are lost with the process: see the README's storage section.
+    // Repairs still pending are lost with the process: see docs/storage.md.
     repair_task.abort();
     // An attempt cut short here is reclaimed by another replica (or this one, restarted).
     if let Some(task) = delivery_task {

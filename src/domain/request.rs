@@ -164,7 +164,7 @@ pub fn free_text(field: &str, value: String, max: usize) -> Result<String, Field
 }
 
 /// Bounds on every field of a request, checked before anything else is done with it (so no input
-/// makes the broker work hard or echo much), and documented in the README and the proto.
+/// makes the broker work hard or echo much), and documented in docs/api.md and the proto.
 pub mod bounds {
     pub const REQUEST_ID_CHARS: usize = 128;
     pub const TARGET_CHARS: usize = 64;

@@ -7,7 +7,7 @@
 //!
 //! References are added after the grant's own step succeeded, in the same round trip as the
 //! other writes beside it (another slot than the grant's). A broker that dies in between leaves
-//! the event in the grant's own trail but not in the log (documented in the README). A reference
+//! the event in the grant's own trail but not in the log (documented in docs/storage.md). A reference
 //! whose grant has gone (retention) is skipped.
 
 use std::collections::HashMap;

@@ -7,8 +7,8 @@
 //! takes all of them or none (a script whose keys are checked before it runs), so a retry does not
 //! repeat what landed. One case can still repeat: a write that landed but whose reply was lost
 //! (a timeout) is retried, and its entries appear twice; readers see the same event of the same
-//! grant at two cursors. A broker that dies with repairs pending loses them: see the README's
-//! storage section.
+//! grant at two cursors. A broker that dies with repairs pending loses them: see
+//! docs/storage.md.
 
 use std::{collections::VecDeque, sync::Mutex};
 

@@ -30,8 +30,7 @@ pub use explain::Explanation;
 use crate::{
     domain::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
-        GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, RevocationMode, SessionRefused, SessionSpec,
-        Target,
+        GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
         approval::{Approval, Person, Review},
         filter::GrantFilter,
         iam::Catalog,
@@ -453,10 +452,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     ) -> Result<AccessOutcome, BrokerError> {
         let (issuance, credentials) = self.issue(caller, &grant, mfa, decided).await?;
         let mut grant = self.as_of_now(grant);
-        match &issuance.role_id {
-            Some(role_id) => grant.session_roles.note(role_id.clone()),
-            None => grant.session_roles.unreported = true,
-        }
+        grant.session_roles.note(issuance.role_id.clone());
         grant.issuances.push(issuance);
         grant.issuance_count += 1;
         if grant.issuances.len() > crate::domain::RECENT_ISSUANCES {
@@ -696,11 +692,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         role_arn: &str,
         sent_at: time::OffsetDateTime,
     ) -> Result<Option<time::OffsetDateTime>, BrokerError> {
-        let enforced = self
-            .targets
-            .values()
-            .any(|target| target.role_arn == role_arn && target.revocation == RevocationMode::Enforce);
-        if !enforced {
+        if self.enforcing_target(role_arn).is_none() {
             return Ok(None);
         }
         let summary = self

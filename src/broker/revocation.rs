@@ -259,10 +259,8 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
 
     /// A grant as stored, with what its role's cutoff means for it.
     async fn read_back(&self, id: GrantId) -> Result<Grant, BrokerError> {
-        let mut grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
-        grant.state = grant.state_at(self.clock.now());
-        self.with_role_cutoff(&mut grant);
-        Ok(grant)
+        let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        Ok(self.as_of_now(grant))
     }
 
     /// Notes on `grant` the role-wide cutoff in effect on its role, when some of its recent
@@ -607,7 +605,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     }
 
     /// The target through which the broker reaches a role's IAM.
-    fn enforcing_target(&self, role_arn: &str) -> Option<&Target> {
+    pub(super) fn enforcing_target(&self, role_arn: &str) -> Option<&Target> {
         self.targets
             .values()
             .find(|target| target.role_arn == role_arn && target.revocation == RevocationMode::Enforce)

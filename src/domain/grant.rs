@@ -168,20 +168,22 @@ impl SessionRoles {
                 _ => continue,
             };
             in_flight = in_flight.saturating_sub(1);
-            match reported {
-                Some(role_id) => roles.note(role_id),
-                None => roles.unreported = true,
-            }
+            roles.note(reported);
         }
         // A failed call leaves its `issuing` open: a timeout may still have minted a session.
         roles.unreported |= in_flight > 0;
         roles
     }
 
-    /// Adds a RoleId STS reported.
-    pub fn note(&mut self, role_id: String) {
-        if let Err(at) = self.known.binary_search(&role_id) {
-            self.known.insert(at, role_id);
+    /// Adds what STS reported for one more session: its RoleId, or nothing.
+    pub fn note(&mut self, reported: Option<String>) {
+        match reported {
+            Some(role_id) => {
+                if let Err(at) = self.known.binary_search(&role_id) {
+                    self.known.insert(at, role_id);
+                }
+            }
+            None => self.unreported = true,
         }
     }
 }

@@ -1034,12 +1034,12 @@ fn validate_webhooks(
                     ));
                 }
                 for (i, event) in events.iter().enumerate() {
-                    if !webhooks::KNOWN_EVENTS.contains(&event.as_str()) {
+                    if !webhooks::is_known_event(event) {
                         problems.push(Problem::new(
                             format!("{}[{i}]", key("events")),
                             format!(
                                 "`{event}` is not an event; known: {}",
-                                webhooks::KNOWN_EVENTS.join(", ")
+                                webhooks::known_events().collect::<Vec<_>>().join(", ")
                             ),
                         ));
                     }

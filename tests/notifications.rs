@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use common::*;
 use grant_broker::{
-    adapters::webhooks::{DeliverySettings, KNOWN_EVENTS, Keys},
+    adapters::webhooks::{DeliverySettings, Keys, known_events},
     grpc::proto,
 };
 use hmac::{Hmac, KeyInit, Mac};
@@ -284,8 +284,7 @@ async fn a_pending_request_and_its_approval_reach_the_webhook_signed_and_without
     let audit = Receiver::start(AUDIT_SECRET, 0).await;
     let every_event = format!(
         "events = [{}]",
-        KNOWN_EVENTS
-            .iter()
+        known_events()
             .map(|name| format!("\"{name}\""))
             .collect::<Vec<_>>()
             .join(", ")
@@ -360,7 +359,7 @@ async fn a_pending_request_and_its_approval_reach_the_webhook_signed_and_without
         .into_inner()
         .credentials
         .unwrap();
-    let everything = audit.wait_accepted(6, Duration::from_secs(10)).await;
+    let everything = audit.wait_accepted(7, Duration::from_secs(10)).await;
     let mut events: Vec<&str> = everything.iter().map(|r| r.event.as_str()).collect();
     events.sort_unstable();
     assert_eq!(
@@ -371,7 +370,8 @@ async fn a_pending_request_and_its_approval_reach_the_webhook_signed_and_without
             "approved",
             "issued",
             "issuing",
-            "requested"
+            "requested",
+            "rules_loaded"
         ]
     );
     assert!(
@@ -410,8 +410,8 @@ async fn a_pending_request_and_its_approval_reach_the_webhook_signed_and_without
         );
         assert!(!logged.contains(secret), "{secret} logged");
     }
-    let stats = wait_stat(&redis, "delivered", 8).await;
-    assert_eq!(stats.get("enqueued"), Some(&8), "{stats:?}");
+    let stats = wait_stat(&redis, "delivered", 9).await;
+    assert_eq!(stats.get("enqueued"), Some(&9), "{stats:?}");
     assert_eq!(stats.get("retried"), None, "{stats:?}");
 
     // An extension that waits for security: approvers hear that it was asked for, and that it
@@ -441,6 +441,65 @@ async fn a_pending_request_and_its_approval_reach_the_webhook_signed_and_without
     assert!(extended.verified);
     assert_eq!(extended.json()["details"]["extension"], 1);
     assert_eq!(extended.json()["state"], "approved");
+}
+
+#[tokio::test]
+async fn incident_actions_reach_the_webhooks_that_default_to_them() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let security = Receiver::start(SECRET, 0).await;
+    let server = Server::start(&settings(
+        &redis,
+        &sts,
+        webhook("security", &security.url, SECRET_ENV, ""),
+    ))
+    .await;
+    let mut client = server.client().await;
+    let cut = client
+        .revoke_target_sessions(authed(
+            ADMIN_TOKEN,
+            proto::RevokeTargetSessionsRequest {
+                target: "dev-logs-read".into(),
+                reason: "keys leaked".into(),
+                revoker: "oncall@example.com".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .revoke_grantee(authed(
+            ADMIN_TOKEN,
+            proto::RevokeGranteeRequest {
+                grantee: "vendor-x".into(),
+                reason: "vendor-x is compromised".into(),
+                revoker: "oncall@example.com".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let accepted = security.wait_accepted(2, Duration::from_secs(10)).await;
+    assert!(accepted.iter().all(|r| r.verified));
+    let cutoff = accepted
+        .iter()
+        .find(|r| r.event == "target_sessions_revoked")
+        .unwrap()
+        .json();
+    assert_eq!(cutoff["caller"], "security-console");
+    assert_eq!(cutoff["actor"], "oncall@example.com");
+    assert_eq!(cutoff["target"], "dev-logs-read");
+    assert!(cutoff.get("grant_id").is_none(), "{cutoff}");
+    assert_eq!(cutoff["details"]["role_arn"], cut.role_arn.as_str());
+    assert_eq!(cutoff["details"]["reason"], "keys leaked");
+    let at = cut.cutoff_time.unwrap();
+    let printed = time::OffsetDateTime::from_unix_timestamp(at.seconds)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert_eq!(cutoff["details"]["cutoff"], printed.as_str());
+    let operation = accepted.iter().find(|r| r.event == "grantee_revoked").unwrap().json();
+    assert_eq!(operation["details"]["grantee"], "vendor-x");
+    assert_eq!(operation["details"]["examined"], 0);
 }
 
 #[tokio::test]

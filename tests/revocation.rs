@@ -504,6 +504,15 @@ async fn a_deny_list_that_would_not_fit_becomes_a_cutoff_that_other_grants_see()
         "{}",
         revocation.enforcement_error
     );
+    // The role-wide cutoff is in the ledger once, as the broker's own action.
+    let [(entry, details)] = logged(&mut client, "role_cutoff_set").await.try_into().unwrap();
+    assert_eq!(
+        (entry.caller.as_str(), entry.target.as_str()),
+        ("grant-broker", "dev-logs-read")
+    );
+    assert_eq!(details["cutoff"], cutoff);
+    assert_eq!(details["grants"], 3, "the three entries it replaced");
+    assert!(details["needed"].as_u64().unwrap() > details["available"].as_u64().unwrap());
     // The bystander's session was issued before the cutoff: its grant says so, stays approved,
     // and issues fresh credentials.
     let seen = get(&mut client, &bystander.id).await;
@@ -622,6 +631,15 @@ async fn a_compromised_vendor_loses_every_live_grant_across_targets_in_one_call(
         .into_inner()
         .grant
         .unwrap();
+    let mut spelled_otherwise = read_logs_request("vx-3");
+    spelled_otherwise.grantee = "Vendor-X ".into();
+    let near_miss = client
+        .request_access(authed(PORTAL_TOKEN, spelled_otherwise))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
 
     let request = || proto::RevokeGranteeRequest {
         grantee: "vendor-x".into(),
@@ -639,6 +657,14 @@ async fn a_compromised_vendor_loses_every_live_grant_across_targets_in_one_call(
         .unwrap()
         .into_inner();
     assert!(!response.truncated);
+    assert_eq!(response.examined, 3);
+    assert_eq!(
+        response.near_misses,
+        [proto::GranteeNearMiss {
+            grantee: "Vendor-X ".into(),
+            live_grants: 1
+        }]
+    );
     let mut outcomes: Vec<(String, proto::EnforcementStatus)> = response
         .outcomes
         .iter()
@@ -656,21 +682,61 @@ async fn a_compromised_vendor_loses_every_live_grant_across_targets_in_one_call(
     ];
     expected.sort();
     assert_eq!(outcomes, expected);
-    assert_eq!(
-        get(&mut client, &bystander.id).await.state,
-        i32::from(proto::GrantState::Approved)
-    );
+    for untouched in [&bystander.id, &near_miss.id] {
+        assert_eq!(
+            get(&mut client, untouched).await.state,
+            i32::from(proto::GrantState::Approved)
+        );
+    }
     assert_eq!(
         denied_user_ids(&world.deny_policy().await.unwrap()),
         [format!("{}:gb-{}", world.role_id, enforced.id)]
     );
-    // Again: nothing live is left.
+    // Again: nothing live is left, and every grant read says so.
     let again = client
         .revoke_grantee(authed(ADMIN_TOKEN, request()))
         .await
         .unwrap()
         .into_inner();
     assert!(again.outcomes.is_empty());
+    assert_eq!(again.examined, 3);
+    // A grantee nothing ever named: nothing examined, and the near miss still reported.
+    let unknown = client
+        .revoke_grantee(authed(
+            ADMIN_TOKEN,
+            proto::RevokeGranteeRequest {
+                grantee: "VENDOR-X".into(),
+                ..request()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((unknown.outcomes.len(), unknown.examined), (0, 0));
+    assert_eq!(unknown.near_misses.len(), 1);
+    // Each operation is in the ledger, with what it examined and did.
+    let operations: Vec<serde_json::Value> = logged(&mut client, "grantee_revoked")
+        .await
+        .into_iter()
+        .map(|(entry, details)| {
+            assert_eq!(entry.caller, "security-console");
+            assert_eq!(entry.actor, "incident-commander@example.com");
+            details
+        })
+        .collect();
+    let summary: Vec<_> = operations
+        .iter()
+        .map(|d| {
+            (
+                d["grantee"].as_str().unwrap(),
+                d["examined"].as_u64().unwrap(),
+                d["revoked"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [("vendor-x", 3, 3), ("vendor-x", 3, 0), ("VENDOR-X", 0, 0)]);
+    assert_eq!(operations[0]["operation"], response.operation_id.as_str());
+    assert_eq!(operations[0]["reason"], "vendor-x is compromised");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -719,6 +785,29 @@ async fn cutting_off_a_target_denies_earlier_sessions_and_later_ones_work() {
         at.seconds > grant.issuances[0].issue_time.unwrap().seconds,
         "the session issued before is covered"
     );
+    // The incident action is in the ledger: who, which target and role, the cutoff, why.
+    let [(entry, details)] = logged(&mut client, "target_sessions_revoked").await.try_into().unwrap();
+    assert_eq!(entry.caller, "security-console");
+    assert_eq!(entry.actor, "security-console");
+    assert_eq!(entry.target, "dev-logs-read");
+    assert_eq!(entry.account_id, "123456789012");
+    assert!(entry.grant_id.is_empty());
+    assert_eq!(details["role_arn"], cut.role_arn);
+    assert_eq!(details["cutoff"], cutoff);
+    assert_eq!(details["reason"], "keys leaked");
+    let filtered = client
+        .list_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::ListAuditEventsRequest {
+                target: "dev-logs-read".into(),
+                events: vec!["target_sessions_revoked".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filtered.events.len(), 1, "found by its target");
     // The grant stays valid, says its earlier sessions are cut off, and issues fresh ones that
     // the cutoff does not cover (the call returned once the cutoff second had passed).
     let seen = get(&mut client, &grant.id).await;

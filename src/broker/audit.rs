@@ -66,7 +66,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
     pub async fn log_rules_loaded(&self) -> Result<(), BrokerError> {
         let event = ServiceEvent {
             at: self.clock.now(),
-            caller: "grant-broker".to_owned(),
+            caller: super::BROKER_CALLER.to_owned(),
             kind: ServiceEventKind::RulesLoaded {
                 digest: self.rules.digest().to_owned(),
                 policies: self.rules.policy_count(),

@@ -46,6 +46,9 @@ use crate::{
 };
 
 /// Default and largest page of ListGrants.
+/// The caller of the events the broker records on its own (expiry, enforcement, rules loaded).
+pub const BROKER_CALLER: &str = "grant-broker";
+
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
 
@@ -1425,7 +1428,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     let transition = Transition::Expire;
                     let event = GrantEvent {
                         at: now,
-                        caller: "grant-broker".to_owned(),
+                        caller: BROKER_CALLER.to_owned(),
                         kind: EventKind::Expired { was: grant.state },
                     };
                     let changed = self

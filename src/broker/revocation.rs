@@ -24,8 +24,11 @@ use crate::{
     domain::{
         Caller, EventKind, Grant, GrantEvent, GrantId, GrantState, RevocationMode, Target,
         approval::Person,
+        audit::{ServiceEvent, ServiceEventKind},
         lifecycle::{NotAllowed, Transition},
-        revocation::{Cutoff, Enforcement, EnforcementStatus, Revocation, RevokedEntry, RolePolicy, role_policy},
+        revocation::{
+            Cutoff, Enforcement, EnforcementStatus, Revocation, RevokedEntry, RolePolicy, fold_grantee, role_policy,
+        },
     },
     ports::{
         Appended, Change, Clock, CredentialIssuer, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex,
@@ -91,6 +94,11 @@ pub struct GranteeRevocation {
     pub outcomes: Vec<(GrantId, Result<Grant, BrokerError>)>,
     /// More grants than one call revokes: call again.
     pub truncated: bool,
+    /// The grantee's grants read (live or not).
+    pub examined: usize,
+    /// Grantees of live grants spelled like this one but for case or whitespace, with how many
+    /// live grants each has: not revoked.
+    pub near_misses: Vec<(String, usize)>,
 }
 
 /// What RevokeTargetSessions did.
@@ -291,47 +299,38 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Self::must_be_admin(caller)?;
         let operation = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now();
-        let mut live = Vec::new();
-        let mut before = None;
-        let mut truncated = false;
-        let mut scanned = 0;
         // A grant can start at most 30 days after it was requested and last 12 hours: the index
         // is read no further back (positions are never earlier than creation).
         let live_horizon = now
             - crate::domain::request::MAX_SCHEDULE_AHEAD
             - Duration::seconds(i64::try_from(crate::domain::limits::MAX_DURATION_SECS).unwrap_or(i64::MAX));
-        loop {
-            let page = self
-                .store
-                .list_index(
-                    &GrantIndex::Grantee(grantee.to_owned()),
-                    before.as_ref(),
-                    Some(live_horizon),
-                    200,
-                )
-                .await?;
-            let next = page.next;
-            let grants: Vec<Grant> = page.grants.into_iter().map(|(_, grant)| grant).collect();
-            scanned += grants.len();
-            live.extend(
-                grants
-                    .into_iter()
-                    .filter(|grant| matches!(grant.state_at(now), GrantState::PendingApproval | GrantState::Approved)),
-            );
-            if live.len() >= MAX_GRANTEE_GRANTS {
-                truncated = next.is_some() || live.len() > MAX_GRANTEE_GRANTS;
-                live.truncate(MAX_GRANTEE_GRANTS);
-                break;
-            }
-            match next {
-                // Bounded: a grantee's history (newest first) is read only so far per call.
-                Some(_) if scanned >= MAX_GRANTEE_SCAN => {
-                    truncated = true;
-                    break;
-                }
-                Some(next) => before = Some(next),
-                None => break,
-            }
+        let is_live = |grant: &Grant| matches!(grant.state_at(now), GrantState::PendingApproval | GrantState::Approved);
+        let (mut live, examined, mut truncated) = self
+            .scan_index(
+                &GrantIndex::Grantee(grantee.to_owned()),
+                live_horizon,
+                MAX_GRANTEE_GRANTS + 1,
+                |grant| is_live(grant),
+            )
+            .await?;
+        if live.len() > MAX_GRANTEE_GRANTS {
+            truncated = true;
+            live.truncate(MAX_GRANTEE_GRANTS);
+        }
+        // In an incident a grantee spelled differently from how grants name it revokes nothing:
+        // live grants whose grantee differs only in case or whitespace are reported.
+        let folded = fold_grantee(grantee);
+        let (near, _, _) = self
+            .scan_index(&GrantIndex::Live, live_horizon, MAX_GRANTEE_SCAN, |grant| {
+                grant.grantee != grantee && fold_grantee(&grant.grantee) == folded && is_live(grant)
+            })
+            .await?;
+        let mut near_misses = std::collections::BTreeMap::<String, usize>::new();
+        for grant in near {
+            *near_misses.entry(grant.grantee).or_default() += 1;
+        }
+        if !near_misses.is_empty() {
+            tracing::warn!(%grantee, near_misses = ?near_misses.keys().collect::<Vec<_>>(), "live grants name a grantee spelled almost like this one");
         }
         tracing::warn!(%grantee, caller = %caller.id, grants = live.len(), %operation, "revoking every live grant of a grantee");
         let mut outcomes = Vec::with_capacity(live.len());
@@ -365,11 +364,63 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 *outcome = self.read_back(*id).await;
             }
         }
+        let failed = outcomes.iter().filter(|(_, outcome)| outcome.is_err()).count();
+        let event = ServiceEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: ServiceEventKind::GranteeRevoked {
+                operation: operation.clone(),
+                grantee: grantee.to_owned(),
+                revoker: revoker.map(|person| person.to_string()),
+                reason,
+                examined,
+                revoked: outcomes.len() - failed,
+                failed,
+                truncated,
+            },
+        };
+        // Each revocation is in the ledger already, with the operation's id: an operation whose
+        // summary cannot be logged still answers (the caller needs the outcomes), loudly.
+        if let Err(error) = self.store.log_service_event(&event).await {
+            tracing::error!(%operation, %error, "grantee revoked, but the operation could not be logged");
+        }
         Ok(GranteeRevocation {
             operation,
             outcomes,
             truncated,
+            examined,
+            near_misses: near_misses.into_iter().collect(),
         })
+    }
+
+    /// Reads an index newest first from now back to `since`, keeping the grants `keep` accepts,
+    /// until `wanted` are kept or [`MAX_GRANTEE_SCAN`] grants are read. Returns the kept grants,
+    /// how many were read, and whether the scan stopped before the index's end.
+    async fn scan_index(
+        &self,
+        index: &GrantIndex,
+        since: OffsetDateTime,
+        wanted: usize,
+        mut keep: impl FnMut(&Grant) -> bool,
+    ) -> Result<(Vec<Grant>, usize, bool), BrokerError> {
+        let mut kept = Vec::new();
+        let mut before = None;
+        let mut examined = 0;
+        loop {
+            let page = self.store.list_index(index, before.as_ref(), Some(since), 200).await?;
+            examined += page.grants.len();
+            kept.extend(
+                page.grants
+                    .into_iter()
+                    .map(|(_, grant)| grant)
+                    .filter(|grant| keep(grant)),
+            );
+            match page.next {
+                None => return Ok((kept, examined, false)),
+                Some(_) if kept.len() >= wanted || examined >= MAX_GRANTEE_SCAN => return Ok((kept, examined, true)),
+                Some(next) => before = Some(next),
+            }
+        }
     }
 
     /// Emergency: denies every session of the target's role issued before now (a token-issue-time
@@ -406,14 +457,37 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                 Err(_) => crate::domain::limits::MAX_DURATION_SECS,
             },
         };
-        let who = revoker.map_or_else(|| caller.id.to_string(), |person| format!("{person} via {}", caller.id));
+        let who = revoker
+            .as_ref()
+            .map_or_else(|| caller.id.to_string(), |person| format!("{person} via {}", caller.id));
+        let now = self.clock.now();
         let cutoff = Cutoff::after(
-            self.clock.now(),
+            now,
             max_session_secs,
             format!("every session cut off by {who}: {reason}"),
         );
-        self.store.set_cutoff(&role, &cutoff).await?;
+        let event = ServiceEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: ServiceEventKind::TargetSessionsRevoked {
+                target: target.id.clone(),
+                account_id: target.account_id.clone(),
+                role_arn: role.clone(),
+                cutoff: cutoff.at,
+                until: cutoff.until,
+                revoker: revoker.map(|person| person.to_string()),
+                reason,
+            },
+        };
+        // Together, in one round trip: an incident action the ledger does not hold fails (the
+        // cutoff still holds; a retry sets a later one and records it).
+        let (set, logged) = tokio::join!(
+            self.store.set_cutoff(&role, &cutoff),
+            self.store.log_service_event(&event)
+        );
+        set?;
         self.remember_cutoff(&role, &cutoff);
+        logged?;
         tracing::warn!(target = %target.id, role_arn = %role, cutoff = %cutoff.at, caller = %caller.id, "every session of a target cut off");
         let written = self.enforce_role(&role).await;
         // Credentials minted after this returns must not fall under the cutoff.
@@ -576,7 +650,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         };
         let event = GrantEvent {
             at: now,
-            caller: "grant-broker".to_owned(),
+            caller: super::BROKER_CALLER.to_owned(),
             kind: EventKind::EnforcementChanged {
                 status,
                 error: note,
@@ -723,8 +797,27 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                         ),
                     );
                     tracing::warn!(role_arn, needed, available, cutoff = %cutoff.at, "deny list full: falling back to a token-issue-time cutoff");
-                    self.store.set_cutoff(role_arn, &cutoff).await?;
+                    let event = ServiceEvent {
+                        at: now,
+                        caller: super::BROKER_CALLER.to_owned(),
+                        kind: ServiceEventKind::RoleCutoffSet {
+                            target: target.id.clone(),
+                            account_id: target.account_id.clone(),
+                            role_arn: role_arn.to_owned(),
+                            cutoff: cutoff.at,
+                            until: cutoff.until,
+                            grants: state.entries.len(),
+                            needed: *needed,
+                            available: *available,
+                        },
+                    };
+                    let (set, logged) = tokio::join!(
+                        self.store.set_cutoff(role_arn, &cutoff),
+                        self.store.log_service_event(&event)
+                    );
+                    set?;
                     self.remember_cutoff(role_arn, &cutoff);
+                    logged?;
                     state = self.store.role(role_arn).await?;
                     continue;
                 }

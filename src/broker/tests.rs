@@ -40,6 +40,7 @@ struct MemoryState {
     noted: BTreeMap<GrantId, OffsetDateTime>,
     roles: HashMap<String, MemoryRole>,
     changes: Arc<tokio::sync::Notify>,
+    service_events: Vec<crate::domain::audit::ServiceEvent>,
 }
 
 #[derive(Default, Clone)]
@@ -54,6 +55,11 @@ struct MemoryRole {
 }
 
 impl MemoryStore {
+    /// The service events logged so far, oldest first.
+    fn service_events(&self) -> Vec<crate::domain::audit::ServiceEvent> {
+        self.0.lock().unwrap().service_events.clone()
+    }
+
     fn events(&self, id: GrantId) -> Vec<GrantEvent> {
         self.0.lock().unwrap().events.get(&id).cloned().unwrap_or_default()
     }
@@ -168,7 +174,8 @@ impl GrantStore for MemoryStore {
         Ok(0)
     }
 
-    async fn log_service_event(&self, _event: &crate::domain::audit::ServiceEvent) -> Result<(), StoreError> {
+    async fn log_service_event(&self, event: &crate::domain::audit::ServiceEvent) -> Result<(), StoreError> {
+        self.0.lock().unwrap().service_events.push(event.clone());
         Ok(())
     }
 
@@ -1837,12 +1844,43 @@ async fn a_compromised_vendor_loses_every_live_grant_in_one_operation() {
     let mut someone_else = request("e");
     someone_else.grantee = "vendor-y".into();
     let other = broker.request_access(&caller(), someone_else).await.unwrap().grant;
+    let mut spelled_otherwise = request("s");
+    spelled_otherwise.grantee = " Vendor-X".into();
+    let near_miss = broker.request_access(&caller(), spelled_otherwise).await.unwrap().grant;
+    broker
+        .cancel_grant(&caller(), pending.id, "replaced".into())
+        .await
+        .unwrap();
+    let pending = broker.request_access(&caller(), request("p2")).await.unwrap().grant;
 
     let operation = broker
-        .revoke_grantee(&admin(), "vendor-x", None, "vendor-x is compromised".into())
+        .revoke_grantee(&admin(), "vendor-x", Some(bob()), "vendor-x is compromised".into())
         .await
         .unwrap();
     assert!(!operation.truncated);
+    assert_eq!(operation.examined, 3, "the cancelled grant is read, and not revoked");
+    assert_eq!(operation.near_misses, [(" Vendor-X".to_owned(), 1)]);
+    assert_eq!(
+        broker.get_grant(&caller(), near_miss.id).await.unwrap().state,
+        GrantState::PendingApproval,
+        "a near miss is reported, never revoked"
+    );
+    let [logged] = setup.store.service_events().try_into().unwrap();
+    assert_eq!(logged.caller, "security-console");
+    assert_eq!(logged.actor(), "bob");
+    assert_eq!(
+        logged.kind,
+        crate::domain::audit::ServiceEventKind::GranteeRevoked {
+            operation: operation.operation.clone(),
+            grantee: "vendor-x".into(),
+            revoker: Some("bob".into()),
+            reason: "vendor-x is compromised".into(),
+            examined: 3,
+            revoked: 2,
+            failed: 0,
+            truncated: false,
+        }
+    );
     let outcomes: BTreeMap<GrantId, EnforcementStatus> = operation
         .outcomes
         .iter()
@@ -1886,6 +1924,20 @@ async fn cutting_off_a_target_denies_earlier_sessions_and_leaves_grants_valid() 
         .unwrap();
     assert_eq!(cut.status, EnforcementStatus::Enforced, "{cut:?}");
     assert_eq!(cut.role_arn, ROLE);
+    let [logged] = setup.store.service_events().try_into().unwrap();
+    assert_eq!(logged.caller, "security-console");
+    assert_eq!(
+        logged.kind,
+        crate::domain::audit::ServiceEventKind::TargetSessionsRevoked {
+            target: "dev-logs-read".into(),
+            account_id: target().account_id,
+            role_arn: ROLE.into(),
+            cutoff: cut.cutoff.at,
+            until: cut.cutoff.until,
+            revoker: None,
+            reason: "keys leaked".into(),
+        }
+    );
     assert!(cut.cutoff.at > setup.clock.now());
     assert!(cut.cutoff.reason.contains("keys leaked"), "{}", cut.cutoff.reason);
     assert_eq!(

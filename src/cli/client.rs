@@ -742,6 +742,11 @@ pub async fn revoke_grantee(
         return Ok(json!({
             "operation_id": response.operation_id,
             "truncated": response.truncated,
+            "examined": response.examined,
+            "near_misses": response.near_misses.iter().map(|miss| json!({
+                "grantee": miss.grantee,
+                "live_grants": miss.live_grants,
+            })).collect::<Vec<_>>(),
             "outcomes": response.outcomes.iter().map(|o| json!({
                 "grant_id": o.grant_id,
                 "grant": o.grant.as_ref().map(grant_json),
@@ -752,9 +757,10 @@ pub async fn revoke_grantee(
         .to_string());
     }
     let mut text = format!(
-        "operation {}: {} grant(s)\n",
+        "operation {}: {} live grant(s) of {} examined\n",
         response.operation_id,
-        response.outcomes.len()
+        response.outcomes.len(),
+        response.examined
     );
     for outcome in &response.outcomes {
         match &outcome.grant {
@@ -784,6 +790,13 @@ pub async fn revoke_grantee(
     }
     if response.truncated {
         let _ = writeln!(text, "more live grants remain: run it again");
+    }
+    for miss in &response.near_misses {
+        let _ = writeln!(
+            text,
+            "warning: {} live grant(s) name grantee {:?}, spelled differently: not revoked",
+            miss.live_grants, miss.grantee
+        );
     }
     Ok(text)
 }

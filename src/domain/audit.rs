@@ -123,16 +123,113 @@ pub enum ServiceEventKind {
     },
     /// An audit query: who asked (`caller`), which call, and what for.
     AuditQueried { query: String, filter: String },
+    /// An admin cut off every session of a target's role issued before `cutoff`
+    /// (RevokeTargetSessions). Grants stay valid; sessions issued after it are not affected.
+    TargetSessionsRevoked {
+        target: String,
+        account_id: String,
+        role_arn: String,
+        #[serde(with = "time::serde::rfc3339")]
+        cutoff: OffsetDateTime,
+        /// When the cutoff is dropped: the longest session it can cover has expired.
+        #[serde(with = "time::serde::rfc3339")]
+        until: OffsetDateTime,
+        /// The person the admin caller named, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revoker: Option<String>,
+        reason: String,
+    },
+    /// An admin revoked every live grant of a grantee as one operation (RevokeGrantee); each
+    /// grant's own `revoked` event carries the same `operation`.
+    GranteeRevoked {
+        operation: String,
+        grantee: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revoker: Option<String>,
+        reason: String,
+        /// The grantee's grants read (live or not).
+        examined: usize,
+        /// Live grants now revoked.
+        revoked: usize,
+        /// Live grants whose revocation failed (each reported to the caller).
+        failed: usize,
+        /// More live grants than one call revokes: the caller must call again.
+        truncated: bool,
+    },
+    /// A role's deny list no longer fit beside its other inline policies, so the broker denied
+    /// every session of the role issued before `cutoff` instead: sessions of grants never
+    /// revoked lose access too.
+    RoleCutoffSet {
+        target: String,
+        account_id: String,
+        role_arn: String,
+        #[serde(with = "time::serde::rfc3339")]
+        cutoff: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
+        until: OffsetDateTime,
+        /// Revoked grants whose entries the cutoff replaces.
+        grants: usize,
+        /// Characters the deny list needed, and what the role's other policies left.
+        needed: usize,
+        available: usize,
+    },
+    /// The broker's deny policy on a role was not what it wrote (deleted, or edited outside the
+    /// broker): it was written again.
+    RoleDenyDrifted {
+        target: String,
+        account_id: String,
+        role_arn: String,
+        /// `missing` (deleted) or `changed` (edited).
+        found: String,
+        /// Revoked grants the role's deny covers.
+        grants: usize,
+    },
 }
 
 /// The names of [`ServiceEventKind`]s, as the log gives them.
-pub const SERVICE_EVENT_NAMES: &[&str] = &["rules_loaded", "audit_queried"];
+pub const SERVICE_EVENT_NAMES: &[&str] = &[
+    "rules_loaded",
+    "audit_queried",
+    "target_sessions_revoked",
+    "grantee_revoked",
+    "role_cutoff_set",
+    "role_deny_drifted",
+];
 
 impl ServiceEventKind {
     pub fn name(&self) -> &'static str {
         match self {
             Self::RulesLoaded { .. } => "rules_loaded",
             Self::AuditQueried { .. } => "audit_queried",
+            Self::TargetSessionsRevoked { .. } => "target_sessions_revoked",
+            Self::GranteeRevoked { .. } => "grantee_revoked",
+            Self::RoleCutoffSet { .. } => "role_cutoff_set",
+            Self::RoleDenyDrifted { .. } => "role_deny_drifted",
+        }
+    }
+
+    /// The target and account the event concerns (empty for service-wide events).
+    pub fn target_context(&self) -> (&str, &str) {
+        match self {
+            Self::TargetSessionsRevoked { target, account_id, .. }
+            | Self::RoleCutoffSet { target, account_id, .. }
+            | Self::RoleDenyDrifted { target, account_id, .. } => (target, account_id),
+            Self::RulesLoaded { .. } | Self::AuditQueried { .. } | Self::GranteeRevoked { .. } => ("", ""),
+        }
+    }
+}
+
+impl ServiceEvent {
+    /// Who did it: the person an incident action names, else the caller.
+    pub fn actor(&self) -> &str {
+        match &self.kind {
+            ServiceEventKind::TargetSessionsRevoked {
+                revoker: Some(revoker), ..
+            }
+            | ServiceEventKind::GranteeRevoked {
+                revoker: Some(revoker), ..
+            } => revoker,
+            _ => &self.caller,
         }
     }
 }
@@ -165,7 +262,7 @@ impl AuditEntry {
     pub fn actor(&self) -> &str {
         match &self.logged {
             Logged::Grant { event, .. } => event.actor(),
-            Logged::Service(event) => &event.caller,
+            Logged::Service(event) => event.actor(),
         }
     }
 
@@ -176,7 +273,8 @@ impl AuditEntry {
         }
     }
 
-    /// The grant's target, account and requesting caller (empty for a service event).
+    /// The grant's target, account and requesting caller; for a service event, the target and
+    /// account it concerns, if any, and no caller.
     pub fn grant_context(&self) -> (&str, &str, &str) {
         match &self.logged {
             Logged::Grant {
@@ -185,7 +283,10 @@ impl AuditEntry {
                 grant_caller,
                 ..
             } => (target, account_id, grant_caller),
-            Logged::Service(_) => ("", "", ""),
+            Logged::Service(event) => {
+                let (target, account_id) = event.kind.target_context();
+                (target, account_id, "")
+            }
         }
     }
 

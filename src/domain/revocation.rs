@@ -59,6 +59,12 @@ impl EnforcementStatus {
     }
 }
 
+/// A grantee as a person reads it, for warning of near misses: case, leading and trailing
+/// whitespace and runs of whitespace do not count.
+pub fn fold_grantee(grantee: &str) -> String {
+    grantee.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
 /// Who revoked a grant, when and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -235,6 +241,15 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+
+    #[test]
+    fn grantees_fold_case_and_whitespace_only() {
+        assert_eq!(fold_grantee(" Vendor-X "), "vendor-x");
+        assert_eq!(fold_grantee("ACME\t  Corp"), "acme corp");
+        assert_eq!(fold_grantee("vendor-x"), fold_grantee("VENDOR-X"));
+        assert_ne!(fold_grantee("vendor-x"), fold_grantee("vendor_x"));
+        assert_ne!(fold_grantee("vendorx"), fold_grantee("vendor x"));
+    }
 
     const NOW: OffsetDateTime = datetime!(2026-11-29 10:00:00.250 UTC);
     const ROLE: &str = "AROAEXAMPLEEXAMPLE123";

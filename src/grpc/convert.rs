@@ -306,7 +306,21 @@ pub fn grantee_revocation(outcome: GranteeRevocation) -> proto::RevokeGranteeRes
             })
             .collect(),
         truncated: outcome.truncated,
+        examined: count(outcome.examined),
+        near_misses: outcome
+            .near_misses
+            .into_iter()
+            .map(|(grantee, live_grants)| proto::GranteeNearMiss {
+                grantee,
+                live_grants: count(live_grants),
+            })
+            .collect(),
     }
+}
+
+/// A count for an `int32` field (counts here are bounded far below its range).
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 pub fn target_cutoff(cut: &TargetCutoff) -> proto::RevokeTargetSessionsResponse {

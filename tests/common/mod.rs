@@ -975,3 +975,33 @@ pub fn issue_for(grant_id: &str) -> proto::IssueCredentialsRequest {
         ..Default::default()
     }
 }
+
+/// Every audit-log event of type `event`, oldest first, as an auditor reads them, each with its
+/// `event_json` parsed.
+pub async fn logged(client: &mut Client, event: &str) -> Vec<(proto::AuditEvent, serde_json::Value)> {
+    let mut found = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_audit_events(authed(
+                AUDITOR_TOKEN,
+                proto::ListAuditEventsRequest {
+                    events: vec![event.to_owned()],
+                    page_size: 500,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for entry in page.events {
+            let json = serde_json::from_str(&entry.event_json).unwrap();
+            found.push((entry, json));
+        }
+        if page.next_page_token.is_empty() {
+            return found;
+        }
+        page_token = page.next_page_token;
+    }
+}

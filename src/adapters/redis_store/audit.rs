@@ -114,7 +114,7 @@ impl RedisGrantStore {
         }
     }
 
-    /// Logs an event of the service itself.
+    /// Logs an event of the service itself, then queues its notifications.
     pub(super) async fn log_service(&self, event: &ServiceEvent) -> Result<(), StoreError> {
         let text = serde_json::to_string(event)
             .map_err(|error| StoreError::Corrupt(format!("cannot encode a service event: {error}")))?;
@@ -125,8 +125,10 @@ impl RedisGrantStore {
             .arg(text)
             .query_async::<String>(&mut self.connection.clone())
             .await
-            .map(drop)
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        // Logged first: a webhook never announces what the ledger does not hold.
+        self.outbox.enqueue_service(&self.connection, event).await;
+        Ok(())
     }
 
     /// Decodes an XRANGE / XREAD list of `[id, ["g", <grant>, "n", <event>]]` and

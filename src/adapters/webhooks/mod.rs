@@ -44,14 +44,26 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
 pub use self::worker::{DeliverySettings, DeliveryWorker};
-use crate::domain::{EventKind, Grant, GrantEvent, GrantState, Secret};
+use crate::domain::{
+    EventKind, Grant, GrantEvent, GrantState, Secret,
+    audit::{SERVICE_EVENT_NAMES, ServiceEvent},
+    grant::EVENT_NAMES,
+};
 
-/// Every event name a webhook may subscribe to: the names `EventKind::name` gives. (A unit test
-/// fails when `EventKind` has a name missing there.)
-pub use crate::domain::grant::EVENT_NAMES as KNOWN_EVENTS;
+/// Whether `name` is an event a webhook may subscribe to: a grant's event (`EventKind::name`)
+/// or a service event (`ServiceEventKind::name`). (A unit test fails when either enum has a name
+/// missing from its list.)
+pub fn is_known_event(name: &str) -> bool {
+    known_events().any(|known| known == name)
+}
+
+/// Every event name a webhook may subscribe to: grants' events, then the service's.
+pub fn known_events() -> impl Iterator<Item = &'static str> {
+    EVENT_NAMES.iter().chain(SERVICE_EVENT_NAMES).copied()
+}
 
 /// What a webhook gets when its `events` are not configured: what approvers and requesters act
-/// on. `requested` is delivered only for grants that wait for approval (see [`Webhook::wants`]).
+/// on, and the incident actions and enforcement faults security engineers act on. `requested` is delivered only for grants that wait for approval (see [`Webhook::wants`]).
 pub const DEFAULT_EVENTS: &[&str] = &[
     "requested",
     "approved",
@@ -62,6 +74,10 @@ pub const DEFAULT_EVENTS: &[&str] = &[
     "extended",
     "expired",
     "revoked",
+    "target_sessions_revoked",
+    "grantee_revoked",
+    "role_cutoff_set",
+    "role_deny_drifted",
 ];
 
 /// Shortest HMAC secret accepted: 32 bytes, the size of the SHA-256 digest (RFC 2104 advises
@@ -91,7 +107,7 @@ pub struct Webhook {
     pub url: hyper::Uri,
     /// The HMAC key, read from the environment; never in the file, never logged.
     pub secret: Secret,
-    /// Event names delivered (a subset of [`KNOWN_EVENTS`]).
+    /// Event names delivered (each [`is_known_event`]).
     pub events: BTreeSet<String>,
     /// Bound on one attempt: connect, send, and the response's status line.
     pub timeout: Duration,
@@ -213,6 +229,29 @@ pub fn body(delivery_id: &str, grant: &Grant, state: GrantState, event: &GrantEv
     serde_json::to_string(&body).map_err(|error| error.to_string())
 }
 
+/// The notification body of a service event (an incident action, an enforcement fault): what
+/// happened, who did it, and the event's own fields under `details`, as for a grant's event.
+/// No `grant_id`: receivers tell the two apart by it.
+pub fn service_body(delivery_id: &str, event: &ServiceEvent) -> Result<String, String> {
+    let mut details = serde_json::to_value(&event.kind).map_err(|error| error.to_string())?;
+    if let Some(fields) = details.as_object_mut() {
+        fields.remove("event");
+    }
+    let at = event.at.format(&Rfc3339).map_err(|error| error.to_string())?;
+    let (target, account_id) = event.kind.target_context();
+    let body = serde_json::json!({
+        "delivery_id": delivery_id,
+        "event": event.kind.name(),
+        "at": at,
+        "caller": event.caller,
+        "actor": event.actor(),
+        "target": target,
+        "account_id": account_id,
+        "details": details,
+    });
+    serde_json::to_string(&body).map_err(|error| error.to_string())
+}
+
 /// The enqueue side: which webhooks want which events, and the writes that queue them. Cheap to
 /// clone; with no webhooks configured it writes nothing.
 #[derive(Debug, Clone)]
@@ -247,26 +286,49 @@ impl Outbox {
         let mut records = Vec::new();
         for event in events {
             for webhook in self.webhooks.iter().filter(|webhook| webhook.wants(&event.kind)) {
-                let delivery_id = uuid::Uuid::now_v7().to_string();
-                match body(&delivery_id, grant, state, event) {
-                    Ok(body) => records.push(Record {
-                        v: RECORD_VERSION,
-                        delivery_id,
-                        webhook: webhook.name.clone(),
-                        event: event.kind.name().to_owned(),
-                        attempts: 0,
-                        last_error: None,
-                        dead_at: None,
-                        body,
-                    }),
-                    Err(error) => {
-                        self.failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(grant_id = %grant.id, webhook = %webhook.name, %error, "cannot encode a notification");
-                    }
-                }
+                let record = self.record(webhook, event.kind.name(), |id| body(id, grant, state, event));
+                records.extend(record);
             }
         }
         records
+    }
+
+    /// The records for a service event: one per webhook that wants it.
+    pub fn service_records(&self, event: &ServiceEvent) -> Vec<Record> {
+        let name = event.kind.name();
+        self.webhooks
+            .iter()
+            .filter(|webhook| webhook.events.contains(name))
+            .filter_map(|webhook| self.record(webhook, name, |id| service_body(id, event)))
+            .collect()
+    }
+
+    /// One record with a new delivery id, or `None` (counted and logged) when its body cannot
+    /// be encoded.
+    fn record(
+        &self,
+        webhook: &Webhook,
+        event: &str,
+        body: impl FnOnce(&str) -> Result<String, String>,
+    ) -> Option<Record> {
+        let delivery_id = uuid::Uuid::now_v7().to_string();
+        match body(&delivery_id) {
+            Ok(body) => Some(Record {
+                v: RECORD_VERSION,
+                delivery_id,
+                webhook: webhook.name.clone(),
+                event: event.to_owned(),
+                attempts: 0,
+                last_error: None,
+                dead_at: None,
+                body,
+            }),
+            Err(error) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(webhook = %webhook.name, event, %error, "cannot encode a notification");
+                None
+            }
+        }
     }
 
     /// Queues the notifications for `events`, which the caller has just recorded for `grant`
@@ -285,17 +347,32 @@ impl Outbox {
             return;
         }
         let records = self.records(grant, state, events);
+        self.queue(connection, &records, &grant.id.to_string()).await;
+    }
+
+    /// Queues the notifications for a service event the caller has just logged. Never fails:
+    /// errors are logged and counted.
+    pub async fn enqueue_service(&self, connection: &ConnectionManager, event: &ServiceEvent) {
+        if self.webhooks.is_empty() {
+            return;
+        }
+        let records = self.service_records(event);
+        self.queue(connection, &records, "").await;
+    }
+
+    /// One MULTI for `records`; `grant_id` (empty for a service event) for the log lines.
+    async fn queue(&self, connection: &ConnectionManager, records: &[Record], grant_id: &str) {
         if records.is_empty() {
             return;
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for record in &records {
+        for record in records {
             let encoded = match serde_json::to_string(record) {
                 Ok(encoded) => encoded,
                 Err(error) => {
                     self.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(grant_id = %grant.id, %error, "cannot encode a notification record");
+                    tracing::warn!(grant_id, %error, "cannot encode a notification record");
                     continue;
                 }
             };
@@ -317,9 +394,9 @@ impl Outbox {
         if let Err(error) = pipe.query_async::<()>(&mut connection.clone()).await {
             let lost = u64::try_from(records.len()).unwrap_or(u64::MAX);
             self.failures.fetch_add(lost, Ordering::Relaxed);
-            for record in &records {
+            for record in records {
                 tracing::warn!(
-                    grant_id = %grant.id, webhook = %record.webhook, event = %record.event,
+                    grant_id, webhook = %record.webhook, event = %record.event,
                     delivery_id = %record.delivery_id, %error,
                     "change recorded, but its notification could not be queued"
                 );
@@ -331,7 +408,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{CallerId, Decision, GrantId, Outcome, approval::ApprovalRequirement};
+    use crate::domain::{CallerId, Decision, GrantId, Outcome, approval::ApprovalRequirement, audit::ServiceEventKind};
     use time::macros::datetime;
 
     fn webhook(events: &[&str]) -> Webhook {
@@ -505,21 +582,117 @@ mod tests {
         kinds
     }
 
+    fn every_service_kind() -> Vec<ServiceEventKind> {
+        let at = datetime!(2026-12-02 10:00 UTC);
+        let kinds = vec![
+            ServiceEventKind::RulesLoaded {
+                digest: "d".into(),
+                policies: 1,
+                sources: vec![],
+            },
+            ServiceEventKind::AuditQueried {
+                query: "ListAuditEvents".into(),
+                filter: "{}".into(),
+            },
+            ServiceEventKind::TargetSessionsRevoked {
+                target: "prod-readonly".into(),
+                account_id: "111122223333".into(),
+                role_arn: "arn:aws:iam::111122223333:role/ReadOnly".into(),
+                cutoff: at,
+                until: at + time::Duration::hours(12),
+                revoker: Some("ops@example.com".into()),
+                reason: "incident 7".into(),
+            },
+            ServiceEventKind::GranteeRevoked {
+                operation: "op-1".into(),
+                grantee: "vendor@example.com".into(),
+                revoker: None,
+                reason: "incident 7".into(),
+                examined: 3,
+                revoked: 2,
+                failed: 0,
+                truncated: false,
+            },
+            ServiceEventKind::RoleCutoffSet {
+                target: "prod-readonly".into(),
+                account_id: "111122223333".into(),
+                role_arn: "arn:aws:iam::111122223333:role/ReadOnly".into(),
+                cutoff: at,
+                until: at,
+                grants: 40,
+                needed: 11_000,
+                available: 9_000,
+            },
+            ServiceEventKind::RoleDenyDrifted {
+                target: "prod-readonly".into(),
+                account_id: "111122223333".into(),
+                role_arn: "arn:aws:iam::111122223333:role/ReadOnly".into(),
+                found: "missing".into(),
+                grants: 1,
+            },
+        ];
+        // Exhaustive: a new kind fails to compile here until it is listed above.
+        for kind in &kinds {
+            match kind {
+                ServiceEventKind::RulesLoaded { .. }
+                | ServiceEventKind::AuditQueried { .. }
+                | ServiceEventKind::TargetSessionsRevoked { .. }
+                | ServiceEventKind::GranteeRevoked { .. }
+                | ServiceEventKind::RoleCutoffSet { .. }
+                | ServiceEventKind::RoleDenyDrifted { .. } => {}
+            }
+        }
+        kinds
+    }
+
     #[test]
     fn every_event_name_is_known_and_the_defaults_are_known_names() {
-        let kinds = every_kind();
-        for kind in &kinds {
+        for kind in &every_kind() {
             assert!(
-                KNOWN_EVENTS.contains(&kind.name()),
-                "{} is not in KNOWN_EVENTS",
+                EVENT_NAMES.contains(&kind.name()),
+                "{} is not in EVENT_NAMES",
+                kind.name()
+            );
+        }
+        for kind in &every_service_kind() {
+            assert!(
+                SERVICE_EVENT_NAMES.contains(&kind.name()),
+                "{} is not in SERVICE_EVENT_NAMES",
                 kind.name()
             );
         }
         for name in DEFAULT_EVENTS {
-            assert!(KNOWN_EVENTS.contains(name), "{name}");
+            assert!(is_known_event(name), "{name}");
         }
-        let unique: BTreeSet<_> = KNOWN_EVENTS.iter().collect();
-        assert_eq!(unique.len(), KNOWN_EVENTS.len(), "no name twice");
+        let unique: BTreeSet<_> = known_events().collect();
+        assert_eq!(unique.len(), known_events().count(), "no name twice");
+        assert_eq!(unique.len(), every_kind().len() + every_service_kind().len());
+    }
+
+    #[test]
+    fn a_service_event_body_names_what_happened_who_did_it_and_no_grant() {
+        let event = ServiceEvent {
+            at: datetime!(2026-12-02 10:00 UTC),
+            caller: "secops-console".into(),
+            kind: every_service_kind().swap_remove(2),
+        };
+        let json: serde_json::Value = serde_json::from_str(&service_body("d-7", &event).unwrap()).unwrap();
+        assert_eq!(json["delivery_id"], "d-7");
+        assert_eq!(json["event"], "target_sessions_revoked");
+        assert_eq!(json["at"], "2026-12-02T10:00:00Z");
+        assert_eq!(json["caller"], "secops-console");
+        assert_eq!(json["actor"], "ops@example.com");
+        assert_eq!(json["target"], "prod-readonly");
+        assert_eq!(json["account_id"], "111122223333");
+        assert_eq!(json["details"]["cutoff"], "2026-12-02T10:00:00Z");
+        assert_eq!(json["details"]["reason"], "incident 7");
+        assert!(json.get("grant_id").is_none());
+        assert!(json["details"].get("event").is_none());
+
+        let outbox = Outbox::new("gb", &[webhook(DEFAULT_EVENTS), webhook(&["approved"])]);
+        let records = outbox.service_records(&event);
+        assert_eq!(records.len(), 1, "only the webhook that wants it");
+        assert_eq!(records[0].event, "target_sessions_revoked");
     }
 
     #[test]

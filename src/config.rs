@@ -234,6 +234,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_response_timeout_ms() -> u64 {
     1_000
 }
+/// How often a role's deny policy may be read back from IAM, in seconds.
+const DENY_VERIFY_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 5..=3600;
+
 /// Thirteen months: a year of audit history plus a month of slack.
 fn default_retention_days() -> u64 {
     400
@@ -250,6 +253,7 @@ struct RawAws {
     initial_backoff_ms: u64,
     role_chaining: bool,
     emulator_credentials: Option<RawStaticCredentials>,
+    deny_verify_interval_secs: u64,
 }
 
 impl Default for RawAws {
@@ -263,6 +267,7 @@ impl Default for RawAws {
             initial_backoff_ms: 200,
             role_chaining: false,
             emulator_credentials: None,
+            deny_verify_interval_secs: 60,
         }
     }
 }
@@ -356,6 +361,17 @@ impl Config {
 
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
         let redis = validate_redis(raw.redis, base, &mut problems);
+        let deny_verify_interval_secs = raw.aws.deny_verify_interval_secs;
+        if !(DENY_VERIFY_INTERVAL_SECS).contains(&deny_verify_interval_secs) {
+            problems.push(Problem::new(
+                "aws.deny_verify_interval_secs",
+                format!(
+                    "must be {}-{} (a GetRolePolicy per role with revoked sessions this often)",
+                    DENY_VERIFY_INTERVAL_SECS.start(),
+                    DENY_VERIFY_INTERVAL_SECS.end()
+                ),
+            ));
+        }
         let (sts, iam, role_chaining) = validate_aws(raw.aws, &mut problems);
         let max_issuances_per_grant = raw.grants.max_issuances_per_grant;
         if !(1..=MAX_ISSUANCES_PER_GRANT).contains(&max_issuances_per_grant) {
@@ -400,6 +416,9 @@ impl Config {
                     pending_timeout: time::Duration::hours(i64::try_from(pending_timeout_hours).unwrap_or(24)),
                     approver_groups,
                     retention,
+                    deny_verify_interval: time::Duration::seconds(
+                        i64::try_from(deny_verify_interval_secs).unwrap_or(60),
+                    ),
                 },
                 rules,
                 targets,

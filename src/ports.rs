@@ -422,6 +422,10 @@ pub trait RoleEnforcer: Send + Sync + 'static {
     /// broker's own (ListRolePolicies, GetRolePolicy): IAM caps the role's total at 10,240.
     fn other_inline_policy_chars(&self, target: &Target) -> impl Future<Output = Result<usize, EnforceError>> + Send;
 
+    /// The broker's inline policy on the role as IAM holds it (GetRolePolicy, decoded), or
+    /// `None` when it is not there: to verify that nobody removed or edited it.
+    fn deny_policy(&self, target: &Target) -> impl Future<Output = Result<Option<String>, EnforceError>> + Send;
+
     /// Creates or replaces the broker's inline policy on the role (PutRolePolicy).
     fn put_deny_policy(&self, target: &Target, document: &str)
     -> impl Future<Output = Result<(), EnforceError>> + Send;
@@ -529,7 +533,8 @@ pub trait EnforcementStore: Send + Sync + 'static {
 
     /// Under the lease: the policy for `version` is written (or deleted); records it with the
     /// document's digest and the role's facts, drops entries and a cutoff that have expired by
-    /// `now`, clears failures, and sets when to look again. When the lease was lost meanwhile,
+    /// `now`, clears failures, and sets when to look again: when an entry or the cutoff expires,
+    /// or at `verify_by` (to check the policy is still on the role), whichever comes first. When the lease was lost meanwhile,
     /// the write may have replaced a newer document: the role is marked to be written again.
     fn record_written(
         &self,
@@ -538,6 +543,7 @@ pub trait EnforcementStore: Send + Sync + 'static {
         digest: &str,
         facts: &RoleFacts,
         now: OffsetDateTime,
+        verify_by: Option<OffsetDateTime>,
     ) -> impl Future<Output = Result<Leased, StoreError>> + Send;
 
     /// Under the lease: an attempt failed; retry not before `retry_at`.

@@ -1174,3 +1174,76 @@ async fn a_revocation_racing_approvals_always_ends_revoked_with_nothing_issued()
         assert_eq!(settled.issuance_count, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_deleted_from_the_role_is_found_written_again_and_the_lapse_recorded() {
+    let world = World::new(100).await;
+    let server = Server::start(&world.settings(&world.moto.url)).await;
+    let mut client = server.client().await;
+    let grant = issued_grant(&mut client, "drift").await;
+    let revoked = client
+        .revoke_grant(authed(PORTAL_TOKEN, revoke(&grant.id, "offboarded")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enforcement(&revoked), proto::EnforcementStatus::Enforced);
+    let written = world.deny_policy().await.unwrap();
+
+    // An operator (or an attacker) deletes the broker's deny: within the verify interval (5 s
+    // in tests) the broker finds it gone and puts it back.
+    world
+        .iam
+        .delete_role_policy()
+        .role_name(&world.role)
+        .policy_name(DENY_POLICY_NAME)
+        .send()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let restored = loop {
+        if let Some(document) = world.deny_policy().await {
+            break document;
+        }
+        assert!(std::time::Instant::now() < deadline, "the deny never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(restored, written);
+    let read = wait_for(
+        &mut client,
+        &grant.id,
+        proto::EnforcementStatus::Enforced,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(read.revocation.unwrap().enforcement_error.is_empty());
+    // The grant's trail shows the lapse; the ledger shows the drift.
+    let statuses: Vec<(String, String)> = world
+        .redis
+        .events(&grant.id)
+        .await
+        .iter()
+        .filter(|event| event["event"] == "enforcement_changed")
+        .map(|event| {
+            (
+                event["status"].as_str().unwrap().to_owned(),
+                event["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let [.., (lapsed, why), (back, _)] = &statuses[..] else {
+        panic!("{statuses:?}")
+    };
+    assert_eq!(
+        (lapsed.as_str(), back.as_str()),
+        ("pending", "enforced"),
+        "{statuses:?}"
+    );
+    assert!(why.contains("deleted from the role"), "{why}");
+    let [(entry, details)] = logged(&mut client, "role_deny_drifted").await.try_into().unwrap();
+    assert_eq!(
+        (entry.caller.as_str(), entry.target.as_str()),
+        ("grant-broker", "dev-logs-read")
+    );
+    assert_eq!(details["found"], "missing");
+    assert_eq!(details["grants"], 1);
+}

@@ -361,6 +361,21 @@ impl RoleEnforcer for IamEnforcer {
         Ok(total)
     }
 
+    async fn deny_policy(&self, target: &Target) -> Result<Option<String>, EnforceError> {
+        match self
+            .client(target)?
+            .get_role_policy()
+            .role_name(target.role_name())
+            .policy_name(DENY_POLICY_NAME)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(decode_policy_document(output.policy_document()))),
+            Err(SdkError::ServiceError(context)) if context.err().code() == Some("NoSuchEntity") => Ok(None),
+            Err(error) => Err(classify("GetRolePolicy", error)),
+        }
+    }
+
     async fn put_deny_policy(&self, target: &Target, document: &str) -> Result<(), EnforceError> {
         may_modify(target)?;
         self.client(target)?

@@ -80,6 +80,9 @@ pub struct BrokerSettings {
     pub approver_groups: BTreeMap<Person, BTreeSet<String>>,
     /// How long grants and the audit log are kept.
     pub retention: Duration,
+    /// How often the deny policy on each role with revoked sessions is read back from IAM and
+    /// written again if it was removed or edited.
+    pub deny_verify_interval: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -90,6 +93,7 @@ impl Default for BrokerSettings {
             pending_timeout: Duration::hours(24),
             approver_groups: BTreeMap::new(),
             retention: Duration::days(400),
+            deny_verify_interval: Duration::seconds(60),
         }
     }
 }

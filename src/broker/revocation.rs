@@ -28,6 +28,7 @@ use crate::{
         lifecycle::{NotAllowed, Transition},
         revocation::{
             Cutoff, Enforcement, EnforcementStatus, Revocation, RevokedEntry, RolePolicy, fold_grantee, role_policy,
+            same_policy,
         },
     },
     ports::{
@@ -746,6 +747,8 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         // A cutoff covers every entry revoked so far, so after one the list is empty; if even
         // that does not fit, retrying cannot help until an operator makes room.
         let mut fell_back = false;
+        // Grants whose deny was found missing from the role: marked again once it is back.
+        let mut lapsed = Vec::new();
         loop {
             let version = state.summary.desired;
             let policy = role_policy(
@@ -762,8 +765,19 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     .delete_deny_policy(target)
                     .await
                     .map(|()| ABSENT.to_owned()),
+                // Written already: verified on the role instead (a deny deleted or edited outside
+                // the broker leaves revoked sessions working while their grants say ENFORCED).
                 RolePolicy::Deny { document, .. } if state.digest.as_deref() == Some(digest(document).as_str()) => {
-                    Ok(digest(document))
+                    match self.enforcer.deny_policy(target).await {
+                        Ok(Some(found)) if same_policy(&found, document) => Ok(digest(document)),
+                        Ok(found) => {
+                            let drift = if found.is_some() { "changed" } else { "missing" };
+                            lapsed = self.lapse(target, &state.entries, drift, now).await?;
+                            state.digest = None;
+                            continue;
+                        }
+                        Err(error) => Err(error),
+                    }
                 }
                 RolePolicy::Deny { .. } | RolePolicy::Overflow { .. } if other_chars.is_none() => {
                     // Measured only when something is to be written.
@@ -822,18 +836,77 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
                     continue;
                 }
             };
+            let mut to_mark = state.unmarked.clone();
+            to_mark.extend(lapsed.iter().filter(|id| !state.unmarked.contains(id)));
             let digest = match result {
                 Ok(digest) => digest,
-                Err(error) => return self.failed(lease, &state.unmarked, state.failures, error).await,
+                Err(error) => return self.failed(lease, &to_mark, state.failures, error).await,
             };
-            if self.store.record_written(lease, version, &digest, &facts, now).await? == Leased::Lost {
+            let verify_by = matches!(policy, RolePolicy::Deny { .. }).then(|| now + self.settings.deny_verify_interval);
+            if self
+                .store
+                .record_written(lease, version, &digest, &facts, now, verify_by)
+                .await?
+                == Leased::Lost
+            {
                 return Ok(RoleWrite::Busy);
             }
             tracing::info!(role_arn, version, "revocations written to the role");
             let cutoff = state.summary.cutoff.as_ref().filter(|cutoff| cutoff.until > now);
-            self.mark(role_arn, &state.unmarked, &state.entries, cutoff).await?;
+            self.mark(role_arn, &to_mark, &state.entries, cutoff).await?;
             return Ok(RoleWrite::Written);
         }
+    }
+
+    /// The broker's deny was found missing from the role (or edited): logs the drift and records
+    /// on each grant it covered that its sessions are no longer denied (PENDING, until the deny
+    /// is written again). Returns those grants.
+    async fn lapse(
+        &self,
+        target: &Target,
+        entries: &[RevokedEntry],
+        drift: &str,
+        now: OffsetDateTime,
+    ) -> Result<Vec<GrantId>, BrokerError> {
+        let covered: Vec<GrantId> = entries
+            .iter()
+            .filter(|entry| entry.until > now)
+            .map(|entry| entry.grant)
+            .collect();
+        tracing::warn!(
+            role_arn = %target.role_arn, drift, grants = covered.len(),
+            "the broker's deny policy was removed from the role or edited outside the broker: writing it again"
+        );
+        let event = ServiceEvent {
+            at: now,
+            caller: super::BROKER_CALLER.to_owned(),
+            kind: ServiceEventKind::RoleDenyDrifted {
+                target: target.id.clone(),
+                account_id: target.account_id.clone(),
+                role_arn: target.role_arn.clone(),
+                found: drift.to_owned(),
+                grants: covered.len(),
+            },
+        };
+        self.store.log_service_event(&event).await?;
+        let note = format!(
+            "the deny policy was {} the role outside the broker; writing it again",
+            if drift == "missing" {
+                "deleted from"
+            } else {
+                "edited on"
+            }
+        );
+        for &id in &covered {
+            if let Some(grant) = self.store.get(id).await?
+                && grant.state == GrantState::Revoked
+                && grant.enforcement.as_ref().map(|e| e.status) == Some(EnforcementStatus::Enforced)
+            {
+                self.set_enforcement(&grant, EnforcementStatus::Pending, Some(note.clone()), None)
+                    .await?;
+            }
+        }
+        Ok(covered)
     }
 
     /// Records on each grant that its sessions are denied now (by its entry, or by the cutoff).

@@ -457,6 +457,7 @@ impl crate::ports::EnforcementStore for MemoryStore {
         digest: &str,
         facts: &crate::ports::RoleFacts,
         now: OffsetDateTime,
+        verify_by: Option<OffsetDateTime>,
     ) -> Result<crate::ports::Leased, StoreError> {
         let mut state = self.0.lock().unwrap();
         let role = state.roles.entry(lease.role_arn.clone()).or_default();
@@ -480,7 +481,8 @@ impl crate::ports::EnforcementStore for MemoryStore {
             .values()
             .map(|entry| entry.until)
             .chain(role.summary.cutoff.as_ref().map(|cutoff| cutoff.until))
-            .min();
+            .min()
+            .map(|next| verify_by.map_or(next, |verify_by| verify_by.min(next)));
         Ok(crate::ports::Leased::Recorded)
     }
 
@@ -521,6 +523,8 @@ struct FakeIam {
     failing: Arc<AtomicBool>,
     calls: Arc<AtomicUsize>,
     puts: Arc<AtomicUsize>,
+    /// GetRolePolicy calls for the broker's own policy.
+    reads: Arc<AtomicUsize>,
     /// Runs inside the next PutRolePolicy (a slow write, overtaken by another replica).
     during_put: Arc<Mutex<Option<DuringPut>>>,
 }
@@ -561,6 +565,12 @@ impl crate::ports::RoleEnforcer for FakeIam {
     async fn other_inline_policy_chars(&self, _target: &Target) -> Result<usize, crate::ports::EnforceError> {
         self.check()?;
         Ok(self.other_chars.load(Ordering::SeqCst))
+    }
+
+    async fn deny_policy(&self, target: &Target) -> Result<Option<String>, crate::ports::EnforceError> {
+        self.check()?;
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Ok(self.documents.lock().unwrap().get(&target.role_arn).cloned())
     }
 
     async fn put_deny_policy(&self, target: &Target, document: &str) -> Result<(), crate::ports::EnforceError> {
@@ -1985,4 +1995,98 @@ async fn a_write_whose_lease_expired_midway_is_written_again() {
     assert_eq!(setup.iam.puts.load(Ordering::SeqCst), 2, "not skipped as unchanged");
     let grant = broker.get_grant(&caller(), granted.id).await.unwrap();
     assert_eq!(enforcement_of(&grant).0, EnforcementStatus::Enforced);
+}
+
+#[tokio::test]
+async fn a_deny_removed_or_edited_outside_the_broker_is_found_and_written_again() {
+    use crate::domain::{audit::ServiceEventKind, revocation::EnforcementStatus};
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    let revoked = broker
+        .revoke_grant(&caller(), granted.id, None, "x".into())
+        .await
+        .unwrap();
+    assert_eq!(enforcement_of(&revoked).0, EnforcementStatus::Enforced);
+    let written = setup.iam.documents.lock().unwrap().get(ROLE).cloned().unwrap();
+    let statuses = || {
+        setup
+            .store
+            .events(granted.id)
+            .into_iter()
+            .filter_map(|event| match event.kind {
+                EventKind::EnforcementChanged { status, error, .. } => Some((status, error)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let drifts = || {
+        setup
+            .store
+            .service_events()
+            .into_iter()
+            .filter_map(|event| match event.kind {
+                ServiceEventKind::RoleDenyDrifted {
+                    found,
+                    grants,
+                    role_arn,
+                    ..
+                } => Some((found, grants, role_arn)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Within the interval nothing is read back.
+    broker.enforce_pending().await.unwrap();
+    assert_eq!(setup.iam.reads.load(Ordering::SeqCst), 0);
+
+    // IAM's own formatting of the same document is no drift.
+    let reformatted =
+        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&written).unwrap()).unwrap();
+    setup.iam.documents.lock().unwrap().insert(ROLE.into(), reformatted);
+    let puts = setup.iam.puts.load(Ordering::SeqCst);
+    setup.clock.advance(Duration::seconds(61));
+    broker.enforce_pending().await.unwrap();
+    assert_eq!(
+        setup.iam.reads.load(Ordering::SeqCst),
+        1,
+        "one read per role per interval"
+    );
+    assert_eq!(setup.iam.puts.load(Ordering::SeqCst), puts);
+    assert!(drifts().is_empty());
+    broker.enforce_pending().await.unwrap();
+    assert_eq!(
+        setup.iam.reads.load(Ordering::SeqCst),
+        1,
+        "and not again until the next"
+    );
+
+    // Deleted, then edited: each is found at the next interval, logged, and written again; the
+    // grant says its sessions were not denied until then.
+    for (tamper, found, says) in [
+        (None, "missing", "deleted from"),
+        (Some(written.replace("Deny", "Allow")), "changed", "edited on"),
+    ] {
+        match tamper {
+            None => setup.iam.documents.lock().unwrap().remove(ROLE),
+            Some(edited) => setup.iam.documents.lock().unwrap().insert(ROLE.into(), edited),
+        };
+        setup.clock.advance(Duration::seconds(61));
+        broker.enforce_pending().await.unwrap();
+        assert_eq!(setup.iam.documents.lock().unwrap().get(ROLE), Some(&written));
+        assert_eq!(drifts().last(), Some(&(found.to_owned(), 1, ROLE.to_owned())));
+        let statuses = statuses();
+        let [.., (lapsed, note), (restored, None)] = &statuses[..] else {
+            panic!("{statuses:?}")
+        };
+        assert_eq!(
+            (*lapsed, *restored),
+            (EnforcementStatus::Pending, EnforcementStatus::Enforced)
+        );
+        assert!(note.as_deref().unwrap().contains(says), "{note:?}");
+        let read = broker.get_grant(&caller(), granted.id).await.unwrap();
+        assert_eq!(enforcement_of(&read).0, EnforcementStatus::Enforced);
+    }
+    assert_eq!(drifts().len(), 2);
 }

@@ -65,6 +65,18 @@ pub fn fold_grantee(grantee: &str) -> String {
     grantee.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
+/// Whether the policy IAM holds on the role is the document the broker wrote: the same JSON,
+/// whatever IAM did to its whitespace or key order.
+pub fn same_policy(found: &str, written: &str) -> bool {
+    match (
+        serde_json::from_str::<serde_json::Value>(found),
+        serde_json::from_str::<serde_json::Value>(written),
+    ) {
+        (Ok(found), Ok(written)) => found == written,
+        _ => false,
+    }
+}
+
 /// Who revoked a grant, when and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -241,6 +253,16 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+
+    #[test]
+    fn a_policy_is_the_same_whatever_its_whitespace_and_key_order() {
+        let written = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"*","Resource":"*"}]}"#;
+        let reformatted = "{\n  \"Statement\": [ {\"Resource\":\"*\", \"Action\":\"*\",\"Effect\":\"Deny\"} ],\n  \"Version\": \"2012-10-17\"\n}";
+        assert!(same_policy(reformatted, written));
+        assert!(!same_policy(&written.replace("Deny", "Allow"), written));
+        assert!(!same_policy(r#"{"Version":"2012-10-17","Statement":[]}"#, written));
+        assert!(!same_policy("not json", written));
+    }
 
     #[test]
     fn grantees_fold_case_and_whitespace_only() {

@@ -640,6 +640,7 @@ max_attempts = {max_attempts}
 attempt_timeout_ms = {attempt_timeout}
 operation_timeout_ms = {operation_timeout}
 initial_backoff_ms = 10
+deny_verify_interval_secs = 5
 emulator_credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
 
 [grants]

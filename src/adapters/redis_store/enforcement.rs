@@ -5,7 +5,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `gb:role:{<arn>}` | hash | `desired` (bumped by every change of what to deny), `written` (the `desired` last written), `digest` (of the document last written), `role_id`, `max_session`, `cutoff`/`cutoff_until`/`cutoff_reason` (a token-issue-time cutoff, unix s), `next_check` (unix s: an entry or the cutoff expires), `retry_at` (unix s), `failures`, `error` |
+//! | `gb:role:{<arn>}` | hash | `desired` (bumped by every change of what to deny), `written` (the `desired` last written), `digest` (of the document last written), `role_id`, `max_session`, `cutoff`/`cutoff_until`/`cutoff_reason` (a token-issue-time cutoff, unix s), `next_check` (unix s: an entry or the cutoff expires, or the policy is to be verified), `retry_at` (unix s), `failures`, `error` |
 //! | `gb:role:{<arn>}:entries` | sorted set | revoked grants, member `<grant id>@<revoked at, unix s>@<RoleIds of its sessions, comma-separated; `*` for a session STS never reported>`, scored by when their sessions expire |
 //! | `gb:role:{<arn>}:unmarked` | set | grant ids whose enforcement is still to be recorded on the grant |
 //! | `gb:role:{<arn>}:lease` | string | the lease token of the replica writing the role's policy (expires) |
@@ -50,7 +50,8 @@ end
 return 1
 ";
 
-/// KEYS: role, entries, lease. ARGV: token, version, digest, role id, max session, now (unix s).
+/// KEYS: role, entries, lease. ARGV: token, version, digest, role id, max session, now, verify by
+/// (unix s; 0: nothing to verify).
 /// A writer whose lease expired may have overwritten a newer document with its own: the role is
 /// then marked for another write (and the digest forgotten, so it is not skipped as unchanged).
 const RECORD_WRITTEN: &str = r"
@@ -74,6 +75,8 @@ if cutoff_until > 0 and cutoff_until <= now then
 elseif cutoff_until > 0 and (next_check == nil or cutoff_until < next_check) then
   next_check = cutoff_until
 end
+local verify_by = tonumber(ARGV[7])
+if next_check and verify_by > 0 and verify_by < next_check then next_check = verify_by end
 if next_check then redis.call('HSET', KEYS[1], 'next_check', next_check) else redis.call('HDEL', KEYS[1], 'next_check') end
 return 'ok'
 ";
@@ -410,6 +413,7 @@ impl EnforcementStore for RedisGrantStore {
         digest: &str,
         facts: &RoleFacts,
         now: OffsetDateTime,
+        verify_by: Option<OffsetDateTime>,
     ) -> Result<Leased, StoreError> {
         let reply: String = self
             .enforcement_scripts
@@ -423,6 +427,7 @@ impl EnforcementStore for RedisGrantStore {
             .arg(&facts.role_id)
             .arg(facts.max_session_secs)
             .arg(now.unix_timestamp())
+            .arg(verify_by.map_or(0, OffsetDateTime::unix_timestamp))
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;

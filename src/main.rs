@@ -186,6 +186,13 @@ enum Command {
         connection: Connection,
         id: String,
     },
+    /// One grant and its whole audit trail, oldest first (one line per event; `--json`: the
+    /// grant, then JSON Lines of its events).
+    History {
+        #[command(flatten)]
+        connection: Connection,
+        id: String,
+    },
     /// List this caller's grants, newest first.
     List(Box<ListArgs>),
     /// The pending grants waiting for an approver (every caller's; the caller must relay
@@ -585,6 +592,9 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
     match command {
         Command::Targets { connection } => client::targets(&mut connect(&connection).await?, connection.json).await,
         Command::Get { connection, id } => client::get(&mut connect(&connection).await?, id, connection.json).await,
+        Command::History { connection, id } => {
+            client::history(&mut connect(&connection).await?, id, connection.json).await
+        }
         Command::List(arguments) | Command::Audit(AuditCommand::List(arguments)) => {
             let ListArgs {
                 connection,

@@ -88,6 +88,15 @@ async fn a_quorum_of_security_and_a_team_lead_approves_and_starts_the_window() {
         "GRANT_NOT_ISSUABLE",
         "pending_approval",
     );
+    // Machine-readable details name states as the API's enum does; prose says them plainly.
+    assert_eq!(
+        error_metadata(&status, "state").as_deref(),
+        Some("GRANT_STATE_PENDING_APPROVAL")
+    );
+    assert_eq!(
+        precondition_descriptions(&status),
+        ["grant is GRANT_STATE_PENDING_APPROVAL, not GRANT_STATE_APPROVED"]
+    );
 
     // A team lead meets the quorum: approved, and the window starts now with the full duration.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;

@@ -499,6 +499,74 @@ async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_r
         all.len(),
         redis.events(&approved_id).await.len() + redis.events(&pending.id).await.len()
     );
+    // One call gives an auditor a grant's whole trail, the same as the log holds for it, with
+    // the grant as GetGrant shows it.
+    for id in [&approved_id, &pending.id] {
+        let history = client
+            .get_grant_history(authed(
+                AUDITOR_TOKEN,
+                proto::GetGrantHistoryRequest { grant_id: id.clone() },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let logged: Vec<&proto::AuditEvent> = all.iter().filter(|e| &e.grant_id == id).collect();
+        let read: Vec<(u64, &str, &str, &str, &str)> = history
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.cursor,
+                    e.event.as_str(),
+                    e.actor.as_str(),
+                    e.caller.as_str(),
+                    e.event_json.as_str(),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, &str, &str, &str, &str)> = (1..)
+            .zip(&logged)
+            .map(|(n, e)| {
+                (
+                    n,
+                    e.event.as_str(),
+                    e.actor.as_str(),
+                    e.caller.as_str(),
+                    e.event_json.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(read, expected, "grant {id}");
+        let times: Vec<_> = history.events.iter().map(|e| e.event_time).collect();
+        assert_eq!(times, logged.iter().map(|e| e.event_time).collect::<Vec<_>>());
+        let got = client
+            .get_grant(authed(AUDITOR_TOKEN, proto::GetGrantRequest { id: id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(history.grant, Some(got));
+    }
+    let approvals = client
+        .get_grant_history(authed(
+            AUDITOR_TOKEN,
+            proto::GetGrantHistoryRequest {
+                grant_id: pending.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let actors: Vec<&str> = approvals
+        .events
+        .iter()
+        .filter(|e| e.event == "approval_recorded")
+        .map(|e| e.actor.as_str())
+        .collect();
+    assert_eq!(
+        actors,
+        ["bob@example.com", "carol@example.com"],
+        "the person, not the portal"
+    );
     let cursors: Vec<&String> = all.iter().map(|e| &e.cursor).collect();
     let mut sorted = cursors.clone();
     sorted.sort_by_key(|c| {

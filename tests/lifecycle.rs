@@ -184,7 +184,7 @@ async fn a_cancelled_grant_issues_nothing_and_stays_cancelled() {
         "cannot cancel a grant that is cancelled",
     );
     let failure = status.get_error_details().precondition_failure().unwrap().clone();
-    assert_eq!(failure.violations[0].description, "grant is cancelled");
+    assert_eq!(failure.violations[0].description, "grant is GRANT_STATE_CANCELLED");
 
     // Approved: after cancellation neither a retry nor IssueCredentials mints anything.
     let approved = approved_grant(&mut client).await;

@@ -172,6 +172,29 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
         text(&output.stdout)
     );
 
+    // The whole trail, one line per event; with --json the grant then one object per event.
+    let mut history = base("history");
+    history.push(grants[1]["id"].as_str().unwrap().to_owned());
+    let output = run_cli(history.clone()).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let printed = text(&output.stdout);
+    let events: Vec<&str> = printed
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2).filter(|_| line.starts_with("   ")))
+        .collect();
+    assert_eq!(events, ["requested", "issuing", "issued"], "{printed}");
+    history.push("--json".into());
+    let output = run_cli(history).await;
+    let lines: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines[0]["id"], grants[1]["id"]);
+    assert_eq!(lines[1]["cursor"], 1);
+    assert_eq!(lines[1]["event"], "requested");
+    assert_eq!(lines[3]["details"]["access_key_id"], document["AccessKeyId"]);
+    assert!(!text(&output.stdout).contains(&fake_secret(0)), "no secrets");
+
     // A bad request prints the code and each field violation, and exits non-zero.
     let mut bad = request("--export");
     let at = bad.iter().position(|a| a == "30m").unwrap();
@@ -450,6 +473,10 @@ async fn who_may_see_and_act_on_a_grant_is_one_rule_for_every_call() {
                 ))
                 .await;
             assert_eq!(outcome(watch), expected, "WatchGrant {id} by {token}");
+            let history = client
+                .get_grant_history(authed(token, proto::GetGrantHistoryRequest { grant_id: id.clone() }))
+                .await;
+            assert_eq!(outcome(history), expected, "GetGrantHistory {id} by {token}");
         }
         let find = client
             .find_grant_by_access_key(authed(

@@ -1152,6 +1152,14 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok(self.as_of_now(grant))
     }
 
+    /// A grant as of now and its whole trail, oldest first, from its own record: the caller's
+    /// own, or any for an auditor or admin caller. Not recorded as an audit query, as GetGrant.
+    pub async fn grant_history(&self, caller: &Caller, id: GrantId) -> Result<(Grant, Vec<GrantEvent>), BrokerError> {
+        let grant = self.visible_grant(caller, id).await?;
+        let events = self.store.events_from(id, 0).await?;
+        Ok((self.as_of_now(grant), events))
+    }
+
     /// From a CloudTrail event back to the grant and the issuance an access key id belongs to:
     /// any grant for an auditor or admin caller, otherwise only the caller's own (another's is
     /// not found, as if it did not exist).

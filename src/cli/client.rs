@@ -863,6 +863,41 @@ fn audit_line(event: &proto::AuditEvent, json: bool) -> String {
                 details["sources"],
                 details["digest"].as_str().unwrap_or("")
             ),
+            "target_sessions_revoked" => format!(
+                "{} ({}): sessions issued before {} denied: {}",
+                details["target"].as_str().unwrap_or(""),
+                details["role_arn"].as_str().unwrap_or(""),
+                details["cutoff"].as_str().unwrap_or(""),
+                details["reason"].as_str().unwrap_or("")
+            ),
+            "grantee_revoked" => format!(
+                "{}: {} revoked, {} failed, {} examined{}: {}",
+                details["grantee"].as_str().unwrap_or(""),
+                details["revoked"],
+                details["failed"],
+                details["examined"],
+                if details["truncated"] == true {
+                    ", more remain"
+                } else {
+                    ""
+                },
+                details["reason"].as_str().unwrap_or("")
+            ),
+            "role_cutoff_set" => format!(
+                "{} ({}): deny list full ({} characters, {} free): sessions issued before {} denied",
+                details["target"].as_str().unwrap_or(""),
+                details["role_arn"].as_str().unwrap_or(""),
+                details["needed"],
+                details["available"],
+                details["cutoff"].as_str().unwrap_or("")
+            ),
+            "role_deny_drifted" => format!(
+                "{} ({}): the deny was {}, written again ({} grants)",
+                details["target"].as_str().unwrap_or(""),
+                details["role_arn"].as_str().unwrap_or(""),
+                details["found"].as_str().unwrap_or(""),
+                details["grants"]
+            ),
             _ => String::new(),
         };
         format!(
@@ -1087,6 +1122,47 @@ pub async fn cancel(client: &mut Client, id: String, reason: String, json: bool)
 pub async fn get(client: &mut Client, id: String, json: bool) -> Result<String, ClientError> {
     let grant = client.get_grant(proto::GetGrantRequest { id }).await?.into_inner();
     Ok(grant_text(&grant, json))
+}
+
+/// A grant, then one line per event of its trail, oldest first.
+pub async fn history(client: &mut Client, grant_id: String, json: bool) -> Result<String, ClientError> {
+    let response = client
+        .get_grant_history(proto::GetGrantHistoryRequest { grant_id })
+        .await?
+        .into_inner();
+    let mut text = response
+        .grant
+        .as_ref()
+        .map(|grant| grant_text(grant, json))
+        .unwrap_or_default();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for event in &response.events {
+        let details = serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null);
+        if json {
+            let line = json!({
+                "cursor": event.cursor,
+                "event_time": time_text(event.event_time.as_ref()),
+                "event": event.event,
+                "actor": event.actor,
+                "caller": event.caller,
+                "details": details,
+            });
+            let _ = writeln!(text, "{line}");
+        } else {
+            let _ = writeln!(
+                text,
+                "{:>4}  {}  {:<20} {} via {}",
+                event.cursor,
+                time_text(event.event_time.as_ref()),
+                event.event,
+                event.actor,
+                event.caller
+            );
+        }
+    }
+    Ok(text)
 }
 
 /// This caller's grants, or with `waiting_for_approver` an approver's queue.

@@ -12,8 +12,8 @@ use crate::{
         watch::GrantChange,
     },
     domain::{
-        AccessRequest, CallerId, Decision, FieldViolation, Grant, GrantId, GrantState, Issuance, IssuedCredentials,
-        MfaToken, Outcome, RawAccessRequest, Scope, Secret, Target,
+        AccessRequest, CallerId, Decision, FieldViolation, Grant, GrantEvent, GrantId, GrantState, Issuance,
+        IssuedCredentials, MfaToken, Outcome, RawAccessRequest, Scope, Secret, Target,
         approval::{Approval, Person},
         audit::{AuditCursor, AuditEntry, AuditFilter},
         extension::{Extension, ExtensionRequest, ExtensionState},
@@ -721,6 +721,12 @@ fn domain_state(state: proto::GrantState) -> Option<GrantState> {
     }
 }
 
+/// A state as the API's enum names it (`GRANT_STATE_PENDING_APPROVAL`): how every
+/// machine-readable part of the gRPC surface spells it, error details included.
+pub fn state_name(grant_state: GrantState) -> &'static str {
+    state(grant_state).as_str_name()
+}
+
 fn state(state: GrantState) -> proto::GrantState {
     match state {
         GrantState::PendingApproval => proto::GrantState::PendingApproval,
@@ -739,13 +745,39 @@ pub fn watch_grant(message: proto::WatchGrantRequest) -> Result<(GrantId, Option
         .map_err(|why| invalid(vec![FieldViolation::new("id", why)]))
 }
 
+pub fn grant_history(message: proto::GetGrantHistoryRequest) -> Result<GrantId, Status> {
+    let proto::GetGrantHistoryRequest { grant_id } = message;
+    GrantId::parse(&grant_id).map_err(|why| invalid(vec![FieldViolation::new("grant_id", why)]))
+}
+
+pub fn history(found: &Grant, events: &[GrantEvent]) -> proto::GetGrantHistoryResponse {
+    proto::GetGrantHistoryResponse {
+        grant: Some(grant(found)),
+        events: (1..)
+            .zip(events)
+            .map(|(cursor, event)| proto::GrantEvent {
+                cursor,
+                event_time: Some(timestamp(event.at)),
+                event: event.kind.name().to_owned(),
+                actor: event.actor().to_owned(),
+                caller: event.caller.clone(),
+                event_json: event_json(event),
+            })
+            .collect(),
+    }
+}
+
+/// An event as the audit trail holds it (serialising these types cannot fail).
+fn event_json(event: &GrantEvent) -> String {
+    serde_json::to_string(event).unwrap_or_default()
+}
+
 pub fn grant_change(change: &GrantChange) -> proto::GrantChange {
     let (event, event_json, event_time) = match &change.event {
         None => (String::new(), String::new(), None),
         Some(event) => (
             event.kind.name().to_owned(),
-            // The event as the audit trail holds it (serialising these types cannot fail).
-            serde_json::to_string(event).unwrap_or_default(),
+            event_json(event),
             Some(timestamp(event.at)),
         ),
     };

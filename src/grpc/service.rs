@@ -125,6 +125,16 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         Ok(Response::new(convert::grant(&grant)))
     }
 
+    async fn get_grant_history(
+        &self,
+        request: Request<proto::GetGrantHistoryRequest>,
+    ) -> Result<Response<proto::GetGrantHistoryResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let id = convert::grant_history(request.into_inner())?;
+        let (grant, events) = self.broker.grant_history(&caller, id).await?;
+        Ok(Response::new(convert::history(&grant, &events)))
+    }
+
     async fn issue_credentials(
         &self,
         request: Request<proto::IssueCredentialsRequest>,

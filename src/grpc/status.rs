@@ -14,9 +14,10 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::convert::state_name;
 use crate::{
     broker::BrokerError,
-    domain::{FieldViolation as DomainViolation, clip},
+    domain::{FieldViolation as DomainViolation, GrantState, clip},
     ports::{IssueError, IssueErrorKind, StoreError},
 };
 
@@ -209,12 +210,19 @@ impl From<BrokerError> for Status {
             BrokerError::NotIssuable { grant_id, state } => {
                 let mut details = info(
                     "GRANT_NOT_ISSUABLE",
-                    &[("grant_id", grant_id.to_string()), ("state", state.as_str().to_owned())],
+                    &[
+                        ("grant_id", grant_id.to_string()),
+                        ("state", state_name(state).to_owned()),
+                    ],
                 );
                 details.add_precondition_failure_violation(
                     "STATE",
                     format!("grants/{grant_id}"),
-                    format!("grant is {}, not approved", state.as_str()),
+                    format!(
+                        "grant is {}, not {}",
+                        state_name(state),
+                        state_name(GrantState::Approved)
+                    ),
                 );
                 with_details(Code::FailedPrecondition, &message, details)
             }
@@ -236,13 +244,13 @@ impl From<BrokerError> for Status {
                     "TRANSITION_NOT_ALLOWED",
                     &[
                         ("grant_id", grant_id.to_string()),
-                        ("state", refused.state.as_str().to_owned()),
+                        ("state", state_name(refused.state).to_owned()),
                     ],
                 );
                 details.add_precondition_failure_violation(
                     "STATE",
                     format!("grants/{grant_id}"),
-                    format!("grant is {}", refused.state.as_str()),
+                    format!("grant is {}", state_name(refused.state)),
                 );
                 with_details(Code::FailedPrecondition, &message, details)
             }

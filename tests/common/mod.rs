@@ -104,11 +104,12 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut connection = replica.connection().await;
         while Instant::now() < deadline {
+            // A replica answers LOADING while it takes in the primary's first snapshot.
             let info: String = redis::cmd("INFO")
                 .arg("replication")
                 .query_async(&mut connection)
                 .await
-                .unwrap();
+                .unwrap_or_default();
             if info.contains("master_link_status:up") {
                 return replica;
             }
@@ -914,6 +915,25 @@ pub fn error_reason(status: &tonic::Status) -> String {
         .get_error_details()
         .error_info()
         .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+/// A value of a status's ErrorInfo metadata.
+pub fn error_metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .and_then(|info| info.metadata.get(key).cloned())
+}
+
+/// The descriptions of a status's PreconditionFailure violations.
+pub fn precondition_descriptions(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .precondition_failure()
+        .map(|failure| failure.violations.iter().map(|v| v.description.clone()).collect())
         .unwrap_or_default()
 }
 

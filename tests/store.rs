@@ -22,6 +22,9 @@ use proptest::prelude::*;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// A request fingerprint as the broker makes them: a SHA-256 in hex.
+const FP: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
 fn id_at(at: OffsetDateTime) -> GrantId {
     let secs = u64::try_from(at.unix_timestamp()).unwrap();
     GrantId::from_uuid(Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, 0)))
@@ -38,7 +41,7 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
     let newest = id_at(day_one + time::Duration::days(40));
     for (id, now) in [(old, day_one), (recent, day_one + time::Duration::hours(20))] {
         let reservation = store
-            .reserve(&caller, None, "fp", id, now, now + time::Duration::hours(1))
+            .reserve(&caller, None, FP, id, now, now + time::Duration::hours(1))
             .await
             .unwrap();
         assert_eq!(reservation, Reservation::New);
@@ -51,7 +54,7 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
         .reserve(
             &caller,
             Some(&request_id),
-            "fp",
+            FP,
             newest,
             later,
             later + time::Duration::hours(1),
@@ -74,14 +77,14 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
 
     // The request id is bound to the first grant that claimed it, with its fingerprint.
     let again = store
-        .reserve(&caller, Some(&request_id), "other", old, later, later)
+        .reserve(&caller, Some(&request_id), &"0".repeat(64), old, later, later)
         .await
         .unwrap();
     assert_eq!(
         again,
         Reservation::Existing {
             grant_id: newest,
-            fingerprint: "fp".into()
+            fingerprint: FP.into()
         }
     );
 
@@ -101,31 +104,29 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
             .unwrap();
         assert_eq!(reservation, expected);
     }
-    // An entry written by a release before version 3 (`<grant id> <fingerprint>`) still binds.
-    let _: () = redis::cmd("SET")
-        .arg("gb:caller:{vendor-portal}:request:r-3")
-        .arg(format!("{recent} {digest}"))
+    // Stored as exactly `<grant id, 16 bytes><SHA-256, 32 bytes>`; anything but a SHA-256 in
+    // hex is refused before it is written.
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg("gb:caller:{vendor-portal}:request:r-2")
         .query_async(&mut connection)
         .await
         .unwrap();
-    let earlier = store
+    assert_eq!(
+        stored,
+        [&old.as_uuid().as_bytes()[..], &hex::decode(digest).unwrap()].concat()
+    );
+    let refused = store
         .reserve(
             &caller,
             Some(&RequestId::parse("r-3").unwrap()),
-            digest,
+            "fp",
             old,
             later,
             later,
         )
         .await
-        .unwrap();
-    assert_eq!(
-        earlier,
-        Reservation::Existing {
-            grant_id: recent,
-            fingerprint: digest.into()
-        }
-    );
+        .unwrap_err();
+    assert!(refused.to_string().contains("not a SHA-256"), "{refused}");
 }
 
 fn settings(redis: &RedisServer) -> RedisSettings {
@@ -143,145 +144,6 @@ fn settings(redis: &RedisServer) -> RedisSettings {
 
 /// A grant record exactly as the first release wrote it (no `v`, no `attempts`), holding a
 /// policy variable that today's validation refuses: it must still read back.
-#[tokio::test]
-async fn a_record_written_by_the_first_release_reads_back() {
-    let redis = RedisServer::start();
-    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
-    let id = "019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d";
-    let doc = r#"{"id":"019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d","request_id":"job-1","fingerprint":"5d41402abc4b2a76b9719d911017c592","caller":"vendor-portal","target":"dev-logs-read","account_id":"123456789012","role_arn":"arn:aws:iam::123456789012:role/vendor-logs-read","region":"eu-west-1","requester":"alice@example.com","grantee":"vendor-x","scopes":[{"actions":["s3:GetObject"],"resources":["arn:aws:s3:::acme-logs/${aws:username}/*"]}],"session_policy":"{}","justification":"why","ticket":"INC-1","mfa_serial":null,"created_at":"2026-11-28T10:00:00.123456789Z","start":"2026-11-28T10:00:00.123456789Z","end":"2026-11-28T10:30:00.123456789Z","decision":{"outcome":"approve","policy_ids":["auto-approve-nonprod-read-only","callers-may-request"],"reason":"approved by `auto-approve-nonprod-read-only`","decided_at":"2026-11-28T10:00:00.123456789Z"}}"#;
-    let issuance = r#"{"access_key_id":"ASIAOLD","session_name":"gb-019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d","source_identity":"alice@example.com","assumed_role_arn":"arn:aws:sts::123456789012:assumed-role/vendor-logs-read/gb-019ac9a4-8f3e-7c21-9d4b-3e5f6a7b8c9d","expiration":"2026-11-28T10:30:00Z","issued_at":"2026-11-28T10:00:01.5Z","packed_policy_percent":null}"#;
-    let mut connection = redis.connection().await;
-    let () = redis::cmd("HSET")
-        .arg(format!("gb:grant:{{{id}}}"))
-        .arg("state")
-        .arg("approved")
-        .arg("doc")
-        .arg(doc)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    for _ in 0..2 {
-        let _: i64 = redis::cmd("RPUSH")
-            .arg(format!("gb:grant:{{{id}}}:issuances"))
-            .arg(issuance)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-    }
-    let grant = store.get(GrantId::parse(id).unwrap()).await.unwrap().unwrap();
-    assert_eq!(grant.state, GrantState::Approved);
-    assert_eq!(grant.caller.as_str(), "vendor-portal");
-    assert_eq!(
-        grant.scopes[0].resources[0].as_str(),
-        "arn:aws:s3:::acme-logs/${aws:username}/*"
-    );
-    assert_eq!(grant.decision.policy_ids.len(), 2);
-    assert_eq!((grant.issuances.len(), grant.issuance_count), (2, 2));
-    assert_eq!(grant.issuances[1].packed_policy_percent, None);
-    assert_eq!(grant.end.unix_timestamp() - grant.start.unix_timestamp(), 1800);
-
-    // A version this release does not know is refused as corrupt, not misread.
-    let () = redis::cmd("HSET")
-        .arg(format!("gb:grant:{{{id}}}"))
-        .arg("v")
-        .arg("99")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let error = store.get(GrantId::parse(id).unwrap()).await.unwrap_err();
-    assert!(error.to_string().contains("record version 99"), "{error}");
-}
-
-/// A version 2 grant (hash and lists) reads as it is, and its first change converts it to one
-/// version 3 record in the same atomic step: events, issuances and attempts carried over, the
-/// old keys gone.
-#[tokio::test]
-async fn a_version_2_grant_is_converted_by_its_first_change() {
-    let redis = RedisServer::start();
-    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
-    let id = GrantId::from_uuid(Uuid::now_v7());
-    let doc = format!(
-        r#"{{"id":"{id}","request_id":null,"fingerprint":"5d41402abc4b2a76b9719d911017c592","caller":"vendor-portal","target":"dev-logs-read","account_id":"123456789012","role_arn":"arn:aws:iam::123456789012:role/vendor-logs-read","region":"eu-west-1","requester":"alice@example.com","grantee":"vendor-x","scopes":[{{"actions":["s3:GetObject"],"resources":["arn:aws:s3:::acme-logs/*"]}}],"session_policy":"{{}}","justification":"why","ticket":"","mfa_serial":null,"created_at":"2026-11-28T10:00:00Z","start":"2026-11-28T10:00:00Z","end":"2036-11-28T10:30:00Z","decision":{{"outcome":"approve","policy_ids":["auto"],"reason":"fine","decided_at":"2026-11-28T10:00:00Z"}},"approvals_required":"1","pending_until":"2036-11-28T10:30:00Z"}}"#
-    );
-    let issuance = format!(
-        r#"{{"access_key_id":"ASIAV2","session_name":"gb-{id}","source_identity":"alice@example.com","assumed_role_arn":"arn:aws:sts::123456789012:assumed-role/vendor-logs-read/gb-{id}","expiration":"2026-11-28T11:00:00Z","issued_at":"2026-11-28T10:00:01Z","packed_policy_percent":7}}"#
-    );
-    let events = [
-        r#"{"at":"2026-11-28T10:00:00Z","caller":"vendor-portal","event":"requested","state":"approved","outcome":"approve","policy_ids":["auto"],"reason":"fine"}"#.to_owned(),
-        format!(r#"{{"at":"2026-11-28T10:00:00.5Z","caller":"vendor-portal","event":"issuing","session_name":"gb-{id}","duration_secs":3600}}"#),
-        format!(r#"{{"at":"2026-11-28T10:00:01Z","caller":"vendor-portal","event":"issued","session_name":"gb-{id}","access_key_id":"ASIAV2","expiration":"2026-11-28T11:00:00Z"}}"#),
-    ];
-    let mut connection = redis.connection().await;
-    let () = redis::cmd("HSET")
-        .arg(format!("gb:grant:{{{id}}}"))
-        .arg("v")
-        .arg(2)
-        .arg("state")
-        .arg("approved")
-        .arg("doc")
-        .arg(&doc)
-        .arg("attempts")
-        .arg(1)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("RPUSH")
-        .arg(format!("gb:grant:{{{id}}}:issuances"))
-        .arg(&issuance)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("RPUSH")
-        .arg(format!("gb:grant:{{{id}}}:events"))
-        .arg(&events[..])
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    let before = store.get(id).await.unwrap().unwrap();
-    assert_eq!(before.issuance_count, 1);
-    assert_eq!(store.events_from(id, 0).await.unwrap().len(), 3);
-
-    let cancelled = [GrantEvent {
-        at: OffsetDateTime::now_utc(),
-        caller: "vendor-portal".into(),
-        kind: EventKind::Cancelled { reason: "done".into() },
-    }];
-    let change = Change {
-        to: Some(GrantState::Cancelled),
-        ..Change::append(&[GrantState::Approved], &cancelled)
-    };
-    assert_eq!(store.change_if_state(&before, change).await.unwrap(), Appended::Yes);
-
-    let after = store.get(id).await.unwrap().unwrap();
-    assert_eq!(after.state, GrantState::Cancelled);
-    assert_eq!(after.issuances, before.issuances);
-    assert_eq!(after.issuances[0].packed_policy_percent, Some(7));
-    let names: Vec<&str> = store
-        .events_from(id, 0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|event| event.kind.name())
-        .collect();
-    assert_eq!(names, ["requested", "issuing", "issued", "cancelled"]);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("gb:*")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert!(keys.contains(&format!("gb:g:{{{id}}}")), "{keys:?}");
-    assert!(!keys.iter().any(|key| key.starts_with("gb:grant:")), "{keys:?}");
-    // The attempts carried over: the issuance cap still counts the one made before.
-    let limited = Change {
-        attempt_limit: Some(1),
-        ..Change::append(&[GrantState::Cancelled], &[])
-    };
-    assert_eq!(
-        store.change_if_state(&after, limited).await.unwrap(),
-        Appended::LimitReached(1)
-    );
-}
-
 fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
     let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + time::Duration::nanoseconds(123_456_789);
     let end = start + time::Duration::hours(1);
@@ -651,7 +513,7 @@ async fn an_index_entry_of_a_grant_being_created_is_kept_and_one_never_created_r
     let (stale, fresh) = (id_at(stale_at), id_at(now));
     for (id, at) in [(stale, stale_at), (fresh, now)] {
         store
-            .reserve(&caller, None, "fp", id, at, at + time::Duration::hours(1))
+            .reserve(&caller, None, FP, id, at, at + time::Duration::hours(1))
             .await
             .unwrap();
     }

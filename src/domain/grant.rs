@@ -188,8 +188,9 @@ impl SessionRoles {
     }
 }
 
-/// An audit event: what happened to a grant, when, and on whose behalf.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An audit event: what happened to a grant, when, and on whose behalf. Serialised (never read
+/// back) as the JSON the audit surfaces show; stored as the record's protobuf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GrantEvent {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -199,7 +200,7 @@ pub struct GrantEvent {
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     /// The request was received and decided; the grant starts in `state`.

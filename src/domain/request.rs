@@ -522,8 +522,8 @@ impl AccessRequest {
     }
 
     /// The request body as compact JSON, fields in a fixed order. Written out by hand, so it
-    /// cannot fail, and byte for byte what the first release hashed (through serde), so request
-    /// ids recorded before an upgrade still match their retries after it.
+    /// cannot fail. Stored fingerprints outlive a release (a retry after an upgrade must match the
+    /// request made before it), so these bytes are frozen: a test pins them.
     fn canonical_body(&self) -> String {
         fn string(text: &str) -> String {
             serde_json::Value::from(text).to_string()
@@ -648,48 +648,23 @@ mod tests {
         assert!(!format!("{validated:?}").contains("314159"));
     }
 
-    /// The first release hashed this struct through serde; request ids recorded then must still
-    /// match their retries, so the hand-written body must be the same bytes.
+    /// Fingerprints are stored with request ids and must match retries made after an upgrade:
+    /// the canonical body and its digest are frozen from 0.1.0.
     #[test]
-    fn the_canonical_body_is_what_the_first_release_hashed() {
-        #[derive(serde::Serialize)]
-        struct FirstRelease<'a> {
-            target: &'a str,
-            scopes: Vec<serde_json::Value>,
-            duration_secs: u64,
-            justification: &'a str,
-            ticket: &'a str,
-            requester: &'a str,
-            grantee: &'a str,
-            mfa_serial: Option<&'a str>,
-        }
+    fn the_canonical_body_and_fingerprint_are_frozen() {
         let mut tricky = raw();
         tricky.justification = "quotes \" and \\ and é and 😀".into();
         tricky.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
         tricky.mfa_code = Secret::new("123456");
-        for request in [raw(), tricky] {
-            let request = AccessRequest::validate(request).unwrap();
-            let first = FirstRelease {
-                target: &request.target,
-                scopes: request
-                    .scopes
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "actions": s.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
-                            "resources": s.resources.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect(),
-                duration_secs: request.duration_secs,
-                justification: &request.justification,
-                ticket: &request.ticket,
-                requester: &request.requester,
-                grantee: &request.grantee,
-                mfa_serial: request.mfa.as_ref().map(|m| m.serial.as_str()),
-            };
-            assert_eq!(request.canonical_body(), serde_json::to_string(&first).unwrap());
-        }
+        let request = AccessRequest::validate(tricky).unwrap();
+        assert_eq!(
+            request.canonical_body(),
+            r#"{"target":"prod-logs-read","scopes":[{"actions":["s3:GetObject"],"resources":["arn:aws:s3:::acme-logs/*"]}],"duration_secs":3600,"justification":"quotes \" and \\ and é and 😀","ticket":"INC-1","requester":"alice@example.com","grantee":"vendor-x","mfa_serial":"arn:aws:iam::123456789012:mfa/alice"}"#
+        );
+        assert_eq!(
+            request.fingerprint(),
+            "33b57342055b45ae5709bc39e2970accf798c928b7f2e29cdb481a80cf25ebde"
+        );
     }
 
     #[test]

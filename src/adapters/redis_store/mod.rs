@@ -6,16 +6,12 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `gb:g:{<id>}` | string | the grant: a header and a protobuf body with its events and issuances ([`record`]) |
-//! | `gb:caller:{<caller>}:request:<request id>` | string | `<grant id> <request fingerprint>` |
+//! | `gb:caller:{<caller>}:request:<request id>` | string | the grant id (16 bytes), then the request fingerprint (32 bytes, a SHA-256) |
 //! | `gb:caller:{<caller>}:grants`, `gb:requester:{<digest>}:grants`, `gb:grantee:{<digest>}:grants`, `gb:target:{<id>}:grants`, `gb:account:{<id>}:grants`, `gb:grants` | stream | search indexes ([`index`]) |
 //! | `gb:live` | stream | grants created pending or approved, dropped once they end ([`index`]) |
 //! | `gb:key:{<access key id>}` | string | the grant an access key was issued for (16 bytes) |
 //! | `gb:{audit}:events` | stream | the audit log: references to grants' events ([`audit`]) |
 //! | `gb:deadlines`, `gb:pending`, `gb:break-glass` | sorted set | what the background sweeps and the queues walk |
-//!
-//! Grants recorded by releases before version 3 are hashes and lists under `gb:grant:{<id>}`
-//! ([`legacy`]): they read as they are, and the first change to one converts it to version 3 in
-//! one atomic step (same slot).
 //!
 //! Replies are decoded explicitly, value by value ([`reply`]): never by letting the client
 //! library guess a nested shape, which once made every grant with exactly two issuances unreadable.
@@ -31,7 +27,6 @@
 mod audit;
 mod enforcement;
 mod index;
-mod legacy;
 mod record;
 mod repair;
 pub(crate) mod reply;
@@ -149,8 +144,8 @@ if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[5]) then redis.call('EXPIRE
 return ''
 ";
 
-/// Changes a version 3 record: compares its header, rewrites it and appends the change's body.
-/// KEYS: record, the legacy hash (only tested for existence).
+/// Changes a record: compares its header, rewrites it and appends the change's body.
+/// KEYS: record.
 /// ARGV: expected state codes (one byte each), expiry (unix s), attempt limit (empty: not an
 /// STS attempt), new state code (empty: unchanged), approvals expected so far (empty: no
 /// approval), extensions tag expected (empty: unchanged), the new tag, review ('1': the change
@@ -159,10 +154,7 @@ return ''
 /// Expiries only ever move later (an approval moves the window).
 const CHANGE: &str = r"
 local record = redis.call('GET', KEYS[1])
-if not record then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return 'legacy' end
-  return 'missing'
-end
+if not record then return 'missing' end
 local state = string.sub(record, 2, 2)
 if not string.find(ARGV[1], state, 1, true) then return 'state ' .. string.byte(state) end
 local flags = string.byte(record, 11)
@@ -209,7 +201,6 @@ pub struct RedisGrantStore {
     reserve: Script,
     change: Script,
     index: Script,
-    migrate: Script,
     log: Script,
     /// Writes beside a grant's step that failed, to retry ([`repair`]).
     repairs: repair::Repairs,
@@ -250,30 +241,33 @@ fn id_bytes(id: GrantId) -> [u8; 16] {
     *id.as_uuid().as_bytes()
 }
 
-/// Reads an id as [`id_bytes`] wrote it (or as text, as releases before version 3 did).
+/// Reads an id as [`id_bytes`] wrote it.
 fn id_from_bytes(bytes: &[u8]) -> Result<GrantId, StoreError> {
-    match uuid::Uuid::from_slice(bytes) {
-        Ok(uuid) => Ok(GrantId::from_uuid(uuid)),
-        Err(_) => std::str::from_utf8(bytes)
-            .map_err(|_| StoreError::Corrupt("a grant id that is neither 16 bytes nor text".to_owned()))
-            .and_then(|text| GrantId::parse(text).map_err(StoreError::Corrupt)),
-    }
+    uuid::Uuid::from_slice(bytes)
+        .map(GrantId::from_uuid)
+        .map_err(|_| StoreError::Corrupt(format!("a grant id of {} bytes, not 16", bytes.len())))
 }
 
-/// A request fingerprint as the request id entry holds it: a SHA-256 in hex (what the broker
-/// makes) as its 32 bytes after a 0 byte, anything else as its text.
-fn fingerprint_bytes(fingerprint: &str) -> Vec<u8> {
-    match hex::decode(fingerprint) {
-        Ok(bytes) if bytes.len() == 32 && hex::encode(&bytes) == fingerprint => [&[0u8][..], &bytes].concat(),
-        _ => fingerprint.as_bytes().to_vec(),
-    }
+/// The length of a request fingerprint: a SHA-256.
+const FINGERPRINT_BYTES: usize = 32;
+
+/// A request fingerprint (a SHA-256 in lowercase hex, as the broker makes it) as the request id
+/// entry holds it: its 32 bytes.
+fn fingerprint_bytes(fingerprint: &str) -> Result<Vec<u8>, StoreError> {
+    hex::decode(fingerprint)
+        .ok()
+        .filter(|bytes| bytes.len() == FINGERPRINT_BYTES)
+        .ok_or_else(|| StoreError::Corrupt(format!("{fingerprint:?} is not a SHA-256 in hex")))
 }
 
 fn fingerprint_text(bytes: &[u8]) -> Result<String, StoreError> {
-    match bytes.split_first() {
-        Some((0, digest)) => Ok(hex::encode(digest)),
-        _ => String::from_utf8(bytes.to_vec())
-            .map_err(|_| StoreError::Corrupt("request fingerprint is not text".to_owned())),
+    if bytes.len() == FINGERPRINT_BYTES {
+        Ok(hex::encode(bytes))
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "request fingerprint of {} bytes, not {FINGERPRINT_BYTES}",
+            bytes.len()
+        )))
     }
 }
 
@@ -331,7 +325,6 @@ impl RedisGrantStore {
             reserve: Script::new(RESERVE),
             change: Script::new(CHANGE),
             index: Script::new(index::INDEX),
-            migrate: Script::new(legacy::MIGRATE),
             log: Script::new(audit::LOG),
             repairs: repair::Repairs::default(),
             blocking: std::sync::Mutex::new(Vec::new()),
@@ -414,25 +407,16 @@ impl RedisGrantStore {
                 replies.len()
             )));
         }
-        let mut records = Vec::with_capacity(ids.len());
-        let mut earlier = Vec::new();
-        for (&id, reply) in ids.iter().zip(replies) {
-            let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
-            match reply::optional_bytes(reply).map_err(corrupt)? {
-                Some(bytes) => records.push(Some(record::decode_record(id, &bytes, policy).map_err(corrupt)?)),
-                None => {
-                    earlier.push((records.len(), id));
-                    records.push(None);
-                }
-            }
-        }
-        if !earlier.is_empty() {
-            let ids: Vec<GrantId> = earlier.iter().map(|(_, id)| *id).collect();
-            for ((slot, _), found) in earlier.iter().zip(self.read_legacy(&ids).await?) {
-                records[*slot] = found;
-            }
-        }
-        Ok(records)
+        ids.iter()
+            .zip(replies)
+            .map(|(&id, reply)| {
+                let corrupt = |what: String| StoreError::Corrupt(format!("grant {id}: {what}"));
+                reply::optional_bytes(reply)
+                    .map_err(corrupt)?
+                    .map(|bytes| record::decode_record(id, &bytes, policy).map_err(corrupt))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// Reads several grants in one round trip; missing ones are skipped.
@@ -517,13 +501,8 @@ struct Recorded {
 }
 
 impl RedisGrantStore {
-    /// One attempt at a change: `Ok(None)` when the grant is still in the legacy layout.
-    async fn try_change(
-        &self,
-        grant: &Grant,
-        change: &Change<'_>,
-        body: &[u8],
-    ) -> Result<Option<Recorded>, StoreError> {
+    /// Runs a change's script on the grant's record.
+    async fn try_change(&self, grant: &Grant, change: &Change<'_>, body: &[u8]) -> Result<Recorded, StoreError> {
         let expected: Vec<u8> = change.expected.iter().map(|state| record::state_code(*state)).collect();
         let last_moment = match change.window {
             Some((_, end, _)) => end.max(grant.last_moment()),
@@ -531,7 +510,6 @@ impl RedisGrantStore {
         };
         let mut invocation = self.change.key(self.record_key(grant.id));
         invocation
-            .key(self.legacy_grant_key(grant.id))
             .arg(expected)
             .arg(self.expiry(last_moment))
             .arg(change.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default())
@@ -558,19 +536,15 @@ impl RedisGrantStore {
             .arg(change.events.len())
             .arg(body);
         let (reply, unacknowledged) = self.run_change(&invocation).await?;
-        if reply == "legacy" {
-            return Ok(None);
-        }
         let (appended, first_event) = Self::decode_change_reply(grant.id, &reply)?;
-        Ok(Some(Recorded {
+        Ok(Recorded {
             appended,
             first_event,
             unacknowledged,
-        }))
+        })
     }
 
-    /// Records `change` (converting a grant recorded before version 3 first), and returns what
-    /// happened and how many events the grant had before it.
+    /// Records `change`, and returns what happened and how many events the grant had before it.
     async fn record_change(&self, grant: &Grant, change: &Change<'_>) -> Result<Recorded, StoreError> {
         let body = record::encode_delta(
             grant,
@@ -588,13 +562,7 @@ impl RedisGrantStore {
             },
         )
         .map_err(|what| StoreError::Corrupt(format!("grant {}: {what}", grant.id)))?;
-        if let Some(outcome) = self.try_change(grant, change, &body).await? {
-            return Ok(outcome);
-        }
-        self.convert_legacy(grant.id).await?;
-        self.try_change(grant, change, &body)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("grant {}: still in the legacy layout", grant.id)))
+        self.try_change(grant, change, &body).await
     }
 
     /// Writes what sits beside a recorded change, in other slots, at once and together: the
@@ -697,7 +665,7 @@ impl GrantStore for RedisGrantStore {
         }
         invocation
             .arg(&id_bytes(candidate)[..])
-            .arg(fingerprint_bytes(fingerprint))
+            .arg(fingerprint_bytes(fingerprint)?)
             .arg(self.expiry(grant_end));
         self.index_args(&mut invocation, &GrantIndex::Caller(caller.clone()), now, grant_end);
         let reply: Vec<u8> = invocation
@@ -706,17 +674,6 @@ impl GrantStore for RedisGrantStore {
             .map_err(unavailable)?;
         if reply.is_empty() {
             return Ok(Reservation::New);
-        }
-        // Written by releases before version 3: `<grant id> <fingerprint>`, as text.
-        if let Some((grant_id, fingerprint)) = std::str::from_utf8(&reply)
-            .ok()
-            .and_then(|text| text.split_once(' '))
-            .and_then(|(id, fingerprint)| Some((GrantId::parse(id).ok()?, fingerprint)))
-        {
-            return Ok(Reservation::Existing {
-                grant_id,
-                fingerprint: fingerprint.to_owned(),
-            });
         }
         let (grant_id, fingerprint) = reply
             .split_at_checked(16)

@@ -1,6 +1,6 @@
 //! The grant record, version 3: one Redis string per grant, `gb:g:{<id>}`, holding a fixed
-//! header and a protobuf body. This module owns the encoding; [`super::legacy`] reads the JSON
-//! hashes of versions 1 and 2.
+//! header and a protobuf body. This module owns the encoding. Version 3 is the first format any
+//! release wrote; a record of another version is refused as corrupt.
 //!
 //! Layout: `header ++ body`, where the header is [`HEADER_LEN`] bytes the change script reads and
 //! rewrites in place (so Lua compares and sets state without knowing protobuf):

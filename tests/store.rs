@@ -552,3 +552,278 @@ async fn an_index_entry_of_a_grant_being_created_is_kept_and_one_never_created_r
     );
     let _: () = redis::cmd("PING").query_async(&mut connection).await.unwrap();
 }
+
+/// Where the golden records are: the exact bytes Redis holds for a grant of each shape.
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/records");
+
+fn at(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000 + seconds).unwrap() + time::Duration::nanoseconds(5_000)
+}
+
+fn happened(seconds: i64, caller: &str, kind: EventKind) -> GrantEvent {
+    GrantEvent {
+        at: at(seconds),
+        caller: caller.into(),
+        kind,
+    }
+}
+
+/// The record of every shape a grant can take, built through the store as the broker builds
+/// them (creation, then one change script per step), compared byte for byte with the committed
+/// golden record and read back field by field. A renumbered tag, a changed type or a header byte
+/// moved fails here, whatever the code that encodes and decodes them agrees on.
+/// `GB_WRITE_GOLDEN=1` writes the files instead (only for a deliberate, documented format change).
+#[tokio::test]
+async fn golden_records_of_every_shape_read_back_exactly() {
+    use grant_broker::domain::{
+        approval::Review,
+        revocation::{Enforcement, EnforcementStatus, Revocation},
+    };
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let write = std::env::var_os("GB_WRITE_GOLDEN").is_some();
+    let requested = |state| {
+        happened(
+            0,
+            "vendor-portal",
+            EventKind::Requested {
+                state,
+                outcome: Outcome::Approve,
+                policy_ids: vec!["a".into()],
+                reason: "fine".into(),
+            },
+        )
+    };
+    let approval = Approval {
+        approver: Person::from_trusted("bob@example.com".to_owned()),
+        groups: ["security".to_owned()].into(),
+        at: at(60),
+        comment: "ok".into(),
+        caller: "approval-portal".into(),
+    };
+    let revocation = Revocation {
+        caller: "vendor-portal".into(),
+        revoker: Some("carol@example.com".into()),
+        at: at(120),
+        reason: "offboarded".into(),
+        operation: Some("op-1".into()),
+    };
+    let enforced = Enforcement {
+        status: EnforcementStatus::Enforced,
+        at: at(121),
+        error: None,
+        cutoff: Some(at(119)),
+    };
+    let review = Review {
+        reviewer: Person::from_trusted("dave@example.com".to_owned()),
+        at: at(300),
+        comment: "justified".into(),
+        caller: "approval-portal".into(),
+    };
+    for (n, name) in [
+        "pending",
+        "approved-0",
+        "approved-1",
+        "approved-2",
+        "approved-3",
+        "approved-12",
+        "extended",
+        "revoked",
+        "break-glass-reviewed",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = GrantId::from_uuid(Uuid::from_u128(0x0190_a1b2_c3d4_7e5f_8a9b_0000_0000_0000 + n as u128));
+        let issued = match name.strip_prefix("approved-") {
+            Some(count) => count.parse().unwrap(),
+            None if name == "revoked" => 1,
+            None => 0,
+        };
+        let mut grant = sample_grant(id, "golden", issued);
+        let mut creation = grant.clone();
+        creation.issuances.clear();
+        let mut steps: Vec<(Vec<GrantEvent>, Grant)> = Vec::new();
+        let mut events = vec![requested(grant.state)];
+        match name {
+            "pending" => {
+                creation.state = GrantState::PendingApproval;
+                creation.decision.outcome = Outcome::RequireApproval;
+                creation.decision.approvals_required = ApprovalRequirement::parse("security:1, team-leads:1").unwrap();
+                events = vec![requested(GrantState::PendingApproval)];
+                grant = creation.clone();
+                grant.approvals = vec![approval.clone()];
+                let recorded = happened(
+                    60,
+                    "approval-portal",
+                    EventKind::ApprovalRecorded {
+                        approver: "bob@example.com".into(),
+                        groups: vec!["security".into()],
+                        comment: "ok".into(),
+                        extension: None,
+                    },
+                );
+                steps.push((vec![recorded], grant.clone()));
+            }
+            "break-glass-reviewed" => {
+                creation.decision.break_glass = true;
+                grant = creation.clone();
+                grant.review = Some(review.clone());
+                let reviewed = happened(
+                    300,
+                    "approval-portal",
+                    EventKind::Reviewed {
+                        reviewer: "dave@example.com".into(),
+                        comment: "justified".into(),
+                    },
+                );
+                steps.push((vec![reviewed], grant.clone()));
+            }
+            _ => {}
+        }
+        assert!(store.create(&creation, &events).await.unwrap(), "{name}");
+        let pending = [GrantState::PendingApproval];
+        let approved = [GrantState::Approved];
+        for (step_events, _) in &steps {
+            let change = if name == "pending" {
+                Change {
+                    approval: Some((0, &approval)),
+                    ..Change::append(&pending, step_events)
+                }
+            } else {
+                Change {
+                    review: Some(&review),
+                    ..Change::append(&approved, step_events)
+                }
+            };
+            assert_eq!(
+                store.change_if_state(&grant, change).await.unwrap(),
+                Appended::Yes,
+                "{name}"
+            );
+            events.extend(step_events.iter().cloned());
+        }
+        for issuance in &grant.issuances {
+            let issued = [GrantEvent {
+                at: issuance.issued_at,
+                caller: "vendor-portal".into(),
+                kind: EventKind::Issued {
+                    session_name: issuance.session_name.clone(),
+                    access_key_id: issuance.access_key_id.clone(),
+                    expiration: issuance.expiration,
+                },
+            }];
+            let change = Change {
+                issuance: Some(issuance),
+                attempt_limit: Some(100),
+                ..Change::append(&approved, &issued)
+            };
+            assert_eq!(
+                store.change_if_state(&grant, change).await.unwrap(),
+                Appended::Yes,
+                "{name}"
+            );
+            events.extend(issued);
+        }
+        if name == "extended" {
+            grant.extensions = sample_extensions("golden", 2);
+            let asked = [happened(
+                200,
+                "vendor-portal",
+                EventKind::ExtensionRequested {
+                    extension: 2,
+                    additional_secs: 1200,
+                    justification: "more".into(),
+                    outcome: Outcome::RequireApproval,
+                    policy_ids: vec!["ext".into()],
+                    reason: "needs people".into(),
+                },
+            )];
+            let change = Change {
+                extensions: Some(ExtensionsChange {
+                    before: &[],
+                    after: &grant.extensions,
+                }),
+                ..Change::append(&approved, &asked)
+            };
+            assert_eq!(store.change_if_state(&grant, change).await.unwrap(), Appended::Yes);
+            events.extend(asked);
+        }
+        if name == "revoked" {
+            let revoked = [happened(
+                120,
+                "vendor-portal",
+                EventKind::Revoked {
+                    revoker: Some("carol@example.com".into()),
+                    reason: "offboarded".into(),
+                    operation: Some("op-1".into()),
+                    enforcement: EnforcementStatus::Pending,
+                },
+            )];
+            let change = Change {
+                to: Some(GrantState::Revoked),
+                revocation: Some(&revocation),
+                ..Change::append(&approved, &revoked)
+            };
+            assert_eq!(store.change_if_state(&grant, change).await.unwrap(), Appended::Yes);
+            events.extend(revoked);
+            let changed = [happened(
+                121,
+                "grant-broker",
+                EventKind::EnforcementChanged {
+                    status: EnforcementStatus::Enforced,
+                    error: None,
+                    cutoff: Some(at(119)),
+                },
+            )];
+            let change = Change {
+                enforcement: Some(&enforced),
+                ..Change::append(&[GrantState::Revoked], &changed)
+            };
+            assert_eq!(store.change_if_state(&grant, change).await.unwrap(), Appended::Yes);
+            events.extend(changed);
+            grant.state = GrantState::Revoked;
+            grant.revocation = Some(revocation.clone());
+            grant.enforcement = Some(enforced.clone());
+        }
+
+        let stored: Vec<u8> = redis::cmd("GET")
+            .arg(format!("gb:g:{{{id}}}"))
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        let path = format!("{GOLDEN}/{name}.bin");
+        if write {
+            std::fs::create_dir_all(GOLDEN).unwrap();
+            std::fs::write(&path, &stored).unwrap();
+        }
+        let golden = std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"));
+        assert!(
+            stored == golden,
+            "{name}: the record's bytes changed (a storage format change): \n got {}\nwant {}",
+            hex::encode(&stored),
+            hex::encode(&golden)
+        );
+
+        // The committed bytes, written back as they are, read as the grant they record.
+        let _: () = redis::cmd("SET")
+            .arg(format!("gb:g:{{{id}}}"))
+            .arg(&golden)
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        let read = store.get(id).await.unwrap().unwrap();
+        let mut expected = grant.clone();
+        expected.issuances = grant.issuances[grant.issuances.len().saturating_sub(RECENT_ISSUANCES)..].to_vec();
+        expected.issuance_count = u64::try_from(grant.issuances.len()).unwrap();
+        let mut known: Vec<String> = grant.issuances.iter().filter_map(|i| i.role_id.clone()).collect();
+        known.sort();
+        known.dedup();
+        expected.session_roles = grant_broker::domain::SessionRoles {
+            known,
+            unreported: grant.issuances.iter().any(|i| i.role_id.is_none()),
+        };
+        assert_eq!(read, expected, "{name}");
+        assert_eq!(store.events_from(id, 0).await.unwrap(), events, "{name}");
+    }
+}

@@ -1,5 +1,5 @@
-//! Compiles `proto/` with protox (no system `protoc`) and writes the encoded descriptor set that
-//! the reflection service serves.
+//! Compiles `proto/` with protox (no system `protoc`): the public API (and the encoded
+//! descriptor set the reflection service serves), and the storage record's messages.
 
 use std::{env, fs, io, path::PathBuf};
 
@@ -17,11 +17,21 @@ fn main() -> io::Result<()> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // google.rpc.Status as tonic-types defines it, so statuses convert without copying.
+        .extern_path(".google.rpc.Status", "::tonic_types::Status")
         // Credentials and requests (the MFA code) get a hand-written Debug that redacts secrets.
         .skip_debug([
             "grantbroker.v1.Credentials",
             "grantbroker.v1.RequestAccessRequest",
             "grantbroker.v1.IssueCredentialsRequest",
         ])
-        .compile_fds(descriptors)
+        .compile_fds(descriptors)?;
+
+    // What Redis holds: messages only, never served by reflection.
+    let storage = protox::compile(["grantbroker/storage/v1/record.proto"], ["proto"])
+        .map_err(|error| io::Error::other(error.to_string()))?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(storage)
 }

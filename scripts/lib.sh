@@ -4,6 +4,8 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 MOTO_SPEC='moto[server]>=5.1,<6'
+# buf (protobuf lint and breaking-change checks) ships as a prebuilt binary on PyPI.
+BUF_SPEC='buf-bin==1.75.0'
 PIDS=()
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -42,17 +44,30 @@ ensure_redis() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after install"
 }
 
-# moto (the local AWS emulator) from PyPI, in the project's own virtualenv.
-ensure_moto() {
-  if [ -x "$VENV/bin/moto_server" ]; then return; fi
+# The project's own virtualenv, for the tools PyPI ships.
+ensure_venv() {
+  if [ -x "$VENV/bin/pip" ]; then return; fi
   command -v python3 >/dev/null 2>&1 || apt_install python3
   if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
     rm -rf "$VENV"
     apt_install python3-venv
     python3 -m venv "$VENV"
   fi
-  say "installing $MOTO_SPEC into .venv"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "$MOTO_SPEC"
+}
+
+pip_install() { # spec
+  ensure_venv
+  say "installing $1 into .venv"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "$1"
+}
+
+# moto (the local AWS emulator) from PyPI, in the project's own virtualenv.
+ensure_moto() {
+  [ -x "$VENV/bin/moto_server" ] || pip_install "$MOTO_SPEC"
+}
+
+ensure_buf() {
+  [ -x "$VENV/bin/buf" ] || pip_install "$BUF_SPEC"
 }
 
 free_port() {

@@ -653,7 +653,7 @@ async fn run_client(command: Command) -> Result<String, ClientError> {
             } = *arguments;
             let format = CredentialFormat::chosen(connection.json, export, credential_process);
             let message = proto::IssueCredentialsRequest {
-                grant_id: id,
+                id,
                 mfa_serial,
                 mfa_code,
             };

@@ -34,7 +34,7 @@ async fn a_quorum_of_security_and_a_team_lead_approves_and_starts_the_window() {
     let mut client = server.client().await;
     let grant = pending(&mut client).await;
     assert_eq!(grant.approvals_required, "security:1, team-leads:1");
-    let deadline = grant.approval_deadline.unwrap().seconds - grant.create_time.unwrap().seconds;
+    let deadline = grant.pending_expire_time.unwrap().seconds - grant.create_time.unwrap().seconds;
     assert_eq!(deadline, 24 * 3600, "pending requests expire after a day");
 
     // Only a caller configured to relay approvals may.

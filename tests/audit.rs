@@ -503,10 +503,7 @@ async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_r
     // the grant as GetGrant shows it.
     for id in [&approved_id, &pending.id] {
         let history = client
-            .get_grant_history(authed(
-                AUDITOR_TOKEN,
-                proto::GetGrantHistoryRequest { grant_id: id.clone() },
-            ))
+            .get_grant_history(authed(AUDITOR_TOKEN, proto::GetGrantHistoryRequest { id: id.clone() }))
             .await
             .unwrap()
             .into_inner();
@@ -549,9 +546,7 @@ async fn the_audit_log_holds_every_event_and_a_follower_resumes_without_gap_or_r
     let approvals = client
         .get_grant_history(authed(
             AUDITOR_TOKEN,
-            proto::GetGrantHistoryRequest {
-                grant_id: pending.id.clone(),
-            },
+            proto::GetGrantHistoryRequest { id: pending.id.clone() },
         ))
         .await
         .unwrap()

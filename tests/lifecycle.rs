@@ -14,7 +14,7 @@ use tonic_types::StatusExt;
 
 fn issue(grant_id: &str) -> proto::IssueCredentialsRequest {
     proto::IssueCredentialsRequest {
-        grant_id: grant_id.to_owned(),
+        id: grant_id.to_owned(),
         mfa_serial: String::new(),
         mfa_code: String::new(),
     }
@@ -92,7 +92,7 @@ async fn credentials_are_issued_again_by_grant_id_with_every_check_of_an_issuanc
         .issue_credentials(authed(PORTAL_TOKEN, issue("not-a-grant")))
         .await
         .unwrap_err();
-    assert_eq!(violated_fields(&status), ["grant_id"]);
+    assert_eq!(violated_fields(&status), ["id"]);
     let mut only_code = issue(&grant.id);
     only_code.mfa_code = "123456".into();
     let status = client

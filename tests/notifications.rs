@@ -349,7 +349,7 @@ async fn a_pending_request_and_its_approval_reach_the_webhook_signed_and_without
         .issue_credentials(authed(
             PORTAL_TOKEN,
             proto::IssueCredentialsRequest {
-                grant_id: grant.id.clone(),
+                id: grant.id.clone(),
                 mfa_serial: String::new(),
                 mfa_code: String::new(),
             },

@@ -517,7 +517,7 @@ async fn a_deny_list_that_would_not_fit_becomes_a_cutoff_that_other_grants_see()
     // and issues fresh credentials.
     let seen = get(&mut client, &bystander.id).await;
     assert_eq!(seen.state, i32::from(proto::GrantState::Approved));
-    assert_eq!(seen.sessions_denied_before.map(|t| t.seconds), Some(at.seconds));
+    assert_eq!(seen.sessions_denied_before_time.map(|t| t.seconds), Some(at.seconds));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     client
         .issue_credentials(authed(PORTAL_TOKEN, issue_for(&bystander.id)))
@@ -574,7 +574,7 @@ async fn credentials_issued_in_the_second_of_a_cutoff_are_issued_again_after_it(
             .grant
             .as_ref()
             .unwrap()
-            .sessions_denied_before
+            .sessions_denied_before_time
             .as_ref()
             .map(|t| t.seconds),
         Some(cutoff.unix_timestamp())
@@ -812,7 +812,7 @@ async fn cutting_off_a_target_denies_earlier_sessions_and_later_ones_work() {
     // the cutoff does not cover (the call returned once the cutoff second had passed).
     let seen = get(&mut client, &grant.id).await;
     assert_eq!(seen.state, i32::from(proto::GrantState::Approved));
-    assert_eq!(seen.sessions_denied_before.map(|t| t.seconds), Some(at.seconds));
+    assert_eq!(seen.sessions_denied_before_time.map(|t| t.seconds), Some(at.seconds));
     let fresh = client
         .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
         .await
@@ -933,7 +933,7 @@ async fn the_cli_revokes_waits_for_the_deny_and_reports_each_session() {
     assert_eq!(printed["enforcement"], "enforced", "{printed}");
     assert_eq!(printed["target"], "dev-logs-read");
     let seen = get(&mut client, &other.id).await;
-    let denied_before = time::OffsetDateTime::from_unix_timestamp(seen.sessions_denied_before.unwrap().seconds)
+    let denied_before = time::OffsetDateTime::from_unix_timestamp(seen.sessions_denied_before_time.unwrap().seconds)
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();

@@ -474,7 +474,7 @@ async fn who_may_see_and_act_on_a_grant_is_one_rule_for_every_call() {
                 .await;
             assert_eq!(outcome(watch), expected, "WatchGrant {id} by {token}");
             let history = client
-                .get_grant_history(authed(token, proto::GetGrantHistoryRequest { grant_id: id.clone() }))
+                .get_grant_history(authed(token, proto::GetGrantHistoryRequest { id: id.clone() }))
                 .await;
             assert_eq!(outcome(history), expected, "GetGrantHistory {id} by {token}");
         }

@@ -116,7 +116,7 @@ fn revocation_json(revocation: &proto::Revocation) -> Value {
             json!({
                 "session_name": s.session_name,
                 "access_key_id": s.access_key_id,
-                "expiration": time_text(s.expiration.as_ref()),
+                "expire_time": time_text(s.expire_time.as_ref()),
                 "enforcement": enforcement_text(s.enforcement),
             })
         })
@@ -168,7 +168,7 @@ pub fn grant_json(grant: &proto::Grant) -> Value {
             "review_time": time_text(r.review_time.as_ref()),
             "comment": r.comment,
         })),
-        "approval_deadline": time_text(grant.approval_deadline.as_ref()),
+        "pending_expire_time": time_text(grant.pending_expire_time.as_ref()),
         "approvals": grant.approvals.iter().map(approval_json).collect::<Vec<_>>(),
         "extensions": grant.extensions.iter().map(|e| json!({
             "number": e.number,
@@ -187,13 +187,13 @@ pub fn grant_json(grant: &proto::Grant) -> Value {
             "new_end_time": time_text(e.new_end_time.as_ref()),
         })).collect::<Vec<_>>(),
         "revocation": grant.revocation.as_ref().map(revocation_json),
-        "sessions_denied_before": time_text(grant.sessions_denied_before.as_ref()),
+        "sessions_denied_before_time": time_text(grant.sessions_denied_before_time.as_ref()),
         "issuances": grant.issuances.iter().map(|i| json!({
             "access_key_id": i.access_key_id,
             "session_name": i.session_name,
             "source_identity": i.source_identity,
             "assumed_role_arn": i.assumed_role_arn,
-            "expiration": time_text(i.expiration.as_ref()),
+            "expire_time": time_text(i.expire_time.as_ref()),
             "issue_time": time_text(i.issue_time.as_ref()),
         })).collect::<Vec<_>>(),
     })
@@ -263,7 +263,7 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
             text,
             "  waiting   for {} until {}",
             grant.approvals_required,
-            time_text(grant.approval_deadline.as_ref())
+            time_text(grant.pending_expire_time.as_ref())
         );
     }
     for extension in &grant.extensions {
@@ -331,15 +331,15 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
                 "  session   {} {} until {}: {}",
                 session.session_name,
                 session.access_key_id,
-                time_text(session.expiration.as_ref()),
+                time_text(session.expire_time.as_ref()),
                 enforcement_text(session.enforcement)
             );
         }
-    } else if grant.sessions_denied_before.is_some() {
+    } else if grant.sessions_denied_before_time.is_some() {
         let _ = writeln!(
             text,
             "  cut off   sessions issued before {} are denied (a role-wide cutoff); issue again for working credentials",
-            time_text(grant.sessions_denied_before.as_ref())
+            time_text(grant.sessions_denied_before_time.as_ref())
         );
     }
     for issuance in &grant.issuances {
@@ -348,7 +348,7 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
             "  issued    {} as {} until {}",
             issuance.access_key_id,
             issuance.session_name,
-            time_text(issuance.expiration.as_ref())
+            time_text(issuance.expire_time.as_ref())
         );
     }
     text
@@ -359,14 +359,14 @@ fn credentials_json(credentials: &proto::Credentials) -> Value {
         "access_key_id": credentials.access_key_id,
         "secret_access_key": credentials.secret_access_key,
         "session_token": credentials.session_token,
-        "expiration": time_text(credentials.expiration.as_ref()),
+        "expire_time": time_text(credentials.expire_time.as_ref()),
         "assumed_role_arn": credentials.assumed_role_arn,
         "region": credentials.region,
     })
 }
 
 fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) -> String {
-    let expiration = time_text(credentials.expiration.as_ref());
+    let expiration = time_text(credentials.expire_time.as_ref());
     match format {
         CredentialFormat::Export => format!(
             "export AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_SESSION_TOKEN={}\nexport AWS_REGION={}\n",
@@ -750,8 +750,10 @@ pub async fn revoke_grantee(
             "outcomes": response.outcomes.iter().map(|o| json!({
                 "grant_id": o.grant_id,
                 "grant": o.grant.as_ref().map(grant_json),
-                "error_code": o.error_code,
-                "error": o.error,
+                "error": o.error.as_ref().map(|e| json!({
+                    "code": crate::grpc::status::code_name(tonic::Code::from(e.code)),
+                    "message": e.message,
+                })),
             })).collect::<Vec<_>>(),
         })
         .to_string());
@@ -780,11 +782,13 @@ pub async fn revoke_grantee(
                 );
             }
             None => {
-                let _ = writeln!(
-                    text,
-                    "{}  not revoked: {} {}",
-                    outcome.grant_id, outcome.error_code, outcome.error
-                );
+                let (code, message) = outcome.error.as_ref().map_or(("UNKNOWN", ""), |e| {
+                    (
+                        crate::grpc::status::code_name(tonic::Code::from(e.code)),
+                        e.message.as_str(),
+                    )
+                });
+                let _ = writeln!(text, "{}  not revoked: {code} {message}", outcome.grant_id);
             }
         }
     }
@@ -812,7 +816,7 @@ pub async fn revoke_target_sessions(
             "target": response.target,
             "role_arn": response.role_arn,
             "cutoff_time": time_text(response.cutoff_time.as_ref()),
-            "cutoff_until": time_text(response.cutoff_until.as_ref()),
+            "cutoff_expire_time": time_text(response.cutoff_expire_time.as_ref()),
             "enforcement": enforcement_text(response.enforcement),
             "enforcement_error": response.enforcement_error,
         })
@@ -823,7 +827,7 @@ pub async fn revoke_target_sessions(
         response.target,
         response.role_arn,
         time_text(response.cutoff_time.as_ref()),
-        time_text(response.cutoff_until.as_ref()),
+        time_text(response.cutoff_expire_time.as_ref()),
         enforcement_text(response.enforcement),
         if response.enforcement_error.is_empty() {
             String::new()
@@ -1089,7 +1093,7 @@ pub async fn find_key(
                 "session_name": i.session_name,
                 "source_identity": i.source_identity,
                 "assumed_role_arn": i.assumed_role_arn,
-                "expiration": time_text(i.expiration.as_ref()),
+                "expire_time": time_text(i.expire_time.as_ref()),
                 "issue_time": time_text(i.issue_time.as_ref()),
             })),
         })
@@ -1104,7 +1108,7 @@ pub async fn find_key(
             time_text(issuance.issue_time.as_ref()),
             issuance.assumed_role_arn,
             issuance.source_identity,
-            time_text(issuance.expiration.as_ref())
+            time_text(issuance.expire_time.as_ref())
         );
     }
     text.push_str(&grant_summary(&grant));
@@ -1125,9 +1129,9 @@ pub async fn get(client: &mut Client, id: String, json: bool) -> Result<String, 
 }
 
 /// A grant, then one line per event of its trail, oldest first.
-pub async fn history(client: &mut Client, grant_id: String, json: bool) -> Result<String, ClientError> {
+pub async fn history(client: &mut Client, id: String, json: bool) -> Result<String, ClientError> {
     let response = client
-        .get_grant_history(proto::GetGrantHistoryRequest { grant_id })
+        .get_grant_history(proto::GetGrantHistoryRequest { id })
         .await?
         .into_inner();
     let mut text = response

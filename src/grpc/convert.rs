@@ -247,30 +247,6 @@ pub fn revoke_target_sessions(
     }
 }
 
-/// A status code's canonical name, as every gRPC library spells it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 fn enforcement_status(status: EnforcementStatus) -> proto::EnforcementStatus {
     match status {
         EnforcementStatus::Pending => proto::EnforcementStatus::Pending,
@@ -291,18 +267,13 @@ pub fn grantee_revocation(outcome: GranteeRevocation) -> proto::RevokeGranteeRes
                 Ok(revoked) => proto::GranteeRevocationOutcome {
                     grant_id: id.to_string(),
                     grant: Some(grant(&revoked)),
-                    error_code: String::new(),
-                    error: String::new(),
+                    error: None,
                 },
-                Err(error) => {
-                    let status = Status::from(error);
-                    proto::GranteeRevocationOutcome {
-                        grant_id: id.to_string(),
-                        grant: None,
-                        error_code: code_name(status.code()).to_owned(),
-                        error: status.message().to_owned(),
-                    }
-                }
+                Err(error) => proto::GranteeRevocationOutcome {
+                    grant_id: id.to_string(),
+                    grant: None,
+                    error: Some(super::status::rich_status(Status::from(error))),
+                },
             })
             .collect(),
         truncated: outcome.truncated,
@@ -328,7 +299,7 @@ pub fn target_cutoff(cut: &TargetCutoff) -> proto::RevokeTargetSessionsResponse 
         target: cut.target.clone(),
         role_arn: cut.role_arn.clone(),
         cutoff_time: Some(timestamp(cut.cutoff.at)),
-        cutoff_until: Some(timestamp(cut.cutoff.until)),
+        cutoff_expire_time: Some(timestamp(cut.cutoff.until)),
         enforcement: enforcement_status(cut.status).into(),
         enforcement_error: cut.error.clone().unwrap_or_default(),
     }
@@ -354,7 +325,7 @@ fn revocation(grant: &Grant) -> Option<proto::Revocation> {
             .map(|issuance| proto::SessionEnforcement {
                 session_name: issuance.session_name.clone(),
                 access_key_id: issuance.access_key_id.clone(),
-                expiration: Some(timestamp(issuance.expiration)),
+                expire_time: Some(timestamp(issuance.expiration)),
                 // A session already expired when the grant was revoked needed nothing.
                 enforcement: enforcement_status(if issuance.expiration <= revocation.at {
                     EnforcementStatus::NotNeeded
@@ -513,13 +484,13 @@ pub fn list_audit(message: proto::ListAuditEventsRequest) -> Result<AuditListing
 
 pub fn issue_credentials(message: proto::IssueCredentialsRequest) -> Result<(GrantId, Option<MfaToken>), Status> {
     let proto::IssueCredentialsRequest {
-        grant_id,
+        id,
         mfa_serial,
         mfa_code,
     } = message;
     let mut violations = Vec::new();
-    let id = GrantId::parse(&grant_id)
-        .map_err(|why| violations.push(FieldViolation::new("grant_id", why)))
+    let id = GrantId::parse(&id)
+        .map_err(|why| violations.push(FieldViolation::new("id", why)))
         .ok();
     if mfa_serial.chars().count() > bounds::MFA_SERIAL_CHARS || mfa_code.chars().count() > bounds::MFA_CODE_CHARS {
         violations.push(FieldViolation::new(
@@ -746,8 +717,8 @@ pub fn watch_grant(message: proto::WatchGrantRequest) -> Result<(GrantId, Option
 }
 
 pub fn grant_history(message: proto::GetGrantHistoryRequest) -> Result<GrantId, Status> {
-    let proto::GetGrantHistoryRequest { grant_id } = message;
-    GrantId::parse(&grant_id).map_err(|why| invalid(vec![FieldViolation::new("grant_id", why)]))
+    let proto::GetGrantHistoryRequest { id } = message;
+    GrantId::parse(&id).map_err(|why| invalid(vec![FieldViolation::new("id", why)]))
 }
 
 pub fn history(found: &Grant, events: &[GrantEvent]) -> proto::GetGrantHistoryResponse {
@@ -824,7 +795,7 @@ fn issuance(issuance: &Issuance) -> proto::Issuance {
         session_name: issuance.session_name.clone(),
         source_identity: issuance.source_identity.clone(),
         assumed_role_arn: issuance.assumed_role_arn.clone(),
-        expiration: Some(timestamp(issuance.expiration)),
+        expire_time: Some(timestamp(issuance.expiration)),
         issue_time: Some(timestamp(issuance.issued_at)),
         packed_policy_percent: issuance.packed_policy_percent.unwrap_or(0),
     }
@@ -896,9 +867,9 @@ pub fn grant(grant: &Grant) -> proto::Grant {
         approvals: grant.approvals.iter().map(approval).collect(),
         extensions: grant.extensions.iter().map(extension).collect(),
         revocation: revocation(grant),
-        sessions_denied_before: grant.role_cutoff.as_ref().map(|cutoff| timestamp(cutoff.at)),
+        sessions_denied_before_time: grant.role_cutoff.as_ref().map(|cutoff| timestamp(cutoff.at)),
         approvals_required: grant.decision.approvals_required.to_annotation(),
-        approval_deadline: Some(timestamp(grant.pending_until)),
+        pending_expire_time: Some(timestamp(grant.pending_until)),
         break_glass: grant.decision.break_glass,
         review: grant.review.as_ref().map(|review| proto::Review {
             reviewer: review.reviewer.to_string(),
@@ -915,7 +886,7 @@ pub fn credentials(credentials: IssuedCredentials, region: &str) -> proto::Crede
         access_key_id: credentials.access_key_id,
         secret_access_key: credentials.secret_access_key.expose().to_owned(),
         session_token: credentials.session_token.expose().to_owned(),
-        expiration: Some(timestamp(credentials.expiration)),
+        expire_time: Some(timestamp(credentials.expiration)),
         assumed_role_arn: credentials.assumed_role_arn,
         region: region.to_owned(),
     }

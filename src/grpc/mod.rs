@@ -23,7 +23,7 @@ pub mod proto {
                 .field("access_key_id", &self.access_key_id)
                 .field("secret_access_key", &"[redacted]")
                 .field("session_token", &"[redacted]")
-                .field("expiration", &self.expiration)
+                .field("expire_time", &self.expire_time)
                 .field("assumed_role_arn", &self.assumed_role_arn)
                 .field("region", &self.region)
                 .finish()
@@ -34,7 +34,7 @@ pub mod proto {
     impl std::fmt::Debug for IssueCredentialsRequest {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("IssueCredentialsRequest")
-                .field("grant_id", &self.grant_id)
+                .field("id", &self.id)
                 .field("mfa_serial", &self.mfa_serial)
                 .field("mfa_code", &"[redacted]")
                 .finish()

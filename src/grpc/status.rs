@@ -413,9 +413,63 @@ impl From<BrokerError> for Status {
     }
 }
 
+/// A status code's canonical name, as every gRPC library spells it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A status as `google.rpc.Status` (what `grpc-status-details-bin` carries), details and all, to
+/// report an error inside a message.
+pub fn rich_status(status: Status) -> tonic_types::Status {
+    use prost::Message as _;
+    let decoded = tonic_types::Status::decode(status.details()).ok();
+    tonic_types::Status {
+        code: i32::from(status.code()),
+        message: status.message().to_owned(),
+        details: decoded.map(|rich| rich.details).unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_reported_inside_a_message_keeps_its_code_message_and_details() {
+        let id = crate::domain::GrantId::parse("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").unwrap();
+        let status = Status::from(BrokerError::GrantNotFound(id));
+        let rich = rich_status(status.clone());
+        assert_eq!(rich.code, i32::from(Code::NotFound));
+        assert_eq!(code_name(Code::from(rich.code)), "NOT_FOUND");
+        assert_eq!(rich.message, status.message());
+        let info = rich
+            .details
+            .iter()
+            .find(|any| any.type_url.ends_with("google.rpc.ErrorInfo"))
+            .expect("ErrorInfo kept");
+        let info = <tonic_types::pb::ErrorInfo as prost::Message>::decode(info.value.as_slice()).unwrap();
+        assert_eq!(info.reason, "GRANT_NOT_FOUND");
+        assert_eq!(info.metadata["grant_id"], id.to_string());
+    }
 
     #[test]
     fn many_long_violations_stay_within_the_budget_and_are_counted() {

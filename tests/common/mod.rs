@@ -992,7 +992,7 @@ pub async fn run_cli(args: Vec<String>) -> std::process::Output {
 /// IssueCredentials for a grant, without MFA.
 pub fn issue_for(grant_id: &str) -> proto::IssueCredentialsRequest {
     proto::IssueCredentialsRequest {
-        grant_id: grant_id.to_owned(),
+        id: grant_id.to_owned(),
         ..Default::default()
     }
 }

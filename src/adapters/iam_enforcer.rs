@@ -1,6 +1,6 @@
 //! The role enforcer on AWS IAM: reads a target role's id and inline policies, and writes or
 //! deletes the one inline policy the broker owns on it
-//! ([`DENY_POLICY_NAME`](crate::domain::revocation::DENY_POLICY_NAME)). It never reads or
+//! ([`crate::domain::revocation::DENY_POLICY_NAME`]). It never reads or
 //! changes any other policy, and never changes a role whose target is `record-only`.
 //!
 //! IAM is global within a partition: every client talks to its partition's one endpoint (signed

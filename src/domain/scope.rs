@@ -206,7 +206,7 @@ pub struct Scope {
 
 impl Scope {
     /// Re-checks every pattern with today's `parse` (records come from storage, which is not
-    /// trusted); each error names the pattern and why, e.g. "resources[1]: `...` ...".
+    /// trusted); each error names the pattern and why, e.g. "`resources[1]`: `...` ...".
     pub fn revalidate(&self) -> Result<(), Vec<String>> {
         let actions = self.actions.iter().enumerate().filter_map(|(i, action)| {
             ActionPattern::parse(action.as_str())

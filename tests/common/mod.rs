@@ -1,7 +1,7 @@
 //! Test harness: a real `redis-server` per test on its own loopback port, the moto server as
 //! AWS (shared when `GB_TEST_MOTO_URL` is set, otherwise started here), a small fake STS for
 //! the error paths moto cannot produce, and the real grant-broker server on `127.0.0.1:0`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fake_iam;
 

@@ -159,7 +159,7 @@ fn entry_from(member: &str, until: f64) -> Result<RevokedEntry, String> {
 }
 
 /// The scripts of this module, loaded once per store.
-pub struct EnforcementScripts {
+pub(super) struct EnforcementScripts {
     add_entry: Script,
     set_cutoff: Script,
     record_written: Script,

@@ -31,7 +31,7 @@ use crate::{
 /// Appends a grant to one index. KEYS: the index; ARGV: grant id (bytes), then
 /// [`RedisGrantStore::index_args`]: creation ms, expiry (unix s), trim threshold (ms).
 /// [`super::RESERVE`] repeats these lines for the caller's index.
-pub const INDEX: &str = r"
+pub(super) const INDEX: &str = r"
 local added = redis.pcall('XADD', KEYS[1], 'MINID', ARGV[4], ARGV[2] .. '-*', 'g', ARGV[1])
 if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[1], 'MINID', ARGV[4], '*', 'g', ARGV[1])

@@ -128,8 +128,9 @@ fn digest_of(text: &str) -> String {
 
 /// Binds a request id (if any) to the candidate grant (16 bytes of id, then the request's
 /// fingerprint: [`fingerprint_bytes`]) and indexes the candidate for its caller, in the caller's slot.
-/// KEYS: caller index, [request]; ARGV: grant id (bytes), fingerprint (bytes), record expiry (unix
-/// s), then the index arguments of [`index::INDEX_ARGS`].
+/// KEYS: caller index, and the request id's key when there is one; ARGV: grant id (bytes),
+/// fingerprint (bytes), record expiry (unix s), then the index arguments
+/// ([`RedisGrantStore::index_args`]).
 const RESERVE: &str = r"
 if #KEYS == 2 then
   local existing = redis.call('GET', KEYS[2])

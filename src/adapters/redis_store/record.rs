@@ -45,36 +45,36 @@ use crate::domain::{
     revocation::{Enforcement, EnforcementStatus, Revocation},
 };
 
-pub const VERSION: u8 = 3;
+pub(super) const VERSION: u8 = 3;
 
 /// The header's fields, by offset (0-based; Lua's string functions count from 1). The one
 /// definition of the layout: [`header`] and [`decode_record`] use it, and the change script is
 /// written from it ([`super::change_script`]).
-pub mod at {
+pub(super) mod at {
     /// The record version, [`super::VERSION`].
-    pub const VERSION: usize = 0;
+    pub(crate) const VERSION: usize = 0;
     /// The grant's state ([`super::state_code`]).
-    pub const STATE: usize = 1;
+    pub(crate) const STATE: usize = 1;
     /// STS attempts made, 2 bytes big-endian.
-    pub const ATTEMPTS: usize = 2;
+    pub(crate) const ATTEMPTS: usize = 2;
     /// Approvals recorded.
-    pub const APPROVALS: usize = 4;
+    pub(crate) const APPROVALS: usize = 4;
     /// The extensions' compare-and-set tag, 3 bytes ([`super::extensions_tag`]).
-    pub const EXTENSIONS_TAG: usize = 5;
+    pub(crate) const EXTENSIONS_TAG: usize = 5;
     /// Events recorded, 2 bytes big-endian.
-    pub const EVENTS: usize = 8;
+    pub(crate) const EVENTS: usize = 8;
     /// Flags: [`super::REVIEWED`].
-    pub const FLAGS: usize = 10;
+    pub(crate) const FLAGS: usize = 10;
 }
 
 /// The header's length: the body starts here.
-pub const HEADER_LEN: usize = 11;
+pub(super) const HEADER_LEN: usize = 11;
 
 /// The flag set once the grant is reviewed.
-pub const REVIEWED: u8 = 1;
+pub(super) const REVIEWED: u8 = 1;
 
 /// A grant state as the header stores it.
-pub fn state_code(state: GrantState) -> u8 {
+pub(super) fn state_code(state: GrantState) -> u8 {
     match state {
         GrantState::PendingApproval => 1,
         GrantState::Approved => 2,
@@ -85,14 +85,14 @@ pub fn state_code(state: GrantState) -> u8 {
     }
 }
 
-pub fn state_of(code: u8) -> Option<GrantState> {
+pub(super) fn state_of(code: u8) -> Option<GrantState> {
     GrantState::ALL.into_iter().find(|state| state_code(*state) == code)
 }
 
 /// What the change script compares before replacing a grant's extensions: every extension change
 /// alters it (a new extension, the last one's state, or its approvals), so it is a
 /// compare-and-set token that needs no counter of its own.
-pub fn extensions_tag(extensions: &[Extension]) -> [u8; 3] {
+pub(super) fn extensions_tag(extensions: &[Extension]) -> [u8; 3] {
     let small = |n: usize| u8::try_from(n).unwrap_or(u8::MAX);
     match extensions.last() {
         None => [0; 3],
@@ -125,7 +125,7 @@ mod stored {
     include!(concat!(env!("OUT_DIR"), "/grantbroker.storage.v1.rs"));
 }
 
-pub use stored::Body;
+pub(super) use stored::Body;
 use stored::{
     Approval as ApprovalV3, ApprovalRecorded as ApprovalRecordedV3, Decided as DecidedV3, Decision as DecisionV3,
     Discarded as DiscardedV3, Enforcement as EnforcementV3, Event as EventV3, Extended as ExtendedV3,
@@ -697,7 +697,7 @@ fn header(grant: &Grant, attempts: u16, events: usize) -> Result<[u8; HEADER_LEN
 
 /// A new grant's whole record, with its first events (`attempts` and `issuances` for a record
 /// built with history, as the tests' golden records are).
-pub fn encode_record(
+pub(super) fn encode_record(
     grant: &Grant,
     attempts: u16,
     events: &[GrantEvent],
@@ -793,7 +793,7 @@ fn revocation_v3(clock: Clock, revocation: &Revocation) -> RevocationV3 {
 }
 
 /// What one change appends to a grant's body.
-pub struct Delta<'a> {
+pub(super) struct Delta<'a> {
     pub events: &'a [GrantEvent],
     pub issuance: Option<&'a Issuance>,
     pub approval: Option<&'a Approval>,
@@ -806,7 +806,7 @@ pub struct Delta<'a> {
 }
 
 /// The bytes a change appends to `grant`'s record.
-pub fn encode_delta(grant: &Grant, delta: &Delta<'_>) -> Result<Vec<u8>, String> {
+pub(super) fn encode_delta(grant: &Grant, delta: &Delta<'_>) -> Result<Vec<u8>, String> {
     let context = Context::of(grant);
     let clock = context.clock;
     let mut issued = false;
@@ -855,7 +855,7 @@ pub fn encode_delta(grant: &Grant, delta: &Delta<'_>) -> Result<Vec<u8>, String>
 }
 
 /// A record read back: the grant, its every event and every issuance, oldest first.
-pub struct Decoded {
+pub(super) struct Decoded {
     pub grant: Grant,
     pub events: Vec<GrantEvent>,
     pub issuances: Vec<Issuance>,
@@ -865,14 +865,14 @@ pub struct Decoded {
 /// digest) on read: the grant's callers do, the audit log's readers (events, and what the grant
 /// is of) do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
+pub(super) enum Policy {
     Rebuild,
     /// The grant reads with an empty policy.
     Skip,
 }
 
 /// Decodes a version 3 record. Errors say what is wrong, for the log.
-pub fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result<Decoded, String> {
+pub(super) fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result<Decoded, String> {
     let (header, body) = bytes
         .split_at_checked(HEADER_LEN)
         .ok_or("record shorter than its header")?;

@@ -15,7 +15,7 @@ fn describe(value: &Value) -> &'static str {
 }
 
 /// A bulk or simple string; nil is `None`.
-pub fn optional_text(value: Value) -> Result<Option<String>, String> {
+pub(crate) fn optional_text(value: Value) -> Result<Option<String>, String> {
     match value {
         Value::Nil => Ok(None),
         Value::BulkString(bytes) => String::from_utf8(bytes)
@@ -27,7 +27,7 @@ pub fn optional_text(value: Value) -> Result<Option<String>, String> {
 }
 
 /// A bulk string as bytes (binary records, ids); nil is `None`.
-pub fn optional_bytes(value: Value) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn optional_bytes(value: Value) -> Result<Option<Vec<u8>>, String> {
     match value {
         Value::Nil => Ok(None),
         Value::BulkString(bytes) => Ok(Some(bytes)),
@@ -37,12 +37,12 @@ pub fn optional_bytes(value: Value) -> Result<Option<Vec<u8>>, String> {
 }
 
 /// A string that must be present.
-pub fn text(value: Value) -> Result<String, String> {
+pub(crate) fn text(value: Value) -> Result<String, String> {
     optional_text(value)?.ok_or_else(|| "expected a string, got nil".to_owned())
 }
 
 /// An array of exactly `len` entries (HMGET's reply).
-pub fn array_of(value: Value, len: usize) -> Result<Vec<Value>, String> {
+pub(crate) fn array_of(value: Value, len: usize) -> Result<Vec<Value>, String> {
     match value {
         Value::Array(items) if items.len() == len => Ok(items),
         Value::Array(items) => Err(format!("expected {len} entries, got {}", items.len())),
@@ -51,7 +51,7 @@ pub fn array_of(value: Value, len: usize) -> Result<Vec<Value>, String> {
 }
 
 /// An array of strings (LRANGE's, ZRANGE's reply).
-pub fn texts(value: Value) -> Result<Vec<String>, String> {
+pub(crate) fn texts(value: Value) -> Result<Vec<String>, String> {
     match value {
         Value::Array(items) | Value::Set(items) => items.into_iter().map(text).collect(),
         other => Err(format!("expected an array of strings, got {}", describe(&other))),
@@ -59,7 +59,7 @@ pub fn texts(value: Value) -> Result<Vec<String>, String> {
 }
 
 /// A non-negative integer (LLEN's reply).
-pub fn count(value: Value) -> Result<u64, String> {
+pub(crate) fn count(value: Value) -> Result<u64, String> {
     match value {
         Value::Int(n) => u64::try_from(n).map_err(|_| format!("expected a count, got {n}")),
         other => Err(format!("expected an integer, got {}", describe(&other))),

@@ -3,7 +3,7 @@
 //! polling.
 //!
 //! This module owns the whole feature: which events go to which webhook ([`Webhook`],
-//! [`KNOWN_EVENTS`]), the notification body ([`body`]), the queue's key layout ([`Keys`]), the
+//! [`known_events`]), the notification body ([`body`]), the queue's key layout ([`Keys`]), the
 //! enqueue side the grant store calls ([`Outbox`]), signing ([`signing`]) and delivery
 //! ([`worker`]). The Redis store only holds an [`Outbox`] and calls [`Outbox::enqueue`] after a
 //! change it made succeeded.

@@ -16,7 +16,7 @@
 //! `GB_BENCH_GRANTS=20000 cargo bench --bench audit_ledger` is a quick run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 #[path = "support/report.rs"]
 mod report;

@@ -6,7 +6,7 @@
 //! Every loop is bounded in count and time, and all traffic stays on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 #[path = "support/report.rs"]
 mod report;

@@ -163,7 +163,7 @@ impl GrantStore for MemoryStore {
         _limit: usize,
         _wait: Option<std::time::Duration>,
     ) -> Result<crate::ports::AuditRead, StoreError> {
-        unimplemented!("the audit log runs against the real store in tests/audit.rs")
+        unimplemented!("the audit log runs against the real store in tests/it/audit.rs")
     }
 
     async fn clean_live_index(&self, _limit: usize) -> Result<usize, StoreError> {

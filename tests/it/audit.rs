@@ -2,9 +2,7 @@
 //! Real server, real Redis, the fake STS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use grant_broker::grpc::proto;
 use tonic::Code;
 

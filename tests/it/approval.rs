@@ -3,9 +3,7 @@
 //! meeting a quorum exactly once. Real server, real Redis, the fake STS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use grant_broker::grpc::proto;
 use tonic::Code;
 

@@ -2,14 +2,12 @@
 //! `check-config`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::{
     path::Path,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use grant_broker::grpc::proto;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};

@@ -2,11 +2,9 @@
 //! reach without waiting for days to pass.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::RedisServer;
+use crate::common::RedisServer;
 use grant_broker::{
     adapters::{RedisGrantStore, RedisSettings},
     domain::{

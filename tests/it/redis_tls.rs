@@ -2,9 +2,7 @@
 //! proves itself with a client certificate where Redis demands one. Real redis-server with TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic::Code;
 
 fn tls_settings(tls_port: u16, sts: &FakeSts, redis_extra: String) -> Settings {

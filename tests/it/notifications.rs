@@ -5,16 +5,14 @@
 //! that survive a restart or a worker that died holding them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use grant_broker::{
     adapters::webhooks::{DeliverySettings, Keys, known_events},
     grpc::proto,

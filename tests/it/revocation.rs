@@ -3,18 +3,16 @@
 //! IAM endpoint in front of moto for failures, and the fake STS for issuance.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::{
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
-use aws_sdk_iam::config::{BehaviorVersion, Credentials, Region};
-use common::{
+use crate::common::{
     fake_iam::{FakeIam, Fault},
     *,
 };
+use aws_sdk_iam::config::{BehaviorVersion, Credentials, Region};
 use grant_broker::{domain::revocation::DENY_POLICY_NAME, grpc::proto};
 use tonic::Code;
 

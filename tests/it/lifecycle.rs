@@ -3,11 +3,9 @@
 //! processes. Real server, real Redis, moto or the fake STS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use grant_broker::grpc::proto;
 use tonic::Code;
 use tonic_types::StatusExt;

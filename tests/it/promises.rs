@@ -3,9 +3,7 @@
 //! Redis issues nothing, and every error reaches the caller whole, whatever the input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use grant_broker::grpc::proto;
 use prost::Message as _;
 use tonic::Code;

@@ -3,15 +3,13 @@
 //! AccessDenied, outages, slow answers) and the fake STS (an admin role the broker may not assume).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::Duration;
 
-use aws_sdk_iam::config::{BehaviorVersion, Credentials, Region};
-use common::{
+use crate::common::{
     FakeSts, Moto, StsBehaviour,
     fake_iam::{FakeIam, Fault},
 };
+use aws_sdk_iam::config::{BehaviorVersion, Credentials, Region};
 use grant_broker::{
     adapters::{IamEnforcer, IamSettings, StsSettings},
     domain::{IamAccess, RevocationMode, Secret, Target, revocation::DENY_POLICY_NAME},

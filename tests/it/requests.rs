@@ -2,9 +2,7 @@
 //! reading grants back. Real server, real Redis; the fake STS counts calls that must not happen.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use grant_broker::grpc::proto;
 use tonic::Code;
 

@@ -2,12 +2,10 @@
 //! for what moto does not check or cannot fail at.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::{sync::Arc, time::Duration};
 
+use crate::common::*;
 use aws_sdk_sts::config::{BehaviorVersion, Credentials, Region};
-use common::*;
 use grant_broker::grpc::proto;
 use tonic::Code;
 

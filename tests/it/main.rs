@@ -1,0 +1,20 @@
+//! The integration tests, one binary (each test module would otherwise link tonic and the AWS
+//! SDK again): the real server over a real socket, real `redis-server`s, moto as AWS, and fakes
+//! only for what those cannot do (`common`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod approval;
+mod audit;
+mod extension;
+mod iam_enforcer;
+mod issuance;
+mod lifecycle;
+mod notifications;
+mod promises;
+mod redis_tls;
+mod requests;
+mod revocation;
+mod store;
+mod surface;

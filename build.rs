@@ -28,8 +28,14 @@ fn main() -> io::Result<()> {
         .compile_fds(descriptors)?;
 
     // What Redis holds: messages only, never served by reflection.
-    let storage = protox::compile(["grantbroker/storage/v1/record.proto"], ["proto"])
-        .map_err(|error| io::Error::other(error.to_string()))?;
+    let storage = protox::compile(
+        [
+            "grantbroker/storage/v1/record.proto",
+            "grantbroker/storage/v1/service_event.proto",
+        ],
+        ["proto"],
+    )
+    .map_err(|error| io::Error::other(error.to_string()))?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)

@@ -1,7 +1,7 @@
 //! The audit log: every event of every grant, in the order it was recorded, each with a cursor
 //! that resumes a reader exactly after it, and what auditors filter it by.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{EventKind, GrantEvent, GrantId};
@@ -100,8 +100,9 @@ pub enum Logged {
     Service(ServiceEvent),
 }
 
-/// An event not tied to a grant: what the service did, or what was asked of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An event not tied to a grant: what the service did, or what was asked of it. Serialised (never
+/// read back) as the JSON the audit surfaces show; stored as protobuf by the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceEvent {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -111,7 +112,7 @@ pub struct ServiceEvent {
     pub kind: ServiceEventKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ServiceEventKind {
     /// A broker replica loaded its approval rules: which files, how many policies, and a

@@ -37,7 +37,7 @@ return tonumber(ARGV[3])
 ";
 
 /// One entry as the log holds it: a reference to a grant's event, or a service event itself
-/// (field `s`, JSON: rare, and not tied to any grant's record).
+/// (field `s`, protobuf: rare, and not tied to any grant's record).
 enum Raw {
     Reference {
         cursor: AuditCursor,
@@ -116,13 +116,11 @@ impl RedisGrantStore {
 
     /// Logs an event of the service itself, then queues its notifications.
     pub(super) async fn log_service(&self, event: &ServiceEvent) -> Result<(), StoreError> {
-        let text = serde_json::to_string(event)
-            .map_err(|error| StoreError::Corrupt(format!("cannot encode a service event: {error}")))?;
         redis::cmd("XADD")
             .arg(self.audit_key())
             .arg("*")
             .arg("s")
-            .arg(text)
+            .arg(super::service_event::encode(event))
             .query_async::<String>(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
@@ -155,9 +153,11 @@ impl RedisGrantStore {
                 };
                 match <[Value; 2]>::try_from(fields) {
                     Ok([_, event]) => {
-                        let text = reply::text(event).map_err(&corrupt)?;
-                        let event =
-                            serde_json::from_str(&text).map_err(|error| corrupt(format!("entry {cursor}: {error}")))?;
+                        let bytes = reply::optional_bytes(event)
+                            .map_err(&corrupt)?
+                            .ok_or_else(|| corrupt(format!("entry {cursor} without its event")))?;
+                        let event = super::service_event::decode(&bytes)
+                            .map_err(|error| corrupt(format!("entry {cursor}: {error}")))?;
                         Ok(Raw::Service { cursor, event })
                     }
                     Err(fields) => {

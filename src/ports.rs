@@ -16,6 +16,16 @@ use crate::domain::{
 };
 
 /// The time. A port so tests can move it.
+/// The adapters the broker runs on, named once: a deployment's (Redis, STS, IAM, the system
+/// clock: `server::Deployed`) or a test's (in-memory fakes). `Broker<P>` and what runs it take
+/// this one parameter instead of repeating four bounds.
+pub trait Ports: Send + Sync + 'static {
+    type Store: GrantStore + EnforcementStore;
+    type Issuer: CredentialIssuer;
+    type Clock: Clock;
+    type Enforcer: RoleEnforcer;
+}
+
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
 }

@@ -16,11 +16,21 @@ use crate::{
     broker::Broker,
     config::Config,
     grpc::{Authenticate, Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, proto},
-    ports::{Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer, SystemClock},
+    ports::{Ports, SystemClock},
 };
 
-/// The production broker: Redis, STS, the system clock.
-pub type ProductionBroker = Broker<RedisGrantStore, StsIssuer, SystemClock, IamEnforcer>;
+/// What a deployment runs on: Redis, STS, IAM and the system clock.
+pub struct Deployed;
+
+impl Ports for Deployed {
+    type Store = RedisGrantStore;
+    type Issuer = StsIssuer;
+    type Clock = SystemClock;
+    type Enforcer = IamEnforcer;
+}
+
+/// The production broker.
+pub type ProductionBroker = Broker<Deployed>;
 
 /// How often the health check asks Redis whether it answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -58,7 +68,7 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     let issuer = StsIssuer::new(&config.sts, regions).await;
     let auth = Authenticator::new(&config.callers);
     let enforcer = IamEnforcer::new(&config.iam, &config.targets).await;
-    let broker = Broker::new(
+    let broker = ProductionBroker::new(
         store,
         issuer,
         enforcer,
@@ -75,9 +85,9 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
 /// accepting, ends every stream at once (UNAVAILABLE: reconnect elsewhere with the last cursor),
 /// and waits at most `drain_timeout` for the calls still in flight. Runs `deliveries` (webhook
 /// notifications) meanwhile.
-pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
+pub async fn run<P: Ports>(
     listener: TcpListener,
-    broker: Broker<S, I, C, E>,
+    broker: Broker<P>,
     auth: Authenticator,
     deliveries: Option<DeliveryWorker>,
     shutdown: impl Future<Output = ()> + Send,
@@ -155,9 +165,7 @@ pub async fn run<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock
 /// Records in the audit log which rules this replica runs, once it can reach Redis (retried
 /// while it cannot, for as long as the replica runs: the record is what tells an auditor which
 /// rules decided).
-async fn log_rules_loaded<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
-    broker: Arc<Broker<S, I, C, E>>,
-) {
+async fn log_rules_loaded<P: Ports>(broker: Arc<Broker<P>>) {
     let mut wait = Duration::from_millis(250);
     loop {
         match broker.log_rules_loaded().await {
@@ -176,9 +184,7 @@ const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Also walks the live index on, dropping grants that have ended (so live-now searches read
 /// live grants, not history).
-async fn repair_store<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
-    broker: Arc<Broker<S, I, C, E>>,
-) {
+async fn repair_store<P: Ports>(broker: Arc<Broker<P>>) {
     loop {
         tokio::time::sleep(REPAIR_INTERVAL).await;
         match broker.repair_store().await {
@@ -195,9 +201,7 @@ async fn repair_store<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: 
 /// How often each replica looks for revocation work: noted grants, roles to (re)write.
 const ENFORCEMENT_INTERVAL: Duration = Duration::from_secs(1);
 
-async fn enforce_revocations<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
-    broker: Arc<Broker<S, I, C, E>>,
-) {
+async fn enforce_revocations<P: Ports>(broker: Arc<Broker<P>>) {
     loop {
         tokio::time::sleep(ENFORCEMENT_INTERVAL).await;
         if let Err(error) = broker.enforce_pending().await {
@@ -210,9 +214,7 @@ async fn enforce_revocations<S: GrantStore + EnforcementStore, I: CredentialIssu
 /// replicas need not agree on who does it).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
-async fn trim_audit_log<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
-    broker: Arc<Broker<S, I, C, E>>,
-) {
+async fn trim_audit_log<P: Ports>(broker: Arc<Broker<P>>) {
     loop {
         tokio::time::sleep(RETENTION_INTERVAL).await;
         match broker.trim_audit_log().await {
@@ -226,9 +228,7 @@ async fn trim_audit_log<S: GrantStore + EnforcementStore, I: CredentialIssuer, C
 /// sweeps; each expiry is recorded once whichever does (see `Broker::expire_due`).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn sweep_expiries<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
-    broker: Arc<Broker<S, I, C, E>>,
-) {
+async fn sweep_expiries<P: Ports>(broker: Arc<Broker<P>>) {
     loop {
         tokio::time::sleep(EXPIRY_INTERVAL).await;
         // Until every due grant is handled: a sweep takes at most a batch.
@@ -247,10 +247,7 @@ async fn sweep_expiries<S: GrantStore + EnforcementStore, I: CredentialIssuer, C
 
 /// GrantBroker (and the server as a whole, service "") is SERVING while Redis answers: without
 /// the store no request can be recorded, so load balancers should send traffic elsewhere.
-async fn report_health<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>(
-    broker: Arc<Broker<S, I, C, E>>,
-    reporter: tonic_health::server::HealthReporter,
-) {
+async fn report_health<P: Ports>(broker: Arc<Broker<P>>, reporter: tonic_health::server::HealthReporter) {
     const SERVICE: &str = "grantbroker.v1.GrantBroker";
     let mut last = None;
     loop {

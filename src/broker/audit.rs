@@ -7,7 +7,7 @@ use crate::{
         Caller,
         audit::{AuditCursor, AuditEntry, AuditFilter, ServiceEvent, ServiceEventKind},
     },
-    ports::{Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer},
+    ports::{Clock, GrantStore, Ports},
 };
 
 /// Log pages one query reads at most (a page may come back short, with a cursor to go on).
@@ -19,7 +19,7 @@ const LIVE_CLEAN_BATCH: usize = 200;
 /// How long one wait for new events lasts before a follower checks on its client.
 pub const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
+impl<P: Ports> Broker<P> {
     fn may_audit(caller: &Caller) -> Result<(), BrokerError> {
         if caller.reads_every_grant() {
             Ok(())

@@ -14,7 +14,7 @@ use crate::{
         extension::{Extension, ExtensionRequest, ExtensionState, MAX_EXTENSIONS, check_total},
         lifecycle::{NotAllowed, Transition},
     },
-    ports::{Appended, Change, Clock, CredentialIssuer, EnforcementStore, ExtensionsChange, GrantStore, RoleEnforcer},
+    ports::{Appended, Change, Clock, ExtensionsChange, GrantStore, Ports},
 };
 
 /// A change of a grant's extensions, ready to be written.
@@ -26,7 +26,7 @@ struct ExtensionWrite {
     new_window: Option<(time::OffsetDateTime, String)>,
 }
 
-impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
+impl<P: Ports> Broker<P> {
     /// Whether what waits on this grant, as of now, is an extension (rather than the request).
     pub(super) fn extension_waits(&self, grant: &Grant) -> bool {
         grant.state_at(self.clock.now()) == GrantState::Approved && grant.pending_extension().is_some()

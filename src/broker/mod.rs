@@ -40,7 +40,7 @@ use crate::{
     },
     ports::{
         Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantStore, INDEX_SKEW, IndexPosition,
-        IssueError, IssueErrorKind, Queue, Reservation, RoleEnforcer, StoreError,
+        IssueError, IssueErrorKind, Ports, Queue, Reservation, StoreError,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -191,12 +191,12 @@ fn with_rule_input<R>(
     })
 }
 
-pub struct Broker<S, I, C, E> {
-    store: S,
-    issuer: I,
+pub struct Broker<P: Ports> {
+    store: P::Store,
+    issuer: P::Issuer,
     /// Writes revocations into target roles.
-    enforcer: E,
-    clock: C,
+    enforcer: P::Enforcer,
+    clock: P::Clock,
     rules: RuleEngine,
     targets: BTreeMap<String, Target>,
     settings: BrokerSettings,
@@ -205,12 +205,12 @@ pub struct Broker<S, I, C, E> {
     role_cutoffs: std::sync::Mutex<BTreeMap<String, crate::domain::revocation::Cutoff>>,
 }
 
-impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
+impl<P: Ports> Broker<P> {
     pub fn new(
-        store: S,
-        issuer: I,
-        enforcer: E,
-        clock: C,
+        store: P::Store,
+        issuer: P::Issuer,
+        enforcer: P::Enforcer,
+        clock: P::Clock,
         rules: RuleEngine,
         targets: Vec<Target>,
         settings: BrokerSettings,

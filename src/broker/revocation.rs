@@ -32,8 +32,8 @@ use crate::{
         },
     },
     ports::{
-        Appended, Change, Clock, CredentialIssuer, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex,
-        GrantStore, Lease, Leased, RoleEnforcer, RoleFacts,
+        Appended, Change, Clock, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex, GrantStore, Lease,
+        Leased, Ports, RoleEnforcer, RoleFacts,
     },
 };
 
@@ -120,7 +120,7 @@ enum RoleWrite {
     Failed(EnforceError),
 }
 
-impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
+impl<P: Ports> Broker<P> {
     /// Takes back a grant: the requesting caller's own, any grant for an admin caller, or for a
     /// caller that relays approvers, a grant `revoker` may approve. PENDING_APPROVAL or APPROVED
     /// becomes REVOKED with a `revoked` event in one compare-and-set; then its live sessions are

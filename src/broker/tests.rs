@@ -623,6 +623,16 @@ impl CredentialIssuer for FakeIssuer {
     }
 }
 
+/// The broker's ports in these tests: everything in memory, and a clock the test moves.
+struct Fakes;
+
+impl crate::ports::Ports for Fakes {
+    type Store = MemoryStore;
+    type Issuer = FakeIssuer;
+    type Clock = ManualClock;
+    type Enforcer = FakeIam;
+}
+
 /// A clock the test moves.
 #[derive(Clone)]
 struct ManualClock(Arc<Mutex<OffsetDateTime>>);
@@ -681,12 +691,7 @@ impl Setup {
     }
 
     /// A broker over this setup's store, issuer and clock, with the example rules plus `extra`.
-    fn broker(
-        &self,
-        extra: &str,
-        target: Target,
-        max_issuances_per_grant: u32,
-    ) -> Broker<MemoryStore, FakeIssuer, ManualClock, FakeIam> {
+    fn broker(&self, extra: &str, target: Target, max_issuances_per_grant: u32) -> Broker<Fakes> {
         let rules = RuleEngine::load(&[
             RuleSource {
                 name: "approval.cedar",

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Broker, BrokerError};
 use crate::{
     domain::{Caller, Grant, GrantEvent, GrantId, GrantState},
-    ports::{ChangeFeed, Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer},
+    ports::{ChangeFeed, Clock, GrantStore, Ports},
 };
 
 /// One message of a watch.
@@ -42,7 +42,7 @@ fn is_final(state: GrantState) -> bool {
     )
 }
 
-impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer> Broker<S, I, C, E> {
+impl<P: Ports> Broker<P> {
     /// Starts watching one of the caller's grants. Errors about the request (unknown grant,
     /// store down) come back at once; the stream then ends after a final state, when the
     /// watcher leaves, or with an error if the store stays unreachable.
@@ -68,7 +68,7 @@ impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnf
         &self,
         id: GrantId,
         after: Option<u64>,
-        mut feed: S::Feed,
+        mut feed: <P::Store as GrantStore>::Feed,
         sender: &mpsc::Sender<Result<GrantChange, BrokerError>>,
     ) -> Result<(), BrokerError> {
         let send = |change: GrantChange| async move { sender.send(Ok(change)).await.is_ok() };

@@ -9,19 +9,16 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{auth::caller_of, convert, proto};
-use crate::{
-    broker::Broker,
-    ports::{Clock, CredentialIssuer, EnforcementStore, GrantStore, RoleEnforcer},
-};
+use crate::{broker::Broker, ports::Ports};
 
-pub struct GrantBrokerService<S, I, C, E> {
-    broker: Arc<Broker<S, I, C, E>>,
+pub struct GrantBrokerService<P: Ports> {
+    broker: Arc<Broker<P>>,
     /// Turns true when the server shuts down: every stream then ends.
     draining: watch::Receiver<bool>,
 }
 
-impl<S, I, C, E> GrantBrokerService<S, I, C, E> {
-    pub fn new(broker: Arc<Broker<S, I, C, E>>, draining: watch::Receiver<bool>) -> Self {
+impl<P: Ports> GrantBrokerService<P> {
+    pub fn new(broker: Arc<Broker<P>>, draining: watch::Receiver<bool>) -> Self {
         Self { broker, draining }
     }
 }
@@ -57,9 +54,7 @@ fn ending_on_shutdown<T: Send + 'static>(
 }
 
 #[tonic::async_trait]
-impl<S: GrantStore + EnforcementStore, I: CredentialIssuer, C: Clock, E: RoleEnforcer>
-    proto::grant_broker_server::GrantBroker for GrantBrokerService<S, I, C, E>
-{
+impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P> {
     async fn list_targets(
         &self,
         request: Request<proto::ListTargetsRequest>,

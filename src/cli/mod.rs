@@ -1,17 +1,48 @@
-//! The `grant-broker` command's client side: calls against a running server and how their
-//! results are printed, and the one list of exit codes. (The server side of the command, `serve`
-//! and `check-config`, is in `main.rs`.) A client of the gRPC API, so it names protobuf types;
-//! the server's own transport is `grpc/`.
+//! The `grant-broker` command: its arguments ([`args`]), the server side (`serve` and
+//! `check-config`, [`serve`]), the client calls against a running server and how their results
+//! are printed ([`dispatch`], [`client`]), and the one list of exit codes. The client is a client
+//! of the gRPC API, so it names protobuf types; the server's own transport is `grpc/`.
 
+mod args;
 pub mod cases;
 pub mod client;
+mod dispatch;
+mod serve;
 
 use std::fmt::Write as _;
 
 use tonic::Status;
 use tonic_types::StatusExt;
 
+pub use args::Cli;
 pub use client::CredentialFormat;
+
+/// Runs the command line: the server, a configuration check, or one client call, and says how
+/// the process ends.
+pub async fn run(cli: Cli) -> std::process::ExitCode {
+    use args::Command;
+    match cli.command {
+        Command::Serve { config, log_format } => serve::serve(config, log_format).await,
+        Command::CheckConfig { config, explain } => serve::check_config(config, explain),
+        command => match dispatch::run_client(command).await {
+            Ok(output) => {
+                print!("{output}");
+                if !output.is_empty() && !output.ends_with('\n') {
+                    println!();
+                }
+                std::process::ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{}", error.message);
+                exit(error.exit)
+            }
+        },
+    }
+}
+
+fn exit(how: Exit) -> std::process::ExitCode {
+    std::process::ExitCode::from(how.code())
+}
 
 /// Every way the command can end, and the process exit code each gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

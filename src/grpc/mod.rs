@@ -4,7 +4,9 @@
 //! client, `cli/`, is a client of the same API.)
 
 pub mod auth;
-pub mod convert;
+mod fields;
+pub mod inbound;
+pub mod outbound;
 pub mod service;
 pub mod status;
 

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{auth::caller_of, convert, proto};
+use super::{auth::caller_of, inbound, outbound, proto};
 use crate::{broker::Broker, ports::Ports};
 
 pub struct GrantBrokerService<P: Ports> {
@@ -65,7 +65,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             .broker
             .list_targets(&caller)
             .into_iter()
-            .map(|target| convert::target(target, self.broker.max_duration_secs(target)))
+            .map(|target| outbound::target(target, self.broker.max_duration_secs(target)))
             .collect();
         Ok(Response::new(proto::ListTargetsResponse { targets }))
     }
@@ -75,13 +75,13 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::RequestAccessResponse>, Status> {
         let caller = caller_of(&request)?;
-        let access_request = convert::access_request(request.into_inner())?;
+        let access_request = inbound::access_request(request.into_inner())?;
         let outcome = self.broker.request_access(&caller, access_request).await?;
         let credentials = outcome
             .credentials
-            .map(|credentials| convert::credentials(credentials, &outcome.grant.region));
+            .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
         Ok(Response::new(proto::RequestAccessResponse {
-            grant: Some(convert::grant(&outcome.grant)),
+            grant: Some(outbound::grant(&outcome.grant)),
             credentials,
         }))
     }
@@ -93,11 +93,11 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::WatchGrantRequest>,
     ) -> Result<Response<Self::WatchGrantStream>, Status> {
         let caller = caller_of(&request)?;
-        let (id, after) = convert::watch_grant(request.into_inner())?;
+        let inbound::WatchCommand { id, after } = request.into_inner().try_into()?;
         let changes = Arc::clone(&self.broker).watch_grant(&caller, id, after).await?;
         let stream = ReceiverStream::new(changes).map(|change| {
             change
-                .map(|change| convert::grant_change(&change))
+                .map(|change| outbound::grant_change(&change))
                 .map_err(Status::from)
         });
         Ok(Response::new(ending_on_shutdown(stream, self.draining.clone())))
@@ -108,16 +108,16 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::ExplainResponse>, Status> {
         let caller = caller_of(&request)?;
-        let access_request = convert::access_request(request.into_inner())?;
+        let access_request = inbound::access_request(request.into_inner())?;
         let explanation = self.broker.explain(&caller, &access_request)?;
-        Ok(Response::new(convert::explanation(&explanation)))
+        Ok(Response::new(outbound::explanation(&explanation)))
     }
 
     async fn get_grant(&self, request: Request<proto::GetGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let id = convert::grant_id(request.into_inner())?;
+        let inbound::GrantRef { id } = request.into_inner().try_into()?;
         let grant = self.broker.get_grant(&caller, id).await?;
-        Ok(Response::new(convert::grant(&grant)))
+        Ok(Response::new(outbound::grant(&grant)))
     }
 
     async fn get_grant_history(
@@ -125,9 +125,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::GetGrantHistoryRequest>,
     ) -> Result<Response<proto::GetGrantHistoryResponse>, Status> {
         let caller = caller_of(&request)?;
-        let id = convert::grant_history(request.into_inner())?;
+        let inbound::GrantRef { id } = request.into_inner().try_into()?;
         let (grant, events) = self.broker.grant_history(&caller, id).await?;
-        Ok(Response::new(convert::history(&grant, &events)))
+        Ok(Response::new(outbound::history(&grant, &events)))
     }
 
     async fn issue_credentials(
@@ -135,13 +135,13 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::IssueCredentialsRequest>,
     ) -> Result<Response<proto::IssueCredentialsResponse>, Status> {
         let caller = caller_of(&request)?;
-        let (id, mfa) = convert::issue_credentials(request.into_inner())?;
+        let inbound::IssueCommand { id, mfa } = request.into_inner().try_into()?;
         let outcome = self.broker.issue_credentials(&caller, id, mfa).await?;
         let credentials = outcome
             .credentials
-            .map(|credentials| convert::credentials(credentials, &outcome.grant.region));
+            .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
         Ok(Response::new(proto::IssueCredentialsResponse {
-            grant: Some(convert::grant(&outcome.grant)),
+            grant: Some(outbound::grant(&outcome.grant)),
             credentials,
         }))
     }
@@ -151,9 +151,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::CancelGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let (id, reason) = convert::cancel_grant(request.into_inner())?;
+        let inbound::CancelCommand { id, reason } = request.into_inner().try_into()?;
         let grant = self.broker.cancel_grant(&caller, id, reason).await?;
-        Ok(Response::new(convert::grant(&grant)))
+        Ok(Response::new(outbound::grant(&grant)))
     }
 
     async fn extend_grant(
@@ -161,9 +161,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ExtendGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let (id, extension) = convert::extend_grant(request.into_inner())?;
+        let inbound::ExtendCommand { id, extension } = request.into_inner().try_into()?;
         let grant = self.broker.extend_grant(&caller, id, extension).await?;
-        Ok(Response::new(convert::grant(&grant)))
+        Ok(Response::new(outbound::grant(&grant)))
     }
 
     async fn list_audit_events(
@@ -171,7 +171,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
         let caller = caller_of(&request)?;
-        let listing = convert::list_audit(request.into_inner())?;
+        let listing = inbound::list_audit(request.into_inner())?;
         let (entries, next) = self
             .broker
             .list_audit_events(
@@ -183,7 +183,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             )
             .await?;
         Ok(Response::new(proto::ListAuditEventsResponse {
-            events: entries.iter().map(convert::audit_event).collect(),
+            events: entries.iter().map(outbound::audit_event).collect(),
             next_page_token: next.map(|cursor| cursor.to_string()).unwrap_or_default(),
         }))
     }
@@ -195,7 +195,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::WatchAuditEventsRequest>,
     ) -> Result<Response<Self::WatchAuditEventsStream>, Status> {
         let caller = caller_of(&request)?;
-        let after = convert::watch_audit(request.into_inner())?;
+        let after = inbound::watch_audit(request.into_inner())?;
         // The caller and the cursor are checked here, so a refusal is the call's own error; the
         // stream then starts at once, before any event arrives.
         let mut after = self.broker.start_following(&caller, after).await?;
@@ -211,7 +211,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
                     }
                 };
                 for entry in &batch {
-                    if sender.send(Ok(convert::audit_event(entry))).await.is_err() {
+                    if sender.send(Ok(outbound::audit_event(entry))).await.is_err() {
                         return; // the client left
                     }
                 }
@@ -229,9 +229,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::FindGrantByAccessKeyRequest>,
     ) -> Result<Response<proto::FindGrantByAccessKeyResponse>, Status> {
         let caller = caller_of(&request)?;
-        let access_key_id = convert::access_key_id(request.into_inner())?;
+        let access_key_id = inbound::access_key_id(request.into_inner())?;
         let (grant, issuance) = self.broker.find_grant_by_access_key(&caller, &access_key_id).await?;
-        Ok(Response::new(convert::found_by_access_key(&grant, issuance.as_ref())))
+        Ok(Response::new(outbound::found_by_access_key(&grant, issuance.as_ref())))
     }
 
     async fn revoke_grant(
@@ -239,9 +239,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let (id, reason, revoker) = convert::revoke_grant(request.into_inner())?;
+        let inbound::RevokeCommand { id, reason, revoker } = request.into_inner().try_into()?;
         let grant = self.broker.revoke_grant(&caller, id, revoker, reason).await?;
-        Ok(Response::new(convert::grant(&grant)))
+        Ok(Response::new(outbound::grant(&grant)))
     }
 
     async fn revoke_grantee(
@@ -249,9 +249,13 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeGranteeRequest>,
     ) -> Result<Response<proto::RevokeGranteeResponse>, Status> {
         let caller = caller_of(&request)?;
-        let (grantee, reason, revoker) = convert::revoke_grantee(request.into_inner())?;
+        let inbound::RevokeGranteeCommand {
+            grantee,
+            reason,
+            revoker,
+        } = request.into_inner().try_into()?;
         let outcome = self.broker.revoke_grantee(&caller, &grantee, revoker, reason).await?;
-        Ok(Response::new(convert::grantee_revocation(outcome)))
+        Ok(Response::new(outbound::grantee_revocation(outcome)))
     }
 
     async fn revoke_target_sessions(
@@ -259,12 +263,16 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeTargetSessionsRequest>,
     ) -> Result<Response<proto::RevokeTargetSessionsResponse>, Status> {
         let caller = caller_of(&request)?;
-        let (target, reason, revoker) = convert::revoke_target_sessions(request.into_inner())?;
+        let inbound::RevokeTargetSessionsCommand {
+            target,
+            reason,
+            revoker,
+        } = request.into_inner().try_into()?;
         let cut = self
             .broker
             .revoke_target_sessions(&caller, &target, revoker, reason)
             .await?;
-        Ok(Response::new(convert::target_cutoff(&cut)))
+        Ok(Response::new(outbound::target_cutoff(&cut)))
     }
 
     async fn approve_grant(
@@ -272,9 +280,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ApproveGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let (id, approver, comment) = convert::approve_grant(request.into_inner())?;
+        let inbound::ApproveCommand { id, approver, comment } = request.into_inner().try_into()?;
         let grant = self.broker.approve_grant(&caller, id, approver, comment).await?;
-        Ok(Response::new(convert::grant(&grant)))
+        Ok(Response::new(outbound::grant(&grant)))
     }
 
     async fn review_grant(
@@ -282,16 +290,16 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ReviewGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let (id, reviewer, comment) = convert::review_grant(request.into_inner())?;
+        let inbound::ReviewCommand { id, reviewer, comment } = request.into_inner().try_into()?;
         let grant = self.broker.review_grant(&caller, id, reviewer, comment).await?;
-        Ok(Response::new(convert::grant(&grant)))
+        Ok(Response::new(outbound::grant(&grant)))
     }
 
     async fn deny_grant(&self, request: Request<proto::DenyGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let (id, approver, reason) = convert::deny_grant(request.into_inner())?;
+        let inbound::DenyCommand { id, approver, reason } = request.into_inner().try_into()?;
         let grant = self.broker.deny_grant(&caller, id, approver, reason).await?;
-        Ok(Response::new(convert::grant(&grant)))
+        Ok(Response::new(outbound::grant(&grant)))
     }
 
     async fn list_grants(
@@ -299,7 +307,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ListGrantsRequest>,
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
         let caller = caller_of(&request)?;
-        let listing = convert::list_grants(request.into_inner())?;
+        let listing = inbound::list_grants(request.into_inner())?;
         let (grants, next) = match (&listing.waiting_for, listing.break_glass_unreviewed) {
             (Some(approver), _) => {
                 let (grants, next) = self
@@ -324,7 +332,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             }
         };
         Ok(Response::new(proto::ListGrantsResponse {
-            grants: grants.iter().map(convert::grant).collect(),
+            grants: grants.iter().map(outbound::grant).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }

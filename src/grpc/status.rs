@@ -14,7 +14,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::convert::state_name;
+use super::outbound::state_name;
 use crate::{
     broker::BrokerError,
     domain::{FieldViolation as DomainViolation, GrantState, clip},

@@ -1,0 +1,312 @@
+//! People deciding: approvals toward a quorum, denials, and reviews of break-glass grants, each
+//! by a person the rules let decide, relayed by a caller that may relay them.
+
+use super::*;
+
+impl<P: Ports> Broker<P> {
+    /// The caller relays approvals for people only when the configuration says it may.
+    pub(super) fn may_act_for_approvers(caller: &Caller) -> Result<(), BrokerError> {
+        if caller.acts_for_approvers {
+            Ok(())
+        } else {
+            Err(BrokerError::CallerMayNotApprove {
+                caller: caller.id.to_string(),
+            })
+        }
+    }
+
+    /// A person's approver groups, from the configuration (none when not listed).
+    pub(super) fn groups_of(&self, person: &Person) -> BTreeSet<String> {
+        self.settings.approver_groups.get(person).cloned().unwrap_or_default()
+    }
+
+    /// The target of a grant `person` is about to decide on, refusing when they requested it.
+    pub(super) fn target_for_decider(&self, grant: &Grant, person: &Person) -> Result<&Target, BrokerError> {
+        if person.as_str() == grant.requester {
+            return Err(BrokerError::SelfApproval {
+                grant_id: grant.id,
+                approver: person.to_string(),
+            });
+        }
+        self.targets
+            .get(&grant.target)
+            .ok_or_else(|| BrokerError::TargetNotAllowed {
+                caller: grant.caller.to_string(),
+                target: grant.target.clone(),
+            })
+    }
+
+    /// Whether the rules let `approver` decide on this grant (its request, or its extension).
+    pub(super) fn check_eligible(
+        &self,
+        grant: &Grant,
+        target: &Target,
+        approver: &Person,
+        groups: &BTreeSet<String>,
+        now: time::OffsetDateTime,
+        asking: Asking,
+    ) -> Result<(), BrokerError> {
+        let eligibility = with_rule_input(
+            grant.caller.as_str(),
+            grant,
+            target,
+            grant.mfa_serial.is_some(),
+            now,
+            asking,
+            |input| self.rules.eligible_approver(input, approver, groups),
+        );
+        match eligibility {
+            Eligibility::Eligible { .. } => Ok(()),
+            Eligibility::NotEligible { policy_ids, reason } => Err(BrokerError::ApproverNotEligible {
+                grant_id: grant.id,
+                approver: approver.to_string(),
+                policy_ids,
+                reason,
+            }),
+        }
+    }
+
+    /// A pending grant and its target, for a decision by `approver` (never on their own request).
+    pub(super) fn pending_for(
+        &self,
+        grant: Grant,
+        approver: &Person,
+        transition: Transition,
+    ) -> Result<(Grant, &Target), BrokerError> {
+        let id = grant.id;
+        transition
+            .from(grant.state_at(self.clock.now()))
+            .map_err(|refused| BrokerError::TransitionNotAllowed { grant_id: id, refused })?;
+        let target = match transition {
+            // A requester may refuse their own request (as they may cancel it), never approve it.
+            Transition::Deny => self
+                .targets
+                .get(&grant.target)
+                .ok_or_else(|| BrokerError::TargetNotAllowed {
+                    caller: grant.caller.to_string(),
+                    target: grant.target.clone(),
+                })?,
+            _ => self.target_for_decider(&grant, approver)?,
+        };
+        Ok((grant, target))
+    }
+
+    /// Records `approver`'s approval of a pending grant, or of an approved grant's waiting
+    /// extension; the approval that meets the requirement approves it: a grant's window starts
+    /// now, an extension moves its end. Of racing approvals each is decided on the approvals
+    /// actually recorded (a compare-and-set on their count), so a quorum is met exactly once.
+    /// Approving twice is answered with the grant as it is.
+    pub async fn approve_grant(
+        &self,
+        caller: &Caller,
+        id: GrantId,
+        approver: Person,
+        comment: String,
+    ) -> Result<Grant, BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        for _ in 0..APPROVAL_ATTEMPTS {
+            let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+            if self.extension_waits(&grant) {
+                match self.approve_extension(caller, grant, &approver, &comment).await? {
+                    Some(grant) => return Ok(grant),
+                    // Another change to its extensions landed first: decide again.
+                    None => continue,
+                }
+            }
+            // A retry (a portal whose answer was lost) gets the grant as its approval left it,
+            // whatever state that led to: approved, issued, even expired or revoked since.
+            let approved_already =
+                |approvals: &[Approval]| approvals.iter().any(|approval| approval.approver == approver);
+            if approved_already(&grant.approvals)
+                || grant
+                    .extensions
+                    .last()
+                    .is_some_and(|extension| approved_already(&extension.approvals))
+            {
+                return Ok(self.as_of_now(grant));
+            }
+            let (mut grant, target) = self.pending_for(grant, &approver, Transition::RecordApproval)?;
+            let now = self.clock.now();
+            if grant.approvals.len() >= MAX_RECORDED_APPROVALS {
+                return Err(BrokerError::TooManyApprovals { grant_id: id });
+            }
+            let groups = self.groups_of(&approver);
+            self.check_eligible(&grant, target, &approver, &groups, now, Asking::Request)?;
+            let approval = Approval {
+                approver: approver.clone(),
+                groups,
+                at: now,
+                comment: comment.clone(),
+                caller: caller.id.to_string(),
+            };
+            let before = grant.approvals.len();
+            grant.approvals.push(approval.clone());
+            let met = grant.decision.approvals_required.is_met(&grant.approvals);
+            let mut events = vec![GrantEvent {
+                at: now,
+                caller: caller.id.to_string(),
+                kind: EventKind::ApprovalRecorded {
+                    approver: approver.to_string(),
+                    groups: approval.groups.iter().cloned().collect(),
+                    comment: comment.clone(),
+                    extension: None,
+                },
+            }];
+            // The window starts at the approval that meets the quorum (or the scheduled start, if
+            // later), with the full duration.
+            let start = now.max(grant.start);
+            let end = start + grant.duration();
+            let policy = policy_until(&grant, end)?;
+            if met {
+                events.push(GrantEvent {
+                    at: now,
+                    caller: caller.id.to_string(),
+                    kind: EventKind::Approved { start, end },
+                });
+            }
+            let transition = if met {
+                Transition::Approve
+            } else {
+                Transition::RecordApproval
+            };
+            let changed = self
+                .store
+                .change_if_state(
+                    &grant,
+                    Change {
+                        approval: Some((before, &approval)),
+                        window: met.then_some((start, end, policy.as_str())),
+                        ..Change::transition(transition, &events)
+                    },
+                )
+                .await?;
+            match changed {
+                Appended::Yes => {
+                    tracing::info!(grant_id = %id, %approver, approved = met, "approval recorded");
+                    if met {
+                        grant.state = GrantState::Approved;
+                        (grant.start, grant.end, grant.session_policy) = (start, end, policy);
+                        // Best effort: a grant whose deadline was not moved is met by the sweep
+                        // at its old deadline, found not yet due, and rescheduled then.
+                        if let Err(error) = self.store.schedule_deadline(id, end).await {
+                            tracing::warn!(grant_id = %id, %error, "could not move the grant's deadline");
+                        }
+                    }
+                    return Ok(grant);
+                }
+                // Another approval landed first: decide again on what is recorded now.
+                Appended::ApprovalsChanged(_) => continue,
+                Appended::WrongState(state) => {
+                    return Err(BrokerError::TransitionNotAllowed {
+                        grant_id: id,
+                        refused: NotAllowed { transition, state },
+                    });
+                }
+                Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
+                other => return Err(unasked_refusal("approval", other)),
+            }
+        }
+        Err(BrokerError::Contended { grant_id: id })
+    }
+
+    /// An eligible approver refuses a pending grant: DENIED, with their reason. On an approved
+    /// grant whose extension waits, refuses the extension; the grant stays approved.
+    pub async fn deny_grant(
+        &self,
+        caller: &Caller,
+        id: GrantId,
+        approver: Person,
+        reason: String,
+    ) -> Result<Grant, BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        if self.extension_waits(&grant) {
+            return self.deny_extension(caller, grant, approver, reason).await;
+        }
+        let (mut grant, target) = self.pending_for(grant, &approver, Transition::Deny)?;
+        let now = self.clock.now();
+        let groups = self.groups_of(&approver);
+        self.check_eligible(&grant, target, &approver, &groups, now, Asking::Request)?;
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Denied {
+                approver: approver.to_string(),
+                reason,
+            },
+        };
+        let transition = Transition::Deny;
+        let changed = self
+            .store
+            .change_if_state(&grant, Change::transition(transition, std::slice::from_ref(&event)))
+            .await?;
+        match changed {
+            Appended::Yes => {
+                tracing::info!(grant_id = %id, %approver, "grant denied");
+                grant.state = GrantState::Denied;
+                Ok(grant)
+            }
+            Appended::WrongState(state) => Err(BrokerError::TransitionNotAllowed {
+                grant_id: id,
+                refused: NotAllowed { transition, state },
+            }),
+            Appended::Missing => Err(BrokerError::GrantNotFound(id)),
+            other => Err(unasked_refusal("denial", other)),
+        }
+    }
+
+    /// An eligible approver (never the requester) reviews a break-glass grant after the fact:
+    /// once, whatever its state now, with a `reviewed` event.
+    pub async fn review_grant(
+        &self,
+        caller: &Caller,
+        id: GrantId,
+        reviewer: Person,
+        comment: String,
+    ) -> Result<Grant, BrokerError> {
+        Self::may_act_for_approvers(caller)?;
+        let mut grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        if !grant.decision.break_glass {
+            return Err(BrokerError::NotBreakGlass { grant_id: id });
+        }
+        let target = self.target_for_decider(&grant, &reviewer)?;
+        let now = self.clock.now();
+        let groups = self.groups_of(&reviewer);
+        self.check_eligible(&grant, target, &reviewer, &groups, now, Asking::Request)?;
+        let review = Review {
+            reviewer: reviewer.clone(),
+            at: now,
+            comment: comment.clone(),
+            caller: caller.id.to_string(),
+        };
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Reviewed {
+                reviewer: reviewer.to_string(),
+                comment,
+            },
+        };
+        let changed = self
+            .store
+            .change_if_state(
+                &grant,
+                Change {
+                    review: Some(&review),
+                    ..Change::append(&GrantState::ALL, std::slice::from_ref(&event))
+                },
+            )
+            .await?;
+        match changed {
+            Appended::Yes => {
+                tracing::info!(grant_id = %id, %reviewer, "break-glass grant reviewed");
+                grant.review = Some(review);
+                grant.state = grant.state_at(now);
+                Ok(grant)
+            }
+            Appended::AlreadyReviewed => Err(BrokerError::AlreadyReviewed { grant_id: id }),
+            Appended::Missing => Err(BrokerError::GrantNotFound(id)),
+            other => Err(unasked_refusal("review", other)),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Asking for access: the targets a caller may ask for, RequestAccess (decided by the rules,
+//! replayed for a request id already used, issued at once when approved), Explain (the same
+//! decision, nothing recorded) and CancelGrant.
+
+use super::*;
+
+impl<P: Ports> Broker<P> {
+    /// The targets `caller` may request, in id order.
+    pub fn list_targets(&self, caller: &Caller) -> Vec<&Target> {
+        self.targets
+            .values()
+            .filter(|target| caller.may_request(&target.id))
+            .collect()
+    }
+
+    /// The longest session STS will issue on `target` for this broker.
+    pub fn max_duration_secs(&self, target: &Target) -> u64 {
+        max_duration_secs(target, self.settings.role_chaining)
+    }
+
+    /// What the request would get now, without any of the effects of making it.
+    pub fn explain(&self, caller: &Caller, request: &AccessRequest) -> Result<Explanation, BrokerError> {
+        explain::explain(
+            &self.rules,
+            &self.targets,
+            &self.settings,
+            caller,
+            request,
+            self.clock.now(),
+        )
+    }
+
+    /// Unknown targets and targets the caller may not use get the same answer, so a caller
+    /// cannot probe for targets it was not given.
+    pub(super) fn target_for(&self, caller: &Caller, id: &str) -> Result<&Target, BrokerError> {
+        self.targets
+            .get(id)
+            .filter(|_| caller.may_request(id))
+            .ok_or_else(|| BrokerError::TargetNotAllowed {
+                caller: caller.id.to_string(),
+                target: id.to_owned(),
+            })
+    }
+
+    /// Decides, records and (when approved) issues. A repeated request id with the same body
+    /// returns the recorded grant and, if it is approved, fresh credentials.
+    pub async fn request_access(&self, caller: &Caller, request: AccessRequest) -> Result<AccessOutcome, BrokerError> {
+        let target = self.target_for(caller, &request.target)?;
+        let max_duration_secs = self.max_duration_secs(target);
+        let now = self.clock.now();
+        let violations = request.check_start(now);
+        if !violations.is_empty() {
+            return Err(BrokerError::InvalidRequest(violations));
+        }
+        let duration = Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
+        let start = request.start.map_or(now, |start| start.max(now));
+        let end = start + duration;
+        // A scheduled request never waits past the end of the window it asked for.
+        let pending_until = match request.start {
+            Some(_) => (now + self.settings.pending_timeout).min(end),
+            None => now + self.settings.pending_timeout,
+        };
+
+        // The size check comes first: it bounds the work the containment check can be made to do.
+        let session_policy = build_session_policy(&request.scopes, end)
+            .map_err(|why| BrokerError::InvalidRequest(vec![FieldViolation::new("scopes", why)]))?;
+        let violations = request.check_against(target, max_duration_secs);
+        if !violations.is_empty() {
+            return Err(BrokerError::InvalidRequest(violations));
+        }
+        // Expanded only once the scopes are known to lie inside the ceiling: a pattern with a
+        // wildcard service scans the whole catalog, and only a ceiling that has one lets it in.
+        let facts = Catalog::builtin().facts(&request.scopes);
+        let violations = request.check_known_actions(target, &facts);
+        if !violations.is_empty() {
+            return Err(BrokerError::InvalidRequest(violations));
+        }
+
+        let fingerprint = request.fingerprint();
+        let candidate = GrantId::from_uuid(Uuid::now_v7());
+        let grant_id = match self
+            .store
+            .reserve(
+                &caller.id,
+                request.request_id.as_ref(),
+                &fingerprint,
+                candidate,
+                now,
+                // The latest end the grant can get: approved just before its request times out.
+                end.max(pending_until + duration),
+            )
+            .await?
+        {
+            Reservation::New => candidate,
+            Reservation::Existing {
+                grant_id,
+                fingerprint: recorded,
+            } => {
+                if recorded != fingerprint {
+                    return Err(BrokerError::RequestIdReused {
+                        request_id: request.request_id.map(|id| id.as_str().to_owned()).unwrap_or_default(),
+                        grant_id,
+                    });
+                }
+                match self.store.get(grant_id).await? {
+                    Some(grant) => return self.replay(caller, grant, request.mfa.as_ref()).await,
+                    // Reserved by an attempt that stopped before creating the grant: finish it.
+                    None => grant_id,
+                }
+            }
+        };
+
+        let decision = self.rules.decide(&RuleInput {
+            caller: caller.id.as_str(),
+            requester: &request.requester,
+            grantee: &request.grantee,
+            target,
+            scopes: &request.scopes,
+            facts: &facts,
+            duration_secs: request.duration_secs,
+            extension_secs: 0,
+            start,
+            break_glass: request.break_glass,
+            justification: &request.justification,
+            ticket: &request.ticket,
+            mfa_present: request.mfa.is_some(),
+            now,
+        });
+        let state = decision.outcome.initial_state();
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Requested {
+                state,
+                outcome: decision.outcome,
+                policy_ids: decision.policy_ids.clone(),
+                reason: decision.reason.clone(),
+            },
+        };
+        let grant = Grant {
+            id: grant_id,
+            state,
+            request_id: request.request_id.map(|id| id.as_str().to_owned()),
+            caller: caller.id.clone(),
+            target: target.id.clone(),
+            account_id: target.account_id.clone(),
+            role_arn: target.role_arn.clone(),
+            region: target.region.clone(),
+            requester: request.requester,
+            grantee: request.grantee,
+            scopes: request.scopes,
+            session_policy,
+            justification: request.justification,
+            ticket: request.ticket,
+            mfa_serial: request.mfa.as_ref().map(|mfa| mfa.serial.clone()),
+            created_at: now,
+            start,
+            end,
+            pending_until,
+            decision,
+            approvals: Vec::new(),
+            review: None,
+            extensions: Vec::new(),
+            revocation: None,
+            enforcement: None,
+            role_cutoff: None,
+            issuances: Vec::new(),
+            issuance_count: 0,
+            session_roles: Default::default(),
+        };
+        tracing::info!(
+            grant_id = %grant.id, caller = %caller.id, target = %grant.target, state = state.as_str(),
+            policy_ids = ?grant.decision.policy_ids, "access requested"
+        );
+        let mut events = vec![event];
+        if grant.decision.break_glass {
+            events.push(GrantEvent {
+                at: now,
+                caller: caller.id.to_string(),
+                kind: EventKind::BreakGlassUsed {
+                    justification: grant.justification.clone(),
+                },
+            });
+            tracing::warn!(grant_id = %grant.id, caller = %caller.id, requester = %grant.requester, "break-glass used");
+        }
+        if !self.store.create(&grant, &events).await? {
+            // A concurrent retry with the same request id created it first.
+            let existing = self
+                .store
+                .get(grant_id)
+                .await?
+                .ok_or(BrokerError::GrantNotFound(grant_id))?;
+            return self.replay(caller, existing, request.mfa.as_ref()).await;
+        }
+        self.finish(caller, grant, request.mfa.as_ref(), Decided::JustNow).await
+    }
+
+    /// A retried request: the recorded grant, with fresh credentials when it is approved.
+    pub(super) async fn replay(
+        &self,
+        caller: &Caller,
+        grant: Grant,
+        mfa: Option<&MfaToken>,
+    ) -> Result<AccessOutcome, BrokerError> {
+        tracing::info!(grant_id = %grant.id, caller = %caller.id, "request retried with the same request id");
+        self.finish(caller, grant, mfa, Decided::Earlier).await
+    }
+
+    pub(super) async fn finish(
+        &self,
+        caller: &Caller,
+        mut grant: Grant,
+        mfa: Option<&MfaToken>,
+        decided: Decided,
+    ) -> Result<AccessOutcome, BrokerError> {
+        let now = self.clock.now();
+        // Pending, denied, ...; or approved for a scheduled window that has not opened yet:
+        // the grant, and credentials later (IssueCredentials, or a retry).
+        if grant.state != GrantState::Approved || now < grant.start {
+            grant.state = grant.state_at(now);
+            return Ok(AccessOutcome {
+                grant,
+                credentials: None,
+            });
+        }
+        self.issue_into(caller, grant, mfa, decided).await
+    }
+
+    /// Withdraws one of the caller's grants: PENDING_APPROVAL or APPROVED becomes CANCELLED, with
+    /// a `cancelled` event, in one compare-and-set (an issuance racing it either lands first or
+    /// is refused).
+    pub async fn cancel_grant(&self, caller: &Caller, id: GrantId, reason: String) -> Result<Grant, BrokerError> {
+        let mut grant = self
+            .own_grant(caller, id, "only the caller that requested it may cancel it")
+            .await?;
+        let now = self.clock.now();
+        let transition = Transition::Cancel;
+        let not_allowed = |state| BrokerError::TransitionNotAllowed {
+            grant_id: id,
+            refused: NotAllowed { transition, state },
+        };
+        let to = transition
+            .from(grant.state_at(now))
+            .map_err(|refused| not_allowed(refused.state))?;
+        let event = GrantEvent {
+            at: now,
+            caller: caller.id.to_string(),
+            kind: EventKind::Cancelled { reason },
+        };
+        let changed = self
+            .store
+            .change_if_state(
+                &grant,
+                Change {
+                    to,
+                    ..Change::transition(transition, std::slice::from_ref(&event))
+                },
+            )
+            .await?;
+        match changed {
+            Appended::Yes => {}
+            Appended::WrongState(state) => return Err(not_allowed(state)),
+            Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
+            other => return Err(unasked_refusal("cancellation", other)),
+        }
+        tracing::info!(grant_id = %id, caller = %caller.id, "grant cancelled");
+        grant.state = GrantState::Cancelled;
+        Ok(grant)
+    }
+}

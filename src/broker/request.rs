@@ -30,51 +30,23 @@ impl<P: Ports> Broker<P> {
         )
     }
 
-    /// Unknown targets and targets the caller may not use get the same answer, so a caller
-    /// cannot probe for targets it was not given.
+    /// The target as `caller` may use it ([`explain::target_for`]).
     pub(super) fn target_for(&self, caller: &Caller, id: &str) -> Result<&Target, BrokerError> {
-        self.targets
-            .get(id)
-            .filter(|_| caller.may_request(id))
-            .ok_or_else(|| BrokerError::TargetNotAllowed {
-                caller: caller.id.to_string(),
-                target: id.to_owned(),
-            })
+        explain::target_for(&self.targets, caller, id)
     }
 
     /// Decides, records and (when approved) issues. A repeated request id with the same body
     /// returns the recorded grant and, if it is approved, fresh credentials.
     pub async fn request_access(&self, caller: &Caller, request: AccessRequest) -> Result<AccessOutcome, BrokerError> {
-        let target = self.target_for(caller, &request.target)?;
-        let max_duration_secs = self.max_duration_secs(target);
         let now = self.clock.now();
-        let violations = request.check_start(now);
-        if !violations.is_empty() {
-            return Err(BrokerError::InvalidRequest(violations));
-        }
-        let duration = Duration::seconds(i64::try_from(request.duration_secs).unwrap_or(i64::MAX));
-        let start = request.start.map_or(now, |start| start.max(now));
-        let end = start + duration;
+        let vetted = explain::vet(&self.targets, &self.settings, caller, &request, now)?;
+        let (target, start, end) = (vetted.target, vetted.start, vetted.end);
+        let duration = end - start;
         // A scheduled request never waits past the end of the window it asked for.
         let pending_until = match request.start {
             Some(_) => (now + self.settings.pending_timeout).min(end),
             None => now + self.settings.pending_timeout,
         };
-
-        // The size check comes first: it bounds the work the containment check can be made to do.
-        let session_policy = build_session_policy(&request.scopes, end)
-            .map_err(|why| BrokerError::InvalidRequest(vec![FieldViolation::new("scopes", why)]))?;
-        let violations = request.check_against(target, max_duration_secs);
-        if !violations.is_empty() {
-            return Err(BrokerError::InvalidRequest(violations));
-        }
-        // Expanded only once the scopes are known to lie inside the ceiling: a pattern with a
-        // wildcard service scans the whole catalog, and only a ceiling that has one lets it in.
-        let facts = Catalog::builtin().facts(&request.scopes);
-        let violations = request.check_known_actions(target, &facts);
-        if !violations.is_empty() {
-            return Err(BrokerError::InvalidRequest(violations));
-        }
 
         let fingerprint = request.fingerprint();
         let candidate = GrantId::from_uuid(Uuid::now_v7());
@@ -110,22 +82,7 @@ impl<P: Ports> Broker<P> {
             }
         };
 
-        let decision = self.rules.decide(&RuleInput {
-            caller: caller.id.as_str(),
-            requester: &request.requester,
-            grantee: &request.grantee,
-            target,
-            scopes: &request.scopes,
-            facts: &facts,
-            duration_secs: request.duration_secs,
-            extension_secs: 0,
-            start,
-            break_glass: request.break_glass,
-            justification: &request.justification,
-            ticket: &request.ticket,
-            mfa_present: request.mfa.is_some(),
-            now,
-        });
+        let decision = self.rules.decide(&vetted.rule_input(caller, &request, now));
         let state = decision.outcome.initial_state();
         let event = GrantEvent {
             at: now,
@@ -149,7 +106,7 @@ impl<P: Ports> Broker<P> {
             requester: request.requester,
             grantee: request.grantee,
             scopes: request.scopes,
-            session_policy,
+            session_policy: vetted.session_policy,
             justification: request.justification,
             ticket: request.ticket,
             mfa_serial: request.mfa.as_ref().map(|mfa| mfa.serial.clone()),

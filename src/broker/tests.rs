@@ -2095,3 +2095,37 @@ async fn a_deny_removed_or_edited_outside_the_broker_is_found_and_written_again(
     }
     assert_eq!(drifts().len(), 2);
 }
+
+/// Explain promises RequestAccess's answer: for every way a request can fail against its target
+/// (an unknown target, a start in the past, a scope outside the ceiling, an unknown action, a
+/// duration over the target's cap), both give the same error, and Explain records nothing.
+#[tokio::test]
+async fn explain_refuses_exactly_what_request_access_refuses() {
+    let setup = Setup::new();
+    let broker = setup.broker("", target(), 10);
+    let mut cases = Vec::new();
+    let mut unknown_target = request("t");
+    unknown_target.target = "prod-everything".into();
+    cases.push(unknown_target);
+    let mut in_the_past = request("p");
+    in_the_past.start = Some(setup.clock.now() - Duration::hours(1));
+    cases.push(in_the_past);
+    let mut outside = request("o");
+    outside.scopes[0].resources = vec![crate::domain::ResourcePattern::parse("arn:aws:s3:::other-bucket/*").unwrap()];
+    cases.push(outside);
+    let mut unknown_action = request("a");
+    unknown_action.scopes[0].actions = vec![crate::domain::ActionPattern::parse("s3:GetObjectz").unwrap()];
+    cases.push(unknown_action);
+    let mut too_long = request("l");
+    too_long.duration_secs = 43_200;
+    cases.push(too_long);
+    let mut seen = std::collections::BTreeSet::new();
+    for case in cases {
+        let explained = broker.explain(&caller(), &case).map(drop).unwrap_err();
+        let requested = broker.request_access(&caller(), case).await.map(drop).unwrap_err();
+        assert_eq!(format!("{explained:?}"), format!("{requested:?}"));
+        seen.insert(format!("{requested:?}"));
+    }
+    assert_eq!(seen.len(), 5, "five different refusals: {seen:#?}");
+    assert!(setup.store.0.lock().unwrap().grants.is_empty(), "nothing recorded");
+}

@@ -301,8 +301,7 @@ impl<P: Ports> Broker<P> {
             Appended::Yes => {
                 tracing::info!(grant_id = %id, %reviewer, "break-glass grant reviewed");
                 grant.review = Some(review);
-                grant.state = grant.state_at(now);
-                Ok(grant)
+                Ok(self.as_of_now(grant))
             }
             Appended::AlreadyReviewed => Err(BrokerError::AlreadyReviewed { grant_id: id }),
             Appended::Missing => Err(BrokerError::GrantNotFound(id)),

@@ -44,7 +44,7 @@ impl<P: Ports> Broker<P> {
         request: ExtensionRequest,
     ) -> Result<Grant, BrokerError> {
         for _ in 0..APPROVAL_ATTEMPTS {
-            let mut grant = self
+            let grant = self
                 .own_grant(caller, id, "only the caller that requested it may extend it")
                 .await?;
             let now = self.clock.now();
@@ -61,8 +61,7 @@ impl<P: Ports> Broker<P> {
                         grant_id: id,
                     });
                 }
-                grant.state = grant.state_at(now);
-                return Ok(grant);
+                return Ok(self.as_of_now(grant));
             }
             Transition::RequestExtension
                 .from(grant.state_at(now))
@@ -199,9 +198,7 @@ impl<P: Ports> Broker<P> {
             .iter()
             .any(|approval| &approval.approver == approver)
         {
-            let mut grant = grant;
-            grant.state = grant.state_at(self.clock.now());
-            return Ok(Some(grant));
+            return Ok(Some(self.as_of_now(grant)));
         }
         if extension.approvals.len() >= MAX_RECORDED_APPROVALS {
             return Err(BrokerError::TooManyApprovals { grant_id: grant.id });
@@ -381,7 +378,6 @@ impl<P: Ports> Broker<P> {
                 tracing::warn!(grant_id = %id, %error, "could not move the grant's deadline");
             }
         }
-        grant.state = grant.state_at(self.clock.now());
-        Ok(Some(grant))
+        Ok(Some(self.as_of_now(grant)))
     }
 }

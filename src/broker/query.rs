@@ -78,7 +78,7 @@ impl<P: Ports> Broker<P> {
             .audited(caller, "FindGrantByAccessKey", asked, lookup)
             .await?
             .ok_or_else(not_found)?;
-        let mut grant = self
+        let grant = self
             .store
             .get(id)
             .await?
@@ -92,9 +92,7 @@ impl<P: Ports> Broker<P> {
             Some(recent) => Some(recent.clone()),
             None => self.store.issuance_with_key(id, access_key_id).await?,
         };
-        grant.state = grant.state_at(self.clock.now());
-        self.with_role_cutoff(&mut grant);
-        Ok((grant, issuance))
+        Ok((self.as_of_now(grant), issuance))
     }
 
     /// A page of the grants `filter` matches, newest first, and the index position to continue
@@ -170,12 +168,10 @@ impl<P: Ports> Broker<P> {
                 .store
                 .list_index(&index, cursor.as_ref(), filter.created_from, page_size)
                 .await?;
-            for (position, mut grant) in page.grants {
+            for (position, grant) in page.grants {
                 cursor = Some(position);
                 if filter.matches(&grant, now) {
-                    grant.state = grant.state_at(now);
-                    self.with_role_cutoff(&mut grant);
-                    found.push(grant);
+                    found.push(self.as_of_now(grant));
                     if found.len() == page_size {
                         return Ok((found, cursor));
                     }
@@ -228,7 +224,7 @@ impl<P: Ports> Broker<P> {
             for grant in grants {
                 cursor = Some(grant.id);
                 if decidable(&grant) {
-                    waiting.push(grant);
+                    waiting.push(self.as_of_now(grant));
                     if waiting.len() == page_size {
                         return Ok((waiting, cursor));
                     }
@@ -251,14 +247,10 @@ impl<P: Ports> Broker<P> {
         page_size: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
         Self::may_act_for_approvers(caller)?;
-        let (mut grants, next) = self
+        let (grants, next) = self
             .store
             .list_queue(Queue::BreakGlassUnreviewed, before, page_size.clamp(1, MAX_PAGE_SIZE))
             .await?;
-        let now = self.clock.now();
-        for grant in &mut grants {
-            grant.state = grant.state_at(now);
-        }
-        Ok((grants, next))
+        Ok((grants.into_iter().map(|grant| self.as_of_now(grant)).collect(), next))
     }
 }

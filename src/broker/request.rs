@@ -166,7 +166,7 @@ impl<P: Ports> Broker<P> {
     pub(super) async fn finish(
         &self,
         caller: &Caller,
-        mut grant: Grant,
+        grant: Grant,
         mfa: Option<&MfaToken>,
         decided: Decided,
     ) -> Result<AccessOutcome, BrokerError> {
@@ -174,9 +174,8 @@ impl<P: Ports> Broker<P> {
         // Pending, denied, ...; or approved for a scheduled window that has not opened yet:
         // the grant, and credentials later (IssueCredentials, or a retry).
         if grant.state != GrantState::Approved || now < grant.start {
-            grant.state = grant.state_at(now);
             return Ok(AccessOutcome {
-                grant,
+                grant: self.as_of_now(grant),
                 credentials: None,
             });
         }

@@ -55,6 +55,19 @@ struct MemoryRole {
 }
 
 impl MemoryStore {
+    /// A grant as the Redis store reads it back: its recent issuances, their count and RoleIds.
+    fn read(&self, id: GrantId) -> Option<Grant> {
+        let state = self.0.lock().unwrap();
+        state.grants.get(&id).map(|(grant, issuances, _)| {
+            let mut grant = grant.clone();
+            let events = state.events.get(&id).map_or(&[][..], Vec::as_slice);
+            grant.session_roles = crate::domain::SessionRoles::of(events, issuances);
+            grant.issuances = issuances[issuances.len().saturating_sub(RECENT_ISSUANCES)..].to_vec();
+            grant.issuance_count = u64::try_from(issuances.len()).unwrap();
+            grant
+        })
+    }
+
     /// The service events logged so far, oldest first.
     fn service_events(&self) -> Vec<crate::domain::audit::ServiceEvent> {
         self.0.lock().unwrap().service_events.clone()
@@ -144,15 +157,7 @@ impl GrantStore for MemoryStore {
     }
 
     async fn get(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
-        let state = self.0.lock().unwrap();
-        Ok(state.grants.get(&id).map(|(grant, issuances, _)| {
-            let mut grant = grant.clone();
-            let events = state.events.get(&id).map_or(&[][..], Vec::as_slice);
-            grant.session_roles = crate::domain::SessionRoles::of(events, issuances);
-            grant.issuances = issuances[issuances.len().saturating_sub(RECENT_ISSUANCES)..].to_vec();
-            grant.issuance_count = u64::try_from(issuances.len()).unwrap();
-            grant
-        }))
+        Ok(self.read(id))
     }
 
     async fn audit_events(
@@ -323,11 +328,22 @@ impl GrantStore for MemoryStore {
 
     async fn list_queue(
         &self,
-        _queue: crate::ports::Queue,
-        _before: Option<GrantId>,
-        _limit: usize,
+        queue: crate::ports::Queue,
+        before: Option<GrantId>,
+        limit: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), StoreError> {
-        unimplemented!("not used by these tests")
+        // Newest first: ids are UUIDv7, ordered as created.
+        let ids: Vec<GrantId> = self.0.lock().unwrap().grants.keys().rev().copied().collect();
+        let mut queued: Vec<Grant> = ids
+            .into_iter()
+            .filter(|id| before.is_none_or(|before| *id < before))
+            .filter_map(|id| self.read(id))
+            .filter(|grant| queue.holds(grant))
+            .collect();
+        let more = queued.len() > limit;
+        queued.truncate(limit);
+        let next = more.then(|| queued.last().map(|grant| grant.id)).flatten();
+        Ok((queued, next))
     }
 
     async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
@@ -2128,4 +2144,33 @@ async fn explain_refuses_exactly_what_request_access_refuses() {
     }
     assert_eq!(seen.len(), 5, "five different refusals: {seen:#?}");
     assert!(setup.store.0.lock().unwrap().grants.is_empty(), "nothing recorded");
+}
+
+/// Every read shows a grant as of now, the queues included: a break-glass grant to review whose
+/// earlier session a role-wide cutoff denies says so, as GetGrant does.
+#[tokio::test]
+async fn the_review_queue_shows_grants_as_of_now() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let mut emergency = request("bg");
+    emergency.break_glass = true;
+    emergency.ticket = "INC-7".into();
+    let outcome = broker.request_access(&caller(), emergency).await.unwrap();
+    assert!(
+        outcome.grant.decision.break_glass && outcome.credentials.is_some(),
+        "{:?}",
+        outcome.grant.decision
+    );
+    setup.clock.advance(Duration::seconds(2));
+    let cut = broker
+        .revoke_target_sessions(&admin(), "dev-logs-read", None, "leak".into())
+        .await
+        .unwrap();
+    let (queued, _) = broker
+        .unreviewed_break_glass(&approval_portal(), None, 10)
+        .await
+        .unwrap();
+    let [queued] = queued.try_into().unwrap();
+    assert_eq!(queued.role_cutoff.as_ref().map(|c| c.at), Some(cut.cutoff.at));
+    assert_eq!(queued, broker.get_grant(&caller(), outcome.grant.id).await.unwrap());
 }

@@ -1,0 +1,165 @@
+//! `[grants]`, `[[callers]]` and `[[approvers]]`: the calling systems and their powers, the
+//! people who approve and their groups, and the limits on a grant's life.
+
+use super::*;
+
+/// A caller as configured: its id, the SHA-256 of its bearer token, the targets it may request.
+#[derive(Debug, Clone)]
+pub struct CallerConfig {
+    pub id: CallerId,
+    pub token_sha256: [u8; 32],
+    pub targets: BTreeSet<String>,
+    /// May relay approvals and denials of the people it names (an approval portal).
+    pub act_for_approvers: bool,
+    /// May revoke any grant and cut off a target's sessions (an operator's tool).
+    pub admin: bool,
+    /// May read every grant (an audit tool).
+    pub auditor: bool,
+}
+
+impl CallerConfig {
+    /// The authenticated caller this configuration describes, as the broker sees it.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            id: self.id.clone(),
+            targets: self.targets.clone(),
+            acts_for_approvers: self.act_for_approvers,
+            admin: self.admin,
+            auditor: self.auditor,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawGrants {
+    pub(super) max_issuances_per_grant: u32,
+    pub(super) pending_timeout_hours: u64,
+}
+
+impl Default for RawGrants {
+    fn default() -> Self {
+        Self {
+            max_issuances_per_grant: BrokerSettings::default().max_issuances_per_grant,
+            pending_timeout_hours: 24,
+        }
+    }
+}
+
+/// Longest a request may wait for approvals (a week).
+pub(super) const MAX_PENDING_TIMEOUT_HOURS: u64 = 168;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApprover {
+    pub(super) person: String,
+    #[serde(default)]
+    pub(super) groups: Vec<String>,
+}
+
+/// Most STS calls one grant may be configured to make.
+pub(super) const MAX_ISSUANCES_PER_GRANT: u32 = 1_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCaller {
+    pub(super) id: String,
+    token_sha256: String,
+    pub(super) targets: Vec<String>,
+    #[serde(default)]
+    pub(super) act_for_approvers: bool,
+    #[serde(default)]
+    pub(super) admin: bool,
+    #[serde(default)]
+    pub(super) auditor: bool,
+}
+
+/// People who approve, and their groups (which rules match with `principal in Group`).
+pub(super) fn validate_approvers(
+    raw: Vec<RawApprover>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<Person, BTreeSet<String>> {
+    let mut approvers = BTreeMap::new();
+    for (index, approver) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("approvers[{index}].{field}");
+        let person = match Person::parse(&key("person"), &approver.person) {
+            Ok(person) => person,
+            Err(violation) => {
+                problems.push(Problem::new(violation.field, violation.description));
+                continue;
+            }
+        };
+        for (i, group) in approver.groups.iter().enumerate() {
+            let ok = !group.is_empty()
+                && group.len() <= 64
+                && group.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                problems.push(Problem::new(
+                    format!("{}[{i}]", key("groups")),
+                    "must be 1-64 characters of letters, digits and -_.",
+                ));
+            }
+        }
+        if approvers
+            .insert(person.clone(), approver.groups.into_iter().collect())
+            .is_some()
+        {
+            problems.push(Problem::new(key("person"), format!("`{person}` is listed twice")));
+        }
+    }
+    approvers
+}
+
+pub(super) fn validate_callers(
+    raw: Vec<RawCaller>,
+    targets: &[Target],
+    problems: &mut Vec<Problem>,
+) -> Vec<CallerConfig> {
+    let known: BTreeSet<&str> = targets.iter().map(|target| target.id.as_str()).collect();
+    let mut ids = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
+    let mut callers = Vec::with_capacity(raw.len());
+    for (index, caller) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("callers[{index}].{field}");
+        let id = CallerId::parse(&caller.id)
+            .map_err(|why| problems.push(Problem::new(key("id"), why)))
+            .ok();
+        if let Some(first) = ids.insert(caller.id.clone(), index) {
+            problems.push(Problem::new(
+                key("id"),
+                format!("`{}` is also the id of callers[{first}]", caller.id),
+            ));
+        }
+        let mut token_sha256 = [0u8; 32];
+        if hex::decode_to_slice(caller.token_sha256.to_ascii_lowercase(), &mut token_sha256).is_err() {
+            problems.push(Problem::new(
+                key("token_sha256"),
+                "must be 64 hex digits: the SHA-256 of the caller's token (`printf %s \"$TOKEN\" | sha256sum`)",
+            ));
+        } else if let Some(first) = hashes.insert(token_sha256, index) {
+            problems.push(Problem::new(
+                key("token_sha256"),
+                format!("same token as callers[{first}]"),
+            ));
+        }
+        for (i, target) in caller.targets.iter().enumerate() {
+            if !known.contains(target.as_str()) {
+                problems.push(Problem::new(
+                    format!("{}[{i}]", key("targets")),
+                    format!("no target has id `{target}`"),
+                ));
+            }
+        }
+        if let Some(id) = id {
+            callers.push(CallerConfig {
+                id,
+                token_sha256,
+                targets: caller.targets.into_iter().collect(),
+                act_for_approvers: caller.act_for_approvers,
+                admin: caller.admin,
+                auditor: caller.auditor,
+            });
+        }
+    }
+    callers
+}

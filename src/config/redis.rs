@@ -1,0 +1,144 @@
+//! `[redis]`: the URL, TLS files, key prefix, timeouts, replicas and retention.
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    pub(super) url: String,
+    #[serde(default = "default_key_prefix")]
+    pub(super) key_prefix: String,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub(super) connect_timeout_ms: u64,
+    #[serde(default = "default_response_timeout_ms")]
+    pub(super) response_timeout_ms: u64,
+    #[serde(default = "default_retention_days")]
+    pub(super) retention_days: u64,
+    #[serde(default)]
+    pub(super) min_replicas: u32,
+    #[serde(default = "default_replica_timeout_ms")]
+    pub(super) replica_timeout_ms: u64,
+    pub(super) tls_ca_file: Option<PathBuf>,
+    pub(super) tls_client_cert_file: Option<PathBuf>,
+    pub(super) tls_client_key_file: Option<PathBuf>,
+}
+
+pub(super) fn default_replica_timeout_ms() -> u64 {
+    500
+}
+
+pub(super) fn default_key_prefix() -> String {
+    "gb".to_owned()
+}
+
+pub(super) fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+
+pub(super) fn default_response_timeout_ms() -> u64 {
+    1_000
+}
+
+/// Thirteen months: a year of audit history plus a month of slack.
+pub(super) fn default_retention_days() -> u64 {
+    400
+}
+
+/// Reads a PEM file named in the configuration (relative to it), as a problem under `key` when
+/// it cannot be read or holds no PEM block.
+pub(super) fn read_pem(key: &str, path: &Path, base: &Path, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
+    let path = base.join(path);
+    match std::fs::read(&path) {
+        Ok(bytes) if bytes.windows(11).any(|w| w == b"-----BEGIN ") => Some(bytes),
+        Ok(_) => {
+            problems.push(Problem::new(key, format!("{} holds no PEM data", path.display())));
+            None
+        }
+        Err(error) => {
+            problems.push(Problem::new(key, format!("cannot read {}: {error}", path.display())));
+            None
+        }
+    }
+}
+
+pub(super) fn validate_redis_tls(raw: &RawRedis, base: &Path, problems: &mut Vec<Problem>) -> Option<RedisTls> {
+    let tls = raw.url.starts_with("rediss://");
+    let files = [
+        ("redis.tls_ca_file", &raw.tls_ca_file),
+        ("redis.tls_client_cert_file", &raw.tls_client_cert_file),
+        ("redis.tls_client_key_file", &raw.tls_client_key_file),
+    ];
+    if !tls {
+        for (key, file) in files {
+            if file.is_some() {
+                problems.push(Problem::new(key, "only for TLS: redis.url must start with rediss://"));
+            }
+        }
+        return None;
+    }
+    let ca_pem = raw
+        .tls_ca_file
+        .as_ref()
+        .and_then(|file| read_pem("redis.tls_ca_file", file, base, problems));
+    let client = match (&raw.tls_client_cert_file, &raw.tls_client_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => read_pem("redis.tls_client_cert_file", cert, base, problems)
+            .zip(read_pem("redis.tls_client_key_file", key, base, problems))
+            .map(|(cert, key)| (cert, Secret::from_bytes(key))),
+        _ => {
+            problems.push(Problem::new(
+                "redis.tls_client_cert_file",
+                "set both redis.tls_client_cert_file and redis.tls_client_key_file, or neither",
+            ));
+            None
+        }
+    };
+    Some(RedisTls { ca_pem, client })
+}
+
+pub(super) fn validate_redis(raw: RawRedis, base: &Path, problems: &mut Vec<Problem>) -> RedisSettings {
+    if !["redis://", "rediss://", "redis+unix://"]
+        .iter()
+        .any(|scheme| raw.url.starts_with(scheme))
+    {
+        problems.push(Problem::new(
+            "redis.url",
+            "must start with redis://, rediss:// (TLS) or redis+unix://",
+        ));
+    }
+    let tls = validate_redis_tls(&raw, base, problems);
+    if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}', ' ']) {
+        problems.push(Problem::new(
+            "redis.key_prefix",
+            "must be non-empty, without braces or spaces",
+        ));
+    }
+    for (key, value) in [
+        ("redis.connect_timeout_ms", raw.connect_timeout_ms),
+        ("redis.response_timeout_ms", raw.response_timeout_ms),
+    ] {
+        if value == 0 || value > 60_000 {
+            problems.push(Problem::new(key, "must be 1-60000 milliseconds"));
+        }
+    }
+    // WAIT holds the reply until the replicas answer, so the client must wait longer than that.
+    if raw.min_replicas > 0 && (raw.replica_timeout_ms == 0 || raw.replica_timeout_ms >= raw.response_timeout_ms) {
+        problems.push(Problem::new(
+            "redis.replica_timeout_ms",
+            "must be positive and below redis.response_timeout_ms when redis.min_replicas is set",
+        ));
+    }
+    if raw.retention_days == 0 || raw.retention_days > 3_650 {
+        problems.push(Problem::new("redis.retention_days", "must be 1-3650 days"));
+    }
+    RedisSettings {
+        url: raw.url,
+        key_prefix: raw.key_prefix,
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+        response_timeout: Duration::from_millis(raw.response_timeout_ms),
+        retention: Duration::from_secs(raw.retention_days.saturating_mul(86_400)),
+        min_replicas: raw.min_replicas,
+        replica_timeout: Duration::from_millis(raw.replica_timeout_ms),
+        tls,
+    }
+}

@@ -1,0 +1,444 @@
+//! The configuration's checks, one problem at a time and all at once.
+
+use super::*;
+
+const RULES: &str = r#"permit (principal, action == GrantBroker::Action::"request", resource);"#;
+
+fn with_rules(config: &str) -> Result<Config, Vec<Problem>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+    Config::parse(config, dir.path())
+}
+
+const GOOD: &str = r#"
+    [redis]
+    url = "redis://127.0.0.1:6379"
+    [rules]
+    files = ["rules.cedar"]
+    [[targets]]
+    id = "prod-logs-read"
+    environment = "production"
+    account_id = "123456789012"
+    role_arn = "arn:aws:iam::123456789012:role/vendor-logs-read"
+    region = "eu-west-1"
+    max_duration_secs = 3600
+    [[targets.ceiling]]
+    actions = ["s3:GetObject"]
+    resources = ["arn:aws:s3:::acme-logs/*"]
+    [[callers]]
+    id = "vendor-portal"
+    token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    targets = ["prod-logs-read"]
+"#;
+
+#[test]
+fn a_good_config_loads() {
+    let config = with_rules(GOOD).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.targets[0].ceiling[0].actions[0].as_str(), "s3:GetObject");
+    assert_eq!(config.callers[0].targets.iter().collect::<Vec<_>>(), ["prod-logs-read"]);
+    assert_eq!(config.redis.retention, Duration::from_secs(400 * 86_400));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let bad = GOOD
+        .replace(
+            "arn:aws:iam::123456789012:role/vendor-logs-read",
+            "arn:aws:iam::999999999999:role/x",
+        )
+        .replace("max_duration_secs = 3600", "max_duration_secs = 60")
+        .replace(r#"actions = ["s3:GetObject"]"#, r#"actions = ["GetObject"]"#)
+        .replace(r#"targets = ["prod-logs-read"]"#, r#"targets = ["nope"]"#);
+    let problems = with_rules(&bad).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "targets[0].role_arn",
+            "targets[0].max_duration_secs",
+            "targets[0].ceiling[0].actions[0]",
+            "callers[0].targets[0]"
+        ],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn ceilings_that_reach_further_than_they_look_are_warned_about_by_key() {
+    let wide = GOOD.replace(
+        r#"resources = ["arn:aws:s3:::acme-logs/*"]"#,
+        r#"resources = ["arn:aws:s3:::acme-logs/*", "arn:aws:ec2:*:*:instance/*"]"#,
+    );
+    let config = with_rules(&wide).unwrap();
+    let keys: Vec<&str> = config.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "targets[0].ceiling[0].resources[1]",
+            "targets[0].ceiling[0].resources[1]"
+        ]
+    );
+    assert!(
+        config.warnings.iter().any(|w| w.message.contains("any account")),
+        "{:?}",
+        config.warnings
+    );
+}
+
+#[test]
+fn plaintext_on_the_network_needs_the_operator_to_say_so() {
+    let open = GOOD.replace("[redis]", "[server]\nlisten = \"0.0.0.0:50051\"\n[redis]");
+    let problems = with_rules(&open).unwrap_err();
+    assert_eq!(problems[0].key, "server.listen", "{problems:?}");
+    assert!(problems[0].message.contains("insecure_plaintext"), "{problems:?}");
+    let accepted = open.replace("[redis]", "insecure_plaintext = true\n[redis]");
+    let config = with_rules(&accepted).unwrap();
+    assert_eq!(config.warnings.len(), 1);
+    assert_eq!(config.warnings[0].key, "server.insecure_plaintext");
+    assert!(
+        with_rules(GOOD).unwrap().warnings.is_empty(),
+        "loopback needs no warning"
+    );
+}
+
+#[test]
+fn redis_tls_files_are_checked_where_they_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\nx\n").unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let with = |redis: &str| Config::parse(&GOOD.replace("url = \"redis://127.0.0.1:6379\"", redis), dir.path());
+    let config = with("url = \"rediss://redis:6380\"\ntls_ca_file = \"ca.pem\"").unwrap();
+    assert!(config.redis.tls.unwrap().ca_pem.unwrap().starts_with(b"-----BEGIN"));
+    let keys = |problems: Vec<Problem>| problems.into_iter().map(|p| p.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(with("url = \"redis://redis:6379\"\ntls_ca_file = \"ca.pem\"").unwrap_err()),
+        ["redis.tls_ca_file"]
+    );
+    assert_eq!(
+        keys(
+            with("url = \"rediss://redis:6380\"\ntls_ca_file = \"empty.pem\"\ntls_client_cert_file = \"ca.pem\"")
+                .unwrap_err()
+        ),
+        ["redis.tls_ca_file", "redis.tls_client_cert_file"]
+    );
+}
+
+#[test]
+fn the_issuance_cap_defaults_to_ten_and_is_bounded() {
+    assert_eq!(with_rules(GOOD).unwrap().broker.max_issuances_per_grant, 10);
+    let problems = with_rules(&GOOD.replace("[rules]", "[grants]\nmax_issuances_per_grant = 0\n[rules]")).unwrap_err();
+    assert_eq!(problems[0].key, "grants.max_issuances_per_grant");
+}
+
+#[test]
+fn debug_output_never_shows_secrets() {
+    let config = with_rules(
+        &GOOD
+            .replace("redis://127.0.0.1:6379", "redis://grant-broker:hunter2@127.0.0.1:6379/0")
+            .replace(
+                "[rules]",
+                "[aws]\nsts_endpoint = \"http://127.0.0.1:1\"\nemulator_credentials = { access_key_id = \"AKIA\", secret_access_key = \"s3cr3t-key\" }\n[rules]",
+            ),
+    )
+    .unwrap();
+    let printed = format!("{config:?}");
+    assert!(
+        printed.contains("redis://grant-broker:[redacted]@127.0.0.1:6379/0"),
+        "{printed}"
+    );
+    for secret in ["hunter2", "s3cr3t-key"] {
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+    assert_eq!(
+        crate::adapters::redacted_url("redis+unix:///run/redis.sock?db=0&pass=hunter2"),
+        "redis+unix:///run/redis.sock?[redacted]"
+    );
+    assert_eq!(
+        crate::adapters::redacted_url("redis://:hunter2@h:1"),
+        "redis://:[redacted]@h:1"
+    );
+    assert_eq!(
+        crate::adapters::redacted_url("redis://hunter2@h:1"),
+        "redis://[redacted]@h:1"
+    );
+}
+
+const HOOK_SECRET: &str = "hook-secret-0123456789abcdef-0123456789";
+
+fn with_webhooks(webhooks: &str) -> Result<Config, Vec<Problem>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+    let env = |name: &str| match name {
+        "GB_HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
+        "GB_SHORT_SECRET" => Some("too-short".to_owned()),
+        _ => None,
+    };
+    Config::parse_with_env(&format!("{GOOD}\n{webhooks}"), dir.path(), &env)
+}
+
+#[test]
+fn a_webhook_gets_the_default_events_timeout_and_attempts() {
+    let config = with_webhooks(
+        "[[webhooks]]\nname = \"approvals\"\nurl = \"https://hooks.example.com/grant-broker\"\nsecret_env = \"GB_HOOK_SECRET\"",
+    )
+    .unwrap();
+    let [webhook] = config.webhooks.as_slice() else {
+        panic!("{:?}", config.webhooks)
+    };
+    assert_eq!(webhook.name, "approvals");
+    assert_eq!(webhook.secret.expose(), HOOK_SECRET);
+    assert_eq!(webhook.timeout, Duration::from_secs(5));
+    assert_eq!(webhook.max_attempts, 8);
+    let events: Vec<&str> = webhook.events.iter().map(String::as_str).collect();
+    let mut defaults = webhooks::DEFAULT_EVENTS.to_vec();
+    defaults.sort_unstable();
+    assert_eq!(events, defaults);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // Loopback may be plain http (a sidecar); no webhooks at all is fine too.
+    let local = with_webhooks(
+        "[[webhooks]]\nname = \"local\"\nurl = \"http://127.0.0.1:8080/hook\"\nsecret_env = \"GB_HOOK_SECRET\"\nevents = [\"extended\", \"extension_requested\", \"issued\"]",
+    )
+    .unwrap();
+    assert_eq!(local.webhooks[0].events.len(), 3);
+    assert!(with_rules(GOOD).unwrap().webhooks.is_empty());
+}
+
+#[test]
+fn webhook_problems_are_reported_by_key_and_never_show_the_secret() {
+    let problems = with_webhooks(
+        r#"
+        [[webhooks]]
+        name = "approvals"
+        url = "http://hooks.example.com/grant-broker"
+        secret_env = "GB_MISSING_SECRET"
+        events = ["requested", "aproved"]
+        [[webhooks]]
+        name = "approvals"
+        url = "https://user:pw@hooks.example.com/x"
+        secret_env = "GB_SHORT_SECRET"
+        timeout_ms = 0
+        max_attempts = 0
+        [[webhooks]]
+        name = "Bad Name"
+        url = "ftp://hooks.example.com/x"
+        secret_env = "GB_HOOK_SECRET"
+        events = []
+        "#,
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "webhooks[0].url",
+            "webhooks[0].secret_env",
+            "webhooks[0].events[1]",
+            "webhooks[1].name",
+            "webhooks[1].url",
+            "webhooks[1].secret_env",
+            "webhooks[1].timeout_ms",
+            "webhooks[1].max_attempts",
+            "webhooks[2].name",
+            "webhooks[2].url",
+            "webhooks[2].events",
+        ],
+        "{problems:?}"
+    );
+    let says = |key: &str, text: &str| {
+        assert!(
+            problems.iter().any(|p| p.key == key && p.message.contains(text)),
+            "{key}: {text} in {problems:?}"
+        )
+    };
+    says("webhooks[0].url", "insecure_http");
+    says("webhooks[0].secret_env", "`GB_MISSING_SECRET` is not set");
+    says("webhooks[0].events[1]", "`aproved` is not an event");
+    says("webhooks[1].name", "also the name of webhooks[0]");
+    says("webhooks[1].url", "credentials");
+    says("webhooks[1].secret_env", "holds 9 bytes");
+    let printed = format!("{problems:?}");
+    assert!(
+        !printed.contains("too-short") && !printed.contains(HOOK_SECRET),
+        "{printed}"
+    );
+}
+
+#[test]
+fn the_example_webhook_is_valid_once_uncommented() {
+    let example = include_str!("../../deploy/grant-broker.example.toml");
+    let start = example.find("# [[webhooks]]").unwrap();
+    let block: String = example[start..]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+    let env = |name: &str| (name == "GRANT_BROKER_WEBHOOK_SECRET").then(|| HOOK_SECRET.to_owned());
+    let config = Config::parse_with_env(&format!("{GOOD}\n{block}"), dir.path(), &env).unwrap();
+    assert_eq!(config.webhooks.len(), 1);
+    assert_eq!(config.webhooks[0].events.len(), 6);
+}
+
+#[test]
+fn plain_http_beyond_loopback_is_a_warning_when_the_operator_accepts_it() {
+    let config = with_webhooks(
+        "[[webhooks]]\nname = \"lan\"\nurl = \"http://10.0.0.7/hook?token=t0k3n\"\nsecret_env = \"GB_HOOK_SECRET\"\ninsecure_http = true",
+    )
+    .unwrap();
+    assert_eq!(config.warnings.len(), 1);
+    assert_eq!(config.warnings[0].key, "webhooks[0].insecure_http");
+    let printed = format!("{config:?}");
+    for hidden in [HOOK_SECRET, "t0k3n"] {
+        assert!(!printed.contains(hidden), "{hidden} in {printed}");
+    }
+}
+
+/// GOOD with a second target on `role_arn`, whose lines `second` adds to.
+fn with_second_target(role_arn: &str, second: &str) -> String {
+    let target = GOOD
+        .split("[[targets]]")
+        .nth(1)
+        .and_then(|rest| rest.split("[[callers]]").next())
+        .unwrap()
+        .replace("id = \"prod-logs-read\"", &format!("id = \"second\"\n{second}"))
+        .replace("arn:aws:iam::123456789012:role/vendor-logs-read", role_arn);
+    GOOD.replace("[[callers]]", &format!("[[targets]]{target}[[callers]]"))
+}
+
+#[test]
+fn revocation_is_enforced_with_the_brokers_own_credentials_by_default() {
+    let config = with_rules(GOOD).unwrap();
+    let target = &config.targets[0];
+    assert_eq!(target.revocation, RevocationMode::Enforce);
+    assert_eq!(target.iam, IamAccess::default());
+    assert_eq!(target.role_name(), "vendor-logs-read");
+    assert!(!config.callers[0].admin && !config.callers[0].caller().admin);
+}
+
+#[test]
+fn revocation_keys_admin_callers_and_the_iam_endpoint_are_read() {
+    let text = GOOD
+        .replace(
+            "max_duration_secs = 3600",
+            "max_duration_secs = 3600\nrevocation = \"record-only\"\niam_role_arn = \"arn:aws:iam::123456789012:role/admin/grant-broker-iam\"\niam_external_id = \"gb-iam-7f3a\"",
+        )
+        .replace("targets = [\"prod-logs-read\"]", "targets = [\"prod-logs-read\"]\nadmin = true");
+    let config = with_rules(&text).unwrap();
+    let target = &config.targets[0];
+    assert_eq!(target.revocation, RevocationMode::RecordOnly);
+    assert_eq!(
+        target.iam,
+        IamAccess {
+            assume_role_arn: Some("arn:aws:iam::123456789012:role/admin/grant-broker-iam".into()),
+            external_id: Some("gb-iam-7f3a".into()),
+        }
+    );
+    assert!(config.callers[0].admin && config.callers[0].caller().admin);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn the_iam_endpoint_is_read_and_checked_and_iam_shares_the_sts_settings() {
+    let config = with_rules(GOOD).unwrap();
+    assert_eq!(config.iam.endpoint, None);
+    assert_eq!(config.iam.aws.max_attempts, config.sts.max_attempts);
+    let text = GOOD.replace(
+        "[rules]",
+        "[aws]\nsts_endpoint = \"http://127.0.0.1:5000\"\niam_endpoint = \"http://127.0.0.1:5001\"\n[rules]",
+    );
+    let config = with_rules(&text).unwrap();
+    assert_eq!(config.iam.endpoint.as_deref(), Some("http://127.0.0.1:5001"));
+    assert_eq!(config.iam.aws.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+    let problems =
+        with_rules(&GOOD.replace("[rules]", "[aws]\niam_endpoint = \"127.0.0.1:5001\"\n[rules]")).unwrap_err();
+    assert_eq!(problems[0].key, "aws.iam_endpoint", "{problems:?}");
+}
+
+#[test]
+fn revocation_problems_are_reported_by_key() {
+    let text = GOOD
+        .replace(
+            "max_duration_secs = 3600",
+            "max_duration_secs = 3600\nrevocation = \"off\"\niam_role_arn = \"arn:aws:iam::123456789012:user/admin\"\niam_external_id = \"x\"",
+        );
+    let problems = with_rules(&text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "targets[0].revocation",
+            "targets[0].iam_role_arn",
+            "targets[0].iam_external_id"
+        ],
+        "{problems:?}"
+    );
+    assert!(problems[0].message.contains("record-only"), "{problems:?}");
+
+    let external_id_alone = GOOD.replace(
+        "max_duration_secs = 3600",
+        "max_duration_secs = 3600\niam_external_id = \"gb-iam-7f3a\"",
+    );
+    let problems = with_rules(&external_id_alone).unwrap_err();
+    assert_eq!(problems[0].key, "targets[0].iam_external_id");
+    assert!(problems[0].message.contains("set iam_role_arn"), "{problems:?}");
+
+    let other_partition = GOOD.replace(
+        "max_duration_secs = 3600",
+        "max_duration_secs = 3600\niam_role_arn = \"arn:aws-cn:iam::123456789012:role/gb\"",
+    );
+    let problems = with_rules(&other_partition).unwrap_err();
+    assert_eq!(problems[0].key, "targets[0].iam_role_arn");
+}
+
+#[test]
+fn an_iam_role_in_another_account_is_a_warning() {
+    let text = GOOD.replace(
+        "max_duration_secs = 3600",
+        "max_duration_secs = 3600\niam_role_arn = \"arn:aws:iam::999999999999:role/gb-iam\"",
+    );
+    let config = with_rules(&text).unwrap();
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert_eq!(config.warnings[0].key, "targets[0].iam_role_arn");
+    assert!(config.warnings[0].message.contains("999999999999"));
+}
+
+#[test]
+fn targets_of_one_role_must_agree_on_its_enforcement() {
+    // The same role under another path and case: IAM role names are unique per account
+    // whatever the path, and case-insensitive.
+    let same_role = "arn:aws:iam::123456789012:role/team/Vendor-Logs-Read";
+    let config = with_rules(&with_second_target(same_role, "")).unwrap();
+    assert_eq!(config.targets[1].role_name(), "Vendor-Logs-Read");
+    let key = |second: &str| {
+        with_rules(&with_second_target(same_role, second))
+            .unwrap_err()
+            .into_iter()
+            .map(|p| (p.key, p.message))
+            .collect::<Vec<_>>()
+    };
+    let problems = key("revocation = \"record-only\"");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, "targets[1].revocation");
+    assert!(problems[0].1.contains("targets[0]"), "{problems:?}");
+    assert_eq!(
+        key("iam_role_arn = \"arn:aws:iam::123456789012:role/gb-iam\"")[0].0,
+        "targets[1].iam_role_arn"
+    );
+    // Another role of the account is another matter.
+    let elsewhere = with_second_target(
+        "arn:aws:iam::123456789012:role/vendor-logs-write",
+        "revocation = \"record-only\"",
+    );
+    assert!(with_rules(&elsewhere).is_ok());
+}
+
+#[test]
+fn unknown_keys_and_bad_rules_are_problems() {
+    let problems = with_rules(&GOOD.replace("[redis]", "[redis]\nurll = \"x\"")).unwrap_err();
+    assert!(problems[0].message.contains("unknown field `urll`"), "{problems:?}");
+    let problems = Config::parse(GOOD, Path::new("/nonexistent")).unwrap_err();
+    assert_eq!(problems[0].key, "rules.files[0]");
+}

@@ -3,7 +3,7 @@
 //!
 //! It runs as an interceptor, on the request's headers, before the message is decoded: an
 //! unauthenticated peer cannot make the server decode (or allocate for) a body at all. The
-//! authenticated [`Caller`] travels to the handlers in the request's extensions.
+//! authenticated [`Caller`] travels to the handlers in the request's extensions, as an `Arc` (shared, never copied per call).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,20 +16,20 @@ use crate::{config::CallerConfig, domain::Caller};
 /// Maps token digests to callers.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
-    by_digest: HashMap<[u8; 32], Caller>,
+    by_digest: HashMap<[u8; 32], Arc<Caller>>,
 }
 
 impl Authenticator {
     pub fn new(callers: &[CallerConfig]) -> Self {
         let by_digest = callers
             .iter()
-            .map(|caller| (caller.token_sha256, caller.caller()))
+            .map(|caller| (caller.token_sha256, Arc::new(caller.caller())))
             .collect();
         Self { by_digest }
     }
 
     /// The caller a request's metadata identifies, or UNAUTHENTICATED saying what is missing.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, Status> {
         let header = metadata
             .get("authorization")
             .ok_or_else(|| unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
@@ -62,11 +62,11 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
-/// The caller [`Authenticate`] attached to a request.
-pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
+/// The caller [`Authenticate`] attached to a request: shared, never copied per call.
+pub fn caller_of<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
     request
         .extensions()
-        .get::<Caller>()
+        .get::<Arc<Caller>>()
         .cloned()
         .ok_or_else(|| unauthenticated("the call was not authenticated"))
 }

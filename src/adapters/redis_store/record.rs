@@ -3,7 +3,7 @@
 //! release wrote; a record of another version is refused as corrupt.
 //!
 //! Layout: `header ++ body`, where the header is [`HEADER_LEN`] bytes the change script reads and
-//! rewrites in place (so Lua compares and sets state without knowing protobuf); [`at`] defines
+//! rewrites (so Lua compares and sets state without knowing protobuf); [`at`] defines
 //! the offsets:
 //!
 //! | offset | bytes | holds |

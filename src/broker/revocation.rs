@@ -27,8 +27,8 @@ use crate::{
         audit::{ServiceEvent, ServiceEventKind},
         lifecycle::{NotAllowed, Transition},
         revocation::{
-            Cutoff, Enforcement, EnforcementStatus, Revocation, RevokedEntry, RolePolicy, fold_grantee, role_policy,
-            same_policy,
+            Cutoff, DenyDrift, Enforcement, EnforcementStatus, Revocation, RevokedEntry, RolePolicy, fold_grantee,
+            role_policy, same_policy,
         },
     },
     ports::{
@@ -771,7 +771,11 @@ impl<P: Ports> Broker<P> {
                     match self.enforcer.deny_policy(target).await {
                         Ok(Some(found)) if same_policy(&found, document) => Ok(digest(document)),
                         Ok(found) => {
-                            let drift = if found.is_some() { "changed" } else { "missing" };
+                            let drift = if found.is_some() {
+                                DenyDrift::Changed
+                            } else {
+                                DenyDrift::Missing
+                            };
                             lapsed = self.lapse(target, &state.entries, drift, now).await?;
                             state.digest = None;
                             continue;
@@ -865,7 +869,7 @@ impl<P: Ports> Broker<P> {
         &self,
         target: &Target,
         entries: &[RevokedEntry],
-        drift: &str,
+        drift: DenyDrift,
         now: OffsetDateTime,
     ) -> Result<Vec<GrantId>, BrokerError> {
         let covered: Vec<GrantId> = entries
@@ -874,7 +878,7 @@ impl<P: Ports> Broker<P> {
             .map(|entry| entry.grant)
             .collect();
         tracing::warn!(
-            role_arn = %target.role_arn, drift, grants = covered.len(),
+            role_arn = %target.role_arn, drift = drift.as_str(), grants = covered.len(),
             "the broker's deny policy was removed from the role or edited outside the broker: writing it again"
         );
         let event = ServiceEvent {
@@ -884,25 +888,21 @@ impl<P: Ports> Broker<P> {
                 target: target.id.clone(),
                 account_id: target.account_id.clone(),
                 role_arn: target.role_arn.clone(),
-                found: drift.to_owned(),
+                found: drift,
                 grants: covered.len(),
             },
         };
         self.store.log_service_event(&event).await?;
-        let note = format!(
-            "the deny policy was {} the role outside the broker; writing it again",
-            if drift == "missing" {
-                "deleted from"
-            } else {
-                "edited on"
-            }
-        );
+        let note = match drift {
+            DenyDrift::Missing => "the deny policy was deleted from the role outside the broker; writing it again",
+            DenyDrift::Changed => "the deny policy was edited on the role outside the broker; writing it again",
+        };
         for &id in &covered {
             if let Some(grant) = self.store.get(id).await?
                 && grant.state == GrantState::Revoked
                 && grant.enforcement.as_ref().map(|e| e.status) == Some(EnforcementStatus::Enforced)
             {
-                self.set_enforcement(&grant, EnforcementStatus::Pending, Some(note.clone()), None)
+                self.set_enforcement(&grant, EnforcementStatus::Pending, Some(note.to_owned()), None)
                     .await?;
             }
         }

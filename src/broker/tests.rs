@@ -2020,7 +2020,10 @@ async fn a_write_whose_lease_expired_midway_is_written_again() {
 
 #[tokio::test]
 async fn a_deny_removed_or_edited_outside_the_broker_is_found_and_written_again() {
-    use crate::domain::{audit::ServiceEventKind, revocation::EnforcementStatus};
+    use crate::domain::{
+        audit::ServiceEventKind,
+        revocation::{DenyDrift, EnforcementStatus},
+    };
     let setup = Setup::new();
     let broker = setup.broker("", target(), 10);
     let granted = broker.request_access(&caller(), request("r")).await.unwrap().grant;
@@ -2086,8 +2089,8 @@ async fn a_deny_removed_or_edited_outside_the_broker_is_found_and_written_again(
     // Deleted, then edited: each is found at the next interval, logged, and written again; the
     // grant says its sessions were not denied until then.
     for (tamper, found, says) in [
-        (None, "missing", "deleted from"),
-        (Some(written.replace("Deny", "Allow")), "changed", "edited on"),
+        (None, DenyDrift::Missing, "deleted from"),
+        (Some(written.replace("Deny", "Allow")), DenyDrift::Changed, "edited on"),
     ] {
         match tamper {
             None => setup.iam.documents.lock().unwrap().remove(ROLE),
@@ -2096,7 +2099,7 @@ async fn a_deny_removed_or_edited_outside_the_broker_is_found_and_written_again(
         setup.clock.advance(Duration::seconds(61));
         broker.enforce_pending().await.unwrap();
         assert_eq!(setup.iam.documents.lock().unwrap().get(ROLE), Some(&written));
-        assert_eq!(drifts().last(), Some(&(found.to_owned(), 1, ROLE.to_owned())));
+        assert_eq!(drifts().last(), Some(&(found, 1, ROLE.to_owned())));
         let statuses = statuses();
         let [.., (lapsed, note), (restored, None)] = &statuses[..] else {
             panic!("{statuses:?}")

@@ -180,8 +180,7 @@ pub enum ServiceEventKind {
         target: String,
         account_id: String,
         role_arn: String,
-        /// `missing` (deleted) or `changed` (edited).
-        found: String,
+        found: super::revocation::DenyDrift,
         /// Revoked grants the role's deny covers.
         grants: usize,
     },

@@ -77,6 +77,31 @@ pub fn same_policy(found: &str, written: &str) -> bool {
     }
 }
 
+/// How the broker's deny policy on a role was found to differ from what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyDrift {
+    /// Deleted from the role.
+    Missing,
+    /// Edited outside the broker.
+    Changed,
+}
+
+impl DenyDrift {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Changed => "changed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Missing, Self::Changed]
+            .into_iter()
+            .find(|drift| drift.as_str() == text)
+    }
+}
+
 /// Who revoked a grant, when and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {

@@ -6,7 +6,10 @@ use prost::Message as _;
 use time::OffsetDateTime;
 
 use super::stored::{self, service_event::Kind};
-use crate::domain::audit::{ServiceEvent, ServiceEventKind};
+use crate::domain::{
+    audit::{ServiceEvent, ServiceEventKind},
+    revocation::DenyDrift,
+};
 
 fn nanos(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX)
@@ -106,7 +109,7 @@ pub(super) fn encode(event: &ServiceEvent) -> Vec<u8> {
             grants,
         } => Kind::RoleDenyDrifted(stored::RoleDenyDrifted {
             role: role(target, account_id, role_arn),
-            found: found.clone(),
+            found: found.as_str().to_owned(),
             grants: count(*grants),
         }),
     };
@@ -175,7 +178,8 @@ pub(super) fn decode(bytes: &[u8]) -> Result<ServiceEvent, String> {
                 target,
                 account_id,
                 role_arn,
-                found: drifted.found,
+                found: DenyDrift::parse(&drifted.found)
+                    .ok_or_else(|| format!("a drift of no known kind: {:?}", drifted.found))?,
                 grants: size(drifted.grants)?,
             }
         }
@@ -238,7 +242,7 @@ mod tests {
                 target: "prod".into(),
                 account_id: "111122223333".into(),
                 role_arn: "arn:aws:iam::111122223333:role/r".into(),
-                found: "changed".into(),
+                found: DenyDrift::Changed,
                 grants: 3,
             },
         ]

@@ -627,7 +627,7 @@ mod tests {
                 target: "prod-readonly".into(),
                 account_id: "111122223333".into(),
                 role_arn: "arn:aws:iam::111122223333:role/ReadOnly".into(),
-                found: "missing".into(),
+                found: crate::domain::revocation::DenyDrift::Missing,
                 grants: 1,
             },
         ];

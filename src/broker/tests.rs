@@ -15,7 +15,7 @@ use time::{Duration, OffsetDateTime, macros::datetime};
 use super::*;
 use crate::{
     domain::{
-        CallerId, RECENT_ISSUANCES, RawAccessRequest, RequestId, Scope, Secret,
+        ActionPattern, CallerId, RECENT_ISSUANCES, RequestId, ResourcePattern, Scope, Secret,
         policy::build_session_policy,
         revocation::{Cutoff, RevokedEntry},
     },
@@ -746,16 +746,22 @@ fn caller() -> Caller {
 }
 
 fn request(request_id: &str) -> AccessRequest {
-    AccessRequest::validate(RawAccessRequest {
-        request_id: request_id.into(),
+    AccessRequest {
+        request_id: Some(RequestId::parse(request_id).unwrap()),
         target: "dev-logs-read".into(),
-        scopes: vec![(vec!["s3:GetObject".into()], vec!["arn:aws:s3:::acme-logs/x/*".into()])],
-        duration: Some((1800, 0)),
+        scopes: vec![Scope {
+            actions: vec![ActionPattern::parse("s3:GetObject").unwrap()],
+            resources: vec![ResourcePattern::parse("arn:aws:s3:::acme-logs/x/*").unwrap()],
+        }],
+        duration_secs: 1800,
+        start: None,
+        break_glass: false,
+        justification: String::new(),
+        ticket: String::new(),
         requester: "alice@example.com".into(),
         grantee: "vendor-x".into(),
-        ..RawAccessRequest::default()
-    })
-    .unwrap()
+        mfa: None,
+    }
 }
 
 #[tokio::test]

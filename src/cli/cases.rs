@@ -29,7 +29,8 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::{
     broker::{BrokerError, explain::explain},
     config::{CallerConfig, Config},
-    domain::{AccessRequest, Outcome, RawAccessRequest, Secret},
+    domain::Outcome,
+    grpc::{inbound::validate_access_request, proto},
 };
 
 #[derive(Deserialize)]
@@ -102,10 +103,16 @@ fn check(config: &Config, targets: &BTreeMap<String, crate::domain::Target>, cas
         .map(CallerConfig::caller)
         .ok_or_else(|| format!("no caller `{}` in the configuration", case.caller))?;
     let request = &case.request;
-    let validated = AccessRequest::validate(RawAccessRequest {
+    let validated = validate_access_request(proto::RequestAccessRequest {
         target: request.target.clone(),
-        scopes: vec![(request.actions.clone(), request.resources.clone())],
-        duration: Some((request.duration_secs, 0)),
+        scopes: vec![proto::Scope {
+            actions: request.actions.clone(),
+            resources: request.resources.clone(),
+        }],
+        duration: Some(prost_types::Duration {
+            seconds: request.duration_secs,
+            nanos: 0,
+        }),
         justification: request.justification.clone(),
         ticket: request.ticket.clone(),
         requester: request.requester.clone(),
@@ -115,8 +122,8 @@ fn check(config: &Config, targets: &BTreeMap<String, crate::domain::Target>, cas
         } else {
             String::new()
         },
-        mfa_code: Secret::new(if request.mfa { "000000" } else { "" }),
-        ..RawAccessRequest::default()
+        mfa_code: if request.mfa { "000000" } else { "" }.to_owned(),
+        ..proto::RequestAccessRequest::default()
     });
     let at = case.at.unwrap_or_else(OffsetDateTime::now_utc);
     let explained = validated

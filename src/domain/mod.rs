@@ -24,7 +24,7 @@ pub mod target;
 pub use grant::{
     Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome, RECENT_ISSUANCES, SessionRoles,
 };
-pub use request::{AccessRequest, Caller, CallerId, MfaToken, RawAccessRequest, RequestId};
+pub use request::{AccessRequest, Caller, CallerId, MfaToken, RequestId};
 pub use scope::{ActionPattern, ResourcePattern, Scope};
 pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionRefused, SessionSpec, SessionTag};
 pub use target::{IamAccess, RevocationMode, Target};

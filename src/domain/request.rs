@@ -185,28 +185,6 @@ pub mod bounds {
     pub const ALL_PATTERN_CHARS: usize = crate::domain::limits::MAX_SESSION_POLICY_CHARS;
 }
 
-/// The request fields exactly as received, before validation.
-#[derive(Debug, Clone, Default)]
-pub struct RawAccessRequest {
-    pub request_id: String,
-    pub target: String,
-    /// (actions, resources) of each scope.
-    pub scopes: Vec<(Vec<String>, Vec<String>)>,
-    /// `None` when the caller sent no duration; otherwise (seconds, nanoseconds).
-    pub duration: Option<(i64, i32)>,
-    /// When access should start (unix seconds, nanoseconds); `None`: as soon as approved.
-    pub start: Option<(i64, i32)>,
-    /// An emergency: approved at once if the rules permit break-glass.
-    pub break_glass: bool,
-    pub justification: String,
-    pub ticket: String,
-    pub requester: String,
-    pub grantee: String,
-    pub mfa_serial: String,
-    /// A secret from the moment it is received.
-    pub mfa_code: Secret,
-}
-
 /// A validated access request. Target-independent checks are done; the ones that need the target
 /// (ceiling, its maximum duration, MFA) are in [`AccessRequest::check_against`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,13 +226,15 @@ fn is_invisible_format(c: char) -> bool {
 /// Problems found while checking bounds: a missing value is reported with everything else, a
 /// value over its bound stops validation before anything else is done with the request.
 #[derive(Default)]
-struct BoundsCheck {
-    missing: Vec<FieldViolation>,
-    exceeded: Vec<FieldViolation>,
+pub struct BoundsCheck {
+    /// Required fields left empty: reported with everything else.
+    pub missing: Vec<FieldViolation>,
+    /// Values over their bound: these alone are reported.
+    pub exceeded: Vec<FieldViolation>,
 }
 
 impl BoundsCheck {
-    fn text(&mut self, field: &str, value: &str, required: bool, max: usize) {
+    pub fn text(&mut self, field: &str, value: &str, required: bool, max: usize) {
         let len = value.chars().count();
         if required && len == 0 {
             self.missing.push(FieldViolation::new(field, "is required"));
@@ -268,7 +248,7 @@ impl BoundsCheck {
 }
 
 /// Free text that ends up in the audit trail: no control or invisible format characters.
-fn check_text(field: &str, value: &str, violations: &mut Vec<FieldViolation>) {
+pub fn check_text(field: &str, value: &str, violations: &mut Vec<FieldViolation>) {
     if let Some(bad) = value.chars().find(|c| c.is_control() || is_invisible_format(*c)) {
         violations.push(FieldViolation::new(
             field,
@@ -280,8 +260,8 @@ fn check_text(field: &str, value: &str, violations: &mut Vec<FieldViolation>) {
     }
 }
 
-/// Counts and lengths of the scopes, before any pattern is parsed.
-fn check_scope_bounds(scopes: &[(Vec<String>, Vec<String>)], check: &mut BoundsCheck) {
+/// Counts and lengths of the scopes, each as (actions, resources), before any pattern is parsed.
+pub fn check_scope_bounds(scopes: &[(&[String], &[String])], check: &mut BoundsCheck) {
     if scopes.is_empty() {
         check
             .missing
@@ -294,7 +274,7 @@ fn check_scope_bounds(scopes: &[(Vec<String>, Vec<String>)], check: &mut BoundsC
         return;
     }
     let mut total = 0;
-    for (i, (actions, resources)) in scopes.iter().enumerate() {
+    for (i, &(actions, resources)) in scopes.iter().enumerate() {
         for (list, name, max_entries, max_chars) in [
             (actions, "actions", bounds::ACTIONS_PER_SCOPE, bounds::ACTION_CHARS),
             (
@@ -334,120 +314,6 @@ fn check_scope_bounds(scopes: &[(Vec<String>, Vec<String>)], check: &mut BoundsC
 }
 
 impl AccessRequest {
-    /// Validates every field, reporting all problems at once.
-    pub fn validate(raw: RawAccessRequest) -> Result<Self, Vec<FieldViolation>> {
-        let RawAccessRequest {
-            request_id,
-            target,
-            scopes,
-            duration,
-            start,
-            break_glass,
-            justification,
-            ticket,
-            requester,
-            grantee,
-            mfa_serial,
-            mfa_code,
-        } = raw;
-        // Bounds first: nothing else is looked at in a request that breaks one.
-        let mut check = BoundsCheck::default();
-        check.text("request_id", &request_id, false, bounds::REQUEST_ID_CHARS);
-        check.text("target", &target, true, bounds::TARGET_CHARS);
-        check_scope_bounds(&scopes, &mut check);
-        check.text("justification", &justification, false, bounds::JUSTIFICATION_CHARS);
-        check.text("ticket", &ticket, false, bounds::TICKET_CHARS);
-        check.text("requester", &requester, true, bounds::REQUESTER_CHARS);
-        check.text("grantee", &grantee, true, bounds::GRANTEE_CHARS);
-        check.text("mfa_serial", &mfa_serial, false, bounds::MFA_SERIAL_CHARS);
-        check.text("mfa_code", mfa_code.expose(), false, bounds::MFA_CODE_CHARS);
-        if !check.exceeded.is_empty() {
-            return Err(check.exceeded);
-        }
-        let mut violations = check.missing;
-
-        let request_id = if request_id.is_empty() {
-            None
-        } else {
-            RequestId::parse(&request_id)
-                .map_err(|why| violations.push(FieldViolation::new("request_id", why)))
-                .ok()
-        };
-        check_text("target", &target, &mut violations);
-
-        // Missing entries were reported above; what is there is parsed.
-        let mut parsed_scopes = Vec::with_capacity(scopes.len());
-        for (i, (actions, resources)) in scopes.iter().enumerate() {
-            let actions = parse_patterns(
-                &format!("scopes[{i}].actions"),
-                actions,
-                ActionPattern::parse,
-                &mut violations,
-            );
-            let resources = parse_patterns(
-                &format!("scopes[{i}].resources"),
-                resources,
-                ResourcePattern::parse,
-                &mut violations,
-            );
-            parsed_scopes.push(Scope { actions, resources });
-        }
-
-        let duration_secs = whole_seconds(
-            "duration",
-            duration,
-            limits::MIN_DURATION_SECS..=limits::MAX_DURATION_SECS,
-            " (STS limits)",
-        )
-        .map_err(|violation| violations.push(violation))
-        .unwrap_or(0);
-
-        check_text("justification", &justification, &mut violations);
-        check_text("ticket", &ticket, &mut violations);
-        check_text("requester", &requester, &mut violations);
-        if !requester.is_empty() && limits::source_identity_for(&requester).is_none() {
-            violations.push(FieldViolation::new(
-                "requester",
-                "must be at least 2 characters (it becomes the STS SourceIdentity)",
-            ));
-        }
-        check_text("grantee", &grantee, &mut violations);
-
-        let mfa = MfaToken::parse(mfa_serial, mfa_code, &mut violations);
-        if break_glass && justification.trim().is_empty() {
-            violations.push(FieldViolation::new(
-                "justification",
-                "is required for break-glass: the reviewers read it",
-            ));
-        }
-        let start = start.and_then(|(seconds, nanos)| {
-            OffsetDateTime::from_unix_timestamp(seconds)
-                .ok()
-                .and_then(|at| at.replace_nanosecond(u32::try_from(nanos).ok()?).ok())
-                .or_else(|| {
-                    violations.push(FieldViolation::new("start_time", "is not a valid time"));
-                    None
-                })
-        });
-
-        if !violations.is_empty() {
-            return Err(violations);
-        }
-        Ok(Self {
-            request_id,
-            target,
-            scopes: parsed_scopes,
-            duration_secs,
-            start,
-            break_glass,
-            justification,
-            ticket,
-            requester,
-            grantee,
-            mfa,
-        })
-    }
-
     /// The checks that need the target: duration within its maximum, MFA when it demands it,
     /// every scope inside its ceiling.
     pub fn check_against(&self, target: &Target, max_duration_secs: u64) -> Vec<FieldViolation> {
@@ -565,6 +431,29 @@ impl AccessRequest {
     }
 }
 
+/// The scopes' patterns, each as (actions, resources), parsed: what does not parse is a
+/// violation named by its index, empty entries are left to the bounds check (which reports them).
+pub fn parse_scopes(scopes: &[(&[String], &[String])], violations: &mut Vec<FieldViolation>) -> Vec<Scope> {
+    scopes
+        .iter()
+        .enumerate()
+        .map(|(i, &(actions, resources))| Scope {
+            actions: parse_patterns(
+                &format!("scopes[{i}].actions"),
+                actions,
+                ActionPattern::parse,
+                violations,
+            ),
+            resources: parse_patterns(
+                &format!("scopes[{i}].resources"),
+                resources,
+                ResourcePattern::parse,
+                violations,
+            ),
+        })
+        .collect()
+}
+
 fn parse_patterns<T>(
     field: &str,
     values: &[String],
@@ -583,105 +472,98 @@ fn parse_patterns<T>(
         .collect()
 }
 
+/// A scheduled start sent as (unix seconds, nanoseconds), when it is a time at all.
+pub fn start_time(seconds: i64, nanos: i32) -> Result<OffsetDateTime, FieldViolation> {
+    OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|at| at.replace_nanosecond(u32::try_from(nanos).ok()?).ok())
+        .ok_or_else(|| FieldViolation::new("start_time", "is not a valid time"))
+}
+
+/// The requester becomes the STS SourceIdentity, which needs at least 2 characters.
+pub fn check_requester(requester: &str, violations: &mut Vec<FieldViolation>) {
+    if !requester.is_empty() && limits::source_identity_for(requester).is_none() {
+        violations.push(FieldViolation::new(
+            "requester",
+            "must be at least 2 characters (it becomes the STS SourceIdentity)",
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn raw() -> RawAccessRequest {
-        RawAccessRequest {
-            request_id: "req-1".into(),
+    fn request() -> AccessRequest {
+        AccessRequest {
+            request_id: Some(RequestId::parse("req-1").unwrap()),
             target: "prod-logs-read".into(),
-            scopes: vec![(vec!["s3:GetObject".into()], vec!["arn:aws:s3:::acme-logs/*".into()])],
-            duration: Some((3600, 0)),
+            scopes: vec![Scope {
+                actions: vec![ActionPattern::parse("s3:GetObject").unwrap()],
+                resources: vec![ResourcePattern::parse("arn:aws:s3:::acme-logs/*").unwrap()],
+            }],
+            duration_secs: 3600,
+            start: None,
+            break_glass: false,
             justification: "debug ingestion".into(),
             ticket: "INC-1".into(),
             requester: "alice@example.com".into(),
             grantee: "vendor-x".into(),
-            ..RawAccessRequest::default()
+            mfa: None,
         }
     }
 
-    fn fields(violations: &[FieldViolation]) -> Vec<&str> {
-        violations.iter().map(|v| v.field.as_str()).collect()
-    }
-
-    #[test]
-    fn valid_request_passes() {
-        let request = AccessRequest::validate(raw()).unwrap();
-        assert_eq!(request.duration_secs, 3600);
-        assert_eq!(request.request_id.unwrap().as_str(), "req-1");
-    }
-
-    #[test]
-    fn every_problem_is_reported_with_its_field() {
-        let mut bad = raw();
-        bad.request_id = "has space".into();
-        bad.scopes = vec![(vec!["GetObject".into()], vec![])];
-        bad.duration = Some((60, 0));
-        bad.requester = "a".into();
-        bad.grantee = String::new();
-        bad.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
-        let violations = AccessRequest::validate(bad).unwrap_err();
-        assert_eq!(
-            fields(&violations),
-            [
-                "scopes[0].resources",
-                "grantee",
-                "request_id",
-                "scopes[0].actions[0]",
-                "duration",
-                "requester",
-                "mfa_code"
-            ]
-        );
-        assert!(violations[4].description.contains("900-43200"));
+    fn mfa(code: &str) -> Option<MfaToken> {
+        Some(MfaToken {
+            serial: "arn:aws:iam::123456789012:mfa/alice".into(),
+            code: Secret::new(code),
+        })
     }
 
     #[test]
     fn debug_never_prints_the_mfa_code() {
-        let mut with_code = raw();
-        with_code.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
-        with_code.mfa_code = Secret::new("314159");
+        let with_code = AccessRequest {
+            mfa: mfa("314159"),
+            ..request()
+        };
         let printed = format!("{with_code:?}");
         assert!(printed.contains("arn:aws:iam::123456789012:mfa/alice") && !printed.contains("314159"));
-        let validated = AccessRequest::validate(with_code).unwrap();
-        assert!(!format!("{validated:?}").contains("314159"));
     }
 
     /// Fingerprints are stored with request ids and must match retries made after an upgrade:
     /// the canonical body and its digest are frozen from 0.1.0.
     #[test]
     fn the_canonical_body_and_fingerprint_are_frozen() {
-        let mut tricky = raw();
-        tricky.justification = "quotes \" and \\ and é and 😀".into();
-        tricky.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
-        tricky.mfa_code = Secret::new("123456");
-        let request = AccessRequest::validate(tricky).unwrap();
+        let tricky = AccessRequest {
+            justification: "quotes \" and \\ and é and 😀".into(),
+            mfa: mfa("123456"),
+            ..request()
+        };
         assert_eq!(
-            request.canonical_body(),
+            tricky.canonical_body(),
             r#"{"target":"prod-logs-read","scopes":[{"actions":["s3:GetObject"],"resources":["arn:aws:s3:::acme-logs/*"]}],"duration_secs":3600,"justification":"quotes \" and \\ and é and 😀","ticket":"INC-1","requester":"alice@example.com","grantee":"vendor-x","mfa_serial":"arn:aws:iam::123456789012:mfa/alice"}"#
         );
         assert_eq!(
-            request.fingerprint(),
+            tricky.fingerprint(),
             "33b57342055b45ae5709bc39e2970accf798c928b7f2e29cdb481a80cf25ebde"
         );
     }
 
     #[test]
     fn fingerprint_ignores_the_mfa_code_but_not_the_body() {
-        let mut with_code = raw();
-        with_code.mfa_serial = "arn:aws:iam::123456789012:mfa/alice".into();
-        with_code.mfa_code = Secret::new("123456");
-        let mut other_code = with_code.clone();
-        other_code.mfa_code = Secret::new("654321");
-        let a = AccessRequest::validate(with_code).unwrap();
-        let b = AccessRequest::validate(other_code).unwrap();
+        let a = AccessRequest {
+            mfa: mfa("123456"),
+            ..request()
+        };
+        let b = AccessRequest {
+            mfa: mfa("654321"),
+            ..request()
+        };
         assert_eq!(a.fingerprint(), b.fingerprint());
-        let mut longer = raw();
-        longer.duration = Some((3601, 0));
-        assert_ne!(
-            AccessRequest::validate(raw()).unwrap().fingerprint(),
-            AccessRequest::validate(longer).unwrap().fingerprint()
-        );
+        let longer = AccessRequest {
+            duration_secs: 3601,
+            ..request()
+        };
+        assert_ne!(request().fingerprint(), longer.fingerprint());
     }
 }

@@ -177,7 +177,7 @@ impl<'a> ApprovedGrant<'a> {
             role_arn: grant.role_arn.clone(),
             region: grant.region.clone(),
             session_name: grant.session_name(),
-            // Validated on receipt (`AccessRequest::validate`), so this never falls back in practice.
+            // Validated on receipt (`grpc::inbound::validate_access_request`), so this never falls back in practice.
             source_identity: limits::source_identity_for(&grant.requester).unwrap_or_else(|| "grant-broker".to_owned()),
             policy,
             duration_secs,

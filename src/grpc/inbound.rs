@@ -7,18 +7,31 @@ use super::proto;
 use crate::{
     broker::DEFAULT_PAGE_SIZE,
     domain::{
-        AccessRequest, CallerId, FieldViolation, GrantId, GrantState, MfaToken, RawAccessRequest, Secret,
+        AccessRequest, CallerId, FieldViolation, GrantId, GrantState, MfaToken, RequestId, Secret,
         approval::Person,
         audit::{AuditCursor, AuditFilter},
         extension::ExtensionRequest,
         filter::{GrantFilter, IndexPosition},
-        request::{bounds, free_text},
+        limits,
+        request::{
+            self, BoundsCheck, bounds, check_requester, check_scope_bounds, check_text, free_text, parse_scopes,
+            whole_seconds,
+        },
     },
 };
 
 use super::fields::*;
 
-pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequest, Status> {
+impl TryFrom<proto::RequestAccessRequest> for AccessRequest {
+    type Error = Status;
+    fn try_from(message: proto::RequestAccessRequest) -> Result<Self, Status> {
+        validate_access_request(message).map_err(invalid)
+    }
+}
+
+/// Every field of a request for access checked, every problem reported at once; the checks that
+/// need the target are the broker's ([`AccessRequest::check_against`]).
+pub fn validate_access_request(message: proto::RequestAccessRequest) -> Result<AccessRequest, Vec<FieldViolation>> {
     let proto::RequestAccessRequest {
         request_id,
         target,
@@ -33,24 +46,80 @@ pub fn access_request(message: proto::RequestAccessRequest) -> Result<AccessRequ
         start_time,
         break_glass,
     } = message;
-    let raw = RawAccessRequest {
-        break_glass,
-        start: start_time.map(|prost_types::Timestamp { seconds, nanos }| (seconds, nanos)),
+    let mfa_code = Secret::new(mfa_code);
+    let scopes: Vec<(&[String], &[String])> = scopes
+        .iter()
+        .map(|proto::Scope { actions, resources }| (&actions[..], &resources[..]))
+        .collect();
+
+    // Bounds first: nothing else is looked at in a request that breaks one.
+    let mut check = BoundsCheck::default();
+    check.text("request_id", &request_id, false, bounds::REQUEST_ID_CHARS);
+    check.text("target", &target, true, bounds::TARGET_CHARS);
+    check_scope_bounds(&scopes, &mut check);
+    check.text("justification", &justification, false, bounds::JUSTIFICATION_CHARS);
+    check.text("ticket", &ticket, false, bounds::TICKET_CHARS);
+    check.text("requester", &requester, true, bounds::REQUESTER_CHARS);
+    check.text("grantee", &grantee, true, bounds::GRANTEE_CHARS);
+    check.text("mfa_serial", &mfa_serial, false, bounds::MFA_SERIAL_CHARS);
+    check.text("mfa_code", mfa_code.expose(), false, bounds::MFA_CODE_CHARS);
+    if !check.exceeded.is_empty() {
+        return Err(check.exceeded);
+    }
+    let mut violations = check.missing;
+
+    let request_id = if request_id.is_empty() {
+        None
+    } else {
+        RequestId::parse(&request_id)
+            .map_err(|why| violations.push(FieldViolation::new("request_id", why)))
+            .ok()
+    };
+    check_text("target", &target, &mut violations);
+    // Missing entries were reported above; what is there is parsed.
+    let parsed_scopes = parse_scopes(&scopes, &mut violations);
+    let duration_secs = whole_seconds(
+        "duration",
+        duration.map(|prost_types::Duration { seconds, nanos }| (seconds, nanos)),
+        limits::MIN_DURATION_SECS..=limits::MAX_DURATION_SECS,
+        " (STS limits)",
+    )
+    .map_err(|violation| violations.push(violation))
+    .unwrap_or(0);
+    check_text("justification", &justification, &mut violations);
+    check_text("ticket", &ticket, &mut violations);
+    check_text("requester", &requester, &mut violations);
+    check_requester(&requester, &mut violations);
+    check_text("grantee", &grantee, &mut violations);
+    let mfa = MfaToken::parse(mfa_serial, mfa_code, &mut violations);
+    if break_glass && justification.trim().is_empty() {
+        violations.push(FieldViolation::new(
+            "justification",
+            "is required for break-glass: the reviewers read it",
+        ));
+    }
+    let start = start_time.and_then(|prost_types::Timestamp { seconds, nanos }| {
+        request::start_time(seconds, nanos)
+            .map_err(|violation| violations.push(violation))
+            .ok()
+    });
+
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    Ok(AccessRequest {
         request_id,
         target,
-        scopes: scopes
-            .into_iter()
-            .map(|proto::Scope { actions, resources }| (actions, resources))
-            .collect(),
-        duration: duration.map(|prost_types::Duration { seconds, nanos }| (seconds, nanos)),
+        scopes: parsed_scopes,
+        duration_secs,
+        start,
+        break_glass,
         justification,
         ticket,
         requester,
         grantee,
-        mfa_serial,
-        mfa_code: Secret::new(mfa_code),
-    };
-    AccessRequest::validate(raw).map_err(invalid)
+        mfa,
+    })
 }
 
 /// One grant named by id: GetGrant, GetGrantHistory.
@@ -592,5 +661,142 @@ impl TryFrom<proto::WatchGrantRequest> for WatchCommand {
             id: grant_id(&id)?,
             after: after_event,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> proto::RequestAccessRequest {
+        proto::RequestAccessRequest {
+            request_id: "req-1".into(),
+            target: "prod-logs-read".into(),
+            scopes: vec![proto::Scope {
+                actions: vec!["s3:GetObject".into()],
+                resources: vec!["arn:aws:s3:::acme-logs/*".into()],
+            }],
+            duration: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            justification: "debug ingestion".into(),
+            ticket: "INC-1".into(),
+            requester: "alice@example.com".into(),
+            grantee: "vendor-x".into(),
+            ..proto::RequestAccessRequest::default()
+        }
+    }
+
+    fn fields(violations: &[FieldViolation]) -> Vec<&str> {
+        violations.iter().map(|v| v.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_valid_request_converts_field_by_field() {
+        let start = prost_types::Timestamp {
+            seconds: 1_900_000_000,
+            nanos: 5,
+        };
+        let request = validate_access_request(proto::RequestAccessRequest {
+            start_time: Some(start),
+            mfa_serial: "arn:aws:iam::123456789012:mfa/alice".into(),
+            mfa_code: "314159".into(),
+            ..message()
+        })
+        .unwrap();
+        assert_eq!(request.request_id.unwrap().as_str(), "req-1");
+        assert_eq!(request.target, "prod-logs-read");
+        assert_eq!(request.scopes.len(), 1);
+        assert_eq!(request.scopes[0].actions[0].as_str(), "s3:GetObject");
+        assert_eq!(request.scopes[0].resources[0].as_str(), "arn:aws:s3:::acme-logs/*");
+        assert_eq!(request.duration_secs, 3600);
+        assert_eq!(
+            request.start.map(time::OffsetDateTime::unix_timestamp_nanos),
+            Some(1_900_000_000_000_000_005)
+        );
+        assert_eq!(
+            (request.justification.as_str(), request.ticket.as_str()),
+            ("debug ingestion", "INC-1")
+        );
+        assert_eq!(
+            (request.requester.as_str(), request.grantee.as_str()),
+            ("alice@example.com", "vendor-x")
+        );
+        let mfa = request.mfa.unwrap();
+        assert_eq!(
+            (mfa.serial.as_str(), mfa.code.expose()),
+            ("arn:aws:iam::123456789012:mfa/alice", "314159")
+        );
+        assert!(!request.break_glass);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let violations = validate_access_request(proto::RequestAccessRequest {
+            request_id: "has space".into(),
+            scopes: vec![proto::Scope {
+                actions: vec!["GetObject".into()],
+                resources: vec![],
+            }],
+            duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            requester: "a".into(),
+            grantee: String::new(),
+            mfa_serial: "arn:aws:iam::123456789012:mfa/alice".into(),
+            break_glass: true,
+            justification: " ".into(),
+            start_time: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            }),
+            ..message()
+        })
+        .unwrap_err();
+        assert_eq!(
+            fields(&violations),
+            [
+                "scopes[0].resources",
+                "grantee",
+                "request_id",
+                "scopes[0].actions[0]",
+                "duration",
+                "requester",
+                "mfa_code",
+                "justification",
+                "start_time"
+            ]
+        );
+        assert!(violations[4].description.contains("900-43200"));
+    }
+
+    #[test]
+    fn a_value_over_its_bound_is_reported_alone() {
+        let violations = validate_access_request(proto::RequestAccessRequest {
+            request_id: "has space".into(),
+            ticket: "T".repeat(bounds::TICKET_CHARS + 1),
+            ..message()
+        })
+        .unwrap_err();
+        assert_eq!(fields(&violations), ["ticket"]);
+        assert_eq!(
+            violations[0].description,
+            format!(
+                "must be at most {} characters, got {}",
+                bounds::TICKET_CHARS,
+                bounds::TICKET_CHARS + 1
+            )
+        );
+    }
+
+    #[test]
+    fn debug_of_the_message_and_of_what_it_becomes_never_prints_the_mfa_code() {
+        let with_code = proto::RequestAccessRequest {
+            mfa_serial: "arn:aws:iam::123456789012:mfa/alice".into(),
+            mfa_code: "314159".into(),
+            ..message()
+        };
+        assert!(!format!("{with_code:?}").contains("314159"));
+        let validated = validate_access_request(with_code).unwrap();
+        assert!(!format!("{validated:?}").contains("314159"));
     }
 }

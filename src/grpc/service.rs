@@ -9,7 +9,7 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{auth::caller_of, inbound, outbound, proto};
-use crate::{broker::Broker, ports::Ports};
+use crate::{broker::Broker, domain::AccessRequest, ports::Ports};
 
 pub struct GrantBrokerService<P: Ports> {
     broker: Arc<Broker<P>>,
@@ -75,7 +75,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::RequestAccessResponse>, Status> {
         let caller = caller_of(&request)?;
-        let access_request = inbound::access_request(request.into_inner())?;
+        let access_request = AccessRequest::try_from(request.into_inner())?;
         let outcome = self.broker.request_access(&caller, access_request).await?;
         let credentials = outcome
             .credentials
@@ -108,7 +108,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::ExplainResponse>, Status> {
         let caller = caller_of(&request)?;
-        let access_request = inbound::access_request(request.into_inner())?;
+        let access_request = AccessRequest::try_from(request.into_inner())?;
         let explanation = self.broker.explain(&caller, &access_request)?;
         Ok(Response::new(outbound::explanation(&explanation)))
     }

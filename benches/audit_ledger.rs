@@ -462,15 +462,13 @@ async fn create_one(store: &RedisGrantStore, planned: &Planned) -> Result<(), St
 /// appends of one issuance, then, once its window has ended, the sweep's expiry.
 async fn issue_one(store: &RedisGrantStore, planned: Planned, max_issuances: u32) -> Result<(), String> {
     let grant = &planned.grant;
-    let issuing = Change {
-        issuance: None,
-        attempt_limit: Some(max_issuances),
-        ..Change::append(&[GrantState::Approved], std::slice::from_ref(&planned.issuing))
+    let issuing = Change::IssueAttempt {
+        limit: max_issuances,
+        event: &planned.issuing,
     };
-    let issued = Change {
-        issuance: Some(&planned.issuance),
-        attempt_limit: None,
-        ..Change::append(&[GrantState::Approved], std::slice::from_ref(&planned.issued))
+    let issued = Change::Issued {
+        issuance: &planned.issuance,
+        event: &planned.issued,
     };
     for (what, change) in [("issuing", issuing), ("issued", issued)] {
         match store.change_if_state(grant, change).await {
@@ -479,7 +477,10 @@ async fn issue_one(store: &RedisGrantStore, planned: Planned, max_issuances: u32
         }
     }
     if let Some(expired) = &planned.expired {
-        let change = Change::transition(Transition::Expire, std::slice::from_ref(expired));
+        let change = Change::Transition {
+            transition: Transition::Expire,
+            event: expired,
+        };
         match store.change_if_state(grant, change).await {
             Ok(Appended::Yes) => {}
             other => return Err(failure(grant, "expire", &other)),

@@ -49,35 +49,70 @@ pub enum Reservation {
     Existing { grant_id: GrantId, fingerprint: String },
 }
 
-/// A conditional change of a grant's record: a new state and/or events (and an issuance, an
-/// approval, a new window).
+/// A conditional change of a grant's record, one kind per thing the broker does to a grant.
+/// Each is written only while the grant's stored state is one its kind allows
+/// ([`Change::expected`]), with its events, in one atomic step; what else a kind checks (an
+/// approval count, the extensions, an earlier review, the attempt limit) is checked in the
+/// same step.
 #[derive(Debug, Clone, Copy)]
-pub struct Change<'a> {
-    /// Written only while the grant's stored state is one of these.
-    pub expected: &'a [GrantState],
-    /// The state the grant moves to; `None` keeps it.
-    pub to: Option<GrantState>,
-    /// Audit events, in order; at least one.
-    pub events: &'a [GrantEvent],
-    /// An approval, written only while the grant has exactly this many (so the approval that
-    /// meets a quorum is decided on what is recorded, whatever races it).
-    pub approval: Option<(usize, &'a Approval)>,
-    /// A break-glass review, written only if the grant has none yet.
-    pub review: Option<&'a Review>,
-    /// A new window: start, end, and the session policy for that end.
-    pub window: Option<(OffsetDateTime, OffsetDateTime, &'a str)>,
-    /// An issuance recorded together with the event.
-    pub issuance: Option<&'a Issuance>,
-    /// This append announces an STS call: it counts one attempt against the grant and is refused
-    /// once the grant has made this many.
-    pub attempt_limit: Option<u32>,
-    /// The grant's extensions replaced by `after`, written only while the stored ones are still
-    /// `before` (so of two racing extension changes exactly one lands).
-    pub extensions: Option<ExtensionsChange<'a>>,
-    /// Who revoked the grant, when and why (with the transition to REVOKED).
-    pub revocation: Option<&'a Revocation>,
-    /// Where enforcement of its revocation stands now.
-    pub enforcement: Option<&'a Enforcement>,
+pub enum Change<'a> {
+    /// A life-cycle transition that writes its event and nothing else: a cancellation, a
+    /// denial, an expiry.
+    Transition {
+        transition: Transition,
+        event: &'a GrantEvent,
+    },
+    /// An approval (`Transition::RecordApproval`), or the one that meets the quorum
+    /// (`Transition::Approve`, which opens the window), written only while the grant has exactly
+    /// `approvals_before` approvals: the approval that meets a quorum is decided on what is
+    /// recorded, whatever races it.
+    Approval {
+        transition: Transition,
+        approvals_before: usize,
+        approval: &'a Approval,
+        window: Option<Window<'a>>,
+        events: &'a [GrantEvent],
+    },
+    /// An extension requested, approved, denied or applied (which moves the window's end),
+    /// written only while the stored extensions are still the ones it was decided on: of two
+    /// racing extension changes exactly one lands.
+    Extension {
+        transition: Transition,
+        extensions: ExtensionsChange<'a>,
+        window: Option<Window<'a>>,
+        events: &'a [GrantEvent],
+    },
+    /// The grant revoked: who, when and why, and where enforcement stands.
+    Revoke {
+        revocation: &'a Revocation,
+        enforcement: &'a Enforcement,
+        event: &'a GrantEvent,
+    },
+    /// A break-glass review, whatever the state, written only if the grant has none yet.
+    Review { review: &'a Review, event: &'a GrantEvent },
+    /// An STS call announced on an approved grant: counts one attempt, refused once the grant
+    /// has made `limit`.
+    IssueAttempt { limit: u32, event: &'a GrantEvent },
+    /// Credentials issued to an approved grant, recorded with their event.
+    Issued {
+        issuance: &'a Issuance,
+        event: &'a GrantEvent,
+    },
+    /// Where a revoked grant's enforcement stands now.
+    Enforcement {
+        enforcement: &'a Enforcement,
+        event: &'a GrantEvent,
+    },
+    /// An event whatever the state (a failure worth auditing).
+    Note { event: &'a GrantEvent },
+}
+
+/// A grant's window as a change sets it: start, end, and the session policy for that end.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub start: OffsetDateTime,
+    pub end: OffsetDateTime,
+    pub session_policy: &'a str,
 }
 
 /// The grant's extensions as read, and as they are to be.
@@ -88,39 +123,112 @@ pub struct ExtensionsChange<'a> {
 }
 
 impl<'a> Change<'a> {
-    /// A transition of the life cycle with its events: from exactly the states it allows, to
-    /// where it leads, nothing else written. Other changes start here and set more fields.
-    pub fn transition(transition: Transition, events: &'a [GrantEvent]) -> Self {
-        Self {
-            expected: transition.allowed_from(),
-            to: transition.to(),
-            events,
-            approval: None,
-            review: None,
-            window: None,
-            issuance: None,
-            attempt_limit: None,
-            extensions: None,
-            revocation: None,
-            enforcement: None,
+    /// The life-cycle transition this change makes, if it makes one.
+    pub fn transition(&self) -> Option<Transition> {
+        match *self {
+            Self::Transition { transition, .. }
+            | Self::Approval { transition, .. }
+            | Self::Extension { transition, .. } => Some(transition),
+            Self::Revoke { .. } => Some(Transition::Revoke),
+            Self::Review { .. }
+            | Self::IssueAttempt { .. }
+            | Self::Issued { .. }
+            | Self::Enforcement { .. }
+            | Self::Note { .. } => None,
         }
     }
 
-    /// Events (and whatever the caller sets besides) while the grant is in one of `expected`,
-    /// its state unchanged.
-    pub fn append(expected: &'a [GrantState], events: &'a [GrantEvent]) -> Self {
-        Self {
-            expected,
-            to: None,
-            events,
-            approval: None,
-            review: None,
-            window: None,
-            issuance: None,
-            attempt_limit: None,
-            extensions: None,
-            revocation: None,
-            enforcement: None,
+    /// The states the grant must be in, as stored, for the change to be written.
+    pub fn expected(&self) -> &'static [GrantState] {
+        match self {
+            Self::Review { .. } | Self::Note { .. } => &GrantState::ALL,
+            Self::IssueAttempt { .. } | Self::Issued { .. } => &[GrantState::Approved],
+            Self::Enforcement { .. } => &[GrantState::Revoked],
+            Self::Transition { .. } | Self::Approval { .. } | Self::Extension { .. } | Self::Revoke { .. } => {
+                self.transition().map_or(&GrantState::ALL, Transition::allowed_from)
+            }
+        }
+    }
+
+    /// The state the grant moves to; `None` keeps it.
+    pub fn to(&self) -> Option<GrantState> {
+        self.transition().and_then(Transition::to)
+    }
+
+    /// The audit events, in order; at least one.
+    pub fn events(&self) -> &'a [GrantEvent] {
+        match *self {
+            Self::Approval { events, .. } | Self::Extension { events, .. } => events,
+            Self::Transition { event, .. }
+            | Self::Revoke { event, .. }
+            | Self::Review { event, .. }
+            | Self::IssueAttempt { event, .. }
+            | Self::Issued { event, .. }
+            | Self::Enforcement { event, .. }
+            | Self::Note { event } => std::slice::from_ref(event),
+        }
+    }
+
+    /// The approval, and how many the grant must have for it to be written.
+    pub fn approval(&self) -> Option<(usize, &'a Approval)> {
+        match *self {
+            Self::Approval {
+                approvals_before,
+                approval,
+                ..
+            } => Some((approvals_before, approval)),
+            _ => None,
+        }
+    }
+
+    /// A new window, when the change opens or moves one.
+    pub fn window(&self) -> Option<Window<'a>> {
+        match *self {
+            Self::Approval { window, .. } | Self::Extension { window, .. } => window,
+            _ => None,
+        }
+    }
+
+    pub fn extensions(&self) -> Option<ExtensionsChange<'a>> {
+        match *self {
+            Self::Extension { extensions, .. } => Some(extensions),
+            _ => None,
+        }
+    }
+
+    pub fn review(&self) -> Option<&'a Review> {
+        match *self {
+            Self::Review { review, .. } => Some(review),
+            _ => None,
+        }
+    }
+
+    /// The attempt limit an announced STS call counts against.
+    pub fn attempt_limit(&self) -> Option<u32> {
+        match *self {
+            Self::IssueAttempt { limit, .. } => Some(limit),
+            _ => None,
+        }
+    }
+
+    pub fn issuance(&self) -> Option<&'a Issuance> {
+        match *self {
+            Self::Issued { issuance, .. } => Some(issuance),
+            _ => None,
+        }
+    }
+
+    pub fn revocation(&self) -> Option<&'a Revocation> {
+        match *self {
+            Self::Revoke { revocation, .. } => Some(revocation),
+            _ => None,
+        }
+    }
+
+    pub fn enforcement(&self) -> Option<&'a Enforcement> {
+        match *self {
+            Self::Revoke { enforcement, .. } | Self::Enforcement { enforcement, .. } => Some(enforcement),
+            _ => None,
         }
     }
 }

@@ -169,19 +169,19 @@ impl<P: Ports> Broker<P> {
             } else {
                 Transition::RecordApproval
             };
-            let changed = self
-                .store
-                .change_if_state(
-                    &grant,
-                    Change {
-                        approval: Some((before, &approval)),
-                        window: met.then_some((start, end, policy.as_str())),
-                        ..Change::transition(transition, &events)
-                    },
-                )
-                .await?;
-            match changed {
-                Appended::Yes => {
+            let change = Change::Approval {
+                transition,
+                approvals_before: before,
+                approval: &approval,
+                window: met.then_some(Window {
+                    start,
+                    end,
+                    session_policy: &policy,
+                }),
+                events: &events,
+            };
+            match self.apply(&grant, change).await? {
+                Applied::Landed => {
                     tracing::info!(grant_id = %id, %approver, approved = met, "approval recorded");
                     if met {
                         grant.state = GrantState::Approved;
@@ -195,15 +195,7 @@ impl<P: Ports> Broker<P> {
                     return Ok(grant);
                 }
                 // Another approval landed first: decide again on what is recorded now.
-                Appended::ApprovalsChanged(_) => continue,
-                Appended::WrongState(state) => {
-                    return Err(BrokerError::TransitionNotAllowed {
-                        grant_id: id,
-                        refused: NotAllowed { transition, state },
-                    });
-                }
-                Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-                other => return Err(unasked_refusal("approval", other)),
+                Applied::LostRace => continue,
             }
         }
         Err(BrokerError::Contended { grant_id: id })
@@ -235,24 +227,17 @@ impl<P: Ports> Broker<P> {
                 reason,
             },
         };
-        let transition = Transition::Deny;
-        let changed = self
-            .store
-            .change_if_state(&grant, Change::transition(transition, std::slice::from_ref(&event)))
-            .await?;
-        match changed {
-            Appended::Yes => {
-                tracing::info!(grant_id = %id, %approver, "grant denied");
-                grant.state = GrantState::Denied;
-                Ok(grant)
-            }
-            Appended::WrongState(state) => Err(BrokerError::TransitionNotAllowed {
-                grant_id: id,
-                refused: NotAllowed { transition, state },
-            }),
-            Appended::Missing => Err(BrokerError::GrantNotFound(id)),
-            other => Err(unasked_refusal("denial", other)),
-        }
+        self.apply(
+            &grant,
+            Change::Transition {
+                transition: Transition::Deny,
+                event: &event,
+            },
+        )
+        .await?;
+        tracing::info!(grant_id = %id, %approver, "grant denied");
+        grant.state = GrantState::Denied;
+        Ok(grant)
     }
 
     /// An eligible approver (never the requester) reviews a break-glass grant after the fact:
@@ -291,9 +276,9 @@ impl<P: Ports> Broker<P> {
             .store
             .change_if_state(
                 &grant,
-                Change {
-                    review: Some(&review),
-                    ..Change::append(&GrantState::ALL, std::slice::from_ref(&event))
+                Change::Review {
+                    review: &review,
+                    event: &event,
                 },
             )
             .await?;

@@ -30,13 +30,23 @@ impl<P: Ports> Broker<P> {
                         caller: BROKER_CALLER.to_owned(),
                         kind: EventKind::Expired { was: grant.state },
                     };
-                    let changed = self
-                        .store
-                        .change_if_state(&grant, Change::transition(transition, std::slice::from_ref(&event)))
-                        .await?;
-                    if changed == Appended::Yes {
-                        tracing::info!(grant_id = %id, was = grant.state.as_str(), "grant expired");
-                        recorded += 1;
+                    match self
+                        .apply(
+                            &grant,
+                            Change::Transition {
+                                transition,
+                                event: &event,
+                            },
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(grant_id = %id, was = grant.state.as_str(), "grant expired");
+                            recorded += 1;
+                        }
+                        // Ended otherwise meanwhile (revoked, cancelled), or gone: nothing to expire.
+                        Err(BrokerError::TransitionNotAllowed { .. } | BrokerError::GrantNotFound(_)) => {}
+                        Err(error) => return Err(error),
                     }
                 }
             }

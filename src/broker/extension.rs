@@ -4,8 +4,7 @@
 //! refusals exactly one lands and the others decide again on what is recorded.
 
 use super::{
-    APPROVAL_ATTEMPTS, Asking, Broker, BrokerError, MAX_RECORDED_APPROVALS, policy_until, unasked_refusal,
-    with_rule_input,
+    APPROVAL_ATTEMPTS, Applied, Asking, Broker, BrokerError, MAX_RECORDED_APPROVALS, policy_until, with_rule_input,
 };
 use crate::{
     domain::{
@@ -14,7 +13,7 @@ use crate::{
         extension::{Extension, ExtensionRequest, ExtensionState, MAX_EXTENSIONS, check_total},
         lifecycle::{NotAllowed, Transition},
     },
-    ports::{Appended, Change, Clock, ExtensionsChange, GrantStore, Ports},
+    ports::{Change, Clock, ExtensionsChange, GrantStore, Ports, Window},
 };
 
 /// A change of a grant's extensions, ready to be written.
@@ -337,37 +336,21 @@ impl<P: Ports> Broker<P> {
     /// and the grant still approved. `None` when its extensions changed meanwhile.
     async fn write_extensions(&self, mut grant: Grant, write: ExtensionWrite) -> Result<Option<Grant>, BrokerError> {
         let id = grant.id;
-        let changed = self
-            .store
-            .change_if_state(
-                &grant,
-                Change {
-                    extensions: Some(ExtensionsChange {
-                        before: &grant.extensions,
-                        after: &write.extensions,
-                    }),
-                    window: write
-                        .new_window
-                        .as_ref()
-                        .map(|(end, policy)| (grant.start, *end, policy.as_str())),
-                    ..Change::transition(write.transition, &write.events)
-                },
-            )
-            .await?;
-        match changed {
-            Appended::Yes => {}
-            Appended::ExtensionsChanged => return Ok(None),
-            Appended::WrongState(state) => {
-                return Err(BrokerError::TransitionNotAllowed {
-                    grant_id: id,
-                    refused: NotAllowed {
-                        transition: write.transition,
-                        state,
-                    },
-                });
-            }
-            Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-            other => return Err(unasked_refusal("extension", other)),
+        let change = Change::Extension {
+            transition: write.transition,
+            extensions: ExtensionsChange {
+                before: &grant.extensions,
+                after: &write.extensions,
+            },
+            window: write.new_window.as_ref().map(|(end, policy)| Window {
+                start: grant.start,
+                end: *end,
+                session_policy: policy,
+            }),
+            events: &write.events,
+        };
+        if self.apply(&grant, change).await? == Applied::LostRace {
+            return Ok(None);
         }
         grant.extensions = write.extensions;
         if let Some((end, policy)) = write.new_window {

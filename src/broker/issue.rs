@@ -110,10 +110,9 @@ impl<P: Ports> Broker<P> {
             .store
             .change_if_state(
                 grant,
-                Change {
-                    issuance: None,
-                    attempt_limit: Some(self.settings.max_issuances_per_grant),
-                    ..Change::append(&[GrantState::Approved], std::slice::from_ref(&issuing))
+                Change::IssueAttempt {
+                    limit: self.settings.max_issuances_per_grant,
+                    event: &issuing,
                 },
             )
             .await?;
@@ -156,10 +155,9 @@ impl<P: Ports> Broker<P> {
         // INVARIANT: credentials are returned only once this write has succeeded.
         let record = self.store.change_if_state(
             grant,
-            Change {
-                issuance: Some(&issuance),
-                attempt_limit: None,
-                ..Change::append(&[GrantState::Approved], std::slice::from_ref(&issued))
+            Change::Issued {
+                issuance: &issuance,
+                event: &issued,
             },
         );
         // Read beside the record, so it costs no round trip: a cutoff any replica has set.

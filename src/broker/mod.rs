@@ -49,7 +49,7 @@ use crate::{
     },
     ports::{
         Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantStore, INDEX_SKEW, IndexPosition,
-        IssueError, IssueErrorKind, Ports, Queue, Reservation, StoreError,
+        IssueError, IssueErrorKind, Ports, Queue, Reservation, StoreError, Window,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -126,6 +126,14 @@ fn max_duration_secs(target: &Target, role_chaining: bool) -> u64 {
         MAX_DURATION_SECS
     };
     target.max_duration_secs.min(cap)
+}
+
+/// How a life-cycle change went, when the store did not refuse it outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Landed,
+    /// Another change of the same kind landed first; nothing was written.
+    LostRace,
 }
 
 /// A store that refused a change for a check the change did not ask for (an attempt limit on a
@@ -251,6 +259,26 @@ impl<P: Ports> Broker<P> {
                 limit: self.settings.max_issuances_per_grant,
             }),
             other => Err(unasked_refusal("issuance", other)),
+        }
+    }
+
+    /// Writes a life-cycle change of `grant`'s record in one atomic step, the one way every use
+    /// case moves a grant. What the store refuses becomes the same error for every transition: a
+    /// grant no longer in a state the transition allows is `TransitionNotAllowed` with the state
+    /// it is in, a grant gone is `GrantNotFound`. A change that lost a race its kind checks for
+    /// (another approval landed, the extensions changed) is `LostRace`: decide again on what is
+    /// recorded now.
+    async fn apply(&self, grant: &Grant, change: Change<'_>) -> Result<Applied, BrokerError> {
+        let appended = self.store.change_if_state(grant, change).await?;
+        match (appended, change.transition()) {
+            (Appended::Yes, _) => Ok(Applied::Landed),
+            (Appended::ApprovalsChanged(_) | Appended::ExtensionsChanged, _) => Ok(Applied::LostRace),
+            (Appended::WrongState(state), Some(transition)) => Err(BrokerError::TransitionNotAllowed {
+                grant_id: grant.id,
+                refused: NotAllowed { transition, state },
+            }),
+            (Appended::Missing, _) => Err(BrokerError::GrantNotFound(grant.id)),
+            (other, _) => Err(unasked_refusal("life-cycle change", other)),
         }
     }
 

@@ -195,7 +195,7 @@ impl<P: Ports> Broker<P> {
             grant_id: id,
             refused: NotAllowed { transition, state },
         };
-        let to = transition
+        transition
             .from(grant.state_at(now))
             .map_err(|refused| not_allowed(refused.state))?;
         let event = GrantEvent {
@@ -203,22 +203,14 @@ impl<P: Ports> Broker<P> {
             caller: caller.id.to_string(),
             kind: EventKind::Cancelled { reason },
         };
-        let changed = self
-            .store
-            .change_if_state(
-                &grant,
-                Change {
-                    to,
-                    ..Change::transition(transition, std::slice::from_ref(&event))
-                },
-            )
-            .await?;
-        match changed {
-            Appended::Yes => {}
-            Appended::WrongState(state) => return Err(not_allowed(state)),
-            Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-            other => return Err(unasked_refusal("cancellation", other)),
-        }
+        self.apply(
+            &grant,
+            Change::Transition {
+                transition,
+                event: &event,
+            },
+        )
+        .await?;
         tracing::info!(grant_id = %id, caller = %caller.id, "grant cancelled");
         grant.state = GrantState::Cancelled;
         Ok(grant)

@@ -178,7 +178,7 @@ impl<P: Ports> Broker<P> {
             grant_id: id,
             refused: NotAllowed { transition, state },
         };
-        let to = transition
+        transition
             .from(grant.state_at(now))
             .map_err(|refused| not_allowed(refused.state))?;
         let record_only = self
@@ -218,24 +218,12 @@ impl<P: Ports> Broker<P> {
                 enforcement: status,
             },
         };
-        let changed = self
-            .store
-            .change_if_state(
-                &grant,
-                Change {
-                    to,
-                    revocation: Some(&revocation),
-                    enforcement: Some(&enforcement),
-                    ..Change::transition(transition, std::slice::from_ref(&event))
-                },
-            )
-            .await?;
-        match changed {
-            Appended::Yes => {}
-            Appended::WrongState(state) => return Err(not_allowed(state)),
-            Appended::Missing => return Err(BrokerError::GrantNotFound(id)),
-            other => return Err(unasked_refusal("revocation", other)),
-        }
+        let change = Change::Revoke {
+            revocation: &revocation,
+            enforcement: &enforcement,
+            event: &event,
+        };
+        self.apply(&grant, change).await?;
         tracing::warn!(
             grant_id = %id, caller = %caller.id, revoker = ?revocation.revoker, enforcement = status.as_str(),
             "grant revoked"
@@ -662,9 +650,9 @@ impl<P: Ports> Broker<P> {
             .store
             .change_if_state(
                 grant,
-                Change {
-                    enforcement: Some(&enforcement),
-                    ..Change::append(&[GrantState::Revoked], std::slice::from_ref(&event))
+                Change::Enforcement {
+                    enforcement: &enforcement,
+                    event: &event,
                 },
             )
             .await?;

@@ -253,53 +253,54 @@ impl GrantStore for MemoryStore {
 
     async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
         let mut state = self.0.lock().unwrap();
-        if change.issuance.is_some() && std::mem::take(&mut state.fail_issuance_write) {
+        if change.issuance().is_some() && std::mem::take(&mut state.fail_issuance_write) {
             return Err(StoreError::Unavailable("connection refused".into()));
         }
         let Some((stored, issuances, attempts)) = state.grants.get_mut(&grant.id) else {
             return Ok(Appended::Missing);
         };
-        if !change.expected.contains(&stored.state) {
+        if !change.expected().contains(&stored.state) {
             return Ok(Appended::WrongState(stored.state));
         }
-        if let Some(limit) = change.attempt_limit {
+        if let Some(limit) = change.attempt_limit() {
             if *attempts >= limit {
                 return Ok(Appended::LimitReached(*attempts));
             }
             *attempts += 1;
         }
-        if let Some((before, approval)) = change.approval {
+        if let Some((before, approval)) = change.approval() {
             if stored.approvals.len() != before {
                 return Ok(Appended::ApprovalsChanged(stored.approvals.len()));
             }
             stored.approvals.push(approval.clone());
         }
-        if let Some(extensions) = change.extensions {
+        if let Some(extensions) = change.extensions() {
             if stored.extensions != extensions.before {
                 return Ok(Appended::ExtensionsChanged);
             }
             stored.extensions = extensions.after.to_vec();
         }
-        if let Some(revocation) = change.revocation {
+        if let Some(revocation) = change.revocation() {
             stored.revocation = Some(revocation.clone());
         }
-        if let Some(enforcement) = change.enforcement {
+        if let Some(enforcement) = change.enforcement() {
             stored.enforcement = Some(enforcement.clone());
         }
-        if let Some((start, end, policy)) = change.window {
-            (stored.start, stored.end, stored.session_policy) = (start, end, policy.to_owned());
+        if let Some(window) = change.window() {
+            (stored.start, stored.end, stored.session_policy) =
+                (window.start, window.end, window.session_policy.to_owned());
         }
-        if let Some(to) = change.to {
+        if let Some(to) = change.to() {
             stored.state = to;
         }
-        if let Some(issuance) = change.issuance {
+        if let Some(issuance) = change.issuance() {
             issuances.push(issuance.clone());
         }
         state
             .events
             .entry(grant.id)
             .or_default()
-            .extend(change.events.iter().cloned());
+            .extend(change.events().iter().cloned());
         state.changes.notify_waiters();
         Ok(Appended::Yes)
     }

@@ -12,6 +12,7 @@ use grant_broker::{
         RECENT_ISSUANCES, RequestId, ResourcePattern, Scope,
         approval::{Approval, ApprovalRequirement, Person},
         extension::{Extension, ExtensionState},
+        lifecycle::Transition,
         policy::build_session_policy,
     },
     ports::{Appended, Change, ExtensionsChange, GrantIndex, GrantStore, Reservation},
@@ -277,7 +278,7 @@ proptest! {
             assert!(store.create(&creation, &[event()]).await.unwrap());
             for issuance in &written.issuances {
                 // An issuance is recorded with the event that announces it.
-                let issued = [GrantEvent {
+                let issued = GrantEvent {
                     at: issuance.issued_at,
                     caller: "vendor-portal".into(),
                     kind: EventKind::Issued {
@@ -285,21 +286,20 @@ proptest! {
                         access_key_id: issuance.access_key_id.clone(),
                         expiration: issuance.expiration,
                     },
-                }];
+                };
                 let appended = store
-                    .change_if_state(
-                        &written,
-                        Change { issuance: Some(issuance), ..Change::append(&[GrantState::Approved], &issued) },
-                    )
+                    .change_if_state(&written, Change::Issued { issuance, event: &issued })
                     .await
                     .unwrap();
                 assert_eq!(appended, Appended::Yes);
             }
             if extensions > 0 {
                 let events = [event()];
-                let change = |before| Change {
-                    extensions: Some(ExtensionsChange { before, after: &written.extensions }),
-                    ..Change::append(&[GrantState::Approved], &events)
+                let change = |before| Change::Extension {
+                    transition: Transition::RequestExtension,
+                    extensions: ExtensionsChange { before, after: &written.extensions },
+                    window: None,
+                    events: &events,
                 };
                 prop_assert_eq!(store.change_if_state(&written, change(&[])).await.unwrap(), Appended::Yes);
                 // Written once: the same change again finds the extensions changed.
@@ -425,9 +425,9 @@ async fn the_live_index_drops_grants_that_ended_as_it_is_walked() {
         caller: "vendor-portal".into(),
         kind: EventKind::Cancelled { reason: "done".into() },
     }];
-    let change = Change {
-        to: Some(GrantState::Cancelled),
-        ..Change::append(&[GrantState::Approved], &cancelled)
+    let change = Change::Transition {
+        transition: Transition::Cancel,
+        event: &cancelled[0],
     };
     assert_eq!(store.change_if_state(&grants[1], change).await.unwrap(), Appended::Yes);
     let mut connection = redis.connection().await;
@@ -680,18 +680,19 @@ async fn golden_records_of_every_shape_read_back_exactly() {
             _ => {}
         }
         assert!(store.create(&creation, &events).await.unwrap(), "{name}");
-        let pending = [GrantState::PendingApproval];
-        let approved = [GrantState::Approved];
         for (step_events, _) in &steps {
             let change = if name == "pending" {
-                Change {
-                    approval: Some((0, &approval)),
-                    ..Change::append(&pending, step_events)
+                Change::Approval {
+                    transition: Transition::RecordApproval,
+                    approvals_before: 0,
+                    approval: &approval,
+                    window: None,
+                    events: step_events,
                 }
             } else {
-                Change {
-                    review: Some(&review),
-                    ..Change::append(&approved, step_events)
+                Change::Review {
+                    review: &review,
+                    event: &step_events[0],
                 }
             };
             assert_eq!(
@@ -702,7 +703,16 @@ async fn golden_records_of_every_shape_read_back_exactly() {
             events.extend(step_events.iter().cloned());
         }
         for issuance in &grant.issuances {
-            let issued = [GrantEvent {
+            // As the broker issues: the STS call announced (one attempt), then its credentials.
+            let issuing = GrantEvent {
+                at: issuance.issued_at,
+                caller: "vendor-portal".into(),
+                kind: EventKind::Issuing {
+                    session_name: issuance.session_name.clone(),
+                    duration_secs: 3600,
+                },
+            };
+            let issued = GrantEvent {
                 at: issuance.issued_at,
                 caller: "vendor-portal".into(),
                 kind: EventKind::Issued {
@@ -710,18 +720,24 @@ async fn golden_records_of_every_shape_read_back_exactly() {
                     access_key_id: issuance.access_key_id.clone(),
                     expiration: issuance.expiration,
                 },
-            }];
-            let change = Change {
-                issuance: Some(issuance),
-                attempt_limit: Some(100),
-                ..Change::append(&approved, &issued)
             };
-            assert_eq!(
-                store.change_if_state(&grant, change).await.unwrap(),
-                Appended::Yes,
-                "{name}"
-            );
-            events.extend(issued);
+            for change in [
+                Change::IssueAttempt {
+                    limit: 100,
+                    event: &issuing,
+                },
+                Change::Issued {
+                    issuance,
+                    event: &issued,
+                },
+            ] {
+                assert_eq!(
+                    store.change_if_state(&grant, change).await.unwrap(),
+                    Appended::Yes,
+                    "{name}"
+                );
+            }
+            events.extend([issuing, issued]);
         }
         if name == "extended" {
             grant.extensions = sample_extensions("golden", 2);
@@ -737,12 +753,14 @@ async fn golden_records_of_every_shape_read_back_exactly() {
                     reason: "needs people".into(),
                 },
             )];
-            let change = Change {
-                extensions: Some(ExtensionsChange {
+            let change = Change::Extension {
+                transition: Transition::RequestExtension,
+                extensions: ExtensionsChange {
                     before: &[],
                     after: &grant.extensions,
-                }),
-                ..Change::append(&approved, &asked)
+                },
+                window: None,
+                events: &asked,
             };
             assert_eq!(store.change_if_state(&grant, change).await.unwrap(), Appended::Yes);
             events.extend(asked);
@@ -758,10 +776,16 @@ async fn golden_records_of_every_shape_read_back_exactly() {
                     enforcement: EnforcementStatus::Pending,
                 },
             )];
-            let change = Change {
-                to: Some(GrantState::Revoked),
-                revocation: Some(&revocation),
-                ..Change::append(&approved, &revoked)
+            let pending = Enforcement {
+                status: EnforcementStatus::Pending,
+                at: at(120),
+                error: None,
+                cutoff: None,
+            };
+            let change = Change::Revoke {
+                revocation: &revocation,
+                enforcement: &pending,
+                event: &revoked[0],
             };
             assert_eq!(store.change_if_state(&grant, change).await.unwrap(), Appended::Yes);
             events.extend(revoked);
@@ -774,9 +798,9 @@ async fn golden_records_of_every_shape_read_back_exactly() {
                     cutoff: Some(at(119)),
                 },
             )];
-            let change = Change {
-                enforcement: Some(&enforced),
-                ..Change::append(&[GrantState::Revoked], &changed)
+            let change = Change::Enforcement {
+                enforcement: &enforced,
+                event: &changed[0],
             };
             assert_eq!(store.change_if_state(&grant, change).await.unwrap(), Appended::Yes);
             events.extend(changed);
@@ -862,16 +886,18 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
                 .unwrap();
         }
     };
-    let approved = [GrantState::Approved];
-    let events = [event()];
-    let plain = || Change::append(&approved, &events);
+    let appended = event();
+    let attempt = |limit| Change::IssueAttempt {
+        limit,
+        event: &appended,
+    };
     // Offset 0: the version; 1: the state (approved is 2); 8-9: one event so far.
     assert_eq!(header().await, [3, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
 
     // Offset 1, the state: cancelled (5) is what both the script and a read see.
     set(1, vec![5]).await;
     assert_eq!(
-        store.change_if_state(&grant, plain()).await.unwrap(),
+        store.change_if_state(&grant, attempt(100)).await.unwrap(),
         Appended::WrongState(GrantState::Cancelled)
     );
     assert_eq!(store.get(id).await.unwrap().unwrap().state, GrantState::Cancelled);
@@ -879,10 +905,6 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
 
     // Offsets 2-3, the attempts (big-endian): 7 made, so a limit of 7 refuses and 8 counts one.
     set(2, vec![0, 7]).await;
-    let attempt = |limit| Change {
-        attempt_limit: Some(limit),
-        ..plain()
-    };
     assert_eq!(
         store.change_if_state(&grant, attempt(7)).await.unwrap(),
         Appended::LimitReached(7)
@@ -890,7 +912,9 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
     assert_eq!(store.change_if_state(&grant, attempt(8)).await.unwrap(), Appended::Yes);
     assert_eq!(&header().await[2..4], [0, 8]);
 
-    // Offset 4, the approvals: two recorded, so an approval expecting one is refused.
+    // Offset 4, the approvals: two recorded on a pending grant (1), so an approval expecting one
+    // is refused.
+    set(1, vec![1]).await;
     set(4, vec![2]).await;
     let approval = Approval {
         approver: Person::from_trusted("bob".to_owned()),
@@ -899,24 +923,30 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
         comment: String::new(),
         caller: "approval-portal".into(),
     };
-    let approve = Change {
-        approval: Some((1, &approval)),
-        ..plain()
+    let approve = Change::Approval {
+        transition: Transition::RecordApproval,
+        approvals_before: 1,
+        approval: &approval,
+        window: None,
+        events: std::slice::from_ref(&appended),
     };
     assert_eq!(
         store.change_if_state(&grant, approve).await.unwrap(),
         Appended::ApprovalsChanged(2)
     );
     set(4, vec![0]).await;
+    set(1, vec![2]).await;
 
     // Offsets 5-7, the extensions tag: a change expecting none finds it changed.
     set(5, vec![1, 1, 0]).await;
-    let extend = Change {
-        extensions: Some(ExtensionsChange {
+    let extend = Change::Extension {
+        transition: Transition::RequestExtension,
+        extensions: ExtensionsChange {
             before: &[],
             after: &[],
-        }),
-        ..plain()
+        },
+        window: None,
+        events: std::slice::from_ref(&appended),
     };
     assert_eq!(
         store.change_if_state(&grant, extend).await.unwrap(),
@@ -932,9 +962,9 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
         comment: "fine".into(),
         caller: "approval-portal".into(),
     };
-    let reviewing = Change {
-        review: Some(&review),
-        ..plain()
+    let reviewing = Change::Review {
+        review: &review,
+        event: &appended,
     };
     assert_eq!(
         store.change_if_state(&grant, reviewing).await.unwrap(),
@@ -948,7 +978,8 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert_eq!(store.change_if_state(&grant, plain()).await.unwrap(), Appended::Yes);
+    let note = Change::Note { event: &appended };
+    assert_eq!(store.change_if_state(&grant, note).await.unwrap(), Appended::Yes);
     let header = header().await;
     assert_eq!(header, [3, 2, 0, 8, 0, 0, 0, 0, 0, 3, 0]);
     assert_eq!(store.events_from(id, 0).await.unwrap().len(), 3);

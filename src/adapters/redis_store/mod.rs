@@ -540,37 +540,46 @@ struct Recorded {
 impl RedisGrantStore {
     /// Runs a change's script on the grant's record.
     async fn try_change(&self, grant: &Grant, change: &Change<'_>, body: &[u8]) -> Result<Recorded, StoreError> {
-        let expected: Vec<u8> = change.expected.iter().map(|state| record::state_code(*state)).collect();
-        let last_moment = match change.window {
-            Some((_, end, _)) => end.max(grant.last_moment()),
+        let expected: Vec<u8> = change
+            .expected()
+            .iter()
+            .map(|state| record::state_code(*state))
+            .collect();
+        let last_moment = match change.window() {
+            Some(window) => window.end.max(grant.last_moment()),
             None => grant.last_moment(),
         };
         let mut invocation = self.change.key(self.record_key(grant.id));
         invocation
             .arg(expected)
             .arg(self.expiry(last_moment))
-            .arg(change.attempt_limit.map(|limit| limit.to_string()).unwrap_or_default())
             .arg(
                 change
-                    .to
+                    .attempt_limit()
+                    .map(|limit| limit.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                change
+                    .to()
                     .map(|state| vec![record::state_code(state)])
                     .unwrap_or_default(),
             )
             .arg(
                 change
-                    .approval
+                    .approval()
                     .map(|(before, _)| before.to_string())
                     .unwrap_or_default(),
             );
-        match change.extensions {
+        match change.extensions() {
             Some(extensions) => invocation
                 .arg(record::extensions_tag(extensions.before).to_vec())
                 .arg(record::extensions_tag(extensions.after).to_vec()),
             None => invocation.arg("").arg(""),
         };
         invocation
-            .arg(if change.review.is_some() { "1" } else { "" })
-            .arg(change.events.len())
+            .arg(if change.review().is_some() { "1" } else { "" })
+            .arg(change.events().len())
             .arg(body);
         let (reply, unacknowledged) = self.run_change(&invocation).await?;
         let (appended, first_event) = Self::decode_change_reply(grant.id, &reply)?;
@@ -586,16 +595,18 @@ impl RedisGrantStore {
         let body = record::encode_delta(
             grant,
             &record::Delta {
-                events: change.events,
-                issuance: change.issuance,
-                approval: change.approval.map(|(_, approval)| approval),
-                window: change.window,
-                review: change.review,
+                events: change.events(),
+                issuance: change.issuance(),
+                approval: change.approval().map(|(_, approval)| approval),
+                window: change
+                    .window()
+                    .map(|window| (window.start, window.end, window.session_policy)),
+                review: change.review(),
                 extensions: change
-                    .extensions
+                    .extensions()
                     .map(|extensions| (extensions.before, extensions.after)),
-                revocation: change.revocation,
-                enforcement: change.enforcement,
+                revocation: change.revocation(),
+                enforcement: change.enforcement(),
             },
         )
         .map_err(|what| StoreError::Corrupt(format!("grant {}: {what}", grant.id)))?;
@@ -915,7 +926,7 @@ impl GrantStore for RedisGrantStore {
             return Ok(appended);
         }
         let extension_waits = change
-            .extensions
+            .extensions()
             .and_then(|extensions| extensions.after.last())
             .is_some_and(|last| last.state == ExtensionState::Pending);
         if extension_waits {
@@ -930,7 +941,7 @@ impl GrantStore for RedisGrantStore {
                 tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
             }
         }
-        self.beside_change(grant, change.to.unwrap_or(grant.state), change.events, first_event)
+        self.beside_change(grant, change.to().unwrap_or(grant.state), change.events(), first_event)
             .await;
         // The change stands on the primary (and is logged); the caller learns it may not survive
         // a failover.
@@ -979,10 +990,7 @@ impl GrantStore for RedisGrantStore {
 
     async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
         let events = std::slice::from_ref(event);
-        let change = Change {
-            attempt_limit: None,
-            ..Change::append(&GrantState::ALL, events)
-        };
+        let change = Change::Note { event };
         let recorded = self.record_change(grant, &change).await?;
         if recorded.appended == Appended::Yes {
             self.beside_change(grant, grant.state, events, recorded.first_event)

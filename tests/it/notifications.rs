@@ -1,5 +1,5 @@
 //! Webhook notifications end to end: real server, real Redis, the fake STS, and a real local HTTP
-//! receiver that verifies every signature the way the README tells receivers to (its own HMAC,
+//! receiver that verifies every signature the way docs/notifications.md tells receivers to (its own HMAC,
 //! not the broker's helper). Covers signed bodies without secrets, retries until a receiver
 //! recovers, the dead list, two brokers delivering each notification once, and notifications
 //! that survive a restart or a worker that died holding them.
@@ -47,7 +47,7 @@ impl Received {
     }
 }
 
-/// The documented check, written from the README: HMAC-SHA256 keyed with the secret over
+/// The documented check, written from docs/notifications.md: HMAC-SHA256 keyed with the secret over
 /// `<timestamp>.<body>`, lowercase hex after `v1=`, and a timestamp within 300 s of now.
 fn verify(secret: &str, timestamp: &str, signature: &str, body: &[u8]) -> bool {
     let Ok(sent) = timestamp.parse::<i64>() else {

@@ -35,7 +35,7 @@ use grant_broker::{
         RequestId, ResourcePattern, Scope, lifecycle::Transition, limits, policy::build_session_policy,
     },
     grpc::proto,
-    ports::{Appended, Change, GrantStore, Reservation},
+    ports::{Appended, Change, GrantQueues, GrantRecords, Reservation},
 };
 use report::report;
 use time::OffsetDateTime;

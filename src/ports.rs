@@ -20,7 +20,7 @@ use crate::domain::{
 /// clock: `server::Deployed`) or a test's (in-memory fakes). `Broker<P>` and what runs it take
 /// this one parameter instead of repeating four bounds.
 pub trait Ports: Send + Sync + 'static {
-    type Store: GrantStore + EnforcementStore;
+    type Store: GrantRecords + GrantSearch + GrantQueues + AuditLog + EnforcementStore;
     type Issuer: CredentialIssuer;
     type Clock: Clock;
     type Enforcer: RoleEnforcer;
@@ -325,8 +325,9 @@ pub trait ChangeFeed: Send + 'static {
     fn changed(&mut self) -> impl Future<Output = bool> + Send;
 }
 
-/// Durable record of grants and their audit trail.
-pub trait GrantStore: Send + Sync + 'static {
+/// The grant records: each grant with its events and issuances, written only by the change kinds
+/// in [`Change`], one atomic step each; the request-id bindings; the notices of changes.
+pub trait GrantRecords: Send + Sync + 'static {
     type Feed: ChangeFeed;
 
     /// Subscribes to notices of changes to grant `id` (every appended event sends one).
@@ -371,6 +372,25 @@ pub trait GrantStore: Send + Sync + 'static {
         access_key_id: &str,
     ) -> impl Future<Output = Result<Option<Issuance>, StoreError>> + Send;
 
+    /// Applies the change (new state, event, issuance, attempt) only if the grant is still in
+    /// one of the expected states and within its attempt limit, in one atomic step: of two racing
+    /// changes exactly one wins (a cancellation racing an issuance either lands first, and the
+    /// issuance is refused, or after, and sees the issuance).
+    fn change_if_state(
+        &self,
+        grant: &Grant,
+        change: Change<'_>,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Appends an event whatever the state (for failures worth auditing).
+    fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the store answers now (for health checks).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Finding grants: the indexes a search walks, newest first.
+pub trait GrantSearch: Send + Sync + 'static {
     /// Up to `limit` grants of an index, newest first: positioned before `before`, and not
     /// created before `since` (an index may also hold grants created up to
     /// [`INDEX_SKEW`] before their position: callers decide on the creation time itself).
@@ -381,7 +401,10 @@ pub trait GrantStore: Send + Sync + 'static {
         since: Option<OffsetDateTime>,
         limit: usize,
     ) -> impl Future<Output = Result<IndexPage, StoreError>> + Send;
+}
 
+/// What waits: grants' deadlines for the expiry sweep, and the queues people work through.
+pub trait GrantQueues: Send + Sync + 'static {
     /// Up to `limit` ids of grants whose deadline (a pending grant's timeout, an approved
     /// grant's end) is at or before `now`, earliest first.
     fn due(&self, now: OffsetDateTime, limit: usize) -> impl Future<Output = Result<Vec<GrantId>, StoreError>> + Send;
@@ -402,29 +425,10 @@ pub trait GrantStore: Send + Sync + 'static {
         before: Option<GrantId>,
         limit: usize,
     ) -> impl Future<Output = Result<(Vec<Grant>, Option<GrantId>), StoreError>> + Send;
+}
 
-    /// Applies the change (new state, event, issuance, attempt) only if the grant is still in
-    /// one of the expected states and within its attempt limit, in one atomic step: of two racing
-    /// changes exactly one wins (a cancellation racing an issuance either lands first, and the
-    /// issuance is refused, or after, and sees the issuance).
-    fn change_if_state(
-        &self,
-        grant: &Grant,
-        change: Change<'_>,
-    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
-
-    /// Appends an event whatever the state (for failures worth auditing).
-    fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Walks on through the live index from where the last walk stopped (any replica's), up to
-    /// `limit` entries, removing those whose grant is no longer pending or approved; returns how
-    /// many it removed.
-    fn clean_live_index(&self, limit: usize) -> impl Future<Output = Result<usize, StoreError>> + Send;
-
-    /// Retries the writes beside grants' steps that failed (index entries, access key entries,
-    /// audit log references) and returns how many landed.
-    fn repair(&self) -> impl Future<Output = Result<usize, StoreError>> + Send;
-
+/// The audit log: every grant's events and the service's own, in one ordered, resumable log.
+pub trait AuditLog: Send + Sync + 'static {
     /// Adds an event of the service itself (not of a grant) to the audit log.
     fn log_service_event(&self, event: &ServiceEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -446,9 +450,6 @@ pub trait GrantStore: Send + Sync + 'static {
 
     /// Drops the audit log's events logged before `before`; how many.
     fn trim_audit_log(&self, before: OffsetDateTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
-
-    /// Whether the store answers now (for health checks).
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Why STS did not issue credentials.

@@ -85,9 +85,9 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
 /// accepting, ends every stream at once (UNAVAILABLE: reconnect elsewhere with the last cursor),
 /// and waits at most `drain_timeout` for the calls still in flight. Runs `deliveries` (webhook
 /// notifications) meanwhile.
-pub async fn run<P: Ports>(
+pub async fn run(
     listener: TcpListener,
-    broker: Broker<P>,
+    broker: ProductionBroker,
     auth: Authenticator,
     deliveries: Option<DeliveryWorker>,
     shutdown: impl Future<Output = ()> + Send,
@@ -100,7 +100,10 @@ pub async fn run<P: Ports>(
     let enforcement_task = tokio::spawn(enforce_revocations(Arc::clone(&broker)));
     let retention_task = tokio::spawn(trim_audit_log(Arc::clone(&broker)));
     let rules_task = tokio::spawn(log_rules_loaded(Arc::clone(&broker)));
-    let repair_task = tokio::spawn(repair_store(Arc::clone(&broker)));
+    let maintenance_task = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move { broker.store().maintain().await })
+    };
     let delivery_task = deliveries.map(|worker| tokio::spawn(worker.run()));
 
     let reflection = || {
@@ -154,7 +157,7 @@ pub async fn run<P: Ports>(
     retention_task.abort();
     rules_task.abort();
     // Repairs still pending are lost with the process: see docs/storage.md.
-    repair_task.abort();
+    maintenance_task.abort();
     // An attempt cut short here is reclaimed by another replica (or this one, restarted).
     if let Some(task) = delivery_task {
         task.abort();
@@ -175,25 +178,6 @@ async fn log_rules_loaded<P: Ports>(broker: Arc<Broker<P>>) {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
-        }
-    }
-}
-
-/// How often a replica retries its failed writes beside grants' steps.
-const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Also walks the live index on, dropping grants that have ended (so live-now searches read
-/// live grants, not history).
-async fn repair_store<P: Ports>(broker: Arc<Broker<P>>) {
-    loop {
-        tokio::time::sleep(REPAIR_INTERVAL).await;
-        match broker.repair_store().await {
-            Ok(0) => {}
-            Ok(landed) => tracing::info!(landed, "writes beside grants' steps repaired"),
-            Err(error) => tracing::debug!(%error, "writes beside grants' steps still failing"),
-        }
-        if let Err(error) = broker.clean_live_index().await {
-            tracing::debug!(%error, "could not clean the live index");
         }
     }
 }

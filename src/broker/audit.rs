@@ -7,14 +7,11 @@ use crate::{
         Caller,
         audit::{AuditCursor, AuditEntry, AuditFilter, ServiceEvent, ServiceEventKind},
     },
-    ports::{Clock, GrantStore, Ports},
+    ports::{AuditLog, Clock, Ports},
 };
 
 /// Log pages one query reads at most (a page may come back short, with a cursor to go on).
 const AUDIT_SCANS: usize = 5;
-
-/// Live index entries one cleaning pass reads.
-const LIVE_CLEAN_BATCH: usize = 200;
 
 /// How long one wait for new events lasts before a follower checks on its client.
 pub const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -195,18 +192,6 @@ impl<P: Ports> Broker<P> {
             .audit_events(Some(after), None, false, 100, Some(FOLLOW_WAIT))
             .await?;
         Ok((read.entries, read.last.unwrap_or_else(|| after.clone())))
-    }
-
-    /// Removes entries of the live index whose grant no longer is pending or approved, a bounded
-    /// stretch at a time (any replica: the walk's position is shared).
-    pub async fn clean_live_index(&self) -> Result<usize, BrokerError> {
-        Ok(self.store.clean_live_index(LIVE_CLEAN_BATCH).await?)
-    }
-
-    /// Retries the store's failed writes beside grants' steps (index, access key and audit log
-    /// entries): how many landed.
-    pub async fn repair_store(&self) -> Result<usize, BrokerError> {
-        Ok(self.store.repair().await?)
     }
 
     /// Drops audit events older than the retention period (any replica, any time: idempotent).

@@ -13,7 +13,7 @@ use crate::{
         extension::{Extension, ExtensionRequest, ExtensionState, MAX_EXTENSIONS, check_total},
         lifecycle::{NotAllowed, Transition},
     },
-    ports::{Change, Clock, ExtensionsChange, GrantStore, Ports, Window},
+    ports::{Change, Clock, ExtensionsChange, GrantQueues, GrantRecords, Ports, Window},
 };
 
 /// A change of a grant's extensions, ready to be written.

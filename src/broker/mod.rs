@@ -48,8 +48,9 @@ use crate::{
         policy::build_session_policy,
     },
     ports::{
-        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantStore, INDEX_SKEW, IndexPosition,
-        IssueError, IssueErrorKind, Ports, Queue, Reservation, StoreError, Window,
+        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantQueues, GrantRecords,
+        GrantSearch, INDEX_SKEW, IndexPosition, IssueError, IssueErrorKind, Ports, Queue, Reservation, StoreError,
+        Window,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -280,6 +281,12 @@ impl<P: Ports> Broker<P> {
             (Appended::Missing, _) => Err(BrokerError::GrantNotFound(grant.id)),
             (other, _) => Err(unasked_refusal("life-cycle change", other)),
         }
+    }
+
+    /// The store the broker writes to, for the adapter's own background work beside the use cases
+    /// (the server runs it); nothing may change a grant through it.
+    pub(crate) fn store(&self) -> &P::Store {
+        &self.store
     }
 
     /// Whether the grant store answers; the health check reports it.

@@ -32,8 +32,8 @@ use crate::{
         },
     },
     ports::{
-        Appended, Change, Clock, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex, GrantStore, Lease,
-        Leased, Ports, RoleEnforcer, RoleFacts,
+        Appended, AuditLog, Change, Clock, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex, GrantRecords,
+        GrantSearch, Lease, Leased, Ports, RoleEnforcer, RoleFacts,
     },
 };
 

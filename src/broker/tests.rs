@@ -19,7 +19,7 @@ use crate::{
         policy::build_session_policy,
         revocation::{Cutoff, RevokedEntry},
     },
-    ports::{IssueError, IssueErrorKind},
+    ports::{AuditLog, IssueError, IssueErrorKind},
     rules::RuleSource,
 };
 
@@ -104,7 +104,7 @@ impl crate::ports::ChangeFeed for MemoryFeed {
     }
 }
 
-impl GrantStore for MemoryStore {
+impl GrantRecords for MemoryStore {
     type Feed = MemoryFeed;
 
     async fn subscribe(&self, _id: GrantId) -> Result<MemoryFeed, StoreError> {
@@ -158,80 +158,6 @@ impl GrantStore for MemoryStore {
 
     async fn get(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
         Ok(self.read(id))
-    }
-
-    async fn audit_events(
-        &self,
-        _after: Option<&crate::domain::audit::AuditCursor>,
-        _before: Option<&crate::domain::audit::AuditCursor>,
-        _newest_first: bool,
-        _limit: usize,
-        _wait: Option<std::time::Duration>,
-    ) -> Result<crate::ports::AuditRead, StoreError> {
-        unimplemented!("the audit log runs against the real store in tests/it/audit.rs")
-    }
-
-    async fn clean_live_index(&self, _limit: usize) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-
-    async fn repair(&self) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-
-    async fn log_service_event(&self, event: &crate::domain::audit::ServiceEvent) -> Result<(), StoreError> {
-        self.0.lock().unwrap().service_events.push(event.clone());
-        Ok(())
-    }
-
-    async fn oldest_audit_event(&self) -> Result<Option<crate::domain::audit::AuditCursor>, StoreError> {
-        Ok(None)
-    }
-
-    async fn trim_audit_log(&self, _before: OffsetDateTime) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-
-    async fn list_index(
-        &self,
-        index: &crate::ports::GrantIndex,
-        before: Option<&crate::ports::IndexPosition>,
-        since: Option<OffsetDateTime>,
-        limit: usize,
-    ) -> Result<crate::ports::IndexPage, StoreError> {
-        use crate::ports::{GrantIndex, IndexPosition};
-        // Positions as the real store makes them: the creation millisecond, then a tie-breaker.
-        let position = |grant: &Grant| {
-            let millis = u64::try_from(grant.created_at.unix_timestamp_nanos() / 1_000_000).unwrap();
-            IndexPosition::from_parts(millis, u64::try_from(grant.id.as_uuid().as_u128() >> 65).unwrap())
-        };
-        let mut entries: Vec<(IndexPosition, GrantId)> = {
-            let state = self.0.lock().unwrap();
-            state
-                .grants
-                .values()
-                .map(|(grant, _, _)| grant)
-                .filter(|grant| match index {
-                    GrantIndex::Caller(caller) => &grant.caller == caller,
-                    GrantIndex::Requester(requester) => &grant.requester == requester,
-                    GrantIndex::Grantee(grantee) => &grant.grantee == grantee,
-                    GrantIndex::Target(target) => &grant.target == target,
-                    GrantIndex::Account(account) => &grant.account_id == account,
-                    GrantIndex::Live => matches!(grant.state, GrantState::PendingApproval | GrantState::Approved),
-                    GrantIndex::All => true,
-                })
-                .filter(|grant| before.is_none_or(|before| position(grant) < *before))
-                .filter(|grant| since.is_none_or(|since| grant.created_at >= since))
-                .map(|grant| (position(grant), grant.id))
-                .collect()
-        };
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
-        let mut grants = Vec::new();
-        for (position, id) in entries.iter().take(limit) {
-            grants.extend(self.get(*id).await?.map(|grant| (position.clone(), grant)));
-        }
-        let next = (entries.len() > limit).then(|| entries[limit - 1].0.clone());
-        Ok(crate::ports::IndexPage { grants, next })
     }
 
     async fn grant_for_access_key(&self, access_key_id: &str) -> Result<Option<GrantId>, StoreError> {
@@ -305,6 +231,68 @@ impl GrantStore for MemoryStore {
         Ok(Appended::Yes)
     }
 
+    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .events
+            .entry(grant.id)
+            .or_default()
+            .push(event.clone());
+        self.0.lock().unwrap().changes.notify_waiters();
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl GrantSearch for MemoryStore {
+    async fn list_index(
+        &self,
+        index: &crate::ports::GrantIndex,
+        before: Option<&crate::ports::IndexPosition>,
+        since: Option<OffsetDateTime>,
+        limit: usize,
+    ) -> Result<crate::ports::IndexPage, StoreError> {
+        use crate::ports::{GrantIndex, IndexPosition};
+        // Positions as the real store makes them: the creation millisecond, then a tie-breaker.
+        let position = |grant: &Grant| {
+            let millis = u64::try_from(grant.created_at.unix_timestamp_nanos() / 1_000_000).unwrap();
+            IndexPosition::from_parts(millis, u64::try_from(grant.id.as_uuid().as_u128() >> 65).unwrap())
+        };
+        let mut entries: Vec<(IndexPosition, GrantId)> = {
+            let state = self.0.lock().unwrap();
+            state
+                .grants
+                .values()
+                .map(|(grant, _, _)| grant)
+                .filter(|grant| match index {
+                    GrantIndex::Caller(caller) => &grant.caller == caller,
+                    GrantIndex::Requester(requester) => &grant.requester == requester,
+                    GrantIndex::Grantee(grantee) => &grant.grantee == grantee,
+                    GrantIndex::Target(target) => &grant.target == target,
+                    GrantIndex::Account(account) => &grant.account_id == account,
+                    GrantIndex::Live => matches!(grant.state, GrantState::PendingApproval | GrantState::Approved),
+                    GrantIndex::All => true,
+                })
+                .filter(|grant| before.is_none_or(|before| position(grant) < *before))
+                .filter(|grant| since.is_none_or(|since| grant.created_at >= since))
+                .map(|grant| (position(grant), grant.id))
+                .collect()
+        };
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut grants = Vec::new();
+        for (position, id) in entries.iter().take(limit) {
+            grants.extend(self.get(*id).await?.map(|grant| (position.clone(), grant)));
+        }
+        let next = (entries.len() > limit).then(|| entries[limit - 1].0.clone());
+        Ok(crate::ports::IndexPage { grants, next })
+    }
+}
+
+impl GrantQueues for MemoryStore {
     async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<GrantId>, StoreError> {
         let state = self.0.lock().unwrap();
         let mut due: Vec<(OffsetDateTime, GrantId)> = state
@@ -346,21 +334,31 @@ impl GrantStore for MemoryStore {
         let next = more.then(|| queued.last().map(|grant| grant.id)).flatten();
         Ok((queued, next))
     }
+}
 
-    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .events
-            .entry(grant.id)
-            .or_default()
-            .push(event.clone());
-        self.0.lock().unwrap().changes.notify_waiters();
+impl AuditLog for MemoryStore {
+    async fn log_service_event(&self, event: &crate::domain::audit::ServiceEvent) -> Result<(), StoreError> {
+        self.0.lock().unwrap().service_events.push(event.clone());
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+    async fn audit_events(
+        &self,
+        _after: Option<&crate::domain::audit::AuditCursor>,
+        _before: Option<&crate::domain::audit::AuditCursor>,
+        _newest_first: bool,
+        _limit: usize,
+        _wait: Option<std::time::Duration>,
+    ) -> Result<crate::ports::AuditRead, StoreError> {
+        unimplemented!("the audit log runs against the real store in tests/it/audit.rs")
+    }
+
+    async fn oldest_audit_event(&self) -> Result<Option<crate::domain::audit::AuditCursor>, StoreError> {
+        Ok(None)
+    }
+
+    async fn trim_audit_log(&self, _before: OffsetDateTime) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Broker, BrokerError};
 use crate::{
     domain::{Caller, Grant, GrantEvent, GrantId, GrantState},
-    ports::{ChangeFeed, Clock, GrantStore, Ports},
+    ports::{ChangeFeed, Clock, GrantRecords, Ports},
 };
 
 /// One message of a watch.
@@ -68,7 +68,7 @@ impl<P: Ports> Broker<P> {
         &self,
         id: GrantId,
         after: Option<u64>,
-        mut feed: <P::Store as GrantStore>::Feed,
+        mut feed: <P::Store as GrantRecords>::Feed,
         sender: &mpsc::Sender<Result<GrantChange, BrokerError>>,
     ) -> Result<(), BrokerError> {
         let send = |change: GrantChange| async move { sender.send(Ok(change)).await.is_ok() };

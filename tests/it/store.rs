@@ -15,7 +15,9 @@ use grant_broker::{
         lifecycle::Transition,
         policy::build_session_policy,
     },
-    ports::{Appended, Change, ExtensionsChange, GrantIndex, GrantStore, Reservation},
+    ports::{
+        Appended, AuditLog, Change, ExtensionsChange, GrantIndex, GrantQueues, GrantRecords, GrantSearch, Reservation,
+    },
 };
 use proptest::prelude::*;
 use time::OffsetDateTime;

@@ -15,7 +15,7 @@
 //! Written beside the grant's own step (other slots), once it is recorded. Repair: an entry whose
 //! grant is missing (it expired, or its creation failed after the caller's entry was written) is
 //! skipped by readers and deleted, and so is a live entry whose grant has ended; a cleaning walk
-//! ([`RedisGrantStore::clean_live`]) goes through the live index too. Retention: each append trims
+//! ([`RedisGrantStore::clean_live_index`]) goes through the live index too. Retention: each append trims
 //! entries older than any record can still be, or for the live index older than any grant can
 //! stay pending or approved (`MINID`), and a stream expires with its newest entry.
 
@@ -199,9 +199,11 @@ impl RedisGrantStore {
         }
     }
 
-    /// See [`crate::ports::GrantStore::clean_live_index`]. The walk's position is kept in
-    /// `gb:live:walked`; replicas walking at once repeat each other's work, harmlessly.
-    pub(super) async fn clean_live(&self, limit: usize) -> Result<usize, StoreError> {
+    /// Walks on through the live index from where the last walk stopped (any replica's), up to
+    /// `limit` entries, removing those whose grant is no longer pending or approved; returns how
+    /// many it removed. The walk's position is kept in `gb:live:walked`; replicas walking at once
+    /// repeat each other's work, harmlessly.
+    pub async fn clean_live_index(&self, limit: usize) -> Result<usize, StoreError> {
         let key = self.index_of(&GrantIndex::Live);
         let walked = format!("{key}:walked");
         let after: Option<String> = redis::cmd("GET")

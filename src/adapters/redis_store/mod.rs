@@ -55,7 +55,8 @@ use crate::{
         extension::ExtensionState,
     },
     ports::{
-        Appended, AuditRead, Change, ChangeFeed, GrantIndex, GrantStore, IndexPage, Queue, Reservation, StoreError,
+        Appended, AuditLog, AuditRead, Change, ChangeFeed, GrantIndex, GrantQueues, GrantRecords, GrantSearch,
+        IndexPage, Queue, Reservation, StoreError,
     },
 };
 
@@ -671,7 +672,7 @@ impl ChangeFeed for RedisFeed {
     }
 }
 
-impl GrantStore for RedisGrantStore {
+impl GrantRecords for RedisGrantStore {
     type Feed = RedisFeed;
 
     async fn subscribe(&self, id: GrantId) -> Result<RedisFeed, StoreError> {
@@ -822,6 +823,60 @@ impl GrantStore for RedisGrantStore {
             }))
     }
 
+    async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
+        let Recorded {
+            appended,
+            first_event,
+            unacknowledged,
+        } = self.record_change(grant, &change).await?;
+        if appended != Appended::Yes {
+            return Ok(appended);
+        }
+        let extension_waits = change
+            .extensions()
+            .and_then(|extensions| extensions.after.last())
+            .is_some_and(|last| last.state == ExtensionState::Pending);
+        if extension_waits {
+            // Beside the grant's step, like the queue entry of a new pending grant (see create):
+            // a lost entry leaves the extension waiting, and a ListGrants of the grant shows it.
+            let queued: Result<i64, _> = self
+                .connection
+                .clone()
+                .zadd(self.pending_key(), grant.id.to_string(), 0)
+                .await;
+            if let Err(error) = queued {
+                tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
+            }
+        }
+        self.beside_change(grant, change.to().unwrap_or(grant.state), change.events(), first_event)
+            .await;
+        // The change stands on the primary (and is logged); the caller learns it may not survive
+        // a failover.
+        unacknowledged.map_or(Ok(appended), Err)
+    }
+
+    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
+        let events = std::slice::from_ref(event);
+        let change = Change::Note { event };
+        let recorded = self.record_change(grant, &change).await?;
+        if recorded.appended == Appended::Yes {
+            self.beside_change(grant, grant.state, events, recorded.first_event)
+                .await;
+        }
+        recorded.unacknowledged.map_or(Ok(()), Err)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+}
+
+impl GrantSearch for RedisGrantStore {
     async fn list_index(
         &self,
         index: &GrantIndex,
@@ -831,7 +886,9 @@ impl GrantStore for RedisGrantStore {
     ) -> Result<IndexPage, StoreError> {
         self.index_page(index, before, since, limit).await
     }
+}
 
+impl GrantQueues for RedisGrantStore {
     async fn due(&self, now: OffsetDateTime, limit: usize) -> Result<Vec<GrantId>, StoreError> {
         let mut connection = self.connection.clone();
         let ids: Value = redis::cmd("ZRANGE")
@@ -915,37 +972,11 @@ impl GrantStore for RedisGrantStore {
         }
         Ok((queued, next))
     }
+}
 
-    async fn change_if_state(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
-        let Recorded {
-            appended,
-            first_event,
-            unacknowledged,
-        } = self.record_change(grant, &change).await?;
-        if appended != Appended::Yes {
-            return Ok(appended);
-        }
-        let extension_waits = change
-            .extensions()
-            .and_then(|extensions| extensions.after.last())
-            .is_some_and(|last| last.state == ExtensionState::Pending);
-        if extension_waits {
-            // Beside the grant's step, like the queue entry of a new pending grant (see create):
-            // a lost entry leaves the extension waiting, and a ListGrants of the grant shows it.
-            let queued: Result<i64, _> = self
-                .connection
-                .clone()
-                .zadd(self.pending_key(), grant.id.to_string(), 0)
-                .await;
-            if let Err(error) = queued {
-                tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
-            }
-        }
-        self.beside_change(grant, change.to().unwrap_or(grant.state), change.events(), first_event)
-            .await;
-        // The change stands on the primary (and is logged); the caller learns it may not survive
-        // a failover.
-        unacknowledged.map_or(Ok(appended), Err)
+impl AuditLog for RedisGrantStore {
+    async fn log_service_event(&self, event: &ServiceEvent) -> Result<(), StoreError> {
+        self.log_service(event).await
     }
 
     async fn audit_events(
@@ -959,43 +990,11 @@ impl GrantStore for RedisGrantStore {
         self.read_audit(after, before, newest_first, limit, wait).await
     }
 
-    async fn log_service_event(&self, event: &ServiceEvent) -> Result<(), StoreError> {
-        self.log_service(event).await
-    }
-
-    async fn clean_live_index(&self, limit: usize) -> Result<usize, StoreError> {
-        self.clean_live(limit).await
-    }
-
-    async fn repair(&self) -> Result<usize, StoreError> {
-        self.retry_repairs().await
-    }
-
     async fn oldest_audit_event(&self) -> Result<Option<AuditCursor>, StoreError> {
         self.oldest_audit().await
     }
 
     async fn trim_audit_log(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         self.trim_audit(before).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(unavailable)
-    }
-
-    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
-        let events = std::slice::from_ref(event);
-        let change = Change::Note { event };
-        let recorded = self.record_change(grant, &change).await?;
-        if recorded.appended == Appended::Yes {
-            self.beside_change(grant, grant.state, events, recorded.first_event)
-                .await;
-        }
-        recorded.unacknowledged.map_or(Ok(()), Err)
     }
 }

@@ -10,7 +10,7 @@
 //! grant at two cursors. A broker that dies with repairs pending loses them: see
 //! docs/storage.md.
 
-use std::{collections::VecDeque, sync::Mutex};
+use std::{collections::VecDeque, sync::Mutex, time::Duration};
 
 use super::RedisGrantStore;
 use crate::{
@@ -69,10 +69,33 @@ impl Repairs {
     }
 }
 
+/// How often the store retries its failed writes and walks the live index on.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Live index entries one walk reads.
+const LIVE_WALK_BATCH: usize = 200;
+
 impl RedisGrantStore {
+    /// The store's own background work, for as long as the broker runs (the broker never sees
+    /// it): retries the writes beside grants' steps that failed, and walks the live index on,
+    /// dropping grants that have ended, so live-now searches read live grants, not history.
+    pub async fn maintain(&self) {
+        loop {
+            tokio::time::sleep(MAINTENANCE_INTERVAL).await;
+            match self.retry_repairs().await {
+                Ok(0) => {}
+                Ok(landed) => tracing::info!(landed, "writes beside grants' steps repaired"),
+                Err(error) => tracing::debug!(%error, "writes beside grants' steps still failing"),
+            }
+            if let Err(error) = self.clean_live_index(LIVE_WALK_BATCH).await {
+                tracing::debug!(%error, "could not clean the live index");
+            }
+        }
+    }
+
     /// Retries every write kept for repair, in order; what fails again is kept. Returns how many
     /// landed.
-    pub(super) async fn retry_repairs(&self) -> Result<usize, StoreError> {
+    pub async fn retry_repairs(&self) -> Result<usize, StoreError> {
         let mut landed = 0;
         let mut failure = None;
         for repair in self.repairs.take() {

@@ -211,14 +211,14 @@ impl RedisServer {
 
     /// The grant as recorded (`None` when there is no record).
     pub async fn grant(&self, grant_id: &str) -> Option<grant_broker::domain::Grant> {
-        use grant_broker::ports::GrantStore as _;
+        use grant_broker::ports::GrantRecords as _;
         let id = grant_broker::domain::GrantId::parse(grant_id).unwrap();
         self.store().get(id).await.unwrap()
     }
 
     /// The grant's recorded events, as JSON (`event` names the type).
     pub async fn events(&self, grant_id: &str) -> Vec<serde_json::Value> {
-        use grant_broker::ports::GrantStore as _;
+        use grant_broker::ports::GrantRecords as _;
         let id = grant_broker::domain::GrantId::parse(grant_id).unwrap();
         self.store()
             .events_from(id, 0)

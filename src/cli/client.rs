@@ -13,7 +13,7 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use super::{ClientError, Exit};
+use super::{ClientError, Exit, json::json_line};
 use crate::grpc::proto::{self, grant_broker_client::GrantBrokerClient};
 
 type Client = GrantBrokerClient<InterceptedService<Channel, BearerToken>>;
@@ -80,123 +80,6 @@ fn state_text(state: i32) -> &'static str {
         proto::GrantState::Cancelled => "cancelled",
         proto::GrantState::Revoked => "revoked",
     }
-}
-
-fn scopes_json(scopes: &[proto::Scope]) -> Value {
-    scopes
-        .iter()
-        .map(|s| json!({ "actions": s.actions, "resources": s.resources }))
-        .collect()
-}
-
-fn approval_json(approval: &proto::Approval) -> Value {
-    json!({
-        "approver": approval.approver,
-        "groups": approval.groups,
-        "approve_time": time_text(approval.approve_time.as_ref()),
-        "comment": approval.comment,
-        "caller": approval.caller,
-    })
-}
-
-fn extension_state_text(state: i32) -> &'static str {
-    match proto::ExtensionState::try_from(state).unwrap_or(proto::ExtensionState::Unspecified) {
-        proto::ExtensionState::Unspecified => "unspecified",
-        proto::ExtensionState::Pending => "pending",
-        proto::ExtensionState::Approved => "approved",
-        proto::ExtensionState::Denied => "denied",
-    }
-}
-
-fn revocation_json(revocation: &proto::Revocation) -> Value {
-    let sessions: Vec<Value> = revocation
-        .sessions
-        .iter()
-        .map(|s| {
-            json!({
-                "session_name": s.session_name,
-                "access_key_id": s.access_key_id,
-                "expire_time": time_text(s.expire_time.as_ref()),
-                "enforcement": enforcement_text(s.enforcement),
-            })
-        })
-        .collect();
-    json!({
-        "caller": revocation.caller,
-        "revoker": revocation.revoker,
-        "revoke_time": time_text(revocation.revoke_time.as_ref()),
-        "reason": revocation.reason,
-        "operation_id": revocation.operation_id,
-        "enforcement": enforcement_text(revocation.enforcement),
-        "enforcement_error": revocation.enforcement_error,
-        "enforcement_time": time_text(revocation.enforcement_time.as_ref()),
-        "cutoff_time": time_text(revocation.cutoff_time.as_ref()),
-        "sessions": sessions,
-    })
-}
-
-pub fn grant_json(grant: &proto::Grant) -> Value {
-    let decision = grant.decision.as_ref();
-    json!({
-        "id": grant.id,
-        "state": state_text(grant.state),
-        "request_id": grant.request_id,
-        "target": grant.target,
-        "account_id": grant.account_id,
-        "role_arn": grant.role_arn,
-        "region": grant.region,
-        "caller": grant.caller,
-        "requester": grant.requester,
-        "grantee": grant.grantee,
-        "scopes": scopes_json(&grant.scopes),
-        "session_policy": grant.session_policy,
-        "justification": grant.justification,
-        "ticket": grant.ticket,
-        "create_time": time_text(grant.create_time.as_ref()),
-        "start_time": time_text(grant.start_time.as_ref()),
-        "end_time": time_text(grant.end_time.as_ref()),
-        "decision": {
-            "outcome": decision.map(|d| proto::DecisionOutcome::try_from(d.outcome).map(|o| o.as_str_name()).unwrap_or("")),
-            "policy_ids": decision.map(|d| d.policy_ids.clone()).unwrap_or_default(),
-            "reason": decision.map(|d| d.reason.clone()).unwrap_or_default(),
-        },
-        "issuance_count": grant.issuance_count,
-        "approvals_required": grant.approvals_required,
-        "break_glass": grant.break_glass,
-        "review": grant.review.as_ref().map(|r| json!({
-            "reviewer": r.reviewer,
-            "review_time": time_text(r.review_time.as_ref()),
-            "comment": r.comment,
-        })),
-        "pending_expire_time": time_text(grant.pending_expire_time.as_ref()),
-        "approvals": grant.approvals.iter().map(approval_json).collect::<Vec<_>>(),
-        "extensions": grant.extensions.iter().map(|e| json!({
-            "number": e.number,
-            "state": extension_state_text(e.state),
-            "additional_seconds": e.additional_duration.as_ref().map_or(0, |d| d.seconds),
-            "justification": e.justification,
-            "request_time": time_text(e.request_time.as_ref()),
-            "caller": e.caller,
-            "request_id": e.request_id,
-            "reason": e.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default(),
-            "policy_ids": e.decision.as_ref().map(|d| d.policy_ids.clone()).unwrap_or_default(),
-            "approvals_required": e.approvals_required,
-            "approvals": e.approvals.iter().map(approval_json).collect::<Vec<_>>(),
-            "denied_by": e.denied_by,
-            "deny_reason": e.deny_reason,
-            "new_end_time": time_text(e.new_end_time.as_ref()),
-        })).collect::<Vec<_>>(),
-        "revocation": grant.revocation.as_ref().map(revocation_json),
-        "sessions_denied_before_time": time_text(grant.sessions_denied_before_time.as_ref()),
-        "issuances": grant.issuances.iter().map(|i| json!({
-            "access_key_id": i.access_key_id,
-            "session_name": i.session_name,
-            "source_identity": i.source_identity,
-            "assumed_role_arn": i.assumed_role_arn,
-            "expire_time": time_text(i.expire_time.as_ref()),
-            "issue_time": time_text(i.issue_time.as_ref()),
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub fn grant_summary(grant: &proto::Grant) -> String {
@@ -354,17 +237,6 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
     text
 }
 
-fn credentials_json(credentials: &proto::Credentials) -> Value {
-    json!({
-        "access_key_id": credentials.access_key_id,
-        "secret_access_key": credentials.secret_access_key,
-        "session_token": credentials.session_token,
-        "expire_time": time_text(credentials.expire_time.as_ref()),
-        "assumed_role_arn": credentials.assumed_role_arn,
-        "region": credentials.region,
-    })
-}
-
 fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) -> String {
     let expiration = time_text(credentials.expire_time.as_ref());
     match format {
@@ -380,7 +252,7 @@ fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) 
             "Expiration": expiration,
         })
         .to_string(),
-        CredentialFormat::Json => credentials_json(credentials).to_string(),
+        CredentialFormat::Json => json_line(credentials).unwrap_or_default(),
         CredentialFormat::Summary => format!(
             "credentials for {} until {} (use --export or --credential-process to print them)\n",
             credentials.assumed_role_arn, expiration
@@ -391,20 +263,7 @@ fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) 
 pub async fn targets(client: &mut Client, json: bool) -> Result<String, ClientError> {
     let response = client.list_targets(proto::ListTargetsRequest {}).await?.into_inner();
     if json {
-        let targets: Vec<Value> = response
-            .targets
-            .iter()
-            .map(|t| {
-                json!({
-                    "id": t.id, "description": t.description, "environment": t.environment,
-                    "account_id": t.account_id, "role_arn": t.role_arn, "region": t.region,
-                    "ceiling": scopes_json(&t.ceiling),
-                    "max_duration_secs": t.max_duration.as_ref().map_or(0, |d| d.seconds),
-                    "mfa_required": t.mfa_required,
-                })
-            })
-            .collect();
-        return Ok(Value::from(targets).to_string());
+        return json_line(&response);
     }
     let mut text = String::new();
     for target in &response.targets {
@@ -440,6 +299,7 @@ pub async fn request(
     let response = client.request_access(message).await?.into_inner();
     let grant = response
         .grant
+        .clone()
         .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no grant"))?;
     if grant.state == i32::from(proto::GrantState::Denied) {
         let reason = grant.decision.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
@@ -456,11 +316,7 @@ pub async fn request(
             }
             Ok(text)
         }
-        (CredentialFormat::Json, credentials) => Ok(json!({
-            "grant": grant_json(&grant),
-            "credentials": credentials.as_ref().map(credentials_json),
-        })
-        .to_string()),
+        (CredentialFormat::Json, _) => json_line(&response),
         (_, Some(credentials)) => Ok(credentials_text(credentials, format)),
         (_, None) => Err(ClientError::new(
             Exit::NotIssued,
@@ -480,6 +336,9 @@ pub async fn issue(
     format: CredentialFormat,
 ) -> Result<String, ClientError> {
     let response = client.issue_credentials(message).await?.into_inner();
+    if format == CredentialFormat::Json {
+        return json_line(&response);
+    }
     let grant = response
         .grant
         .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no grant"))?;
@@ -488,11 +347,6 @@ pub async fn issue(
         .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no credentials"))?;
     Ok(match format {
         CredentialFormat::Summary => grant_summary(&grant) + &credentials_text(&credentials, format),
-        CredentialFormat::Json => json!({
-            "grant": grant_json(&grant),
-            "credentials": credentials_json(&credentials),
-        })
-        .to_string(),
         _ => credentials_text(&credentials, format),
     })
 }
@@ -504,24 +358,14 @@ pub async fn explain(
     json: bool,
 ) -> Result<String, ClientError> {
     let explained = client.explain_request(message).await?.into_inner();
+    if json {
+        return json_line(&explained);
+    }
     let decision = explained.decision.unwrap_or_default();
     let outcome = proto::DecisionOutcome::try_from(decision.outcome)
         .map(|o| o.as_str_name())
         .unwrap_or("");
     let duration = explained.session_duration.map_or(0, |d| d.seconds);
-    if json {
-        return Ok(json!({
-            "outcome": outcome,
-            "policy_ids": decision.policy_ids,
-            "reason": decision.reason,
-            "approvals_required": explained.approvals_required,
-            "eligible_approvers": explained.eligible_approvers,
-            "session_duration_secs": duration,
-            "session_policy": explained.session_policy,
-            "evaluate_time": time_text(explained.evaluate_time.as_ref()),
-        })
-        .to_string());
-    }
     let mut text = format!(
         "decision  {outcome}: {} [{}]\n",
         decision.reason,
@@ -556,17 +400,10 @@ pub async fn watch(
     let mut stream = client.watch_grant(message).await?.into_inner();
     let mut last_state = proto::GrantState::Unspecified;
     while let Some(change) = stream.message().await? {
-        let grant = change.grant.unwrap_or_default();
+        let grant = change.grant.clone().unwrap_or_default();
         last_state = proto::GrantState::try_from(grant.state).unwrap_or(proto::GrantState::Unspecified);
         let line = if json {
-            json!({
-                "cursor": change.cursor,
-                "event": change.event,
-                "event_time": time_text(change.event_time.as_ref()),
-                "details": serde_json::from_str::<Value>(&change.event_json).unwrap_or(Value::Null),
-                "state": state_text(grant.state),
-            })
-            .to_string()
+            json_line(&change)?
         } else {
             format!(
                 "{:>4}  {:<18} {}{}",
@@ -603,11 +440,11 @@ pub async fn watch(
     Ok(String::new())
 }
 
-fn grant_text(grant: &proto::Grant, json: bool) -> String {
+fn grant_text(grant: &proto::Grant, json: bool) -> Result<String, ClientError> {
     if json {
-        grant_json(grant).to_string()
+        json_line(grant)
     } else {
-        grant_summary(grant)
+        Ok(grant_summary(grant))
     }
 }
 
@@ -616,7 +453,7 @@ pub async fn approve(
     message: proto::ApproveGrantRequest,
     json: bool,
 ) -> Result<String, ClientError> {
-    Ok(grant_text(&client.approve_grant(message).await?.into_inner(), json))
+    grant_text(&client.approve_grant(message).await?.into_inner(), json)
 }
 
 pub async fn review(
@@ -624,11 +461,11 @@ pub async fn review(
     message: proto::ReviewGrantRequest,
     json: bool,
 ) -> Result<String, ClientError> {
-    Ok(grant_text(&client.review_grant(message).await?.into_inner(), json))
+    grant_text(&client.review_grant(message).await?.into_inner(), json)
 }
 
 pub async fn deny(client: &mut Client, message: proto::DenyGrantRequest, json: bool) -> Result<String, ClientError> {
-    Ok(grant_text(&client.deny_grant(message).await?.into_inner(), json))
+    grant_text(&client.deny_grant(message).await?.into_inner(), json)
 }
 
 /// Asks for more time; an extension the rules refuse exits 3, like a denied request.
@@ -651,7 +488,7 @@ pub async fn extend(
             format!("extension {} of grant {} denied: {reason}", extension.number, grant.id),
         ));
     }
-    Ok(grant_text(&grant, json))
+    grant_text(&grant, json)
 }
 
 fn enforcement_text(status: i32) -> &'static str {
@@ -729,7 +566,7 @@ pub async fn revoke(
                 .into_inner();
         }
     }
-    Ok(grant_text(&grant, json))
+    grant_text(&grant, json)
 }
 
 pub async fn revoke_grantee(
@@ -739,24 +576,7 @@ pub async fn revoke_grantee(
 ) -> Result<String, ClientError> {
     let response = client.revoke_grantee(message).await?.into_inner();
     if json {
-        return Ok(json!({
-            "operation_id": response.operation_id,
-            "truncated": response.truncated,
-            "examined": response.examined,
-            "near_misses": response.near_misses.iter().map(|miss| json!({
-                "grantee": miss.grantee,
-                "live_grants": miss.live_grants,
-            })).collect::<Vec<_>>(),
-            "outcomes": response.outcomes.iter().map(|o| json!({
-                "grant_id": o.grant_id,
-                "grant": o.grant.as_ref().map(grant_json),
-                "error": o.error.as_ref().map(|e| json!({
-                    "code": crate::grpc::status::code_name(tonic::Code::from(e.code)),
-                    "message": e.message,
-                })),
-            })).collect::<Vec<_>>(),
-        })
-        .to_string());
+        return json_line(&response);
     }
     let mut text = format!(
         "operation {}: {} live grant(s) of {} examined\n",
@@ -812,15 +632,7 @@ pub async fn revoke_target_sessions(
 ) -> Result<String, ClientError> {
     let response = client.revoke_target_sessions(message).await?.into_inner();
     if json {
-        return Ok(json!({
-            "target": response.target,
-            "role_arn": response.role_arn,
-            "cutoff_time": time_text(response.cutoff_time.as_ref()),
-            "cutoff_expire_time": time_text(response.cutoff_expire_time.as_ref()),
-            "enforcement": enforcement_text(response.enforcement),
-            "enforcement_error": response.enforcement_error,
-        })
-        .to_string());
+        return json_line(&response);
     }
     Ok(format!(
         "target {} ({}): sessions issued before {} are denied until {}; enforcement {}{}\n",
@@ -837,21 +649,9 @@ pub async fn revoke_target_sessions(
     ))
 }
 
-fn audit_line(event: &proto::AuditEvent, json: bool) -> String {
+fn audit_line(event: &proto::AuditEvent, json: bool) -> Result<String, ClientError> {
     if json {
-        json!({
-            "cursor": event.cursor,
-            "event_time": time_text(event.event_time.as_ref()),
-            "event": event.event,
-            "grant_id": event.grant_id,
-            "actor": event.actor,
-            "caller": event.caller,
-            "target": event.target,
-            "account_id": event.account_id,
-            "grant_caller": event.grant_caller,
-            "details": serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null),
-        })
-        .to_string()
+        json_line(event)
     } else if event.grant_id.is_empty() {
         // A service event (rules loaded, an audit query): what it says, after who.
         let details = serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null);
@@ -904,16 +704,16 @@ fn audit_line(event: &proto::AuditEvent, json: bool) -> String {
             ),
             _ => String::new(),
         };
-        format!(
+        Ok(format!(
             "{}  {}  {:<20} {}  {}",
             event.cursor,
             time_text(event.event_time.as_ref()),
             event.event,
             event.actor,
             said
-        )
+        ))
     } else {
-        format!(
+        Ok(format!(
             "{}  {}  {:<20} {}  {} on {} ({})",
             event.cursor,
             time_text(event.event_time.as_ref()),
@@ -922,7 +722,7 @@ fn audit_line(event: &proto::AuditEvent, json: bool) -> String {
             event.actor,
             event.target,
             event.account_id
-        )
+        ))
     }
 }
 
@@ -934,7 +734,7 @@ pub async fn audit_events(
     let response = client.list_audit_events(message).await?.into_inner();
     let mut text = String::new();
     for event in &response.events {
-        let _ = writeln!(text, "{}", audit_line(event, json));
+        let _ = writeln!(text, "{}", audit_line(event, json)?);
     }
     if !response.next_page_token.is_empty() {
         if json {
@@ -957,7 +757,7 @@ pub async fn audit_tail(
     let mut stream = client.watch_audit_events(message).await?.into_inner();
     while let Some(event) = stream.message().await? {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", audit_line(&event, json));
+        let _ = writeln!(out, "{}", audit_line(&event, json)?);
         let _ = out.flush();
     }
     Ok(String::new())
@@ -1024,7 +824,7 @@ pub async fn audit_export(client: &mut Client, export: Export) -> Result<String,
     );
     let mut emit = |events: &[proto::AuditEvent], cursor: &mut String| -> Result<(), ClientError> {
         for event in events {
-            writeln!(out, "{}", audit_line(event, true)).map_err(|error| io_error("cannot write", error))?;
+            writeln!(out, "{}", audit_line(event, true)?).map_err(|error| io_error("cannot write", error))?;
             written += 1;
         }
         out.flush().map_err(|error| io_error("cannot write", error))?;
@@ -1084,20 +884,9 @@ pub async fn find_key(
     json: bool,
 ) -> Result<String, ClientError> {
     let found = client.find_grant_by_access_key(message).await?.into_inner();
-    let grant = found.grant.unwrap_or_default();
+    let grant = found.grant.clone().unwrap_or_default();
     if json {
-        return Ok(json!({
-            "grant": grant_json(&grant),
-            "issuance": found.issuance.as_ref().map(|i| json!({
-                "access_key_id": i.access_key_id,
-                "session_name": i.session_name,
-                "source_identity": i.source_identity,
-                "assumed_role_arn": i.assumed_role_arn,
-                "expire_time": time_text(i.expire_time.as_ref()),
-                "issue_time": time_text(i.issue_time.as_ref()),
-            })),
-        })
-        .to_string());
+        return json_line(&found);
     }
     let mut text = String::new();
     if let Some(issuance) = &found.issuance {
@@ -1120,51 +909,34 @@ pub async fn cancel(client: &mut Client, id: String, reason: String, json: bool)
         .cancel_grant(proto::CancelGrantRequest { id, reason })
         .await?
         .into_inner();
-    Ok(grant_text(&grant, json))
+    grant_text(&grant, json)
 }
 
 pub async fn get(client: &mut Client, id: String, json: bool) -> Result<String, ClientError> {
     let grant = client.get_grant(proto::GetGrantRequest { id }).await?.into_inner();
-    Ok(grant_text(&grant, json))
+    grant_text(&grant, json)
 }
 
-/// A grant, then one line per event of its trail, oldest first.
+/// A grant, then one line per event of its trail, oldest first (`--json`: the whole response).
 pub async fn history(client: &mut Client, id: String, json: bool) -> Result<String, ClientError> {
     let response = client
         .get_grant_history(proto::GetGrantHistoryRequest { id })
         .await?
         .into_inner();
-    let mut text = response
-        .grant
-        .as_ref()
-        .map(|grant| grant_text(grant, json))
-        .unwrap_or_default();
-    if !text.ends_with('\n') {
-        text.push('\n');
+    if json {
+        return json_line(&response);
     }
+    let mut text = response.grant.as_ref().map(grant_summary).unwrap_or_default();
     for event in &response.events {
-        let details = serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null);
-        if json {
-            let line = json!({
-                "cursor": event.cursor,
-                "event_time": time_text(event.event_time.as_ref()),
-                "event": event.event,
-                "actor": event.actor,
-                "caller": event.caller,
-                "details": details,
-            });
-            let _ = writeln!(text, "{line}");
-        } else {
-            let _ = writeln!(
-                text,
-                "{:>4}  {}  {:<20} {} via {}",
-                event.cursor,
-                time_text(event.event_time.as_ref()),
-                event.event,
-                event.actor,
-                event.caller
-            );
-        }
+        let _ = writeln!(
+            text,
+            "{:>4}  {}  {:<20} {} via {}",
+            event.cursor,
+            time_text(event.event_time.as_ref()),
+            event.event,
+            event.actor,
+            event.caller
+        );
     }
     Ok(text)
 }
@@ -1173,11 +945,7 @@ pub async fn history(client: &mut Client, id: String, json: bool) -> Result<Stri
 pub async fn list(client: &mut Client, message: proto::ListGrantsRequest, json: bool) -> Result<String, ClientError> {
     let response = client.list_grants(message).await?.into_inner();
     if json {
-        return Ok(json!({
-            "grants": response.grants.iter().map(grant_json).collect::<Vec<_>>(),
-            "next_page_token": response.next_page_token,
-        })
-        .to_string());
+        return json_line(&response);
     }
     let mut text = String::new();
     for grant in &response.grants {

@@ -7,6 +7,7 @@ mod args;
 pub mod cases;
 pub mod client;
 mod dispatch;
+mod json;
 mod serve;
 
 use std::fmt::Write as _;

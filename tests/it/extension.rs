@@ -483,10 +483,15 @@ async fn the_cli_extends_and_exits_3_when_the_rules_refuse() {
     json_args.push("--json".into());
     let output = run_cli(json_args).await;
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(printed["extensions"][2]["state"], "approved");
-    assert_eq!(printed["extensions"][1]["state"], "denied");
+    // The Grant message by the proto3 JSON mapping: enums by name, the decision as its message.
     assert_eq!(
-        printed["extensions"][1]["policy_ids"],
+        printed["extensions"][2]["state"], "EXTENSION_STATE_APPROVED",
+        "{printed}"
+    );
+    assert_eq!(printed["extensions"][1]["state"], "EXTENSION_STATE_DENIED", "{printed}");
+    assert_eq!(printed["extensions"][1]["additional_duration"], "1200s", "{printed}");
+    assert_eq!(
+        printed["extensions"][1]["decision"]["policy_ids"],
         serde_json::json!(["short-extensions-only"])
     );
 }

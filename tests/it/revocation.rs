@@ -928,14 +928,19 @@ async fn the_cli_revokes_waits_for_the_deny_and_reports_each_session() {
     .await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(printed["enforcement"], "enforced", "{printed}");
+    assert_eq!(printed["enforcement"], "ENFORCEMENT_STATUS_ENFORCED", "{printed}");
     assert_eq!(printed["target"], "dev-logs-read");
-    let seen = get(&mut client, &other.id).await;
-    let denied_before = time::OffsetDateTime::from_unix_timestamp(seen.sessions_denied_before_time.unwrap().seconds)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    assert_eq!(printed["cutoff_time"], denied_before.as_str(), "{printed}");
+    let seen = get(&mut client, &other.id).await.sessions_denied_before_time.unwrap();
+    let printed_cutoff = time::OffsetDateTime::parse(
+        printed["cutoff_time"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(
+        printed_cutoff.unix_timestamp_nanos(),
+        i128::from(seen.seconds) * 1_000_000_000 + i128::from(seen.nanos),
+        "{printed}"
+    );
 
     // A record-only target: no deny can cover its sessions, so waiting says so at once (exit 5).
     let mut request = read_logs_request("cli-record-only");

@@ -155,7 +155,7 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
     let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let grants = listed["grants"].as_array().unwrap();
     assert_eq!(grants.len(), 2);
-    assert_eq!(grants[0]["state"], "approved");
+    assert_eq!(grants[0]["state"], "GRANT_STATE_APPROVED");
     assert!(
         !text(&output.stdout).contains(&fake_secret(0)),
         "listings carry no secrets"
@@ -170,7 +170,7 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
         text(&output.stdout)
     );
 
-    // The whole trail, one line per event; with --json the grant then one object per event.
+    // The whole trail, one line per event; with --json the GetGrantHistory response.
     let mut history = base("history");
     history.push(grants[1]["id"].as_str().unwrap().to_owned());
     let output = run_cli(history.clone()).await;
@@ -183,14 +183,12 @@ async fn the_cli_requests_lists_and_prints_credentials_for_aws_tools() {
     assert_eq!(events, ["requested", "issuing", "issued"], "{printed}");
     history.push("--json".into());
     let output = run_cli(history).await;
-    let lines: Vec<serde_json::Value> = text(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(lines[0]["id"], grants[1]["id"]);
-    assert_eq!(lines[1]["cursor"], 1);
-    assert_eq!(lines[1]["event"], "requested");
-    assert_eq!(lines[3]["details"]["access_key_id"], document["AccessKeyId"]);
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["grant"]["id"], grants[1]["id"]);
+    assert_eq!(printed["events"][0]["cursor"], 1, "{printed}");
+    assert_eq!(printed["events"][0]["event"], "requested");
+    let issued: serde_json::Value = serde_json::from_str(printed["events"][2]["event_json"].as_str().unwrap()).unwrap();
+    assert_eq!(issued["access_key_id"], document["AccessKeyId"]);
     assert!(!text(&output.stdout).contains(&fake_secret(0)), "no secrets");
 
     // A bad request prints the code and each field violation, and exits non-zero.

@@ -24,6 +24,7 @@ pub trait Ports: Send + Sync + 'static {
     type Issuer: CredentialIssuer;
     type Clock: Clock;
     type Enforcer: RoleEnforcer;
+    type Notifier: Notifier;
 }
 
 pub trait Clock: Send + Sync + 'static {
@@ -450,6 +451,19 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Drops the audit log's events logged before `before`; how many.
     fn trim_audit_log(&self, before: OffsetDateTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Tells those who follow grants what happened (webhooks), once it is recorded: the broker calls
+/// it after each change of a grant lands and after each service event is logged, never before
+/// (a change that loses its compare-and-set announces nothing). Never fails a grant operation:
+/// what cannot be queued is the adapter's to log and count.
+pub trait Notifier: Send + Sync + 'static {
+    /// `events` of `grant` were just recorded; the grant is now in `state`.
+    fn grant_changed(&self, grant: &Grant, state: GrantState, events: &[GrantEvent])
+    -> impl Future<Output = ()> + Send;
+
+    /// A service event was just logged.
+    fn service_event(&self, event: &ServiceEvent) -> impl Future<Output = ()> + Send;
 }
 
 /// Why STS did not issue credentials.

@@ -11,9 +11,9 @@ use tonic_health::ServingStatus;
 use crate::{
     adapters::{
         IamEnforcer, RedisGrantStore, StsIssuer,
-        webhooks::{DeliveryWorker, Outbox},
+        webhooks::{DeliveryWorker, Outbox, WebhookNotifier},
     },
-    broker::Broker,
+    broker::{Adapters, Broker},
     config::Config,
     grpc::{Authenticate, Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, proto},
     ports::{Ports, SystemClock},
@@ -27,6 +27,7 @@ impl Ports for Deployed {
     type Issuer = StsIssuer;
     type Clock = SystemClock;
     type Enforcer = IamEnforcer;
+    type Notifier = WebhookNotifier;
 }
 
 /// The production broker.
@@ -53,8 +54,11 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     // Parsed now rather than by the first request (a few milliseconds).
     let catalog = crate::domain::iam::Catalog::builtin();
     tracing::info!(source = catalog.source(), "IAM action catalog loaded");
-    let store =
-        RedisGrantStore::new(&config.redis)?.with_outbox(Outbox::new(&config.redis.key_prefix, &config.webhooks));
+    let store = RedisGrantStore::new(&config.redis)?;
+    let notifier = WebhookNotifier::new(
+        Outbox::new(&config.redis.key_prefix, &config.webhooks),
+        store.shared_connection(),
+    );
     let deliveries = if config.webhooks.is_empty() {
         None
     } else {
@@ -68,15 +72,14 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     let issuer = StsIssuer::new(&config.sts, regions).await;
     let auth = Authenticator::new(&config.callers);
     let enforcer = IamEnforcer::new(&config.iam, &config.targets).await;
-    let broker = ProductionBroker::new(
+    let adapters = Adapters {
         store,
         issuer,
         enforcer,
-        SystemClock,
-        config.rules,
-        config.targets,
-        config.broker,
-    );
+        notifier,
+        clock: SystemClock,
+    };
+    let broker = ProductionBroker::new(adapters, config.rules, config.targets, config.broker);
     Ok((broker, auth, deliveries))
 }
 

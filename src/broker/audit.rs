@@ -52,7 +52,7 @@ impl<P: Ports> Broker<P> {
                 filter,
             },
         };
-        let (result, recorded) = tokio::join!(read, self.store.log_service_event(&event));
+        let (result, recorded) = tokio::join!(read, self.log_service(&event));
         let found = result?;
         recorded?;
         Ok(found)
@@ -70,7 +70,7 @@ impl<P: Ports> Broker<P> {
                 sources: self.rules.sources().to_vec(),
             },
         };
-        Ok(self.store.log_service_event(&event).await?)
+        Ok(self.log_service(&event).await?)
     }
 
     /// A cursor a reader may resume from: not from the part of the log retention has dropped

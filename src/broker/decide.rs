@@ -273,8 +273,7 @@ impl<P: Ports> Broker<P> {
             },
         };
         let changed = self
-            .store
-            .change_if_state(
+            .record(
                 &grant,
                 Change::Review {
                     review: &review,

@@ -107,8 +107,7 @@ impl<P: Ports> Broker<P> {
             duration_secs: spec.duration_secs(),
         });
         let recorded = self
-            .store
-            .change_if_state(
+            .record(
                 grant,
                 Change::IssueAttempt {
                     limit: self.settings.max_issuances_per_grant,
@@ -130,7 +129,7 @@ impl<P: Ports> Broker<P> {
                     session_name,
                     error: format!("{}: {}", error.code, error.message),
                 });
-                if let Err(store_error) = self.store.append_event(grant, &failed).await {
+                if let Err(store_error) = self.record_event(grant, &failed).await {
                     tracing::warn!(grant_id = %grant.id, error = %store_error, "could not record the failed issuance");
                 }
                 return Err(BrokerError::Issue(error));
@@ -153,7 +152,7 @@ impl<P: Ports> Broker<P> {
             expiration: issuance.expiration,
         });
         // INVARIANT: credentials are returned only once this write has succeeded.
-        let record = self.store.change_if_state(
+        let record = self.record(
             grant,
             Change::Issued {
                 issuance: &issuance,
@@ -277,7 +276,7 @@ impl<P: Ports> Broker<P> {
                     caller: caller.id.to_string(),
                     kind: EventKind::IssueRefused { reason: what.clone() },
                 };
-                if let Err(error) = self.store.append_event(grant, &refused).await {
+                if let Err(error) = self.record_event(grant, &refused).await {
                     tracing::warn!(grant_id = %grant.id, %error, "could not record the refused issuance");
                 }
                 return Err(BrokerError::RecordInconsistent {
@@ -348,7 +347,7 @@ impl<P: Ports> Broker<P> {
                 role_id: issuance.role_id.clone(),
             },
         };
-        if let Err(error) = self.store.append_event(grant, &event).await {
+        if let Err(error) = self.record_event(grant, &event).await {
             tracing::warn!(grant_id = %grant.id, error = %error, "could not record the discarded issuance");
         }
     }

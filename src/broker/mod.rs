@@ -41,6 +41,7 @@ use crate::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
         GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
         approval::{Approval, Person, Review},
+        audit::ServiceEvent,
         filter::GrantFilter,
         iam::Catalog,
         lifecycle::{NotAllowed, Transition},
@@ -48,9 +49,9 @@ use crate::{
         policy::build_session_policy,
     },
     ports::{
-        Appended, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantQueues, GrantRecords,
-        GrantSearch, INDEX_SKEW, IndexPosition, IssueError, IssueErrorKind, Ports, Queue, Reservation, StoreError,
-        Window,
+        Appended, AuditLog, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantQueues, GrantRecords,
+        GrantSearch, INDEX_SKEW, IndexPosition, IssueError, IssueErrorKind, Notifier, Ports, Queue, Reservation,
+        StoreError, Window,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -209,11 +210,22 @@ fn with_rule_input<R>(
     })
 }
 
+/// One of each adapter a broker runs on.
+pub struct Adapters<P: Ports> {
+    pub store: P::Store,
+    pub issuer: P::Issuer,
+    pub enforcer: P::Enforcer,
+    pub notifier: P::Notifier,
+    pub clock: P::Clock,
+}
+
 pub struct Broker<P: Ports> {
     store: P::Store,
     issuer: P::Issuer,
     /// Writes revocations into target roles.
     enforcer: P::Enforcer,
+    /// Announces what was recorded.
+    notifier: P::Notifier,
     clock: P::Clock,
     rules: RuleEngine,
     targets: BTreeMap<String, Target>,
@@ -224,20 +236,20 @@ pub struct Broker<P: Ports> {
 }
 
 impl<P: Ports> Broker<P> {
-    pub fn new(
-        store: P::Store,
-        issuer: P::Issuer,
-        enforcer: P::Enforcer,
-        clock: P::Clock,
-        rules: RuleEngine,
-        targets: Vec<Target>,
-        settings: BrokerSettings,
-    ) -> Self {
+    pub fn new(adapters: Adapters<P>, rules: RuleEngine, targets: Vec<Target>, settings: BrokerSettings) -> Self {
         let targets = targets.into_iter().map(|target| (target.id.clone(), target)).collect();
+        let Adapters {
+            store,
+            issuer,
+            enforcer,
+            notifier,
+            clock,
+        } = adapters;
         Self {
             store,
             issuer,
             enforcer,
+            notifier,
             clock,
             rules,
             targets,
@@ -263,6 +275,33 @@ impl<P: Ports> Broker<P> {
         }
     }
 
+    /// Writes a change of `grant`'s record and, once it landed, announces its events: the one way
+    /// the use cases write a grant.
+    async fn record(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
+        let appended = self.store.change_if_state(grant, change).await?;
+        if appended == Appended::Yes {
+            let state = change.to().unwrap_or(grant.state);
+            self.notifier.grant_changed(grant, state, change.events()).await;
+        }
+        Ok(appended)
+    }
+
+    /// Appends an event to `grant` whatever its state (a failure worth auditing), and announces it.
+    async fn record_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
+        self.store.append_event(grant, event).await?;
+        self.notifier
+            .grant_changed(grant, grant.state, std::slice::from_ref(event))
+            .await;
+        Ok(())
+    }
+
+    /// Logs a service event and announces it.
+    async fn log_service(&self, event: &ServiceEvent) -> Result<(), StoreError> {
+        self.store.log_service_event(event).await?;
+        self.notifier.service_event(event).await;
+        Ok(())
+    }
+
     /// Writes a life-cycle change of `grant`'s record in one atomic step, the one way every use
     /// case moves a grant. What the store refuses becomes the same error for every transition: a
     /// grant no longer in a state the transition allows is `TransitionNotAllowed` with the state
@@ -270,7 +309,7 @@ impl<P: Ports> Broker<P> {
     /// (another approval landed, the extensions changed) is `LostRace`: decide again on what is
     /// recorded now.
     async fn apply(&self, grant: &Grant, change: Change<'_>) -> Result<Applied, BrokerError> {
-        let appended = self.store.change_if_state(grant, change).await?;
+        let appended = self.record(grant, change).await?;
         match (appended, change.transition()) {
             (Appended::Yes, _) => Ok(Applied::Landed),
             (Appended::ApprovalsChanged(_) | Appended::ExtensionsChanged, _) => Ok(Applied::LostRace),

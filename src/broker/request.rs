@@ -140,7 +140,10 @@ impl<P: Ports> Broker<P> {
             });
             tracing::warn!(grant_id = %grant.id, caller = %caller.id, requester = %grant.requester, "break-glass used");
         }
-        if !self.store.create(&grant, &events).await? {
+        let created = self.store.create(&grant, &events).await?;
+        if created {
+            self.notifier.grant_changed(&grant, grant.state, &events).await;
+        } else {
             // A concurrent retry with the same request id created it first.
             let existing = self
                 .store

@@ -32,7 +32,7 @@ use crate::{
         },
     },
     ports::{
-        Appended, AuditLog, Change, Clock, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex, GrantRecords,
+        Appended, Change, Clock, EnforceError, EnforceErrorKind, EnforcementStore, GrantIndex, GrantRecords,
         GrantSearch, Lease, Leased, Ports, RoleEnforcer, RoleFacts,
     },
 };
@@ -370,7 +370,7 @@ impl<P: Ports> Broker<P> {
         };
         // Each revocation is in the ledger already, with the operation's id: an operation whose
         // summary cannot be logged still answers (the caller needs the outcomes), loudly.
-        if let Err(error) = self.store.log_service_event(&event).await {
+        if let Err(error) = self.log_service(&event).await {
             tracing::error!(%operation, %error, "grantee revoked, but the operation could not be logged");
         }
         Ok(GranteeRevocation {
@@ -470,10 +470,7 @@ impl<P: Ports> Broker<P> {
         };
         // Together, in one round trip: an incident action the ledger does not hold fails (the
         // cutoff still holds; a retry sets a later one and records it).
-        let (set, logged) = tokio::join!(
-            self.store.set_cutoff(&role, &cutoff),
-            self.store.log_service_event(&event)
-        );
+        let (set, logged) = tokio::join!(self.store.set_cutoff(&role, &cutoff), self.log_service(&event));
         set?;
         self.remember_cutoff(&role, &cutoff);
         logged?;
@@ -647,8 +644,7 @@ impl<P: Ports> Broker<P> {
             },
         };
         let changed = self
-            .store
-            .change_if_state(
+            .record(
                 grant,
                 Change::Enforcement {
                     enforcement: &enforcement,
@@ -817,10 +813,8 @@ impl<P: Ports> Broker<P> {
                             available: *available,
                         },
                     };
-                    let (set, logged) = tokio::join!(
-                        self.store.set_cutoff(role_arn, &cutoff),
-                        self.store.log_service_event(&event)
-                    );
+                    let (set, logged) =
+                        tokio::join!(self.store.set_cutoff(role_arn, &cutoff), self.log_service(&event));
                     set?;
                     self.remember_cutoff(role_arn, &cutoff);
                     logged?;
@@ -880,7 +874,7 @@ impl<P: Ports> Broker<P> {
                 grants: covered.len(),
             },
         };
-        self.store.log_service_event(&event).await?;
+        self.log_service(&event).await?;
         let note = match drift {
             DenyDrift::Missing => "the deny policy was deleted from the role outside the broker; writing it again",
             DenyDrift::Changed => "the deny policy was edited on the role outside the broker; writing it again",

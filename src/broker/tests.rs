@@ -646,6 +646,31 @@ impl crate::ports::Ports for Fakes {
     type Issuer = FakeIssuer;
     type Clock = ManualClock;
     type Enforcer = FakeIam;
+    type Notifier = Notices;
+}
+
+/// What the broker announced, in order: `grant id: event (state after)` for grants' events, the
+/// event's name for service events.
+#[derive(Clone, Default)]
+struct Notices(Arc<Mutex<Vec<String>>>);
+
+impl Notices {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl crate::ports::Notifier for Notices {
+    async fn grant_changed(&self, grant: &Grant, state: GrantState, events: &[GrantEvent]) {
+        let mut notices = self.0.lock().unwrap();
+        for event in events {
+            notices.push(format!("{}: {} ({})", grant.id, event.kind.name(), state.as_str()));
+        }
+    }
+
+    async fn service_event(&self, event: &ServiceEvent) {
+        self.0.lock().unwrap().push(event.kind.name().to_owned());
+    }
 }
 
 /// A clock the test moves.
@@ -692,6 +717,7 @@ struct Setup {
     store: MemoryStore,
     issuer: FakeIssuer,
     iam: FakeIam,
+    notices: Notices,
     clock: ManualClock,
 }
 
@@ -701,6 +727,7 @@ impl Setup {
             store: MemoryStore::default(),
             issuer: FakeIssuer::default(),
             iam: FakeIam::default(),
+            notices: Notices::default(),
             clock: ManualClock(Arc::new(Mutex::new(datetime!(2026-11-25 14:00 UTC)))),
         }
     }
@@ -718,11 +745,15 @@ impl Setup {
             },
         ])
         .unwrap();
+        let adapters = Adapters {
+            store: self.store.clone(),
+            issuer: self.issuer.clone(),
+            enforcer: self.iam.clone(),
+            notifier: self.notices.clone(),
+            clock: self.clock.clone(),
+        };
         Broker::new(
-            self.store.clone(),
-            self.issuer.clone(),
-            self.iam.clone(),
-            self.clock.clone(),
+            adapters,
             rules,
             vec![target],
             BrokerSettings {
@@ -946,6 +977,43 @@ const HUMANS_ONLY: &str =
 
 fn approval_portal() -> Caller {
     approval_portal_of("vendor-portal")
+}
+
+/// Announcing is the broker's own step: each change announces its events once it has landed,
+/// with the state it led to; a retry that records nothing and a refused change announce nothing;
+/// service events are announced as they are logged.
+#[tokio::test]
+async fn every_recorded_change_is_announced_once_and_a_refused_one_never() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let id = broker.request_access(&caller(), request("r")).await.unwrap().grant.id;
+    broker.request_access(&caller(), request("r")).await.unwrap();
+    broker
+        .approve_grant(&approval_portal(), id, bob(), String::new())
+        .await
+        .unwrap();
+    broker.issue_credentials(&caller(), id, None).await.unwrap();
+    broker.revoke_grant(&caller(), id, None, "done".into()).await.unwrap();
+    let refused = broker.cancel_grant(&caller(), id, "late".into()).await.unwrap_err();
+    assert!(
+        matches!(refused, BrokerError::TransitionNotAllowed { .. }),
+        "{refused:?}"
+    );
+    broker.log_rules_loaded().await.unwrap();
+    assert_eq!(
+        setup.notices.take(),
+        [
+            format!("{id}: requested (pending_approval)"),
+            format!("{id}: approval_recorded (approved)"),
+            format!("{id}: approved (approved)"),
+            format!("{id}: issuing (approved)"),
+            format!("{id}: issued (approved)"),
+            format!("{id}: revoked (revoked)"),
+            // The deny written within the revocation, recorded on the grant.
+            format!("{id}: enforcement_changed (revoked)"),
+            "rules_loaded".to_owned(),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -124,8 +124,6 @@ impl RedisGrantStore {
             .query_async::<String>(&mut self.connection.clone())
             .await
             .map_err(unavailable)?;
-        // Logged first: a webhook never announces what the ledger does not hold.
-        self.outbox.enqueue_service(&self.connection, event).await;
         Ok(())
     }
 

@@ -47,7 +47,6 @@ use redis::{
 };
 use time::OffsetDateTime;
 
-use super::webhooks::Outbox;
 use crate::{
     domain::{
         CallerId, Grant, GrantEvent, GrantId, GrantState, Issuance, RequestId, Secret,
@@ -246,8 +245,6 @@ pub struct RedisGrantStore {
     /// wait it was made for ([`audit`]).
     blocking: std::sync::Mutex<Vec<(Duration, redis::aio::MultiplexedConnection)>>,
     enforcement_scripts: enforcement::EnforcementScripts,
-    /// Queues webhook notifications for recorded changes (`adapters::webhooks`).
-    outbox: Outbox,
 }
 
 struct Durable {
@@ -367,13 +364,13 @@ impl RedisGrantStore {
             repairs: repair::Repairs::default(),
             blocking: std::sync::Mutex::new(Vec::new()),
             enforcement_scripts: enforcement::EnforcementScripts::default(),
-            outbox: Outbox::none(),
         })
     }
 
-    /// Queues webhook notifications for every change this store records from now on.
-    pub fn with_outbox(self, outbox: Outbox) -> Self {
-        Self { outbox, ..self }
+    /// The store's own connection, shared (it multiplexes) with what writes beside it: the
+    /// webhook notifications.
+    pub fn shared_connection(&self) -> ConnectionManager {
+        self.connection.clone()
     }
 
     /// The client this store connects with (URL and TLS settings), for other connections.
@@ -615,9 +612,9 @@ impl RedisGrantStore {
     }
 
     /// Writes what sits beside a recorded change, in other slots, at once and together: the
-    /// access key entries, the webhook notification and the audit log references. Never fails
-    /// the change: a failed write is kept and retried ([`repair`]).
-    async fn beside_change(&self, grant: &Grant, state: GrantState, events: &[GrantEvent], first_event: u64) {
+    /// access key entries and the audit log references. Never fails the change: a failed write
+    /// is kept and retried ([`repair`]).
+    async fn beside_change(&self, grant: &Grant, events: &[GrantEvent], first_event: u64) {
         let expiry = self.expiry(grant.last_moment());
         let access_keys = futures_util::future::join_all(events.iter().filter_map(|event| match &event.kind {
             crate::domain::EventKind::Issued { access_key_id, .. } => Some(async move {
@@ -632,12 +629,7 @@ impl RedisGrantStore {
             }),
             _ => None,
         }));
-        let notify = self.outbox.enqueue(&self.connection, grant, state, events);
-        tokio::join!(
-            access_keys,
-            notify,
-            self.log_or_repair(grant.id, first_event, events.len())
-        );
+        tokio::join!(access_keys, self.log_or_repair(grant.id, first_event, events.len()));
     }
 
     /// Logs a change's events, keeping the write to retry when it fails.
@@ -788,7 +780,6 @@ impl GrantRecords for RedisGrantStore {
         if created {
             tokio::join!(
                 self.index_or_repair(grant),
-                self.outbox.enqueue(&self.connection, grant, grant.state, events),
                 self.log_or_repair(grant.id, 0, events.len())
             );
         }
@@ -848,8 +839,7 @@ impl GrantRecords for RedisGrantStore {
                 tracing::warn!(grant_id = %grant.id, %error, "extension recorded, but not queued for approvers");
             }
         }
-        self.beside_change(grant, change.to().unwrap_or(grant.state), change.events(), first_event)
-            .await;
+        self.beside_change(grant, change.events(), first_event).await;
         // The change stands on the primary (and is logged); the caller learns it may not survive
         // a failover.
         unacknowledged.map_or(Ok(appended), Err)
@@ -860,8 +850,7 @@ impl GrantRecords for RedisGrantStore {
         let change = Change::Note { event };
         let recorded = self.record_change(grant, &change).await?;
         if recorded.appended == Appended::Yes {
-            self.beside_change(grant, grant.state, events, recorded.first_event)
-                .await;
+            self.beside_change(grant, events, recorded.first_event).await;
         }
         recorded.unacknowledged.map_or(Ok(()), Err)
     }

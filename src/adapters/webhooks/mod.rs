@@ -4,9 +4,8 @@
 //!
 //! This module owns the whole feature: which events go to which webhook ([`Webhook`],
 //! [`known_events`]), the notification body ([`body`]), the queue's key layout ([`Keys`]), the
-//! enqueue side the grant store calls ([`Outbox`]), signing ([`signing`]) and delivery
-//! ([`worker`]). The Redis store only holds an [`Outbox`] and calls [`Outbox::enqueue`] after a
-//! change it made succeeded.
+//! enqueue side ([`Outbox`], behind the broker's `Notifier` port as [`WebhookNotifier`], which
+//! the broker calls once a change is recorded), signing ([`signing`]) and delivery ([`worker`]).
 //!
 //! Keys (`gb` is the configured prefix; the `{notify}` hash tag puts all of them in one Redis
 //! Cluster slot, so every step below is one atomic script):
@@ -402,6 +401,29 @@ impl Outbox {
                 );
             }
         }
+    }
+}
+
+/// The webhook notifications of a deployment: the [`Outbox`] of its configured webhooks, queued
+/// over the grant store's connection.
+pub struct WebhookNotifier {
+    outbox: Outbox,
+    connection: ConnectionManager,
+}
+
+impl WebhookNotifier {
+    pub fn new(outbox: Outbox, connection: ConnectionManager) -> Self {
+        Self { outbox, connection }
+    }
+}
+
+impl crate::ports::Notifier for WebhookNotifier {
+    async fn grant_changed(&self, grant: &Grant, state: GrantState, events: &[GrantEvent]) {
+        self.outbox.enqueue(&self.connection, grant, state, events).await;
+    }
+
+    async fn service_event(&self, event: &ServiceEvent) {
+        self.outbox.enqueue_service(&self.connection, event).await;
     }
 }
 

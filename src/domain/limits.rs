@@ -147,12 +147,19 @@ mod tests {
             "contains ':'; allowed: letters, digits and _+=,.@-"
         );
         assert_eq!(check_source_identity("AWS-ok").map_err(|e| e.to_string()), Ok(()));
-        assert!(check_external_id("x").is_err());
+        assert_eq!(check_external_id("x").unwrap_err(), "must be 2-1224 characters, got 1");
+        assert_eq!(
+            check_external_id("acme vendor").unwrap_err(),
+            "contains ' '; allowed: letters, digits and _+=,.@:/-"
+        );
         assert!(check_external_id("acme:vendor/42").is_ok());
         assert!(check_mfa_serial("arn:aws:iam::123456789012:mfa/alice").is_ok());
-        assert!(check_mfa_serial("short").is_err());
-        assert!(check_mfa_code("12345").is_err());
-        assert!(check_mfa_code("12a456").is_err());
+        assert_eq!(
+            check_mfa_serial("short").unwrap_err(),
+            "must be 9-256 characters, got 5"
+        );
+        assert_eq!(check_mfa_code("12345").unwrap_err(), "must be exactly 6 digits");
+        assert_eq!(check_mfa_code("12a456").unwrap_err(), "must be exactly 6 digits");
         assert!(check_mfa_code("123456").is_ok());
     }
 

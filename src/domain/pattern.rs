@@ -205,7 +205,6 @@ pub fn is_contained(inner: &str, outer: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::sync::OnceLock;
-    use std::time::{Duration, Instant};
 
     use super::*;
     use proptest::prelude::*;
@@ -401,7 +400,6 @@ mod tests {
 
     #[test]
     fn patterns_built_to_blow_up_a_subset_construction_are_decided() {
-        let started = Instant::now();
         let hostile = format!("arn:aws:s3:::acme-logs/*a{}", "?".repeat(17));
         assert!(is_contained(&hostile, "arn:aws:s3:::acme-logs/*"));
         assert!(!is_contained(&hostile, "arn:aws:s3:::acme-logs/*b*"));
@@ -409,9 +407,9 @@ mod tests {
         let hostile = format!("arn:aws:logs:*:*:log-group:*a{}:*", "?".repeat(15));
         assert!(is_contained(&hostile, "arn:aws:logs:*:*:log-group:*"));
         assert!(!is_contained(&hostile, "arn:aws:logs:*:*:log-group:*b*:*"));
-        // Generous: these take milliseconds in a debug build; a subset construction of the inner
-        // pattern would take minutes.
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        // How long this takes is measured in benches/request_access.rs (microseconds); a subset
+        // construction of the inner pattern would take minutes, and nextest's slow-timeout
+        // (.config/nextest.toml) fails the test rather than wait for it.
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{
         approval::Approval,
         audit::AuditEntry,
         extension::{Extension, ExtensionState},
-        revocation::EnforcementStatus,
+        revocation::{Enforcement, EnforcementStatus, Revocation},
     },
 };
 
@@ -39,7 +39,7 @@ pub fn grantee_revocation(outcome: GranteeRevocation) -> proto::RevokeGranteeRes
             .map(|(id, result)| match result {
                 Ok(revoked) => proto::GranteeRevocationOutcome {
                     grant_id: id.to_string(),
-                    grant: Some(grant(&revoked)),
+                    grant: Some(grant(revoked)),
                     error: None,
                 },
                 Err(error) => proto::GranteeRevocationOutcome {
@@ -78,9 +78,13 @@ pub fn target_cutoff(cut: &TargetCutoff) -> proto::RevokeTargetSessionsResponse 
     }
 }
 
-fn revocation(grant: &Grant) -> Option<proto::Revocation> {
-    let revocation = grant.revocation.as_ref()?;
-    let enforcement = grant.enforcement.as_ref();
+/// A revoked grant's revocation as callers see it, with where each session's deny stands.
+fn revocation(
+    revocation: Option<&Revocation>,
+    enforcement: Option<&Enforcement>,
+    issuances: &[Issuance],
+) -> Option<proto::Revocation> {
+    let revocation = revocation?;
     let status = enforcement.map_or(EnforcementStatus::Pending, |e| e.status);
     Some(proto::Revocation {
         caller: revocation.caller.clone(),
@@ -92,8 +96,7 @@ fn revocation(grant: &Grant) -> Option<proto::Revocation> {
         enforcement_error: enforcement.and_then(|e| e.error.clone()).unwrap_or_default(),
         enforcement_time: enforcement.map(|e| timestamp(e.at)),
         cutoff_time: enforcement.and_then(|e| e.cutoff).map(timestamp),
-        sessions: grant
-            .issuances
+        sessions: issuances
             .iter()
             .map(|issuance| proto::SessionEnforcement {
                 session_name: issuance.session_name.clone(),
@@ -111,10 +114,10 @@ fn revocation(grant: &Grant) -> Option<proto::Revocation> {
     })
 }
 
-pub fn found_by_access_key(grant: &Grant, found: Option<&Issuance>) -> proto::FindGrantByAccessKeyResponse {
+pub fn found_by_access_key(grant: Grant, found: Option<Issuance>) -> proto::FindGrantByAccessKeyResponse {
     proto::FindGrantByAccessKeyResponse {
         grant: Some(self::grant(grant)),
-        issuance: found.map(issuance),
+        issuance: found.as_ref().map(issuance),
     }
 }
 
@@ -182,7 +185,7 @@ fn state(state: GrantState) -> proto::GrantState {
     }
 }
 
-pub fn history(found: &Grant, events: &[GrantEvent]) -> proto::GetGrantHistoryResponse {
+pub fn history(found: Grant, events: &[GrantEvent]) -> proto::GetGrantHistoryResponse {
     proto::GetGrantHistoryResponse {
         grant: Some(grant(found)),
         events: (1..)
@@ -204,7 +207,7 @@ fn event_json(event: &GrantEvent) -> String {
     serde_json::to_string(event).unwrap_or_default()
 }
 
-pub fn grant_change(change: &GrantChange) -> proto::GrantChange {
+pub fn grant_change(change: GrantChange) -> proto::GrantChange {
     let (event, event_json, event_time) = match &change.event {
         None => (String::new(), String::new(), None),
         Some(event) => (
@@ -214,7 +217,7 @@ pub fn grant_change(change: &GrantChange) -> proto::GrantChange {
         ),
     };
     proto::GrantChange {
-        grant: Some(grant(&change.grant)),
+        grant: Some(grant(change.grant)),
         event,
         event_json,
         event_time,
@@ -303,40 +306,75 @@ fn extension(extension: &Extension) -> proto::Extension {
     }
 }
 
-pub fn grant(grant: &Grant) -> proto::Grant {
+/// A grant as callers see it. Every field is destructured: a new one does not compile here until
+/// someone decides whether callers see it.
+pub fn grant(grant: Grant) -> proto::Grant {
+    let Grant {
+        id,
+        state: grant_state,
+        request_id,
+        caller,
+        target,
+        account_id,
+        role_arn,
+        region,
+        requester,
+        grantee,
+        scopes,
+        session_policy,
+        justification,
+        ticket,
+        // Sent to STS at issue time; callers know which device they use.
+        mfa_serial: _,
+        created_at,
+        start,
+        end,
+        pending_until,
+        decision: grant_decision,
+        approvals,
+        review,
+        issuances,
+        issuance_count,
+        // Internal: which role incarnations the sessions were issued under, for enforcement.
+        session_roles: _,
+        extensions,
+        revocation: grant_revocation,
+        enforcement,
+        role_cutoff,
+    } = grant;
     proto::Grant {
-        id: grant.id.to_string(),
-        state: state(grant.state).into(),
-        request_id: grant.request_id.clone().unwrap_or_default(),
-        target: grant.target.clone(),
-        account_id: grant.account_id.clone(),
-        role_arn: grant.role_arn.clone(),
-        region: grant.region.clone(),
-        requester: grant.requester.clone(),
-        grantee: grant.grantee.clone(),
-        caller: grant.caller.to_string(),
-        scopes: grant.scopes.iter().map(scope).collect(),
-        session_policy: grant.session_policy.clone(),
-        justification: grant.justification.clone(),
-        ticket: grant.ticket.clone(),
-        create_time: Some(timestamp(grant.created_at)),
-        start_time: Some(timestamp(grant.start)),
-        end_time: Some(timestamp(grant.end)),
-        decision: Some(decision(&grant.decision)),
-        issuances: grant.issuances.iter().map(issuance).collect(),
-        issuance_count: u32::try_from(grant.issuance_count).unwrap_or(u32::MAX),
-        approvals: grant.approvals.iter().map(approval).collect(),
-        extensions: grant.extensions.iter().map(extension).collect(),
-        revocation: revocation(grant),
-        sessions_denied_before_time: grant.role_cutoff.as_ref().map(|cutoff| timestamp(cutoff.at)),
-        approvals_required: grant.decision.approvals_required.to_annotation(),
-        pending_expire_time: Some(timestamp(grant.pending_until)),
-        break_glass: grant.decision.break_glass,
-        review: grant.review.as_ref().map(|review| proto::Review {
+        id: id.to_string(),
+        state: state(grant_state).into(),
+        request_id: request_id.unwrap_or_default(),
+        target,
+        account_id,
+        role_arn,
+        region,
+        requester,
+        grantee,
+        caller: caller.to_string(),
+        scopes: scopes.iter().map(scope).collect(),
+        session_policy,
+        justification,
+        ticket,
+        create_time: Some(timestamp(created_at)),
+        start_time: Some(timestamp(start)),
+        end_time: Some(timestamp(end)),
+        revocation: revocation(grant_revocation.as_ref(), enforcement.as_ref(), &issuances),
+        issuances: issuances.iter().map(issuance).collect(),
+        issuance_count: u32::try_from(issuance_count).unwrap_or(u32::MAX),
+        approvals: approvals.iter().map(approval).collect(),
+        extensions: extensions.iter().map(extension).collect(),
+        sessions_denied_before_time: role_cutoff.as_ref().map(|cutoff| timestamp(cutoff.at)),
+        approvals_required: grant_decision.approvals_required.to_annotation(),
+        pending_expire_time: Some(timestamp(pending_until)),
+        break_glass: grant_decision.break_glass,
+        decision: Some(decision(&grant_decision)),
+        review: review.map(|review| proto::Review {
             reviewer: review.reviewer.to_string(),
             review_time: Some(timestamp(review.at)),
-            comment: review.comment.clone(),
-            caller: review.caller.clone(),
+            comment: review.comment,
+            caller: review.caller,
         }),
     }
 }

@@ -81,7 +81,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             .credentials
             .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
         Ok(Response::new(proto::RequestAccessResponse {
-            grant: Some(outbound::grant(&outcome.grant)),
+            grant: Some(outbound::grant(outcome.grant)),
             credentials,
         }))
     }
@@ -95,11 +95,8 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::WatchCommand { id, after } = request.into_inner().try_into()?;
         let changes = Arc::clone(&self.broker).watch_grant(&caller, id, after).await?;
-        let stream = ReceiverStream::new(changes).map(|change| {
-            change
-                .map(|change| outbound::grant_change(&change))
-                .map_err(Status::from)
-        });
+        let stream =
+            ReceiverStream::new(changes).map(|change| change.map(outbound::grant_change).map_err(Status::from));
         Ok(Response::new(ending_on_shutdown(stream, self.draining.clone())))
     }
 
@@ -117,7 +114,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::GrantRef { id } = request.into_inner().try_into()?;
         let grant = self.broker.get_grant(&caller, id).await?;
-        Ok(Response::new(outbound::grant(&grant)))
+        Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn get_grant_history(
@@ -127,7 +124,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::GrantRef { id } = request.into_inner().try_into()?;
         let (grant, events) = self.broker.grant_history(&caller, id).await?;
-        Ok(Response::new(outbound::history(&grant, &events)))
+        Ok(Response::new(outbound::history(grant, &events)))
     }
 
     async fn issue_credentials(
@@ -141,7 +138,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             .credentials
             .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
         Ok(Response::new(proto::IssueCredentialsResponse {
-            grant: Some(outbound::grant(&outcome.grant)),
+            grant: Some(outbound::grant(outcome.grant)),
             credentials,
         }))
     }
@@ -153,7 +150,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::CancelCommand { id, reason } = request.into_inner().try_into()?;
         let grant = self.broker.cancel_grant(&caller, id, reason).await?;
-        Ok(Response::new(outbound::grant(&grant)))
+        Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn extend_grant(
@@ -163,7 +160,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::ExtendCommand { id, extension } = request.into_inner().try_into()?;
         let grant = self.broker.extend_grant(&caller, id, extension).await?;
-        Ok(Response::new(outbound::grant(&grant)))
+        Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn list_audit_events(
@@ -231,7 +228,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let access_key_id = inbound::access_key_id(request.into_inner())?;
         let (grant, issuance) = self.broker.find_grant_by_access_key(&caller, &access_key_id).await?;
-        Ok(Response::new(outbound::found_by_access_key(&grant, issuance.as_ref())))
+        Ok(Response::new(outbound::found_by_access_key(grant, issuance)))
     }
 
     async fn revoke_grant(
@@ -241,7 +238,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::RevokeCommand { id, reason, revoker } = request.into_inner().try_into()?;
         let grant = self.broker.revoke_grant(&caller, id, revoker, reason).await?;
-        Ok(Response::new(outbound::grant(&grant)))
+        Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn revoke_grantee(
@@ -282,7 +279,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::ApproveCommand { id, approver, comment } = request.into_inner().try_into()?;
         let grant = self.broker.approve_grant(&caller, id, approver, comment).await?;
-        Ok(Response::new(outbound::grant(&grant)))
+        Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn review_grant(
@@ -292,14 +289,14 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let inbound::ReviewCommand { id, reviewer, comment } = request.into_inner().try_into()?;
         let grant = self.broker.review_grant(&caller, id, reviewer, comment).await?;
-        Ok(Response::new(outbound::grant(&grant)))
+        Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn deny_grant(&self, request: Request<proto::DenyGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
         let inbound::DenyCommand { id, approver, reason } = request.into_inner().try_into()?;
         let grant = self.broker.deny_grant(&caller, id, approver, reason).await?;
-        Ok(Response::new(outbound::grant(&grant)))
+        Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn list_grants(
@@ -332,7 +329,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             }
         };
         Ok(Response::new(proto::ListGrantsResponse {
-            grants: grants.iter().map(outbound::grant).collect(),
+            grants: grants.into_iter().map(outbound::grant).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }

@@ -7,6 +7,8 @@ mod common;
 
 mod approval;
 mod audit;
+#[cfg(feature = "test-support")]
+mod contract;
 mod extension;
 mod iam_enforcer;
 mod issuance;

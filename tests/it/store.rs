@@ -145,7 +145,7 @@ fn settings(redis: &RedisServer) -> RedisSettings {
 
 /// A grant record exactly as the first release wrote it (no `v`, no `attempts`), holding a
 /// policy variable that today's validation refuses: it must still read back.
-fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
+pub(crate) fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
     let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap() + time::Duration::nanoseconds(123_456_789);
     let end = start + time::Duration::hours(1);
     let scopes = vec![Scope {
@@ -204,7 +204,7 @@ fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
 }
 
 /// `count` extensions: the last one waiting, the others approved or denied in turn.
-fn sample_extensions(text: &str, count: usize) -> Vec<Extension> {
+pub(crate) fn sample_extensions(text: &str, count: usize) -> Vec<Extension> {
     let at = OffsetDateTime::from_unix_timestamp(1_800_000_600).unwrap() + time::Duration::nanoseconds(987_654_321);
     (0..count)
         .map(|n| {
@@ -246,7 +246,7 @@ fn sample_extensions(text: &str, count: usize) -> Vec<Extension> {
         .collect()
 }
 
-fn event() -> GrantEvent {
+pub(crate) fn event() -> GrantEvent {
     GrantEvent {
         at: OffsetDateTime::now_utc(),
         caller: "vendor-portal".into(),

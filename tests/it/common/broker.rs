@@ -82,179 +82,50 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// The configuration every integration test runs with: the shipped example rules and a few
-/// targets that exercise them.
+/// The configuration every integration test runs with, placeholders (`${name}`) and all.
+const TEMPLATE: &str = include_str!("../../fixtures/grant-broker.test.toml");
+
+/// [`TEMPLATE`] filled in for `settings`: the shipped example rules and a few targets that
+/// exercise them.
 pub fn config_text(settings: &Settings) -> String {
     let mut rules = format!("\"{}\"", manifest_dir().join("deploy/rules/approval.cedar").display());
     if !settings.extra_rules.is_empty() {
         rules += &format!(", \"{}\"", rule_file(&settings.extra_rules).display());
     }
-    format!(
-        r#"
-[redis]
-url = "{redis_url}"
-connect_timeout_ms = {redis_timeout}
-response_timeout_ms = {redis_timeout}
-min_replicas = {min_replicas}
-replica_timeout_ms = 300
-{redis_extra}
-
-[aws]
-sts_endpoint = "{sts}"
-{iam_endpoint}
-max_attempts = {max_attempts}
-attempt_timeout_ms = {attempt_timeout}
-operation_timeout_ms = {operation_timeout}
-initial_backoff_ms = 10
-deny_verify_interval_secs = 5
-emulator_credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
-
-[grants]
-max_issuances_per_grant = {max_issuances}
-
-[rules]
-files = [{rules}]
-
-[[targets]]
-id = "dev-logs-read"
-description = "Vendor X reads staging logs"
-environment = "staging"
-account_id = "123456789012"
-role_arn = "arn:aws:iam::123456789012:role/{logs_role}"
-region = "eu-west-1"
-external_id = "acme-vendor-x"
-max_duration_secs = 3600
-session_tags = true
-[[targets.ceiling]]
-actions = ["s3:Get*", "s3:ListBucket"]
-resources = ["arn:aws:s3:::acme-logs", "arn:aws:s3:::acme-logs/*"]
-
-[[targets]]
-id = "prod-logs-read"
-environment = "production"
-account_id = "210987654321"
-role_arn = "arn:aws:iam::210987654321:role/vendor-logs-read"
-region = "us-east-1"
-max_duration_secs = 7200
-[[targets.ceiling]]
-actions = ["s3:GetObject", "s3:ListBucket"]
-resources = ["arn:aws:s3:::acme-prod-logs", "arn:aws:s3:::acme-prod-logs/*"]
-
-[[targets]]
-id = "staging-ec2-mfa"
-environment = "staging"
-account_id = "123456789012"
-role_arn = "arn:aws:iam::123456789012:role/ec2-reader"
-region = "eu-west-1"
-max_duration_secs = 3600
-mfa_required = true
-[[targets.ceiling]]
-actions = ["ec2:Describe*"]
-resources = ["*"]
-
-[[targets]]
-id = "staging-iam"
-environment = "staging"
-account_id = "123456789012"
-role_arn = "arn:aws:iam::123456789012:role/iam-operator"
-region = "eu-west-1"
-max_duration_secs = 3600
-[[targets.ceiling]]
-actions = ["iam:*"]
-resources = ["*"]
-
-[[targets]]
-id = "app-logs"
-environment = "staging"
-account_id = "123456789012"
-role_arn = "arn:aws:iam::123456789012:role/app-logs-reader"
-region = "us-west-2"
-max_duration_secs = 3600
-[[targets.ceiling]]
-actions = ["logs:Get*"]
-resources = ["arn:aws:logs:us-west-2:123456789012:log-group:app-*-prod"]
-
-[[callers]]
-id = "vendor-portal"
-token_sha256 = "{portal}"
-targets = ["dev-logs-read", "prod-logs-read", "staging-ec2-mfa", "staging-iam", "app-logs", "legacy-logs"]
-
-[[callers]]
-id = "ci-pipeline"
-token_sha256 = "{pipeline}"
-targets = ["dev-logs-read"]
-
-[[callers]]
-id = "audit-tool"
-token_sha256 = "{auditor}"
-targets = []
-auditor = true
-
-[[callers]]
-id = "security-console"
-token_sha256 = "{admin}"
-targets = []
-admin = true
-
-[[targets]]
-id = "legacy-logs"
-environment = "staging"
-account_id = "123456789012"
-role_arn = "arn:aws:iam::123456789012:role/legacy-logs-reader"
-region = "eu-west-1"
-max_duration_secs = 3600
-revocation = "record-only"
-[[targets.ceiling]]
-actions = ["s3:GetObject"]
-resources = ["arn:aws:s3:::legacy-logs/*"]
-
-[[callers]]
-id = "approval-portal"
-token_sha256 = "{approvals}"
-targets = []
-act_for_approvers = true
-
-[[approvers]]
-person = "bob@example.com"
-groups = ["security"]
-
-[[approvers]]
-person = "carol@example.com"
-groups = ["team-leads"]
-
-[[approvers]]
-person = "dave@example.com"
-groups = ["security", "team-leads"]
-
-[[approvers]]
-person = "alice@example.com"
-groups = ["security", "team-leads"]
-
-{webhooks}
-"#,
-        redis_url = settings.redis_url,
-        redis_timeout = settings.redis_timeout_ms,
-        min_replicas = settings.min_replicas,
-        redis_extra = settings.redis_extra,
-        sts = settings.sts_endpoint,
-        max_attempts = settings.max_attempts,
-        attempt_timeout = settings.attempt_timeout_ms,
-        operation_timeout = settings.operation_timeout_ms,
-        rules = rules,
-        max_issuances = settings.max_issuances_per_grant,
-        portal = sha256_hex(PORTAL_TOKEN),
-        pipeline = sha256_hex(PIPELINE_TOKEN),
-        approvals = sha256_hex(APPROVALS_TOKEN),
-        admin = sha256_hex(ADMIN_TOKEN),
-        auditor = sha256_hex(AUDITOR_TOKEN),
-        iam_endpoint = settings
-            .iam_endpoint
-            .as_ref()
-            .map(|url| format!("iam_endpoint = \"{url}\""))
-            .unwrap_or_default(),
-        logs_role = settings.logs_role,
-        webhooks = settings.webhooks,
-    )
+    let iam_endpoint = settings
+        .iam_endpoint
+        .as_ref()
+        .map(|url| format!("iam_endpoint = \"{url}\""))
+        .unwrap_or_default();
+    let values = [
+        ("redis_url", settings.redis_url.clone()),
+        ("redis_timeout", settings.redis_timeout_ms.to_string()),
+        ("min_replicas", settings.min_replicas.to_string()),
+        ("redis_extra", settings.redis_extra.clone()),
+        ("sts", settings.sts_endpoint.clone()),
+        ("iam_endpoint", iam_endpoint),
+        ("max_attempts", settings.max_attempts.to_string()),
+        ("attempt_timeout", settings.attempt_timeout_ms.to_string()),
+        ("operation_timeout", settings.operation_timeout_ms.to_string()),
+        ("rules", rules),
+        ("max_issuances", settings.max_issuances_per_grant.to_string()),
+        ("portal", sha256_hex(PORTAL_TOKEN)),
+        ("pipeline", sha256_hex(PIPELINE_TOKEN)),
+        ("approvals", sha256_hex(APPROVALS_TOKEN)),
+        ("admin", sha256_hex(ADMIN_TOKEN)),
+        ("auditor", sha256_hex(AUDITOR_TOKEN)),
+        ("logs_role", settings.logs_role.clone()),
+        ("webhooks", settings.webhooks.clone()),
+    ];
+    let mut text = TEMPLATE.to_owned();
+    for (name, value) in values {
+        text = text.replace(&format!("${{{name}}}"), &value);
+    }
+    assert!(
+        !text.contains("${"),
+        "a placeholder left unfilled in the test configuration:\n{text}"
+    );
+    text
 }
 
 /// The real server on `127.0.0.1:0`, shut down on drop.

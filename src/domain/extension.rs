@@ -110,14 +110,7 @@ impl ExtensionRequest {
         let justification = free_text("justification", justification, bounds::JUSTIFICATION_CHARS)
             .map_err(|violation| violations.push(violation))
             .unwrap_or_default();
-        let request_id = if request_id.is_empty() {
-            None
-        } else {
-            RequestId::parse(&request_id)
-                .map_err(|why| violations.push(FieldViolation::new("request_id", why)))
-                .ok()
-                .map(|id| id.as_str().to_owned())
-        };
+        let request_id = RequestId::optional(&request_id, &mut violations).map(|id| id.as_str().to_owned());
         if violations.is_empty() {
             Ok(Self {
                 additional_secs,

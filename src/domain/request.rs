@@ -89,6 +89,17 @@ impl RequestId {
         Ok(Self(text.to_owned()))
     }
 
+    /// An optional request id as a request carries it: empty is none; anything else must parse,
+    /// or is a violation of `request_id`.
+    pub fn optional(text: &str, violations: &mut Vec<FieldViolation>) -> Option<Self> {
+        if text.is_empty() {
+            return None;
+        }
+        Self::parse(text)
+            .map_err(|why| violations.push(FieldViolation::new("request_id", why)))
+            .ok()
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

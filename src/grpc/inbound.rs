@@ -68,13 +68,7 @@ pub fn validate_access_request(message: proto::RequestAccessRequest) -> Result<A
     }
     let mut violations = check.missing;
 
-    let request_id = if request_id.is_empty() {
-        None
-    } else {
-        RequestId::parse(&request_id)
-            .map_err(|why| violations.push(FieldViolation::new("request_id", why)))
-            .ok()
-    };
+    let request_id = RequestId::optional(&request_id, &mut violations);
     check_text("target", &target, &mut violations);
     // Missing entries were reported above; what is there is parsed.
     let parsed_scopes = parse_scopes(&scopes, &mut violations);

@@ -383,9 +383,6 @@ pub trait GrantRecords: Send + Sync + 'static {
         change: Change<'_>,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
-    /// Appends an event whatever the state (for failures worth auditing).
-    fn append_event(&self, grant: &Grant, event: &GrantEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
-
     /// Whether the store answers now (for health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

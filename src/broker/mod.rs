@@ -286,13 +286,10 @@ impl<P: Ports> Broker<P> {
         Ok(appended)
     }
 
-    /// Appends an event to `grant` whatever its state (a failure worth auditing), and announces it.
+    /// Appends an event to `grant` whatever its state (a failure worth auditing), and announces it
+    /// once it landed.
     async fn record_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
-        self.store.append_event(grant, event).await?;
-        self.notifier
-            .grant_changed(grant, grant.state, std::slice::from_ref(event))
-            .await;
-        Ok(())
+        self.record(grant, Change::Note { event }).await.map(drop)
     }
 
     /// Logs a service event and announces it.

@@ -255,18 +255,6 @@ impl GrantRecords for MemoryStore {
         Ok(Appended::Yes)
     }
 
-    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .events
-            .entry(grant.id)
-            .or_default()
-            .push(event.clone());
-        self.0.lock().unwrap().changes.notify_waiters();
-        Ok(())
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

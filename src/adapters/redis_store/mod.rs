@@ -845,16 +845,6 @@ impl GrantRecords for RedisGrantStore {
         unacknowledged.map_or(Ok(appended), Err)
     }
 
-    async fn append_event(&self, grant: &Grant, event: &GrantEvent) -> Result<(), StoreError> {
-        let events = std::slice::from_ref(event);
-        let change = Change::Note { event };
-        let recorded = self.record_change(grant, &change).await?;
-        if recorded.appended == Appended::Yes {
-            self.beside_change(grant, events, recorded.first_event).await;
-        }
-        recorded.unacknowledged.map_or(Ok(()), Err)
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();
         redis::cmd("PING")

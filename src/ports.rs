@@ -15,10 +15,9 @@ use crate::domain::{
     revocation::{Cutoff, Enforcement, Revocation, RevokedEntry},
 };
 
-/// The time. A port so tests can move it.
-/// The adapters the broker runs on, named once: a deployment's (Redis, STS, IAM, the system
-/// clock: `server::Deployed`) or a test's (in-memory fakes). `Broker<P>` and what runs it take
-/// this one parameter instead of repeating four bounds.
+/// The adapters the broker runs on, named once: a deployment's (Redis, STS, IAM, webhooks, the
+/// system clock: `server::Deployed`) or a test's (`testing::Fakes`). `Broker<P>` and what runs
+/// it take this one parameter instead of repeating a bound per adapter.
 pub trait Ports: Send + Sync + 'static {
     type Store: GrantRecords + GrantSearch + GrantQueues + AuditLog + EnforcementStore;
     type Issuer: CredentialIssuer;
@@ -27,6 +26,7 @@ pub trait Ports: Send + Sync + 'static {
     type Notifier: Notifier;
 }
 
+/// The time. A port so tests can move it.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
 }
@@ -261,6 +261,10 @@ pub enum StoreError {
     /// A stored record could not be read back: a bug or tampering, never the caller's fault.
     #[error("grant record unreadable: {0}")]
     Corrupt(String),
+    /// The write landed on the primary, but fewer replicas acknowledged it than configured
+    /// (`redis.min_replicas`): it stands, and is in the trail, but may not survive a failover.
+    #[error("grant store write not acknowledged by enough replicas: {0}")]
+    Unacknowledged(String),
 }
 
 /// The indexes of grants a search can walk, each newest first.

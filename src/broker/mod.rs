@@ -278,12 +278,14 @@ impl<P: Ports> Broker<P> {
     /// Writes a change of `grant`'s record and, once it landed, announces its events: the one way
     /// the use cases write a grant.
     async fn record(&self, grant: &Grant, change: Change<'_>) -> Result<Appended, StoreError> {
-        let appended = self.store.change_if_state(grant, change).await?;
-        if appended == Appended::Yes {
+        let recorded = self.store.change_if_state(grant, change).await;
+        // Landed, even when too few replicas acknowledged it: it is in the trail, so it is
+        // announced (the caller still learns it may not survive a failover).
+        if matches!(recorded, Ok(Appended::Yes) | Err(StoreError::Unacknowledged(_))) {
             let state = change.to().unwrap_or(grant.state);
             self.notifier.grant_changed(grant, state, change.events()).await;
         }
-        Ok(appended)
+        recorded
     }
 
     /// Appends an event to `grant` whatever its state (a failure worth auditing), and announces it

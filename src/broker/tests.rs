@@ -345,6 +345,27 @@ async fn every_recorded_change_is_announced_once_and_a_refused_one_never() {
     );
 }
 
+/// A change that landed on the primary but not on enough replicas is in the trail, so it is
+/// announced; the caller still hears that the store is not available.
+#[tokio::test]
+async fn a_change_too_few_replicas_acknowledged_is_still_announced() {
+    let setup = Setup::new();
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
+    let id = broker.request_access(&caller(), request("r")).await.unwrap().grant.id;
+    setup.notices.take();
+    setup.store.0.lock().unwrap().unacknowledged_next = true;
+    let error = broker
+        .cancel_grant(&caller(), id, "no longer needed".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, BrokerError::Store(StoreError::Unacknowledged(_))),
+        "{error:?}"
+    );
+    assert_eq!(setup.notices.take(), [format!("{id}: cancelled (cancelled)")]);
+    assert_eq!(setup.store.read(id).unwrap().state, GrantState::Cancelled);
+}
+
 #[tokio::test]
 async fn a_request_approved_hours_later_gets_its_whole_duration() {
     let setup = Setup::new();

@@ -237,9 +237,9 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
     text
 }
 
-fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) -> String {
+fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) -> Result<String, ClientError> {
     let expiration = time_text(credentials.expire_time.as_ref());
-    match format {
+    Ok(match format {
         CredentialFormat::Export => format!(
             "export AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_SESSION_TOKEN={}\nexport AWS_REGION={}\n",
             credentials.access_key_id, credentials.secret_access_key, credentials.session_token, credentials.region
@@ -252,12 +252,12 @@ fn credentials_text(credentials: &proto::Credentials, format: CredentialFormat) 
             "Expiration": expiration,
         })
         .to_string(),
-        CredentialFormat::Json => json_line(credentials).unwrap_or_default(),
+        CredentialFormat::Json => json_line(credentials)?,
         CredentialFormat::Summary => format!(
             "credentials for {} until {} (use --export or --credential-process to print them)\n",
             credentials.assumed_role_arn, expiration
         ),
-    }
+    })
 }
 
 pub async fn targets(client: &mut Client, json: bool) -> Result<String, ClientError> {
@@ -312,12 +312,12 @@ pub async fn request(
         (CredentialFormat::Summary, credentials) => {
             let mut text = grant_summary(&grant);
             if let Some(credentials) = credentials {
-                text.push_str(&credentials_text(credentials, format));
+                text.push_str(&credentials_text(credentials, format)?);
             }
             Ok(text)
         }
         (CredentialFormat::Json, _) => json_line(&response),
-        (_, Some(credentials)) => Ok(credentials_text(credentials, format)),
+        (_, Some(credentials)) => credentials_text(credentials, format),
         (_, None) => Err(ClientError::new(
             Exit::NotIssued,
             format!(
@@ -336,19 +336,19 @@ pub async fn issue(
     format: CredentialFormat,
 ) -> Result<String, ClientError> {
     let response = client.issue_credentials(message).await?.into_inner();
-    if format == CredentialFormat::Json {
-        return json_line(&response);
-    }
     let grant = response
         .grant
+        .as_ref()
         .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no grant"))?;
     let credentials = response
         .credentials
+        .as_ref()
         .ok_or_else(|| ClientError::new(Exit::Refused, "the server returned no credentials"))?;
-    Ok(match format {
-        CredentialFormat::Summary => grant_summary(&grant) + &credentials_text(&credentials, format),
-        _ => credentials_text(&credentials, format),
-    })
+    match format {
+        CredentialFormat::Json => json_line(&response),
+        CredentialFormat::Summary => Ok(grant_summary(grant) + &credentials_text(credentials, format)?),
+        _ => credentials_text(credentials, format),
+    }
 }
 
 /// What a request would get, without making it.

@@ -104,7 +104,9 @@ fn retryable(code: Code, message: &str, mut details: ErrorDetails) -> Status {
 
 fn store_status(error: &StoreError) -> Status {
     match error {
-        StoreError::Unavailable(_) => retryable(
+        // A write that did not reach enough replicas is, to the caller, a store that is not
+        // available yet: retry (and find what landed).
+        StoreError::Unavailable(_) | StoreError::Unacknowledged(_) => retryable(
             Code::Unavailable,
             "the grant store is unavailable; retry later",
             info("STORE_UNAVAILABLE", &[]),

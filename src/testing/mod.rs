@@ -39,6 +39,8 @@ pub struct MemoryState {
     pub deadlines: HashMap<GrantId, OffsetDateTime>,
     /// Makes the next conditional append that carries an issuance fail, as a dead Redis would.
     pub fail_issuance_write: bool,
+    /// Makes the next change land but report that too few replicas acknowledged it.
+    pub unacknowledged_next: bool,
     /// Revocation work: noted grants, and per role what the Redis adapter keeps.
     pub noted: BTreeMap<GrantId, OffsetDateTime>,
     pub roles: HashMap<String, MemoryRole>,
@@ -252,6 +254,11 @@ impl GrantRecords for MemoryStore {
             .or_default()
             .extend(change.events().iter().cloned());
         state.changes.notify_waiters();
+        if std::mem::take(&mut state.unacknowledged_next) {
+            return Err(StoreError::Unacknowledged(
+                "only 0 of 1 required replicas acknowledged".into(),
+            ));
+        }
         Ok(Appended::Yes)
     }
 

@@ -114,7 +114,7 @@ impl RedisGrantStore {
         }
     }
 
-    /// Logs an event of the service itself, then queues its notifications.
+    /// Logs an event of the service itself (the broker announces it once it is logged).
     pub(super) async fn log_service(&self, event: &ServiceEvent) -> Result<(), StoreError> {
         redis::cmd("XADD")
             .arg(self.audit_key())

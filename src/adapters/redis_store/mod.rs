@@ -515,7 +515,7 @@ impl RedisGrantStore {
                     .await
                     .map_err(unavailable)?;
                 let shortfall = (reply.starts_with("ok ") && acknowledged < durable.min_replicas).then(|| {
-                    StoreError::Unavailable(format!(
+                    StoreError::Unacknowledged(format!(
                         "only {acknowledged} of {} required replicas acknowledged the write within {} ms",
                         durable.min_replicas, durable.timeout_ms
                     ))
@@ -775,8 +775,8 @@ impl GrantRecords for RedisGrantStore {
             // The grant is recorded; what it lacks is repaired as described above.
             tracing::warn!(grant_id = %grant.id, %error, "grant recorded, but not queued or given its deadline");
         }
-        // After the record, not beside it: a create that lost a race must index and announce
-        // nothing (a race only a retried request id can run).
+        // After the record, not beside it: a create that lost a race must index nothing (a race
+        // only a retried request id can run); the broker announces only what this reports created.
         if created {
             tokio::join!(
                 self.index_or_repair(grant),

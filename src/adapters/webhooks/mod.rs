@@ -270,7 +270,8 @@ impl Outbox {
     }
 
     /// No webhooks: enqueues nothing.
-    pub fn none() -> Self {
+    #[cfg(test)]
+    fn none() -> Self {
         Self::new("", &[])
     }
 

@@ -32,3 +32,4 @@ pub mod rules;
 pub mod server;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod tls;

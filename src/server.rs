@@ -5,6 +5,8 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+
+use crate::tls::TlsSettings;
 use tonic::{service::interceptor::InterceptedService, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
@@ -44,6 +46,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot set up webhook deliveries: {0}")]
     Webhooks(String),
+    #[error("cannot serve TLS: {0}")]
+    Tls(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -70,7 +74,12 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     regions.sort();
     regions.dedup();
     let issuer = StsIssuer::new(&config.sts, regions).await;
-    let auth = Authenticator::new(&config.callers);
+    let identity_kind = config
+        .tls
+        .as_ref()
+        .filter(|tls| tls.mutual())
+        .map(|tls| tls.client_identity);
+    let auth = Authenticator::with_certificates(&config.callers, identity_kind, config.bearer_tokens);
     let enforcer = IamEnforcer::new(&config.iam, &config.targets).await;
     let adapters = Adapters {
         store,
@@ -84,7 +93,8 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
 }
 
 /// Serves GrantBroker, grpc.health.v1.Health and server reflection (v1 and v1alpha, advertising
-/// only GrantBroker and Health) on `listener` until `shutdown` completes. Then it stops
+/// only GrantBroker and Health) on `listener`, over TLS when `tls` is given, until `shutdown`
+/// completes. Then it stops
 /// accepting, ends every stream at once (UNAVAILABLE: reconnect elsewhere with the last cursor),
 /// and waits at most `drain_timeout` for the calls still in flight. Runs `deliveries` (webhook
 /// notifications) meanwhile.
@@ -93,9 +103,15 @@ pub async fn run(
     broker: ProductionBroker,
     auth: Authenticator,
     deliveries: Option<DeliveryWorker>,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
     drain_timeout: Duration,
+    tls: Option<&TlsSettings>,
 ) -> Result<(), ServeError> {
+    // Read again now (check-config read it too): what is served is what the files hold.
+    let tls = tls
+        .map(|tls| crate::tls::server_config(tls).map(|config| (config, tls.handshake_timeout)))
+        .transpose()
+        .map_err(ServeError::Tls)?;
     let broker = Arc::new(broker);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
@@ -133,9 +149,7 @@ pub async fn run(
             std::future::pending::<()>().await;
         }
     };
-    // Without TCP_NODELAY, small responses wait out delayed ACKs: ~40 ms per call on Linux.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -144,8 +158,21 @@ pub async fn run(
             proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&broker), drained))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             Authenticate(Arc::new(auth)),
-        ))
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        ));
+    let (serving, acceptor): (std::pin::Pin<Box<dyn Future<Output = _> + Send>>, _) = match tls {
+        None => {
+            // Without TCP_NODELAY, small responses wait out delayed ACKs: ~40 ms per call on Linux.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            (Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), None)
+        }
+        Some((config, handshake_timeout)) => {
+            let (incoming, acceptor) = crate::tls::incoming(listener, config, handshake_timeout);
+            (
+                Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
+                Some(acceptor),
+            )
+        }
+    };
     let result = tokio::select! {
         result = serving => result,
         () = drain_deadline => {
@@ -153,6 +180,9 @@ pub async fn run(
             Ok(())
         }
     };
+    if let Some(acceptor) = acceptor {
+        acceptor.abort();
+    }
     health_task.abort();
     expiry_task.abort();
     // A write cut short here leaves its lease to expire; the next holder writes the same state.

@@ -33,9 +33,20 @@ pub(crate) struct Connection {
         global = true
     )]
     pub(crate) server: String,
-    /// Caller token (sent as `authorization: Bearer <token>`).
+    /// Caller token (sent as `authorization: Bearer <token>`); not needed with a client
+    /// certificate (`--cert`).
     #[arg(long, env = "GRANT_BROKER_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
+    /// The CA bundle (PEM) the server's certificate is checked against, for an `https://`
+    /// server.
+    #[arg(long, env = "GRANT_BROKER_CA", global = true)]
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// This caller's client certificate (PEM), for mTLS; goes with `--key`.
+    #[arg(long, env = "GRANT_BROKER_CERT", global = true, requires = "key")]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "GRANT_BROKER_KEY", global = true, requires = "cert")]
+    pub(crate) key: Option<std::path::PathBuf>,
     /// Print JSON instead of a summary.
     #[arg(long, global = true)]
     pub(crate) json: bool,

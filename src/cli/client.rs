@@ -10,7 +10,7 @@ use tonic::{
     Request, Status,
     metadata::AsciiMetadataValue,
     service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 use super::{ClientError, Exit, json::json_line};
@@ -18,26 +18,80 @@ use crate::grpc::proto::{self, grant_broker_client::GrantBrokerClient};
 
 type Client = GrantBrokerClient<InterceptedService<Channel, BearerToken>>;
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds `authorization: Bearer <token>` to every call (when there is a token).
 #[derive(Clone)]
-pub struct BearerToken(AsciiMetadataValue);
+pub struct BearerToken(Option<AsciiMetadataValue>);
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        if let Some(header) = &self.0 {
+            request.metadata_mut().insert("authorization", header.clone());
+        }
         Ok(request)
     }
 }
 
-pub async fn connect(address: &str, token: &str) -> Result<Client, ClientError> {
-    let header = AsciiMetadataValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| ClientError::new(Exit::Usage, "the token must be printable ASCII"))?;
-    let channel = Endpoint::from_shared(address.to_owned())
-        .map_err(|error| ClientError::new(Exit::Usage, format!("bad server address `{address}`: {error}")))?
-        .connect()
-        .await
-        .map_err(|error| ClientError::new(Exit::Refused, format!("cannot connect to {address}: {error}")))?;
+/// The files a TLS connection uses: the CA bundle that checks the server (the system's roots are
+/// not used), and this caller's certificate and key for mTLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca: Option<std::path::PathBuf>,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|error| ClientError::new(Exit::Usage, format!("cannot read {}: {error}", path.display())))
+}
+
+pub async fn connect(address: &str, token: Option<&str>, tls: &TlsFiles) -> Result<Client, ClientError> {
+    let header = token
+        .map(|token| {
+            AsciiMetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| ClientError::new(Exit::Usage, "the token must be printable ASCII"))
+        })
+        .transpose()?;
+    let mut endpoint = Endpoint::from_shared(address.to_owned())
+        .map_err(|error| ClientError::new(Exit::Usage, format!("bad server address `{address}`: {error}")))?;
+    if address.starts_with("https://") {
+        let ca = tls.ca.as_deref().ok_or_else(|| {
+            ClientError::new(
+                Exit::Usage,
+                "an https:// server needs --ca (GRANT_BROKER_CA): the CA bundle that signed its certificate",
+            )
+        })?;
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|error| ClientError::new(Exit::Usage, format!("TLS settings: {error}")))?;
+    } else if tls.identity.is_some() {
+        return Err(ClientError::new(
+            Exit::Usage,
+            "--cert and --key need an https:// server (--server)",
+        ));
+    }
+    let channel = endpoint.connect().await.map_err(|error| {
+        ClientError::new(
+            Exit::Refused,
+            format!("cannot connect to {address}: {}", causes(&error)),
+        )
+    })?;
     Ok(GrantBrokerClient::with_interceptor(channel, BearerToken(header)))
+}
+
+/// An error and what caused it, outermost first (tonic's own says only "transport error").
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// How to print issued credentials.

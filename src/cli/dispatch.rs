@@ -12,10 +12,18 @@ pub(crate) async fn run_client(command: Command) -> Result<String, ClientError> 
     let connect = |connection: &Connection| {
         let address = connection.server.clone();
         let token = connection.token.clone();
+        let tls = client::TlsFiles {
+            ca: connection.ca.clone(),
+            identity: connection.cert.clone().zip(connection.key.clone()),
+        };
         async move {
-            let token = token
-                .ok_or_else(|| ClientError::new(Exit::Usage, "no token: pass --token or set GRANT_BROKER_TOKEN"))?;
-            client::connect(&address, &token).await
+            if token.is_none() && tls.identity.is_none() {
+                return Err(ClientError::new(
+                    Exit::Usage,
+                    "no credentials: pass --token (GRANT_BROKER_TOKEN), or --cert and --key for mTLS",
+                ));
+            }
+            client::connect(&address, token.as_deref(), &tls).await
         }
     };
     match command {

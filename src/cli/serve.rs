@@ -56,6 +56,7 @@ pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
     }
     let listen = config.listen;
     let drain_timeout = config.drain_timeout;
+    let tls = config.tls.clone();
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -65,8 +66,22 @@ pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
     };
     let result = async {
         let (broker, auth, deliveries) = server::build(config).await?;
-        tracing::info!(address = %listen, "grant-broker serving");
-        server::run(listener, broker, auth, deliveries, shutdown_signal(), drain_timeout).await
+        let transport = match &tls {
+            Some(tls) if tls.mutual() => "mTLS",
+            Some(_) => "TLS",
+            None => "plaintext",
+        };
+        tracing::info!(address = %listen, transport, "grant-broker serving");
+        server::run(
+            listener,
+            broker,
+            auth,
+            deliveries,
+            shutdown_signal(),
+            drain_timeout,
+            tls.as_ref(),
+        )
+        .await
     }
     .await;
     match result {

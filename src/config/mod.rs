@@ -72,6 +72,10 @@ pub struct Config {
     pub insecure_plaintext: bool,
     /// How long a shutdown waits for in-flight calls before it stops anyway (streams end at once).
     pub drain_timeout: std::time::Duration,
+    /// TLS on the gRPC port, mutual when it names a client CA; `None`: plaintext.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Whether callers may authenticate with bearer tokens (else only with client certificates).
+    pub bearer_tokens: bool,
     pub redis: RedisSettings,
     pub sts: StsSettings,
     /// How to reach IAM for revocation (the STS settings, and an IAM endpoint override).
@@ -143,6 +147,7 @@ impl Config {
         let mut warnings = Vec::new();
 
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
+        let tls = validate_tls(raw.server.tls.as_ref(), base, &mut problems);
         let redis = validate_redis(raw.redis, base, &mut problems);
         let deny_verify_interval_secs = raw.aws.deny_verify_interval_secs;
         if !(DENY_VERIFY_INTERVAL_SECS).contains(&deny_verify_interval_secs) {
@@ -180,7 +185,7 @@ impl Config {
         let approver_groups = validate_approvers(raw.approvers, &mut problems);
         let targets = validate_targets(raw.targets, &mut problems, &mut warnings);
         warnings.extend(ceiling_warnings(&targets));
-        let callers = validate_callers(raw.callers, &targets, &mut problems);
+        let callers = validate_callers(raw.callers, &targets, &raw.server, tls.as_ref(), &mut problems);
         let rules = load_rules(&raw.rules, base, &mut problems);
         let webhooks = validate_webhooks(raw.webhooks, env, &mut problems, &mut warnings);
 
@@ -190,6 +195,8 @@ impl Config {
                 listen,
                 insecure_plaintext: raw.server.insecure_plaintext,
                 drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
+                tls,
+                bearer_tokens: raw.server.bearer_tokens,
                 redis,
                 sts,
                 iam,

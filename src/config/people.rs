@@ -7,7 +7,10 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct CallerConfig {
     pub id: CallerId,
-    pub token_sha256: [u8; 32],
+    /// The SHA-256 of its bearer token, when it has one.
+    pub token_sha256: Option<[u8; 32]>,
+    /// The identity its client certificate proves (`server.tls.client_identity`), when it has one.
+    pub certificate_identity: Option<String>,
     pub targets: BTreeSet<String>,
     /// May relay approvals and denials of the people it names (an approval portal).
     pub act_for_approvers: bool,
@@ -64,7 +67,10 @@ pub(super) const MAX_ISSUANCES_PER_GRANT: u32 = 1_000;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCaller {
     pub(super) id: String,
-    token_sha256: String,
+    #[serde(default)]
+    token_sha256: Option<String>,
+    #[serde(default)]
+    certificate_identity: Option<String>,
     pub(super) targets: Vec<String>,
     #[serde(default)]
     pub(super) act_for_approvers: bool,
@@ -113,8 +119,12 @@ pub(super) fn validate_approvers(
 pub(super) fn validate_callers(
     raw: Vec<RawCaller>,
     targets: &[Target],
+    server: &RawServer,
+    tls: Option<&crate::tls::TlsSettings>,
     problems: &mut Vec<Problem>,
 ) -> Vec<CallerConfig> {
+    let mutual = tls.is_some_and(crate::tls::TlsSettings::mutual);
+    let mut identities = BTreeMap::new();
     let known: BTreeSet<&str> = targets.iter().map(|target| target.id.as_str()).collect();
     let mut ids = BTreeMap::new();
     let mut hashes = BTreeMap::new();
@@ -130,16 +140,50 @@ pub(super) fn validate_callers(
                 format!("`{}` is also the id of callers[{first}]", caller.id),
             ));
         }
-        let mut token_sha256 = [0u8; 32];
-        if hex::decode_to_slice(caller.token_sha256.to_ascii_lowercase(), &mut token_sha256).is_err() {
+        let token_sha256 = caller.token_sha256.as_ref().and_then(|hex_digest| {
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(hex_digest.to_ascii_lowercase(), &mut digest).is_err() {
+                problems.push(Problem::new(
+                    key("token_sha256"),
+                    "must be 64 hex digits: the SHA-256 of the caller's token (`printf %s \"$TOKEN\" | sha256sum`)",
+                ));
+                return None;
+            }
+            if let Some(first) = hashes.insert(digest, index) {
+                problems.push(Problem::new(
+                    key("token_sha256"),
+                    format!("same token as callers[{first}]"),
+                ));
+            }
+            Some(digest)
+        });
+        if let Some(identity) = &caller.certificate_identity {
+            if !mutual {
+                problems.push(Problem::new(
+                    key("certificate_identity"),
+                    "needs mTLS: set server.tls with a client_ca_file",
+                ));
+            } else if identity.is_empty() || identity.len() > 1024 || identity.chars().any(char::is_control) {
+                problems.push(Problem::new(
+                    key("certificate_identity"),
+                    "must be 1-1024 characters without control characters",
+                ));
+            } else if let Some(first) = identities.insert(identity.clone(), index) {
+                problems.push(Problem::new(
+                    key("certificate_identity"),
+                    format!("same identity as callers[{first}]"),
+                ));
+            }
+        }
+        let usable_token = token_sha256.is_some() && server.bearer_tokens;
+        if !usable_token && caller.certificate_identity.is_none() {
             problems.push(Problem::new(
                 key("token_sha256"),
-                "must be 64 hex digits: the SHA-256 of the caller's token (`printf %s \"$TOKEN\" | sha256sum`)",
-            ));
-        } else if let Some(first) = hashes.insert(token_sha256, index) {
-            problems.push(Problem::new(
-                key("token_sha256"),
-                format!("same token as callers[{first}]"),
+                if caller.token_sha256.is_some() {
+                    "server.bearer_tokens is false: this caller needs a certificate_identity to authenticate"
+                } else {
+                    "the caller needs a token_sha256 or a certificate_identity to authenticate"
+                },
             ));
         }
         for (i, target) in caller.targets.iter().enumerate() {
@@ -154,6 +198,7 @@ pub(super) fn validate_callers(
             callers.push(CallerConfig {
                 id,
                 token_sha256,
+                certificate_identity: caller.certificate_identity,
                 targets: caller.targets.into_iter().collect(),
                 act_for_approvers: caller.act_for_approvers,
                 admin: caller.admin,

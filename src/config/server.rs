@@ -1,6 +1,8 @@
-//! `[server]`: the listen address, plaintext, and the shutdown drain.
+//! `[server]`: the listen address, TLS (`[server.tls]`) or plaintext, bearer tokens, and the
+//! shutdown drain.
 
 use super::*;
+use crate::tls::{IdentityKind, TlsSettings};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -8,6 +10,9 @@ pub(super) struct RawServer {
     pub(super) listen: String,
     pub(super) insecure_plaintext: bool,
     pub(super) drain_timeout_secs: u64,
+    /// Callers may authenticate with bearer tokens; `false` leaves only client certificates.
+    pub(super) bearer_tokens: bool,
+    pub(super) tls: Option<RawTls>,
 }
 
 impl Default for RawServer {
@@ -16,6 +21,71 @@ impl Default for RawServer {
             listen: "127.0.0.1:50051".to_owned(),
             insecure_plaintext: false,
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
+            bearer_tokens: true,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    #[serde(default)]
+    client_ca_file: Option<PathBuf>,
+    #[serde(default = "default_client_identity")]
+    client_identity: String,
+    #[serde(default = "default_handshake_timeout_ms")]
+    handshake_timeout_ms: u64,
+}
+
+fn default_client_identity() -> String {
+    "spiffe".to_owned()
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    5_000
+}
+
+const HANDSHAKE_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
+/// `[server.tls]`: the files read and checked now (paths relative to the configuration file).
+pub(super) fn validate_tls(raw: Option<&RawTls>, base: &Path, problems: &mut Vec<Problem>) -> Option<TlsSettings> {
+    let raw = raw?;
+    let client_identity = IdentityKind::parse(&raw.client_identity).or_else(|| {
+        problems.push(Problem::new(
+            "server.tls.client_identity",
+            format!(
+                "`{}` is not one of spiffe (the spiffe:// URI SAN), dns (the first DNS SAN), cn (the subject's common name)",
+                raw.client_identity
+            ),
+        ));
+        None
+    })?;
+    if !HANDSHAKE_TIMEOUT_MS.contains(&raw.handshake_timeout_ms) {
+        problems.push(Problem::new(
+            "server.tls.handshake_timeout_ms",
+            format!(
+                "must be {}-{}",
+                HANDSHAKE_TIMEOUT_MS.start(),
+                HANDSHAKE_TIMEOUT_MS.end()
+            ),
+        ));
+        return None;
+    }
+    let settings = TlsSettings {
+        cert_file: base.join(&raw.cert_file),
+        key_file: base.join(&raw.key_file),
+        client_ca_file: raw.client_ca_file.as_ref().map(|path| base.join(path)),
+        client_identity,
+        handshake_timeout: std::time::Duration::from_millis(raw.handshake_timeout_ms),
+    };
+    match crate::tls::server_config(&settings) {
+        Ok(_) => Some(settings),
+        Err(why) => {
+            problems.push(Problem::new("server.tls", why));
+            None
         }
     }
 }
@@ -25,8 +95,8 @@ pub(super) const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 
 pub(super) const MAX_DRAIN_TIMEOUT_SECS: u64 = 300;
 
-/// The listen address. gRPC here is plaintext (TLS comes with the identity work), so an address
-/// other hosts can reach needs the operator's explicit `insecure_plaintext = true`.
+/// The listen address. Without `[server.tls]` gRPC is plaintext, so an address other hosts can
+/// reach needs the operator's explicit `insecure_plaintext = true`.
 pub(super) fn validate_listen(
     raw: &RawServer,
     problems: &mut Vec<Problem>,
@@ -39,7 +109,7 @@ pub(super) fn validate_listen(
         ));
         return None;
     };
-    if !listen.ip().is_loopback() {
+    if !listen.ip().is_loopback() && raw.tls.is_none() {
         if raw.insecure_plaintext {
             warnings.push(Problem::new(
                 "server.insecure_plaintext",

@@ -1,5 +1,7 @@
-//! Caller authentication: `authorization: Bearer <token>` metadata, matched by the SHA-256 of the
-//! token against the configured callers. Tokens themselves are never stored, logged or echoed.
+//! Caller authentication: a client certificate verified by the TLS handshake (mTLS), whose
+//! identity (`server.tls.client_identity`) names a configured caller; else `authorization: Bearer
+//! <token>` metadata, matched by the SHA-256 of the token against the configured callers (unless
+//! `server.bearer_tokens` is off). Tokens themselves are never stored, logged or echoed.
 //!
 //! It runs as an interceptor, on the request's headers, before the message is decoded: an
 //! unauthenticated peer cannot make the server decode (or allocate for) a body at all. The
@@ -11,25 +13,94 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Status, metadata::MetadataMap};
 
 use super::status::unauthenticated;
-use crate::{config::CallerConfig, domain::Caller};
+use crate::{
+    config::CallerConfig,
+    domain::Caller,
+    tls::{IdentityKind, certificate_identity},
+};
 
-/// Maps token digests to callers.
+/// Maps token digests and certificate identities to callers.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     by_digest: HashMap<[u8; 32], Arc<Caller>>,
+    by_identity: HashMap<String, Arc<Caller>>,
+    /// Which name of a client certificate is its identity; `None`: no mTLS.
+    identity_kind: Option<IdentityKind>,
+    bearer_tokens: bool,
 }
 
 impl Authenticator {
+    /// Bearer tokens only (no mTLS).
     pub fn new(callers: &[CallerConfig]) -> Self {
-        let by_digest = callers
-            .iter()
-            .map(|caller| (caller.token_sha256, Arc::new(caller.caller())))
-            .collect();
-        Self { by_digest }
+        Self::with_certificates(callers, None, true)
     }
 
-    /// The caller a request's metadata identifies, or UNAUTHENTICATED saying what is missing.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, Status> {
+    /// With client certificates read by `identity_kind` (when mTLS is on), and bearer tokens
+    /// accepted or not.
+    pub fn with_certificates(
+        callers: &[CallerConfig],
+        identity_kind: Option<IdentityKind>,
+        bearer_tokens: bool,
+    ) -> Self {
+        let mut by_digest = HashMap::new();
+        let mut by_identity = HashMap::new();
+        for config in callers {
+            let caller = Arc::new(config.caller());
+            if let Some(digest) = config.token_sha256 {
+                by_digest.insert(digest, Arc::clone(&caller));
+            }
+            if let Some(identity) = &config.certificate_identity {
+                by_identity.insert(identity.clone(), caller);
+            }
+        }
+        Self {
+            by_digest,
+            by_identity,
+            identity_kind,
+            bearer_tokens,
+        }
+    }
+
+    /// The caller a request identifies: by its client certificate (`leaf`, DER, verified by the
+    /// handshake) when it presented one, else by its bearer token; or UNAUTHENTICATED saying
+    /// what is wrong. A token beside a certificate must name the same caller.
+    pub fn authenticate(&self, metadata: &MetadataMap, leaf: Option<&[u8]>) -> Result<Arc<Caller>, Status> {
+        let by_certificate = match (self.identity_kind, leaf) {
+            (Some(kind), Some(leaf)) => {
+                let identity = certificate_identity(leaf, kind).ok_or_else(|| {
+                    unauthenticated("the client certificate carries no identity of the configured kind")
+                })?;
+                let caller =
+                    self.by_identity.get(&identity).cloned().ok_or_else(|| {
+                        unauthenticated("the client certificate's identity is not a configured caller")
+                    })?;
+                Some(caller)
+            }
+            _ => None,
+        };
+        let header = metadata.get("authorization");
+        match (by_certificate, header) {
+            (Some(caller), None) => Ok(caller),
+            (Some(caller), Some(_)) => {
+                let by_token = self.by_token(metadata)?;
+                if by_token.id == caller.id {
+                    Ok(caller)
+                } else {
+                    Err(unauthenticated(
+                        "the client certificate and the bearer token name different callers",
+                    ))
+                }
+            }
+            (None, _) => self.by_token(metadata),
+        }
+    }
+
+    fn by_token(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, Status> {
+        if !self.bearer_tokens {
+            return Err(unauthenticated(
+                "bearer tokens are switched off: present a client certificate",
+            ));
+        }
         let header = metadata
             .get("authorization")
             .ok_or_else(|| unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
@@ -56,7 +127,9 @@ pub struct Authenticate(pub Arc<Authenticator>);
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.0.authenticate(request.metadata())?;
+        let chain = request.peer_certs();
+        let leaf = chain.as_deref().and_then(|chain| chain.first()).map(AsRef::as_ref);
+        let caller = self.0.authenticate(request.metadata(), leaf)?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -20,3 +20,4 @@ mod requests;
 mod revocation;
 mod store;
 mod surface;
+mod tls;

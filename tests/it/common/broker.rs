@@ -29,6 +29,8 @@ pub struct Settings {
     pub redis_extra: String,
     /// `[[webhooks]]` tables appended to the configuration.
     pub webhooks: String,
+    /// Any other TOML appended to the configuration (`[server.tls]`, more `[[callers]]`).
+    pub extra: String,
     /// The environment the configuration's `secret_env` names are read from.
     pub env: HashMap<String, String>,
     /// The webhook delivery worker's pacing.
@@ -56,6 +58,7 @@ impl Settings {
             extra_rules: String::new(),
             redis_extra: String::new(),
             webhooks: String::new(),
+            extra: String::new(),
             env: HashMap::new(),
             delivery: DeliverySettings::default(),
             deliver: true,
@@ -116,6 +119,7 @@ pub fn config_text(settings: &Settings) -> String {
         ("auditor", sha256_hex(AUDITOR_TOKEN)),
         ("logs_role", settings.logs_role.clone()),
         ("webhooks", settings.webhooks.clone()),
+        ("extra", settings.extra.clone()),
     ];
     let mut text = TEMPLATE.to_owned();
     for (name, value) in values {
@@ -143,6 +147,7 @@ impl Server {
             });
         config.delivery = settings.delivery.clone();
         let drain_timeout = config.drain_timeout;
+        let tls = config.tls.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (broker, auth, deliveries) = server::build(config).await.unwrap();
@@ -158,6 +163,7 @@ impl Server {
                     let _ = stopped.await;
                 },
                 drain_timeout,
+                tls.as_ref(),
             )
             .await
             .unwrap();

@@ -41,7 +41,7 @@ pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 /// An auditor caller (`audit-tool`): reads every grant.
 pub const AUDITOR_TOKEN: &str = "auditor-token-0123456789";
 
-fn manifest_dir() -> PathBuf {
+pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 

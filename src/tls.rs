@@ -1,0 +1,227 @@
+//! TLS on the gRPC port: the server's certificate chain and key, the client CA bundle that makes
+//! it mutual, the acceptor (each handshake on its own task and within a timeout, so a client that
+//! connects and says nothing never holds up the next one), and the identity a client certificate
+//! proves: its SPIFFE URI, DNS name or common name, as the configuration says.
+
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use x509_parser::extensions::GeneralName;
+
+/// Which name in a client certificate says who the caller is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// The `spiffe://` URI SAN (SPIFFE, the service-mesh convention).
+    Spiffe,
+    /// The first DNS SAN.
+    Dns,
+    /// The subject's common name (legacy PKIs).
+    CommonName,
+}
+
+impl IdentityKind {
+    /// As the configuration spells it: `spiffe`, `dns` or `cn`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "spiffe" => Some(Self::Spiffe),
+            "dns" => Some(Self::Dns),
+            "cn" => Some(Self::CommonName),
+            _ => None,
+        }
+    }
+}
+
+/// `[server.tls]`, validated (paths resolved against the configuration's directory).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Client certificates are verified against these CAs (mTLS); without it, none are asked for.
+    pub client_ca_file: Option<PathBuf>,
+    pub client_identity: IdentityKind,
+    pub handshake_timeout: Duration,
+}
+
+impl TlsSettings {
+    /// Whether clients may prove who they are with a certificate.
+    pub fn mutual(&self) -> bool {
+        self.client_ca_file.is_some()
+    }
+}
+
+fn certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certificates)
+}
+
+/// The rustls configuration `settings` describe, every file read and checked now (so
+/// `check-config` and a reload report a bad file instead of serving it).
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
+    let chain = certificates(&settings.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&settings.key_file)
+        .map_err(|error| format!("{}: {error}", settings.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?;
+    let builder = match &settings.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(path)? {
+                roots
+                    .add(certificate)
+                    .map_err(|error| format!("{}: {error}", path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                // A caller that cannot do mTLS still connects, and authenticates with its token;
+                // a certificate it does present must verify.
+                .allow_unauthenticated()
+                .build()
+                .map_err(|error| format!("{}: {error}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|error| {
+        format!(
+            "{} and {}: {error}",
+            settings.cert_file.display(),
+            settings.key_file.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Connections a handshake is under way on, at most: past this, accepting waits for one to end.
+const HANDSHAKES_IN_FLIGHT: usize = 256;
+
+/// Accepts TCP connections on `listener` and completes each TLS handshake on its own task,
+/// within `timeout`; yields the connections whose handshake succeeded. The task accepts until
+/// it is aborted.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    timeout: Duration,
+) -> (impl Stream<Item = io::Result<TlsStream<TcpStream>>>, JoinHandle<()>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(HANDSHAKES_IN_FLIGHT);
+    let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                return;
+            };
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: back off rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // Without TCP_NODELAY, small responses wait out delayed ACKs.
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, sender) = (acceptor.clone(), sender.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, timeout_ms = timeout.as_millis(), "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (ReceiverStream::new(receiver), task)
+}
+
+/// The identity the certificate (DER) proves, by `kind`; `None` when it names none of that kind.
+pub fn certificate_identity(der: &[u8], kind: IdentityKind) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    if kind == IdentityKind::CommonName {
+        return certificate
+            .subject()
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()
+            .map(str::to_owned);
+    }
+    let names = certificate.subject_alternative_name().ok()??;
+    names.value.general_names.iter().find_map(|name| match (kind, name) {
+        (IdentityKind::Spiffe, GeneralName::URI(uri)) if uri.starts_with("spiffe://") => Some((*uri).to_owned()),
+        (IdentityKind::Dns, GeneralName::DNSName(dns)) => Some((*dns).to_owned()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(names: Vec<rcgen::SanType>, common_name: &str) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = names;
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn each_kind_of_identity_is_read_from_its_own_name() {
+        let der = certificate(
+            vec![
+                rcgen::SanType::DnsName("portal.acme.internal".try_into().unwrap()),
+                rcgen::SanType::URI("https://not-spiffe.example".try_into().unwrap()),
+                rcgen::SanType::URI("spiffe://acme.example/ns/portals/sa/vendor".try_into().unwrap()),
+            ],
+            "vendor-portal",
+        );
+        assert_eq!(
+            certificate_identity(&der, IdentityKind::Spiffe).as_deref(),
+            Some("spiffe://acme.example/ns/portals/sa/vendor")
+        );
+        assert_eq!(
+            certificate_identity(&der, IdentityKind::Dns).as_deref(),
+            Some("portal.acme.internal")
+        );
+        assert_eq!(
+            certificate_identity(&der, IdentityKind::CommonName).as_deref(),
+            Some("vendor-portal")
+        );
+        let plain = certificate(Vec::new(), "only-a-name");
+        assert_eq!(certificate_identity(&plain, IdentityKind::Spiffe), None);
+        assert_eq!(certificate_identity(&plain, IdentityKind::Dns), None);
+        assert_eq!(
+            certificate_identity(b"not a certificate", IdentityKind::CommonName),
+            None
+        );
+    }
+
+    #[test]
+    fn identity_kinds_are_spelled_as_the_configuration_spells_them() {
+        assert_eq!(IdentityKind::parse("spiffe"), Some(IdentityKind::Spiffe));
+        assert_eq!(IdentityKind::parse("dns"), Some(IdentityKind::Dns));
+        assert_eq!(IdentityKind::parse("cn"), Some(IdentityKind::CommonName));
+        assert_eq!(IdentityKind::parse("SPIFFE"), None);
+    }
+}

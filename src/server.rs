@@ -109,7 +109,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     // Read again now (check-config read it too): what is served is what the files hold.
     let tls = tls
-        .map(|tls| crate::tls::server_config(tls).map(|config| (config, tls.handshake_timeout)))
+        .map(|tls| crate::tls::server_config(tls).map(|config| (tls.clone(), crate::tls::CurrentConfig::new(config))))
         .transpose()
         .map_err(ServeError::Tls)?;
     let broker = Arc::new(broker);
@@ -165,11 +165,12 @@ pub async fn run(
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             (Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), None)
         }
-        Some((config, handshake_timeout)) => {
-            let (incoming, acceptor) = crate::tls::incoming(listener, config, handshake_timeout);
+        Some((settings, current)) => {
+            let (incoming, acceptor) = crate::tls::incoming(listener, current.clone(), settings.handshake_timeout);
+            let reloader = tokio::spawn(crate::tls::reload(settings, current));
             (
                 Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
-                Some(acceptor),
+                Some((acceptor, reloader)),
             )
         }
     };
@@ -180,8 +181,9 @@ pub async fn run(
             Ok(())
         }
     };
-    if let Some(acceptor) = acceptor {
+    if let Some((acceptor, reloader)) = acceptor {
         acceptor.abort();
+        reloader.abort();
     }
     health_task.abort();
     expiry_task.abort();

@@ -1,7 +1,9 @@
 //! TLS on the gRPC port: the server's certificate chain and key, the client CA bundle that makes
 //! it mutual, the acceptor (each handshake on its own task and within a timeout, so a client that
-//! connects and says nothing never holds up the next one), and the identity a client certificate
-//! proves: its SPIFFE URI, DNS name or common name, as the configuration says.
+//! connects and says nothing never holds up the next one), reloading the files when they change
+//! or on SIGHUP (new connections get the new set, open ones keep theirs, a set that does not load
+//! is refused and the old one kept), and the identity a client certificate proves: its SPIFFE
+//! URI, DNS name or common name, as the configuration says.
 
 use std::{io, path::PathBuf, sync::Arc, time::Duration};
 
@@ -50,6 +52,8 @@ pub struct TlsSettings {
     pub client_ca_file: Option<PathBuf>,
     pub client_identity: IdentityKind,
     pub handshake_timeout: Duration,
+    /// How often the files are looked at for a change.
+    pub reload_check: Duration,
 }
 
 impl TlsSettings {
@@ -108,19 +112,98 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
     Ok(Arc::new(config))
 }
 
+/// The TLS configuration new connections get, swapped whole on a reload (connections already
+/// open keep the one they were made with).
+#[derive(Clone)]
+pub struct CurrentConfig(Arc<std::sync::RwLock<Arc<ServerConfig>>>);
+
+impl CurrentConfig {
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    fn get(&self) -> Arc<ServerConfig> {
+        // A writer that panicked left a whole Arc behind: still the last good one.
+        match self.0.read() {
+            Ok(config) => Arc::clone(&config),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn set(&self, config: Arc<ServerConfig>) {
+        match self.0.write() {
+            Ok(mut current) => *current = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+}
+
+/// What the files look like now (modification time and length of each), to notice a change.
+fn stamp(settings: &TlsSettings) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    [
+        Some(&settings.cert_file),
+        Some(&settings.key_file),
+        settings.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|meta| Some((meta.modified().ok()?, meta.len())))
+    })
+    .collect()
+}
+
+/// Reloads the files into `current` when one of them changes (looked at every
+/// `settings.reload_check`) and on SIGHUP, until aborted. A set that does not load (a key that
+/// does not match its certificate, a file half written) is refused, logged with why, and the set
+/// in use kept; it is tried again at the next change or signal.
+pub async fn reload(settings: TlsSettings, current: CurrentConfig) {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| tracing::warn!(%error, "cannot listen for SIGHUP: TLS files reload on change only"))
+        .ok();
+    let mut seen = stamp(&settings);
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(signals) => signals.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            _ = hangup => "SIGHUP",
+            () = tokio::time::sleep(settings.reload_check) => {
+                let now = stamp(&settings);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "a file changed"
+            }
+        };
+        match server_config(&settings) {
+            Ok(config) => {
+                current.set(config);
+                tracing::info!(why, "TLS certificates reloaded: new connections use them");
+            }
+            Err(error) => tracing::error!(why, %error, "TLS certificates not reloaded: the ones in use are kept"),
+        }
+    }
+}
+
 /// Connections a handshake is under way on, at most: past this, accepting waits for one to end.
 const HANDSHAKES_IN_FLIGHT: usize = 256;
 
 /// Accepts TCP connections on `listener` and completes each TLS handshake on its own task,
-/// within `timeout`; yields the connections whose handshake succeeded. The task accepts until
-/// it is aborted.
+/// within `timeout`, with the configuration `current` holds then; yields the connections whose
+/// handshake succeeded. The task accepts until it is aborted.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    current: CurrentConfig,
     timeout: Duration,
 ) -> (impl Stream<Item = io::Result<TlsStream<TcpStream>>>, JoinHandle<()>) {
     let (sender, receiver) = tokio::sync::mpsc::channel(HANDSHAKES_IN_FLIGHT);
-    let acceptor = TlsAcceptor::from(config);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
     let task = tokio::spawn(async move {
         loop {
@@ -138,7 +221,7 @@ pub fn incoming(
             };
             // Without TCP_NODELAY, small responses wait out delayed ACKs.
             let _ = tcp.set_nodelay(true);
-            let (acceptor, sender) = (acceptor.clone(), sender.clone());
+            let (acceptor, sender) = (TlsAcceptor::from(current.get()), sender.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {

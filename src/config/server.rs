@@ -38,7 +38,15 @@ pub(super) struct RawTls {
     client_identity: String,
     #[serde(default = "default_handshake_timeout_ms")]
     handshake_timeout_ms: u64,
+    #[serde(default = "default_reload_check_secs")]
+    reload_check_secs: u64,
 }
+
+fn default_reload_check_secs() -> u64 {
+    10
+}
+
+const RELOAD_CHECK_SECS: std::ops::RangeInclusive<u64> = 1..=3_600;
 
 fn default_client_identity() -> String {
     "spiffe".to_owned()
@@ -74,12 +82,20 @@ pub(super) fn validate_tls(raw: Option<&RawTls>, base: &Path, problems: &mut Vec
         ));
         return None;
     }
+    if !RELOAD_CHECK_SECS.contains(&raw.reload_check_secs) {
+        problems.push(Problem::new(
+            "server.tls.reload_check_secs",
+            format!("must be {}-{}", RELOAD_CHECK_SECS.start(), RELOAD_CHECK_SECS.end()),
+        ));
+        return None;
+    }
     let settings = TlsSettings {
         cert_file: base.join(&raw.cert_file),
         key_file: base.join(&raw.key_file),
         client_ca_file: raw.client_ca_file.as_ref().map(|path| base.join(path)),
         client_identity,
         handshake_timeout: std::time::Duration::from_millis(raw.handshake_timeout_ms),
+        reload_check: std::time::Duration::from_secs(raw.reload_check_secs),
     };
     match crate::tls::server_config(&settings) {
         Ok(_) => Some(settings),

@@ -87,6 +87,7 @@ cert_file = "{cert}"
 key_file = "{key}"
 client_ca_file = "{ca}"
 handshake_timeout_ms = 300
+reload_check_secs = 1
 {extra}
 
 [[callers]]
@@ -319,4 +320,127 @@ async fn with_bearer_tokens_off_only_a_certificate_authenticates() {
                 .contains("server.bearer_tokens is false: this caller needs a certificate_identity")),
         "{problems:?}"
     );
+}
+
+/// Waits (up to 10 s) until `check` passes, looking every 100 ms.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "{what} within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_are_served_once_written_and_a_broken_set_keeps_the_last_good_one() {
+    let logs = capture_logs();
+    let pki = Pki::new("clients-ca");
+    let (server, _redis) = mtls_server(&pki, "").await;
+    let mesh = pki.spiffe("mesh", MESH_PORTAL);
+    let open = channel(&server, &pki.ca, Some(&mesh)).await.unwrap();
+    assert_eq!(targets_seen(open.clone(), None).await.unwrap(), ["dev-logs-read"]);
+
+    // The server's certificate is replaced by one from another CA (a rotation to a new issuer).
+    let rotated = Pki::new("new-server-ca");
+    let (cert, key) = rotated.leaf("server", vec![SanType::DnsName("localhost".try_into().unwrap())], false);
+    let served = (pki.dir.path().join("server.pem"), pki.dir.path().join("server-key.pem"));
+    std::fs::copy(&key, &served.1).unwrap();
+    std::fs::copy(&cert, &served.0).unwrap();
+    eventually("a client trusting only the new CA is served", || async {
+        match channel(&server, &rotated.ca, Some(&mesh)).await {
+            Ok(channel) => targets_seen(channel, None).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    // The connection made before the rotation goes on as it was.
+    assert_eq!(targets_seen(open.clone(), None).await.unwrap(), ["dev-logs-read"]);
+    // A client trusting only the old issuer no longer is (tonic connects lazily: then the
+    // first call fails).
+    let refused = match channel(&server, &pki.ca, Some(&mesh)).await {
+        Ok(stale) => targets_seen(stale, None).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "the old issuer's certificate is no longer served");
+
+    // A key that is not a key: refused, logged, and the set in use kept.
+    std::fs::write(
+        &served.1,
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    eventually("the broken set is refused in the log", || async {
+        String::from_utf8_lossy(&logs.lock().unwrap()).contains("TLS certificates not reloaded")
+    })
+    .await;
+    let still = channel(&server, &rotated.ca, Some(&mesh)).await.unwrap();
+    assert_eq!(targets_seen(still, None).await.unwrap(), ["dev-logs-read"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificates_and_the_broker_keeps_serving() {
+    let pki = Pki::new("clients-ca");
+    let redis = RedisServer::start();
+    let (cert, key) = pki.leaf("server", vec![SanType::DnsName("localhost".try_into().unwrap())], false);
+    let port = free_port();
+    let mut settings = Settings::new(redis.url(), "http://127.0.0.1:9".into());
+    // Files are looked at only hourly: what reloads them here is the signal.
+    settings.extra = format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\nreload_check_secs = 3600\n\n[[callers]]\nid = \"mesh-portal\"\ncertificate_identity = \"{MESH_PORTAL}\"\ntargets = [\"dev-logs-read\"]\n",
+        cert.display(),
+        key.display(),
+        pki.ca.display()
+    );
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{}", config_text(&settings));
+    std::fs::write(config.path(), text).unwrap();
+    let mut broker = std::process::Command::new(env!("CARGO_BIN_EXE_grant-broker"))
+        .args(["serve", "--config"])
+        .arg(config.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "grant-broker", &mut broker);
+    let mesh = pki.spiffe("mesh", MESH_PORTAL);
+    let served = |ca: PathBuf| {
+        let mesh = mesh.clone();
+        async move {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+                .identity(Identity::from_pem(
+                    std::fs::read(&mesh.0).unwrap(),
+                    std::fs::read(&mesh.1).unwrap(),
+                ))
+                .domain_name("localhost");
+            let Ok(channel) = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            targets_seen(channel, None).await.is_ok()
+        }
+    };
+    assert!(served(pki.ca.clone()).await);
+
+    let rotated = Pki::new("new-server-ca");
+    let (new_cert, new_key) = rotated.leaf("server", vec![SanType::DnsName("localhost".try_into().unwrap())], false);
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &broker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    eventually("the new certificate is served after SIGHUP", || {
+        served(rotated.ca.clone())
+    })
+    .await;
+    assert!(broker.try_wait().unwrap().is_none(), "SIGHUP does not stop the broker");
+    broker.kill().unwrap();
+    let _ = broker.wait();
 }

@@ -92,6 +92,13 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     Ok((broker, auth, deliveries))
 }
 
+/// Where the broker serves: the API (GrantBroker, health, reflection), and, when configured, a
+/// plaintext port for health probes only.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub health: Option<TcpListener>,
+}
+
 /// Serves GrantBroker, grpc.health.v1.Health and server reflection (v1 and v1alpha, advertising
 /// only GrantBroker and Health) on `listener`, over TLS when `tls` is given, until `shutdown`
 /// completes. Then it stops
@@ -99,7 +106,7 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
 /// and waits at most `drain_timeout` for the calls still in flight. Runs `deliveries` (webhook
 /// notifications) meanwhile.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     broker: ProductionBroker,
     auth: Authenticator,
     deliveries: Option<DeliveryWorker>,
@@ -112,6 +119,10 @@ pub async fn run(
         .map(|tls| crate::tls::server_config(tls).map(|config| (tls.clone(), crate::tls::CurrentConfig::new(config))))
         .transpose()
         .map_err(ServeError::Tls)?;
+    let Listeners {
+        api: listener,
+        health: health_listener,
+    } = listeners;
     let broker = Arc::new(broker);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
@@ -149,6 +160,23 @@ pub async fn run(
             std::future::pending::<()>().await;
         }
     };
+    // Health alone, in plaintext, on a port of its own: what probes that cannot present a client
+    // certificate reach. It stops when the drain starts (the orchestrator sees the broker go).
+    let health_port = health_listener.map(|listener| {
+        let mut draining = drained.clone();
+        let stop = async move {
+            let _ = draining.wait_for(|draining| *draining).await;
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serving = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(incoming, stop);
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "the health port stopped");
+            }
+        })
+    });
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
@@ -184,6 +212,9 @@ pub async fn run(
     if let Some((acceptor, reloader)) = acceptor {
         acceptor.abort();
         reloader.abort();
+    }
+    if let Some(task) = health_port {
+        task.abort();
     }
     health_task.abort();
     expiry_task.abort();

@@ -64,6 +64,17 @@ pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let health = match config.health_listen {
+        None => None,
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::error!(%address, %error, "cannot listen for health probes");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let health_address = config.health_listen;
     let result = async {
         let (broker, auth, deliveries) = server::build(config).await?;
         let transport = match &tls {
@@ -71,9 +82,9 @@ pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
             Some(_) => "TLS",
             None => "plaintext",
         };
-        tracing::info!(address = %listen, transport, "grant-broker serving");
+        tracing::info!(address = %listen, transport, health = ?health_address, "grant-broker serving");
         server::run(
-            listener,
+            server::Listeners { api: listener, health },
             broker,
             auth,
             deliveries,

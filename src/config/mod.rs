@@ -68,6 +68,8 @@ impl fmt::Display for Problem {
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A plaintext port serving only grpc.health.v1.Health (Kubernetes probes cannot do mTLS).
+    pub health_listen: Option<SocketAddr>,
     /// The operator accepted serving plaintext gRPC on a non-loopback address (logged at start).
     pub insecure_plaintext: bool,
     /// How long a shutdown waits for in-flight calls before it stops anyway (streams end at once).
@@ -148,6 +150,7 @@ impl Config {
 
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
         let tls = validate_tls(raw.server.tls.as_ref(), base, &mut problems);
+        let health_listen = validate_health_listen(&raw.server, listen, &mut problems);
         let redis = validate_redis(raw.redis, base, &mut problems);
         let deny_verify_interval_secs = raw.aws.deny_verify_interval_secs;
         if !(DENY_VERIFY_INTERVAL_SECS).contains(&deny_verify_interval_secs) {
@@ -193,6 +196,7 @@ impl Config {
         match (listen, rules) {
             (Some(listen), Some(rules)) if problems.is_empty() => Ok(Self {
                 listen,
+                health_listen,
                 insecure_plaintext: raw.server.insecure_plaintext,
                 drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
                 tls,

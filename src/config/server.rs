@@ -13,6 +13,9 @@ pub(super) struct RawServer {
     /// Callers may authenticate with bearer tokens; `false` leaves only client certificates.
     pub(super) bearer_tokens: bool,
     pub(super) tls: Option<RawTls>,
+    /// A plaintext port serving only grpc.health.v1.Health, for probes that cannot present a
+    /// client certificate.
+    pub(super) health_listen: Option<String>,
 }
 
 impl Default for RawServer {
@@ -23,6 +26,7 @@ impl Default for RawServer {
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
             bearer_tokens: true,
             tls: None,
+            health_listen: None,
         }
     }
 }
@@ -110,6 +114,32 @@ pub(super) fn validate_tls(raw: Option<&RawTls>, base: &Path, problems: &mut Vec
 pub(super) const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 
 pub(super) const MAX_DRAIN_TIMEOUT_SECS: u64 = 300;
+
+/// The health port's address, when there is one: not the API's.
+pub(super) fn validate_health_listen(
+    raw: &RawServer,
+    listen: Option<SocketAddr>,
+    problems: &mut Vec<Problem>,
+) -> Option<SocketAddr> {
+    let text = raw.health_listen.as_ref()?;
+    match text.parse::<SocketAddr>() {
+        Ok(address) if Some(address) == listen => {
+            problems.push(Problem::new(
+                "server.health_listen",
+                "must differ from server.listen: the health port serves only health, in plaintext",
+            ));
+            None
+        }
+        Ok(address) => Some(address),
+        Err(_) => {
+            problems.push(Problem::new(
+                "server.health_listen",
+                format!("`{text}` is not an address:port"),
+            ));
+            None
+        }
+    }
+}
 
 /// The listen address. Without `[server.tls]` gRPC is plaintext, so an address other hosts can
 /// reach needs the operator's explicit `insecure_plaintext = true`.

@@ -442,3 +442,22 @@ fn unknown_keys_and_bad_rules_are_problems() {
     let problems = Config::parse(GOOD, Path::new("/nonexistent")).unwrap_err();
     assert_eq!(problems[0].key, "rules.files[0]");
 }
+
+#[test]
+fn the_health_port_is_its_own_address() {
+    let with = |value: &str| GOOD.replace("[redis]", &format!("[server]\nhealth_listen = \"{value}\"\n[redis]"));
+    let config = with_rules(&with("127.0.0.1:8081")).unwrap();
+    assert_eq!(config.health_listen, Some("127.0.0.1:8081".parse().unwrap()));
+    assert_eq!(with_rules(GOOD).unwrap().health_listen, None);
+    let problems = with_rules(&with("127.0.0.1:50051")).unwrap_err();
+    assert_eq!(problems[0].key, "server.health_listen", "{problems:?}");
+    assert!(
+        problems[0].message.contains("must differ from server.listen"),
+        "{problems:?}"
+    );
+    let problems = with_rules(&with("8081")).unwrap_err();
+    assert_eq!(
+        (problems[0].key.as_str(), problems[0].message.as_str()),
+        ("server.health_listen", "`8081` is not an address:port")
+    );
+}

@@ -378,7 +378,7 @@ async fn rotated_certificates_are_served_once_written_and_a_broken_set_keeps_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_certificates_and_the_broker_keeps_serving() {
+async fn sighup_reloads_the_certificates_and_health_has_a_plaintext_port() {
     let pki = Pki::new("clients-ca");
     let redis = RedisServer::start();
     let (cert, key) = pki.leaf("server", vec![SanType::DnsName("localhost".try_into().unwrap())], false);
@@ -392,7 +392,11 @@ async fn sighup_reloads_the_certificates_and_the_broker_keeps_serving() {
         pki.ca.display()
     );
     let config = tempfile::NamedTempFile::new().unwrap();
-    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{}", config_text(&settings));
+    let health_port = free_port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nhealth_listen = \"127.0.0.1:{health_port}\"\n{}",
+        config_text(&settings)
+    );
     std::fs::write(config.path(), text).unwrap();
     let mut broker = std::process::Command::new(env!("CARGO_BIN_EXE_grant-broker"))
         .args(["serve", "--config"])
@@ -426,6 +430,34 @@ async fn sighup_reloads_the_certificates_and_the_broker_keeps_serving() {
         }
     };
     assert!(served(pki.ca.clone()).await);
+    // Probes that cannot present a certificate ask the plaintext health port; the API port
+    // answers plaintext with nothing.
+    eventually("the health port says SERVING", || async {
+        let Ok(channel) = Endpoint::from_shared(format!("http://127.0.0.1:{health_port}"))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .is_ok_and(|answer| {
+                answer.into_inner().status() == tonic_health::pb::health_check_response::ServingStatus::Serving
+            })
+    })
+    .await;
+    let plaintext_api = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext_api {
+        let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await;
+        assert!(answer.is_err(), "{answer:?}");
+    }
 
     let rotated = Pki::new("new-server-ca");
     let (new_cert, new_key) = rotated.leaf("server", vec![SanType::DnsName("localhost".try_into().unwrap())], false);

@@ -155,7 +155,10 @@ impl Server {
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
             server::run(
-                listener,
+                server::Listeners {
+                    api: listener,
+                    health: None,
+                },
                 broker,
                 auth,
                 deliveries,

@@ -46,6 +46,35 @@ ensure_redis() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after install"
 }
 
+ensure_openssl() {
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  command -v openssl >/dev/null 2>&1 || die "openssl still missing after install"
+}
+
+# A local CA, the server's certificate (localhost, 127.0.0.1) and a client certificate per
+# name given (SPIFFE ID spiffe://grant-broker.dev/<name>), in $1; kept when already there.
+make_dev_pki() { # dir name...
+  local dir="$1"; shift
+  mkdir -p "$dir"
+  local key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  if [ ! -f "$dir/ca.pem" ]; then
+    openssl req -x509 "${key[@]}" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" -days 30 \
+      -subj "/CN=grant-broker dev CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  fi
+  leaf() { # file san usage
+    [ -f "$dir/$1.pem" ] && return
+    openssl req "${key[@]}" -keyout "$dir/$1-key.pem" -out "$dir/$1.csr" -subj "/CN=$1" 2>/dev/null
+    printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\n' "$2" "$3" >"$dir/$1.ext"
+    openssl x509 -req -in "$dir/$1.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -CAcreateserial \
+      -out "$dir/$1.pem" -days 30 -extfile "$dir/$1.ext" 2>/dev/null
+    rm -f "$dir/$1.csr" "$dir/$1.ext"
+  }
+  leaf server "DNS:localhost,IP:127.0.0.1" serverAuth
+  local name
+  for name in "$@"; do leaf "$name" "URI:spiffe://grant-broker.dev/$name" clientAuth; done
+}
+
 # The project's own virtualenv, for the tools PyPI ships.
 ensure_venv() {
   if [ -x "$VENV/bin/pip" ]; then return; fi

@@ -11,7 +11,8 @@ use crate::grpc::proto;
 pub(crate) async fn run_client(command: Command) -> Result<String, ClientError> {
     let connect = |connection: &Connection| {
         let address = connection.server.clone();
-        let token = connection.token.clone();
+        // An empty token (`--token ''`, to drop an exported one beside a certificate) is none.
+        let token = connection.token.clone().filter(|token| !token.is_empty());
         let tls = client::TlsFiles {
             ca: connection.ca.clone(),
             identity: connection.cert.clone().zip(connection.key.clone()),

@@ -57,13 +57,18 @@ make_dev_pki() { # dir name...
   local dir="$1"; shift
   mkdir -p "$dir"
   local key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
-  if [ ! -f "$dir/ca.pem" ]; then
+  # A CA that is missing or ends within a day is made again, and every certificate with it.
+  if [ ! -f "$dir/ca.pem" ] || ! openssl x509 -checkend 86400 -noout -in "$dir/ca.pem" >/dev/null 2>&1; then
+    rm -f "$dir"/*.pem "$dir"/*.srl
     openssl req -x509 "${key[@]}" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" -days 30 \
       -subj "/CN=grant-broker dev CA" \
       -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
   fi
   leaf() { # file san usage
-    [ -f "$dir/$1.pem" ] && return
+    if [ -f "$dir/$1.pem" ] && openssl verify -CAfile "$dir/ca.pem" "$dir/$1.pem" >/dev/null 2>&1 \
+      && openssl x509 -checkend 86400 -noout -in "$dir/$1.pem" >/dev/null 2>&1; then
+      return
+    fi
     openssl req "${key[@]}" -keyout "$dir/$1-key.pem" -out "$dir/$1.csr" -subj "/CN=$1" 2>/dev/null
     printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\n' "$2" "$3" >"$dir/$1.ext"
     openssl x509 -req -in "$dir/$1.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -CAcreateserial \

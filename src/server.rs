@@ -92,6 +92,10 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     Ok((broker, auth, deliveries))
 }
 
+/// How often an idle connection is pinged, and how long an answer may take before it is closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where the broker serves: the API (GrantBroker, health, reflection), and, when configured, a
 /// plaintext port for health probes only.
 pub struct Listeners {
@@ -116,7 +120,9 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     // Read again now (check-config read it too): what is served is what the files hold.
     let tls = tls
-        .map(|tls| crate::tls::server_config(tls).map(|config| (tls.clone(), crate::tls::CurrentConfig::new(config))))
+        .map(|tls| {
+            crate::tls::load_and_watch(tls).map(|(current, reloader)| (tls.handshake_timeout, current, reloader))
+        })
         .transpose()
         .map_err(ServeError::Tls)?;
     let Listeners {
@@ -169,6 +175,8 @@ pub async fn run(
         };
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let serving = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(health_service.clone())
             .serve_with_incoming_shutdown(incoming, stop);
         tokio::spawn(async move {
@@ -178,6 +186,9 @@ pub async fn run(
         })
     });
     let router = tonic::transport::Server::builder()
+        // A peer that stops answering pings is dropped, not kept open forever.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -193,9 +204,8 @@ pub async fn run(
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             (Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), None)
         }
-        Some((settings, current)) => {
-            let (incoming, acceptor) = crate::tls::incoming(listener, current.clone(), settings.handshake_timeout);
-            let reloader = tokio::spawn(crate::tls::reload(settings, current));
+        Some((handshake_timeout, current, reloader)) => {
+            let (incoming, acceptor) = crate::tls::incoming(listener, current, handshake_timeout);
             (
                 Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
                 Some((acceptor, reloader)),

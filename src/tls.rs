@@ -51,6 +51,9 @@ pub struct TlsSettings {
     /// Client certificates are verified against these CAs (mTLS); without it, none are asked for.
     pub client_ca_file: Option<PathBuf>,
     pub client_identity: IdentityKind,
+    /// No bearer tokens (`server.bearer_tokens = false`): a client without a certificate is
+    /// refused at the handshake, not per call.
+    pub require_client_certificate: bool,
     pub handshake_timeout: Duration,
     /// How often the files are looked at for a change.
     pub reload_check: Duration,
@@ -92,10 +95,15 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
                     .add(certificate)
                     .map_err(|error| format!("{}: {error}", path.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                // A caller that cannot do mTLS still connects, and authenticates with its token;
-                // a certificate it does present must verify.
-                .allow_unauthenticated()
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            // A caller that cannot do mTLS still connects, and authenticates with its token (a
+            // certificate it does present must verify), unless tokens are off.
+            let verifier = if settings.require_client_certificate {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
                 .build()
                 .map_err(|error| format!("{}: {error}", path.display()))?;
             builder.with_client_cert_verifier(verifier)
@@ -155,15 +163,23 @@ fn stamp(settings: &TlsSettings) -> Vec<Option<(std::time::SystemTime, u64)>> {
     .collect()
 }
 
-/// Reloads the files into `current` when one of them changes (looked at every
-/// `settings.reload_check`) and on SIGHUP, until aborted. A set that does not load (a key that
-/// does not match its certificate, a file half written) is refused, logged with why, and the set
-/// in use kept; it is tried again at the next change or signal.
-pub async fn reload(settings: TlsSettings, current: CurrentConfig) {
+/// Loads the files and, from then on, reloads them into the returned configuration when one of
+/// them changes (looked at every `settings.reload_check`) and on SIGHUP, on a task that runs
+/// until aborted. A set that does not load (a key that does not match its certificate, a file
+/// half written) is refused, logged with why, and the set in use kept; it is tried again at the
+/// next change or signal.
+pub fn load_and_watch(settings: &TlsSettings) -> Result<(CurrentConfig, JoinHandle<()>), String> {
+    // Looked at before reading, so a change made while the files are read is seen.
+    let seen = stamp(settings);
+    let current = CurrentConfig::new(server_config(settings)?);
+    let task = tokio::spawn(reload(settings.clone(), current.clone(), seen));
+    Ok((current, task))
+}
+
+async fn reload(settings: TlsSettings, current: CurrentConfig, mut seen: Vec<Option<(std::time::SystemTime, u64)>>) {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|error| tracing::warn!(%error, "cannot listen for SIGHUP: TLS files reload on change only"))
         .ok();
-    let mut seen = stamp(&settings);
     loop {
         let hangup = async {
             match hangups.as_mut() {
@@ -192,7 +208,7 @@ pub async fn reload(settings: TlsSettings, current: CurrentConfig) {
     }
 }
 
-/// Connections a handshake is under way on, at most: past this, accepting waits for one to end.
+/// Connections a handshake is under way on, at most: past this, new ones are closed at once.
 const HANDSHAKES_IN_FLIGHT: usize = 256;
 
 /// Accepts TCP connections on `listener` and completes each TLS handshake on its own task,
@@ -207,9 +223,6 @@ pub fn incoming(
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
     let task = tokio::spawn(async move {
         loop {
-            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-                return;
-            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -218,6 +231,14 @@ pub fn incoming(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            // Accepting never pauses: past the limit a new connection is closed at once, so a
+            // flood of silent clients costs each of them a slot until its timeout, never the
+            // listener.
+            let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                tracing::warn!(%peer, limit = HANDSHAKES_IN_FLIGHT, "too many TLS handshakes under way: connection closed");
+                drop(tcp);
+                continue;
             };
             // Without TCP_NODELAY, small responses wait out delayed ACKs.
             let _ = tcp.set_nodelay(true);
@@ -250,11 +271,29 @@ pub fn certificate_identity(der: &[u8], kind: IdentityKind) -> Option<String> {
             .map(str::to_owned);
     }
     let names = certificate.subject_alternative_name().ok()??;
-    names.value.general_names.iter().find_map(|name| match (kind, name) {
-        (IdentityKind::Spiffe, GeneralName::URI(uri)) if uri.starts_with("spiffe://") => Some((*uri).to_owned()),
-        (IdentityKind::Dns, GeneralName::DNSName(dns)) => Some((*dns).to_owned()),
-        _ => None,
-    })
+    let names = &names.value.general_names;
+    match kind {
+        // An SVID carries exactly one URI SAN (the SPIFFE X.509-SVID standard): a certificate
+        // with more is not one, whatever its first says.
+        IdentityKind::Spiffe => match names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [uri] if uri.starts_with("spiffe://") => Some((*uri).to_owned()),
+            _ => None,
+        },
+        // DNS names compare without case.
+        IdentityKind::Dns => names.iter().find_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+            _ => None,
+        }),
+        IdentityKind::CommonName => None,
+    }
 }
 
 #[cfg(test)]
@@ -274,7 +313,6 @@ mod tests {
         let der = certificate(
             vec![
                 rcgen::SanType::DnsName("portal.acme.internal".try_into().unwrap()),
-                rcgen::SanType::URI("https://not-spiffe.example".try_into().unwrap()),
                 rcgen::SanType::URI("spiffe://acme.example/ns/portals/sa/vendor".try_into().unwrap()),
             ],
             "vendor-portal",
@@ -290,6 +328,20 @@ mod tests {
         assert_eq!(
             certificate_identity(&der, IdentityKind::CommonName).as_deref(),
             Some("vendor-portal")
+        );
+        // Two URI SANs: not an SVID, whatever the first says. DNS names are read lower-cased.
+        let two = certificate(
+            vec![
+                rcgen::SanType::URI("spiffe://acme.example/one".try_into().unwrap()),
+                rcgen::SanType::URI("spiffe://acme.example/two".try_into().unwrap()),
+                rcgen::SanType::DnsName("Portal.ACME.internal".try_into().unwrap()),
+            ],
+            "x",
+        );
+        assert_eq!(certificate_identity(&two, IdentityKind::Spiffe), None);
+        assert_eq!(
+            certificate_identity(&two, IdentityKind::Dns).as_deref(),
+            Some("portal.acme.internal")
         );
         let plain = certificate(Vec::new(), "only-a-name");
         assert_eq!(certificate_identity(&plain, IdentityKind::Spiffe), None);

@@ -67,10 +67,11 @@ pub async fn connect(address: &str, token: Option<&str>, tls: &TlsFiles) -> Resu
         endpoint = endpoint
             .tls_config(config)
             .map_err(|error| ClientError::new(Exit::Usage, format!("TLS settings: {error}")))?;
-    } else if tls.identity.is_some() {
+    } else if tls.identity.is_some() || tls.ca.is_some() {
+        // Never a token in plaintext to a server the caller meant to reach over TLS.
         return Err(ClientError::new(
             Exit::Usage,
-            "--cert and --key need an https:// server (--server)",
+            "--ca, --cert and --key need an https:// server (--server)",
         ));
     }
     let channel = endpoint.connect().await.map_err(|error| {

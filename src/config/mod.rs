@@ -149,7 +149,7 @@ impl Config {
         let mut warnings = Vec::new();
 
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
-        let tls = validate_tls(raw.server.tls.as_ref(), base, &mut problems);
+        let tls = validate_tls(&raw.server, base, &mut problems, &mut warnings);
         let health_listen = validate_health_listen(&raw.server, listen, &mut problems);
         let redis = validate_redis(raw.redis, base, &mut problems);
         let deny_verify_interval_secs = raw.aws.deny_verify_interval_secs;

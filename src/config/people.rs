@@ -116,6 +116,20 @@ pub(super) fn validate_approvers(
     approvers
 }
 
+/// Why `identity` could never be what a certificate proves under `kind`, if it could not.
+fn identity_mismatch(identity: &str, kind: crate::tls::IdentityKind) -> Option<&'static str> {
+    use crate::tls::IdentityKind;
+    match kind {
+        IdentityKind::Spiffe if !identity.starts_with("spiffe://") => {
+            Some("must be a spiffe:// URI: server.tls.client_identity is spiffe")
+        }
+        IdentityKind::Dns if identity.chars().any(|c| c.is_ascii_uppercase()) => {
+            Some("must be lower case: DNS names compare without case, and certificates' are read lower-cased")
+        }
+        _ => None,
+    }
+}
+
 pub(super) fn validate_callers(
     raw: Vec<RawCaller>,
     targets: &[Target],
@@ -168,6 +182,8 @@ pub(super) fn validate_callers(
                     key("certificate_identity"),
                     "must be 1-1024 characters without control characters",
                 ));
+            } else if let Some(why) = tls.and_then(|tls| identity_mismatch(identity, tls.client_identity)) {
+                problems.push(Problem::new(key("certificate_identity"), why));
             } else if let Some(first) = identities.insert(identity.clone(), index) {
                 problems.push(Problem::new(
                     key("certificate_identity"),

@@ -63,8 +63,26 @@ fn default_handshake_timeout_ms() -> u64 {
 const HANDSHAKE_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 
 /// `[server.tls]`: the files read and checked now (paths relative to the configuration file).
-pub(super) fn validate_tls(raw: Option<&RawTls>, base: &Path, problems: &mut Vec<Problem>) -> Option<TlsSettings> {
-    let raw = raw?;
+pub(super) fn validate_tls(
+    server: &RawServer,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Option<TlsSettings> {
+    let bearer_tokens = server.bearer_tokens;
+    let raw = server.tls.as_ref()?;
+    if server.insecure_plaintext {
+        warnings.push(Problem::new(
+            "server.insecure_plaintext",
+            "has no effect: [server.tls] is set, so the broker serves TLS",
+        ));
+    }
+    if !bearer_tokens && raw.client_ca_file.is_none() {
+        problems.push(Problem::new(
+            "server.bearer_tokens",
+            "false leaves callers no way to authenticate without server.tls.client_ca_file (mTLS)",
+        ));
+    }
     let client_identity = IdentityKind::parse(&raw.client_identity).or_else(|| {
         problems.push(Problem::new(
             "server.tls.client_identity",
@@ -98,6 +116,7 @@ pub(super) fn validate_tls(raw: Option<&RawTls>, base: &Path, problems: &mut Vec
         key_file: base.join(&raw.key_file),
         client_ca_file: raw.client_ca_file.as_ref().map(|path| base.join(path)),
         client_identity,
+        require_client_certificate: !bearer_tokens,
         handshake_timeout: std::time::Duration::from_millis(raw.handshake_timeout_ms),
         reload_check: std::time::Duration::from_secs(raw.reload_check_secs),
     };

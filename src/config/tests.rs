@@ -461,3 +461,54 @@ fn the_health_port_is_its_own_address() {
         ("server.health_listen", "`8081` is not an address:port")
     );
 }
+
+#[test]
+fn tls_settings_that_cannot_work_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert, key_file, ca) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server-key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&cert, certificate.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&ca, certificate.pem()).unwrap();
+    let tls = |server: &str, tls: &str, caller: &str| {
+        let text = GOOD
+            .replace(
+                "[redis]",
+                &format!(
+                    "[server]\n{server}\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{tls}\n[redis]",
+                    cert.display(),
+                    key_file.display()
+                ),
+            )
+            .replace("token_sha256 =", &format!("{caller}\ntoken_sha256 ="));
+        with_rules(&text)
+    };
+    let ca_line = format!("client_ca_file = \"{}\"", ca.display());
+    // Tokens off without mTLS: nobody could authenticate.
+    let problems = tls("bearer_tokens = false", "", "").unwrap_err();
+    assert!(problems.iter().any(|p| p.key == "server.bearer_tokens"), "{problems:?}");
+    // An identity that no certificate of the configured kind could prove.
+    let problems = tls("", &ca_line, "certificate_identity = \"vendor-portal\"").unwrap_err();
+    assert_eq!(problems[0].key, "callers[0].certificate_identity", "{problems:?}");
+    assert!(problems[0].message.contains("must be a spiffe:// URI"), "{problems:?}");
+    let dns = format!("{ca_line}\nclient_identity = \"dns\"");
+    let problems = tls("", &dns, "certificate_identity = \"Portal.example\"").unwrap_err();
+    assert!(problems[0].message.contains("must be lower case"), "{problems:?}");
+    let config = tls("", &dns, "certificate_identity = \"portal.example\"").unwrap();
+    assert_eq!(
+        config.callers[0].certificate_identity.as_deref(),
+        Some("portal.example")
+    );
+    // insecure_plaintext beside TLS does nothing, and says so.
+    let config = tls("insecure_plaintext = true", "", "").unwrap();
+    assert_eq!(config.warnings[0].key, "server.insecure_plaintext");
+    assert!(config.warnings[0].message.contains("has no effect"));
+}

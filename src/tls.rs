@@ -352,6 +352,70 @@ mod tests {
         );
     }
 
+    /// With bearer tokens off, a client without a certificate is refused by the handshake itself;
+    /// with them on, it completes the handshake (and authenticates with its token).
+    #[tokio::test]
+    async fn without_tokens_a_client_must_present_a_certificate_at_the_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let (cert_file, key_file, ca_file) = (
+            dir.path().join("server.pem"),
+            dir.path().join("server-key.pem"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert_file, server.pem()).unwrap();
+        std::fs::write(&key_file, server_key.serialize_pem()).unwrap();
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        for required in [false, true] {
+            let settings = TlsSettings {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: Some(ca_file.clone()),
+                client_identity: IdentityKind::Spiffe,
+                require_client_certificate: required,
+                handshake_timeout: Duration::from_secs(5),
+                reload_check: Duration::from_secs(10),
+            };
+            let acceptor = TlsAcceptor::from(server_config(&settings).unwrap());
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let served = tokio::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                acceptor.accept(tcp).await.map(drop).map_err(|error| error.to_string())
+            });
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap();
+            let client =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+            let tcp = TcpStream::connect(address).await.unwrap();
+            let connected = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await;
+            // TLS 1.3: the client is done before the server has checked; the server says.
+            let served = served.await.unwrap();
+            if required {
+                let error = served.unwrap_err();
+                assert!(error.contains("no certificates"), "{error}");
+            } else {
+                assert_eq!(served, Ok(()));
+                assert!(connected.is_ok(), "{:?}", connected.err());
+            }
+        }
+    }
+
     #[test]
     fn identity_kinds_are_spelled_as_the_configuration_spells_them() {
         assert_eq!(IdentityKind::parse("spiffe"), Some(IdentityKind::Spiffe));

@@ -74,12 +74,7 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     regions.sort();
     regions.dedup();
     let issuer = StsIssuer::new(&config.sts, regions).await;
-    let identity_kind = config
-        .tls
-        .as_ref()
-        .filter(|tls| tls.mutual())
-        .map(|tls| tls.client_identity);
-    let auth = Authenticator::with_certificates(&config.callers, identity_kind, config.bearer_tokens);
+    let auth = Authenticator::with_certificates(&config.callers, config.bearer_tokens);
     let enforcer = IamEnforcer::new(&config.iam, &config.targets).await;
     let adapters = Adapters {
         store,
@@ -121,7 +116,8 @@ pub async fn run(
     // Read again now (check-config read it too): what is served is what the files hold.
     let tls = tls
         .map(|tls| {
-            crate::tls::load_and_watch(tls).map(|(current, reloader)| (tls.handshake_timeout, current, reloader))
+            crate::tls::load_and_watch(tls)
+                .map(|(current, reloader)| ((tls.handshake_timeout, tls.client_identity), current, reloader))
         })
         .transpose()
         .map_err(ServeError::Tls)?;
@@ -204,8 +200,8 @@ pub async fn run(
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             (Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)), None)
         }
-        Some((handshake_timeout, current, reloader)) => {
-            let (incoming, acceptor) = crate::tls::incoming(listener, current, handshake_timeout);
+        Some(((handshake_timeout, identity_kind), current, reloader)) => {
+            let (incoming, acceptor) = crate::tls::incoming(listener, current, handshake_timeout, identity_kind);
             (
                 Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown)),
                 Some((acceptor, reloader)),

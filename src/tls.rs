@@ -211,14 +211,99 @@ async fn reload(settings: TlsSettings, current: CurrentConfig, mut seen: Vec<Opt
 /// Connections a handshake is under way on, at most: past this, new ones are closed at once.
 const HANDSHAKES_IN_FLIGHT: usize = 256;
 
+/// What a connection's client certificate proves, read once, when its handshake completes
+/// (the handshake verified it), and handed to every request on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCertificate {
+    /// None presented (a caller that authenticates with its token).
+    Absent,
+    /// One that carries no identity of the configured kind.
+    Unnamed,
+    Identity(String),
+}
+
+/// A connection whose TLS handshake is done, with what its client certificate proves.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    certificate: ClientCertificate,
+}
+
+impl TlsConnection {
+    fn new(stream: TlsStream<TcpStream>, kind: IdentityKind) -> Self {
+        let certificate = match stream.get_ref().1.peer_certificates().and_then(<[_]>::first) {
+            None => ClientCertificate::Absent,
+            Some(leaf) => {
+                certificate_identity(leaf, kind).map_or(ClientCertificate::Unnamed, ClientCertificate::Identity)
+            }
+        };
+        Self { stream, certificate }
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = ClientCertificate;
+
+    fn connect_info(&self) -> ClientCertificate {
+        self.certificate.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Accepts TCP connections on `listener` and completes each TLS handshake on its own task,
 /// within `timeout`, with the configuration `current` holds then; yields the connections whose
-/// handshake succeeded. The task accepts until it is aborted.
+/// handshake succeeded, with the identity their client certificate proves under `kind`. The task
+/// accepts until it is aborted.
 pub fn incoming(
     listener: TcpListener,
     current: CurrentConfig,
     timeout: Duration,
-) -> (impl Stream<Item = io::Result<TlsStream<TcpStream>>>, JoinHandle<()>) {
+    kind: IdentityKind,
+) -> (impl Stream<Item = io::Result<TlsConnection>>, JoinHandle<()>) {
     let (sender, receiver) = tokio::sync::mpsc::channel(HANDSHAKES_IN_FLIGHT);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
     let task = tokio::spawn(async move {
@@ -247,7 +332,7 @@ pub fn incoming(
                 let _permit = permit;
                 match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = sender.send(Ok(stream)).await;
+                        let _ = sender.send(Ok(TlsConnection::new(stream, kind))).await;
                     }
                     Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, timeout_ms = timeout.as_millis(), "TLS handshake timed out"),

@@ -13,35 +13,24 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Status, metadata::MetadataMap};
 
 use super::status::unauthenticated;
-use crate::{
-    config::CallerConfig,
-    domain::Caller,
-    tls::{IdentityKind, certificate_identity},
-};
+use crate::{config::CallerConfig, domain::Caller, tls::ClientCertificate};
 
 /// Maps token digests and certificate identities to callers.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     by_digest: HashMap<[u8; 32], Arc<Caller>>,
     by_identity: HashMap<String, Arc<Caller>>,
-    /// Which name of a client certificate is its identity; `None`: no mTLS.
-    identity_kind: Option<IdentityKind>,
     bearer_tokens: bool,
 }
 
 impl Authenticator {
     /// Bearer tokens only (no mTLS).
     pub fn new(callers: &[CallerConfig]) -> Self {
-        Self::with_certificates(callers, None, true)
+        Self::with_certificates(callers, true)
     }
 
-    /// With client certificates read by `identity_kind` (when mTLS is on), and bearer tokens
-    /// accepted or not.
-    pub fn with_certificates(
-        callers: &[CallerConfig],
-        identity_kind: Option<IdentityKind>,
-        bearer_tokens: bool,
-    ) -> Self {
+    /// Callers by their tokens (when `bearer_tokens`) and by their certificates' identities.
+    pub fn with_certificates(callers: &[CallerConfig], bearer_tokens: bool) -> Self {
         let mut by_digest = HashMap::new();
         let mut by_identity = HashMap::new();
         for config in callers {
@@ -56,27 +45,33 @@ impl Authenticator {
         Self {
             by_digest,
             by_identity,
-            identity_kind,
             bearer_tokens,
         }
     }
 
-    /// The caller a request identifies: by its client certificate (`leaf`, DER, verified by the
-    /// handshake) when it presented one, else by its bearer token; or UNAUTHENTICATED saying
-    /// what is wrong. A token beside a certificate must name the same caller.
-    pub fn authenticate(&self, metadata: &MetadataMap, leaf: Option<&[u8]>) -> Result<Arc<Caller>, Status> {
-        let by_certificate = match (self.identity_kind, leaf) {
-            (Some(kind), Some(leaf)) => {
-                let identity = certificate_identity(leaf, kind).ok_or_else(|| {
-                    unauthenticated("the client certificate carries no identity of the configured kind")
-                })?;
+    /// The caller a request identifies: by the client certificate its connection presented
+    /// (read once, at the handshake that verified it), else by its bearer token; or
+    /// UNAUTHENTICATED saying what is wrong. A token beside a certificate must name the same
+    /// caller.
+    pub fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<Arc<Caller>, Status> {
+        let by_certificate = match certificate {
+            None | Some(ClientCertificate::Absent) => None,
+            Some(ClientCertificate::Unnamed) => {
+                return Err(unauthenticated(
+                    "the client certificate carries no identity of the configured kind",
+                ));
+            }
+            Some(ClientCertificate::Identity(identity)) => {
                 let caller =
-                    self.by_identity.get(&identity).cloned().ok_or_else(|| {
+                    self.by_identity.get(identity).cloned().ok_or_else(|| {
                         unauthenticated("the client certificate's identity is not a configured caller")
                     })?;
                 Some(caller)
             }
-            _ => None,
         };
         let header = metadata.get("authorization");
         match (by_certificate, header) {
@@ -127,9 +122,9 @@ pub struct Authenticate(pub Arc<Authenticator>);
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let chain = request.peer_certs();
-        let leaf = chain.as_deref().and_then(|chain| chain.first()).map(AsRef::as_ref);
-        let caller = self.0.authenticate(request.metadata(), leaf)?;
+        let caller = self
+            .0
+            .authenticate(request.metadata(), request.extensions().get::<ClientCertificate>())?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -455,8 +455,8 @@ pub async fn watch(
     let mut stream = client.watch_grant(message).await?.into_inner();
     let mut last_state = proto::GrantState::Unspecified;
     while let Some(change) = stream.message().await? {
-        let grant = change.grant.clone().unwrap_or_default();
-        last_state = proto::GrantState::try_from(grant.state).unwrap_or(proto::GrantState::Unspecified);
+        let state = change.grant.as_ref().map_or(0, |grant| grant.state);
+        last_state = proto::GrantState::try_from(state).unwrap_or(proto::GrantState::Unspecified);
         let line = if json {
             json_line(&change)?
         } else {
@@ -468,7 +468,7 @@ pub async fn watch(
                 } else {
                     change.event.as_str()
                 },
-                state_text(grant.state),
+                state_text(state),
                 if change.event_time.is_some() {
                     format!("  at {}", time_text(change.event_time.as_ref()))
                 } else {
@@ -939,7 +939,6 @@ pub async fn find_key(
     json: bool,
 ) -> Result<String, ClientError> {
     let found = client.find_grant_by_access_key(message).await?.into_inner();
-    let grant = found.grant.clone().unwrap_or_default();
     if json {
         return json_line(&found);
     }
@@ -955,7 +954,7 @@ pub async fn find_key(
             time_text(issuance.expire_time.as_ref())
         );
     }
-    text.push_str(&grant_summary(&grant));
+    text.push_str(&found.grant.as_ref().map(grant_summary).unwrap_or_default());
     Ok(text)
 }
 

@@ -77,22 +77,10 @@ pub async fn connect(address: &str, token: Option<&str>, tls: &TlsFiles) -> Resu
     let channel = endpoint.connect().await.map_err(|error| {
         ClientError::new(
             Exit::Refused,
-            format!("cannot connect to {address}: {}", causes(&error)),
+            format!("cannot connect to {address}: {}", crate::domain::error_chain(&error)),
         )
     })?;
     Ok(GrantBrokerClient::with_interceptor(channel, BearerToken(header)))
-}
-
-/// An error and what caused it, outermost first (tonic's own says only "transport error").
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// How to print issued credentials.

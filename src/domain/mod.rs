@@ -44,6 +44,19 @@ pub fn clip(text: &str, max: usize) -> String {
     }
 }
 
+/// An error and what caused it, outermost first, on one line (`a: b: c`): libraries' own
+/// messages often say only the outermost ("transport error").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Caller input quoted for an error message: in backticks, at most [`MAX_ECHO_CHARS`] of it.
 pub fn echo(text: &str) -> String {
     format!("`{}`", clip(text, MAX_ECHO_CHARS))
@@ -75,6 +88,28 @@ impl std::fmt::Display for FieldViolation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_names_every_cause_outermost_first() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let error = Outer(std::io::Error::other("invalid peer certificate: UnknownIssuer"));
+        assert_eq!(
+            error_chain(&error),
+            "transport error: invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "alone");
+    }
 
     #[test]
     fn clip_cuts_long_text_and_says_how_much() {

@@ -303,14 +303,7 @@ fn millis(duration: Duration) -> u64 {
 
 /// An error and its sources on one line, clipped.
 fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    crate::domain::clip(&text, MAX_ERROR_CHARS)
+    crate::domain::clip(&crate::domain::error_chain(error), MAX_ERROR_CHARS)
 }
 
 impl Shared {

@@ -350,6 +350,7 @@ fn plan(n: u64, count: u64, now: OffsetDateTime, pending_timeout: time::Duration
         session_roles: Default::default(),
         requester,
         grantee,
+        requester_verified: None,
     };
     let request_id = sends_request_id.then(|| RequestId::parse(&format!("{caller}-{:016x}", rng.next())).unwrap());
     let grant = Grant {
@@ -360,6 +361,7 @@ fn plan(n: u64, count: u64, now: OffsetDateTime, pending_timeout: time::Duration
         at,
         caller: caller.to_owned(),
         kind,
+        person: None,
     };
     let requested = event(
         created_at,
@@ -417,6 +419,7 @@ fn plan(n: u64, count: u64, now: OffsetDateTime, pending_timeout: time::Duration
         kind: EventKind::Expired {
             was: GrantState::Approved,
         },
+        person: None,
     });
     Planned {
         grant,

@@ -207,6 +207,7 @@ fn pure_costs() {
         allow_unknown_actions: false,
         revocation: grant_broker::domain::RevocationMode::Enforce,
         iam: grant_broker::domain::IamAccess::default(),
+        identity: Default::default(),
     };
     let facts = catalog.facts(&scopes);
     let input = RuleInput {
@@ -224,6 +225,7 @@ fn pure_costs() {
         now: time::OffsetDateTime::now_utc(),
         start: time::OffsetDateTime::now_utc(),
         break_glass: false,
+        identity: None,
     };
     // A narrow, a service-wide, an everything and a hostile request, to show what expansion
     // costs (the last makes pattern::matches run once per catalog action).

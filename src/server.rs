@@ -7,7 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 use crate::tls::TlsSettings;
-use tonic::{service::interceptor::InterceptedService, transport::server::TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -17,7 +17,7 @@ use crate::{
     },
     broker::{Adapters, Broker},
     config::Config,
-    grpc::{Authenticate, Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, proto},
+    grpc::{Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, RequireAuthentication, proto},
     ports::{Ports, SystemClock},
 };
 
@@ -48,6 +48,8 @@ pub enum ServeError {
     Webhooks(String),
     #[error("cannot serve TLS: {0}")]
     Tls(String),
+    #[error("identity issuers: {0}")]
+    Identity(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -74,7 +76,12 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     regions.sort();
     regions.dedup();
     let issuer = StsIssuer::new(&config.sts, regions).await;
-    let auth = Authenticator::with_certificates(&config.callers, config.bearer_tokens);
+    let mut auth = Authenticator::with_certificates(&config.callers, config.bearer_tokens);
+    if !config.identity.issuers.is_empty() {
+        let verifier = Arc::new(crate::adapters::oidc::Verifier::new(&config.identity).map_err(ServeError::Identity)?);
+        let audiences = Arc::clone(&verifier);
+        auth = auth.with_identity(&config.callers, verifier, |issuer| audiences.audience_of(issuer));
+    }
     let enforcer = IamEnforcer::new(&config.iam, &config.targets).await;
     let adapters = Adapters {
         store,
@@ -189,10 +196,10 @@ pub async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         // Authentication runs on the headers, before the (size-limited) message is decoded.
-        .add_service(InterceptedService::new(
+        .add_service(RequireAuthentication::new(
             proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&broker), drained))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-            Authenticate(Arc::new(auth)),
+            Arc::new(auth),
         ));
     let (serving, acceptor): (std::pin::Pin<Box<dyn Future<Output = _> + Send>>, _) = match tls {
         None => {

@@ -47,6 +47,7 @@ impl<P: Ports> Broker<P> {
         let event = ServiceEvent {
             at: self.clock.now(),
             caller: caller.id.to_string(),
+            person: None,
             kind: ServiceEventKind::AuditQueried {
                 query: query.to_owned(),
                 filter,
@@ -64,6 +65,7 @@ impl<P: Ports> Broker<P> {
         let event = ServiceEvent {
             at: self.clock.now(),
             caller: super::BROKER_CALLER.to_owned(),
+            person: None,
             kind: ServiceEventKind::RulesLoaded {
                 digest: self.rules.digest().to_owned(),
                 policies: self.rules.policy_count(),

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// A person deciding on a grant: who, how the broker knows (verified or asserted), and their
+/// groups (configured, and from their token).
+pub(super) struct Decider {
+    pub(super) person: Person,
+    pub(super) attribution: Attribution,
+    pub(super) groups: BTreeSet<String>,
+}
+
 impl<P: Ports> Broker<P> {
     /// The caller relays approvals for people only when the configuration says it may.
     pub(super) fn may_act_for_approvers(caller: &Caller) -> Result<(), BrokerError> {
@@ -18,6 +26,81 @@ impl<P: Ports> Broker<P> {
     /// A person's approver groups, from the configuration (none when not listed).
     pub(super) fn groups_of(&self, person: &Person) -> BTreeSet<String> {
         self.settings.approver_groups.get(person).cloned().unwrap_or_default()
+    }
+
+    /// The person a call names to decide on a grant (approve, deny, review, revoke in their
+    /// name): a verified person, unless the caller may assert people; in the groups the
+    /// configuration gives them and those their token carries.
+    pub(super) fn decider(&self, caller: &Caller, claimed: &Claimed, field: &str) -> Result<Decider, BrokerError> {
+        let policy = AssertionPolicy {
+            may_assert_people: caller.assert_people,
+            must_be_verified: false,
+            person_only: true,
+        };
+        self.decider_under(caller, claimed, field, policy)
+    }
+
+    /// The person whose approval queue a caller reads: the subject of their token (with its
+    /// groups) when it sends one, else the name it sends (a read discloses nothing the caller,
+    /// which relays approvers, could not list anyway).
+    pub(super) fn reader(&self, caller: &Caller, claimed: &Claimed, field: &str) -> Result<Decider, BrokerError> {
+        let policy = AssertionPolicy {
+            may_assert_people: true,
+            must_be_verified: false,
+            person_only: false,
+        };
+        self.decider_under(caller, claimed, field, policy)
+    }
+
+    fn decider_under(
+        &self,
+        caller: &Caller,
+        claimed: &Claimed,
+        field: &str,
+        policy: AssertionPolicy,
+    ) -> Result<Decider, BrokerError> {
+        let attribution = attribute(caller, claimed, field, policy)?;
+        let person = claimed
+            .person()
+            .cloned()
+            .ok_or_else(|| BrokerError::InvalidRequest(vec![FieldViolation::new(field, "required")]))?;
+        let mut groups = self.groups_of(&person);
+        if let Some(verified) = &attribution.verified {
+            groups.extend(verified.groups.iter().cloned());
+        }
+        Ok(Decider {
+            person,
+            attribution,
+            groups,
+        })
+    }
+
+    /// A target's demand that approvals come from a person who used MFA recently.
+    pub(super) fn check_approval_mfa(&self, target: &Target, decider: &Decider) -> Result<(), BrokerError> {
+        let Some(max_age) = target.identity.approval_mfa_max_age else {
+            return Ok(());
+        };
+        let refuse = |reason| BrokerError::ApproverMfaRequired {
+            approver: decider.person.to_string(),
+            target: target.id.clone(),
+            max_age_minutes: max_age.whole_minutes(),
+            reason,
+        };
+        let verified = decider
+            .attribution
+            .verified
+            .as_ref()
+            .ok_or_else(|| refuse("the approver is not verified"))?;
+        if !verified.mfa {
+            return Err(refuse("the approver's token does not show MFA (`amr`)"));
+        }
+        match verified.auth_age_secs(self.clock.now()) {
+            None => Err(refuse(
+                "the approver's token does not say when they authenticated (`auth_time`)",
+            )),
+            Some(age) if age > max_age.whole_seconds() => Err(refuse("the approver authenticated too long ago")),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The target of a grant `person` is about to decide on, refusing when they requested it.
@@ -41,11 +124,11 @@ impl<P: Ports> Broker<P> {
         &self,
         grant: &Grant,
         target: &Target,
-        approver: &Person,
-        groups: &BTreeSet<String>,
+        decider: &Decider,
         now: time::OffsetDateTime,
         asking: Asking,
     ) -> Result<(), BrokerError> {
+        let approver = &decider.person;
         let eligibility = with_rule_input(
             grant.caller.as_str(),
             grant,
@@ -53,7 +136,10 @@ impl<P: Ports> Broker<P> {
             grant.mfa_serial.is_some(),
             now,
             asking,
-            |input| self.rules.eligible_approver(input, approver, groups),
+            |input| {
+                self.rules
+                    .eligible_approver(input, approver, &decider.groups, decider.attribution.verified.as_ref())
+            },
         );
         match eligibility {
             Eligibility::Eligible { .. } => Ok(()),
@@ -100,14 +186,16 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         id: GrantId,
-        approver: Person,
+        approver: impl Into<Claimed>,
         comment: String,
     ) -> Result<Grant, BrokerError> {
         Self::may_act_for_approvers(caller)?;
+        let decider = self.decider(caller, &approver.into(), "approver")?;
+        let approver = decider.person.clone();
         for _ in 0..APPROVAL_ATTEMPTS {
             let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
             if self.extension_waits(&grant) {
-                match self.approve_extension(caller, grant, &approver, &comment).await? {
+                match self.approve_extension(caller, grant, &decider, &comment).await? {
                     Some(grant) => return Ok(grant),
                     // Another change to its extensions landed first: decide again.
                     None => continue,
@@ -130,14 +218,15 @@ impl<P: Ports> Broker<P> {
             if grant.approvals.len() >= MAX_RECORDED_APPROVALS {
                 return Err(BrokerError::TooManyApprovals { grant_id: id });
             }
-            let groups = self.groups_of(&approver);
-            self.check_eligible(&grant, target, &approver, &groups, now, Asking::Request)?;
+            self.check_eligible(&grant, target, &decider, now, Asking::Request)?;
+            self.check_approval_mfa(target, &decider)?;
             let approval = Approval {
                 approver: approver.clone(),
-                groups,
+                groups: decider.groups.clone(),
                 at: now,
                 comment: comment.clone(),
                 caller: caller.id.to_string(),
+                verified: decider.attribution.verified.clone(),
             };
             let before = grant.approvals.len();
             grant.approvals.push(approval.clone());
@@ -145,6 +234,7 @@ impl<P: Ports> Broker<P> {
             let mut events = vec![GrantEvent {
                 at: now,
                 caller: caller.id.to_string(),
+                person: Some(decider.attribution.clone()),
                 kind: EventKind::ApprovalRecorded {
                     approver: approver.to_string(),
                     groups: approval.groups.iter().cloned().collect(),
@@ -161,6 +251,7 @@ impl<P: Ports> Broker<P> {
                 events.push(GrantEvent {
                     at: now,
                     caller: caller.id.to_string(),
+                    person: None,
                     kind: EventKind::Approved { start, end },
                 });
             }
@@ -207,21 +298,23 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         id: GrantId,
-        approver: Person,
+        approver: impl Into<Claimed>,
         reason: String,
     ) -> Result<Grant, BrokerError> {
         Self::may_act_for_approvers(caller)?;
+        let decider = self.decider(caller, &approver.into(), "approver")?;
+        let approver = decider.person.clone();
         let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
         if self.extension_waits(&grant) {
-            return self.deny_extension(caller, grant, approver, reason).await;
+            return self.deny_extension(caller, grant, &decider, reason).await;
         }
         let (mut grant, target) = self.pending_for(grant, &approver, Transition::Deny)?;
         let now = self.clock.now();
-        let groups = self.groups_of(&approver);
-        self.check_eligible(&grant, target, &approver, &groups, now, Asking::Request)?;
+        self.check_eligible(&grant, target, &decider, now, Asking::Request)?;
         let event = GrantEvent {
             at: now,
             caller: caller.id.to_string(),
+            person: Some(decider.attribution.clone()),
             kind: EventKind::Denied {
                 approver: approver.to_string(),
                 reason,
@@ -246,27 +339,30 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         id: GrantId,
-        reviewer: Person,
+        reviewer: impl Into<Claimed>,
         comment: String,
     ) -> Result<Grant, BrokerError> {
         Self::may_act_for_approvers(caller)?;
+        let decider = self.decider(caller, &reviewer.into(), "reviewer")?;
+        let reviewer = decider.person.clone();
         let mut grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
         if !grant.decision.break_glass {
             return Err(BrokerError::NotBreakGlass { grant_id: id });
         }
         let target = self.target_for_decider(&grant, &reviewer)?;
         let now = self.clock.now();
-        let groups = self.groups_of(&reviewer);
-        self.check_eligible(&grant, target, &reviewer, &groups, now, Asking::Request)?;
+        self.check_eligible(&grant, target, &decider, now, Asking::Request)?;
         let review = Review {
             reviewer: reviewer.clone(),
             at: now,
             comment: comment.clone(),
             caller: caller.id.to_string(),
+            verified: decider.attribution.verified.clone(),
         };
         let event = GrantEvent {
             at: now,
             caller: caller.id.to_string(),
+            person: Some(decider.attribution.clone()),
             kind: EventKind::Reviewed {
                 reviewer: reviewer.to_string(),
                 comment,

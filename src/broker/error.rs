@@ -40,6 +40,20 @@ pub enum BrokerError {
     #[error("grant {grant_id}: {refused}")]
     TransitionNotAllowed { grant_id: GrantId, refused: NotAllowed },
 
+    /// A name the call could not prove (a field left empty without a token is InvalidRequest).
+    #[error("{0}")]
+    NotProven(crate::domain::identity::NotProven),
+
+    #[error(
+        "`{approver}` must have authenticated with MFA within the last {max_age_minutes} minutes to approve grants on target `{target}`: {reason}"
+    )]
+    ApproverMfaRequired {
+        approver: String,
+        target: String,
+        max_age_minutes: i64,
+        reason: &'static str,
+    },
+
     #[error("caller `{caller}` may not relay approvals (the configuration does not set act_for_approvers for it)")]
     CallerMayNotApprove { caller: String },
 
@@ -169,6 +183,7 @@ mod tests {
             requester: "a".into(),
             grantee: "b".into(),
             mfa: None,
+            requester_token: None,
         };
         let violations = request.check_start(start + time::Duration::hours(1));
         assert_eq!(

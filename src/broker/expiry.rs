@@ -28,6 +28,7 @@ impl<P: Ports> Broker<P> {
                     let event = GrantEvent {
                         at: now,
                         caller: BROKER_CALLER.to_owned(),
+                        person: None,
                         kind: EventKind::Expired { was: grant.state },
                     };
                     match self

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 
 use time::{Duration, OffsetDateTime};
 
-use super::{BrokerError, BrokerSettings, max_duration_secs};
+use super::{BrokerError, BrokerSettings, attribute, max_duration_secs};
 use crate::{
     domain::{
         AccessRequest, Caller, Decision, FieldViolation, Target,
         approval::Person,
         iam::{ActionFacts, Catalog},
+        identity::{AssertionPolicy, Attribution, Claimed},
         policy::build_session_policy,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
@@ -46,6 +47,8 @@ pub struct Vetted<'a> {
     pub session_policy: String,
     /// What its action patterns match (computed once, for the checks and the rules).
     pub facts: ActionFacts<'static>,
+    /// Who asks, and how the broker knows.
+    pub requester: Attribution,
 }
 
 /// The target `id` as `caller` may use it. Unknown targets and targets the caller may not use get
@@ -74,6 +77,7 @@ pub fn vet<'a>(
     now: OffsetDateTime,
 ) -> Result<Vetted<'a>, BrokerError> {
     let target = target_for(targets, caller, &request.target)?;
+    let requester = requester(caller, target, request)?;
     let max_duration_secs = max_duration_secs(target, settings.role_chaining);
     let violations = request.check_start(now);
     if !violations.is_empty() {
@@ -102,7 +106,30 @@ pub fn vet<'a>(
         end,
         session_policy,
         facts,
+        requester,
     })
+}
+
+/// Who a request says asks: the subject of the identity token it carries (the message may only
+/// agree), else the name it sends, which a caller may assert only for itself unless it may
+/// assert people; never unverified where the target demands a verified requester.
+fn requester(caller: &Caller, target: &Target, request: &AccessRequest) -> Result<Attribution, BrokerError> {
+    let named = match request.requester.as_str() {
+        "" => None,
+        name => {
+            Some(Person::parse("requester", name).map_err(|violation| BrokerError::InvalidRequest(vec![violation]))?)
+        }
+    };
+    let claimed = Claimed {
+        named,
+        token: request.requester_token.clone(),
+    };
+    let policy = AssertionPolicy {
+        may_assert_people: caller.assert_people,
+        must_be_verified: target.identity.requester_must_be_verified,
+        person_only: false,
+    };
+    attribute(caller, &claimed, "requester", policy)
 }
 
 impl Vetted<'_> {
@@ -115,7 +142,8 @@ impl Vetted<'_> {
     ) -> RuleInput<'b> {
         RuleInput {
             caller: caller.id.as_str(),
-            requester: &request.requester,
+            requester: &self.requester.name,
+            identity: self.requester.verified.as_ref(),
             grantee: &request.grantee,
             target: self.target,
             scopes: &request.scopes,
@@ -148,10 +176,10 @@ pub fn explain(
     let eligible_approvers = settings
         .approver_groups
         .iter()
-        .filter(|(person, _)| person.as_str() != request.requester)
+        .filter(|(person, _)| person.as_str() != vetted.requester.name)
         .filter(|(person, groups)| {
             matches!(
-                rules.eligible_approver(&input, person, groups),
+                rules.eligible_approver(&input, person, groups, None),
                 Eligibility::Eligible { .. }
             )
         })

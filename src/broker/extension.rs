@@ -4,12 +4,13 @@
 //! refusals exactly one lands and the others decide again on what is recorded.
 
 use super::{
-    APPROVAL_ATTEMPTS, Applied, Asking, Broker, BrokerError, MAX_RECORDED_APPROVALS, policy_until, with_rule_input,
+    APPROVAL_ATTEMPTS, Applied, Asking, Broker, BrokerError, MAX_RECORDED_APPROVALS, decide::Decider, policy_until,
+    with_rule_input,
 };
 use crate::{
     domain::{
         Caller, EventKind, Grant, GrantEvent, GrantId, GrantState, Outcome, Target,
-        approval::{Approval, Person},
+        approval::Approval,
         extension::{Extension, ExtensionRequest, ExtensionState, MAX_EXTENSIONS, check_total},
         lifecycle::{NotAllowed, Transition},
     },
@@ -93,6 +94,7 @@ impl<P: Ports> Broker<P> {
             let event = |kind| GrantEvent {
                 at: now,
                 caller: caller.id.to_string(),
+                person: None,
                 kind,
             };
             let mut events = vec![event(EventKind::ExtensionRequested {
@@ -157,7 +159,7 @@ impl<P: Ports> Broker<P> {
 
     /// The grant's waiting extension and its target, for a decision by `approver`: eligible under
     /// the rules (asked about the extension), never the requester.
-    fn waiting_extension_for(&self, grant: &Grant, approver: &Person) -> Result<(Extension, &Target), BrokerError> {
+    fn waiting_extension_for(&self, grant: &Grant, decider: &Decider) -> Result<(Extension, &Target), BrokerError> {
         let extension = grant
             .pending_extension()
             .cloned()
@@ -168,13 +170,11 @@ impl<P: Ports> Broker<P> {
                     state: grant.state,
                 },
             })?;
-        let target = self.target_for_decider(grant, approver)?;
-        let groups = self.groups_of(approver);
+        let target = self.target_for_decider(grant, &decider.person)?;
         self.check_eligible(
             grant,
             target,
-            approver,
-            &groups,
+            decider,
             self.clock.now(),
             Asking::Extension(extension.additional_secs),
         )?;
@@ -188,10 +188,11 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         grant: Grant,
-        approver: &Person,
+        decider: &Decider,
         comment: &str,
     ) -> Result<Option<Grant>, BrokerError> {
-        let (mut extension, target) = self.waiting_extension_for(&grant, approver)?;
+        let approver = &decider.person;
+        let (mut extension, target) = self.waiting_extension_for(&grant, decider)?;
         if extension
             .approvals
             .iter()
@@ -210,35 +211,43 @@ impl<P: Ports> Broker<P> {
                 what: violation.description,
             }
         })?;
+        self.check_approval_mfa(target, decider)?;
         let now = self.clock.now();
-        let groups = self.groups_of(approver);
         extension.approvals.push(Approval {
             approver: approver.clone(),
-            groups: groups.clone(),
+            groups: decider.groups.clone(),
             at: now,
             comment: comment.to_owned(),
             caller: caller.id.to_string(),
+            verified: decider.attribution.verified.clone(),
         });
-        let event = |kind| GrantEvent {
+        let event = |person, kind| GrantEvent {
             at: now,
             caller: caller.id.to_string(),
+            person,
             kind,
         };
-        let mut events = vec![event(EventKind::ApprovalRecorded {
-            approver: approver.to_string(),
-            groups: groups.into_iter().collect(),
-            comment: comment.to_owned(),
-            extension: Some(extension.number),
-        })];
+        let mut events = vec![event(
+            Some(decider.attribution.clone()),
+            EventKind::ApprovalRecorded {
+                approver: approver.to_string(),
+                groups: decider.groups.iter().cloned().collect(),
+                comment: comment.to_owned(),
+                extension: Some(extension.number),
+            },
+        )];
         let met = extension.decision.approvals_required.is_met(&extension.approvals);
         let (transition, new_window) = if met {
             let end = grant.end + extension.additional();
             extension.state = ExtensionState::Approved;
             extension.new_end = Some(end);
-            events.push(event(EventKind::Extended {
-                extension: extension.number,
-                end,
-            }));
+            events.push(event(
+                None,
+                EventKind::Extended {
+                    extension: extension.number,
+                    end,
+                },
+            ));
             (Transition::Extend, Some((end, policy_until(&grant, end)?)))
         } else {
             (Transition::RecordExtensionApproval, None)
@@ -272,9 +281,10 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         mut grant: Grant,
-        approver: Person,
+        decider: &Decider,
         reason: String,
     ) -> Result<Grant, BrokerError> {
+        let approver = &decider.person;
         let id = grant.id;
         for _ in 0..APPROVAL_ATTEMPTS {
             // A requester may refuse their own extension, as they may their own request.
@@ -290,13 +300,14 @@ impl<P: Ports> Broker<P> {
                         },
                     })?
             } else {
-                self.waiting_extension_for(&grant, &approver)?.0
+                self.waiting_extension_for(&grant, decider)?.0
             };
             extension.state = ExtensionState::Denied;
             extension.denied_by = Some((approver.clone(), reason.clone()));
             let events = vec![GrantEvent {
                 at: self.clock.now(),
                 caller: caller.id.to_string(),
+                person: Some(decider.attribution.clone()),
                 kind: EventKind::ExtensionDenied {
                     extension: extension.number,
                     approver: Some(approver.to_string()),

@@ -99,6 +99,7 @@ impl<P: Ports> Broker<P> {
         let event = |kind| GrantEvent {
             at: self.clock.now(),
             caller: caller.id.to_string(),
+            person: None,
             kind,
         };
 
@@ -274,6 +275,7 @@ impl<P: Ports> Broker<P> {
                 let refused = GrantEvent {
                     at: now,
                     caller: caller.id.to_string(),
+                    person: None,
                     kind: EventKind::IssueRefused { reason: what.clone() },
                 };
                 if let Err(error) = self.record_event(grant, &refused).await {
@@ -340,6 +342,7 @@ impl<P: Ports> Broker<P> {
         let event = GrantEvent {
             at: self.clock.now(),
             caller: caller.id.to_string(),
+            person: None,
             kind: EventKind::IssueDiscarded {
                 session_name: issuance.session_name.clone(),
                 access_key_id: issuance.access_key_id.clone(),

@@ -44,6 +44,7 @@ use crate::{
         audit::ServiceEvent,
         filter::GrantFilter,
         iam::Catalog,
+        identity::{AssertionPolicy, Attribution, Claimed, NotProven},
         lifecycle::{NotAllowed, Transition},
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
@@ -195,6 +196,7 @@ fn with_rule_input<R>(
     f(&RuleInput {
         caller,
         requester: &grant.requester,
+        identity: grant.requester_verified.as_ref(),
         grantee: &grant.grantee,
         target,
         scopes: &grant.scopes,
@@ -208,6 +210,22 @@ fn with_rule_input<R>(
         mfa_present,
         now,
     })
+}
+
+/// How `claimed` is recorded for `caller` under `policy`, or why it cannot be: a verified
+/// token's subject (the message may only agree with it), else a name the caller may assert.
+fn attribute(
+    caller: &Caller,
+    claimed: &Claimed,
+    field: &str,
+    policy: AssertionPolicy,
+) -> Result<Attribution, BrokerError> {
+    claimed
+        .attribute(field, caller.id.as_str(), policy)
+        .map_err(|not_proven| match not_proven {
+            NotProven::Missing(violation) => BrokerError::InvalidRequest(vec![violation]),
+            other => BrokerError::NotProven(other),
+        })
 }
 
 /// One of each adapter a broker runs on.

@@ -192,13 +192,14 @@ impl<P: Ports> Broker<P> {
     pub async fn approval_queue(
         &self,
         caller: &Caller,
-        approver: &Person,
+        approver: impl Into<Claimed>,
         before: Option<GrantId>,
         page_size: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
         Self::may_act_for_approvers(caller)?;
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
-        let groups = self.groups_of(approver);
+        let decider = self.reader(caller, &approver.into(), "approver")?;
+        let approver = &decider.person;
         let now = self.clock.now();
         let decidable = |grant: &Grant| {
             // What waits: the request, or an approved grant's extension.
@@ -211,10 +212,10 @@ impl<P: Ports> Broker<P> {
             };
             grant.requester != approver.as_str()
                 && !approvals.iter().any(|approval| &approval.approver == approver)
-                && self.targets.get(&grant.target).is_some_and(|target| {
-                    self.check_eligible(grant, target, approver, &groups, now, asking)
-                        .is_ok()
-                })
+                && self
+                    .targets
+                    .get(&grant.target)
+                    .is_some_and(|target| self.check_eligible(grant, target, &decider, now, asking).is_ok())
         };
         let mut waiting = Vec::new();
         // Where the scan is: the next call continues strictly before it.

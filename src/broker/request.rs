@@ -37,9 +37,15 @@ impl<P: Ports> Broker<P> {
 
     /// Decides, records and (when approved) issues. A repeated request id with the same body
     /// returns the recorded grant and, if it is approved, fresh credentials.
-    pub async fn request_access(&self, caller: &Caller, request: AccessRequest) -> Result<AccessOutcome, BrokerError> {
+    pub async fn request_access(
+        &self,
+        caller: &Caller,
+        mut request: AccessRequest,
+    ) -> Result<AccessOutcome, BrokerError> {
         let now = self.clock.now();
         let vetted = explain::vet(&self.targets, &self.settings, caller, &request, now)?;
+        // The requester as proven: what the fingerprint, the rules and the record name.
+        request.requester.clone_from(&vetted.requester.name);
         let (target, start, end) = (vetted.target, vetted.start, vetted.end);
         let duration = end - start;
         // A scheduled request never waits past the end of the window it asked for.
@@ -87,6 +93,7 @@ impl<P: Ports> Broker<P> {
         let event = GrantEvent {
             at: now,
             caller: caller.id.to_string(),
+            person: Some(vetted.requester.clone()),
             kind: EventKind::Requested {
                 state,
                 outcome: decision.outcome,
@@ -104,6 +111,7 @@ impl<P: Ports> Broker<P> {
             role_arn: target.role_arn.clone(),
             region: target.region.clone(),
             requester: request.requester,
+            requester_verified: vetted.requester.verified.clone(),
             grantee: request.grantee,
             scopes: request.scopes,
             session_policy: vetted.session_policy,
@@ -134,6 +142,7 @@ impl<P: Ports> Broker<P> {
             events.push(GrantEvent {
                 at: now,
                 caller: caller.id.to_string(),
+                person: Some(vetted.requester.clone()),
                 kind: EventKind::BreakGlassUsed {
                     justification: grant.justification.clone(),
                 },
@@ -204,6 +213,7 @@ impl<P: Ports> Broker<P> {
         let event = GrantEvent {
             at: now,
             caller: caller.id.to_string(),
+            person: None,
             kind: EventKind::Cancelled { reason },
         };
         self.apply(

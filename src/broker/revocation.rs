@@ -19,12 +19,12 @@ use std::{collections::BTreeSet, time::Duration as StdDuration};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use super::{Broker, BrokerError, unasked_refusal};
+use super::{Broker, BrokerError, decide::Decider, unasked_refusal};
 use crate::{
     domain::{
         Caller, EventKind, Grant, GrantEvent, GrantId, GrantState, RevocationMode, Target,
-        approval::Person,
         audit::{ServiceEvent, ServiceEventKind},
+        identity::Claimed,
         lifecycle::{NotAllowed, Transition},
         revocation::{
             Cutoff, DenyDrift, Enforcement, EnforcementStatus, Revocation, RevokedEntry, RolePolicy, fold_grantee,
@@ -129,28 +129,37 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         id: GrantId,
-        revoker: Option<Person>,
+        revoker: impl Into<Claimed>,
         reason: String,
     ) -> Result<Grant, BrokerError> {
+        let revoker = self.revoker(caller, &revoker.into())?;
         let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
         self.may_revoke(caller, &grant, revoker.as_ref())?;
-        let revoked = self.revoke(caller, grant, revoker, reason, None).await?;
+        let revoked = self.revoke(caller, grant, revoker.as_ref(), reason, None).await?;
         self.enforce_now(&revoked).await;
         self.read_back(id).await
     }
 
+    /// The person a revocation is made in the name of, if the call names one (or carries their
+    /// token): a verified person, unless the caller may assert people.
+    fn revoker(&self, caller: &Caller, claimed: &Claimed) -> Result<Option<Decider>, BrokerError> {
+        if claimed.person().is_none() {
+            return Ok(None);
+        }
+        self.decider(caller, claimed, "revoker").map(Some)
+    }
+
     /// Who may revoke which grant.
-    fn may_revoke(&self, caller: &Caller, grant: &Grant, revoker: Option<&Person>) -> Result<(), BrokerError> {
+    fn may_revoke(&self, caller: &Caller, grant: &Grant, revoker: Option<&Decider>) -> Result<(), BrokerError> {
         if caller.admin || grant.caller == caller.id {
             return Ok(());
         }
         match revoker {
             // A caller that relays approvers sees the grant through the person it names, who
             // may revoke what they may approve.
-            Some(person) if caller.acts_for_approvers => {
-                let target = self.target_for_decider(grant, person)?;
-                let groups = self.groups_of(person);
-                self.check_eligible(grant, target, person, &groups, self.clock.now(), super::Asking::Request)
+            Some(decider) if caller.acts_for_approvers => {
+                let target = self.target_for_decider(grant, &decider.person)?;
+                self.check_eligible(grant, target, decider, self.clock.now(), super::Asking::Request)
             }
             _ if caller.auditor => Err(BrokerError::NotGrantOwner {
                 grant_id: grant.id,
@@ -167,7 +176,7 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         grant: Grant,
-        revoker: Option<Person>,
+        revoker: Option<&Decider>,
         reason: String,
         operation: Option<String>,
     ) -> Result<Grant, BrokerError> {
@@ -197,7 +206,8 @@ impl<P: Ports> Broker<P> {
         }
         let revocation = Revocation {
             caller: caller.id.to_string(),
-            revoker: revoker.map(|person| person.to_string()),
+            revoker: revoker.map(|decider| decider.person.to_string()),
+            revoker_verified: revoker.and_then(|decider| decider.attribution.verified.clone()),
             at: now,
             reason: reason.clone(),
             operation: operation.clone(),
@@ -211,6 +221,7 @@ impl<P: Ports> Broker<P> {
         let event = GrantEvent {
             at: now,
             caller: caller.id.to_string(),
+            person: revoker.map(|decider| decider.attribution.clone()),
             kind: EventKind::Revoked {
                 revoker: revocation.revoker.clone(),
                 reason,
@@ -282,10 +293,11 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         grantee: &str,
-        revoker: Option<Person>,
+        revoker: impl Into<Claimed>,
         reason: String,
     ) -> Result<GranteeRevocation, BrokerError> {
         Self::must_be_admin(caller)?;
+        let revoker = self.revoker(caller, &revoker.into())?;
         let operation = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now();
         // A grant can start at most 30 days after it was requested and last 12 hours: the index
@@ -327,7 +339,7 @@ impl<P: Ports> Broker<P> {
         for grant in live {
             let id = grant.id;
             let outcome = self
-                .revoke(caller, grant, revoker.clone(), reason.clone(), Some(operation.clone()))
+                .revoke(caller, grant, revoker.as_ref(), reason.clone(), Some(operation.clone()))
                 .await;
             if let Ok(revoked) = &outcome
                 && revoked.enforcement.as_ref().map(|e| e.status) == Some(EnforcementStatus::Pending)
@@ -357,10 +369,11 @@ impl<P: Ports> Broker<P> {
         let event = ServiceEvent {
             at: now,
             caller: caller.id.to_string(),
+            person: revoker.as_ref().map(|decider| decider.attribution.clone()),
             kind: ServiceEventKind::GranteeRevoked {
                 operation: operation.clone(),
                 grantee: grantee.to_owned(),
-                revoker: revoker.map(|person| person.to_string()),
+                revoker: revoker.map(|decider| decider.person.to_string()),
                 reason,
                 examined,
                 revoked: outcomes.len() - failed,
@@ -420,10 +433,11 @@ impl<P: Ports> Broker<P> {
         &self,
         caller: &Caller,
         target_id: &str,
-        revoker: Option<Person>,
+        revoker: impl Into<Claimed>,
         reason: String,
     ) -> Result<TargetCutoff, BrokerError> {
         Self::must_be_admin(caller)?;
+        let revoker = self.revoker(caller, &revoker.into())?;
         let target = self
             .targets
             .get(target_id)
@@ -446,9 +460,10 @@ impl<P: Ports> Broker<P> {
                 Err(_) => crate::domain::limits::MAX_DURATION_SECS,
             },
         };
-        let who = revoker
-            .as_ref()
-            .map_or_else(|| caller.id.to_string(), |person| format!("{person} via {}", caller.id));
+        let who = revoker.as_ref().map_or_else(
+            || caller.id.to_string(),
+            |decider| format!("{} via {}", decider.person, caller.id),
+        );
         let now = self.clock.now();
         let cutoff = Cutoff::after(
             now,
@@ -458,13 +473,14 @@ impl<P: Ports> Broker<P> {
         let event = ServiceEvent {
             at: now,
             caller: caller.id.to_string(),
+            person: revoker.as_ref().map(|decider| decider.attribution.clone()),
             kind: ServiceEventKind::TargetSessionsRevoked {
                 target: target.id.clone(),
                 account_id: target.account_id.clone(),
                 role_arn: role.clone(),
                 cutoff: cutoff.at,
                 until: cutoff.until,
-                revoker: revoker.map(|person| person.to_string()),
+                revoker: revoker.map(|decider| decider.person.to_string()),
                 reason,
             },
         };
@@ -637,6 +653,7 @@ impl<P: Ports> Broker<P> {
         let event = GrantEvent {
             at: now,
             caller: super::BROKER_CALLER.to_owned(),
+            person: None,
             kind: EventKind::EnforcementChanged {
                 status,
                 error: note,
@@ -802,6 +819,7 @@ impl<P: Ports> Broker<P> {
                     let event = ServiceEvent {
                         at: now,
                         caller: super::BROKER_CALLER.to_owned(),
+                        person: None,
                         kind: ServiceEventKind::RoleCutoffSet {
                             target: target.id.clone(),
                             account_id: target.account_id.clone(),
@@ -866,6 +884,7 @@ impl<P: Ports> Broker<P> {
         let event = ServiceEvent {
             at: now,
             caller: super::BROKER_CALLER.to_owned(),
+            person: None,
             kind: ServiceEventKind::RoleDenyDrifted {
                 target: target.id.clone(),
                 account_id: target.account_id.clone(),

@@ -39,6 +39,7 @@ fn target() -> Target {
         allow_unknown_actions: false,
         revocation: crate::domain::RevocationMode::Enforce,
         iam: crate::domain::IamAccess::default(),
+        identity: Default::default(),
     }
 }
 
@@ -101,6 +102,8 @@ fn caller() -> Caller {
         acts_for_approvers: false,
         admin: false,
         auditor: false,
+        assert_people: true,
+        identity: Default::default(),
     }
 }
 
@@ -120,6 +123,7 @@ fn request(request_id: &str) -> AccessRequest {
         requester: "alice@example.com".into(),
         grantee: "vendor-x".into(),
         mfa: None,
+        requester_token: None,
     }
 }
 

@@ -3,9 +3,10 @@
 //! that holds it (`targets[1].role_arn: ...`), so `grant-broker check-config` can list them all.
 //!
 //! One module per section: [`server`], [`redis`], [`aws`], [`targets`], [`people`] (grants,
-//! callers, approvers) and [`webhook`]; this module reads the file and puts them together.
+//! callers, approvers), [`identity`] (OIDC issuers) and [`webhook`]; this module reads the file and puts them together.
 
 mod aws;
+mod identity;
 mod people;
 mod redis;
 mod server;
@@ -15,6 +16,7 @@ mod tests;
 mod webhook;
 
 use aws::*;
+use identity::*;
 pub use people::CallerConfig;
 use people::*;
 use redis::*;
@@ -39,8 +41,8 @@ use crate::{
     },
     broker::BrokerSettings,
     domain::{
-        ActionPattern, Caller, CallerId, IamAccess, ResourcePattern, RevocationMode, Scope, Secret, Target,
-        approval::Person, iam::Catalog, limits, scope,
+        ActionPattern, Caller, CallerId, CallerIdentity, IamAccess, ResourcePattern, RevocationMode, Scope, Secret,
+        Target, approval::Person, iam::Catalog, limits, scope,
     },
     rules::{RuleEngine, RuleSource},
 };
@@ -86,6 +88,8 @@ pub struct Config {
     pub rules: RuleEngine,
     pub targets: Vec<Target>,
     pub callers: Vec<CallerConfig>,
+    /// The OIDC issuers whose tokens prove people and pipelines, and the verifier's clocks.
+    pub identity: crate::adapters::oidc::VerifierSettings,
     /// Where notifications of grant events go; empty: nowhere (and no delivery worker runs).
     pub webhooks: Vec<Webhook>,
     /// How the delivery worker paces itself: not in the file (the defaults suit production);
@@ -114,6 +118,8 @@ struct RawConfig {
     approvers: Vec<RawApprover>,
     #[serde(default)]
     webhooks: Vec<RawWebhook>,
+    #[serde(default)]
+    identity: RawIdentity,
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,7 +194,15 @@ impl Config {
         let approver_groups = validate_approvers(raw.approvers, &mut problems);
         let targets = validate_targets(raw.targets, &mut problems, &mut warnings);
         warnings.extend(ceiling_warnings(&targets));
-        let callers = validate_callers(raw.callers, &targets, &raw.server, tls.as_ref(), &mut problems);
+        let identity = validate_identity(raw.identity, base, &mut problems);
+        let callers = validate_callers(
+            raw.callers,
+            &targets,
+            &raw.server,
+            tls.as_ref(),
+            &identity,
+            &mut problems,
+        );
         let rules = load_rules(&raw.rules, base, &mut problems);
         let webhooks = validate_webhooks(raw.webhooks, env, &mut problems, &mut warnings);
 
@@ -217,6 +231,7 @@ impl Config {
                 rules,
                 targets,
                 callers,
+                identity,
                 webhooks,
                 delivery: DeliverySettings::default(),
                 warnings,

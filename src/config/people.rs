@@ -18,9 +18,20 @@ pub struct CallerConfig {
     pub admin: bool,
     /// May read every grant (an audit tool).
     pub auditor: bool,
+    /// Whose identity tokens it may present, for which audience, and whether every call must
+    /// carry one.
+    pub identity: CallerIdentity,
+    /// May name people it has not proven (recorded as asserted).
+    pub assert_people: bool,
 }
 
 impl CallerConfig {
+    /// Whether a verified identity token alone identifies this caller (a pipeline with no
+    /// certificate and no bearer token).
+    pub fn authenticated_by_identity(&self, bearer_tokens: bool) -> bool {
+        self.identity.required && self.certificate_identity.is_none() && !(bearer_tokens && self.token_sha256.is_some())
+    }
+
     /// The authenticated caller this configuration describes, as the broker sees it.
     pub fn caller(&self) -> Caller {
         Caller {
@@ -29,6 +40,8 @@ impl CallerConfig {
             acts_for_approvers: self.act_for_approvers,
             admin: self.admin,
             auditor: self.auditor,
+            identity: self.identity.clone(),
+            assert_people: self.assert_people,
         }
     }
 }
@@ -78,6 +91,14 @@ pub(super) struct RawCaller {
     pub(super) admin: bool,
     #[serde(default)]
     pub(super) auditor: bool,
+    #[serde(default)]
+    identity_issuers: Vec<String>,
+    #[serde(default)]
+    identity_audience: Option<String>,
+    #[serde(default)]
+    identity_required: bool,
+    #[serde(default)]
+    assert_people: bool,
 }
 
 /// People who approve, and their groups (which rules match with `principal in Group`).
@@ -135,8 +156,10 @@ pub(super) fn validate_callers(
     targets: &[Target],
     server: &RawServer,
     tls: Option<&crate::tls::TlsSettings>,
+    identity: &crate::adapters::oidc::VerifierSettings,
     problems: &mut Vec<Problem>,
 ) -> Vec<CallerConfig> {
+    let mut token_only = BTreeMap::new();
     let mutual = tls.is_some_and(crate::tls::TlsSettings::mutual);
     let mut identities = BTreeMap::new();
     let known: BTreeSet<&str> = targets.iter().map(|target| target.id.as_str()).collect();
@@ -191,14 +214,60 @@ pub(super) fn validate_callers(
                 ));
             }
         }
+        for (i, issuer) in caller.identity_issuers.iter().enumerate() {
+            if !identity.issuers.iter().any(|configured| &configured.id == issuer) {
+                problems.push(Problem::new(
+                    format!("{}[{i}]", key("identity_issuers")),
+                    format!("no identity.issuers entry has id `{issuer}`"),
+                ));
+            }
+        }
+        if let Some(audience) = &caller.identity_audience
+            && (audience.is_empty() || audience.len() > 256)
+        {
+            problems.push(Problem::new(key("identity_audience"), "must be 1-256 characters"));
+        }
+        if caller.identity_required && caller.identity_issuers.is_empty() {
+            problems.push(Problem::new(
+                key("identity_required"),
+                "needs identity_issuers: the issuers whose tokens it presents",
+            ));
+        }
         let usable_token = token_sha256.is_some() && server.bearer_tokens;
-        if !usable_token && caller.certificate_identity.is_none() {
+        let by_identity = caller.identity_required && !usable_token && caller.certificate_identity.is_none();
+        if by_identity {
+            // The token alone says which caller this is: by its issuer and audience, which must
+            // then name exactly one caller.
+            if caller.identity_issuers.len() != 1 {
+                problems.push(Problem::new(
+                    key("identity_issuers"),
+                    "a caller that authenticates by its identity token alone names exactly one issuer",
+                ));
+            }
+            let audience = caller.identity_audience.clone().or_else(|| {
+                caller
+                    .identity_issuers
+                    .first()
+                    .and_then(|id| identity.issuers.iter().find(|issuer| &issuer.id == id))
+                    .map(|issuer| issuer.audience.clone())
+            });
+            let binding = (caller.identity_issuers.first().cloned(), audience);
+            if let Some(first) = token_only.insert(binding, index) {
+                problems.push(Problem::new(
+                    key("identity_audience"),
+                    format!(
+                        "callers[{first}] authenticates by the same issuer and audience: give each its own identity_audience"
+                    ),
+                ));
+            }
+        }
+        if !usable_token && caller.certificate_identity.is_none() && !by_identity {
             problems.push(Problem::new(
                 key("token_sha256"),
                 if caller.token_sha256.is_some() {
-                    "server.bearer_tokens is false: this caller needs a certificate_identity to authenticate"
+                    "server.bearer_tokens is false: this caller needs a certificate_identity (or identity_required) to authenticate"
                 } else {
-                    "the caller needs a token_sha256 or a certificate_identity to authenticate"
+                    "the caller needs a token_sha256, a certificate_identity or identity_required to authenticate"
                 },
             ));
         }
@@ -219,6 +288,12 @@ pub(super) fn validate_callers(
                 act_for_approvers: caller.act_for_approvers,
                 admin: caller.admin,
                 auditor: caller.auditor,
+                identity: CallerIdentity {
+                    issuers: caller.identity_issuers.into_iter().collect(),
+                    audience: caller.identity_audience,
+                    required: caller.identity_required,
+                },
+                assert_people: caller.assert_people,
             });
         }
     }

@@ -25,6 +25,10 @@ pub(super) struct RawTarget {
     pub(super) revocation: Option<String>,
     pub(super) iam_role_arn: Option<String>,
     pub(super) iam_external_id: Option<String>,
+    #[serde(default)]
+    pub(super) requester_must_be_verified: bool,
+    #[serde(default)]
+    pub(super) approval_mfa_max_age_minutes: Option<u64>,
     pub(super) ceiling: Vec<RawScope>,
 }
 
@@ -34,6 +38,9 @@ pub(super) struct RawScope {
     pub(super) actions: Vec<String>,
     pub(super) resources: Vec<String>,
 }
+
+/// Longest an approver's MFA may lie behind an approval (a day).
+const MAX_APPROVAL_MFA_AGE_MINUTES: u64 = 1440;
 
 pub(super) fn validate_targets(
     raw: Vec<RawTarget>,
@@ -107,6 +114,20 @@ pub(super) fn validate_targets(
             problems.push(Problem::new(key("ceiling"), "at least one statement is required"));
         }
         let (revocation, iam) = validate_revocation(&target, &key, problems, warnings);
+        if let Some(minutes) = target.approval_mfa_max_age_minutes
+            && !(1..=MAX_APPROVAL_MFA_AGE_MINUTES).contains(&minutes)
+        {
+            problems.push(Problem::new(
+                key("approval_mfa_max_age_minutes"),
+                format!("must be 1-{MAX_APPROVAL_MFA_AGE_MINUTES} (how recently an approver authenticated with MFA)"),
+            ));
+        }
+        let identity = crate::domain::TargetIdentity {
+            requester_must_be_verified: target.requester_must_be_verified,
+            approval_mfa_max_age: target
+                .approval_mfa_max_age_minutes
+                .map(|minutes| time::Duration::minutes(i64::try_from(minutes).unwrap_or(i64::MAX))),
+        };
         let ceiling = target
             .ceiling
             .into_iter()
@@ -141,6 +162,7 @@ pub(super) fn validate_targets(
             allow_unknown_actions: target.allow_unknown_actions,
             revocation,
             iam,
+            identity,
         });
     }
     same_revocation_per_role(&targets, problems);

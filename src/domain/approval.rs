@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 
 use time::OffsetDateTime;
 
-use super::{FieldViolation, echo};
+use super::{FieldViolation, echo, identity::Verified};
 
-/// A person, as the calling portal names them (an approver, a requester). Today a string the
-/// caller vouches for; the identity work will make it a verified token, so it is a type of its
-/// own rather than a `String` that could be confused with another.
+/// A person (or a job), as a call names them (an approver, a requester) or a verified token's
+/// subject claim does: a type of its own rather than a `String` that could be confused with
+/// another. How it was established travels beside it ([`super::identity::Attribution`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Person(String);
 
@@ -76,6 +76,8 @@ pub struct Approval {
     pub comment: String,
     /// The calling system that relayed it.
     pub caller: String,
+    /// What the approver's verified token proved; `None`: asserted by the caller.
+    pub verified: Option<Verified>,
 }
 
 /// A reviewer's look at a break-glass grant after the fact.
@@ -86,6 +88,8 @@ pub struct Review {
     pub comment: String,
     /// The calling system that relayed it.
     pub caller: String,
+    /// What the reviewer's verified token proved; `None`: asserted by the caller.
+    pub verified: Option<Verified>,
 }
 
 /// How many approvals of which groups a grant needs.
@@ -252,6 +256,7 @@ mod tests {
             at: datetime!(2026-11-29 10:00 UTC),
             comment: String::new(),
             caller: "portal".into(),
+            verified: None,
         }
     }
 

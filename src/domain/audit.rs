@@ -108,6 +108,9 @@ pub struct ServiceEvent {
     pub at: OffsetDateTime,
     /// The calling system (the broker itself for `rules_loaded`).
     pub caller: String,
+    /// The person the event names as acting (a revoker) and how the broker knew them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub person: Option<super::identity::Attribution>,
     #[serde(flatten)]
     pub kind: ServiceEventKind,
 }
@@ -263,6 +266,14 @@ impl AuditEntry {
         match &self.logged {
             Logged::Grant { event, .. } => event.actor(),
             Logged::Service(event) => event.actor(),
+        }
+    }
+
+    /// The person the event names as acting, and how the broker knew them.
+    pub fn person(&self) -> Option<&super::identity::Attribution> {
+        match &self.logged {
+            Logged::Grant { event, .. } => event.person.as_ref(),
+            Logged::Service(event) => event.person.as_ref(),
         }
     }
 

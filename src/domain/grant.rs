@@ -9,6 +9,7 @@ use super::{
     CallerId, Scope,
     approval::{Approval, ApprovalRequirement, Review},
     extension::Extension,
+    identity::{Attribution, Verified},
     revocation::{Cutoff, Enforcement, EnforcementStatus, Revocation},
 };
 
@@ -196,6 +197,10 @@ pub struct GrantEvent {
     pub at: OffsetDateTime,
     /// The calling system that caused the event.
     pub caller: String,
+    /// The person (or job) the event names as acting (requester, approver, reviewer, revoker)
+    /// and how the broker knew them; `None` when it names nobody.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub person: Option<Attribution>,
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -348,6 +353,9 @@ pub struct Grant {
     pub role_arn: String,
     pub region: String,
     pub requester: String,
+    /// What the requester's verified token proved; `None`: the calling system only asserted the
+    /// name.
+    pub requester_verified: Option<Verified>,
     pub grantee: String,
     pub scopes: Vec<Scope>,
     pub session_policy: String,
@@ -519,6 +527,7 @@ mod tests {
             at,
             caller: "p".into(),
             kind,
+            person: None,
         };
         let issuing = || {
             event(EventKind::Issuing {

@@ -11,6 +11,7 @@ pub mod extension;
 pub mod filter;
 pub mod grant;
 pub mod iam;
+pub mod identity;
 pub mod lifecycle;
 pub mod limits;
 pub mod pattern;
@@ -24,10 +25,10 @@ pub mod target;
 pub use grant::{
     Decision, EventKind, Grant, GrantEvent, GrantId, GrantState, Issuance, Outcome, RECENT_ISSUANCES, SessionRoles,
 };
-pub use request::{AccessRequest, Caller, CallerId, MfaToken, RequestId};
+pub use request::{AccessRequest, Caller, CallerId, CallerIdentity, MfaToken, RequestId};
 pub use scope::{ActionPattern, ResourcePattern, Scope};
 pub use session::{ApprovedGrant, IssuedCredentials, NotIssuable, Secret, SessionRefused, SessionSpec, SessionTag};
-pub use target::{IamAccess, RevocationMode, Target};
+pub use target::{IamAccess, RevocationMode, Target, TargetIdentity};
 
 /// Longest piece of caller input echoed back in an error message.
 pub const MAX_ECHO_CHARS: usize = 128;

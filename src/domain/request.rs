@@ -56,6 +56,22 @@ pub struct Caller {
     pub admin: bool,
     /// Whether it may read every caller's grants (an audit tool).
     pub auditor: bool,
+    /// The identity tokens it may present for people and for itself.
+    pub identity: CallerIdentity,
+    /// Whether it may name people without their verified token (recorded as asserted). Off by
+    /// default: a caller then names only itself, or a person whose token it forwards.
+    pub assert_people: bool,
+}
+
+/// Which identity tokens a caller may present, and for which audience.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerIdentity {
+    /// Configured issuer ids whose tokens it may forward or present.
+    pub issuers: std::collections::BTreeSet<String>,
+    /// The audience its tokens must carry, instead of the issuer's.
+    pub audience: Option<String>,
+    /// Every call must carry a verified token (a pipeline proving which job it is).
+    pub required: bool,
 }
 
 impl Caller {
@@ -210,7 +226,10 @@ pub struct AccessRequest {
     pub break_glass: bool,
     pub justification: String,
     pub ticket: String,
+    /// Who asks, as sent (empty: the identity token says).
     pub requester: String,
+    /// The requester's verified identity token, when the call carried one.
+    pub requester_token: Option<std::sync::Arc<super::identity::VerifiedIdentity>>,
     pub grantee: String,
     pub mfa: Option<MfaToken>,
 }
@@ -521,6 +540,7 @@ mod tests {
             requester: "alice@example.com".into(),
             grantee: "vendor-x".into(),
             mfa: None,
+            requester_token: None,
         }
     }
 

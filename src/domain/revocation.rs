@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use time::{Duration, OffsetDateTime};
 
-use super::{GrantId, SessionRoles, policy::rfc3339_utc};
+use super::{GrantId, SessionRoles, identity::Verified, policy::rfc3339_utc};
 
 /// The name of the inline policy the broker manages on a target role; it touches no other.
 pub const DENY_POLICY_NAME: &str = "grant-broker-revocations";
@@ -109,6 +109,8 @@ pub struct Revocation {
     pub caller: String,
     /// The person it named, if any (an approver, an incident responder).
     pub revoker: Option<String>,
+    /// What the revoker's verified token proved; `None`: asserted, or no person named.
+    pub revoker_verified: Option<Verified>,
     pub at: OffsetDateTime,
     pub reason: String,
     /// Set when the grant was revoked as part of a larger operation (RevokeGrantee): every

@@ -171,6 +171,12 @@ impl<'a> ApprovedGrant<'a> {
             if !grant.ticket.is_empty() {
                 tags.push(SessionTag::new("ticket", &grant.ticket));
             }
+            // CloudTrail then says whether `requester` was proven, and by which issuer.
+            let proof = match &grant.requester_verified {
+                Some(verified) => format!("verified:{}", verified.issuer),
+                None => "asserted".to_owned(),
+            };
+            tags.push(SessionTag::new("requester-identity", &proof));
         }
         Ok(SessionSpec {
             grant_id: grant.id,
@@ -320,6 +326,7 @@ mod tests {
             revocation: None,
             enforcement: None,
             role_cutoff: None,
+            requester_verified: None,
         }
     }
 
@@ -339,6 +346,7 @@ mod tests {
             allow_unknown_actions: false,
             revocation: crate::domain::RevocationMode::Enforce,
             iam: crate::domain::IamAccess::default(),
+            identity: Default::default(),
         }
     }
 
@@ -406,6 +414,7 @@ mod tests {
         assert_eq!(tags[1], ("requester", "alice smith _alice@example.com_"));
         assert_eq!(tags[2], ("grantee", "vendor/x"));
         assert_eq!(tags[3], ("ticket", "INC_7"));
+        assert_eq!(tags[4], ("requester-identity", "asserted"));
         assert_eq!(spec.source_identity(), "alice_smith__alice@example.com_");
         assert_eq!(spec.external_id(), Some("ext-1"));
     }

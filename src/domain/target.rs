@@ -31,6 +31,19 @@ pub struct Target {
     pub revocation: RevocationMode,
     /// How the broker reaches IAM to manage its inline deny policy on the role.
     pub iam: IamAccess,
+    /// What must be proven about the people acting on its grants.
+    pub identity: TargetIdentity,
+}
+
+/// What a target demands of the people who ask for and decide its grants, beyond the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TargetIdentity {
+    /// The requester must be proven by a verified identity token (a person's or a job's), even
+    /// for callers that may assert people.
+    pub requester_must_be_verified: bool,
+    /// Approvals (and approvals of extensions) need a verified person who authenticated with
+    /// MFA at most this long ago.
+    pub approval_mfa_max_age: Option<time::Duration>,
 }
 
 impl Target {
@@ -96,6 +109,7 @@ mod tests {
             allow_unknown_actions: false,
             revocation: RevocationMode::Enforce,
             iam: IamAccess::default(),
+            identity: Default::default(),
         }
     }
 

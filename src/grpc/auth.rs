@@ -1,26 +1,60 @@
-//! Caller authentication: a client certificate verified by the TLS handshake (mTLS), whose
-//! identity (`server.tls.client_identity`) names a configured caller; else `authorization: Bearer
-//! <token>` metadata, matched by the SHA-256 of the token against the configured callers (unless
-//! `server.bearer_tokens` is off). Tokens themselves are never stored, logged or echoed.
+//! Who is calling, proven before any message is decoded: the calling system by a client
+//! certificate verified at the TLS handshake (mTLS), whose identity (`server.tls.client_identity`)
+//! names a configured caller, else by `authorization: Bearer <token>` metadata matched by the
+//! token's SHA-256 (unless `server.bearer_tokens` is off); and the person or job it acts for by a
+//! verified OIDC token in `x-identity-token` metadata ([`crate::adapters::oidc`]). A caller set
+//! to authenticate by its identity token alone (a pipeline) is found by the token's issuer and
+//! audience. Tokens themselves are never stored, logged or echoed, and the identity token is
+//! removed from the request once verified.
 //!
-//! It runs as an interceptor, on the request's headers, before the message is decoded: an
-//! unauthenticated peer cannot make the server decode (or allocate for) a body at all. The
-//! authenticated [`Caller`] travels to the handlers in the request's extensions, as an `Arc` (shared, never copied per call).
+//! It runs as a tower service around GrantBroker ([`RequireAuthentication`]), on the headers, before
+//! the message is decoded: an unauthenticated peer cannot make the server decode (or allocate
+//! for) a body at all, and the token check may await its issuer's keys. The authenticated
+//! [`Caller`] (an `Arc`, shared, never copied per call) and the verified identity travel to the
+//! handlers in the request's extensions.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use sha2::{Digest, Sha256};
-use tonic::{Request, Status, metadata::MetadataMap};
+use time::OffsetDateTime;
+use tonic::{
+    Request, Status,
+    codegen::{BoxFuture, Service, http},
+    server::NamedService,
+};
 
-use super::status::unauthenticated;
-use crate::{config::CallerConfig, domain::Caller, tls::ClientCertificate};
+use super::status::{identity_keys_unavailable, identity_token_refused, unauthenticated};
+use crate::{
+    adapters::oidc::{TokenError, Verifier},
+    config::CallerConfig,
+    domain::{Caller, identity::VerifiedIdentity},
+    tls::ClientCertificate,
+};
 
-/// Maps token digests and certificate identities to callers.
+/// The metadata that carries a person's or a job's OIDC token (the raw JWT, or `Bearer <jwt>`).
+pub const IDENTITY_TOKEN_HEADER: &str = "x-identity-token";
+
+/// Maps token digests, certificate identities and identity-token bindings to callers, and
+/// verifies identity tokens.
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     by_digest: HashMap<[u8; 32], Arc<Caller>>,
     by_identity: HashMap<String, Arc<Caller>>,
+    /// Callers a verified token alone identifies: by (issuer id, audience).
+    by_token_binding: HashMap<(String, String), Arc<Caller>>,
     bearer_tokens: bool,
+    verifier: Option<Arc<Verifier>>,
+}
+
+/// Who a call comes from: the calling system, and the person or job its identity token proved.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub caller: Arc<Caller>,
+    pub identity: Option<Arc<VerifiedIdentity>>,
 }
 
 impl Authenticator {
@@ -45,17 +79,114 @@ impl Authenticator {
         Self {
             by_digest,
             by_identity,
+            by_token_binding: HashMap::new(),
             bearer_tokens,
+            verifier: None,
         }
+    }
+
+    /// Also verifies identity tokens with `verifier`; callers that authenticate by their token
+    /// alone are found by its issuer and audience (`issuer_audience` gives an issuer's default).
+    pub fn with_identity(
+        mut self,
+        callers: &[CallerConfig],
+        verifier: Arc<Verifier>,
+        issuer_audience: impl Fn(&str) -> Option<String>,
+    ) -> Self {
+        for config in callers
+            .iter()
+            .filter(|config| config.authenticated_by_identity(self.bearer_tokens))
+        {
+            let Some(issuer) = config.identity.issuers.first() else {
+                continue;
+            };
+            let Some(audience) = config.identity.audience.clone().or_else(|| issuer_audience(issuer)) else {
+                continue;
+            };
+            self.by_token_binding
+                .insert((issuer.clone(), audience), Arc::new(config.caller()));
+        }
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// The caller and identity of a call, from its headers and the certificate its connection
+    /// presented; or UNAUTHENTICATED saying what is wrong (UNAVAILABLE when an issuer's keys
+    /// could not be fetched yet).
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        certificate: Option<&ClientCertificate>,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated, Status> {
+        let token = identity_token(headers)?;
+        let presents_credentials = headers.contains_key("authorization")
+            || matches!(
+                certificate,
+                Some(ClientCertificate::Identity(_) | ClientCertificate::Unnamed)
+            );
+        let caller = match (token, presents_credentials) {
+            (Some(token), false) if !self.by_token_binding.is_empty() => self.caller_by_token(token)?,
+            _ => self.caller(headers, certificate)?,
+        };
+        let identity = match token {
+            None if caller.identity.required => {
+                return Err(unauthenticated(&format!(
+                    "caller `{}` must send its verified identity token in `{IDENTITY_TOKEN_HEADER}` metadata",
+                    caller.id
+                )));
+            }
+            None => None,
+            Some(token) => Some(Arc::new(self.verify(&caller, token, now).await?)),
+        };
+        Ok(Authenticated { caller, identity })
+    }
+
+    fn verifier(&self) -> Result<&Verifier, Status> {
+        self.verifier.as_deref().ok_or_else(|| {
+            identity_token_refused("no identity issuers are configured: identity tokens cannot be verified")
+        })
+    }
+
+    /// The caller a token alone identifies (no certificate, no bearer token): the one bound to
+    /// its issuer and an audience it carries. The token is verified after, for that caller.
+    fn caller_by_token(&self, token: &str) -> Result<Arc<Caller>, Status> {
+        let verifier = self.verifier()?;
+        let (issuer, audiences) = verifier.unverified_binding(token).map_err(|error| refused(&error))?;
+        audiences
+            .iter()
+            .find_map(|audience| self.by_token_binding.get(&(issuer.to_owned(), audience.clone())))
+            .cloned()
+            .ok_or_else(|| {
+                unauthenticated(
+                    "missing `authorization: Bearer <token>` metadata, and the identity token's issuer and audience name no caller that authenticates by its token",
+                )
+            })
+    }
+
+    async fn verify(&self, caller: &Caller, token: &str, now: OffsetDateTime) -> Result<VerifiedIdentity, Status> {
+        let verifier = self.verifier()?;
+        let issuer = verifier.issuer_id_of(token).map_err(|error| refused(&error))?;
+        if !caller.identity.issuers.contains(issuer) {
+            return Err(identity_token_refused(&format!(
+                "caller `{}` may not present identity tokens of issuer `{issuer}` (its identity_issuers)",
+                caller.id
+            )));
+        }
+        verifier
+            .verify(token, caller.identity.audience.as_deref(), now)
+            .await
+            .map_err(|error| refused(&error))
     }
 
     /// The caller a request identifies: by the client certificate its connection presented
     /// (read once, at the handshake that verified it), else by its bearer token; or
     /// UNAUTHENTICATED saying what is wrong. A token beside a certificate must name the same
     /// caller.
-    pub fn authenticate(
+    /// The calling system: by its certificate, else its bearer token.
+    fn caller(
         &self,
-        metadata: &MetadataMap,
+        metadata: &http::HeaderMap,
         certificate: Option<&ClientCertificate>,
     ) -> Result<Arc<Caller>, Status> {
         let by_certificate = match certificate {
@@ -90,7 +221,7 @@ impl Authenticator {
         }
     }
 
-    fn by_token(&self, metadata: &MetadataMap) -> Result<Arc<Caller>, Status> {
+    fn by_token(&self, metadata: &http::HeaderMap) -> Result<Arc<Caller>, Status> {
         if !self.bearer_tokens {
             return Err(unauthenticated(
                 "bearer tokens are switched off: present a client certificate",
@@ -116,25 +247,103 @@ impl Authenticator {
     }
 }
 
-/// The interceptor: authenticates every call and attaches its [`Caller`].
-#[derive(Debug, Clone)]
-pub struct Authenticate(pub Arc<Authenticator>);
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self
-            .0
-            .authenticate(request.metadata(), request.extensions().get::<ClientCertificate>())?;
-        request.extensions_mut().insert(caller);
-        Ok(request)
+fn refused(error: &TokenError) -> Status {
+    match error {
+        TokenError::Invalid(reason) => identity_token_refused(reason),
+        TokenError::KeysUnavailable(reason) => identity_keys_unavailable(reason),
     }
 }
 
-/// The caller [`Authenticate`] attached to a request: shared, never copied per call.
+/// The identity token a call carries, if any.
+fn identity_token(headers: &http::HeaderMap) -> Result<Option<&str>, Status> {
+    let Some(value) = headers.get(IDENTITY_TOKEN_HEADER) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| identity_token_refused("the identity token metadata is not printable ASCII"))?
+        .trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => value,
+    };
+    if token.is_empty() {
+        return Err(identity_token_refused("the identity token metadata is empty"));
+    }
+    Ok(Some(token))
+}
+
+/// GrantBroker behind authentication: every call is authenticated on its headers before the
+/// service (and its decoder) sees it; refused calls are answered here.
+#[derive(Debug, Clone)]
+pub struct RequireAuthentication<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S> RequireAuthentication<S> {
+    pub fn new(inner: S, auth: Arc<Authenticator>) -> Self {
+        Self { inner, auth }
+    }
+}
+
+impl<S: NamedService> NamedService for RequireAuthentication<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for RequireAuthentication<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was made ready serves this call; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = Arc::clone(&self.auth);
+        Box::pin(async move {
+            let authenticated = auth
+                .authenticate(
+                    request.headers(),
+                    request.extensions().get::<ClientCertificate>(),
+                    OffsetDateTime::now_utc(),
+                )
+                .await;
+            match authenticated {
+                Ok(Authenticated { caller, identity }) => {
+                    // Verified: nothing after this point needs (or could leak) the token.
+                    request.headers_mut().remove(IDENTITY_TOKEN_HEADER);
+                    request.extensions_mut().insert(caller);
+                    if let Some(identity) = identity {
+                        request.extensions_mut().insert(identity);
+                    }
+                    inner.call(request).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The caller [`RequireAuthentication`] attached to a request: shared, never copied per call.
 pub fn caller_of<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
     request
         .extensions()
         .get::<Arc<Caller>>()
         .cloned()
         .ok_or_else(|| unauthenticated("the call was not authenticated"))
+}
+
+/// The person or job a request's verified identity token names, if it carried one.
+pub fn identity_of<T>(request: &Request<T>) -> Option<Arc<VerifiedIdentity>> {
+    request.extensions().get::<Arc<VerifiedIdentity>>().cloned()
 }

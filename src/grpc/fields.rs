@@ -36,17 +36,23 @@ pub(super) const MAX_REASON_CHARS: usize = 1_000;
 /// An approver's decision: the grant, the person, and the free text (comment or reason).
 pub(super) fn approver_decision(
     id: String,
-    approver: String,
+    (person_field, approver): (&str, String),
     (field, value): (&str, String),
     text_required: bool,
-) -> Result<(GrantId, Person, String), Status> {
+) -> Result<(GrantId, Option<Person>, String), Status> {
     let mut violations = Vec::new();
     let id = GrantId::parse(&id)
         .map_err(|why| violations.push(FieldViolation::new("id", why)))
         .ok();
-    let approver = Person::parse("approver", &approver)
-        .map_err(|violation| violations.push(violation))
-        .ok();
+    // Empty: the verified identity token names the person (the broker refuses neither).
+    let approver = if approver.is_empty() {
+        Some(None)
+    } else {
+        Person::parse(person_field, &approver)
+            .map(Some)
+            .map_err(|violation| violations.push(violation))
+            .ok()
+    };
     if text_required && value.trim().is_empty() {
         violations.push(FieldViolation::new(field, "is required"));
     }

@@ -59,7 +59,8 @@ pub fn validate_access_request(message: proto::RequestAccessRequest) -> Result<A
     check_scope_bounds(&scopes, &mut check);
     check.text("justification", &justification, false, bounds::JUSTIFICATION_CHARS);
     check.text("ticket", &ticket, false, bounds::TICKET_CHARS);
-    check.text("requester", &requester, true, bounds::REQUESTER_CHARS);
+    // Empty: the identity token names the requester (the broker refuses neither).
+    check.text("requester", &requester, false, bounds::REQUESTER_CHARS);
     check.text("grantee", &grantee, true, bounds::GRANTEE_CHARS);
     check.text("mfa_serial", &mfa_serial, false, bounds::MFA_SERIAL_CHARS);
     check.text("mfa_code", mfa_code.expose(), false, bounds::MFA_CODE_CHARS);
@@ -111,6 +112,7 @@ pub fn validate_access_request(message: proto::RequestAccessRequest) -> Result<A
         justification,
         ticket,
         requester,
+        requester_token: None,
         grantee,
         mfa,
     })
@@ -169,7 +171,8 @@ impl TryFrom<proto::CancelGrantRequest> for CancelCommand {
 /// A person, relayed by the caller, approves a grant or its waiting extension.
 pub struct ApproveCommand {
     pub id: GrantId,
-    pub approver: Person,
+    /// Empty: the identity token names them.
+    pub approver: Option<Person>,
     pub comment: String,
 }
 
@@ -177,7 +180,7 @@ impl TryFrom<proto::ApproveGrantRequest> for ApproveCommand {
     type Error = Status;
     fn try_from(message: proto::ApproveGrantRequest) -> Result<Self, Status> {
         let proto::ApproveGrantRequest { id, approver, comment } = message;
-        let (id, approver, comment) = approver_decision(id, approver, ("comment", comment), false)?;
+        let (id, approver, comment) = approver_decision(id, ("approver", approver), ("comment", comment), false)?;
         Ok(Self { id, approver, comment })
     }
 }
@@ -185,7 +188,8 @@ impl TryFrom<proto::ApproveGrantRequest> for ApproveCommand {
 /// A person reviews a break-glass grant after the fact (the comment is required).
 pub struct ReviewCommand {
     pub id: GrantId,
-    pub reviewer: Person,
+    /// Empty: the identity token names them.
+    pub reviewer: Option<Person>,
     pub comment: String,
 }
 
@@ -193,7 +197,7 @@ impl TryFrom<proto::ReviewGrantRequest> for ReviewCommand {
     type Error = Status;
     fn try_from(message: proto::ReviewGrantRequest) -> Result<Self, Status> {
         let proto::ReviewGrantRequest { id, reviewer, comment } = message;
-        let (id, reviewer, comment) = approver_decision(id, reviewer, ("comment", comment), true)?;
+        let (id, reviewer, comment) = approver_decision(id, ("reviewer", reviewer), ("comment", comment), true)?;
         Ok(Self { id, reviewer, comment })
     }
 }
@@ -201,7 +205,8 @@ impl TryFrom<proto::ReviewGrantRequest> for ReviewCommand {
 /// A person denies a pending grant or its waiting extension (the reason is required).
 pub struct DenyCommand {
     pub id: GrantId,
-    pub approver: Person,
+    /// Empty: the identity token names them.
+    pub approver: Option<Person>,
     pub reason: String,
 }
 
@@ -209,7 +214,7 @@ impl TryFrom<proto::DenyGrantRequest> for DenyCommand {
     type Error = Status;
     fn try_from(message: proto::DenyGrantRequest) -> Result<Self, Status> {
         let proto::DenyGrantRequest { id, approver, reason } = message;
-        let (id, approver, reason) = approver_decision(id, approver, ("reason", reason), true)?;
+        let (id, approver, reason) = approver_decision(id, ("approver", approver), ("reason", reason), true)?;
         Ok(Self { id, approver, reason })
     }
 }

@@ -63,7 +63,7 @@ pub mod proto {
     }
 }
 
-pub use auth::{Authenticate, Authenticator};
+pub use auth::{Authenticator, RequireAuthentication};
 
 use crate::domain::request::bounds;
 

@@ -16,6 +16,7 @@ use crate::{
         approval::Approval,
         audit::AuditEntry,
         extension::{Extension, ExtensionState},
+        identity::{Attribution, Verified},
         revocation::{Enforcement, EnforcementStatus, Revocation},
     },
 };
@@ -88,6 +89,10 @@ fn revocation(
     let status = enforcement.map_or(EnforcementStatus::Pending, |e| e.status);
     Some(proto::Revocation {
         caller: revocation.caller.clone(),
+        revoker_identity: revocation
+            .revoker
+            .as_ref()
+            .map(|name| identity(name, revocation.revoker_verified.as_ref())),
         revoker: revocation.revoker.clone().unwrap_or_default(),
         revoke_time: Some(timestamp(revocation.at)),
         reason: revocation.reason.clone(),
@@ -134,7 +139,33 @@ pub fn audit_event(entry: &AuditEntry) -> proto::AuditEvent {
         account_id: account_id.to_owned(),
         grant_caller: grant_caller.to_owned(),
         event_json: entry.event_json(),
+        person: entry.person().map(attribution),
     }
+}
+
+/// How the broker knew `name`: by `verified`, or only the caller's word.
+fn identity(name: &str, verified: Option<&Verified>) -> proto::Identity {
+    let Some(verified) = verified else {
+        return proto::Identity {
+            name: name.to_owned(),
+            proof: proto::IdentityProof::Asserted.into(),
+            ..proto::Identity::default()
+        };
+    };
+    proto::Identity {
+        name: name.to_owned(),
+        proof: proto::IdentityProof::Verified.into(),
+        issuer: verified.issuer.clone(),
+        kind: verified.kind.as_str().to_owned(),
+        mfa: verified.mfa,
+        auth_time: verified.auth_time.map(timestamp),
+        groups: verified.groups.iter().cloned().collect(),
+        facts: verified.facts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn attribution(attribution: &Attribution) -> proto::Identity {
+    identity(&attribution.name, attribution.verified.as_ref())
 }
 
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
@@ -197,6 +228,7 @@ pub fn history(found: Grant, events: &[GrantEvent]) -> proto::GetGrantHistoryRes
                 actor: event.actor().to_owned(),
                 caller: event.caller.clone(),
                 event_json: event_json(event),
+                person: event.person.as_ref().map(attribution),
             })
             .collect(),
     }
@@ -272,6 +304,7 @@ fn approval(approval: &Approval) -> proto::Approval {
         approve_time: Some(timestamp(approval.at)),
         comment: approval.comment.clone(),
         caller: approval.caller.clone(),
+        approver_identity: Some(identity(approval.approver.as_str(), approval.verified.as_ref())),
     }
 }
 
@@ -319,6 +352,7 @@ pub fn grant(grant: Grant) -> proto::Grant {
         role_arn,
         region,
         requester,
+        requester_verified,
         grantee,
         scopes,
         session_policy,
@@ -350,6 +384,7 @@ pub fn grant(grant: Grant) -> proto::Grant {
         account_id,
         role_arn,
         region,
+        requester_identity: Some(identity(&requester, requester_verified.as_ref())),
         requester,
         grantee,
         caller: caller.to_string(),
@@ -373,6 +408,7 @@ pub fn grant(grant: Grant) -> proto::Grant {
         review: review.map(|review| proto::Review {
             reviewer: review.reviewer.to_string(),
             review_time: Some(timestamp(review.at)),
+            reviewer_identity: Some(identity(review.reviewer.as_str(), review.verified.as_ref())),
             comment: review.comment,
             caller: review.caller,
         }),

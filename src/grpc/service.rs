@@ -1,6 +1,6 @@
 //! The `grantbroker.v1.GrantBroker` service: take the authenticated caller, convert, call the
 //! broker, convert back. No decisions are made here. Authentication happened before the message
-//! was decoded ([`super::auth::Authenticate`]).
+//! was decoded ([`super::auth::RequireAuthentication`]).
 
 use std::{pin::Pin, sync::Arc};
 
@@ -8,8 +8,15 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{auth::caller_of, inbound, outbound, proto};
-use crate::{broker::Broker, domain::AccessRequest, ports::Ports};
+use super::{
+    auth::{caller_of, identity_of},
+    inbound, outbound, proto,
+};
+use crate::{
+    broker::Broker,
+    domain::{AccessRequest, approval::Person, identity::Claimed},
+    ports::Ports,
+};
 
 pub struct GrantBrokerService<P: Ports> {
     broker: Arc<Broker<P>>,
@@ -53,6 +60,11 @@ fn ending_on_shutdown<T: Send + 'static>(
     }))
 }
 
+/// The person a message names (if any), with the verified identity token the call carried.
+fn claimed(named: Option<Person>, token: Option<Arc<crate::domain::identity::VerifiedIdentity>>) -> Claimed {
+    Claimed { named, token }
+}
+
 #[tonic::async_trait]
 impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P> {
     async fn list_targets(
@@ -75,7 +87,11 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::RequestAccessResponse>, Status> {
         let caller = caller_of(&request)?;
-        let access_request = AccessRequest::try_from(request.into_inner())?;
+        let requester_token = identity_of(&request);
+        let access_request = AccessRequest {
+            requester_token,
+            ..AccessRequest::try_from(request.into_inner())?
+        };
         let outcome = self.broker.request_access(&caller, access_request).await?;
         let credentials = outcome
             .credentials
@@ -105,7 +121,11 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::ExplainResponse>, Status> {
         let caller = caller_of(&request)?;
-        let access_request = AccessRequest::try_from(request.into_inner())?;
+        let requester_token = identity_of(&request);
+        let access_request = AccessRequest {
+            requester_token,
+            ..AccessRequest::try_from(request.into_inner())?
+        };
         let explanation = self.broker.explain(&caller, &access_request)?;
         Ok(Response::new(outbound::explanation(&explanation)))
     }
@@ -236,8 +256,12 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
+        let token = identity_of(&request);
         let inbound::RevokeCommand { id, reason, revoker } = request.into_inner().try_into()?;
-        let grant = self.broker.revoke_grant(&caller, id, revoker, reason).await?;
+        let grant = self
+            .broker
+            .revoke_grant(&caller, id, claimed(revoker, token), reason)
+            .await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -246,12 +270,16 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeGranteeRequest>,
     ) -> Result<Response<proto::RevokeGranteeResponse>, Status> {
         let caller = caller_of(&request)?;
+        let token = identity_of(&request);
         let inbound::RevokeGranteeCommand {
             grantee,
             reason,
             revoker,
         } = request.into_inner().try_into()?;
-        let outcome = self.broker.revoke_grantee(&caller, &grantee, revoker, reason).await?;
+        let outcome = self
+            .broker
+            .revoke_grantee(&caller, &grantee, claimed(revoker, token), reason)
+            .await?;
         Ok(Response::new(outbound::grantee_revocation(outcome)))
     }
 
@@ -260,6 +288,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeTargetSessionsRequest>,
     ) -> Result<Response<proto::RevokeTargetSessionsResponse>, Status> {
         let caller = caller_of(&request)?;
+        let token = identity_of(&request);
         let inbound::RevokeTargetSessionsCommand {
             target,
             reason,
@@ -267,7 +296,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         } = request.into_inner().try_into()?;
         let cut = self
             .broker
-            .revoke_target_sessions(&caller, &target, revoker, reason)
+            .revoke_target_sessions(&caller, &target, claimed(revoker, token), reason)
             .await?;
         Ok(Response::new(outbound::target_cutoff(&cut)))
     }
@@ -277,8 +306,12 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ApproveGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
+        let token = identity_of(&request);
         let inbound::ApproveCommand { id, approver, comment } = request.into_inner().try_into()?;
-        let grant = self.broker.approve_grant(&caller, id, approver, comment).await?;
+        let grant = self
+            .broker
+            .approve_grant(&caller, id, claimed(approver, token), comment)
+            .await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -287,15 +320,23 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ReviewGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
+        let token = identity_of(&request);
         let inbound::ReviewCommand { id, reviewer, comment } = request.into_inner().try_into()?;
-        let grant = self.broker.review_grant(&caller, id, reviewer, comment).await?;
+        let grant = self
+            .broker
+            .review_grant(&caller, id, claimed(reviewer, token), comment)
+            .await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn deny_grant(&self, request: Request<proto::DenyGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
+        let token = identity_of(&request);
         let inbound::DenyCommand { id, approver, reason } = request.into_inner().try_into()?;
-        let grant = self.broker.deny_grant(&caller, id, approver, reason).await?;
+        let grant = self
+            .broker
+            .deny_grant(&caller, id, claimed(approver, token), reason)
+            .await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -304,12 +345,18 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ListGrantsRequest>,
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
         let caller = caller_of(&request)?;
+        let token = identity_of(&request);
         let listing = inbound::list_grants(request.into_inner())?;
         let (grants, next) = match (&listing.waiting_for, listing.break_glass_unreviewed) {
             (Some(approver), _) => {
                 let (grants, next) = self
                     .broker
-                    .approval_queue(&caller, approver, listing.before, listing.page_size)
+                    .approval_queue(
+                        &caller,
+                        claimed(Some(approver.clone()), token),
+                        listing.before,
+                        listing.page_size,
+                    )
                     .await?;
                 (grants, next.map(|id| id.to_string()))
             }

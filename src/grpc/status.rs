@@ -97,6 +97,17 @@ pub fn unauthenticated(message: &str) -> Status {
     with_details(Code::Unauthenticated, message, info("UNAUTHENTICATED", &[]))
 }
 
+/// UNAUTHENTICATED for an identity token that does not verify (what is wrong with it; the token
+/// itself is never echoed).
+pub fn identity_token_refused(message: &str) -> Status {
+    with_details(Code::Unauthenticated, message, info("IDENTITY_TOKEN_INVALID", &[]))
+}
+
+/// UNAVAILABLE when an issuer's keys have never been fetched: the token cannot be checked yet.
+pub fn identity_keys_unavailable(message: &str) -> Status {
+    retryable(Code::Unavailable, message, info("IDENTITY_KEYS_UNAVAILABLE", &[]))
+}
+
 fn retryable(code: Code, message: &str, mut details: ErrorDetails) -> Status {
     details.set_retry_info(Some(RETRY_AFTER));
     with_details(code, message, details)
@@ -256,6 +267,28 @@ impl From<BrokerError> for Status {
                 );
                 with_details(Code::FailedPrecondition, &message, details)
             }
+            BrokerError::NotProven(not_proven) => {
+                use crate::domain::identity::NotProven;
+                let reason = match not_proven {
+                    NotProven::Missing(violation) => return invalid_argument(&[violation]),
+                    NotProven::Mismatch { .. } => "IDENTITY_MISMATCH",
+                    NotProven::Unverified { .. } => "IDENTITY_NOT_VERIFIED",
+                    NotProven::NotAPerson { .. } => "IDENTITY_NOT_A_PERSON",
+                };
+                with_details(Code::PermissionDenied, &message, info(reason, &[]))
+            }
+            BrokerError::ApproverMfaRequired {
+                target,
+                max_age_minutes,
+                ..
+            } => with_details(
+                Code::PermissionDenied,
+                &message,
+                info(
+                    "APPROVER_MFA_REQUIRED",
+                    &[("target", target), ("max_age_minutes", max_age_minutes.to_string())],
+                ),
+            ),
             BrokerError::CallerMayNotApprove { caller } => with_details(
                 Code::PermissionDenied,
                 &message,

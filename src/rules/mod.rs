@@ -31,6 +31,7 @@ use crate::domain::{
     Decision, Outcome, Scope, Target,
     approval::{ApprovalRequirement, Person},
     iam::ActionFacts,
+    identity::Verified,
 };
 
 /// The schema every rule file is validated against.
@@ -41,6 +42,8 @@ pub const SCHEMA: &str = include_str!("schema.cedarschema");
 pub struct RuleInput<'a> {
     pub caller: &'a str,
     pub requester: &'a str,
+    /// What the requester's verified token proved (`None`: asserted).
+    pub identity: Option<&'a Verified>,
     pub grantee: &'a str,
     pub target: &'a Target,
     pub scopes: &'a [Scope],
@@ -237,16 +240,29 @@ impl RuleEngine {
 
     /// May `approver`, a member of `groups`, approve or deny the grant these facts describe?
     /// Default deny; a failing policy denies, for the same reason as in [`Self::decide`].
+    /// `verified`: what the approver's token proved (the rules see it as `context.identity`).
     pub fn eligible_approver(
         &self,
         input: &RuleInput<'_>,
         approver: &Person,
         groups: &BTreeSet<String>,
+        verified: Option<&Verified>,
     ) -> Eligibility {
         let not_eligible = |policy_ids, reason| Eligibility::NotEligible { policy_ids, reason };
+        let input = RuleInput {
+            identity: verified,
+            ..input.clone()
+        };
+        let input = &input;
+        let principal = Principal {
+            kind: "Approver",
+            id: approver.as_str(),
+            groups,
+            verified,
+        };
         let prepared = match self.prepare(input, None).and_then(|mut prepared| {
             prepared.principal = entity_uid("Approver", approver.as_str())?;
-            prepared.entities = self.entities(input.target, Some((approver, groups)), None)?;
+            prepared.entities = self.entities(input.target, &principal, None)?;
             Ok(prepared)
         }) {
             Ok(prepared) => prepared,
@@ -414,6 +430,7 @@ impl RuleEngine {
         let context = Context::from_pairs(
             [
                 ("caller", Expr::new_entity_uid(entity_uid("Caller", input.caller)?)),
+                ("identity", identity_record(input.identity, input.now)?),
                 ("grantee", Expr::new_entity_uid(entity_uid("Grantee", input.grantee)?)),
                 ("duration_seconds", Expr::new_long(duration_seconds)),
                 (
@@ -458,7 +475,14 @@ impl RuleEngine {
         if let Some((schema, action)) = schema {
             context.validate(schema, action).map_err(|e| e.to_string())?;
         }
-        let entities = self.entities(target, None, schema.map(|(schema, _)| schema))?;
+        let no_groups = BTreeSet::new();
+        let requester = Principal {
+            kind: "Requester",
+            id: input.requester,
+            groups: input.identity.map_or(&no_groups, |verified| &verified.groups),
+            verified: input.identity,
+        };
+        let entities = self.entities(target, &requester, schema.map(|(schema, _)| schema))?;
         Ok(Prepared {
             principal: entity_uid("Requester", input.requester)?,
             resource: entity_uid("Target", &target.id)?,
@@ -467,11 +491,11 @@ impl RuleEngine {
         })
     }
 
-    /// The target, and for `approve` the approver in their groups.
+    /// The target, and the principal in its groups with its verified facts as tags.
     fn entities(
         &self,
         target: &Target,
-        approver: Option<(&Person, &BTreeSet<String>)>,
+        principal: &Principal<'_>,
         schema: Option<&Schema>,
     ) -> Result<Entities, String> {
         let mut entities = vec![json!({
@@ -484,16 +508,20 @@ impl RuleEngine {
             },
             "parents": [],
         })];
-        if let Some((approver, groups)) = approver {
-            entities.push(json!({
-                "uid": { "type": "GrantBroker::Approver", "id": approver.as_str() },
-                "attrs": {},
-                "parents": groups.iter().map(|group| json!({ "type": "GrantBroker::Group", "id": group })).collect::<Vec<_>>(),
-            }));
-            for group in groups {
-                entities
-                    .push(json!({ "uid": { "type": "GrantBroker::Group", "id": group }, "attrs": {}, "parents": [] }));
-            }
+        let tags: serde_json::Map<String, serde_json::Value> = principal
+            .verified
+            .iter()
+            .flat_map(|verified| &verified.facts)
+            .map(|(fact, value)| (fact.clone(), serde_json::Value::String(value.clone())))
+            .collect();
+        entities.push(json!({
+            "uid": { "type": format!("GrantBroker::{}", principal.kind), "id": principal.id },
+            "attrs": {},
+            "parents": principal.groups.iter().map(|group| json!({ "type": "GrantBroker::Group", "id": group })).collect::<Vec<_>>(),
+            "tags": tags,
+        }));
+        for group in principal.groups {
+            entities.push(json!({ "uid": { "type": "GrantBroker::Group", "id": group }, "attrs": {}, "parents": [] }));
         }
         Entities::from_json_value(serde_json::Value::Array(entities), schema).map_err(|e| e.to_string())
     }
@@ -551,6 +579,35 @@ impl RuleEngine {
 }
 
 /// A Cedar set of strings.
+/// The principal of a decision as the rules see it: `Requester` or `Approver`, its groups, and
+/// its verified facts (as tags).
+struct Principal<'a> {
+    kind: &'static str,
+    id: &'a str,
+    groups: &'a BTreeSet<String>,
+    verified: Option<&'a Verified>,
+}
+
+/// `context.identity`: how the principal was known.
+fn identity_record(verified: Option<&Verified>, now: OffsetDateTime) -> Result<Expr, String> {
+    let mut fields = vec![
+        ("verified".to_owned(), Expr::new_bool(verified.is_some())),
+        (
+            "issuer".to_owned(),
+            Expr::new_string(verified.map(|v| v.issuer.clone()).unwrap_or_default()),
+        ),
+        (
+            "kind".to_owned(),
+            Expr::new_string(verified.map_or("unknown", |v| v.kind.as_str()).to_owned()),
+        ),
+        ("mfa".to_owned(), Expr::new_bool(verified.is_some_and(|v| v.mfa))),
+    ];
+    if let Some(age) = verified.and_then(|v| v.auth_age_secs(now)) {
+        fields.push(("auth_age_seconds".to_owned(), Expr::new_long(age)));
+    }
+    Expr::new_record(fields).map_err(|error| error.to_string())
+}
+
 fn strings<'s>(items: impl IntoIterator<Item = &'s str>) -> Expr {
     Expr::new_set(items.into_iter().map(|item| Expr::new_string(item.to_owned())))
 }
@@ -598,6 +655,7 @@ mod tests {
             allow_unknown_actions: false,
             revocation: crate::domain::RevocationMode::Enforce,
             iam: crate::domain::IamAccess::default(),
+            identity: Default::default(),
         }
     }
 
@@ -626,6 +684,7 @@ mod tests {
             now: datetime!(2026-11-25 14:00 UTC),
             start: datetime!(2026-11-25 14:00 UTC),
             break_glass: false,
+            identity: None,
         })
     }
 
@@ -744,6 +803,7 @@ mod tests {
                 now: datetime!(2026-11-29 23:59 UTC),
                 start: datetime!(2026-11-29 23:59 UTC),
                 break_glass: false,
+                identity: None,
             };
             for action in [&engine.actions.request, &engine.actions.auto_approve] {
                 let prepared = engine.prepare(&input, Some((&schema, action))).unwrap();
@@ -864,6 +924,7 @@ mod tests {
                     now: datetime!(2026-11-25 14:00 UTC),
                     start: datetime!(2026-11-25 14:00 UTC),
                     break_glass: false,
+                    identity: None,
                 });
                 decision_time += started.elapsed();
                 // `*` is denied (it can escalate), after one of the two authorizations.

@@ -112,6 +112,7 @@ fn approval(approver: &str) -> Approval {
         at: OffsetDateTime::from_unix_timestamp(1_800_000_100).unwrap(),
         comment: String::new(),
         caller: "approval-portal".into(),
+        verified: None,
     }
 }
 
@@ -151,6 +152,7 @@ async fn a_review_is_written_once(store: &impl Store) {
         at: OffsetDateTime::from_unix_timestamp(1_800_000_200).unwrap(),
         comment: "justified".into(),
         caller: "approval-portal".into(),
+        verified: None,
     };
     let reviewing = Change::Review {
         review: &review,
@@ -202,6 +204,7 @@ async fn an_issuance_is_found_by_its_access_key(store: &impl Store) {
             access_key_id: issuance.access_key_id.clone(),
             expiration: issuance.expiration,
         },
+        person: None,
     };
     let change = Change::Issued {
         issuance: &issuance,

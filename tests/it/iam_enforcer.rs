@@ -63,6 +63,7 @@ fn target(role_arn: &str) -> Target {
         allow_unknown_actions: false,
         revocation: RevocationMode::Enforce,
         iam: IamAccess::default(),
+        identity: Default::default(),
     }
 }
 

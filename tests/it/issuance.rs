@@ -128,7 +128,7 @@ async fn sts_receives_exactly_the_scopes_the_time_limit_and_the_attribution() {
     assert_eq!(call["DurationSeconds"], "1800");
     assert_eq!(call["SourceIdentity"], "Alice_Smith__alice@example.com_");
     assert_eq!(call["ExternalId"], "acme-vendor-x");
-    let tags: Vec<(&str, &str)> = (1..=4)
+    let tags: Vec<(&str, &str)> = (1..=5)
         .map(|i| {
             (
                 call[&format!("Tags.member.{i}.Key")].as_str(),
@@ -142,9 +142,11 @@ async fn sts_receives_exactly_the_scopes_the_time_limit_and_the_attribution() {
             ("grant-id", grant.id.as_str()),
             ("requester", "Alice Smith _alice@example.com_"),
             ("grantee", "vendor-x"),
-            ("ticket", "INC-4711")
+            ("ticket", "INC-4711"),
+            ("requester-identity", "asserted"),
         ]
     );
+    assert!(!call.contains_key("Tags.member.6.Key"));
     assert!(!call.contains_key("SerialNumber"));
 }
 

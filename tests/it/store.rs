@@ -200,6 +200,7 @@ pub(crate) fn sample_grant(id: GrantId, text: &str, issuances: usize) -> Grant {
         revocation: None,
         enforcement: None,
         role_cutoff: None,
+        requester_verified: None,
     }
 }
 
@@ -236,6 +237,7 @@ pub(crate) fn sample_extensions(text: &str, count: usize) -> Vec<Extension> {
                         at,
                         comment: text.to_owned(),
                         caller: "approval-portal".into(),
+                        verified: None,
                     })
                     .collect(),
                 denied_by: (state == ExtensionState::Denied)
@@ -251,6 +253,7 @@ pub(crate) fn event() -> GrantEvent {
         at: OffsetDateTime::now_utc(),
         caller: "vendor-portal".into(),
         kind: EventKind::IssueRefused { reason: "test".into() },
+        person: None,
     }
 }
 
@@ -288,6 +291,7 @@ proptest! {
                         access_key_id: issuance.access_key_id.clone(),
                         expiration: issuance.expiration,
                     },
+                    person: None,
                 };
                 let appended = store
                     .change_if_state(&written, Change::Issued { issuance, event: &issued })
@@ -426,6 +430,7 @@ async fn the_live_index_drops_grants_that_ended_as_it_is_walked() {
         at: now,
         caller: "vendor-portal".into(),
         kind: EventKind::Cancelled { reason: "done".into() },
+        person: None,
     }];
     let change = Change::Transition {
         transition: Transition::Cancel,
@@ -565,6 +570,7 @@ fn happened(seconds: i64, caller: &str, kind: EventKind) -> GrantEvent {
         at: at(seconds),
         caller: caller.into(),
         kind,
+        person: None,
     }
 }
 
@@ -582,8 +588,10 @@ async fn golden_records_of_every_shape_read_back_exactly() {
     let redis = RedisServer::start();
     let store = RedisGrantStore::new(&settings(&redis)).unwrap();
     let write = std::env::var_os("GB_WRITE_GOLDEN").is_some();
-    let requested = |state| {
-        happened(
+    // A `requested` event names the requester as the request records them (stored once).
+    let requested = |state| GrantEvent {
+        person: Some(grant_broker::domain::identity::Attribution::asserted("golden")),
+        ..happened(
             0,
             "vendor-portal",
             EventKind::Requested {
@@ -600,6 +608,7 @@ async fn golden_records_of_every_shape_read_back_exactly() {
         at: at(60),
         comment: "ok".into(),
         caller: "approval-portal".into(),
+        verified: None,
     };
     let revocation = Revocation {
         caller: "vendor-portal".into(),
@@ -607,6 +616,7 @@ async fn golden_records_of_every_shape_read_back_exactly() {
         at: at(120),
         reason: "offboarded".into(),
         operation: Some("op-1".into()),
+        revoker_verified: None,
     };
     let enforced = Enforcement {
         status: EnforcementStatus::Enforced,
@@ -619,6 +629,7 @@ async fn golden_records_of_every_shape_read_back_exactly() {
         at: at(300),
         comment: "justified".into(),
         caller: "approval-portal".into(),
+        verified: None,
     };
     for (n, name) in [
         "pending",
@@ -713,6 +724,7 @@ async fn golden_records_of_every_shape_read_back_exactly() {
                     session_name: issuance.session_name.clone(),
                     duration_secs: 3600,
                 },
+                person: None,
             };
             let issued = GrantEvent {
                 at: issuance.issued_at,
@@ -722,6 +734,7 @@ async fn golden_records_of_every_shape_read_back_exactly() {
                     access_key_id: issuance.access_key_id.clone(),
                     expiration: issuance.expiration,
                 },
+                person: None,
             };
             for change in [
                 Change::IssueAttempt {
@@ -924,6 +937,7 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
         at: grant.start,
         comment: String::new(),
         caller: "approval-portal".into(),
+        verified: None,
     };
     let approve = Change::Approval {
         transition: Transition::RecordApproval,
@@ -963,6 +977,7 @@ async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
         at: grant.start,
         comment: "fine".into(),
         caller: "approval-portal".into(),
+        verified: None,
     };
     let reviewing = Change::Review {
         review: &review,

@@ -46,7 +46,7 @@ enum Raw {
     },
     Service {
         cursor: AuditCursor,
-        event: ServiceEvent,
+        event: Box<ServiceEvent>,
     },
 }
 
@@ -156,7 +156,10 @@ impl RedisGrantStore {
                             .ok_or_else(|| corrupt(format!("entry {cursor} without its event")))?;
                         let event = super::service_event::decode(&bytes)
                             .map_err(|error| corrupt(format!("entry {cursor}: {error}")))?;
-                        Ok(Raw::Service { cursor, event })
+                        Ok(Raw::Service {
+                            cursor,
+                            event: Box::new(event),
+                        })
                     }
                     Err(fields) => {
                         let [_, grant, _, event]: [Value; 4] = fields
@@ -203,7 +206,7 @@ impl RedisGrantStore {
             .filter_map(|entry| match entry {
                 Raw::Service { cursor, event } => Some(AuditEntry {
                     cursor,
-                    logged: Logged::Service(event),
+                    logged: Logged::Service(*event),
                 }),
                 Raw::Reference { cursor, grant, event } => {
                     let record = records.get(&grant)?;

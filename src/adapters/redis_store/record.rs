@@ -40,6 +40,7 @@ use crate::domain::{
     RECENT_ISSUANCES, ResourcePattern, Scope, SessionRoles,
     approval::{Approval, ApprovalRequirement, Person, Review},
     extension::{Extension, ExtensionState},
+    identity::{Attribution, PrincipalKind, Verified},
     limits,
     policy::build_session_policy,
     revocation::{Enforcement, EnforcementStatus, Revocation},
@@ -119,6 +120,7 @@ fn policy_digest(policy: &str) -> Vec<u8> {
 // ---- The stored messages: generated from proto/grantbroker/storage/v1/record.proto, which is
 // the format (checked with `buf breaking` against main). The aliases keep this module's names.
 
+pub(super) use super::stored::Attribution as AttributionV3;
 pub(super) use super::stored::Body;
 use super::stored::{
     Approval as ApprovalV3, ApprovalRecorded as ApprovalRecordedV3, Decided as DecidedV3, Decision as DecisionV3,
@@ -127,7 +129,7 @@ use super::stored::{
     Issued as IssuedV3, Issuing as IssuingV3, OptionalText as OptionalTextV3, OwnDecision as OwnDecisionV3,
     PersonText as PersonTextV3, Request as RequestV3, Review as ReviewV3, Revocation as RevocationV3,
     Revoked as RevokedV3, Scope as ScopeV3, SessionText as SessionTextV3, State as StateV3, Text as TextV3,
-    Window as WindowV3, event::Kind as KindV3,
+    Verified as VerifiedV3, Window as WindowV3, event::Kind as KindV3,
 };
 
 // ---- Small conversions ----
@@ -244,6 +246,9 @@ struct Context<'a> {
     derived: Derived,
     decision: &'a Decision,
     justification: &'a str,
+    /// The requester as the request records them (a `requested` event's person, unless it
+    /// says otherwise).
+    requester: Attribution,
 }
 
 impl<'a> Context<'a> {
@@ -254,8 +259,62 @@ impl<'a> Context<'a> {
             derived: Derived::of(grant.id, &grant.requester, &grant.role_arn),
             decision: &grant.decision,
             justification: &grant.justification,
+            requester: Attribution {
+                name: grant.requester.clone(),
+                verified: grant.requester_verified.clone(),
+            },
         }
     }
+}
+
+fn kind_code(kind: PrincipalKind) -> u32 {
+    match kind {
+        PrincipalKind::Person => 1,
+        PrincipalKind::Workload => 2,
+    }
+}
+
+pub(super) fn verified_v3(verified: &Verified) -> VerifiedV3 {
+    VerifiedV3 {
+        issuer: verified.issuer.clone(),
+        kind: kind_code(verified.kind),
+        mfa: verified.mfa,
+        auth_time: verified.auth_time.map(OffsetDateTime::unix_timestamp),
+        groups: verified.groups.iter().cloned().collect(),
+        facts: verified.facts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+pub(super) fn verified_from(verified: VerifiedV3) -> Result<Verified, String> {
+    Ok(Verified {
+        issuer: verified.issuer,
+        kind: match verified.kind {
+            1 => PrincipalKind::Person,
+            2 => PrincipalKind::Workload,
+            other => return Err(format!("unknown identity kind {other}")),
+        },
+        mfa: verified.mfa,
+        auth_time: verified
+            .auth_time
+            .map(|secs| OffsetDateTime::from_unix_timestamp(secs).map_err(|_| "auth_time out of range".to_owned()))
+            .transpose()?,
+        groups: verified.groups.into_iter().collect(),
+        facts: verified.facts.into_iter().collect(),
+    })
+}
+
+pub(super) fn attribution_v3(attribution: &Attribution) -> AttributionV3 {
+    AttributionV3 {
+        name: attribution.name.clone(),
+        verified: attribution.verified.as_ref().map(verified_v3),
+    }
+}
+
+pub(super) fn attribution_from(attribution: AttributionV3) -> Result<Attribution, String> {
+    Ok(Attribution {
+        name: attribution.name,
+        verified: attribution.verified.map(verified_from).transpose()?,
+    })
 }
 
 fn decision_v3(clock: Clock, decision: &Decision) -> DecisionV3 {
@@ -288,17 +347,19 @@ fn approval_v3(clock: Clock, approval: &Approval) -> ApprovalV3 {
         at: clock.to(approval.at),
         comment: approval.comment.clone(),
         caller: approval.caller.clone(),
+        verified: approval.verified.as_ref().map(verified_v3),
     }
 }
 
-fn approval_from(clock: Clock, approval: ApprovalV3) -> Approval {
-    Approval {
+fn approval_from(clock: Clock, approval: ApprovalV3) -> Result<Approval, String> {
+    Ok(Approval {
         approver: Person::from_trusted(approval.approver),
         groups: approval.groups.into_iter().collect(),
         at: clock.at(approval.at),
         comment: approval.comment,
         caller: approval.caller,
-    }
+        verified: approval.verified.map(verified_from).transpose()?,
+    })
 }
 
 fn extension_v3(clock: Clock, extension: &Extension) -> ExtensionV3 {
@@ -349,7 +410,7 @@ fn extension_from(clock: Clock, extension: ExtensionV3) -> Result<Extension, Str
             .approvals
             .into_iter()
             .map(|approval| approval_from(clock, approval))
-            .collect(),
+            .collect::<Result<_, _>>()?,
         denied_by: extension.denied_by.map(|person| {
             (
                 Person::from_trusted(person),
@@ -540,9 +601,15 @@ fn event_v3(context: &Context<'_>, event: &GrantEvent, issuance: Option<&Issuanc
         }),
         EventKind::IssueRefused { reason } => KindV3::IssueRefused(TextV3 { text: reason.clone() }),
     };
+    // A `requested` event names the request's requester: stored once, in the request.
+    let person = match (&event.kind, &event.person) {
+        (EventKind::Requested { .. }, Some(person)) if *person == context.requester => None,
+        (_, person) => person.as_ref().map(attribution_v3),
+    };
     Ok(EventV3 {
         at: clock.to(event.at),
         caller: (event.caller != context.caller).then(|| event.caller.clone()),
+        person,
         kind: Some(kind),
     })
 }
@@ -663,10 +730,16 @@ fn event_from(context: &Context<'_>, event: EventV3) -> Result<(GrantEvent, Opti
         },
         KindV3::IssueRefused(text) => EventKind::IssueRefused { reason: text.text },
     };
+    let person = match (&kind, event.person) {
+        (_, Some(person)) => Some(attribution_from(person)?),
+        (EventKind::Requested { .. }, None) => Some(context.requester.clone()),
+        (_, None) => None,
+    };
     Ok((
         GrantEvent {
             at,
             caller: event.caller.unwrap_or_else(|| context.caller.to_owned()),
+            person,
             kind,
         },
         issuance,
@@ -709,6 +782,7 @@ pub(super) fn encode_record(
             role_arn: grant.role_arn.clone(),
             region: grant.region.clone(),
             requester: grant.requester.clone(),
+            requester_verified: grant.requester_verified.as_ref().map(verified_v3),
             grantee: grant.grantee.clone(),
             scopes: grant
                 .scopes
@@ -773,6 +847,7 @@ fn review_v3(clock: Clock, review: &Review) -> ReviewV3 {
         at: clock.to(review.at),
         comment: review.comment.clone(),
         caller: review.caller.clone(),
+        verified: review.verified.as_ref().map(verified_v3),
     }
 }
 
@@ -783,6 +858,7 @@ fn revocation_v3(clock: Clock, revocation: &Revocation) -> RevocationV3 {
         at: clock.to(revocation.at),
         reason: revocation.reason.clone(),
         operation: revocation.operation.clone(),
+        revoker_verified: revocation.revoker_verified.as_ref().map(verified_v3),
     }
 }
 
@@ -924,6 +1000,7 @@ pub(super) fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result
         role_arn: request.role_arn,
         region: request.region,
         requester: request.requester,
+        requester_verified: request.requester_verified.map(verified_from).transpose()?,
         grantee: request.grantee,
         scopes,
         session_policy,
@@ -939,21 +1016,33 @@ pub(super) fn decode_record(id: GrantId, bytes: &[u8], policy: Policy) -> Result
             .approvals
             .into_iter()
             .map(|approval| approval_from(clock, approval))
-            .collect(),
-        review: body.review.map(|review| Review {
-            reviewer: Person::from_trusted(review.reviewer),
-            at: clock.at(review.at),
-            comment: review.comment,
-            caller: review.caller,
-        }),
+            .collect::<Result<_, _>>()?,
+        review: body
+            .review
+            .map(|review| {
+                Ok::<_, String>(Review {
+                    reviewer: Person::from_trusted(review.reviewer),
+                    at: clock.at(review.at),
+                    comment: review.comment,
+                    caller: review.caller,
+                    verified: review.verified.map(verified_from).transpose()?,
+                })
+            })
+            .transpose()?,
         extensions,
-        revocation: body.revocation.map(|revocation| Revocation {
-            caller: revocation.caller,
-            revoker: revocation.revoker,
-            at: clock.at(revocation.at),
-            reason: revocation.reason,
-            operation: revocation.operation,
-        }),
+        revocation: body
+            .revocation
+            .map(|revocation| {
+                Ok::<_, String>(Revocation {
+                    caller: revocation.caller,
+                    revoker: revocation.revoker,
+                    revoker_verified: revocation.revoker_verified.map(verified_from).transpose()?,
+                    at: clock.at(revocation.at),
+                    reason: revocation.reason,
+                    operation: revocation.operation,
+                })
+            })
+            .transpose()?,
         enforcement: body
             .enforcement
             .into_iter()

@@ -116,6 +116,7 @@ pub(super) fn encode(event: &ServiceEvent) -> Vec<u8> {
     stored::ServiceEvent {
         at: nanos(event.at),
         caller: event.caller.clone(),
+        person: event.person.as_ref().map(super::record::attribution_v3),
         kind: Some(kind),
     }
     .encode_to_vec()
@@ -187,6 +188,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<ServiceEvent, String> {
     Ok(ServiceEvent {
         at: time(event.at)?,
         caller: event.caller,
+        person: event.person.map(super::record::attribution_from).transpose()?,
         kind,
     })
 }
@@ -255,6 +257,7 @@ mod tests {
                 at: datetime!(2026-12-02 10:00:00.123456789 UTC),
                 caller: "security-console".into(),
                 kind,
+                person: None,
             };
             assert_eq!(decode(&encode(&event)).unwrap(), event);
         }
@@ -270,6 +273,7 @@ mod tests {
                 query: "Q".into(),
                 filter: "{}".into(),
             },
+            person: None,
         };
         assert_eq!(
             hex::encode(encode(&event)),

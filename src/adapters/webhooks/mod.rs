@@ -486,6 +486,7 @@ mod tests {
             issuances: Vec::new(),
             issuance_count: 0,
             session_roles: Default::default(),
+            requester_verified: None,
         }
     }
 
@@ -494,6 +495,7 @@ mod tests {
             at: datetime!(2026-11-28 10:00:01 UTC),
             caller: "approval-portal".into(),
             kind,
+            person: None,
         }
     }
 
@@ -698,6 +700,7 @@ mod tests {
             at: datetime!(2026-12-02 10:00 UTC),
             caller: "secops-console".into(),
             kind: every_service_kind().swap_remove(2),
+            person: None,
         };
         let json: serde_json::Value = serde_json::from_str(&service_body("d-7", &event).unwrap()).unwrap();
         assert_eq!(json["delivery_id"], "d-7");

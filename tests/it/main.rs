@@ -11,6 +11,7 @@ mod audit;
 mod contract;
 mod extension;
 mod iam_enforcer;
+mod identity;
 mod issuance;
 mod lifecycle;
 mod notifications;

@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rcgen::SanType;
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
@@ -13,57 +13,6 @@ use tonic::{
 
 use crate::common::*;
 use grant_broker::grpc::proto;
-
-/// A CA, the server's certificate, and client certificates: PEM files in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    issuer: Issuer<'static, KeyPair>,
-    ca: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let ca = params.self_signed(&key).unwrap();
-        let path = dir.path().join(format!("{name}.pem"));
-        std::fs::write(&path, ca.pem()).unwrap();
-        Self {
-            dir,
-            issuer: Issuer::new(params, key),
-            ca: path,
-        }
-    }
-
-    /// A certificate with these names, signed by this CA, written as `<file>.pem` and
-    /// `<file>-key.pem`; `expired`: its validity ended yesterday.
-    fn leaf(&self, file: &str, names: Vec<SanType>, expired: bool) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = names;
-        params.distinguished_name.push(DnType::CommonName, file);
-        if expired {
-            let now = time::OffsetDateTime::now_utc();
-            params.not_before = now - time::Duration::days(30);
-            params.not_after = now - time::Duration::days(1);
-        }
-        let certificate = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert, key_path) = (
-            self.dir.path().join(format!("{file}.pem")),
-            self.dir.path().join(format!("{file}-key.pem")),
-        );
-        std::fs::write(&cert, certificate.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        (cert, key_path)
-    }
-
-    fn spiffe(&self, file: &str, id: &str) -> (PathBuf, PathBuf) {
-        self.leaf(file, vec![SanType::URI(id.try_into().unwrap())], false)
-    }
-}
 
 const MESH_PORTAL: &str = "spiffe://acme.test/ns/portals/sa/mesh-portal";
 

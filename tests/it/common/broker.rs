@@ -80,7 +80,7 @@ fn rule_file(text: &str) -> PathBuf {
     path
 }
 
-fn sha256_hex(text: &str) -> String {
+pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(text.as_bytes()))
 }

@@ -1,21 +1,29 @@
 //! Test harness, by component: a real `redis-server` per test on its own loopback port
 //! ([`redis_server`]), the moto server as AWS ([`moto`]), a small fake STS ([`sts`]) and a fake
 //! IAM in front of moto ([`fake_iam`]) for the error paths moto cannot produce, the real
-//! grant-broker server on `127.0.0.1:0` ([`broker`]), and the calls tests make ([`calls`]).
+//! grant-broker server on `127.0.0.1:0` ([`broker`]), the calls tests make ([`calls`]), a test CA
+//! ([`pki`]) and an OIDC issuer serving discovery and keys over HTTPS ([`identity_issuer`]).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod broker;
 pub mod calls;
 pub mod fake_iam;
+pub mod identity_issuer;
 pub mod moto;
+pub mod pki;
 pub mod redis_server;
 pub mod sts;
 
 pub use broker::*;
 pub use calls::*;
+// Only the integration tests use these (the benchmarks share this harness).
+#[allow(unused_imports)]
+pub use identity_issuer::*;
 // The benchmarks share this harness and run no moto.
 #[allow(unused_imports)]
 pub use moto::*;
+#[allow(unused_imports)]
+pub use pki::*;
 pub use redis_server::*;
 pub use sts::*;
 

@@ -37,6 +37,20 @@ pub(crate) struct Connection {
     /// certificate (`--cert`).
     #[arg(long, env = "GRANT_BROKER_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
+    /// A person's or a job's OIDC token (sent as `x-identity-token`): the person a portal acts
+    /// for, or the pipeline itself (a caller with `identity_required` needs nothing else).
+    #[arg(
+        long,
+        env = "GRANT_BROKER_IDENTITY_TOKEN",
+        hide_env_values = true,
+        global = true,
+        conflicts_with = "identity_token_file"
+    )]
+    pub(crate) identity_token: Option<String>,
+    /// A file holding the identity token, read at each call (a Kubernetes projected
+    /// service-account token, a CI job's token file).
+    #[arg(long, env = "GRANT_BROKER_IDENTITY_TOKEN_FILE", global = true)]
+    pub(crate) identity_token_file: Option<std::path::PathBuf>,
     /// The CA bundle (PEM) the server's certificate is checked against, for an `https://`
     /// server.
     #[arg(long, env = "GRANT_BROKER_CA", global = true)]
@@ -90,7 +104,8 @@ pub(crate) struct RequestFields {
     pub(crate) justification: String,
     #[arg(long, default_value = "")]
     pub(crate) ticket: String,
-    #[arg(long, env = "GRANT_BROKER_REQUESTER")]
+    /// Who asks; may be left out when an identity token names them.
+    #[arg(long, env = "GRANT_BROKER_REQUESTER", default_value = "")]
     pub(crate) requester: String,
     #[arg(long)]
     pub(crate) grantee: String,
@@ -216,8 +231,8 @@ pub(crate) enum Command {
         #[command(flatten)]
         connection: Connection,
         id: String,
-        /// The person approving.
-        #[arg(long, env = "GRANT_BROKER_APPROVER")]
+        /// The person approving; may be left out when their identity token names them.
+        #[arg(long, env = "GRANT_BROKER_APPROVER", default_value = "")]
         approver: String,
         #[arg(long, default_value = "")]
         comment: String,
@@ -227,7 +242,8 @@ pub(crate) enum Command {
         #[command(flatten)]
         connection: Connection,
         id: String,
-        #[arg(long, env = "GRANT_BROKER_APPROVER")]
+        /// The person denying; may be left out when their identity token names them.
+        #[arg(long, env = "GRANT_BROKER_APPROVER", default_value = "")]
         approver: String,
         /// Why (required).
         #[arg(long)]

@@ -16,16 +16,25 @@ use tonic::{
 use super::{ClientError, Exit, json::json_line};
 use crate::grpc::proto::{self, grant_broker_client::GrantBrokerClient};
 
-type Client = GrantBrokerClient<InterceptedService<Channel, BearerToken>>;
+type Client = GrantBrokerClient<InterceptedService<Channel, Credentials>>;
 
-/// Adds `authorization: Bearer <token>` to every call (when there is a token).
+/// Adds `authorization: Bearer <token>` and `x-identity-token: <jwt>` to every call (those
+/// there are).
 #[derive(Clone)]
-pub struct BearerToken(Option<AsciiMetadataValue>);
+pub struct Credentials {
+    bearer: Option<AsciiMetadataValue>,
+    identity: Option<AsciiMetadataValue>,
+}
 
-impl tonic::service::Interceptor for BearerToken {
+impl tonic::service::Interceptor for Credentials {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(header) = &self.0 {
+        if let Some(header) = &self.bearer {
             request.metadata_mut().insert("authorization", header.clone());
+        }
+        if let Some(token) = &self.identity {
+            request
+                .metadata_mut()
+                .insert(crate::grpc::auth::IDENTITY_TOKEN_HEADER, token.clone());
         }
         Ok(request)
     }
@@ -44,11 +53,24 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
         .map_err(|error| ClientError::new(Exit::Usage, format!("cannot read {}: {error}", path.display())))
 }
 
-pub async fn connect(address: &str, token: Option<&str>, tls: &TlsFiles) -> Result<Client, ClientError> {
+/// `token`: the caller's bearer token; `identity`: the OIDC token of the person or job it acts
+/// for.
+pub async fn connect(
+    address: &str,
+    token: Option<&str>,
+    identity: Option<&str>,
+    tls: &TlsFiles,
+) -> Result<Client, ClientError> {
     let header = token
         .map(|token| {
             AsciiMetadataValue::try_from(format!("Bearer {token}"))
                 .map_err(|_| ClientError::new(Exit::Usage, "the token must be printable ASCII"))
+        })
+        .transpose()?;
+    let identity = identity
+        .map(|token| {
+            AsciiMetadataValue::try_from(token.trim())
+                .map_err(|_| ClientError::new(Exit::Usage, "the identity token must be printable ASCII"))
         })
         .transpose()?;
     let mut endpoint = Endpoint::from_shared(address.to_owned())
@@ -80,7 +102,13 @@ pub async fn connect(address: &str, token: Option<&str>, tls: &TlsFiles) -> Resu
             format!("cannot connect to {address}: {}", crate::domain::error_chain(&error)),
         )
     })?;
-    Ok(GrantBrokerClient::with_interceptor(channel, BearerToken(header)))
+    Ok(GrantBrokerClient::with_interceptor(
+        channel,
+        Credentials {
+            bearer: header,
+            identity,
+        },
+    ))
 }
 
 /// How to print issued credentials.

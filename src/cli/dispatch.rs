@@ -17,14 +17,23 @@ pub(crate) async fn run_client(command: Command) -> Result<String, ClientError> 
             ca: connection.ca.clone(),
             identity: connection.cert.clone().zip(connection.key.clone()),
         };
+        let identity_token = connection.identity_token.clone().filter(|token| !token.is_empty());
+        let identity_file = connection.identity_token_file.clone();
         async move {
-            if token.is_none() && tls.identity.is_none() {
+            let identity = match (identity_token, identity_file) {
+                (Some(token), _) => Some(token),
+                (None, Some(path)) => Some(std::fs::read_to_string(&path).map_err(|error| {
+                    ClientError::new(Exit::Usage, format!("cannot read {}: {error}", path.display()))
+                })?),
+                (None, None) => None,
+            };
+            if token.is_none() && tls.identity.is_none() && identity.is_none() {
                 return Err(ClientError::new(
                     Exit::Usage,
-                    "no credentials: pass --token (GRANT_BROKER_TOKEN), or --cert and --key for mTLS",
+                    "no credentials: pass --token (GRANT_BROKER_TOKEN), --cert and --key for mTLS, or an identity token (--identity-token, --identity-token-file)",
                 ));
             }
-            client::connect(&address, token.as_deref(), &tls).await
+            client::connect(&address, token.as_deref(), identity.as_deref(), &tls).await
         }
     };
     match command {
@@ -130,8 +139,17 @@ pub(crate) async fn run_client(command: Command) -> Result<String, ClientError> 
             reviewer,
             comment,
         } => {
-            let reviewer = reviewer
-                .ok_or_else(|| ClientError::new(Exit::Usage, "--reviewer (or GRANT_BROKER_APPROVER) is required"))?;
+            let reviewer = match (reviewer, &connection.identity_token, &connection.identity_token_file) {
+                (Some(reviewer), _, _) => reviewer,
+                // Their identity token names them.
+                (None, Some(_), _) | (None, None, Some(_)) => String::new(),
+                (None, None, None) => {
+                    return Err(ClientError::new(
+                        Exit::Usage,
+                        "--reviewer (or GRANT_BROKER_APPROVER), or their identity token, is required",
+                    ));
+                }
+            };
             let message = proto::ReviewGrantRequest { id, reviewer, comment };
             client::review(&mut connect(&connection).await?, message, connection.json).await
         }

@@ -238,7 +238,8 @@ pub(super) fn validate_callers(
         if by_identity {
             // The token alone says which caller this is: by its issuer and audience, which must
             // then name exactly one caller.
-            if caller.identity_issuers.len() != 1 {
+            // (None at all is reported above.)
+            if caller.identity_issuers.len() > 1 {
                 problems.push(Problem::new(
                     key("identity_issuers"),
                     "a caller that authenticates by its identity token alone names exactly one issuer",

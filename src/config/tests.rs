@@ -512,3 +512,81 @@ fn tls_settings_that_cannot_work_are_named() {
     assert_eq!(config.warnings[0].key, "server.insecure_plaintext");
     assert!(config.warnings[0].message.contains("has no effect"));
 }
+
+const ISSUERS: &str = r#"
+    [identity]
+    leeway_secs = 30
+    [[identity.issuers]]
+    id = "corp"
+    issuer = "https://login.example.com"
+    audience = "grant-broker"
+    groups_claim = "groups"
+    [[identity.issuers]]
+    id = "github"
+    issuer = "https://token.actions.githubusercontent.com"
+    audience = "https://github.com/acme"
+    kind = "workload"
+    facts = { repository_id = "repository_id", namespace = "/kubernetes.io/namespace" }
+"#;
+
+#[test]
+fn identity_issuers_and_callers_that_use_them_load() {
+    let text = format!(
+        "{}\n    identity_issuers = [\"corp\"]\n{ISSUERS}\n    [[callers]]\n    id = \"deploy\"\n    targets = [\"prod-logs-read\"]\n    identity_issuers = [\"github\"]\n    identity_required = true\n",
+        GOOD.trim_end()
+    );
+    let config = with_rules(&text).unwrap();
+    assert_eq!(config.identity.leeway, Duration::from_secs(30));
+    let github = &config.identity.issuers[1];
+    assert_eq!(github.kind, crate::domain::identity::PrincipalKind::Workload);
+    assert_eq!(
+        github.algorithms,
+        [jsonwebtoken::Algorithm::RS256],
+        "RS256 unless pinned otherwise"
+    );
+    assert_eq!(github.keys, crate::adapters::oidc::KeySource::Discovery);
+    assert_eq!(github.facts["namespace"], "/kubernetes.io/namespace");
+    let deploy = &config.callers[1];
+    assert!(deploy.authenticated_by_identity(true), "a token alone identifies it");
+    assert!(!config.callers[0].authenticated_by_identity(true));
+    assert!(
+        !config.callers[0].assert_people,
+        "callers prove people unless told otherwise"
+    );
+}
+
+#[test]
+fn identity_problems_are_reported_by_key() {
+    let issuers = ISSUERS
+        .replace("https://login.example.com", "http://login.example.com")
+        .replace("leeway_secs = 30", "leeway_secs = 3600")
+        .replace(
+            "groups_claim = \"groups\"",
+            "algorithms = [\"HS256\", \"none\"]\n    jwks_uri = \"http://keys\"",
+        )
+        .replace("repository_id = \"repository_id\"", "\"repo id\" = \"repository_id\"");
+    let text = format!(
+        "{}\n    identity_issuers = [\"nobody\"]\n{issuers}\n    [[callers]]\n    id = \"deploy\"\n    targets = []\n    identity_issuers = [\"github\", \"corp\"]\n    identity_required = true\n    [[callers]]\n    id = \"lonely\"\n    targets = []\n    identity_required = true\n",
+        GOOD.trim_end()
+    );
+    let problems = with_rules(&text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "identity.leeway_secs",
+            "identity.issuers[0].issuer",
+            "identity.issuers[0].algorithms[0]",
+            "identity.issuers[0].algorithms[1]",
+            "identity.issuers[0].jwks_uri",
+            "identity.issuers[1].facts.repo id",
+            "callers[0].identity_issuers[0]",
+            "callers[1].identity_issuers",
+            "callers[2].identity_required",
+        ],
+        "{problems:?}"
+    );
+    let said = |key: &str| problems.iter().find(|p| p.key == key).unwrap().message.clone();
+    assert!(said("identity.issuers[0].algorithms[0]").contains("never none or HMAC"));
+    assert!(said("callers[1].identity_issuers").contains("exactly one issuer"));
+}

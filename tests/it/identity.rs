@@ -827,3 +827,53 @@ async fn identity_tokens_are_never_stored_logged_or_echoed() {
         assert!(!logs.contains(caller_token) && !dump.iter().any(|(_, value)| value.contains(caller_token)));
     }
 }
+
+#[tokio::test]
+async fn the_cli_presents_a_pipelines_token_from_a_file() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let job = |git_ref: &str| {
+        world.github.token(
+            &world.github_key,
+            DEPLOY_AUDIENCE,
+            "repo:acme/app:ref:refs/heads/main",
+            json!({ "repository_id": "123", "ref": git_ref }),
+        )
+    };
+    let explain = |token: String| {
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let args: Vec<String> = [
+            "explain",
+            "--server",
+            &world.server.url(),
+            "--identity-token-file",
+            token_file.to_str().unwrap(),
+            "--target",
+            "dev-logs-read",
+            "--action",
+            "s3:GetObject",
+            "--resource",
+            "arn:aws:s3:::acme-logs/vendor-x/*",
+            "--duration",
+            "30m",
+            "--grantee",
+            "job-42",
+            "--json",
+        ]
+        .map(String::from)
+        .into();
+        run_cli(args)
+    };
+    let main = explain(job("refs/heads/main")).await;
+    assert!(main.status.success(), "{}", String::from_utf8_lossy(&main.stderr));
+    let decided: Value = serde_json::from_slice(&main.stdout).unwrap();
+    assert_eq!(decided["decision"]["outcome"], "DECISION_OUTCOME_APPROVE", "{decided}");
+    let branch = explain(job("refs/heads/feature")).await;
+    let decided: Value = serde_json::from_slice(&branch.stdout).unwrap();
+    assert_eq!(decided["decision"]["outcome"], "DECISION_OUTCOME_DENY", "{decided}");
+    assert_eq!(
+        decided["decision"]["policy_ids"][0],
+        "deploy-only-from-main-of-repo-123"
+    );
+}

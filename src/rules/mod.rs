@@ -959,6 +959,100 @@ mod tests {
         .unwrap()
     }
 
+    /// The rules docs/identity.md shows, taken from it (so the page cannot drift from what
+    /// validates), with the example rules beside them.
+    fn identity_doc_rules() -> RuleEngine {
+        let page = include_str!("../../docs/identity.md");
+        let start = page.find("```cedar\n").unwrap() + "```cedar\n".len();
+        let end = start + page[start..].find("```").unwrap();
+        RuleEngine::load(&[
+            RuleSource {
+                name: "approval.cedar",
+                text: EXAMPLE,
+            },
+            RuleSource {
+                name: "identity.cedar",
+                text: &page[start..end],
+            },
+        ])
+        .unwrap()
+    }
+
+    fn verified(kind: crate::domain::identity::PrincipalKind, facts: &[(&str, &str)]) -> Verified {
+        Verified {
+            issuer: "github".into(),
+            kind,
+            mfa: false,
+            auth_time: None,
+            groups: BTreeSet::new(),
+            facts: facts.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn rules_decide_on_verified_claims_as_the_identity_page_says() {
+        use crate::domain::identity::PrincipalKind::{Person, Workload};
+        let engine = identity_doc_rules();
+        let production = target("production");
+        let scopes = scopes(&["s3:GetObject"]);
+        let facts = Catalog::builtin().facts(&scopes);
+        let now = datetime!(2026-11-25 14:00 UTC);
+        let input = |identity| RuleInput {
+            caller: "deploy-pipeline",
+            requester: "repo:acme/app",
+            identity,
+            grantee: "job",
+            target: &production,
+            scopes: &scopes,
+            facts: &facts,
+            duration_secs: 900,
+            extension_secs: 0,
+            start: now,
+            break_glass: false,
+            justification: "deploy",
+            ticket: "CHG-1",
+            mfa_present: false,
+            now,
+        };
+        let main = verified(Workload, &[("repository_id", "123"), ("ref", "refs/heads/main")]);
+        assert_eq!(engine.decide(&input(Some(&main))).outcome, Outcome::RequireApproval);
+        let branch = verified(Workload, &[("repository_id", "123"), ("ref", "refs/heads/feature")]);
+        let denied = engine.decide(&input(Some(&branch)));
+        assert_eq!(
+            (denied.outcome, denied.policy_ids),
+            (Outcome::Deny, vec!["prod-only-from-main".to_owned()])
+        );
+        // A job without the facts (a token missing the claim) is denied, not waved through.
+        let bare = verified(Workload, &[]);
+        assert_eq!(engine.decide(&input(Some(&bare))).outcome, Outcome::Deny);
+
+        let security = BTreeSet::from(["security".to_owned()]);
+        let approver = crate::domain::approval::Person::parse("approver", "sam@example.com").unwrap();
+        let eligible = |verified: Option<&Verified>| {
+            matches!(
+                engine.eligible_approver(&input(Some(&main)), &approver, &security, verified),
+                Eligibility::Eligible { .. }
+            )
+        };
+        let fresh = Verified {
+            mfa: true,
+            auth_time: Some(now - time::Duration::minutes(5)),
+            ..verified(Person, &[])
+        };
+        assert!(eligible(Some(&fresh)));
+        let stale = Verified {
+            auth_time: Some(now - time::Duration::minutes(30)),
+            ..fresh.clone()
+        };
+        assert!(!eligible(Some(&stale)));
+        let unknown_time = Verified {
+            auth_time: None,
+            ..fresh.clone()
+        };
+        assert!(!eligible(Some(&unknown_time)), "no auth_time is not fresh");
+        assert!(!eligible(None), "an asserted approver shows no MFA");
+    }
+
     // Strict validation accepts these multiplications; evaluating them overflows.
     const OVERFLOW: &str = "context.duration_seconds * 9223372036854775807 > 0";
 

@@ -226,6 +226,7 @@ fn pure_costs() {
         start: time::OffsetDateTime::now_utc(),
         break_glass: false,
         identity: None,
+        acting_caller: "vendor-portal",
     };
     // A narrow, a service-wide, an everything and a hostile request, to show what expansion
     // costs (the last makes pattern::matches run once per catalog action).

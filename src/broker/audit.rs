@@ -1,10 +1,11 @@
 //! Audit queries: the log of every grant's events, filtered, paged and followed as it grows, for
 //! auditor and admin callers.
 
-use super::{Broker, BrokerError, MAX_PAGE_SIZE};
+use super::{Broker, BrokerError, MAX_PAGE_SIZE, permit};
 use crate::{
     domain::{
         Caller,
+        access::Rpc,
         audit::{AuditCursor, AuditEntry, AuditFilter, ServiceEvent, ServiceEventKind},
     },
     ports::{AuditLog, Clock, Ports},
@@ -17,16 +18,6 @@ const AUDIT_SCANS: usize = 5;
 pub const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl<P: Ports> Broker<P> {
-    fn may_audit(caller: &Caller) -> Result<(), BrokerError> {
-        if caller.reads_every_grant() {
-            Ok(())
-        } else {
-            Err(BrokerError::NotAuditor {
-                caller: caller.id.to_string(),
-            })
-        }
-    }
-
     /// Runs an audit query of an auditor or admin caller (one that reads every grant) together
     /// with the record of it in the audit log (`audit_queried`: who asked, which call, what for):
     /// concurrent, so recording costs no round trip, and a query that cannot be recorded fails
@@ -103,7 +94,7 @@ impl<P: Ports> Broker<P> {
         newest_first: bool,
         page_size: usize,
     ) -> Result<(Vec<AuditEntry>, Option<AuditCursor>), BrokerError> {
-        Self::may_audit(caller)?;
+        permit(caller, Rpc::ListAuditEvents)?;
         if let Some(cursor) = &cursor {
             self.check_cursor(cursor).await?;
             return self
@@ -166,7 +157,7 @@ impl<P: Ports> Broker<P> {
         caller: &Caller,
         after: Option<AuditCursor>,
     ) -> Result<AuditCursor, BrokerError> {
-        Self::may_audit(caller)?;
+        permit(caller, Rpc::WatchAuditEvents)?;
         if let Some(cursor) = after {
             // Resuming: the follow this continues was recorded when it started.
             self.check_cursor(&cursor).await?;

@@ -6,23 +6,14 @@ use super::*;
 /// A person deciding on a grant: who, how the broker knows (verified or asserted), and their
 /// groups (configured, and from their token).
 pub(super) struct Decider {
+    /// The calling system relaying them (the rules see it as `context.acting_caller`).
+    pub(super) relayed_by: String,
     pub(super) person: Person,
     pub(super) attribution: Attribution,
     pub(super) groups: BTreeSet<String>,
 }
 
 impl<P: Ports> Broker<P> {
-    /// The caller relays approvals for people only when the configuration says it may.
-    pub(super) fn may_act_for_approvers(caller: &Caller) -> Result<(), BrokerError> {
-        if caller.acts_for_approvers {
-            Ok(())
-        } else {
-            Err(BrokerError::CallerMayNotApprove {
-                caller: caller.id.to_string(),
-            })
-        }
-    }
-
     /// A person's approver groups, from the configuration (none when not listed).
     pub(super) fn groups_of(&self, person: &Person) -> BTreeSet<String> {
         self.settings.approver_groups.get(person).cloned().unwrap_or_default()
@@ -69,6 +60,7 @@ impl<P: Ports> Broker<P> {
             groups.extend(verified.groups.iter().cloned());
         }
         Ok(Decider {
+            relayed_by: caller.id.to_string(),
             person,
             attribution,
             groups,
@@ -130,7 +122,7 @@ impl<P: Ports> Broker<P> {
     ) -> Result<(), BrokerError> {
         let approver = &decider.person;
         let eligibility = with_rule_input(
-            grant.caller.as_str(),
+            &decider.relayed_by,
             grant,
             target,
             grant.mfa_serial.is_some(),
@@ -189,11 +181,12 @@ impl<P: Ports> Broker<P> {
         approver: impl Into<Claimed>,
         comment: String,
     ) -> Result<Grant, BrokerError> {
-        Self::may_act_for_approvers(caller)?;
+        permit(caller, Rpc::ApproveGrant)?;
         let decider = self.decider(caller, &approver.into(), "approver")?;
         let approver = decider.person.clone();
         for _ in 0..APPROVAL_ATTEMPTS {
             let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+            permit_on(caller, GrantAct::Decide, &grant)?;
             if self.extension_waits(&grant) {
                 match self.approve_extension(caller, grant, &decider, &comment).await? {
                     Some(grant) => return Ok(grant),
@@ -301,10 +294,11 @@ impl<P: Ports> Broker<P> {
         approver: impl Into<Claimed>,
         reason: String,
     ) -> Result<Grant, BrokerError> {
-        Self::may_act_for_approvers(caller)?;
+        permit(caller, Rpc::DenyGrant)?;
         let decider = self.decider(caller, &approver.into(), "approver")?;
         let approver = decider.person.clone();
         let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        permit_on(caller, GrantAct::Decide, &grant)?;
         if self.extension_waits(&grant) {
             return self.deny_extension(caller, grant, &decider, reason).await;
         }
@@ -342,10 +336,11 @@ impl<P: Ports> Broker<P> {
         reviewer: impl Into<Claimed>,
         comment: String,
     ) -> Result<Grant, BrokerError> {
-        Self::may_act_for_approvers(caller)?;
+        permit(caller, Rpc::ReviewGrant)?;
         let decider = self.decider(caller, &reviewer.into(), "reviewer")?;
         let reviewer = decider.person.clone();
         let mut grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        permit_on(caller, GrantAct::Decide, &grant)?;
         if !grant.decision.break_glass {
             return Err(BrokerError::NotBreakGlass { grant_id: id });
         }

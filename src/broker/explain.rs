@@ -142,6 +142,7 @@ impl Vetted<'_> {
     ) -> RuleInput<'b> {
         RuleInput {
             caller: caller.id.as_str(),
+            acting_caller: caller.id.as_str(),
             requester: &self.requester.name,
             identity: self.requester.verified.as_ref(),
             grantee: &request.grantee,

@@ -40,6 +40,7 @@ use crate::{
     domain::{
         AccessRequest, ApprovedGrant, Caller, Decision, EventKind, FieldViolation, Grant, GrantEvent, GrantId,
         GrantState, Issuance, IssuedCredentials, MfaToken, Outcome, SessionRefused, SessionSpec, Target,
+        access::{self, GrantAct, Refusal, Rpc},
         approval::{Approval, Person, Review},
         audit::ServiceEvent,
         filter::GrantFilter,
@@ -179,7 +180,7 @@ enum Asking {
 
 /// The rules' view of a recorded grant, as of `now`, for `f`.
 fn with_rule_input<R>(
-    caller: &str,
+    acting_caller: &str,
     grant: &Grant,
     target: &Target,
     mfa_present: bool,
@@ -194,7 +195,8 @@ fn with_rule_input<R>(
         Asking::Extension(additional) => (seconds(grant.duration()).saturating_add(additional), additional),
     };
     f(&RuleInput {
-        caller,
+        caller: grant.caller.as_str(),
+        acting_caller,
         requester: &grant.requester,
         identity: grant.requester_verified.as_ref(),
         grantee: &grant.grantee,
@@ -210,6 +212,38 @@ fn with_rule_input<R>(
         mfa_present,
         now,
     })
+}
+
+/// The authorization table's refusal, as the broker reports it.
+fn refusal(caller: &Caller, refusal: Refusal, grant: Option<&Grant>) -> BrokerError {
+    match (refusal, grant) {
+        (Refusal::NotFound, Some(grant)) => BrokerError::GrantNotFound(grant.id),
+        (Refusal::NotOwner { rule }, Some(grant)) => BrokerError::NotGrantOwner {
+            grant_id: grant.id,
+            owner: grant.caller.to_string(),
+            rule,
+        },
+        (Refusal::MayNotRelay, _) => BrokerError::CallerMayNotApprove {
+            caller: caller.id.to_string(),
+        },
+        (Refusal::NotAdmin, _) => BrokerError::NotAdmin {
+            caller: caller.id.to_string(),
+        },
+        // The table refuses NotFound and NotOwner only with a grant in hand.
+        (Refusal::NotAuditor | Refusal::NotFound | Refusal::NotOwner { .. }, _) => BrokerError::NotAuditor {
+            caller: caller.id.to_string(),
+        },
+    }
+}
+
+/// May `caller` make `rpc` at all? Every use case asks first ([`access::check_call`]).
+fn permit(caller: &Caller, rpc: Rpc) -> Result<(), BrokerError> {
+    access::check_call(caller, rpc).map_err(|refused| refusal(caller, refused, None))
+}
+
+/// May `caller` do `act` to `grant`? ([`access::check_grant`]).
+fn permit_on(caller: &Caller, act: GrantAct, grant: &Grant) -> Result<(), BrokerError> {
+    access::check_grant(caller, act, grant).map_err(|refused| refusal(caller, refused, Some(grant)))
 }
 
 /// How `claimed` is recorded for `caller` under `policy`, or why it cannot be: a verified

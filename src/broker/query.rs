@@ -5,16 +5,14 @@
 use super::*;
 
 impl<P: Ports> Broker<P> {
-    /// A grant as stored, if `caller` may see it: its own, or any for an auditor or admin caller.
-    /// One it may not see is not found, exactly as an id that does not exist, so ids cannot be
-    /// probed. (Callers that relay approvers see a grant only through the person they name: see
-    /// the decision calls.)
+    /// A grant as stored, if `caller` may see it ([`access::standing`]): its own; any, for an
+    /// auditor or admin caller; one its approvers decide, for a caller relaying the grant's
+    /// target. One it may not see is not found, exactly as an id that does not exist, so ids
+    /// cannot be probed.
     pub(super) async fn visible_grant(&self, caller: &Caller, id: GrantId) -> Result<Grant, BrokerError> {
-        self.store
-            .get(id)
-            .await?
-            .filter(|grant| grant.caller == caller.id || caller.reads_every_grant())
-            .ok_or(BrokerError::GrantNotFound(id))
+        let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        permit_on(caller, GrantAct::Read, &grant)?;
+        Ok(grant)
     }
 
     /// One of the caller's own grants, for what only the caller that requested it may do (`rule`
@@ -26,15 +24,17 @@ impl<P: Ports> Broker<P> {
         id: GrantId,
         rule: &'static str,
     ) -> Result<Grant, BrokerError> {
-        let grant = self.visible_grant(caller, id).await?;
-        if grant.caller != caller.id {
-            return Err(BrokerError::NotGrantOwner {
+        let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        match access::check_grant(caller, GrantAct::ActAsOwner, &grant) {
+            Ok(()) => Ok(grant),
+            // The use case says what only the owner may do.
+            Err(Refusal::NotOwner { .. }) => Err(BrokerError::NotGrantOwner {
                 grant_id: id,
                 owner: grant.caller.to_string(),
                 rule,
-            });
+            }),
+            Err(refused) => Err(refusal(caller, refused, Some(&grant))),
         }
-        Ok(grant)
     }
 
     /// The grant as a caller sees it now: its state as of now (an ended window reads EXPIRED
@@ -82,7 +82,7 @@ impl<P: Ports> Broker<P> {
             .store
             .get(id)
             .await?
-            .filter(|grant| caller.reads_every_grant() || grant.caller == caller.id)
+            .filter(|grant| access::check_grant(caller, GrantAct::Read, grant).is_ok())
             .ok_or_else(not_found)?;
         let issuance = match grant
             .issuances
@@ -107,14 +107,13 @@ impl<P: Ports> Broker<P> {
         before: Option<IndexPosition>,
         page_size: usize,
     ) -> Result<(Vec<Grant>, Option<IndexPosition>), BrokerError> {
-        if !caller.reads_every_grant() {
-            match &filter.caller {
-                Some(other) if other != &caller.id => {
-                    return Err(BrokerError::NotAuditor {
-                        caller: caller.id.to_string(),
-                    });
-                }
-                _ => filter.caller = Some(caller.id.clone()),
+        permit(caller, Rpc::ListGrants)?;
+        if filter.caller.as_ref() != Some(&caller.id) {
+            match permit(caller, Rpc::ListEveryonesGrants) {
+                Ok(()) => {}
+                // Without one named, a requester caller's search is of its own grants.
+                Err(_) if filter.caller.is_none() => filter.caller = Some(caller.id.clone()),
+                Err(refused) => return Err(refused),
             }
         }
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
@@ -196,7 +195,7 @@ impl<P: Ports> Broker<P> {
         before: Option<GrantId>,
         page_size: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
-        Self::may_act_for_approvers(caller)?;
+        permit(caller, Rpc::ListApprovalQueue)?;
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
         let decider = self.reader(caller, &approver.into(), "approver")?;
         let approver = &decider.person;
@@ -210,7 +209,8 @@ impl<P: Ports> Broker<P> {
                 }
                 _ => return false,
             };
-            grant.requester != approver.as_str()
+            caller.powers.relay.covers(&grant.target)
+                && grant.requester != approver.as_str()
                 && !approvals.iter().any(|approval| &approval.approver == approver)
                 && self
                     .targets
@@ -247,11 +247,16 @@ impl<P: Ports> Broker<P> {
         before: Option<GrantId>,
         page_size: usize,
     ) -> Result<(Vec<Grant>, Option<GrantId>), BrokerError> {
-        Self::may_act_for_approvers(caller)?;
+        permit(caller, Rpc::ListUnreviewedBreakGlass)?;
         let (grants, next) = self
             .store
             .list_queue(Queue::BreakGlassUnreviewed, before, page_size.clamp(1, MAX_PAGE_SIZE))
             .await?;
-        Ok((grants.into_iter().map(|grant| self.as_of_now(grant)).collect(), next))
+        let relayed = grants
+            .into_iter()
+            .filter(|grant| caller.powers.relay.covers(&grant.target))
+            .map(|grant| self.as_of_now(grant))
+            .collect();
+        Ok((relayed, next))
     }
 }

@@ -19,10 +19,11 @@ use std::{collections::BTreeSet, time::Duration as StdDuration};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use super::{Broker, BrokerError, decide::Decider, unasked_refusal};
+use super::{Broker, BrokerError, decide::Decider, permit, permit_on, unasked_refusal};
 use crate::{
     domain::{
         Caller, EventKind, Grant, GrantEvent, GrantId, GrantState, RevocationMode, Target,
+        access::{GrantAct, Revoke, Rpc},
         audit::{ServiceEvent, ServiceEventKind},
         identity::Claimed,
         lifecycle::{NotAllowed, Transition},
@@ -132,8 +133,17 @@ impl<P: Ports> Broker<P> {
         revoker: impl Into<Claimed>,
         reason: String,
     ) -> Result<Grant, BrokerError> {
-        let revoker = self.revoker(caller, &revoker.into())?;
+        let claimed = revoker.into();
         let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
+        // The table first: who may revoke this grant at all; then who the named person is.
+        permit_on(
+            caller,
+            GrantAct::Revoke {
+                naming_a_person: claimed.person().is_some(),
+            },
+            &grant,
+        )?;
+        let revoker = self.revoker(caller, &claimed)?;
         self.may_revoke(caller, &grant, revoker.as_ref())?;
         let revoked = self.revoke(caller, grant, revoker.as_ref(), reason, None).await?;
         self.enforce_now(&revoked).await;
@@ -149,25 +159,16 @@ impl<P: Ports> Broker<P> {
         self.decider(caller, claimed, "revoker").map(Some)
     }
 
-    /// Who may revoke which grant.
+    /// Past the table ([`permit_on`]), a caller revoking through an approver it relays (not by
+    /// its own right) needs that person to be one the rules let decide on the grant.
     fn may_revoke(&self, caller: &Caller, grant: &Grant, revoker: Option<&Decider>) -> Result<(), BrokerError> {
-        if caller.admin || grant.caller == caller.id {
-            return Ok(());
-        }
+        let own_right = grant.caller == caller.id || caller.powers.admin || caller.powers.revoke == Revoke::Any;
         match revoker {
-            // A caller that relays approvers sees the grant through the person it names, who
-            // may revoke what they may approve.
-            Some(decider) if caller.acts_for_approvers => {
+            Some(decider) if !own_right => {
                 let target = self.target_for_decider(grant, &decider.person)?;
                 self.check_eligible(grant, target, decider, self.clock.now(), super::Asking::Request)
             }
-            _ if caller.auditor => Err(BrokerError::NotGrantOwner {
-                grant_id: grant.id,
-                owner: grant.caller.to_string(),
-                rule: "only the caller that requested it, an admin caller, or an approver it may be approved by may revoke it",
-            }),
-            // Another caller's grant does not exist for this one.
-            _ => Err(BrokerError::GrantNotFound(grant.id)),
+            _ => Ok(()),
         }
     }
 
@@ -296,7 +297,7 @@ impl<P: Ports> Broker<P> {
         revoker: impl Into<Claimed>,
         reason: String,
     ) -> Result<GranteeRevocation, BrokerError> {
-        Self::must_be_admin(caller)?;
+        permit(caller, Rpc::RevokeGrantee)?;
         let revoker = self.revoker(caller, &revoker.into())?;
         let operation = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now();
@@ -436,7 +437,7 @@ impl<P: Ports> Broker<P> {
         revoker: impl Into<Claimed>,
         reason: String,
     ) -> Result<TargetCutoff, BrokerError> {
-        Self::must_be_admin(caller)?;
+        permit(caller, Rpc::RevokeTargetSessions)?;
         let revoker = self.revoker(caller, &revoker.into())?;
         let target = self
             .targets
@@ -527,16 +528,6 @@ impl<P: Ports> Broker<P> {
         let later = cutoffs.get(role_arn).is_none_or(|current| current.at < cutoff.at);
         if later {
             cutoffs.insert(role_arn.to_owned(), cutoff.clone());
-        }
-    }
-
-    fn must_be_admin(caller: &Caller) -> Result<(), BrokerError> {
-        if caller.admin {
-            Ok(())
-        } else {
-            Err(BrokerError::NotAdmin {
-                caller: caller.id.to_string(),
-            })
         }
     }
 

@@ -12,7 +12,9 @@ use time::{Duration, OffsetDateTime, macros::datetime};
 use super::*;
 use crate::{
     domain::{
-        ActionPattern, CallerId, RECENT_ISSUANCES, RequestId, ResourcePattern, Scope, policy::build_session_policy,
+        ActionPattern, CallerId, RECENT_ISSUANCES, RequestId, ResourcePattern, Scope,
+        access::{Powers, Relay},
+        policy::build_session_policy,
     },
     rules::RuleSource,
     testing::*,
@@ -99,9 +101,7 @@ fn caller() -> Caller {
     Caller {
         id: CallerId::parse("vendor-portal").unwrap(),
         targets: ["dev-logs-read".to_owned()].into(),
-        acts_for_approvers: false,
-        admin: false,
-        auditor: false,
+        powers: Default::default(),
         assert_people: true,
         identity: Default::default(),
     }
@@ -976,7 +976,10 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/vendor-logs-read";
 fn admin() -> Caller {
     Caller {
         id: CallerId::parse("security-console").unwrap(),
-        admin: true,
+        powers: Powers {
+            admin: true,
+            ..Powers::default()
+        },
         ..caller()
     }
 }
@@ -1292,7 +1295,10 @@ async fn who_may_revoke() {
 fn approval_portal_of(id: &str) -> Caller {
     Caller {
         id: CallerId::parse(id).unwrap(),
-        acts_for_approvers: true,
+        powers: Powers {
+            relay: Relay::Every,
+            ..Powers::default()
+        },
         ..caller()
     }
 }

@@ -42,7 +42,11 @@ use crate::{
     broker::BrokerSettings,
     domain::{
         ActionPattern, Caller, CallerId, CallerIdentity, IamAccess, ResourcePattern, RevocationMode, Scope, Secret,
-        Target, approval::Person, iam::Catalog, limits, scope,
+        Target,
+        access::{Powers, Relay, Revoke},
+        approval::Person,
+        iam::Catalog,
+        limits, scope,
     },
     rules::{RuleEngine, RuleSource},
 };

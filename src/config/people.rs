@@ -12,12 +12,8 @@ pub struct CallerConfig {
     /// The identity its client certificate proves (`server.tls.client_identity`), when it has one.
     pub certificate_identity: Option<String>,
     pub targets: BTreeSet<String>,
-    /// May relay approvals and denials of the people it names (an approval portal).
-    pub act_for_approvers: bool,
-    /// May revoke any grant and cut off a target's sessions (an operator's tool).
-    pub admin: bool,
-    /// May read every grant (an audit tool).
-    pub auditor: bool,
+    /// What else it may do: relay approvers, audit, revoke any grant, administer.
+    pub powers: Powers,
     /// Whose identity tokens it may present, for which audience, and whether every call must
     /// carry one.
     pub identity: CallerIdentity,
@@ -37,9 +33,7 @@ impl CallerConfig {
         Caller {
             id: self.id.clone(),
             targets: self.targets.clone(),
-            acts_for_approvers: self.act_for_approvers,
-            admin: self.admin,
-            auditor: self.auditor,
+            powers: self.powers.clone(),
             identity: self.identity.clone(),
             assert_people: self.assert_people,
         }
@@ -86,11 +80,13 @@ pub(super) struct RawCaller {
     certificate_identity: Option<String>,
     pub(super) targets: Vec<String>,
     #[serde(default)]
-    pub(super) act_for_approvers: bool,
+    act_for_approvers: RawRelay,
     #[serde(default)]
-    pub(super) admin: bool,
+    admin: bool,
     #[serde(default)]
-    pub(super) auditor: bool,
+    auditor: bool,
+    #[serde(default)]
+    revoke: Option<String>,
     #[serde(default)]
     identity_issuers: Vec<String>,
     #[serde(default)]
@@ -148,6 +144,20 @@ fn identity_mismatch(identity: &str, kind: crate::tls::IdentityKind) -> Option<&
             Some("must be lower case: DNS names compare without case, and certificates' are read lower-cased")
         }
         _ => None,
+    }
+}
+
+/// `act_for_approvers`: `true` (every target), `false`, or the target ids it relays for.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRelay {
+    All(bool),
+    Targets(Vec<String>),
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        Self::All(false)
     }
 }
 
@@ -280,15 +290,50 @@ pub(super) fn validate_callers(
                 ));
             }
         }
+        let relay = match caller.act_for_approvers {
+            RawRelay::All(false) => Relay::Never,
+            RawRelay::All(true) => Relay::Every,
+            RawRelay::Targets(relayed) => {
+                if relayed.is_empty() {
+                    problems.push(Problem::new(
+                        key("act_for_approvers"),
+                        "true, false, or the target ids it relays approvers for (at least one)",
+                    ));
+                }
+                for (i, target) in relayed.iter().enumerate() {
+                    if !known.contains(target.as_str()) {
+                        problems.push(Problem::new(
+                            format!("{}[{i}]", key("act_for_approvers")),
+                            format!("no target has id `{target}`"),
+                        ));
+                    }
+                }
+                Relay::Targets(relayed.into_iter().collect())
+            }
+        };
+        let revoke = match caller.revoke.as_deref() {
+            None | Some("own") => Revoke::Own,
+            Some("any") => Revoke::Any,
+            Some(_) => {
+                problems.push(Problem::new(
+                    key("revoke"),
+                    "`own` (the grants it requested; the default) or `any` (every caller's)",
+                ));
+                Revoke::Own
+            }
+        };
         if let Some(id) = id {
             callers.push(CallerConfig {
                 id,
                 token_sha256,
                 certificate_identity: caller.certificate_identity,
                 targets: caller.targets.into_iter().collect(),
-                act_for_approvers: caller.act_for_approvers,
-                admin: caller.admin,
-                auditor: caller.auditor,
+                powers: Powers {
+                    relay,
+                    audit: caller.auditor,
+                    revoke,
+                    admin: caller.admin,
+                },
                 identity: CallerIdentity {
                     issuers: caller.identity_issuers.into_iter().collect(),
                     audience: caller.identity_audience,

@@ -315,7 +315,7 @@ fn revocation_is_enforced_with_the_brokers_own_credentials_by_default() {
     assert_eq!(target.revocation, RevocationMode::Enforce);
     assert_eq!(target.iam, IamAccess::default());
     assert_eq!(target.role_name(), "vendor-logs-read");
-    assert!(!config.callers[0].admin && !config.callers[0].caller().admin);
+    assert!(!config.callers[0].powers.admin && !config.callers[0].caller().powers.admin);
 }
 
 #[test]
@@ -336,7 +336,7 @@ fn revocation_keys_admin_callers_and_the_iam_endpoint_are_read() {
             external_id: Some("gb-iam-7f3a".into()),
         }
     );
-    assert!(config.callers[0].admin && config.callers[0].caller().admin);
+    assert!(config.callers[0].powers.admin && config.callers[0].caller().powers.admin);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
 
@@ -589,4 +589,33 @@ fn identity_problems_are_reported_by_key() {
     let said = |key: &str| problems.iter().find(|p| p.key == key).unwrap().message.clone();
     assert!(said("identity.issuers[0].algorithms[0]").contains("never none or HMAC"));
     assert!(said("callers[1].identity_issuers").contains("exactly one issuer"));
+}
+
+#[test]
+fn a_callers_powers_are_read_and_checked() {
+    use crate::domain::access::{Relay, Revoke};
+    let powers = |extra: &str| {
+        with_rules(&GOOD.replace(
+            "targets = [\"prod-logs-read\"]",
+            &format!("targets = [\"prod-logs-read\"]\n{extra}"),
+        ))
+        .map(|config| config.callers[0].powers.clone())
+    };
+    let default = powers("").unwrap();
+    assert_eq!((default.relay, default.revoke), (Relay::Never, Revoke::Own));
+    assert_eq!(powers("act_for_approvers = true").unwrap().relay, Relay::Every);
+    assert_eq!(
+        powers("act_for_approvers = [\"prod-logs-read\"]").unwrap().relay,
+        Relay::Targets(["prod-logs-read".to_owned()].into())
+    );
+    assert_eq!(powers("revoke = \"any\"").unwrap().revoke, Revoke::Any);
+    let problems = powers("act_for_approvers = [\"nope\"]\nrevoke = \"all\"").unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["callers[0].act_for_approvers[0]", "callers[0].revoke"],
+        "{problems:?}"
+    );
+    let empty = powers("act_for_approvers = []").unwrap_err();
+    assert_eq!(empty[0].key, "callers[0].act_for_approvers");
 }

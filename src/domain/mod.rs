@@ -5,6 +5,7 @@
 //! function is deterministic given its inputs (time is always passed in), so the rules that keep
 //! credentials safe can be tested exhaustively.
 
+pub mod access;
 pub mod approval;
 pub mod audit;
 pub mod extension;
@@ -18,6 +19,8 @@ pub mod pattern;
 pub mod policy;
 pub mod request;
 pub mod revocation;
+#[cfg(test)]
+pub(crate) mod samples;
 pub mod scope;
 pub mod session;
 pub mod target;

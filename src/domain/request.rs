@@ -42,20 +42,16 @@ impl std::fmt::Display for CallerId {
 }
 
 /// An authenticated calling system and what it may do. Built by the transport's authentication
-/// step (today: bearer tokens from the configuration); the broker only ever sees this type, so
-/// stronger identities can replace the token check without touching the use cases.
+/// step (a client certificate, a bearer token, an identity token, from the configuration); the
+/// broker only ever sees this type. What it may do is decided in one place,
+/// [`super::access`], from its `targets` and `powers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub id: CallerId,
     /// Target ids this caller may request.
     pub targets: std::collections::BTreeSet<String>,
-    /// Whether it may relay approvals and denials for the people it names.
-    pub acts_for_approvers: bool,
-    /// Whether it may revoke any caller's grant and cut off every session of a target (an
-    /// operator's console or an incident tool), beyond its own grants.
-    pub admin: bool,
-    /// Whether it may read every caller's grants (an audit tool).
-    pub auditor: bool,
+    /// What else it may do: relay approvers (for which targets), audit, revoke, administer.
+    pub powers: super::access::Powers,
     /// The identity tokens it may present for people and for itself.
     pub identity: CallerIdentity,
     /// Whether it may name people without their verified token (recorded as asserted). Off by
@@ -75,9 +71,9 @@ pub struct CallerIdentity {
 }
 
 impl Caller {
-    /// Whether it may read grants other callers asked for.
+    /// Whether it may read grants other callers asked for (an auditor or admin caller).
     pub fn reads_every_grant(&self) -> bool {
-        self.admin || self.auditor
+        self.powers.audit || self.powers.admin
     }
 }
 

@@ -40,7 +40,11 @@ pub const SCHEMA: &str = include_str!("schema.cedarschema");
 /// Everything the rules may look at for one request.
 #[derive(Debug, Clone)]
 pub struct RuleInput<'a> {
+    /// The caller that requested the grant.
     pub caller: &'a str,
+    /// The caller making this call: for `approve`, the portal relaying the approver; otherwise
+    /// the requesting caller itself.
+    pub acting_caller: &'a str,
     pub requester: &'a str,
     /// What the requester's verified token proved (`None`: asserted).
     pub identity: Option<&'a Verified>,
@@ -430,6 +434,10 @@ impl RuleEngine {
         let context = Context::from_pairs(
             [
                 ("caller", Expr::new_entity_uid(entity_uid("Caller", input.caller)?)),
+                (
+                    "acting_caller",
+                    Expr::new_entity_uid(entity_uid("Caller", input.acting_caller)?),
+                ),
                 ("identity", identity_record(input.identity, input.now)?),
                 ("grantee", Expr::new_entity_uid(entity_uid("Grantee", input.grantee)?)),
                 ("duration_seconds", Expr::new_long(duration_seconds)),
@@ -685,6 +693,7 @@ mod tests {
             start: datetime!(2026-11-25 14:00 UTC),
             break_glass: false,
             identity: None,
+            acting_caller: "portal",
         })
     }
 
@@ -804,6 +813,7 @@ mod tests {
                 start: datetime!(2026-11-29 23:59 UTC),
                 break_glass: false,
                 identity: None,
+                acting_caller: "portal",
             };
             for action in [&engine.actions.request, &engine.actions.auto_approve] {
                 let prepared = engine.prepare(&input, Some((&schema, action))).unwrap();
@@ -925,6 +935,7 @@ mod tests {
                     start: datetime!(2026-11-25 14:00 UTC),
                     break_glass: false,
                     identity: None,
+                    acting_caller: "portal",
                 });
                 decision_time += started.elapsed();
                 // `*` is denied (it can escalate), after one of the two authorizations.
@@ -1013,6 +1024,7 @@ mod tests {
             ticket: "CHG-1",
             mfa_present: false,
             now,
+            acting_caller: "portal",
         };
         let main = verified(Workload, &[("repository_id", "123"), ("ref", "refs/heads/main")]);
         assert_eq!(engine.decide(&input(Some(&main))).outcome, Outcome::RequireApproval);
@@ -1051,6 +1063,47 @@ mod tests {
         };
         assert!(!eligible(Some(&unknown_time)), "no auth_time is not fresh");
         assert!(!eligible(None), "an asserted approver shows no MFA");
+    }
+
+    #[test]
+    fn approve_rules_see_which_portal_relays() {
+        let engine = engine(
+            r#"
+            permit (principal, action == GrantBroker::Action::"approve", resource)
+            when { context.acting_caller == GrantBroker::Caller::"prod-approvals" };
+            "#,
+        );
+        let production = target("production");
+        let scopes = scopes(&["s3:GetObject"]);
+        let facts = Catalog::builtin().facts(&scopes);
+        let now = datetime!(2026-11-25 14:00 UTC);
+        let via = |acting_caller| RuleInput {
+            caller: "vendor-portal",
+            acting_caller,
+            requester: "alice",
+            identity: None,
+            grantee: "vendor-x",
+            target: &production,
+            scopes: &scopes,
+            facts: &facts,
+            duration_secs: 900,
+            extension_secs: 0,
+            start: now,
+            break_glass: false,
+            justification: "why",
+            ticket: "CHG-1",
+            mfa_present: false,
+            now,
+        };
+        let approver = crate::domain::approval::Person::parse("approver", "sam").unwrap();
+        let eligible = |acting_caller| {
+            matches!(
+                engine.eligible_approver(&via(acting_caller), &approver, &BTreeSet::new(), None),
+                Eligibility::Eligible { .. }
+            )
+        };
+        assert!(eligible("prod-approvals"));
+        assert!(!eligible("any-other-portal"));
     }
 
     // Strict validation accepts these multiplications; evaluating them overflows.

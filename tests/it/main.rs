@@ -7,6 +7,7 @@ mod common;
 
 mod approval;
 mod audit;
+mod authorization;
 #[cfg(feature = "test-support")]
 mod contract;
 mod extension;

@@ -423,7 +423,8 @@ fn outcome<T>(result: Result<tonic::Response<T>, tonic::Status>) -> (Code, Strin
 /// One rule for every call that names a grant: a grant a caller may not see is NOT_FOUND (as an
 /// id that does not exist), one it sees but may not act on is PERMISSION_DENIED with the reason.
 /// A grant is seen by the caller that requested it, by auditor and admin callers, and by callers
-/// that relay approvers through the person they name (decisions and revocations only).
+/// that relay the approvers of its target when it is for people to decide (the pending grant
+/// here, not the one approved at once). `authorization.rs` enumerates every call for every role.
 #[tokio::test]
 async fn who_may_see_and_act_on_a_grant_is_one_rule_for_every_call() {
     let redis = RedisServer::start();
@@ -547,7 +548,8 @@ async fn who_may_see_and_act_on_a_grant_is_one_rule_for_every_call() {
         (PIPELINE_TOKEN, "", not_found()),
         (PIPELINE_TOKEN, "bob@example.com", not_found()),
         (AUDITOR_TOKEN, "", denied("NOT_GRANT_OWNER")),
-        (APPROVALS_TOKEN, "", not_found()),
+        // It sees the pending grant (its approvers decide it), and may revoke only through one.
+        (APPROVALS_TOKEN, "", denied("NOT_GRANT_OWNER")),
         (APPROVALS_TOKEN, "mallory@example.com", denied("APPROVER_NOT_ELIGIBLE")),
     ] {
         let result = client.revoke_grant(authed(token, revoke(&pending, revoker))).await;

@@ -55,7 +55,17 @@ impl<P: Ports> Broker<P> {
             .person()
             .cloned()
             .ok_or_else(|| BrokerError::InvalidRequest(vec![FieldViolation::new(field, "required")]))?;
-        let mut groups = self.groups_of(&person);
+        // The configured groups are the person's only when proven by the issuer the
+        // configuration names for them (if it names one).
+        let configured_apply = match (&attribution.verified, self.settings.approver_issuers.get(&person)) {
+            (Some(verified), Some(issuer)) => &verified.issuer == issuer,
+            _ => true,
+        };
+        let mut groups = if configured_apply {
+            self.groups_of(&person)
+        } else {
+            BTreeSet::new()
+        };
         if let Some(verified) = &attribution.verified {
             groups.extend(verified.groups.iter().cloned());
         }

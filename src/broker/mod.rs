@@ -91,6 +91,9 @@ pub struct BrokerSettings {
     pub pending_timeout: Duration,
     /// Each approver's groups (people not listed have none).
     pub approver_groups: BTreeMap<Person, BTreeSet<String>>,
+    /// The identity issuer whose tokens prove an approver, where the configuration names one:
+    /// a verified person gets the configured groups only with that issuer's token.
+    pub approver_issuers: BTreeMap<Person, String>,
     /// How long grants and the audit log are kept.
     pub retention: Duration,
     /// How often the deny policy on each role with revoked sessions is read back from IAM and
@@ -105,6 +108,7 @@ impl Default for BrokerSettings {
             max_issuances_per_grant: 10,
             pending_timeout: Duration::hours(24),
             approver_groups: BTreeMap::new(),
+            approver_issuers: BTreeMap::new(),
             retention: Duration::days(400),
             deny_verify_interval: Duration::seconds(60),
         }

@@ -66,6 +66,15 @@ impl Setup {
 
     /// A broker over this setup's store, issuer and clock, with the example rules plus `extra`.
     fn broker(&self, extra: &str, target: Target, max_issuances_per_grant: u32) -> Broker<Fakes> {
+        let settings = BrokerSettings {
+            max_issuances_per_grant,
+            approver_groups: [(Person::from_trusted("bob".into()), ["security".to_owned()].into())].into(),
+            ..BrokerSettings::default()
+        };
+        self.broker_with(extra, target, settings)
+    }
+
+    fn broker_with(&self, extra: &str, target: Target, settings: BrokerSettings) -> Broker<Fakes> {
         let rules = RuleEngine::load(&[
             RuleSource {
                 name: "approval.cedar",
@@ -84,16 +93,7 @@ impl Setup {
             notifier: self.notices.clone(),
             clock: self.clock.clone(),
         };
-        Broker::new(
-            adapters,
-            rules,
-            vec![target],
-            BrokerSettings {
-                max_issuances_per_grant,
-                approver_groups: [(Person::from_trusted("bob".into()), ["security".to_owned()].into())].into(),
-                ..BrokerSettings::default()
-            },
-        )
+        Broker::new(adapters, rules, vec![target], settings)
     }
 }
 
@@ -1619,4 +1619,62 @@ async fn the_review_queue_shows_grants_as_of_now() {
     let [queued] = queued.try_into().unwrap();
     assert_eq!(queued.role_cutoff.as_ref().map(|c| c.at), Some(cut.cutoff.at));
     assert_eq!(queued, broker.get_grant(&caller(), outcome.grant.id).await.unwrap());
+}
+
+/// A token of `issuer` naming `subject`, with `groups`.
+fn token_of(issuer: &str, subject: &str, groups: &[&str]) -> Arc<crate::domain::identity::VerifiedIdentity> {
+    use crate::domain::identity::{PrincipalKind, Verified, VerifiedIdentity};
+    Arc::new(VerifiedIdentity {
+        subject: Person::from_trusted(subject.into()),
+        verified: Verified {
+            issuer: issuer.into(),
+            kind: PrincipalKind::Person,
+            mfa: true,
+            auth_time: None,
+            groups: groups.iter().map(|group| (*group).to_owned()).collect(),
+            facts: BTreeMap::new(),
+        },
+    })
+}
+
+#[tokio::test]
+async fn configured_groups_are_a_persons_only_with_the_issuer_the_configuration_names() {
+    use crate::domain::identity::Claimed;
+    let setup = Setup::new();
+    let bob = Person::from_trusted("bob".into());
+    let settings = BrokerSettings {
+        approver_groups: [(bob.clone(), ["security".to_owned()].into())].into(),
+        approver_issuers: [(bob.clone(), "corp".to_owned())].into(),
+        ..BrokerSettings::default()
+    };
+    let broker = setup.broker_with(HUMANS_ONLY, target(), settings);
+    let portal = Caller {
+        assert_people: false,
+        ..approval_portal()
+    };
+    let pending = broker.request_access(&caller(), request("r")).await.unwrap().grant;
+    // Another issuer's token naming bob does not get bob's configured groups.
+    let impostor = Claimed {
+        named: None,
+        token: Some(token_of("partner-idp", "bob", &[])),
+    };
+    let refused = broker
+        .approve_grant(&portal, pending.id, impostor, String::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, BrokerError::ApproverNotEligible { .. }),
+        "{refused:?}"
+    );
+    // The named issuer's does.
+    let bob_by_corp = Claimed {
+        named: None,
+        token: Some(token_of("corp", "bob", &[])),
+    };
+    let approved = broker
+        .approve_grant(&portal, pending.id, bob_by_corp, String::new())
+        .await
+        .unwrap();
+    assert_eq!(approved.approvals[0].groups, ["security".to_owned()].into());
+    assert_eq!(approved.approvals[0].verified.as_ref().unwrap().issuer, "corp");
 }

@@ -195,10 +195,10 @@ impl Config {
                 format!("must be 1-{MAX_PENDING_TIMEOUT_HOURS}"),
             ));
         }
-        let approver_groups = validate_approvers(raw.approvers, &mut problems);
+        let identity = validate_identity(raw.identity, base, &mut problems);
+        let (approver_groups, approver_issuers) = validate_approvers(raw.approvers, &identity, &mut problems);
         let targets = validate_targets(raw.targets, &mut problems, &mut warnings);
         warnings.extend(ceiling_warnings(&targets));
-        let identity = validate_identity(raw.identity, base, &mut problems);
         let callers = validate_callers(
             raw.callers,
             &targets,
@@ -227,6 +227,7 @@ impl Config {
                     max_issuances_per_grant,
                     pending_timeout: time::Duration::hours(i64::try_from(pending_timeout_hours).unwrap_or(24)),
                     approver_groups,
+                    approver_issuers,
                     retention,
                     deny_verify_interval: time::Duration::seconds(
                         i64::try_from(deny_verify_interval_secs).unwrap_or(60),

@@ -65,6 +65,10 @@ pub(super) struct RawApprover {
     pub(super) person: String,
     #[serde(default)]
     pub(super) groups: Vec<String>,
+    /// The identity issuer whose tokens prove this person (their configured groups apply only
+    /// to those).
+    #[serde(default)]
+    pub(super) issuer: Option<String>,
 }
 
 /// Most STS calls one grant may be configured to make.
@@ -97,12 +101,22 @@ pub(super) struct RawCaller {
     assert_people: bool,
 }
 
-/// People who approve, and their groups (which rules match with `principal in Group`).
+/// People who approve, their groups (which rules match with `principal in Group`), and the
+/// issuer whose tokens prove each, where one is named.
 pub(super) fn validate_approvers(
     raw: Vec<RawApprover>,
+    identity: &crate::adapters::oidc::VerifierSettings,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<Person, BTreeSet<String>> {
+) -> (BTreeMap<Person, BTreeSet<String>>, BTreeMap<Person, String>) {
+    use crate::domain::identity::PrincipalKind;
+    let person_issuers: Vec<&str> = identity
+        .issuers
+        .iter()
+        .filter(|issuer| issuer.kind == PrincipalKind::Person)
+        .map(|issuer| issuer.id.as_str())
+        .collect();
     let mut approvers = BTreeMap::new();
+    let mut issuers = BTreeMap::new();
     for (index, approver) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("approvers[{index}].{field}");
         let person = match Person::parse(&key("person"), &approver.person) {
@@ -123,6 +137,25 @@ pub(super) fn validate_approvers(
                 ));
             }
         }
+        match &approver.issuer {
+            Some(issuer) if !person_issuers.contains(&issuer.as_str()) => problems.push(Problem::new(
+                key("issuer"),
+                format!("no identity issuer of kind person has id `{issuer}`"),
+            )),
+            Some(issuer) => {
+                issuers.insert(person.clone(), issuer.clone());
+            }
+            // With several people's issuers, another issuer's token could name this person and
+            // claim their groups.
+            None if person_issuers.len() > 1 => problems.push(Problem::new(
+                key("issuer"),
+                format!(
+                    "several identity issuers vouch for people ({}): name the one whose tokens prove this person",
+                    person_issuers.join(", ")
+                ),
+            )),
+            None => {}
+        }
         if approvers
             .insert(person.clone(), approver.groups.into_iter().collect())
             .is_some()
@@ -130,7 +163,7 @@ pub(super) fn validate_approvers(
             problems.push(Problem::new(key("person"), format!("`{person}` is listed twice")));
         }
     }
-    approvers
+    (approvers, issuers)
 }
 
 /// Why `identity` could never be what a certificate proves under `kind`, if it could not.

@@ -619,3 +619,16 @@ fn a_callers_powers_are_read_and_checked() {
     let empty = powers("act_for_approvers = []").unwrap_err();
     assert_eq!(empty[0].key, "callers[0].act_for_approvers");
 }
+
+#[test]
+fn with_several_peoples_issuers_each_approver_names_the_one_that_proves_them() {
+    let second = ISSUERS.replace("kind = \"workload\"", "kind = \"person\"");
+    let approvers = "\n    [[approvers]]\n    person = \"sam@example.com\"\n    groups = [\"security\"]\n    [[approvers]]\n    person = \"kim@example.com\"\n    issuer = \"corp\"\n    [[approvers]]\n    person = \"lee@example.com\"\n    issuer = \"nobody\"\n";
+    let problems = with_rules(&format!("{GOOD}{second}{approvers}")).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["approvers[0].issuer", "approvers[2].issuer"], "{problems:?}");
+    assert!(problems[0].message.contains("corp, github"), "{}", problems[0].message);
+    // With one people's issuer, naming it is optional.
+    let config = with_rules(&format!("{GOOD}{ISSUERS}{}", approvers.replace("nobody", "corp"))).unwrap();
+    assert_eq!(config.broker.approver_issuers.len(), 2);
+}

@@ -306,6 +306,14 @@ impl Verifier {
         {
             return Err(invalid("the identity token was issued in the future (`iat`)"));
         }
+        // A sign-in in the future would read as the freshest MFA there is.
+        if let Some(auth_time) = time("auth_time")?
+            && now < auth_time.saturating_sub(self.leeway)
+        {
+            return Err(invalid(
+                "the identity token says its subject signed in in the future (`auth_time`)",
+            ));
+        }
         Ok(())
     }
 }

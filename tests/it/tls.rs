@@ -425,3 +425,45 @@ async fn sighup_reloads_the_certificates_and_health_has_a_plaintext_port() {
     broker.kill().unwrap();
     let _ = broker.wait();
 }
+
+/// No private key (the client's, the server's) reaches a log line or Redis, whatever is logged
+/// at trace, even when a client with a certificate makes calls that succeed and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_keys_are_never_logged_or_stored() {
+    let logs = capture_logs();
+    let pki = Pki::new("clients-ca");
+    let (server, redis) = mtls_server(&pki, "").await;
+    let mesh = pki.spiffe("mesh", MESH_PORTAL);
+    let channel = channel(&server, &pki.ca, Some(&mesh)).await.unwrap();
+    let mut client = proto::grant_broker_client::GrantBrokerClient::new(channel);
+    client
+        .list_targets(tonic::Request::new(proto::ListTargetsRequest {}))
+        .await
+        .unwrap();
+    let refused = client
+        .request_access(tonic::Request::new(production_request()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let key_lines = |path: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.starts_with("-----") && line.len() > 40)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut secrets = key_lines(&mesh.1);
+    secrets.extend(key_lines(&pki.dir.path().join("server-key.pem")));
+    assert!(secrets.len() > 2, "the keys were read");
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("mesh-portal") || logs.contains("request"), "something was logged");
+    let dump = redis.dump().await;
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a log line holds key material");
+        assert!(
+            !dump.iter().any(|(_, value)| value.contains(secret.as_str())),
+            "Redis holds key material"
+        );
+    }
+}

@@ -80,6 +80,27 @@ make_dev_pki() { # dir name...
   for name in "$@"; do leaf "$name" "URI:spiffe://grant-broker.dev/$name" clientAuth; done
 }
 
+# A local OIDC issuer for development, in $1: an RSA key (key.pem) and the key set the broker
+# reads (jwks.json, kid `dev-1`); kept when already there. scripts/dev-token signs with it.
+make_dev_issuer() { # dir
+  mkdir -p "$1"
+  [ -f "$1/key.pem" ] && [ -f "$1/jwks.json" ] && return
+  "$VENV/bin/python" - "$1" <<'PY'
+import base64, json, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+public = key.public_key().public_numbers()
+b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+with open(f"{sys.argv[1]}/key.pem", "wb") as out:
+    out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()))
+with open(f"{sys.argv[1]}/jwks.json", "w") as out:
+    json.dump({"keys": [{"kty": "RSA", "kid": "dev-1", "alg": "RS256", "use": "sig",
+                         "n": b64(public.n), "e": b64(public.e)}]}, out)
+PY
+}
+
 # The project's own virtualenv, for the tools PyPI ships.
 ensure_venv() {
   if [ -x "$VENV/bin/pip" ]; then return; fi

@@ -153,15 +153,33 @@ fn state_text(state: i32) -> &'static str {
     }
 }
 
+/// How a name was known, as the summaries say it: ` (verified by corp-sso, MFA)`,
+/// ` (asserted)`, or nothing when the answer does not say.
+fn proof_text(identity: Option<&proto::Identity>) -> String {
+    let Some(identity) = identity else {
+        return String::new();
+    };
+    match identity.proof() {
+        proto::IdentityProof::Verified => format!(
+            " (verified by {}{})",
+            identity.issuer,
+            if identity.mfa { ", MFA" } else { "" }
+        ),
+        proto::IdentityProof::Asserted => " (asserted)".to_owned(),
+        proto::IdentityProof::Unspecified => String::new(),
+    }
+}
+
 pub fn grant_summary(grant: &proto::Grant) -> String {
     let mut text = format!(
-        "grant {}  {}\n  target    {} ({}, {})\n  requester {} for {}\n  window    {} .. {}\n",
+        "grant {}  {}\n  target    {} ({}, {})\n  requester {}{} for {}\n  window    {} .. {}\n",
         grant.id,
         state_text(grant.state),
         grant.target,
         grant.role_arn,
         grant.region,
         grant.requester,
+        proof_text(grant.requester_identity.as_ref()),
         grant.grantee,
         time_text(grant.start_time.as_ref()),
         time_text(grant.end_time.as_ref()),
@@ -185,8 +203,9 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
     for approval in &grant.approvals {
         let _ = writeln!(
             text,
-            "  approval  {} ({}) at {}{}",
+            "  approval  {}{} ({}) at {}{}",
             approval.approver,
+            proof_text(approval.approver_identity.as_ref()),
             approval.groups.join(", "),
             time_text(approval.approve_time.as_ref()),
             if approval.comment.is_empty() {
@@ -253,7 +272,12 @@ pub fn grant_summary(grant: &proto::Grant) -> String {
         let by = if revocation.revoker.is_empty() {
             revocation.caller.clone()
         } else {
-            format!("{} via {}", revocation.revoker, revocation.caller)
+            format!(
+                "{}{} via {}",
+                revocation.revoker,
+                proof_text(revocation.revoker_identity.as_ref()),
+                revocation.caller
+            )
         };
         let _ = writeln!(
             text,
@@ -1000,11 +1024,16 @@ pub async fn history(client: &mut Client, id: String, json: bool) -> Result<Stri
     for event in &response.events {
         let _ = writeln!(
             text,
-            "{:>4}  {}  {:<20} {} via {}",
+            "{:>4}  {}  {:<20} {}{} via {}",
             event.cursor,
             time_text(event.event_time.as_ref()),
             event.event,
-            event.actor,
+            // The person the event names, and how the broker knew them; else the caller.
+            event
+                .person
+                .as_ref()
+                .map_or(event.actor.as_str(), |person| person.name.as_str()),
+            proof_text(event.person.as_ref()),
             event.caller
         );
     }

@@ -457,7 +457,10 @@ async fn private_keys_are_never_logged_or_stored() {
     secrets.extend(key_lines(&pki.dir.path().join("server-key.pem")));
     assert!(secrets.len() > 2, "the keys were read");
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("mesh-portal") || logs.contains("request"), "something was logged");
+    assert!(
+        logs.contains("mesh-portal") || logs.contains("request"),
+        "something was logged"
+    );
     let dump = redis.dump().await;
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a log line holds key material");

@@ -97,6 +97,8 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
 /// How often an idle connection is pinged, and how long an answer may take before it is closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the calls of a connection past its maximum age may take to finish.
+const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
 /// Where the broker serves: the API (GrantBroker, health, reflection), and, when configured, a
 /// plaintext port for health probes only.
@@ -120,6 +122,7 @@ pub async fn run(
     drain_timeout: Duration,
     tls: Option<&TlsSettings>,
 ) -> Result<(), ServeError> {
+    let tls_settings = tls;
     // Read again now (check-config read it too): what is served is what the files hold.
     let tls = tls
         .map(|tls| {
@@ -188,10 +191,18 @@ pub async fn run(
             }
         })
     });
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         // A peer that stops answering pings is dropped, not kept open forever.
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    if let Some(settings) = tls_settings {
+        // The identity a client certificate proved is read once per connection: no connection
+        // outlives `max_connection_age` (streams get a grace period, then resume elsewhere).
+        builder = builder
+            .max_connection_age(settings.max_connection_age)
+            .max_connection_age_grace(CONNECTION_AGE_GRACE);
+    }
+    let router = builder
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

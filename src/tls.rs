@@ -57,6 +57,9 @@ pub struct TlsSettings {
     pub handshake_timeout: Duration,
     /// How often the files are looked at for a change.
     pub reload_check: Duration,
+    /// Connections are closed (GOAWAY, streams given a grace period) after this long: the
+    /// identity a certificate proved at the handshake is not trusted forever.
+    pub max_connection_age: Duration,
 }
 
 impl TlsSettings {
@@ -469,6 +472,7 @@ mod tests {
                 require_client_certificate: required,
                 handshake_timeout: Duration::from_secs(5),
                 reload_check: Duration::from_secs(10),
+                max_connection_age: Duration::from_secs(3600),
             };
             let acceptor = TlsAcceptor::from(server_config(&settings).unwrap());
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

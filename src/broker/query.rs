@@ -26,7 +26,10 @@ impl<P: Ports> Broker<P> {
     ) -> Result<Grant, BrokerError> {
         let grant = self.store.get(id).await?.ok_or(BrokerError::GrantNotFound(id))?;
         match access::check_grant(caller, GrantAct::ActAsOwner, &grant) {
-            Ok(()) => Ok(grant),
+            Ok(()) => {
+                Self::same_requester(caller, &grant)?;
+                Ok(grant)
+            }
             // The use case says what only the owner may do.
             Err(Refusal::NotOwner { .. }) => Err(BrokerError::NotGrantOwner {
                 grant_id: id,
@@ -35,6 +38,22 @@ impl<P: Ports> Broker<P> {
             }),
             Err(refused) => Err(refusal(caller, refused, Some(&grant))),
         }
+    }
+
+    /// A call that carries a verified token acts on its own caller's grant only as the person or
+    /// job that requested it, when a token proved who that was: one job (or person) of a caller
+    /// does not issue, extend or cancel another's grant.
+    pub(super) fn same_requester(caller: &Caller, grant: &Grant) -> Result<(), BrokerError> {
+        let (Some(token), Some(recorded)) = (&caller.call_token, &grant.requester_verified) else {
+            return Ok(());
+        };
+        if token.verified.issuer == recorded.issuer && token.subject.as_str() == grant.requester {
+            return Ok(());
+        }
+        Err(BrokerError::NotProven(NotProven::Mismatch {
+            named: grant.requester.clone(),
+            subject: token.subject.to_string(),
+        }))
     }
 
     /// The grant as a caller sees it now: its state as of now (an ended window reads EXPIRED

@@ -81,7 +81,10 @@ impl<P: Ports> Broker<P> {
                     });
                 }
                 match self.store.get(grant_id).await? {
-                    Some(grant) => return self.replay(caller, grant, request.mfa.as_ref()).await,
+                    Some(grant) => {
+                        Self::same_proof(&grant, &vetted.requester, request.request_id.as_ref())?;
+                        return self.replay(caller, grant, request.mfa.as_ref()).await;
+                    }
                     // Reserved by an attempt that stopped before creating the grant: finish it.
                     None => grant_id,
                 }
@@ -104,7 +107,7 @@ impl<P: Ports> Broker<P> {
         let grant = Grant {
             id: grant_id,
             state,
-            request_id: request.request_id.map(|id| id.as_str().to_owned()),
+            request_id: request.request_id.as_ref().map(|id| id.as_str().to_owned()),
             caller: caller.id.clone(),
             target: target.id.clone(),
             account_id: target.account_id.clone(),
@@ -159,9 +162,28 @@ impl<P: Ports> Broker<P> {
                 .get(grant_id)
                 .await?
                 .ok_or(BrokerError::GrantNotFound(grant_id))?;
+            Self::same_proof(&existing, &vetted.requester, request.request_id.as_ref())?;
             return self.replay(caller, existing, request.mfa.as_ref()).await;
         }
         self.finish(caller, grant, request.mfa.as_ref(), Decided::JustNow).await
+    }
+
+    /// A retry names its requester as the recorded request did, and proves them the same way
+    /// (the same issuer, or asserted both times): otherwise it is another request under a
+    /// reused id.
+    fn same_proof(
+        grant: &Grant,
+        requester: &crate::domain::identity::Attribution,
+        request_id: Option<&crate::domain::RequestId>,
+    ) -> Result<(), BrokerError> {
+        let issuer = |verified: Option<&crate::domain::identity::Verified>| verified.map(|v| v.issuer.clone());
+        if issuer(grant.requester_verified.as_ref()) == issuer(requester.verified.as_ref()) {
+            return Ok(());
+        }
+        Err(BrokerError::RequestIdReused {
+            request_id: request_id.map(|id| id.as_str().to_owned()).unwrap_or_default(),
+            grant_id: grant.id,
+        })
     }
 
     /// A retried request: the recorded grant, with fresh credentials when it is approved.

@@ -139,7 +139,7 @@ impl<P: Ports> Broker<P> {
         permit_on(
             caller,
             GrantAct::Revoke {
-                naming_a_person: claimed.person().is_some(),
+                naming_a_person: claimed.names_a_person(),
             },
             &grant,
         )?;
@@ -153,7 +153,7 @@ impl<P: Ports> Broker<P> {
     /// The person a revocation is made in the name of, if the call names one (or carries their
     /// token): a verified person, unless the caller may assert people.
     fn revoker(&self, caller: &Caller, claimed: &Claimed) -> Result<Option<Decider>, BrokerError> {
-        if claimed.person().is_none() {
+        if !claimed.names_a_person() {
             return Ok(None);
         }
         self.decider(caller, claimed, "revoker").map(Some)

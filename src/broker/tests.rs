@@ -104,6 +104,7 @@ fn caller() -> Caller {
         powers: Default::default(),
         assert_people: true,
         identity: Default::default(),
+        call_token: None,
     }
 }
 
@@ -1239,7 +1240,9 @@ async fn record_only_targets_record_and_stop_issuance_without_touching_the_role(
 #[tokio::test]
 async fn who_may_revoke() {
     let setup = Setup::new();
-    let broker = setup.broker("", target(), 10);
+    // The grants wait for people: an approval portal sees (and revokes through a person) only
+    // those.
+    let broker = setup.broker(HUMANS_ONLY, target(), 10);
     let other = Caller {
         id: CallerId::parse("other-portal").unwrap(),
         ..caller()

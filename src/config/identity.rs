@@ -52,6 +52,8 @@ struct RawIssuer {
     mfa_methods: Vec<String>,
     #[serde(default)]
     facts: BTreeMap<String, String>,
+    #[serde(default)]
+    groups_prefix: String,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -227,7 +229,26 @@ pub(super) fn validate_identity(raw: RawIdentity, base: &Path, problems: &mut Ve
             groups_claim: issuer.groups_claim,
             mfa_methods: issuer.mfa_methods,
             facts: issuer.facts,
+            groups_prefix: issuer.groups_prefix,
         });
+    }
+    // Groups are one namespace in the rules: at most one issuer may mint them unprefixed, and
+    // prefixes must tell issuers apart.
+    let mut prefixes = BTreeMap::new();
+    for (index, issuer) in issuers
+        .iter()
+        .enumerate()
+        .filter(|(_, issuer)| issuer.groups_claim.is_some())
+    {
+        if let Some(first) = prefixes.insert(issuer.groups_prefix.clone(), index) {
+            problems.push(Problem::new(
+                format!("identity.issuers[{index}].groups_prefix"),
+                format!(
+                    "identity.issuers[{first}] has the same groups_prefix (`{}`): give each issuer with a groups_claim its own, so one cannot mint groups another's people are trusted by",
+                    issuer.groups_prefix
+                ),
+            ));
+        }
     }
     VerifierSettings {
         issuers,

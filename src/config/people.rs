@@ -36,6 +36,7 @@ impl CallerConfig {
             powers: self.powers.clone(),
             identity: self.identity.clone(),
             assert_people: self.assert_people,
+            call_token: None,
         }
     }
 }
@@ -97,6 +98,8 @@ pub(super) struct RawCaller {
     identity_audience: Option<String>,
     #[serde(default)]
     identity_required: bool,
+    #[serde(default)]
+    identity_claims: BTreeMap<String, String>,
     #[serde(default)]
     assert_people: bool,
 }
@@ -203,6 +206,8 @@ pub(super) fn validate_callers(
     problems: &mut Vec<Problem>,
 ) -> Vec<CallerConfig> {
     let mut token_only = BTreeMap::new();
+    // Every caller's (issuer, audience) for the tokens it presents.
+    let mut presented = Vec::new();
     let mutual = tls.is_some_and(crate::tls::TlsSettings::mutual);
     let mut identities = BTreeMap::new();
     let known: BTreeSet<&str> = targets.iter().map(|target| target.id.as_str()).collect();
@@ -277,6 +282,16 @@ pub(super) fn validate_callers(
             ));
         }
         let usable_token = token_sha256.is_some() && server.bearer_tokens;
+        for issuer in &caller.identity_issuers {
+            let audience = caller.identity_audience.clone().or_else(|| {
+                identity
+                    .issuers
+                    .iter()
+                    .find(|configured| &configured.id == issuer)
+                    .map(|configured| configured.audience.clone())
+            });
+            presented.push(((Some(issuer.clone()), audience), index));
+        }
         let by_identity = caller.identity_required && !usable_token && caller.certificate_identity.is_none();
         if by_identity {
             // The token alone says which caller this is: by its issuer and audience, which must
@@ -295,6 +310,12 @@ pub(super) fn validate_callers(
                     .and_then(|id| identity.issuers.iter().find(|issuer| &issuer.id == id))
                     .map(|issuer| issuer.audience.clone())
             });
+            if caller.identity_claims.is_empty() {
+                problems.push(Problem::new(
+                    key("identity_claims"),
+                    "a caller its token alone identifies must say which tokens are its own (e.g. { repository_owner_id = \"42\" }): any job on the platform can get a token for any audience",
+                ));
+            }
             let binding = (caller.identity_issuers.first().cloned(), audience);
             if let Some(first) = token_only.insert(binding, index) {
                 problems.push(Problem::new(
@@ -371,9 +392,24 @@ pub(super) fn validate_callers(
                     issuers: caller.identity_issuers.into_iter().collect(),
                     audience: caller.identity_audience,
                     required: caller.identity_required,
+                    claims: caller.identity_claims,
                 },
                 assert_people: caller.assert_people,
             });
+        }
+    }
+    // A token that one caller may present must not alone identify another: a person's token
+    // forwarded to a portal could otherwise be sent on its own, as the other caller.
+    for (binding, index) in presented {
+        if let Some(&bound) = token_only.get(&binding)
+            && bound != index
+        {
+            problems.push(Problem::new(
+                format!("callers[{index}].identity_audience"),
+                format!(
+                    "callers[{bound}] is identified by this issuer and audience alone: a token sent here could be sent as that caller; give one of them its own identity_audience"
+                ),
+            ));
         }
     }
     callers

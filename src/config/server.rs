@@ -44,7 +44,17 @@ pub(super) struct RawTls {
     handshake_timeout_ms: u64,
     #[serde(default = "default_reload_check_secs")]
     reload_check_secs: u64,
+    #[serde(default = "default_max_connection_age_secs")]
+    max_connection_age_secs: u64,
 }
+
+/// A connection's client certificate is read once, at its handshake: connections are closed
+/// (gracefully) after this long, so an expired or replaced certificate stops naming its caller.
+fn default_max_connection_age_secs() -> u64 {
+    3_600
+}
+
+const MAX_CONNECTION_AGE_SECS: std::ops::RangeInclusive<u64> = 60..=86_400;
 
 fn default_reload_check_secs() -> u64 {
     10
@@ -111,6 +121,17 @@ pub(super) fn validate_tls(
         ));
         return None;
     }
+    if !MAX_CONNECTION_AGE_SECS.contains(&raw.max_connection_age_secs) {
+        problems.push(Problem::new(
+            "server.tls.max_connection_age_secs",
+            format!(
+                "must be {}-{}",
+                MAX_CONNECTION_AGE_SECS.start(),
+                MAX_CONNECTION_AGE_SECS.end()
+            ),
+        ));
+        return None;
+    }
     let settings = TlsSettings {
         cert_file: base.join(&raw.cert_file),
         key_file: base.join(&raw.key_file),
@@ -119,6 +140,7 @@ pub(super) fn validate_tls(
         require_client_certificate: !bearer_tokens,
         handshake_timeout: std::time::Duration::from_millis(raw.handshake_timeout_ms),
         reload_check: std::time::Duration::from_secs(raw.reload_check_secs),
+        max_connection_age: std::time::Duration::from_secs(raw.max_connection_age_secs),
     };
     match crate::tls::server_config(&settings) {
         Ok(_) => Some(settings),

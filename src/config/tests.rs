@@ -492,6 +492,11 @@ fn tls_settings_that_cannot_work_are_named() {
         with_rules(&text)
     };
     let ca_line = format!("client_ca_file = \"{}\"", ca.display());
+    // Connections live an hour unless told otherwise, never under a minute.
+    let aged = tls("", "", "").unwrap().tls.unwrap();
+    assert_eq!(aged.max_connection_age, Duration::from_secs(3600));
+    let problems = tls("", "max_connection_age_secs = 5", "").unwrap_err();
+    assert_eq!(problems[0].key, "server.tls.max_connection_age_secs", "{problems:?}");
     // Tokens off without mTLS: nobody could authenticate.
     let problems = tls("bearer_tokens = false", "", "").unwrap_err();
     assert!(problems.iter().any(|p| p.key == "server.bearer_tokens"), "{problems:?}");
@@ -532,10 +537,11 @@ const ISSUERS: &str = r#"
 #[test]
 fn identity_issuers_and_callers_that_use_them_load() {
     let text = format!(
-        "{}\n    identity_issuers = [\"corp\"]\n{ISSUERS}\n    [[callers]]\n    id = \"deploy\"\n    targets = [\"prod-logs-read\"]\n    identity_issuers = [\"github\"]\n    identity_required = true\n",
+        "{}\n    identity_issuers = [\"corp\"]\n{ISSUERS}\n    [[callers]]\n    id = \"deploy\"\n    targets = [\"prod-logs-read\"]\n    identity_issuers = [\"github\"]\n    identity_required = true\n    identity_claims = {{ repository_owner_id = \"42\" }}\n",
         GOOD.trim_end()
     );
     let config = with_rules(&text).unwrap();
+    assert_eq!(config.callers[1].identity.claims["repository_owner_id"], "42");
     assert_eq!(config.identity.leeway, Duration::from_secs(30));
     let github = &config.identity.issuers[1];
     assert_eq!(github.kind, crate::domain::identity::PrincipalKind::Workload);
@@ -582,13 +588,52 @@ fn identity_problems_are_reported_by_key() {
             "identity.issuers[1].facts.repo id",
             "callers[0].identity_issuers[0]",
             "callers[1].identity_issuers",
+            "callers[1].identity_claims",
             "callers[2].identity_required",
+            "callers[2].identity_claims",
         ],
         "{problems:?}"
     );
     let said = |key: &str| problems.iter().find(|p| p.key == key).unwrap().message.clone();
     assert!(said("identity.issuers[0].algorithms[0]").contains("never none or HMAC"));
     assert!(said("callers[1].identity_issuers").contains("exactly one issuer"));
+    assert!(said("callers[1].identity_claims").contains("any job on the platform"));
+}
+
+#[test]
+fn a_token_one_caller_presents_never_alone_identifies_another() {
+    // The portal forwards corp tokens for the default audience; a caller identified by corp
+    // tokens of that audience alone would take every one of them.
+    let text = format!(
+        "{}\n    identity_issuers = [\"corp\"]\n{ISSUERS}\n    [[callers]]\n    id = \"job\"\n    targets = []\n    identity_issuers = [\"corp\"]\n    identity_required = true\n    identity_claims = {{ sub = \"job\" }}\n",
+        GOOD.trim_end()
+    );
+    let problems = with_rules(&text).unwrap_err();
+    assert_eq!(problems[0].key, "callers[0].identity_audience", "{problems:?}");
+    assert!(problems[0].message.contains("callers[1]"), "{problems:?}");
+    // Its own audience sets it apart.
+    let apart = text.replace(
+        "identity_required = true",
+        "identity_required = true\n    identity_audience = \"grant-broker-job\"",
+    );
+    with_rules(&apart).unwrap();
+}
+
+#[test]
+fn issuers_with_groups_mint_them_in_their_own_namespace() {
+    let both = ISSUERS.replace(
+        "kind = \"workload\"",
+        "kind = \"person\"\n    groups_claim = \"groups\"",
+    );
+    let problems = with_rules(&format!("{GOOD}{both}")).unwrap_err();
+    assert_eq!(problems[0].key, "identity.issuers[1].groups_prefix", "{problems:?}");
+    let prefixed = both.replacen(
+        "kind = \"person\"\n    groups_claim = \"groups\"",
+        "kind = \"person\"\n    groups_claim = \"groups\"\n    groups_prefix = \"github:\"",
+        1,
+    );
+    let config = with_rules(&format!("{GOOD}{prefixed}")).unwrap();
+    assert_eq!(config.identity.issuers[1].groups_prefix, "github:");
 }
 
 #[test]

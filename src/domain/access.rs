@@ -199,10 +199,9 @@ pub fn check_call(caller: &Caller, rpc: Rpc) -> Result<(), Refusal> {
 pub fn check_grant(caller: &Caller, act: GrantAct, grant: &Grant) -> Result<(), Refusal> {
     let powers = &caller.powers;
     let standing = standing(caller, grant);
-    // A relaying caller sees the grants its approvers decide; the decision calls also reach a
-    // grant on a relayed target that never waited (the rules then refuse the person, or its
-    // state does), exactly as before relays were scoped by target.
-    let relays_target = powers.relay.covers(&grant.target);
+    // A relaying caller decides (and revokes through a person) what it sees: the grants of its
+    // targets that are for people, or any it reads anyway. Others do not exist for it.
+    let relays_target = powers.relay.covers(&grant.target) && (for_people(grant) || standing != Standing::Stranger);
     match act {
         GrantAct::Read => match standing {
             Standing::Stranger => Err(Refusal::NotFound),
@@ -247,6 +246,7 @@ mod tests {
             powers,
             identity: Default::default(),
             assert_people: false,
+            call_token: None,
         }
     }
 
@@ -315,8 +315,11 @@ mod tests {
             assert!(not_owner(check(&auditor, ActAsOwner)) && not_owner(check(&admin, ActAsOwner)));
             assert_eq!(check(&stranger, ActAsOwner), Err(Refusal::NotFound));
             assert_eq!(not_owner(check(&relay_t, ActAsOwner)), for_people);
-            // Deciding: relays of the target only.
-            assert_eq!(check(&relay_t, Decide), Ok(()));
+            // Deciding: relays of the target, on what they see.
+            assert_eq!(
+                check(&relay_t, Decide),
+                if for_people { Ok(()) } else { Err(Refusal::NotFound) }
+            );
             assert_eq!(check(&relay_other, Decide), Err(Refusal::NotFound));
             assert_eq!(check(&auditor, Decide), Err(Refusal::MayNotRelay));
             assert_eq!(check(&owner, Decide), Err(Refusal::MayNotRelay));
@@ -326,7 +329,10 @@ mod tests {
                 assert_eq!(check(who, Revoke { naming_a_person: false }), Ok(()));
             }
             assert!(not_owner(check(&auditor, Revoke { naming_a_person: false })));
-            assert_eq!(check(&relay_t, Revoke { naming_a_person: true }), Ok(()));
+            assert_eq!(
+                check(&relay_t, Revoke { naming_a_person: true }),
+                if for_people { Ok(()) } else { Err(Refusal::NotFound) }
+            );
             assert_eq!(
                 not_owner(check(&relay_t, Revoke { naming_a_person: false })),
                 for_people

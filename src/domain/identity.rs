@@ -182,6 +182,16 @@ pub struct AssertionPolicy {
 }
 
 impl Claimed {
+    /// Whether the call names a person acting: a name sent, or a person's token (a job's token
+    /// alone names nobody: the job acts as its caller).
+    pub fn names_a_person(&self) -> bool {
+        self.named.is_some()
+            || self
+                .token
+                .as_ref()
+                .is_some_and(|token| token.verified.kind == PrincipalKind::Person)
+    }
+
     /// The person this claim is about: the token's subject, else the name sent.
     pub fn person(&self) -> Option<&Person> {
         self.token.as_ref().map(|token| &token.subject).or(self.named.as_ref())

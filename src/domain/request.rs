@@ -57,6 +57,8 @@ pub struct Caller {
     /// Whether it may name people without their verified token (recorded as asserted). Off by
     /// default: a caller then names only itself, or a person whose token it forwards.
     pub assert_people: bool,
+    /// The identity token this call carried, verified (per call: set by the transport).
+    pub call_token: Option<std::sync::Arc<super::identity::VerifiedIdentity>>,
 }
 
 /// Which identity tokens a caller may present, and for which audience.
@@ -68,6 +70,9 @@ pub struct CallerIdentity {
     pub audience: Option<String>,
     /// Every call must carry a verified token (a pipeline proving which job it is).
     pub required: bool,
+    /// Claims (a name or a JSON pointer) its tokens must carry with these values: what makes a
+    /// platform's token this caller's and not any job's on the platform (`repository_owner_id`).
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 impl Caller {

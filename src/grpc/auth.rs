@@ -139,6 +139,15 @@ impl Authenticator {
             None => None,
             Some(token) => Some(Arc::new(self.verify(&caller, token, now).await?)),
         };
+        // The use cases see which token the call carried (the caller's own grants are only
+        // its person's or job's to act on): a copy of the caller, for calls with a token.
+        let caller = match &identity {
+            Some(identity) => Arc::new(Caller {
+                call_token: Some(Arc::clone(identity)),
+                ..(*caller).clone()
+            }),
+            None => caller,
+        };
         Ok(Authenticated { caller, identity })
     }
 
@@ -174,7 +183,7 @@ impl Authenticator {
             )));
         }
         verifier
-            .verify(token, caller.identity.audience.as_deref(), now)
+            .verify(token, caller.identity.audience.as_deref(), &caller.identity.claims, now)
             .await
             .map_err(|error| refused(&error))
     }

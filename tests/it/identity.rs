@@ -16,6 +16,8 @@ const SSO_APPROVALS_TOKEN: &str = "sso-approvals-token-0123456789";
 const OTHER_AUDIENCE_TOKEN: &str = "other-audience-token-0123456789";
 const AUDIENCE: &str = "grant-broker";
 const DEPLOY_AUDIENCE: &str = "grant-broker-deploy";
+/// The github issuer's own audience (what callers other than the pipeline present its tokens for).
+const GITHUB_AUDIENCE: &str = "https://github.com/acme";
 
 /// The issuers and the server that trusts them.
 struct World {
@@ -42,6 +44,10 @@ unless {
   principal.hasTag("repository_id") && principal.getTag("repository_id") == "123" &&
   principal.hasTag("ref") && principal.getTag("ref") == "refs/heads/main"
 };
+
+@id("tickets-marked-for-people-wait")
+forbid (principal, action == GrantBroker::Action::"auto_approve", resource)
+when { context.ticket == "NEEDS-PEOPLE" };
 
 @id("payments-namespace-only")
 @reason("only the payments namespace reads these logs")
@@ -84,7 +90,7 @@ mfa_methods = ["mfa", "hwk"]
 [[identity.issuers]]
 id = "github"
 issuer = "{github}"
-audience = "{DEPLOY_AUDIENCE}"
+audience = "{GITHUB_AUDIENCE}"
 kind = "workload"
 ca_file = "{github_ca}"
 facts = {{ repository_id = "repository_id", repository_owner_id = "repository_owner_id", ref = "ref", job_workflow_ref = "job_workflow_ref", environment = "environment", runner_environment = "runner_environment" }}
@@ -123,12 +129,16 @@ id = "deploy-pipeline"
 targets = ["dev-logs-read"]
 identity_issuers = ["github"]
 identity_required = true
+identity_audience = "{DEPLOY_AUDIENCE}"
+# Any job on GitHub can get a token for this audience: only acme's (owner id 42) are its own.
+identity_claims = {{ repository_owner_id = "42" }}
 
 [[callers]]
 id = "k8s-job"
 targets = ["app-logs"]
 identity_issuers = ["k8s"]
 identity_required = true
+identity_claims = {{ "/kubernetes.io/serviceaccount/name" = "reader" }}
 
 [[targets]]
 id = "prod-verified"
@@ -411,6 +421,11 @@ async fn tokens_that_do_not_verify_are_refused_for_their_reason() {
             .list_targets(with_identity(Some(caller), &token, proto::ListTargetsRequest {}))
             .await
             .unwrap_err();
+        assert!(!refused.message().contains(&token), "{case}: the token is echoed");
+        if case == "a key the set does not hold" {
+            assert!(unknown_key(&refused, "corp-rsa-2"), "{refused:?}");
+            continue;
+        }
         assert_eq!(refused.code(), Code::Unauthenticated, "{case}: {refused:?}");
         assert_eq!(error_reason(&refused), "IDENTITY_TOKEN_INVALID", "{case}");
         assert!(refused.message().contains(says), "{case}: `{}`", refused.message());
@@ -422,6 +437,17 @@ async fn tokens_that_do_not_verify_are_refused_for_their_reason() {
         .list_targets(with_identity(Some(SSO_PORTAL_TOKEN), &ec, proto::ListTargetsRequest {}))
         .await
         .unwrap();
+}
+
+/// A token whose `kid` the set lacks: refused (UNAUTHENTICATED) when the set was just fetched,
+/// or UNAVAILABLE (try again) while the refetch interval is closed; either way saying which key.
+fn unknown_key(refused: &tonic::Status, kid: &str) -> bool {
+    let said = refused.message().contains(&format!("no key `{kid}`"));
+    match refused.code() {
+        Code::Unauthenticated => said && error_reason(refused) == "IDENTITY_TOKEN_INVALID",
+        Code::Unavailable => said && error_reason(refused) == "IDENTITY_KEYS_UNAVAILABLE",
+        _ => false,
+    }
 }
 
 fn base64_json(value: &Value) -> String {
@@ -450,13 +476,14 @@ async fn unknown_keys_are_fetched_at_most_once_per_interval_and_rotation_retires
     let fetched = world.corp.jwks_fetches();
     assert_eq!(fetched, 1, "one fetch serves every token until the set goes stale");
 
-    // A key the set does not hold yet: refused; a burst of them fetches at most once.
+    // A key the set does not hold yet: refused; a burst of them fetches at most once, and
+    // within the interval the answer is to try again (the issuer may just have added it).
     let next = SigningKey::rsa("corp-rsa-2");
     for _ in 0..5 {
         let refused = call(world.corp.token(&next, AUDIENCE, "alice", json!({})))
             .await
             .unwrap_err();
-        assert_eq!(error_reason(&refused), "IDENTITY_TOKEN_INVALID");
+        assert!(unknown_key(&refused, "corp-rsa-2"), "{refused:?}");
     }
     assert!(
         world.corp.jwks_fetches() <= fetched + 1,
@@ -591,7 +618,7 @@ async fn decisions_in_a_persons_name_need_that_person_verified_and_recently_with
     // A job's token never approves.
     let job = world.github.token(
         &world.github_key,
-        DEPLOY_AUDIENCE,
+        GITHUB_AUDIENCE,
         "repo:acme/app:ref:refs/heads/main",
         json!({}),
     );
@@ -765,7 +792,7 @@ async fn identity_tokens_are_never_stored_logged_or_echoed() {
         &world.github_key,
         DEPLOY_AUDIENCE,
         "repo:acme/app:ref:refs/heads/main",
-        json!({ "repository_id": "123", "ref": "refs/heads/main" }),
+        json!({ "repository_id": "123", "repository_owner_id": "42", "ref": "refs/heads/main" }),
     );
 
     let grant = client
@@ -838,7 +865,7 @@ async fn the_cli_presents_a_pipelines_token_from_a_file() {
             &world.github_key,
             DEPLOY_AUDIENCE,
             "repo:acme/app:ref:refs/heads/main",
-            json!({ "repository_id": "123", "ref": git_ref }),
+            json!({ "repository_id": "123", "repository_owner_id": "42", "ref": git_ref }),
         )
     };
     let explain = |token: String| {
@@ -876,4 +903,87 @@ async fn the_cli_presents_a_pipelines_token_from_a_file() {
         decided["decision"]["policy_ids"][0],
         "deploy-only-from-main-of-repo-123"
     );
+}
+
+#[tokio::test]
+async fn a_pipeline_acts_only_as_its_own_jobs() {
+    let world = World::start().await;
+    let mut client = world.server.client().await;
+    let job = |subject: &str, owner: &str| {
+        world.github.token(
+            &world.github_key,
+            DEPLOY_AUDIENCE,
+            subject,
+            json!({ "repository_id": "123", "repository_owner_id": owner, "ref": "refs/heads/main" }),
+        )
+    };
+    // Any GitHub job can get a token for this audience; only acme's name the caller.
+    let stranger = client
+        .list_targets(with_identity(
+            None,
+            &job("repo:evil/app:ref:refs/heads/main", "999"),
+            proto::ListTargetsRequest {},
+        ))
+        .await
+        .unwrap_err();
+    assert_status(
+        &stranger,
+        Code::Unauthenticated,
+        "IDENTITY_TOKEN_INVALID",
+        "`repository_owner_id` is not what this caller requires",
+    );
+
+    let deploy = job("repo:acme/app:ref:refs/heads/main", "42");
+    let waiting = proto::RequestAccessRequest {
+        ticket: "NEEDS-PEOPLE".into(),
+        ..pipeline_request("dev-logs-read")
+    };
+    let grant = client
+        .request_access(with_identity(None, &deploy, waiting))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(grant.state(), proto::GrantState::PendingApproval);
+    assert_eq!(grant.requester, "repo:acme/app:ref:refs/heads/main");
+    assert_eq!(grant.requester_identity.as_ref().unwrap().kind, "workload");
+
+    // Another job of the same caller does not act on it.
+    let other_job = job("repo:acme/other:ref:refs/heads/main", "42");
+    let cancel = |token: String| {
+        let mut client = client.clone();
+        let id = grant.id.clone();
+        async move {
+            client
+                .cancel_grant(with_identity(
+                    None,
+                    &token,
+                    proto::CancelGrantRequest {
+                        id,
+                        reason: "not mine".into(),
+                    },
+                ))
+                .await
+        }
+    };
+    let refused = cancel(other_job).await.unwrap_err();
+    assert_status(&refused, Code::PermissionDenied, "IDENTITY_MISMATCH", "repo:acme/other");
+
+    // Its own job takes it back, with no person named: a job's token names nobody.
+    let revoked = client
+        .revoke_grant(with_identity(
+            None,
+            &deploy,
+            proto::RevokeGrantRequest {
+                id: grant.id.clone(),
+                reason: "deploy aborted".into(),
+                revoker: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.state(), proto::GrantState::Revoked);
+    assert_eq!(revoked.revocation.unwrap().revoker, "");
 }

@@ -34,6 +34,9 @@ const MAX_KEYS: usize = 100;
 /// whatever it says.
 const DEFAULT_FRESH: Duration = Duration::from_secs(3600);
 const MAX_FRESH: Duration = Duration::from_secs(24 * 3600);
+/// How long past its freshness a set is still used while fetches fail: an issuer that cannot be
+/// reached for a day no longer vouches for anyone (a key it rotated out must not live on).
+const MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,11 +140,14 @@ impl KeyCache {
         })
     }
 
+    /// The set in use, unless it is more than [`MAX_STALE`] past its freshness.
     fn current(&self) -> Option<Arc<KeySet>> {
-        self.set
+        let set = self
+            .set
             .read()
             .map(|set| set.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        set.filter(|set| set.fresh_until + MAX_STALE > Instant::now())
     }
 
     /// The key `kid` names (or the set's only key, when the token names none), fetching the set
@@ -160,7 +166,18 @@ impl KeyCache {
             }
         } else {
             let fetching = self.fetching.lock().await;
-            self.refresh(fetching).await;
+            if !self.refresh(fetching).await
+                && let Some(set) = self.current()
+                && find(&set, kid).is_none()
+            {
+                // Not in the set, and too soon to fetch it again: a key the issuer may have
+                // just added. Try again later, rather than be told the token is bad.
+                return Err(KeyError::Unavailable(format!(
+                    "{}; the set was fetched less than {} s ago: try again then",
+                    self.unknown_text(kid),
+                    self.refetch_interval.as_secs()
+                )));
+            }
         }
         match self.current() {
             Some(set) => find(&set, kid).ok_or_else(|| self.unknown(kid)),
@@ -173,7 +190,11 @@ impl KeyCache {
     }
 
     fn unknown(&self, kid: Option<&str>) -> KeyError {
-        KeyError::Unknown(match kid {
+        KeyError::Unknown(self.unknown_text(kid))
+    }
+
+    fn unknown_text(&self, kid: Option<&str>) -> String {
+        match kid {
             Some(kid) => format!(
                 "no key `{}` in issuer `{}`'s key set",
                 crate::domain::clip(kid, 64),
@@ -183,7 +204,7 @@ impl KeyCache {
                 "the token names no key (`kid`) and issuer `{}`'s set holds more than one",
                 self.issuer
             ),
-        })
+        }
     }
 
     async fn last_error_suffix(&self) -> String {
@@ -196,13 +217,13 @@ impl KeyCache {
             .unwrap_or_default()
     }
 
-    /// Fetches the set unless another fetch ran within the refetch interval; a failure keeps
-    /// the set there is (and is logged).
-    async fn refresh(&self, mut fetching: tokio::sync::MutexGuard<'_, Fetching>) {
+    /// Fetches the set unless another fetch ran within the refetch interval (then `false`); a
+    /// failure keeps the set there is (and is logged).
+    async fn refresh(&self, mut fetching: tokio::sync::MutexGuard<'_, Fetching>) -> bool {
         if let Some(last) = fetching.last_attempt
             && last.elapsed() < self.refetch_interval
         {
-            return;
+            return false;
         }
         fetching.last_attempt = Some(Instant::now());
         match self.fetch(&mut fetching).await {
@@ -218,6 +239,7 @@ impl KeyCache {
                 fetching.last_error = Some(error);
             }
         }
+        true
     }
 
     async fn fetch(&self, fetching: &mut Fetching) -> Result<KeySet, String> {

@@ -62,6 +62,9 @@ pub struct IssuerSettings {
     pub mfa_methods: Vec<String>,
     /// Fact name -> claim: a top-level claim name, or a JSON pointer (`/kubernetes.io/namespace`).
     pub facts: BTreeMap<String, String>,
+    /// Prepended to every group of its tokens (`partner:`), so that one issuer cannot mint a
+    /// group another's people are trusted by; at most one issuer with groups has none.
+    pub groups_prefix: String,
 }
 
 /// Every issuer and the verifier's clocks.
@@ -198,11 +201,13 @@ impl Verifier {
     }
 
     /// Verifies `token` (of the issuer [`Self::issuer_id_of`] named) for `audience` (else the
-    /// issuer's own), at `now`.
+    /// issuer's own), at `now`; its claims must hold `required` (claim or JSON pointer -> value:
+    /// what a caller its token alone identifies demands, such as its repository owner's id).
     pub async fn verify(
         &self,
         token: &str,
         audience: Option<&str>,
+        required: &BTreeMap<String, String>,
         now: OffsetDateTime,
     ) -> Result<VerifiedIdentity, TokenError> {
         let claims = unverified_claims(token)?;
@@ -255,6 +260,14 @@ impl Verifier {
             ))
         })?;
         self.check_claims(&claims, audience.unwrap_or(&settings.audience), now)?;
+        for (claim, value) in required {
+            if claim_at(&claims, claim).and_then(scalar).as_deref() != Some(value.as_str()) {
+                return Err(invalid(format!(
+                    "the identity token's `{}` is not what this caller requires",
+                    crate::domain::clip(claim, 64)
+                )));
+            }
+        }
         identity(settings, &claims)
     }
 
@@ -359,6 +372,12 @@ fn identity(
     })?;
     let subject = Person::parse(&settings.subject_claim, &subject)
         .map_err(|violation| invalid(format!("the identity token's subject: {}", violation.description)))?;
+    // An address the issuer says it has not verified names nobody.
+    if settings.subject_claim == "email" && claims.get("email_verified") == Some(&Value::Bool(false)) {
+        return Err(invalid(
+            "the identity token's email is not verified (`email_verified` is false)",
+        ));
+    }
     let groups = match settings.groups_claim.as_ref().and_then(|claim| claims.get(claim)) {
         None | Some(Value::Null) => BTreeSet::new(),
         Some(Value::String(one)) => BTreeSet::from([one.clone()]),
@@ -378,6 +397,14 @@ fn identity(
             crate::domain::echo(group)
         )));
     }
+    let groups = if settings.groups_prefix.is_empty() {
+        groups
+    } else {
+        groups
+            .into_iter()
+            .map(|group| format!("{}{group}", settings.groups_prefix))
+            .collect()
+    };
     let mfa = match claims.get("amr") {
         Some(Value::Array(methods)) => methods
             .iter()

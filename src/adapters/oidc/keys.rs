@@ -475,3 +475,39 @@ mod tests {
         assert!(parse_key_set(br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#, Instant::now()).is_err());
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_set_file_is_read_and_read_again_for_an_unknown_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let key = |kid: &str| {
+            format!(
+                r#"{{"kty": "EC", "kid": "{kid}", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}"#
+            )
+        };
+        std::fs::write(&path, format!(r#"{{"keys": [{}]}}"#, key("one"))).unwrap();
+        let cache = KeyCache::new(
+            "https://issuer.test",
+            KeySource::File(path.clone()),
+            None,
+            Duration::from_secs(1),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert!(cache.key(Some("one")).await.is_ok());
+        assert!(matches!(cache.key(Some("two")).await, Err(KeyError::Unknown(_))));
+        std::fs::write(&path, format!(r#"{{"keys": [{}, {}]}}"#, key("one"), key("two"))).unwrap();
+        assert!(
+            cache.key(Some("two")).await.is_ok(),
+            "an unknown kid reads the file again"
+        );
+        // A file that turns bad keeps the last good set.
+        std::fs::write(&path, "not json").unwrap();
+        assert!(cache.key(Some("one")).await.is_ok());
+        assert!(matches!(cache.key(Some("three")).await, Err(KeyError::Unknown(_))));
+    }
+}

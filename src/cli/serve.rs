@@ -126,11 +126,12 @@ pub(crate) fn check_config(path: PathBuf, explain: Option<PathBuf>) -> ExitCode 
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} targets, {} callers, {} rules, {} webhooks, {} warning(s))",
+                "{}: ok ({} targets, {} callers, {} rules, {} identity issuers, {} webhooks, {} warning(s))",
                 path.display(),
                 config.targets.len(),
                 config.callers.len(),
                 config.rules.policy_count(),
+                config.identity.issuers.len(),
                 config.webhooks.len(),
                 config.warnings.len()
             );

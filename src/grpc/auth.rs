@@ -160,17 +160,20 @@ impl Authenticator {
     /// The caller a token alone identifies (no certificate, no bearer token): the one bound to
     /// its issuer and an audience it carries. The token is verified after, for that caller.
     fn caller_by_token(&self, token: &str) -> Result<Arc<Caller>, Status> {
-        let verifier = self.verifier()?;
-        let (issuer, audiences) = verifier.unverified_binding(token).map_err(|error| refused(&error))?;
+        // One answer for every token that names no caller, so that a peer with no credentials
+        // cannot learn from the refusal which issuers and audiences are configured.
+        let nobody = || {
+            unauthenticated(
+                "missing `authorization: Bearer <token>` metadata, and the identity token names no caller that authenticates by its token",
+            )
+        };
+        let verifier = self.verifier().map_err(|_| nobody())?;
+        let (issuer, audiences) = verifier.unverified_binding(token).map_err(|_| nobody())?;
         audiences
             .iter()
             .find_map(|audience| self.by_token_binding.get(&(issuer.to_owned(), audience.clone())))
             .cloned()
-            .ok_or_else(|| {
-                unauthenticated(
-                    "missing `authorization: Bearer <token>` metadata, and the identity token's issuer and audience name no caller that authenticates by its token",
-                )
-            })
+            .ok_or_else(nobody)
     }
 
     async fn verify(&self, caller: &Caller, token: &str, now: OffsetDateTime) -> Result<VerifiedIdentity, Status> {

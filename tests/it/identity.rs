@@ -933,6 +933,31 @@ async fn a_pipeline_acts_only_as_its_own_jobs() {
         "`repository_owner_id` is not what this caller requires",
     );
 
+    // Without credentials, a token that names no caller gets one answer, whatever it names:
+    // nothing is learnt of which issuers and audiences are configured.
+    let anonymous = |token: String| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_targets(with_identity(None, &token, proto::ListTargetsRequest {}))
+                .await
+                .unwrap_err()
+                .message()
+                .to_owned()
+        }
+    };
+    let unbound = world
+        .github
+        .token(&world.github_key, "some-audience", "repo:acme/app", json!({}));
+    let unconfigured = world
+        .rsa
+        .sign(&json!({ "iss": "https://nobody.example", "aud": DEPLOY_AUDIENCE, "exp": 0 }));
+    assert_eq!(anonymous(unbound).await, anonymous(unconfigured).await);
+    assert_eq!(
+        anonymous("junk".into()).await,
+        anonymous(world.person("alice", json!({}))).await
+    );
+
     let deploy = job("repo:acme/app:ref:refs/heads/main", "42");
     let waiting = proto::RequestAccessRequest {
         ticket: "NEEDS-PEOPLE".into(),

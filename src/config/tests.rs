@@ -677,3 +677,86 @@ fn with_several_peoples_issuers_each_approver_names_the_one_that_proves_them() {
     let config = with_rules(&format!("{GOOD}{ISSUERS}{}", approvers.replace("nobody", "corp"))).unwrap();
     assert_eq!(config.broker.approver_issuers.len(), 2);
 }
+
+/// Fuzzing on stable Rust: the shipped configurations and this module's, mutated at random
+/// (lines dropped, values swapped for odd ones, text inserted), are checked: a configuration or
+/// a list of problems, never a panic.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/grant-broker.example.toml");
+
+    fn corpus() -> Vec<String> {
+        vec![GOOD.to_owned(), format!("{GOOD}{ISSUERS}"), EXAMPLE.to_owned()]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        DropLine(usize),
+        /// The value after `=` on a line becomes this.
+        Value(usize, &'static str),
+        Insert(usize, String),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        let odd = prop_oneof![
+            Just("0"),
+            Just("-1"),
+            Just("18446744073709551615"),
+            Just("\"\""),
+            Just("[]"),
+            Just("true"),
+            Just("{}"),
+            Just("\"\\u0000\""),
+            Just("\"*\""),
+            Just("[\"*\", \"\"]"),
+            Just("\"https://\""),
+            Just("\"../../etc/passwd\""),
+        ];
+        prop_oneof![
+            any::<usize>().prop_map(Mutation::DropLine),
+            (any::<usize>(), odd).prop_map(|(at, value)| Mutation::Value(at, value)),
+            (any::<usize>(), "\\PC{0,30}").prop_map(|(at, text)| Mutation::Insert(at, text)),
+        ]
+    }
+
+    fn apply(text: &str, mutations: &[Mutation]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for mutation in mutations {
+            let len = lines.len().max(1);
+            match mutation {
+                Mutation::DropLine(at) if !lines.is_empty() => {
+                    lines.remove(at % len);
+                }
+                Mutation::Value(at, value) => {
+                    if let Some(line) = lines.get_mut(at % len)
+                        && let Some((key, _)) = line.split_once('=')
+                    {
+                        *line = format!("{key}= {value}");
+                    }
+                }
+                Mutation::Insert(at, inserted) => lines.insert(at % (lines.len() + 1), inserted.clone()),
+                Mutation::DropLine(_) => {}
+            }
+        }
+        lines.join("\n")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: crate::testing::fuzz_cases(300), ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_configurations_are_answered(
+            which in 0..3usize,
+            mutations in proptest::collection::vec(mutation(), 1..5),
+        ) {
+            let text = apply(&corpus()[which], &mutations);
+            match with_rules(&text) {
+                Ok(_) => {}
+                Err(problems) => prop_assert!(!problems.is_empty()),
+            }
+        }
+    }
+}

@@ -799,3 +799,86 @@ mod tests {
         assert!(!format!("{validated:?}").contains("314159"));
     }
 }
+
+/// Fuzzing on stable Rust: requests of arbitrary text (any Unicode, control and format
+/// characters, lengths around every bound), arbitrary scopes, durations and times are validated:
+/// refused with field violations or converted, never a panic; what converts holds nothing the
+/// bounds forbid.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,40}",
+            "[a-z0-9:*?/._-]{0,40}",
+            ".{0,8}",
+            Just("\u{202e}evil".to_owned()),
+            Just("a".repeat(2_100)),
+            Just("arn:aws:s3:::acme-logs/*".to_owned()),
+            Just("s3:GetObject".to_owned()),
+            Just("${aws:username}".to_owned()),
+        ]
+    }
+
+    fn scope() -> impl Strategy<Value = proto::Scope> {
+        (
+            proptest::collection::vec(text(), 0..4),
+            proptest::collection::vec(text(), 0..4),
+        )
+            .prop_map(|(actions, resources)| proto::Scope { actions, resources })
+    }
+
+    fn request() -> impl Strategy<Value = proto::RequestAccessRequest> {
+        (
+            (text(), text(), proptest::collection::vec(scope(), 0..4), text()),
+            (text(), text(), text(), text(), text()),
+            (
+                proptest::option::of((any::<i64>(), any::<i32>())),
+                proptest::option::of((any::<i64>(), any::<i32>())),
+                any::<bool>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (request_id, target, scopes, justification),
+                    (ticket, requester, grantee, mfa_serial, mfa_code),
+                    (duration, start, break_glass),
+                )| proto::RequestAccessRequest {
+                    request_id,
+                    target,
+                    scopes,
+                    duration: duration.map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+                    justification,
+                    ticket,
+                    requester,
+                    grantee,
+                    mfa_serial,
+                    mfa_code,
+                    start_time: start.map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+                    break_glass,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: crate::testing::fuzz_cases(2_000), ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_request_is_validated(message in request()) {
+            match validate_access_request(message) {
+                Ok(request) => {
+                    prop_assert!(!request.scopes.is_empty());
+                    prop_assert!((limits::MIN_DURATION_SECS..=limits::MAX_DURATION_SECS).contains(&request.duration_secs));
+                    for text in [&request.justification, &request.ticket, &request.requester, &request.grantee] {
+                        prop_assert!(!text.chars().any(char::is_control), "{text:?}");
+                        prop_assert!(!crate::domain::request::has_invisible_format(text), "{text:?}");
+                    }
+                }
+                Err(violations) => prop_assert!(!violations.is_empty()),
+            }
+        }
+    }
+}

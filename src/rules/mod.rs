@@ -1106,6 +1106,59 @@ mod tests {
         assert!(!eligible("any-other-portal"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: crate::testing::fuzz_cases(300), ..Default::default() })]
+
+        /// Fuzzing on stable Rust: whatever the names and the verified facts (any Unicode, as a
+        /// token's claims may hold), the Cedar inputs are built and the example rules decide:
+        /// nothing fails to evaluate, so nothing is denied for its spelling.
+        #[test]
+        fn fuzz_names_and_facts_are_always_decided_on(
+            requester in "\\PC{1,40}",
+            grantee in "\\PC{1,40}",
+            justification in "\\PC{0,60}",
+            groups in proptest::collection::btree_set("\\PC{1,20}", 0..4),
+            facts in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{1,20}", 0..4),
+        ) {
+            static ENGINE: std::sync::OnceLock<RuleEngine> = std::sync::OnceLock::new();
+            let engine = ENGINE.get_or_init(example);
+            let staging = target("staging");
+            let scopes = scopes(&["s3:GetObject"]);
+            let facts_of_scopes = Catalog::builtin().facts(&scopes);
+            let now = datetime!(2026-11-25 14:00 UTC);
+            let verified = Verified {
+                issuer: "corp".into(),
+                kind: crate::domain::identity::PrincipalKind::Person,
+                mfa: true,
+                auth_time: Some(now),
+                groups,
+                facts,
+            };
+            let input = RuleInput {
+                caller: "portal",
+                acting_caller: "portal",
+                requester: &requester,
+                identity: Some(&verified),
+                grantee: &grantee,
+                target: &staging,
+                scopes: &scopes,
+                facts: &facts_of_scopes,
+                duration_secs: 900,
+                extension_secs: 0,
+                start: now,
+                break_glass: false,
+                justification: &justification,
+                ticket: "",
+                mfa_present: false,
+                now,
+            };
+            let decision = engine.decide(&input);
+            proptest::prop_assert_eq!(decision.outcome, Outcome::Approve, "{}", decision.reason);
+            let approver = crate::domain::approval::Person::from_trusted(grantee.clone());
+            let _ = engine.eligible_approver(&input, &approver, &verified.groups, Some(&verified));
+        }
+    }
+
     // Strict validation accepts these multiplications; evaluating them overflows.
     const OVERFLOW: &str = "context.duration_seconds * 9223372036854775807 > 0";
 

@@ -707,3 +707,13 @@ impl Clock for ManualClock {
         *self.0.lock().unwrap()
     }
 }
+
+/// How many cases each fuzz harness (the property tests that feed a parser arbitrary input) runs:
+/// `default`, bounded for `scripts/test`, or `GB_FUZZ_CASES` for a longer run
+/// (`GB_FUZZ_CASES=200000 cargo test --lib fuzz`).
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("GB_FUZZ_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}

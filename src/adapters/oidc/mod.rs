@@ -473,3 +473,111 @@ fn usable(text: &str) -> bool {
     let chars = text.chars().count();
     (1..=MAX_CLAIM_CHARS).contains(&chars) && !text.chars().any(char::is_control)
 }
+
+/// Fuzzing on stable Rust: arbitrary text, and tokens built from arbitrary headers and claims,
+/// through the whole verifier (keys from a file). Every one is answered, none verifies, none
+/// panics.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ISSUER: &str = "https://issuer.test";
+
+    fn verifier(dir: &std::path::Path) -> Verifier {
+        let jwks = dir.join("jwks.json");
+        std::fs::write(
+            &jwks,
+            r#"{"keys": [{"kty": "EC", "kid": "k1", "crv": "P-256", "alg": "ES256",
+                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+        )
+        .unwrap();
+        let settings = VerifierSettings {
+            issuers: vec![IssuerSettings {
+                id: "test".into(),
+                issuer: ISSUER.into(),
+                audience: "grant-broker".into(),
+                algorithms: vec![Algorithm::ES256, Algorithm::RS256],
+                keys: KeySource::File(jwks),
+                ca_file: None,
+                kind: PrincipalKind::Person,
+                subject_claim: "sub".into(),
+                groups_claim: Some("groups".into()),
+                mfa_methods: vec!["mfa".into()],
+                facts: [("namespace".to_owned(), "/kubernetes.io/namespace".to_owned())].into(),
+                groups_prefix: String::new(),
+            }],
+            refetch_interval: Duration::ZERO,
+            ..VerifierSettings::default()
+        };
+        Verifier::new(&settings).unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// JSON values of every shape, a few levels deep.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,40}".prop_map(Value::String),
+            Just(Value::String(ISSUER.into())),
+            Just(Value::String("k1".into())),
+            Just(Value::String("ES256".into())),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("iss".to_owned()),
+                        Just("aud".to_owned()),
+                        Just("sub".to_owned()),
+                        Just("exp".to_owned()),
+                        Just("nbf".to_owned()),
+                        Just("iat".to_owned()),
+                        Just("auth_time".to_owned()),
+                        Just("groups".to_owned()),
+                        Just("amr".to_owned()),
+                        Just("alg".to_owned()),
+                        Just("kid".to_owned()),
+                        Just("kubernetes.io".to_owned()),
+                        "\\PC{0,12}",
+                    ],
+                    inner,
+                    0..8,
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: crate::testing::fuzz_cases(1_000), ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_tokens_never_verify(
+            text in "\\PC{0,300}",
+            header in json(),
+            claims in json(),
+            signature in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let verifier = verifier(dir.path());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+            let built = format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()), b64(&signature));
+            for token in [text.as_str(), built.as_str()] {
+                let _ = verifier.issuer_id_of(token);
+                let _ = verifier.unverified_binding(token);
+                let verified = runtime.block_on(verifier.verify(token, None, &BTreeMap::new(), now));
+                prop_assert!(verified.is_err(), "a token nobody signed verified: {token}");
+            }
+        }
+    }
+}

@@ -79,8 +79,7 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     let mut auth = Authenticator::with_certificates(&config.callers, config.bearer_tokens);
     if !config.identity.issuers.is_empty() {
         let verifier = Arc::new(crate::adapters::oidc::Verifier::new(&config.identity).map_err(ServeError::Identity)?);
-        let audiences = Arc::clone(&verifier);
-        auth = auth.with_identity(&config.callers, verifier, |issuer| audiences.audience_of(issuer));
+        auth = auth.with_identity(&config.callers, verifier);
     }
     let enforcer = IamEnforcer::new(&config.iam, &config.targets).await;
     let adapters = Adapters {

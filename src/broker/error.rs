@@ -183,7 +183,6 @@ mod tests {
             requester: "a".into(),
             grantee: "b".into(),
             mfa: None,
-            requester_token: None,
         };
         let violations = request.check_start(start + time::Duration::hours(1));
         assert_eq!(

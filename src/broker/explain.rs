@@ -110,7 +110,7 @@ pub fn vet<'a>(
     })
 }
 
-/// Who a request says asks: the subject of the identity token it carries (the message may only
+/// Who a request says asks: the subject of the identity token the call carries (the message may only
 /// agree), else the name it sends, which a caller may assert only for itself unless it may
 /// assert people; never unverified where the target demands a verified requester.
 fn requester(caller: &Caller, target: &Target, request: &AccessRequest) -> Result<Attribution, BrokerError> {
@@ -122,7 +122,7 @@ fn requester(caller: &Caller, target: &Target, request: &AccessRequest) -> Resul
     };
     let claimed = Claimed {
         named,
-        token: request.requester_token.clone(),
+        token: caller.call_token.clone(),
     };
     let policy = AssertionPolicy {
         may_assert_people: caller.assert_people,

@@ -162,12 +162,15 @@ impl<P: Ports> Broker<P> {
     /// Past the table ([`permit_on`]), a caller revoking through an approver it relays (not by
     /// its own right) needs that person to be one the rules let decide on the grant.
     fn may_revoke(&self, caller: &Caller, grant: &Grant, revoker: Option<&Decider>) -> Result<(), BrokerError> {
-        let own_right = grant.caller == caller.id || caller.powers.admin || caller.powers.revoke == Revoke::Any;
+        let any_grant = caller.powers.admin || caller.powers.revoke == Revoke::Any;
         match revoker {
-            Some(decider) if !own_right => {
+            Some(decider) if !any_grant && grant.caller != caller.id => {
                 let target = self.target_for_decider(grant, &decider.person)?;
                 self.check_eligible(grant, target, decider, self.clock.now(), super::Asking::Request)
             }
+            // Its own grant, by its own right: as the person or job that requested it, as for
+            // cancelling (one job does not take back another's).
+            _ if !any_grant => Self::same_requester(caller, grant),
             _ => Ok(()),
         }
     }

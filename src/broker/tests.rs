@@ -124,7 +124,6 @@ fn request(request_id: &str) -> AccessRequest {
         requester: "alice@example.com".into(),
         grantee: "vendor-x".into(),
         mfa: None,
-        requester_token: None,
     }
 }
 

@@ -227,10 +227,8 @@ pub struct AccessRequest {
     pub break_glass: bool,
     pub justification: String,
     pub ticket: String,
-    /// Who asks, as sent (empty: the identity token says).
+    /// Who asks, as sent (empty: the call's identity token says).
     pub requester: String,
-    /// The requester's verified identity token, when the call carried one.
-    pub requester_token: Option<std::sync::Arc<super::identity::VerifiedIdentity>>,
     pub grantee: String,
     pub mfa: Option<MfaToken>,
 }
@@ -541,7 +539,6 @@ mod tests {
             requester: "alice@example.com".into(),
             grantee: "vendor-x".into(),
             mfa: None,
-            requester_token: None,
         }
     }
 

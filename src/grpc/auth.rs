@@ -29,9 +29,9 @@ use tonic::{
 
 use super::status::{identity_keys_unavailable, identity_token_refused, unauthenticated};
 use crate::{
-    adapters::oidc::{TokenError, Verifier},
+    adapters::oidc::{Inspected, TokenError, Verifier},
     config::CallerConfig,
-    domain::{Caller, identity::VerifiedIdentity},
+    domain::Caller,
     tls::ClientCertificate,
 };
 
@@ -48,13 +48,6 @@ pub struct Authenticator {
     by_token_binding: HashMap<(String, String), Arc<Caller>>,
     bearer_tokens: bool,
     verifier: Option<Arc<Verifier>>,
-}
-
-/// Who a call comes from: the calling system, and the person or job its identity token proved.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    pub caller: Arc<Caller>,
-    pub identity: Option<Arc<VerifiedIdentity>>,
 }
 
 impl Authenticator {
@@ -86,13 +79,8 @@ impl Authenticator {
     }
 
     /// Also verifies identity tokens with `verifier`; callers that authenticate by their token
-    /// alone are found by its issuer and audience (`issuer_audience` gives an issuer's default).
-    pub fn with_identity(
-        mut self,
-        callers: &[CallerConfig],
-        verifier: Arc<Verifier>,
-        issuer_audience: impl Fn(&str) -> Option<String>,
-    ) -> Self {
+    /// alone are found by its issuer and audience (their own, else the issuer's).
+    pub fn with_identity(mut self, callers: &[CallerConfig], verifier: Arc<Verifier>) -> Self {
         for config in callers
             .iter()
             .filter(|config| config.authenticated_by_identity(self.bearer_tokens))
@@ -100,7 +88,12 @@ impl Authenticator {
             let Some(issuer) = config.identity.issuers.first() else {
                 continue;
             };
-            let Some(audience) = config.identity.audience.clone().or_else(|| issuer_audience(issuer)) else {
+            let Some(audience) = config
+                .identity
+                .audience
+                .clone()
+                .or_else(|| verifier.audience_of(issuer))
+            else {
                 continue;
             };
             self.by_token_binding
@@ -110,45 +103,60 @@ impl Authenticator {
         self
     }
 
-    /// The caller and identity of a call, from its headers and the certificate its connection
-    /// presented; or UNAUTHENTICATED saying what is wrong (UNAVAILABLE when an issuer's keys
-    /// could not be fetched yet).
+    /// The caller of a call, from its headers and the certificate its connection presented,
+    /// carrying the identity token the call verified (if any); or UNAUTHENTICATED saying what is
+    /// wrong (UNAVAILABLE when an issuer's keys could not be fetched yet).
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         certificate: Option<&ClientCertificate>,
         now: OffsetDateTime,
-    ) -> Result<Authenticated, Status> {
+    ) -> Result<Arc<Caller>, Status> {
         let token = identity_token(headers)?;
         let presents_credentials = headers.contains_key("authorization")
             || matches!(
                 certificate,
                 Some(ClientCertificate::Identity(_) | ClientCertificate::Unnamed)
             );
-        let caller = match (token, presents_credentials) {
-            (Some(token), false) if !self.by_token_binding.is_empty() => self.caller_by_token(token)?,
-            _ => self.caller(headers, certificate)?,
-        };
-        let identity = match token {
-            None if caller.identity.required => {
-                return Err(unauthenticated(&format!(
-                    "caller `{}` must send its verified identity token in `{IDENTITY_TOKEN_HEADER}` metadata",
-                    caller.id
-                )));
+        if let (Some(token), false) = (token, presents_credentials)
+            && !self.by_token_binding.is_empty()
+        {
+            // The token alone names the caller. One answer for every token that names none, so
+            // that a peer with no credentials learns nothing of which issuers and audiences are
+            // configured.
+            let nobody = || {
+                unauthenticated(
+                    "missing `authorization: Bearer <token>` metadata, and the identity token names no caller that authenticates by its token",
+                )
+            };
+            let inspected = self
+                .verifier()
+                .ok()
+                .and_then(|verifier| verifier.inspect(token).ok())
+                .ok_or_else(nobody)?;
+            let caller = inspected
+                .audiences()
+                .into_iter()
+                .find_map(|audience| {
+                    self.by_token_binding
+                        .get(&(inspected.issuer_id().to_owned(), audience.to_owned()))
+                })
+                .cloned()
+                .ok_or_else(nobody)?;
+            return self.with_token(caller, inspected, now).await;
+        }
+        let caller = self.caller(headers, certificate)?;
+        match token {
+            None if caller.identity.required => Err(unauthenticated(&format!(
+                "caller `{}` must send its verified identity token in `{IDENTITY_TOKEN_HEADER}` metadata",
+                caller.id
+            ))),
+            None => Ok(caller),
+            Some(token) => {
+                let inspected = self.verifier()?.inspect(token).map_err(|error| refused(&error))?;
+                self.with_token(caller, inspected, now).await
             }
-            None => None,
-            Some(token) => Some(Arc::new(self.verify(&caller, token, now).await?)),
-        };
-        // The use cases see which token the call carried (the caller's own grants are only
-        // its person's or job's to act on): a copy of the caller, for calls with a token.
-        let caller = match &identity {
-            Some(identity) => Arc::new(Caller {
-                call_token: Some(Arc::clone(identity)),
-                ..(*caller).clone()
-            }),
-            None => caller,
-        };
-        Ok(Authenticated { caller, identity })
+        }
     }
 
     fn verifier(&self) -> Result<&Verifier, Status> {
@@ -157,45 +165,35 @@ impl Authenticator {
         })
     }
 
-    /// The caller a token alone identifies (no certificate, no bearer token): the one bound to
-    /// its issuer and an audience it carries. The token is verified after, for that caller.
-    fn caller_by_token(&self, token: &str) -> Result<Arc<Caller>, Status> {
-        // One answer for every token that names no caller, so that a peer with no credentials
-        // cannot learn from the refusal which issuers and audiences are configured.
-        let nobody = || {
-            unauthenticated(
-                "missing `authorization: Bearer <token>` metadata, and the identity token names no caller that authenticates by its token",
-            )
-        };
-        let verifier = self.verifier().map_err(|_| nobody())?;
-        let (issuer, audiences) = verifier.unverified_binding(token).map_err(|_| nobody())?;
-        audiences
-            .iter()
-            .find_map(|audience| self.by_token_binding.get(&(issuer.to_owned(), audience.clone())))
-            .cloned()
-            .ok_or_else(nobody)
-    }
-
-    async fn verify(&self, caller: &Caller, token: &str, now: OffsetDateTime) -> Result<VerifiedIdentity, Status> {
-        let verifier = self.verifier()?;
-        let issuer = verifier.issuer_id_of(token).map_err(|error| refused(&error))?;
-        if !caller.identity.issuers.contains(issuer) {
+    /// `caller`, carrying the token it presented once the token verifies for it: of an issuer it
+    /// may present, for its audience, with its required claims. A copy of the caller, so the use
+    /// cases see which person or job the call is (a caller's grants are only theirs to act on).
+    async fn with_token(
+        &self,
+        caller: Arc<Caller>,
+        inspected: Inspected<'_, '_>,
+        now: OffsetDateTime,
+    ) -> Result<Arc<Caller>, Status> {
+        if !caller.identity.issuers.contains(inspected.issuer_id()) {
             return Err(identity_token_refused(&format!(
-                "caller `{}` may not present identity tokens of issuer `{issuer}` (its identity_issuers)",
-                caller.id
+                "caller `{}` may not present identity tokens of issuer `{}` (its identity_issuers)",
+                caller.id,
+                inspected.issuer_id()
             )));
         }
-        verifier
-            .verify(token, caller.identity.audience.as_deref(), &caller.identity.claims, now)
+        let identity = inspected
+            .verify(caller.identity.audience.as_deref(), &caller.identity.claims, now)
             .await
-            .map_err(|error| refused(&error))
+            .map_err(|error| refused(&error))?;
+        Ok(Arc::new(Caller {
+            call_token: Some(Arc::new(identity)),
+            ..(*caller).clone()
+        }))
     }
 
-    /// The caller a request identifies: by the client certificate its connection presented
-    /// (read once, at the handshake that verified it), else by its bearer token; or
-    /// UNAUTHENTICATED saying what is wrong. A token beside a certificate must name the same
-    /// caller.
-    /// The calling system: by its certificate, else its bearer token.
+    /// The calling system: by the client certificate its connection presented (read once, at
+    /// the handshake that verified it), else by its bearer token; or UNAUTHENTICATED saying what
+    /// is wrong. A token beside a certificate must name the same caller.
     fn caller(
         &self,
         metadata: &http::HeaderMap,
@@ -331,13 +329,10 @@ where
                 )
                 .await;
             match authenticated {
-                Ok(Authenticated { caller, identity }) => {
+                Ok(caller) => {
                     // Verified: nothing after this point needs (or could leak) the token.
                     request.headers_mut().remove(IDENTITY_TOKEN_HEADER);
                     request.extensions_mut().insert(caller);
-                    if let Some(identity) = identity {
-                        request.extensions_mut().insert(identity);
-                    }
                     inner.call(request).await
                 }
                 Err(status) => Ok(status.into_http()),
@@ -353,9 +348,4 @@ pub fn caller_of<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
         .get::<Arc<Caller>>()
         .cloned()
         .ok_or_else(|| unauthenticated("the call was not authenticated"))
-}
-
-/// The person or job a request's verified identity token names, if it carried one.
-pub fn identity_of<T>(request: &Request<T>) -> Option<Arc<VerifiedIdentity>> {
-    request.extensions().get::<Arc<VerifiedIdentity>>().cloned()
 }

@@ -112,7 +112,6 @@ pub fn validate_access_request(message: proto::RequestAccessRequest) -> Result<A
         justification,
         ticket,
         requester,
-        requester_token: None,
         grantee,
         mfa,
     })

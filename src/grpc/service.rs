@@ -8,10 +8,7 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{
-    auth::{caller_of, identity_of},
-    inbound, outbound, proto,
-};
+use super::{auth::caller_of, inbound, outbound, proto};
 use crate::{
     broker::Broker,
     domain::{AccessRequest, approval::Person, identity::Claimed},
@@ -87,11 +84,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::RequestAccessResponse>, Status> {
         let caller = caller_of(&request)?;
-        let requester_token = identity_of(&request);
-        let access_request = AccessRequest {
-            requester_token,
-            ..AccessRequest::try_from(request.into_inner())?
-        };
+        let access_request = AccessRequest::try_from(request.into_inner())?;
         let outcome = self.broker.request_access(&caller, access_request).await?;
         let credentials = outcome
             .credentials
@@ -121,11 +114,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::ExplainResponse>, Status> {
         let caller = caller_of(&request)?;
-        let requester_token = identity_of(&request);
-        let access_request = AccessRequest {
-            requester_token,
-            ..AccessRequest::try_from(request.into_inner())?
-        };
+        let access_request = AccessRequest::try_from(request.into_inner())?;
         let explanation = self.broker.explain(&caller, &access_request)?;
         Ok(Response::new(outbound::explanation(&explanation)))
     }
@@ -256,7 +245,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let token = identity_of(&request);
+        let token = caller.call_token.clone();
         let inbound::RevokeCommand { id, reason, revoker } = request.into_inner().try_into()?;
         let grant = self
             .broker
@@ -270,7 +259,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeGranteeRequest>,
     ) -> Result<Response<proto::RevokeGranteeResponse>, Status> {
         let caller = caller_of(&request)?;
-        let token = identity_of(&request);
+        let token = caller.call_token.clone();
         let inbound::RevokeGranteeCommand {
             grantee,
             reason,
@@ -288,7 +277,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::RevokeTargetSessionsRequest>,
     ) -> Result<Response<proto::RevokeTargetSessionsResponse>, Status> {
         let caller = caller_of(&request)?;
-        let token = identity_of(&request);
+        let token = caller.call_token.clone();
         let inbound::RevokeTargetSessionsCommand {
             target,
             reason,
@@ -306,7 +295,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ApproveGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let token = identity_of(&request);
+        let token = caller.call_token.clone();
         let inbound::ApproveCommand { id, approver, comment } = request.into_inner().try_into()?;
         let grant = self
             .broker
@@ -320,7 +309,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ReviewGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let token = identity_of(&request);
+        let token = caller.call_token.clone();
         let inbound::ReviewCommand { id, reviewer, comment } = request.into_inner().try_into()?;
         let grant = self
             .broker
@@ -331,7 +320,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
 
     async fn deny_grant(&self, request: Request<proto::DenyGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
-        let token = identity_of(&request);
+        let token = caller.call_token.clone();
         let inbound::DenyCommand { id, approver, reason } = request.into_inner().try_into()?;
         let grant = self
             .broker
@@ -345,7 +334,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         request: Request<proto::ListGrantsRequest>,
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
         let caller = caller_of(&request)?;
-        let token = identity_of(&request);
+        let token = caller.call_token.clone();
         let listing = inbound::list_grants(request.into_inner())?;
         let (grants, next) = match (&listing.waiting_for, listing.break_glass_unreviewed) {
             (Some(approver), _) => {

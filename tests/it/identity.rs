@@ -202,15 +202,6 @@ fn production_request_by(requester: &str) -> proto::RequestAccessRequest {
     }
 }
 
-/// `base` with `extra`'s claims over it.
-fn merged(base: Value, extra: Value) -> Value {
-    let (Value::Object(mut base), Value::Object(extra)) = (base, extra) else {
-        panic!("claims are objects");
-    };
-    base.extend(extra);
-    Value::Object(base)
-}
-
 /// What a pipeline asks for: its own token names the requester.
 fn pipeline_request(target: &str) -> proto::RequestAccessRequest {
     proto::RequestAccessRequest {
@@ -992,23 +983,30 @@ async fn a_pipeline_acts_only_as_its_own_jobs() {
                 .await
         }
     };
-    let refused = cancel(other_job).await.unwrap_err();
+    let refused = cancel(other_job.clone()).await.unwrap_err();
+    assert_status(&refused, Code::PermissionDenied, "IDENTITY_MISMATCH", "repo:acme/other");
+    let revoke = |token: String| {
+        let mut client = client.clone();
+        let id = grant.id.clone();
+        async move {
+            client
+                .revoke_grant(with_identity(
+                    None,
+                    &token,
+                    proto::RevokeGrantRequest {
+                        id,
+                        reason: "deploy aborted".into(),
+                        revoker: String::new(),
+                    },
+                ))
+                .await
+        }
+    };
+    let refused = revoke(other_job).await.unwrap_err();
     assert_status(&refused, Code::PermissionDenied, "IDENTITY_MISMATCH", "repo:acme/other");
 
     // Its own job takes it back, with no person named: a job's token names nobody.
-    let revoked = client
-        .revoke_grant(with_identity(
-            None,
-            &deploy,
-            proto::RevokeGrantRequest {
-                id: grant.id.clone(),
-                reason: "deploy aborted".into(),
-                revoker: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked = revoke(deploy).await.unwrap().into_inner();
     assert_eq!(revoked.state(), proto::GrantState::Revoked);
     assert_eq!(revoked.revocation.unwrap().revoker, "");
 }

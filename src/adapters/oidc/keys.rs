@@ -234,6 +234,8 @@ impl KeyCache {
                 *current = Some(Arc::new(set));
             }
             Err(error) => {
+                // Discover again next time: the issuer may have moved its keys.
+                fetching.jwks_uri = None;
                 let kept = self.current().is_some();
                 tracing::error!(issuer = %self.issuer, %error, kept_last_good_set = kept, "cannot fetch identity issuer keys");
                 fetching.last_error = Some(error);

@@ -160,36 +160,27 @@ impl Verifier {
         })
     }
 
-    /// The configured issuer id of the token's (unverified) `iss`, so that the caller's right to
-    /// present it can be checked before any key is fetched.
-    pub fn issuer_id_of(&self, token: &str) -> Result<&str, TokenError> {
+    /// A token read (not yet verified) once: its issuer, found by its `iss`, and its claims, so
+    /// that the caller it names and the caller's right to present it can be checked before any
+    /// key is fetched, and the verification after reads nothing again.
+    pub fn inspect<'v, 't>(&'v self, token: &'t str) -> Result<Inspected<'v, 't>, TokenError> {
         let claims = unverified_claims(token)?;
         let iss = claims
             .get("iss")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid("the identity token has no `iss` claim"))?;
-        self.issuers
-            .get(iss)
-            .map(|issuer| issuer.settings.id.as_str())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "the identity token's issuer {} is not configured",
-                    crate::domain::echo(iss)
-                ))
-            })
-    }
-
-    /// The configured issuer id and the audiences of a token, unverified: to find the caller a
-    /// token alone identifies, which then verifies it for its own audience.
-    pub fn unverified_binding(&self, token: &str) -> Result<(&str, Vec<String>), TokenError> {
-        let issuer = self.issuer_id_of(token)?;
-        let claims = unverified_claims(token)?;
-        let audiences = match claims.get("aud") {
-            Some(Value::String(one)) => vec![one.clone()],
-            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            _ => Vec::new(),
-        };
-        Ok((issuer, audiences))
+        let issuer = self.issuers.get(iss).ok_or_else(|| {
+            invalid(format!(
+                "the identity token's issuer {} is not configured",
+                crate::domain::echo(iss)
+            ))
+        })?;
+        Ok(Inspected {
+            verifier: self,
+            issuer,
+            token,
+            claims,
+        })
     }
 
     /// The audience an issuer's tokens carry unless a caller names its own.
@@ -199,23 +190,46 @@ impl Verifier {
             .find(|issuer| issuer.settings.id == issuer_id)
             .map(|issuer| issuer.settings.audience.clone())
     }
+}
 
-    /// Verifies `token` (of the issuer [`Self::issuer_id_of`] named) for `audience` (else the
-    /// issuer's own), at `now`; its claims must hold `required` (claim or JSON pointer -> value:
-    /// what a caller its token alone identifies demands, such as its repository owner's id).
+/// A token [`Verifier::inspect`] read: nothing in it is trusted until [`Inspected::verify`].
+pub struct Inspected<'v, 't> {
+    verifier: &'v Verifier,
+    issuer: &'v Issuer,
+    token: &'t str,
+    claims: serde_json::Map<String, Value>,
+}
+
+impl Inspected<'_, '_> {
+    /// The configured id of the issuer its `iss` names.
+    pub fn issuer_id(&self) -> &str {
+        &self.issuer.settings.id
+    }
+
+    /// The audiences its `aud` claims.
+    pub fn audiences(&self) -> Vec<&str> {
+        match self.claims.get("aud") {
+            Some(Value::String(one)) => vec![one.as_str()],
+            Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Verifies the token for `audience` (else the issuer's own), at `now`; its claims must hold
+    /// `required` (claim or JSON pointer -> value: what a caller its token alone identifies
+    /// demands, such as its repository owner's id).
     pub async fn verify(
-        &self,
-        token: &str,
+        self,
         audience: Option<&str>,
         required: &BTreeMap<String, String>,
         now: OffsetDateTime,
     ) -> Result<VerifiedIdentity, TokenError> {
-        let claims = unverified_claims(token)?;
-        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
-        let issuer = self
-            .issuers
-            .get(iss)
-            .ok_or_else(|| invalid("the identity token's issuer is not configured"))?;
+        let Self {
+            verifier,
+            issuer,
+            token,
+            claims,
+        } = self;
         let settings = &issuer.settings;
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             invalid(format!(
@@ -259,7 +273,7 @@ impl Verifier {
                 settings.id
             ))
         })?;
-        self.check_claims(&claims, audience.unwrap_or(&settings.audience), now)?;
+        Self::check_claims(verifier.leeway, &claims, audience.unwrap_or(&settings.audience), now)?;
         for (claim, value) in required {
             if claim_at(&claims, claim).and_then(scalar).as_deref() != Some(value.as_str()) {
                 return Err(invalid(format!(
@@ -272,7 +286,7 @@ impl Verifier {
     }
 
     fn check_claims(
-        &self,
+        leeway: i64,
         claims: &serde_json::Map<String, Value>,
         audience: &str,
         now: OffsetDateTime,
@@ -300,14 +314,14 @@ impl Verifier {
             }
         };
         let exp = time("exp")?.ok_or_else(|| invalid("the identity token has no `exp` claim"))?;
-        if now > exp.saturating_add(self.leeway) {
+        if now > exp.saturating_add(leeway) {
             return Err(invalid(format!(
                 "the identity token expired {} seconds ago",
                 now.saturating_sub(exp)
             )));
         }
         if let Some(nbf) = time("nbf")?
-            && now < nbf.saturating_sub(self.leeway)
+            && now < nbf.saturating_sub(leeway)
         {
             return Err(invalid(format!(
                 "the identity token is not valid for another {} seconds (`nbf`)",
@@ -315,13 +329,13 @@ impl Verifier {
             )));
         }
         if let Some(iat) = time("iat")?
-            && now < iat.saturating_sub(self.leeway)
+            && now < iat.saturating_sub(leeway)
         {
             return Err(invalid("the identity token was issued in the future (`iat`)"));
         }
         // A sign-in in the future would read as the freshest MFA there is.
         if let Some(auth_time) = time("auth_time")?
-            && now < auth_time.saturating_sub(self.leeway)
+            && now < auth_time.saturating_sub(leeway)
         {
             return Err(invalid(
                 "the identity token says its subject signed in in the future (`auth_time`)",
@@ -573,10 +587,11 @@ mod fuzz {
             let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
             let built = format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()), b64(&signature));
             for token in [text.as_str(), built.as_str()] {
-                let _ = verifier.issuer_id_of(token);
-                let _ = verifier.unverified_binding(token);
-                let verified = runtime.block_on(verifier.verify(token, None, &BTreeMap::new(), now));
-                prop_assert!(verified.is_err(), "a token nobody signed verified: {token}");
+                if let Ok(inspected) = verifier.inspect(token) {
+                    let _ = (inspected.issuer_id(), inspected.audiences());
+                    let verified = runtime.block_on(inspected.verify(None, &BTreeMap::new(), now));
+                    prop_assert!(verified.is_err(), "a token nobody signed verified: {token}");
+                }
             }
         }
     }

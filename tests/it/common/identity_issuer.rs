@@ -93,6 +93,15 @@ fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
     pkcs8[start..end].to_vec()
 }
 
+/// `base` with `extra`'s claims over it.
+pub fn merged(base: Value, extra: Value) -> Value {
+    let (Value::Object(mut base), Value::Object(extra)) = (base, extra) else {
+        panic!("claims are objects");
+    };
+    base.extend(extra);
+    Value::Object(base)
+}
+
 /// The unsigned token `alg: none` makes: header and claims, no signature.
 pub fn unsigned_token(kid: &str, claims: &Value) -> String {
     use base64::Engine as _;
@@ -208,17 +217,14 @@ impl TestIssuer {
     /// The defaults under `claims` (which win).
     pub fn claims(&self, audience: &str, subject: &str, claims: Value) -> Value {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut all = json!({
+        let defaults = json!({
             "iss": self.url,
             "aud": audience,
             "sub": subject,
             "iat": now,
             "exp": now + 3600,
         });
-        if let (Value::Object(all), Value::Object(extra)) = (&mut all, claims) {
-            all.extend(extra);
-        }
-        all
+        merged(defaults, claims)
     }
 }
 

@@ -261,6 +261,11 @@ pub enum StoreError {
     /// A stored record could not be read back: a bug or tampering, never the caller's fault.
     #[error("grant record unreadable: {0}")]
     Corrupt(String),
+    /// A grant record whose seal (its MAC, keyed with an integrity key Redis never sees) does
+    /// not verify: it was written or changed outside the broker. Nothing is issued, approved or
+    /// extended from it.
+    #[error("grant {grant_id}: record tampered with: {what}")]
+    Tampered { grant_id: GrantId, what: String },
     /// The write landed on the primary, but fewer replicas acknowledged it than configured
     /// (`redis.min_replicas`): it stands, and is in the trail, but may not survive a failover.
     #[error("grant store write not acknowledged by enough replicas: {0}")]

@@ -403,6 +403,21 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// Check that the audit log is complete and unaltered: every entry's seal, the checkpoints,
+    /// each writer's sequence, and every grant record the log refers to; or, with
+    /// `--from-export`, an exported archive without Redis. Prints what was tampered with or is
+    /// missing; exits 6 when anything was. Reads the broker's configuration (its Redis and its
+    /// integrity keys); talks to no server.
+    Verify {
+        #[arg(long, env = "GRANT_BROKER_CONFIG")]
+        config: std::path::PathBuf,
+        /// Entries recorded at or after this (RFC 3339); default: the whole log.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<prost_types::Timestamp>,
+        /// An archive written by `audit export` to check instead of the log.
+        #[arg(long)]
+        from_export: Option<std::path::PathBuf>,
+    },
 }
 
 /// `list`: this caller's grants, or (auditor and admin callers) any caller's, filtered.

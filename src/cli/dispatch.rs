@@ -290,7 +290,7 @@ pub(crate) async fn run_client(command: Command) -> Result<String, ClientError> 
             let ExplainArgs { connection, fields } = *arguments;
             client::explain(&mut connect(&connection).await?, fields.into_message(), connection.json).await
         }
-        Command::Serve { .. } | Command::CheckConfig { .. } => {
+        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Audit(AuditCommand::Verify { .. }) => {
             Err(ClientError::new(Exit::Usage, "not a client command"))
         }
     }

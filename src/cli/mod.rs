@@ -9,6 +9,7 @@ pub mod client;
 mod dispatch;
 mod json;
 mod serve;
+mod verify;
 
 use std::fmt::Write as _;
 
@@ -25,6 +26,11 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
     match cli.command {
         Command::Serve { config, log_format } => serve::serve(config, log_format).await,
         Command::CheckConfig { config, explain } => serve::check_config(config, explain),
+        Command::Audit(args::AuditCommand::Verify {
+            config,
+            since,
+            from_export,
+        }) => verify::run(&config, since, from_export.as_deref()).await,
         command => match dispatch::run_client(command).await {
             Ok(output) => {
                 print!("{output}");
@@ -59,6 +65,8 @@ pub enum Exit {
     NotIssued,
     /// A revocation is recorded, but `--wait` ran out before its deny was written in AWS.
     NotEnforced,
+    /// `audit verify` found something tampered with or missing.
+    Tampered,
 }
 
 impl Exit {
@@ -70,6 +78,7 @@ impl Exit {
             Self::Denied => 3,
             Self::NotIssued => 4,
             Self::NotEnforced => 5,
+            Self::Tampered => 6,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod aws;
 mod identity;
+mod integrity;
 mod people;
 mod redis;
 mod server;
@@ -17,6 +18,7 @@ mod webhook;
 
 use aws::*;
 use identity::*;
+use integrity::*;
 pub use people::CallerConfig;
 use people::*;
 use redis::*;
@@ -124,6 +126,8 @@ struct RawConfig {
     webhooks: Vec<RawWebhook>,
     #[serde(default)]
     identity: RawIdentity,
+    #[serde(default)]
+    integrity: RawIntegrity,
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +165,8 @@ impl Config {
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
         let tls = validate_tls(&raw.server, base, &mut problems, &mut warnings);
         let health_listen = validate_health_listen(&raw.server, listen, &mut problems);
-        let redis = validate_redis(raw.redis, base, &mut problems);
+        let integrity = validate_integrity(raw.integrity, base, env, &mut problems);
+        let redis = validate_redis(raw.redis, base, integrity, &mut problems);
         let deny_verify_interval_secs = raw.aws.deny_verify_interval_secs;
         if !(DENY_VERIFY_INTERVAL_SECS).contains(&deny_verify_interval_secs) {
             problems.push(Problem::new(
@@ -210,37 +215,39 @@ impl Config {
         let rules = load_rules(&raw.rules, base, &mut problems);
         let webhooks = validate_webhooks(raw.webhooks, env, &mut problems, &mut warnings);
 
-        let retention = time::Duration::try_from(redis.retention).unwrap_or(time::Duration::days(400));
-        match (listen, rules) {
-            (Some(listen), Some(rules)) if problems.is_empty() => Ok(Self {
-                listen,
-                health_listen,
-                insecure_plaintext: raw.server.insecure_plaintext,
-                drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
-                tls,
-                bearer_tokens: raw.server.bearer_tokens,
-                redis,
-                sts,
-                iam,
-                broker: BrokerSettings {
-                    role_chaining,
-                    max_issuances_per_grant,
-                    pending_timeout: time::Duration::hours(i64::try_from(pending_timeout_hours).unwrap_or(24)),
-                    approver_groups,
-                    approver_issuers,
-                    retention,
-                    deny_verify_interval: time::Duration::seconds(
-                        i64::try_from(deny_verify_interval_secs).unwrap_or(60),
-                    ),
-                },
-                rules,
-                targets,
-                callers,
-                identity,
-                webhooks,
-                delivery: DeliverySettings::default(),
-                warnings,
-            }),
+        match (listen, rules, redis) {
+            (Some(listen), Some(rules), Some(redis)) if problems.is_empty() => {
+                let retention = time::Duration::try_from(redis.retention).unwrap_or(time::Duration::days(400));
+                Ok(Self {
+                    listen,
+                    health_listen,
+                    insecure_plaintext: raw.server.insecure_plaintext,
+                    drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
+                    tls,
+                    bearer_tokens: raw.server.bearer_tokens,
+                    redis,
+                    sts,
+                    iam,
+                    broker: BrokerSettings {
+                        role_chaining,
+                        max_issuances_per_grant,
+                        pending_timeout: time::Duration::hours(i64::try_from(pending_timeout_hours).unwrap_or(24)),
+                        approver_groups,
+                        approver_issuers,
+                        retention,
+                        deny_verify_interval: time::Duration::seconds(
+                            i64::try_from(deny_verify_interval_secs).unwrap_or(60),
+                        ),
+                    },
+                    rules,
+                    targets,
+                    callers,
+                    identity,
+                    webhooks,
+                    delivery: DeliverySettings::default(),
+                    warnings,
+                })
+            }
             _ => Err(problems),
         }
     }

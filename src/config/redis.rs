@@ -96,7 +96,14 @@ pub(super) fn validate_redis_tls(raw: &RawRedis, base: &Path, problems: &mut Vec
     Some(RedisTls { ca_pem, client })
 }
 
-pub(super) fn validate_redis(raw: RawRedis, base: &Path, problems: &mut Vec<Problem>) -> RedisSettings {
+/// The `[redis]` settings, with the integrity keys that seal what Redis holds (`None`, and so no
+/// settings, when `[integrity]` has problems of its own).
+pub(super) fn validate_redis(
+    raw: RawRedis,
+    base: &Path,
+    integrity: Option<Integrity>,
+    problems: &mut Vec<Problem>,
+) -> Option<RedisSettings> {
     if !["redis://", "rediss://", "redis+unix://"]
         .iter()
         .any(|scheme| raw.url.starts_with(scheme))
@@ -131,7 +138,8 @@ pub(super) fn validate_redis(raw: RawRedis, base: &Path, problems: &mut Vec<Prob
     if raw.retention_days == 0 || raw.retention_days > 3_650 {
         problems.push(Problem::new("redis.retention_days", "must be 1-3650 days"));
     }
-    RedisSettings {
+    let integrity = integrity?;
+    Some(RedisSettings {
         url: raw.url,
         key_prefix: raw.key_prefix,
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
@@ -140,5 +148,7 @@ pub(super) fn validate_redis(raw: RawRedis, base: &Path, problems: &mut Vec<Prob
         min_replicas: raw.min_replicas,
         replica_timeout: Duration::from_millis(raw.replica_timeout_ms),
         tls,
-    }
+        integrity: integrity.keys,
+        checkpoint_interval: integrity.checkpoint_interval,
+    })
 }

@@ -4,10 +4,18 @@ use super::*;
 
 const RULES: &str = r#"permit (principal, action == GrantBroker::Action::"request", resource);"#;
 
-fn with_rules(config: &str) -> Result<Config, Vec<Problem>> {
+/// A directory holding the files [`GOOD`] names: its rules and its integrity key.
+fn config_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
-    Config::parse(config, dir.path())
+    std::fs::write(dir.path().join("integrity.key"), format!("{INTEGRITY_KEY}\n")).unwrap();
+    dir
+}
+
+const INTEGRITY_KEY: &str = "config-test-integrity-key-0123456789abcdef";
+
+fn with_rules(config: &str) -> Result<Config, Vec<Problem>> {
+    Config::parse(config, config_dir().path())
 }
 
 const GOOD: &str = r#"
@@ -15,6 +23,9 @@ const GOOD: &str = r#"
     url = "redis://127.0.0.1:6379"
     [rules]
     files = ["rules.cedar"]
+    [[integrity.keys]]
+    id = 1
+    file = "integrity.key"
     [[targets]]
     id = "prod-logs-read"
     environment = "production"
@@ -104,8 +115,7 @@ fn plaintext_on_the_network_needs_the_operator_to_say_so() {
 
 #[test]
 fn redis_tls_files_are_checked_where_they_are_named() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+    let dir = config_dir();
     std::fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\nx\n").unwrap();
     std::fs::write(dir.path().join("empty.pem"), "").unwrap();
     let with = |redis: &str| Config::parse(&GOOD.replace("url = \"redis://127.0.0.1:6379\"", redis), dir.path());
@@ -168,8 +178,7 @@ fn debug_output_never_shows_secrets() {
 const HOOK_SECRET: &str = "hook-secret-0123456789abcdef-0123456789";
 
 fn with_webhooks(webhooks: &str) -> Result<Config, Vec<Problem>> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+    let dir = config_dir();
     let env = |name: &str| match name {
         "GB_HOOK_SECRET" => Some(HOOK_SECRET.to_owned()),
         "GB_SHORT_SECRET" => Some("too-short".to_owned()),
@@ -274,8 +283,7 @@ fn the_example_webhook_is_valid_once_uncommented() {
         .map(|line| line.strip_prefix("# ").unwrap_or(line))
         .collect::<Vec<_>>()
         .join("\n");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.cedar"), RULES).unwrap();
+    let dir = config_dir();
     let env = |name: &str| (name == "GRANT_BROKER_WEBHOOK_SECRET").then(|| HOOK_SECRET.to_owned());
     let config = Config::parse_with_env(&format!("{GOOD}\n{block}"), dir.path(), &env).unwrap();
     assert_eq!(config.webhooks.len(), 1);
@@ -440,7 +448,8 @@ fn unknown_keys_and_bad_rules_are_problems() {
     let problems = with_rules(&GOOD.replace("[redis]", "[redis]\nurll = \"x\"")).unwrap_err();
     assert!(problems[0].message.contains("unknown field `urll`"), "{problems:?}");
     let problems = Config::parse(GOOD, Path::new("/nonexistent")).unwrap_err();
-    assert_eq!(problems[0].key, "rules.files[0]");
+    let keys: Vec<&str> = problems.iter().map(|problem| problem.key.as_str()).collect();
+    assert_eq!(keys, ["integrity.keys[0].file", "rules.files[0]", "rules"]);
 }
 
 #[test]
@@ -759,4 +768,96 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn integrity_keys_are_required_read_and_checked() {
+    let dir = config_dir();
+    let with = |integrity: &str| {
+        let text = GOOD.replace(
+            "[[integrity.keys]]\n    id = 1\n    file = \"integrity.key\"",
+            integrity,
+        );
+        let env = |name: &str| match name {
+            "GB_KEY_2" => Some("k".repeat(40)),
+            "GB_SHORT" => Some("short".to_owned()),
+            _ => None,
+        };
+        Config::parse_with_env(&text, dir.path(), &env)
+    };
+    let problems = |integrity: &str| -> Vec<(String, String)> {
+        with(integrity)
+            .unwrap_err()
+            .into_iter()
+            .map(|problem| (problem.key, problem.message))
+            .collect()
+    };
+    // A file's trailing newline is not the key's; the highest id seals by default.
+    let config =
+        with("[[integrity.keys]]\nid = 1\nfile = \"integrity.key\"\n[[integrity.keys]]\nid = 2\nenv = \"GB_KEY_2\"")
+            .unwrap();
+    assert_eq!(config.redis.integrity.sealing_id(), 2);
+    assert_eq!(config.redis.integrity.ids().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(config.redis.checkpoint_interval, Duration::from_secs(60));
+    let config = with(
+        "[integrity]\nseal_with = 1\ncheckpoint_interval_secs = 5\n[[integrity.keys]]\nid = 1\nfile = \"integrity.key\"",
+    )
+    .unwrap();
+    assert_eq!(config.redis.integrity.sealing_id(), 1);
+    assert_eq!(config.redis.checkpoint_interval, Duration::from_secs(5));
+
+    let missing = problems("");
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0].0, "integrity.keys");
+    assert!(
+        missing[0].1.contains("at least one integrity key is required"),
+        "{missing:?}"
+    );
+    assert_eq!(
+        problems("[[integrity.keys]]\nid = 1\nenv = \"GB_SHORT\""),
+        [(
+            "integrity.keys[0].env".to_owned(),
+            "`GB_SHORT` holds 5 bytes; an integrity key needs at least 32".to_owned()
+        )]
+    );
+    assert_eq!(
+        problems("[[integrity.keys]]\nid = 1\nenv = \"GB_UNSET\""),
+        [(
+            "integrity.keys[0].env".to_owned(),
+            "the environment variable `GB_UNSET` is not set".to_owned()
+        )]
+    );
+    assert_eq!(
+        problems("[[integrity.keys]]\nid = 1\nenv = \"GB_KEY_2\"\nfile = \"integrity.key\"")[0].1,
+        "name exactly one of `env` and `file`"
+    );
+    assert_eq!(
+        problems("[[integrity.keys]]\nid = 0\nenv = \"GB_KEY_2\"")[0].1,
+        "key id 0 is reserved: use 1-255"
+    );
+    assert_eq!(
+        problems(
+            "[[integrity.keys]]\nid = 1\nenv = \"GB_KEY_2\"\n[[integrity.keys]]\nid = 1\nfile = \"integrity.key\""
+        )[0]
+        .1,
+        "key id 1 is given twice"
+    );
+    assert_eq!(
+        problems("[integrity]\nseal_with = 3\n[[integrity.keys]]\nid = 1\nenv = \"GB_KEY_2\"")[0],
+        (
+            "integrity.seal_with".to_owned(),
+            "the sealing key 3 is not among the keys".to_owned()
+        )
+    );
+    assert_eq!(
+        problems("[integrity]\ncheckpoint_interval_secs = 0\n[[integrity.keys]]\nid = 1\nenv = \"GB_KEY_2\"")[0].0,
+        "integrity.checkpoint_interval_secs"
+    );
+    // The key's bytes are in no problem and no Debug output.
+    let debug = format!(
+        "{:?}",
+        with("[[integrity.keys]]\nid = 2\nenv = \"GB_KEY_2\"").unwrap().redis
+    );
+    assert!(!debug.contains(&"k".repeat(40)), "{debug}");
+    assert!(debug.contains("IntegrityKeys { sealing: 2, accepted: [2]"), "{debug}");
 }

@@ -81,6 +81,9 @@ impl std::fmt::Display for AuditCursor {
 pub struct AuditEntry {
     pub cursor: AuditCursor,
     pub logged: Logged,
+    /// How the entry is sealed in the log, as an export carries it for `audit verify`
+    /// (`v1 w=... q=... k=... m=...`); `None`: not sealed (0.1.0's entries, tampered ones).
+    pub seal: Option<String>,
 }
 
 /// What an entry of the log records.
@@ -98,7 +101,27 @@ pub enum Logged {
     },
     /// An event of the service itself.
     Service(ServiceEvent),
+    /// An entry that cannot be vouched for: its own MAC fails, or the grant record it refers to
+    /// fails its seal. What an auditor sees in place of the event (every filter but the grant
+    /// and the time lets it through: no filter hides tampering).
+    Tampered {
+        grant_id: Option<GrantId>,
+        /// What failed, for the auditor.
+        reason: String,
+    },
+    /// A checkpoint of the log: it had held `count` entries when the one at `last` was
+    /// appended. What `audit verify` counts the entries between two checkpoints against.
+    Checkpoint { number: u64, count: u64, last: AuditCursor },
 }
+
+/// The name of a [`Logged::Checkpoint`] entry.
+pub const CHECKPOINT: &str = "audit_checkpoint";
+
+/// The name of a [`Logged::Tampered`] entry.
+pub const TAMPERED: &str = "tampered";
+
+/// Who a [`Logged::Tampered`] entry names as its caller and actor: the broker, which found it.
+const FOUND_BY: &str = "grant-broker";
 
 /// An event not tied to a grant: what the service did, or what was asked of it. Serialised (never
 /// read back) as the JSON the audit surfaces show; stored as protobuf by the store.
@@ -243,6 +266,8 @@ impl AuditEntry {
         match &self.logged {
             Logged::Grant { event, .. } => event.kind.name(),
             Logged::Service(event) => event.kind.name(),
+            Logged::Tampered { .. } => TAMPERED,
+            Logged::Checkpoint { .. } => CHECKPOINT,
         }
     }
 
@@ -250,6 +275,7 @@ impl AuditEntry {
         match &self.logged {
             Logged::Grant { event, .. } => event.at,
             Logged::Service(event) => event.at,
+            Logged::Tampered { .. } | Logged::Checkpoint { .. } => self.cursor.time(),
         }
     }
 
@@ -258,6 +284,7 @@ impl AuditEntry {
         match &self.logged {
             Logged::Grant { event, .. } => &event.caller,
             Logged::Service(event) => &event.caller,
+            Logged::Tampered { .. } | Logged::Checkpoint { .. } => FOUND_BY,
         }
     }
 
@@ -266,6 +293,7 @@ impl AuditEntry {
         match &self.logged {
             Logged::Grant { event, .. } => event.actor(),
             Logged::Service(event) => event.actor(),
+            Logged::Tampered { .. } | Logged::Checkpoint { .. } => FOUND_BY,
         }
     }
 
@@ -274,13 +302,15 @@ impl AuditEntry {
         match &self.logged {
             Logged::Grant { event, .. } => event.person.as_ref(),
             Logged::Service(event) => event.person.as_ref(),
+            Logged::Tampered { .. } | Logged::Checkpoint { .. } => None,
         }
     }
 
     pub fn grant_id(&self) -> Option<GrantId> {
         match &self.logged {
             Logged::Grant { grant_id, .. } => Some(*grant_id),
-            Logged::Service(_) => None,
+            Logged::Service(_) | Logged::Checkpoint { .. } => None,
+            Logged::Tampered { grant_id, .. } => *grant_id,
         }
     }
 
@@ -298,6 +328,7 @@ impl AuditEntry {
                 let (target, account_id) = event.kind.target_context();
                 (target, account_id, "")
             }
+            Logged::Tampered { .. } | Logged::Checkpoint { .. } => ("", "", ""),
         }
     }
 
@@ -307,6 +338,17 @@ impl AuditEntry {
         match &self.logged {
             Logged::Grant { event, .. } => serde_json::to_string(event),
             Logged::Service(event) => serde_json::to_string(event),
+            Logged::Tampered { grant_id, reason } => serde_json::to_string(&serde_json::json!({
+                "event": TAMPERED,
+                "grant_id": grant_id.map(|id| id.to_string()),
+                "reason": reason,
+            })),
+            Logged::Checkpoint { number, count, last } => serde_json::to_string(&serde_json::json!({
+                "event": CHECKPOINT,
+                "number": number,
+                "count": count,
+                "last": last.to_string(),
+            })),
         }
         .unwrap_or_default()
     }
@@ -375,6 +417,12 @@ impl AuditFilter {
 
     pub fn matches(&self, entry: &AuditEntry) -> bool {
         let (target, account_id, _) = entry.grant_context();
+        let in_range = self.from.is_none_or(|from| entry.cursor.time() >= from)
+            && self.to.is_none_or(|to| entry.cursor.time() < to);
+        if let Logged::Tampered { grant_id, .. } = &entry.logged {
+            // Nothing in it can be believed but where it is: no filter on what it claims hides it.
+            return in_range && self.grant.is_none_or(|grant| grant_id.is_none_or(|id| id == grant));
+        }
         self.grant.is_none_or(|grant| Some(grant) == entry.grant_id())
             && self
                 .actor
@@ -383,8 +431,7 @@ impl AuditFilter {
             && (self.types.is_empty() || self.types.iter().any(|name| name == entry.name()))
             && self.target.as_deref().is_none_or(|wanted| wanted == target)
             && self.account_id.as_deref().is_none_or(|wanted| wanted == account_id)
-            && self.from.is_none_or(|from| entry.cursor.time() >= from)
-            && self.to.is_none_or(|to| entry.cursor.time() < to)
+            && in_range
     }
 }
 

@@ -140,6 +140,7 @@ pub fn audit_event(entry: &AuditEntry) -> proto::AuditEvent {
         grant_caller: grant_caller.to_owned(),
         event_json: entry.event_json(),
         person: entry.person().map(attribution),
+        integrity: entry.seal.clone().unwrap_or_default(),
     }
 }
 

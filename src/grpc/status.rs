@@ -127,6 +127,15 @@ fn store_status(error: &StoreError) -> Status {
             "a stored grant record could not be read; the broker's log has the details",
             info("STORE_CORRUPT", &[]),
         ),
+        // What is wrong with the seal is in the log; the caller learns which grant, and that
+        // nothing was done with it.
+        StoreError::Tampered { grant_id, .. } => with_details(
+            Code::DataLoss,
+            &format!(
+                "grant {grant_id}'s record fails its seal: it was changed outside the broker, so nothing is done with it; the broker's log has the details"
+            ),
+            info("STORE_TAMPERED", &[("grant_id", grant_id.to_string())]),
+        ),
     }
 }
 

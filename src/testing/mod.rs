@@ -708,6 +708,15 @@ impl Clock for ManualClock {
     }
 }
 
+/// The integrity key the tests seal records with (never one for production: it is public).
+pub const TEST_INTEGRITY_KEY: &str = "grant-broker-tests-integrity-key-not-secret-0123456789";
+
+/// [`TEST_INTEGRITY_KEY`] as key 1, the sealing key.
+pub fn integrity_keys() -> crate::adapters::redis_store::seal::IntegrityKeys {
+    crate::adapters::redis_store::seal::IntegrityKeys::new(vec![(1, TEST_INTEGRITY_KEY.as_bytes().to_vec())], None)
+        .unwrap_or_else(|problem| unreachable!("the test key is valid: {problem}"))
+}
+
 /// How many cases each fuzz harness (the property tests that feed a parser arbitrary input) runs:
 /// `default`, bounded for `scripts/test`, or `GB_FUZZ_CASES` for a longer run
 /// (`GB_FUZZ_CASES=200000 cargo test --lib fuzz`).

@@ -300,6 +300,8 @@ async fn secrets_are_never_stored_or_logged() {
         &credentials.session_token,
         &"987654".to_owned(),
         &PORTAL_TOKEN.to_owned(),
+        // The key that seals records and audit entries: Redis never sees it.
+        &crate::common::TEST_INTEGRITY_KEY.to_owned(),
     ] {
         for (key, value) in &dump {
             assert!(
@@ -649,25 +651,46 @@ async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
     assert_eq!(sts.calls().len(), 2, "no session is minted that could not be traced");
 }
 
-#[tokio::test]
+// Several threads: the STS stand-in's hook waits on the server it calls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grant_that_changes_state_during_the_sts_call_gets_no_credentials() {
     let logs = capture_logs();
     let redis = RedisServer::start();
-    let url = redis.url();
-    // While STS mints, another replica revokes the grant (a direct state change here).
+    // While STS mints, an admin revokes the grant (through the API, as another replica would
+    // take it: the record moves on under the issuance).
+    let address: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let revoker = Arc::clone(&address);
     let revoke = Arc::new(move |params: &std::collections::HashMap<String, String>| {
         let grant_id = params["RoleSessionName"].trim_start_matches("gb-").to_owned();
-        let mut connection = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
-        // The record's header holds the state at offset 1; 6 is REVOKED.
-        let _: i64 = redis::cmd("SETRANGE")
-            .arg(format!("gb:g:{{{grant_id}}}"))
-            .arg(1)
-            .arg(&[6u8][..])
-            .query(&mut connection)
-            .unwrap();
+        let url = revoker.get().unwrap().clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut client = proto::grant_broker_client::GrantBrokerClient::connect(url)
+                    .await
+                    .unwrap();
+                client
+                    .revoke_grant(authed(
+                        ADMIN_TOKEN,
+                        proto::RevokeGrantRequest {
+                            id: grant_id,
+                            reason: "revoked while STS minted".into(),
+                            revoker: String::new(),
+                        },
+                    ))
+                    .await
+                    .unwrap();
+            });
+        })
+        .join()
+        .unwrap();
     });
     let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, revoke).await;
     let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    address.set(server.url()).unwrap();
     let mut client = server.client().await;
 
     let status = client

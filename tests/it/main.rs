@@ -13,6 +13,7 @@ mod contract;
 mod extension;
 mod iam_enforcer;
 mod identity;
+mod integrity;
 mod issuance;
 mod lifecycle;
 mod notifications;

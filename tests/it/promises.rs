@@ -171,8 +171,13 @@ async fn every_issuance_asks_the_rules_again() {
     assert_eq!(sts.calls().len(), 1);
 }
 
+/// Someone with write access to Redis widens the stored scope of an approved grant: the record
+/// fails its seal, so nothing is issued from it (STORE_TAMPERED, nothing reaches STS, nothing is
+/// written on it), the broker logs and counts it, and an auditor reading the log sees each of
+/// the grant's entries as `tampered`.
 #[tokio::test]
-async fn a_session_policy_edited_in_redis_issues_nothing_and_is_audited() {
+async fn a_scope_edited_in_redis_issues_nothing_and_the_audit_log_shows_it() {
+    let logs = capture_logs();
     let (redis, sts, _server, mut client) = setup(|_| {}).await;
     let grant = client
         .request_access(authed(PORTAL_TOKEN, read_logs_request("tamper")))
@@ -182,39 +187,68 @@ async fn a_session_policy_edited_in_redis_issues_nothing_and_is_audited() {
         .grant
         .unwrap();
 
-    // Someone with write access to Redis widens the stored scope (same length, so the record
-    // still decodes) without knowing how to make the policy digest match.
+    // Same length, so the record still decodes; the policy digest is edited too (it is in the
+    // record), which no longer matters: the seal covers both.
     let mut connection = redis.connection().await;
     let key = format!("gb:g:{{{}}}", grant.id);
     let record: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
     let (from, to) = (&b"acme-logs/vendor-x/*"[..], &b"acme-logs/**********"[..]);
-    assert_eq!(from.len(), to.len());
     let at = record.windows(from.len()).position(|window| window == from).unwrap();
     let mut widened = record.clone();
     widened[at..at + from.len()].copy_from_slice(to);
     let () = redis::cmd("SET")
         .arg(&key)
-        .arg(widened)
+        .arg(&widened)
         .arg("KEEPTTL")
         .query_async(&mut connection)
         .await
         .unwrap();
 
+    for attempt in 0..3 {
+        let status = client
+            .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::DataLoss, "STORE_TAMPERED", "fails its seal");
+        assert!(status.message().contains(&grant.id), "{attempt}: {status:?}");
+    }
     let status = client
         .request_access(authed(PORTAL_TOKEN, read_logs_request("tamper")))
         .await
         .unwrap_err();
-    assert_status(&status, Code::Internal, "STORE_CORRUPT", "failed the integrity checks");
-    assert_eq!(sts.calls().len(), 1, "the edited policy never reached STS");
-    let events = redis.events(&grant.id).await;
-    let last = events.last().unwrap();
-    assert_eq!(last["event"], "issue_refused");
+    assert_status(&status, Code::DataLoss, "STORE_TAMPERED", "fails its seal");
+    let status = client
+        .get_grant(authed(PORTAL_TOKEN, proto::GetGrantRequest { id: grant.id.clone() }))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::DataLoss, "STORE_TAMPERED", "fails its seal");
+    assert_eq!(sts.calls().len(), 1, "the edited scope never reached STS");
+    let stored: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
+    assert_eq!(stored, widened, "nothing written on a tampered record");
+
+    let events = client
+        .list_audit_events(authed(
+            AUDITOR_TOKEN,
+            proto::ListAuditEventsRequest {
+                grant_id: grant.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(!events.is_empty());
+    for event in &events {
+        assert_eq!(event.event, "tampered", "{event:?}");
+        assert_eq!(event.grant_id, grant.id);
+        assert!(event.event_json.contains("fails its seal"), "{}", event.event_json);
+        assert!(event.integrity.is_empty());
+    }
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert!(
-        last["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not the one its scopes and end build"),
-        "{last}"
+        logs.contains("a grant record fails its seal") && logs.contains(&grant.id),
+        "logged"
     );
 }
 

@@ -17,6 +17,7 @@ use grant_broker::{
     },
     ports::{
         Appended, AuditLog, Change, ExtensionsChange, GrantIndex, GrantQueues, GrantRecords, GrantSearch, Reservation,
+        StoreError,
     },
 };
 use proptest::prelude::*;
@@ -140,6 +141,8 @@ fn settings(redis: &RedisServer) -> RedisSettings {
         min_replicas: 0,
         replica_timeout: Duration::from_millis(100),
         tls: None,
+        integrity: crate::common::integrity_keys(),
+        checkpoint_interval: Duration::from_secs(1),
     }
 }
 
@@ -865,147 +868,335 @@ async fn golden_records_of_every_shape_read_back_exactly() {
     }
 }
 
-/// The change script and the Rust decoder read every header field at the same offset: each field
-/// set by hand (as docs/storage.md lays them out) is what the script compares and what a read
-/// reports, and the script rewrites only what a change changes.
+/// Someone who can write to Redis changes a record by hand, each way docs/storage.md lists: the
+/// state byte, the attempts, the approvals, the extensions tag, the event count, the reviewed
+/// flag, the scopes together with their policy digest, the end, the caller, a frame cut out or
+/// the last one cut off, or another grant's record copied over it. Every read refuses it as
+/// tampered (counted), and no change is written on it by a broker that reads it. A broker that
+/// verified the record before and writes a change from that revision is refused whenever the
+/// header or the length changed; an edit inside a frame that keeps its length is written on
+/// (decided on the revision that verified, so nothing is decided on the edit) and the record
+/// still reads as tampered. The bytes the broker wrote read again once restored.
 #[tokio::test]
-async fn the_change_script_and_the_decoder_agree_on_every_header_field() {
-    use grant_broker::domain::approval::Review;
+async fn a_record_changed_outside_the_broker_is_refused_and_nothing_is_written_on_it() {
     let redis = RedisServer::start();
     let store = RedisGrantStore::new(&settings(&redis)).unwrap();
     let id = GrantId::from_uuid(Uuid::now_v7());
-    let grant = sample_grant(id, "header", 0);
+    let grant = sample_grant(id, "tamper", 0);
     let key = format!("gb:g:{{{id}}}");
     assert!(store.create(&grant, &[event()]).await.unwrap());
-    let mut connection = redis.connection().await;
-    let header = || async {
-        let bytes: Vec<u8> = redis::cmd("GETRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(10)
-            .query_async(&mut redis.connection().await)
-            .await
-            .unwrap();
-        bytes
+    let appended = event();
+    let attempt = Change::IssueAttempt {
+        limit: 100,
+        event: &appended,
     };
-    let set = |offset: usize, bytes: Vec<u8>| {
-        let key = key.clone();
+    assert_eq!(store.change_if_state(&grant, attempt).await.unwrap(), Appended::Yes);
+    let other_id = GrantId::from_uuid(Uuid::now_v7());
+    assert!(
+        store
+            .create(&sample_grant(other_id, "tamper", 0), &[event()])
+            .await
+            .unwrap()
+    );
+    let mut connection = redis.connection().await;
+    let read = |key: String| {
         let mut connection = connection.clone();
         async move {
-            let _: i64 = redis::cmd("SETRANGE")
+            redis::cmd("GET")
                 .arg(key)
-                .arg(offset)
+                .query_async::<Vec<u8>>(&mut connection)
+                .await
+                .unwrap()
+        }
+    };
+    let original = read(key.clone()).await;
+    let other = read(format!("gb:g:{{{other_id}}}")).await;
+    // Header at 0-10 (docs/storage.md), tag at 11-26, then frames: key id, length, segment.
+    assert_eq!(original[..11], [4, 2, 0, 1, 0, 0, 0, 0, 0, 2, 0]);
+    let (mut first_frame_len, mut at) = (0usize, 28);
+    loop {
+        first_frame_len |= usize::from(original[at] & 0x7f) << (7 * (at - 28));
+        at += 1;
+        if original[at - 1] < 0x80 {
+            break;
+        }
+    }
+    let second_frame = at + first_frame_len;
+    assert!(second_frame < original.len(), "two frames");
+    let find = |needle: &[u8]| {
+        original
+            .windows(needle.len())
+            .position(|window| window == needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the record"))
+    };
+    let scope_at = find(b"acme-logs");
+    let caller_at = find(b"vendor-portal");
+
+    type Tamper = Box<dyn Fn(&mut Vec<u8>)>;
+    // Edits inside a frame that keep the record's length.
+    let within_a_frame = [
+        "a scope widened, its policy digest with it",
+        "the caller",
+        "a frame's key id",
+        "another grant's record copied over it",
+    ];
+    let set = |offset: usize, bytes: &'static [u8]| -> Tamper {
+        Box::new(move |record: &mut Vec<u8>| record[offset..offset + bytes.len()].copy_from_slice(bytes))
+    };
+    let tamperings: Vec<(&str, Tamper)> = vec![
+        ("the state byte (approved to pending)", set(1, &[1])),
+        ("the attempts reset", set(2, &[0, 0])),
+        ("an approval added", set(4, &[1])),
+        ("the extensions tag", set(5, &[1, 1, 0])),
+        ("the event count", set(8, &[0, 1])),
+        ("the reviewed flag", set(10, &[1])),
+        (
+            "a scope widened, its policy digest with it",
+            Box::new(move |record: &mut Vec<u8>| record[scope_at..scope_at + 9].copy_from_slice(b"acme-prod")),
+        ),
+        (
+            "the caller",
+            Box::new(move |record: &mut Vec<u8>| record[caller_at..caller_at + 6].copy_from_slice(b"rogue-")),
+        ),
+        (
+            "the last frame cut off, header restored to before it",
+            Box::new(move |record: &mut Vec<u8>| {
+                record.truncate(second_frame);
+                record[2..4].copy_from_slice(&[0, 0]);
+                record[8..10].copy_from_slice(&[0, 1]);
+            }),
+        ),
+        (
+            "the first frame cut out",
+            Box::new(move |record: &mut Vec<u8>| drop(record.drain(27..second_frame))),
+        ),
+        ("a frame's key id", Box::new(move |record: &mut Vec<u8>| record[27] = 2)),
+        (
+            "another grant's record copied over it",
+            Box::new(move |record: &mut Vec<u8>| *record = other.clone()),
+        ),
+    ];
+    let write = |bytes: Vec<u8>| {
+        let mut connection = connection.clone();
+        let key = key.clone();
+        async move {
+            let _: () = redis::cmd("SET")
+                .arg(key)
                 .arg(bytes)
                 .query_async(&mut connection)
                 .await
                 .unwrap();
         }
     };
+    let mut tampered_seen = 0;
+    for (what, tamper) in &tamperings {
+        let mut bytes = original.clone();
+        tamper(&mut bytes);
+        assert_ne!(bytes, original, "{what}");
+        write(bytes.clone()).await;
+        // This broker verified the record before (its revision is the original): the change
+        // script sees the record is not that revision and answers with it, which fails its seal.
+        let refused = store.change_if_state(&grant, attempt).await;
+        let mut seen = 1;
+        if within_a_frame.contains(what) && matches!(refused, Ok(Appended::Yes)) {
+            bytes = read(key.clone()).await;
+            seen = 0;
+        } else {
+            assert!(
+                matches!(&refused, Err(StoreError::Tampered { grant_id, .. }) if *grant_id == id),
+                "{what}: {refused:?}"
+            );
+            assert_eq!(read(key.clone()).await, bytes, "{what}: nothing written on it");
+        }
+        // A read refuses it, and so does a change by a broker that never saw the record.
+        assert!(
+            matches!(store.get(id).await, Err(StoreError::Tampered { grant_id, .. }) if grant_id == id),
+            "{what}"
+        );
+        let fresh = RedisGrantStore::new(&settings(&redis)).unwrap();
+        assert!(
+            matches!(
+                fresh.change_if_state(&grant, attempt).await,
+                Err(StoreError::Tampered { .. })
+            ),
+            "{what}"
+        );
+        assert_eq!(read(key.clone()).await, bytes, "{what}: nothing written on it");
+        tampered_seen += seen + 1;
+        assert_eq!(store.tampered_records_seen(), tampered_seen, "{what}: counted");
+        assert_eq!(fresh.tampered_records_seen(), 1, "{what}: counted");
+        write(original.clone()).await;
+        assert_eq!(
+            store.get(id).await.unwrap().unwrap().state,
+            GrantState::Approved,
+            "{what}"
+        );
+    }
+    // Restored, the record takes changes again.
+    assert_eq!(store.change_if_state(&grant, attempt).await.unwrap(), Appended::Yes);
+    let _: () = redis::cmd("PING").query_async(&mut connection).await.unwrap();
+}
+
+/// Two changes sealed onto the same revision by two brokers: the second finds the record moved
+/// on, verifies it as it is, decides again on it and lands after the first (or is refused by
+/// what the first changed), so the chain stays whole.
+#[tokio::test]
+async fn brokers_changing_one_grant_at_once_keep_its_seal_whole() {
+    let redis = RedisServer::start();
+    let stores: Vec<RedisGrantStore> = (0..3)
+        .map(|_| RedisGrantStore::new(&settings(&redis)).unwrap())
+        .collect();
+    let id = GrantId::from_uuid(Uuid::now_v7());
+    let grant = sample_grant(id, "race", 0);
+    assert!(stores[0].create(&grant, &[event()]).await.unwrap());
+    for store in &stores {
+        store.get(id).await.unwrap().unwrap();
+    }
     let appended = event();
-    let attempt = |limit| Change::IssueAttempt {
-        limit,
+    let attempt = Change::IssueAttempt {
+        limit: 20,
         event: &appended,
     };
-    // Offset 0: the version; 1: the state (approved is 2); 8-9: one event so far.
-    assert_eq!(header().await, [3, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    // 3 brokers x 10 attempts against a limit of 20: exactly 20 land.
+    let grant = &grant;
+    let results = futures_util::future::join_all(
+        stores
+            .iter()
+            .flat_map(|store| (0..10).map(move |_| store.change_if_state(grant, attempt))),
+    )
+    .await;
+    let landed = results
+        .iter()
+        .filter(|result| matches!(result, Ok(Appended::Yes)))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|result| matches!(result, Ok(Appended::LimitReached(20))))
+        .count();
+    assert_eq!((landed, refused), (20, 10), "{results:?}");
+    let events = RedisGrantStore::new(&settings(&redis))
+        .unwrap()
+        .events_from(id, 0)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 21);
+}
 
-    // Offset 1, the state: cancelled (5) is what both the script and a read see.
-    set(1, vec![5]).await;
-    assert_eq!(
-        store.change_if_state(&grant, attempt(100)).await.unwrap(),
-        Appended::WrongState(GrantState::Cancelled)
-    );
-    assert_eq!(store.get(id).await.unwrap().unwrap().state, GrantState::Cancelled);
-    set(1, vec![2]).await;
-
-    // Offsets 2-3, the attempts (big-endian): 7 made, so a limit of 7 refuses and 8 counts one.
-    set(2, vec![0, 7]).await;
-    assert_eq!(
-        store.change_if_state(&grant, attempt(7)).await.unwrap(),
-        Appended::LimitReached(7)
-    );
-    assert_eq!(store.change_if_state(&grant, attempt(8)).await.unwrap(), Appended::Yes);
-    assert_eq!(&header().await[2..4], [0, 8]);
-
-    // Offset 4, the approvals: two recorded on a pending grant (1), so an approval expecting one
-    // is refused.
-    set(1, vec![1]).await;
-    set(4, vec![2]).await;
-    let approval = Approval {
-        approver: Person::from_trusted("bob".to_owned()),
-        groups: Default::default(),
-        at: grant.start,
-        comment: String::new(),
-        caller: "approval-portal".into(),
-        verified: None,
+/// Keys rotate: a broker with a new sealing key reads what the old one sealed and continues it
+/// under the new key; once the old key is dropped, what it sealed reads as tampered (so it must
+/// stay listed for the retention).
+#[tokio::test]
+async fn integrity_keys_rotate_without_losing_what_the_old_key_sealed() {
+    use grant_broker::adapters::redis_store::seal::IntegrityKeys;
+    let redis = RedisServer::start();
+    let (old, new) = (vec![1; 32], vec![2; 32]);
+    let with = |keys: Vec<(u8, Vec<u8>)>, sealing: u8| {
+        RedisGrantStore::new(&RedisSettings {
+            integrity: IntegrityKeys::new(keys, Some(sealing)).unwrap(),
+            ..settings(&redis)
+        })
+        .unwrap()
     };
-    let approve = Change::Approval {
-        transition: Transition::RecordApproval,
-        approvals_before: 1,
-        approval: &approval,
-        window: None,
-        events: std::slice::from_ref(&appended),
-    };
-    assert_eq!(
-        store.change_if_state(&grant, approve).await.unwrap(),
-        Appended::ApprovalsChanged(2)
-    );
-    set(4, vec![0]).await;
-    set(1, vec![2]).await;
-
-    // Offsets 5-7, the extensions tag: a change expecting none finds it changed.
-    set(5, vec![1, 1, 0]).await;
-    let extend = Change::Extension {
-        transition: Transition::RequestExtension,
-        extensions: ExtensionsChange {
-            before: &[],
-            after: &[],
-        },
-        window: None,
-        events: std::slice::from_ref(&appended),
-    };
-    assert_eq!(
-        store.change_if_state(&grant, extend).await.unwrap(),
-        Appended::ExtensionsChanged
-    );
-    set(5, vec![0, 0, 0]).await;
-
-    // Offset 10, the flags: reviewed, so a second review is refused.
-    set(10, vec![1]).await;
-    let review = Review {
-        reviewer: Person::from_trusted("carol".to_owned()),
-        at: grant.start,
-        comment: "fine".into(),
-        caller: "approval-portal".into(),
-        verified: None,
-    };
-    let reviewing = Change::Review {
-        review: &review,
+    let before = with(vec![(1, old.clone())], 1);
+    let id = GrantId::from_uuid(Uuid::now_v7());
+    let grant = sample_grant(id, "rotate", 0);
+    assert!(before.create(&grant, &[event()]).await.unwrap());
+    let appended = event();
+    let attempt = Change::IssueAttempt {
+        limit: 10,
         event: &appended,
     };
-    assert_eq!(
-        store.change_if_state(&grant, reviewing).await.unwrap(),
-        Appended::AlreadyReviewed
-    );
-    set(10, vec![0]).await;
+    assert_eq!(before.change_if_state(&grant, attempt).await.unwrap(), Appended::Yes);
 
-    // Offsets 8-9, the events: every change counted; the body grew by exactly what was appended.
-    let length: usize = redis::cmd("STRLEN")
-        .arg(&key)
-        .query_async(&mut connection)
+    // Both keys, sealing with the new one: the old record reads, and a change is sealed with key 2.
+    let rotated = with(vec![(1, old.clone()), (2, new.clone())], 2);
+    assert_eq!(rotated.events_from(id, 0).await.unwrap().len(), 2);
+    assert_eq!(rotated.change_if_state(&grant, attempt).await.unwrap(), Appended::Yes);
+    let record: Vec<u8> = redis::cmd("GET")
+        .arg(format!("gb:g:{{{id}}}"))
+        .query_async(&mut redis.connection().await)
         .await
         .unwrap();
-    let note = Change::Note { event: &appended };
-    assert_eq!(store.change_if_state(&grant, note).await.unwrap(), Appended::Yes);
-    let header = header().await;
-    assert_eq!(header, [3, 2, 0, 8, 0, 0, 0, 0, 0, 3, 0]);
-    assert_eq!(store.events_from(id, 0).await.unwrap().len(), 3);
-    let grown: usize = redis::cmd("STRLEN")
-        .arg(&key)
-        .query_async(&mut connection)
+    assert_eq!(record[27], 1, "the first frame stays sealed with key 1");
+    assert_eq!(
+        record[record.len() - appended_frame_len(&record)],
+        2,
+        "the new frame with key 2"
+    );
+    // The broker that holds only key 1 cannot vouch for the frame key 2 sealed.
+    let refused = before.get(id).await.map(|_| ()).unwrap_err().to_string();
+    assert!(refused.contains("sealed with key 2"), "{refused}");
+    // A new grant is sealed with key 2 alone, so a broker with only key 2 reads it...
+    let fresh = GrantId::from_uuid(Uuid::now_v7());
+    assert!(
+        rotated
+            .create(&sample_grant(fresh, "rotate", 0), &[event()])
+            .await
+            .unwrap()
+    );
+    let only_new = with(vec![(2, new)], 2);
+    assert!(only_new.get(fresh).await.unwrap().is_some());
+    // ...but not one whose frames key 1 sealed.
+    let refused = only_new.get(id).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Tampered { what, .. }) if what.contains("sealed with key 1, which is not among the configured integrity keys")),
+        "{refused:?}"
+    );
+}
+
+/// The length of a record's last frame: walks the frames (key id, varint length, segment).
+fn appended_frame_len(record: &[u8]) -> usize {
+    let mut at = 27;
+    let mut last = 0;
+    while at < record.len() {
+        let start = at;
+        at += 1;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let byte = record[at];
+            at += 1;
+            len |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        at += len;
+        last = at - start;
+    }
+    last
+}
+
+/// Brokers come and go mid-chain: each writes under its own writer id, checkpoints continue
+/// from whatever the last broker left in Redis, and the log verifies whole.
+#[tokio::test]
+async fn the_audit_log_verifies_across_broker_restarts() {
+    let redis = RedisServer::start();
+    let now = OffsetDateTime::now_utc;
+    for round in 0..3 {
+        let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+        for _ in 0..3 {
+            let id = GrantId::from_uuid(Uuid::now_v7());
+            let grant = sample_grant(id, "restart", 0);
+            assert!(store.create(&grant, &[event()]).await.unwrap());
+            let appended = event();
+            let note = Change::Note { event: &appended };
+            assert_eq!(store.change_if_state(&grant, note).await.unwrap(), Appended::Yes);
+        }
+        assert!(
+            store.checkpoint_audit_log(Duration::ZERO, now()).await.unwrap(),
+            "round {round}"
+        );
+        // One broker stops here; the next starts with a new writer id.
+    }
+    let verification = RedisGrantStore::new(&settings(&redis))
+        .unwrap()
+        .verify_audit_log(None, now())
         .await
         .unwrap();
-    assert!(grown > length, "appended");
-    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut connection).await.unwrap();
-    assert!(ttl > 0, "the record keeps its expiry: {ttl}");
+    assert_eq!(verification.problems, [], "{verification:?}");
+    assert_eq!(verification.checkpoints, 3);
+    assert_eq!(verification.entries, 3 * 6 + 3);
+    assert_eq!(verification.records, 9);
+    assert_eq!(verification.before_first_checkpoint, 6);
 }

@@ -1,24 +1,34 @@
 //! The audit log in Redis: one stream, `gb:{audit}:events`, of references to every recorded event
 //! of every grant: `g` (the grant id, 16 bytes) and `n` (the event's position in its grant's
-//! record). The event itself is stored once, in its grant's record, where it was written in the
-//! same atomic step as the change it records; readers resolve references with one pipelined read
-//! of the grants a page names. Stream ids are the cursors (`<ms>-<seq>`, ordered as written), so a
-//! reader resumes after the last id it saw with no gap and no repeat, across broker restarts.
+//! record), sealed ([`ledger`]: `w` the writer, `q` its sequence number, `k` the key id, `m` the
+//! MAC over the event's JSON). The event itself is stored once, in its grant's record, where it
+//! was written in the same atomic step as the change it records; readers resolve references
+//! with one pipelined read of the grants a page names, and check each entry's MAC against the
+//! event it names. Service events (`s`) are stored in the log itself, sealed the same way, and
+//! checkpoints (`c`) are appended beside the traffic ([`ledger`]). `gb:{audit}:head` (same slot)
+//! counts the entries appended, the last one's id and the last checkpoint. Stream ids are the
+//! cursors (`<ms>-<seq>`, ordered as written), so a reader resumes after the last id it saw with
+//! no gap and no repeat, across broker restarts.
 //!
 //! References are added after the grant's own step succeeded, in the same round trip as the
 //! other writes beside it (another slot than the grant's). A broker that dies in between leaves
-//! the event in the grant's own trail but not in the log (documented in docs/storage.md). A reference
-//! whose grant has gone (retention) is skipped.
+//! the event in the grant's own trail but not in the log (documented in docs/storage.md). A
+//! reference whose grant has gone (retention) is skipped; one whose grant's record or own MAC
+//! fails reads as a `tampered` entry.
 
 use std::collections::HashMap;
 
 use redis::Value;
 use time::OffsetDateTime;
 
-use super::{RedisGrantStore, id_bytes, id_from_bytes, reply, unavailable};
+use super::{
+    RedisGrantStore, id_bytes, id_from_bytes,
+    ledger::{self, Checkpoint, EntrySeal, Writer},
+    reply, unavailable,
+};
 use crate::{
     domain::{
-        GrantId,
+        GrantEvent, GrantId,
         audit::{AuditCursor, AuditEntry, Logged, ServiceEvent},
     },
     ports::{AuditRead, StoreError},
@@ -27,35 +37,73 @@ use crate::{
 /// Idle connections kept for followers' blocking reads.
 const KEPT_BLOCKING_CONNECTIONS: usize = 16;
 
-/// Adds references to a grant's events. KEYS: the log; ARGV: grant id (bytes), first event,
-/// count.
+/// Appends sealed entries and counts them in the head. KEYS: the log, the head. ARGV: how many
+/// entries, then for each its number of fields and its field names and values.
 pub(super) const LOG: &str = r"
-for n = tonumber(ARGV[2]), tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1 do
-  redis.call('XADD', KEYS[1], '*', 'g', ARGV[1], 'n', n)
+local last
+local i = 2
+for e = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[i]) * 2
+  last = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+  i = i + 1 + n
 end
-return tonumber(ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'count', tonumber(ARGV[1]))
+redis.call('HSET', KEYS[2], 'last', last)
+return last
 ";
 
-/// One entry as the log holds it: a reference to a grant's event, or a service event itself
-/// (field `s`, protobuf: rare, and not tied to any grant's record).
-enum Raw {
+/// Appends a checkpoint unless another replica appended one since the head was read. KEYS: the
+/// log, the head. ARGV: the last checkpoint as read (`<number> <mac hex> <cursor>`, empty: none),
+/// the checkpoint's body, key id and MAC, its number and MAC (the script adds its cursor), the
+/// time (unix s).
+pub(super) const CHECKPOINT: &str = r"
+if (redis.call('HGET', KEYS[2], 'checkpoint') or '') ~= ARGV[1] then return 0 end
+local id = redis.call('XADD', KEYS[1], '*', 'c', ARGV[2], 'k', ARGV[3], 'm', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'count', 1)
+redis.call('HSET', KEYS[2], 'last', id, 'checkpoint', ARGV[5] .. ' ' .. id, 'checkpoint_at', ARGV[6])
+return 1
+";
+
+/// An entry ready to append: its fields, sealed. Kept whole for a retry, so a retried write
+/// appends the same entry (same writer and sequence number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Entry(Vec<(&'static str, Vec<u8>)>);
+
+/// One entry as the log holds it.
+pub(super) enum Raw {
     Reference {
         cursor: AuditCursor,
         grant: GrantId,
         event: usize,
+        seal: Option<EntrySeal>,
     },
     Service {
         cursor: AuditCursor,
         event: Box<ServiceEvent>,
+        seal: Option<EntrySeal>,
+    },
+    Checkpoint {
+        cursor: AuditCursor,
+        checkpoint: Checkpoint,
     },
 }
 
 impl Raw {
-    fn cursor(&self) -> &AuditCursor {
+    pub(super) fn cursor(&self) -> &AuditCursor {
         match self {
-            Self::Reference { cursor, .. } | Self::Service { cursor, .. } => cursor,
+            Self::Reference { cursor, .. } | Self::Service { cursor, .. } | Self::Checkpoint { cursor, .. } => cursor,
         }
     }
+}
+
+/// The head beside the log: entries appended, the last one, the last checkpoint.
+#[derive(Debug, Default)]
+pub(super) struct Head {
+    pub count: u64,
+    pub last: Option<AuditCursor>,
+    /// `<number> <mac hex> <cursor>`, as the checkpoint script compares it.
+    pub checkpoint: Option<String>,
+    pub checkpoint_at: Option<i64>,
 }
 
 impl RedisGrantStore {
@@ -63,18 +111,82 @@ impl RedisGrantStore {
         format!("{}:{{audit}}:events", self.prefix)
     }
 
-    /// Adds references to events `first..first + count` of a grant to the log: one command,
-    /// which adds all of them or none.
-    pub(super) async fn log_references(&self, grant: GrantId, first: u64, count: usize) -> Result<(), StoreError> {
-        if count == 0 {
+    fn audit_head_key(&self) -> String {
+        format!("{}:{{audit}}:head", self.prefix)
+    }
+
+    /// The next `count` sequence numbers of this writer.
+    fn sequences(&self, count: usize) -> u64 {
+        self.sequence
+            .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn sealed(
+        &self,
+        mut fields: Vec<(&'static str, Vec<u8>)>,
+        sequence: u64,
+        mac: [u8; super::seal::TAG_LEN],
+    ) -> Entry {
+        fields.extend([
+            ("w", self.writer.0.to_vec()),
+            ("q", sequence.to_string().into_bytes()),
+            ("k", self.keys.sealing_id().to_string().into_bytes()),
+            ("m", mac.to_vec()),
+        ]);
+        Entry(fields)
+    }
+
+    /// The log entries for events `first..` of a grant, sealed.
+    pub(super) fn reference_entries(
+        &self,
+        grant: GrantId,
+        first: u64,
+        events: &[GrantEvent],
+    ) -> Result<Vec<Entry>, StoreError> {
+        let start = self.sequences(events.len());
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let (position, sequence) = (first + i as u64, start + i as u64);
+                let json = serde_json::to_string(event).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                let mac = ledger::reference_mac(
+                    &self.keys,
+                    self.keys.sealing_id(),
+                    self.writer,
+                    sequence,
+                    grant,
+                    position,
+                    &json,
+                )
+                .map_err(StoreError::Corrupt)?;
+                Ok(self.sealed(
+                    vec![
+                        ("g", id_bytes(grant).to_vec()),
+                        ("n", position.to_string().into_bytes()),
+                    ],
+                    sequence,
+                    mac,
+                ))
+            })
+            .collect()
+    }
+
+    /// Appends entries in one command, which adds all of them or none.
+    pub(super) async fn append_log(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
             return Ok(());
         }
-        self.log
-            .key(self.audit_key())
-            .arg(&id_bytes(grant)[..])
-            .arg(first)
-            .arg(count)
-            .invoke_async::<i64>(&mut self.connection.clone())
+        let mut invocation = self.log.key(self.audit_key());
+        invocation.key(self.audit_head_key()).arg(entries.len());
+        for Entry(fields) in entries {
+            invocation.arg(fields.len());
+            for (name, value) in fields {
+                invocation.arg(*name).arg(value.as_slice());
+            }
+        }
+        invocation
+            .invoke_async::<String>(&mut self.connection.clone())
             .await
             .map(drop)
             .map_err(unavailable)
@@ -116,20 +228,99 @@ impl RedisGrantStore {
 
     /// Logs an event of the service itself (the broker announces it once it is logged).
     pub(super) async fn log_service(&self, event: &ServiceEvent) -> Result<(), StoreError> {
-        redis::cmd("XADD")
-            .arg(self.audit_key())
-            .arg("*")
-            .arg("s")
-            .arg(super::service_event::encode(event))
-            .query_async::<String>(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        let sequence = self.sequences(1);
+        let json = serde_json::to_string(event).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let mac = ledger::service_mac(&self.keys, self.keys.sealing_id(), self.writer, sequence, &json)
+            .map_err(StoreError::Corrupt)?;
+        let entry = self.sealed(vec![("s", super::service_event::encode(event))], sequence, mac);
+        self.append_log(&[entry]).await
     }
 
-    /// Decodes an XRANGE / XREAD list of `[id, ["g", <grant>, "n", <event>]]` and
-    /// `[id, ["s", <service event>]]`.
-    fn references(entries: Value) -> Result<Vec<Raw>, StoreError> {
+    /// Appends a checkpoint when the last one is older than `interval` (any replica may: the
+    /// script appends one only if no other did since the head was read). Whether it did.
+    pub async fn checkpoint_audit_log(
+        &self,
+        interval: std::time::Duration,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let head = self.audit_head().await?;
+        let due = head.checkpoint_at.is_none_or(|at| {
+            now.unix_timestamp().saturating_sub(at) >= i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)
+        });
+        let Some(last) = head.last.clone().filter(|_| due) else {
+            return Ok(false);
+        };
+        let corrupt = |what: &str| StoreError::Corrupt(format!("audit head: checkpoint {what}"));
+        let (number, previous) = match head.checkpoint.as_deref() {
+            Some(text) => {
+                let mut parts = text.split(' ');
+                let (Some(number), Some(mac), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(corrupt("shape"));
+                };
+                (
+                    number.parse::<u64>().map_err(|_| corrupt("number"))? + 1,
+                    Some((
+                        hex::decode(mac).map_err(|_| corrupt("MAC"))?,
+                        AuditCursor::parse(at).map_err(|_| corrupt("cursor"))?,
+                    )),
+                )
+            }
+            None => (1, None),
+        };
+        let checkpoint =
+            Checkpoint::seal(&self.keys, number, head.count, last, previous).map_err(StoreError::Corrupt)?;
+        let body = Checkpoint::body(
+            checkpoint.number,
+            checkpoint.count,
+            &checkpoint.last,
+            checkpoint.previous.as_ref(),
+        );
+        let appended: i64 = self
+            .checkpoint
+            .key(self.audit_key())
+            .key(self.audit_head_key())
+            .arg(head.checkpoint.clone().unwrap_or_default())
+            .arg(body)
+            .arg(checkpoint.key)
+            .arg(&checkpoint.mac)
+            .arg(format!("{} {}", checkpoint.number, hex::encode(&checkpoint.mac)))
+            .arg(now.unix_timestamp())
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(appended == 1)
+    }
+
+    pub(super) async fn audit_head(&self) -> Result<Head, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("audit head: {what}"));
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.audit_head_key())
+            .arg("count")
+            .arg("last")
+            .arg("checkpoint")
+            .arg("checkpoint_at")
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let [count, last, checkpoint, checkpoint_at]: [Option<String>; 4] =
+            fields.try_into().map_err(|_| corrupt("reply shape"))?;
+        Ok(Head {
+            count: count
+                .map(|count| count.parse())
+                .transpose()
+                .map_err(|_| corrupt("count"))?
+                .unwrap_or(0),
+            last: last
+                .map(|last| AuditCursor::parse(&last))
+                .transpose()
+                .map_err(|_| corrupt("last"))?,
+            checkpoint,
+            checkpoint_at: checkpoint_at.and_then(|at| at.parse().ok()),
+        })
+    }
+
+    /// Decodes an XRANGE / XREAD list of `[id, [name, value, ...]]`.
+    pub(super) fn references(entries: Value) -> Result<Vec<Raw>, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("audit log: {what}"));
         let Value::Array(entries) = entries else {
             return match entries {
@@ -145,72 +336,174 @@ impl RedisGrantStore {
                     .try_into()
                     .map_err(|_| corrupt("entry shape".to_owned()))?;
                 let cursor = AuditCursor::parse(&reply::text(id).map_err(&corrupt)?).map_err(&corrupt)?;
-                let fields = match fields {
-                    Value::Array(fields) => fields,
-                    _ => return Err(corrupt(format!("entry {cursor} fields"))),
+                let Value::Array(fields) = fields else {
+                    return Err(corrupt(format!("entry {cursor} fields")));
                 };
-                match <[Value; 2]>::try_from(fields) {
-                    Ok([_, event]) => {
-                        let bytes = reply::optional_bytes(event)
-                            .map_err(&corrupt)?
-                            .ok_or_else(|| corrupt(format!("entry {cursor} without its event")))?;
-                        let event = super::service_event::decode(&bytes)
-                            .map_err(|error| corrupt(format!("entry {cursor}: {error}")))?;
-                        Ok(Raw::Service {
-                            cursor,
-                            event: Box::new(event),
-                        })
-                    }
-                    Err(fields) => {
-                        let [_, grant, _, event]: [Value; 4] = fields
-                            .try_into()
-                            .map_err(|_| corrupt(format!("entry {cursor} fields")))?;
-                        let grant = reply::optional_bytes(grant)
-                            .map_err(&corrupt)?
-                            .ok_or_else(|| corrupt(format!("entry {cursor} without a grant")))?;
-                        let event = reply::text(event)
-                            .map_err(&corrupt)?
-                            .parse()
-                            .map_err(|_| corrupt(format!("entry {cursor}: event position")))?;
-                        Ok(Raw::Reference {
-                            cursor,
-                            grant: id_from_bytes(&grant)?,
-                            event,
-                        })
-                    }
+                let mut named: HashMap<String, Vec<u8>> = HashMap::new();
+                let mut fields = fields.into_iter();
+                while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                    let name = reply::text(name).map_err(&corrupt)?;
+                    let value = reply::optional_bytes(value)
+                        .map_err(&corrupt)?
+                        .ok_or_else(|| corrupt(format!("entry {cursor}: field {name} without a value")))?;
+                    named.insert(name, value);
                 }
+                Self::raw(cursor, named).map_err(corrupt)
             })
             .collect()
     }
 
-    /// Resolves references to the events they name, reading each grant once. A reference whose
-    /// grant is gone is skipped.
+    fn raw(cursor: AuditCursor, mut fields: HashMap<String, Vec<u8>>) -> Result<Raw, String> {
+        let text = |bytes: Vec<u8>, what: &str| {
+            String::from_utf8(bytes).map_err(|_| format!("entry {cursor}: {what} is not text"))
+        };
+        let key = fields
+            .remove("k")
+            .map(|key| {
+                text(key, "the key id")?
+                    .parse::<u8>()
+                    .map_err(|_| format!("entry {cursor}: key id"))
+            })
+            .transpose()?;
+        let mac = fields.remove("m");
+        if let Some(body) = fields.remove("c") {
+            let (Some(key), Some(mac)) = (key, mac) else {
+                return Err(format!("entry {cursor}: a checkpoint without its MAC"));
+            };
+            let checkpoint = Checkpoint::parse(&text(body, "the checkpoint")?, key, mac)?;
+            return Ok(Raw::Checkpoint { cursor, checkpoint });
+        }
+        let seal = match (fields.remove("w"), fields.remove("q"), key, mac) {
+            (Some(writer), Some(sequence), Some(key), Some(mac)) => Some(EntrySeal {
+                writer: Writer(
+                    writer
+                        .try_into()
+                        .map_err(|_| format!("entry {cursor}: a writer of another length"))?,
+                ),
+                sequence: text(sequence, "the sequence")?
+                    .parse()
+                    .map_err(|_| format!("entry {cursor}: sequence"))?,
+                key,
+                mac,
+            }),
+            _ => None,
+        };
+        if let Some(event) = fields.remove("s") {
+            let event = super::service_event::decode(&event).map_err(|error| format!("entry {cursor}: {error}"))?;
+            return Ok(Raw::Service {
+                cursor,
+                event: Box::new(event),
+                seal,
+            });
+        }
+        let (Some(grant), Some(event)) = (fields.remove("g"), fields.remove("n")) else {
+            return Err(format!(
+                "entry {cursor}: neither a grant's event, a service event nor a checkpoint"
+            ));
+        };
+        Ok(Raw::Reference {
+            cursor: cursor.clone(),
+            grant: id_from_bytes(&grant).map_err(|error| error.to_string())?,
+            event: text(event, "the event position")?
+                .parse()
+                .map_err(|_| format!("entry {cursor}: event position"))?,
+            seal,
+        })
+    }
+
+    /// Resolves references to the events they name, reading each grant once, and checks each
+    /// entry's seal. A reference whose grant is gone is skipped; one that cannot be vouched for
+    /// reads as a `tampered` entry.
     async fn resolve(&self, entries: Vec<Raw>) -> Result<Vec<AuditEntry>, StoreError> {
         let mut ids: Vec<GrantId> = entries
             .iter()
             .filter_map(|entry| match entry {
                 Raw::Reference { grant, .. } => Some(*grant),
-                Raw::Service { .. } => None,
+                _ => None,
             })
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let records: HashMap<GrantId, _> = ids
+        let mut records = HashMap::new();
+        for (id, record) in ids
             .iter()
             .copied()
-            .zip(self.read_records(&ids, super::record::Policy::Skip).await?)
-            .filter_map(|(id, record)| record.map(|record| (id, record)))
-            .collect();
+            .zip(self.read_each(&ids, super::record::Policy::Skip).await?)
+        {
+            match record {
+                None => {}
+                Some(Ok(record)) => {
+                    records.insert(id, Ok(record));
+                }
+                Some(Err(StoreError::Tampered { what, .. })) => {
+                    records.insert(id, Err(format!("the grant's record fails its seal: {what}")));
+                }
+                Some(Err(error)) => return Err(error),
+            }
+        }
+        let tampered = |cursor: AuditCursor, grant_id: Option<GrantId>, reason: String| AuditEntry {
+            cursor,
+            logged: Logged::Tampered { grant_id, reason },
+            seal: None,
+        };
         Ok(entries
             .into_iter()
             .filter_map(|entry| match entry {
-                Raw::Service { cursor, event } => Some(AuditEntry {
-                    cursor,
-                    logged: Logged::Service(*event),
+                Raw::Service { cursor, event, seal } => {
+                    let json = serde_json::to_string(&*event).unwrap_or_default();
+                    Some(match &seal {
+                        Some(seal) if ledger::service_verifies(&self.keys, seal, &json) => AuditEntry {
+                            seal: Some(ledger::exported::entry(seal, None)),
+                            cursor,
+                            logged: Logged::Service(*event),
+                        },
+                        _ => tampered(cursor, None, "a service event whose MAC does not match it".to_owned()),
+                    })
+                }
+                Raw::Checkpoint { cursor, checkpoint } => Some(if checkpoint.verifies(&self.keys) {
+                    AuditEntry {
+                        seal: Some(ledger::exported::checkpoint(&checkpoint)),
+                        cursor,
+                        logged: Logged::Checkpoint {
+                            number: checkpoint.number,
+                            count: checkpoint.count,
+                            last: checkpoint.last,
+                        },
+                    }
+                } else {
+                    tampered(cursor, None, format!("checkpoint {} whose MAC does not match it", checkpoint.number))
                 }),
-                Raw::Reference { cursor, grant, event } => {
-                    let record = records.get(&grant)?;
-                    let event = record.events.get(event)?;
+                Raw::Reference {
+                    cursor,
+                    grant,
+                    event,
+                    seal,
+                } => {
+                    let record = match records.get(&grant)? {
+                        Ok(record) => record,
+                        Err(reason) => return Some(tampered(cursor, Some(grant), reason.clone())),
+                    };
+                    let Some(found) = record.events.get(event) else {
+                        return Some(tampered(
+                            cursor,
+                            Some(grant),
+                            format!("event {event} is not in the grant's record: the record was rolled back, or the entry forged"),
+                        ));
+                    };
+                    let position = event as u64;
+                    let json = serde_json::to_string(found).unwrap_or_default();
+                    let seal = match &seal {
+                        Some(seal) if ledger::reference_verifies(&self.keys, seal, grant, position, &json) => {
+                            ledger::exported::entry(seal, Some(position))
+                        }
+                        _ => {
+                            return Some(tampered(
+                                cursor,
+                                Some(grant),
+                                format!("the entry's MAC does not match event {event} of the grant's record"),
+                            ));
+                        }
+                    };
                     let grant = &record.grant;
                     Some(AuditEntry {
                         cursor,
@@ -219,8 +512,9 @@ impl RedisGrantStore {
                             target: grant.target.clone(),
                             account_id: grant.account_id.clone(),
                             grant_caller: grant.caller.to_string(),
-                            event: event.clone(),
+                            event: found.clone(),
                         },
+                        seal: Some(seal),
                     })
                 }
             })

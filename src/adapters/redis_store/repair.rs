@@ -29,7 +29,11 @@ pub(super) enum Repair {
         indexes: Vec<GrantIndex>,
     },
     /// Add references to events `first..first + count` of the grant to the audit log.
-    Log { grant: GrantId, first: u64, count: usize },
+    Log {
+        grant: GrantId,
+        /// Sealed as they were first sent, so a retry appends the same entries.
+        entries: Vec<super::audit::Entry>,
+    },
     /// Point an access key id at its grant until `expiry` (unix s).
     AccessKey {
         grant: GrantId,
@@ -90,6 +94,14 @@ impl RedisGrantStore {
             if let Err(error) = self.clean_live_index(LIVE_WALK_BATCH).await {
                 tracing::debug!(%error, "could not clean the live index");
             }
+            match self
+                .checkpoint_audit_log(self.checkpoint_interval, time::OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(true) => tracing::debug!("audit log checkpointed"),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "could not checkpoint the audit log; retrying"),
+            }
         }
     }
 
@@ -119,7 +131,7 @@ impl RedisGrantStore {
                         continue;
                     }
                 }
-                Repair::Log { grant, first, count } => self.log_references(*grant, *first, *count).await,
+                Repair::Log { entries, .. } => self.append_log(entries).await,
                 Repair::AccessKey {
                     grant,
                     access_key_id,

@@ -27,6 +27,8 @@ pub struct Settings {
     pub extra_rules: String,
     /// Extra lines for the `[redis]` table (TLS files).
     pub redis_extra: String,
+    /// The `[integrity]` table: by default [`default_integrity`].
+    pub integrity: String,
     /// `[[webhooks]]` tables appended to the configuration.
     pub webhooks: String,
     /// Any other TOML appended to the configuration (`[server.tls]`, more `[[callers]]`).
@@ -59,6 +61,7 @@ impl Settings {
             redis_extra: String::new(),
             webhooks: String::new(),
             extra: String::new(),
+            integrity: default_integrity(),
             env: HashMap::new(),
             delivery: DeliverySettings::default(),
             deliver: true,
@@ -85,6 +88,22 @@ pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// The integrity section every test runs with unless it says otherwise: the tests' key, from a
+/// file (so that a broker process started from the configuration file finds it too), and a
+/// checkpoint every second.
+pub fn default_integrity() -> String {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let path = PATH.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("gb-test-integrity-{}.key", std::process::id()));
+        std::fs::write(&path, crate::common::TEST_INTEGRITY_KEY).unwrap();
+        path
+    });
+    format!(
+        "[integrity]\ncheckpoint_interval_secs = 1\n[[integrity.keys]]\nid = 1\nfile = \"{}\"",
+        path.display()
+    )
+}
+
 /// The configuration every integration test runs with, placeholders (`${name}`) and all.
 const TEMPLATE: &str = include_str!("../../fixtures/grant-broker.test.toml");
 
@@ -105,6 +124,7 @@ pub fn config_text(settings: &Settings) -> String {
         ("redis_timeout", settings.redis_timeout_ms.to_string()),
         ("min_replicas", settings.min_replicas.to_string()),
         ("redis_extra", settings.redis_extra.clone()),
+        ("integrity", settings.integrity.clone()),
         ("sts", settings.sts_endpoint.clone()),
         ("iam_endpoint", iam_endpoint),
         ("max_attempts", settings.max_attempts.to_string()),

@@ -136,6 +136,8 @@ pub async fn run_cli(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_grant-broker"))
             .args(args)
+            // What the shipped configurations name their integrity key by.
+            .env("GRANT_BROKER_INTEGRITY_KEY", crate::common::TEST_INTEGRITY_KEY)
             .output()
             .unwrap()
     })

@@ -49,6 +49,19 @@ pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 /// An auditor caller (`audit-tool`): reads every grant.
 pub const AUDITOR_TOKEN: &str = "auditor-token-0123456789";
 
+/// The integrity key test brokers seal records with (public, so never one for production): the
+/// same as the unit tests' (`grant_broker::testing`), which read the golden records too.
+pub const TEST_INTEGRITY_KEY: &str = "grant-broker-tests-integrity-key-not-secret-0123456789";
+
+/// [`TEST_INTEGRITY_KEY`] as key 1, the sealing key: what every test broker and store holds.
+pub fn integrity_keys() -> grant_broker::adapters::redis_store::seal::IntegrityKeys {
+    grant_broker::adapters::redis_store::seal::IntegrityKeys::new(
+        vec![(1, TEST_INTEGRITY_KEY.as_bytes().to_vec())],
+        None,
+    )
+    .unwrap()
+}
+
 pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -174,8 +174,9 @@ impl RedisServer {
         entries
     }
 
-    /// [`Self::dump`] without the audit log when it holds only service events (the rules each
-    /// broker loaded, audit queries): what requests and grants left behind.
+    /// [`Self::dump`] without the audit log (and its head) when it holds only service events (the
+    /// rules each broker loaded, audit queries) and checkpoints: what requests and grants left
+    /// behind.
     pub async fn recorded(&self) -> Vec<(String, String)> {
         let mut connection = self.connection().await;
         let references: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
@@ -185,11 +186,13 @@ impl RedisServer {
             .query_async(&mut connection)
             .await
             .unwrap();
-        let service_only = references.iter().all(|(_, fields)| fields[0] == b"s");
+        let service_only = references
+            .iter()
+            .all(|(_, fields)| fields[0] == b"s" || fields[0] == b"c");
         self.dump()
             .await
             .into_iter()
-            .filter(|(key, _)| !(service_only && key == "gb:{audit}:events"))
+            .filter(|(key, _)| !(service_only && key.starts_with("gb:{audit}:")))
             .collect()
     }
 
@@ -205,6 +208,8 @@ impl RedisServer {
             min_replicas: 0,
             replica_timeout: Duration::from_millis(100),
             tls: None,
+            integrity: crate::common::integrity_keys(),
+            checkpoint_interval: Duration::from_secs(1),
         })
         .unwrap()
     }

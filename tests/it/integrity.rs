@@ -1,0 +1,387 @@
+//! The audit log as evidence: `grant-broker audit verify` passes on what brokers wrote, and
+//! finds every way of altering it: a deleted, edited or inserted entry, a deleted checkpoint, a
+//! tampered or rolled-back record; the same for an exported archive, checked without Redis.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::common::*;
+use grant_broker::{grpc::proto, ports::GrantRecords as _};
+use time::OffsetDateTime;
+
+/// A broker with a few grants' whole lives behind it (approved and issued, issued again,
+/// revoked, an audit query), checkpointed in the middle, with entries after the checkpoint.
+struct Logged {
+    redis: RedisServer,
+    _sts: FakeSts,
+    server: Server,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+    grants: Vec<String>,
+}
+
+async fn life_cycles() -> Logged {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let settings = Settings::new(redis.url(), sts.url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("grant-broker.toml");
+    std::fs::write(&config, config_text(&settings)).unwrap();
+    let server = Server::start(&settings).await;
+    let mut client = server.client().await;
+    let store = redis.store();
+    let mut grants = Vec::new();
+    for n in 0..4 {
+        let grant = client
+            .request_access(authed(PORTAL_TOKEN, read_logs_request(&format!("life-{n}"))))
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        client
+            .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
+            .await
+            .unwrap();
+        grants.push(grant.id);
+        if n == 1 {
+            store
+                .checkpoint_audit_log(Duration::ZERO, OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+        }
+    }
+    client
+        .revoke_grant(authed(
+            PORTAL_TOKEN,
+            proto::RevokeGrantRequest {
+                id: grants[0].clone(),
+                reason: "done".into(),
+                revoker: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    client
+        .list_audit_events(authed(AUDITOR_TOKEN, proto::ListAuditEventsRequest::default()))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .checkpoint_audit_log(Duration::ZERO, OffsetDateTime::now_utc())
+            .await
+            .unwrap()
+    );
+    // Entries after the last checkpoint too.
+    client
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grants[1])))
+        .await
+        .unwrap();
+    Logged {
+        redis,
+        _sts: sts,
+        server,
+        config,
+        _dir: dir,
+        grants,
+    }
+}
+
+async fn verify(config: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec![
+        "audit".to_owned(),
+        "verify".to_owned(),
+        "--config".to_owned(),
+        config.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let output = run_cli(args).await;
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// The log's entries: id and fields.
+async fn entries(redis: &RedisServer) -> Vec<(String, Vec<Vec<u8>>)> {
+    redis::cmd("XRANGE")
+        .arg("gb:{audit}:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap()
+}
+
+fn field<'a>(fields: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
+    fields
+        .chunks(2)
+        .find(|pair| pair[0] == name.as_bytes())
+        .map(|pair| pair[1].as_slice())
+}
+
+async fn xdel(redis: &RedisServer, id: &str) {
+    let deleted: i64 = redis::cmd("XDEL")
+        .arg("gb:{audit}:events")
+        .arg(id)
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+}
+
+#[tokio::test]
+async fn audit_verify_passes_on_what_brokers_wrote() {
+    let logged = life_cycles().await;
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("ok: "), "{out}");
+    assert!(out.contains(" 0 problem(s)"), "{out}");
+    let checkpoints: usize = out
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" checkpoints"))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(checkpoints >= 2, "{out}");
+    // `--since` walks from there: fewer entries, still whole.
+    let later = (OffsetDateTime::now_utc() - time::Duration::milliseconds(200))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, out) = verify(&logged.config, &["--since", &later]).await;
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[tokio::test]
+async fn audit_verify_finds_a_deleted_an_edited_and_an_inserted_entry() {
+    // Deleted: an event entry covered by a checkpoint. Its writer's sequence has a gap, and the
+    // checkpoint counts one entry more than the log holds.
+    let logged = life_cycles().await;
+    let all = entries(&logged.redis).await;
+    let (id, _) = all.iter().find(|(_, fields)| field(fields, "g").is_some()).unwrap();
+    xdel(&logged.redis, id).await;
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("entries were deleted"), "{out}");
+    assert!(out.contains("of its entries between"), "{out}");
+    assert!(out.starts_with("problem: "), "{out}");
+
+    // Edited: an entry re-added naming another event of its grant (the MAC no longer matches),
+    // and a forged copy of another entry inserted (the count no longer matches).
+    let logged = life_cycles().await;
+    let all = entries(&logged.redis).await;
+    let (id, fields) = all
+        .iter()
+        .find(|(_, fields)| field(fields, "n") == Some(b"1"))
+        .unwrap()
+        .clone();
+    xdel(&logged.redis, &id).await;
+    let mut edited: Vec<Vec<u8>> = fields.clone();
+    for pair in edited.chunks_mut(2) {
+        if pair[0] == b"n" {
+            pair[1] = b"0".to_vec();
+        }
+    }
+    let mut add = redis::cmd("XADD");
+    add.arg("gb:{audit}:events").arg("*");
+    for value in &edited {
+        add.arg(value.as_slice());
+    }
+    let _: String = add.query_async(&mut logged.redis.connection().await).await.unwrap();
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("its MAC does not match event 0"), "{out}");
+
+    // Inserted: a copy of a genuine entry (its MAC verifies) appended by hand. The head, which
+    // counts what brokers appended, says one fewer.
+    let logged = life_cycles().await;
+    let all = entries(&logged.redis).await;
+    let (_, fields) = all.iter().find(|(_, fields)| field(fields, "g").is_some()).unwrap();
+    let mut add = redis::cmd("XADD");
+    add.arg("gb:{audit}:events").arg("*");
+    for value in fields {
+        add.arg(value.as_slice());
+    }
+    let _: String = add.query_async(&mut logged.redis.connection().await).await.unwrap();
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("entries were added"), "{out}");
+    assert!(out.contains("is logged more than once"), "{out}");
+
+    // And the API shows an edited entry as tampered.
+    let logged = life_cycles().await;
+    let all = entries(&logged.redis).await;
+    let (id, fields) = all
+        .iter()
+        .find(|(_, fields)| field(fields, "n") == Some(b"1"))
+        .unwrap()
+        .clone();
+    xdel(&logged.redis, &id).await;
+    let mut add = redis::cmd("XADD");
+    add.arg("gb:{audit}:events").arg("*");
+    for pair in fields.chunks(2) {
+        add.arg(pair[0].as_slice()).arg(if pair[0] == b"n" {
+            b"0".as_slice()
+        } else {
+            pair[1].as_slice()
+        });
+    }
+    let _: String = add.query_async(&mut logged.redis.connection().await).await.unwrap();
+    let mut client = logged.server.client().await;
+    let events = client
+        .list_audit_events(authed(AUDITOR_TOKEN, proto::ListAuditEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.last().unwrap().event, "tampered", "{:?}", events.last());
+}
+
+#[tokio::test]
+async fn audit_verify_finds_a_deleted_checkpoint_and_tampered_or_rolled_back_records() {
+    let logged = life_cycles().await;
+    let all = entries(&logged.redis).await;
+    let (id, _) = all.iter().find(|(_, fields)| field(fields, "c").is_some()).unwrap();
+    xdel(&logged.redis, id).await;
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("checkpoint 2 follows checkpoint 1 at"), "{out}");
+    assert!(
+        out.contains("which is missing though entries before it are not: deleted"),
+        "{out}"
+    );
+
+    // A record's state byte set by hand: its seal fails.
+    let logged = life_cycles().await;
+    let key = format!("gb:g:{{{}}}", logged.grants[2]);
+    let _: i64 = redis::cmd("SETRANGE")
+        .arg(&key)
+        .arg(1)
+        .arg(&[1u8][..])
+        .query_async(&mut logged.redis.connection().await)
+        .await
+        .unwrap();
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(
+        out.contains(&format!("grant {}: its record fails its seal", logged.grants[2])),
+        "{out}"
+    );
+
+    // A record rolled back to an earlier version (one the broker sealed): it verifies alone,
+    // but the log refers to events it no longer holds.
+    let logged = life_cycles().await;
+    let store = logged.redis.store();
+    let id = grant_broker::domain::GrantId::parse(&logged.grants[3]).unwrap();
+    let key = format!("gb:g:{{{id}}}");
+    let before: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut logged.redis.connection().await)
+        .await
+        .unwrap();
+    let mut client = logged.server.client().await;
+    client
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&logged.grants[3])))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(before)
+        .query_async(&mut logged.redis.connection().await)
+        .await
+        .unwrap();
+    assert!(
+        store.get(id).await.unwrap().is_some(),
+        "the old version verifies on its own"
+    );
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("the record was rolled back"), "{out}");
+
+    // A deleted record the log still refers to.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut logged.redis.connection().await)
+        .await
+        .unwrap();
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("record is missing, though retention keeps it"), "{out}");
+}
+
+#[tokio::test]
+async fn an_exported_archive_verifies_without_redis_and_every_edit_of_it_is_found() {
+    let logged = life_cycles().await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("audit.jsonl");
+    let output = run_cli(vec![
+        "audit".into(),
+        "export".into(),
+        "--server".into(),
+        logged.server.url(),
+        "--token".into(),
+        AUDITOR_TOKEN.into(),
+        "--output".into(),
+        archive.display().to_string(),
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = std::fs::read_to_string(&archive).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|line| line.contains("\"audit_checkpoint\"")), "{text}");
+    assert!(lines.iter().all(|line| line.contains("\"integrity\":\"v1 ")), "{text}");
+    // Redis is gone: the archive is checked alone.
+    drop(logged.server);
+    drop(logged.redis);
+    let check = |lines: Vec<String>| {
+        let path = dir.path().join("edited.jsonl");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let config = logged.config.clone();
+        async move { verify(&config, &["--from-export", &path.display().to_string()]).await }
+    };
+    let owned: Vec<String> = lines.iter().map(|line| (*line).to_owned()).collect();
+    let (code, out) = check(owned.clone()).await;
+    assert_eq!(code, Some(0), "{out}");
+
+    // An event edited: its JSON says another reason.
+    let at = owned
+        .iter()
+        .position(|line| line.contains("\\\"revoked\\\"") || line.contains("\"event\":\"revoked\""))
+        .unwrap();
+    let mut edited = owned.clone();
+    edited[at] = edited[at].replace("done", "fine");
+    assert_ne!(edited[at], owned[at]);
+    let (code, out) = check(edited.clone()).await;
+    assert_eq!(code, Some(6), "{out}\n{}", edited[at]);
+    assert!(
+        out.contains("its seal does not match its grant_id and event_json"),
+        "{out}"
+    );
+
+    // A line deleted before a checkpoint; a checkpoint deleted; two lines swapped.
+    let checkpoint_at = owned
+        .iter()
+        .rposition(|line| line.contains("\"audit_checkpoint\""))
+        .unwrap();
+    let mut deleted = owned.clone();
+    deleted.remove(checkpoint_at - 1);
+    let (code, out) = check(deleted).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("entries were deleted"), "{out}");
+    let mut no_checkpoint = owned.clone();
+    let first_checkpoint = owned
+        .iter()
+        .position(|line| line.contains("\"audit_checkpoint\""))
+        .unwrap();
+    no_checkpoint.remove(first_checkpoint);
+    let (code, out) = check(no_checkpoint).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("which is missing"), "{out}");
+    let mut swapped = owned.clone();
+    swapped.swap(1, 2);
+    let (code, out) = check(swapped).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("out of order"), "{out}");
+}

@@ -12,6 +12,7 @@ use crate::domain::{
     audit::{AuditCursor, AuditEntry, ServiceEvent},
     extension::Extension,
     lifecycle::Transition,
+    quota::{Cap, Exceeded, Rate},
     revocation::{Cutoff, Enforcement, Revocation, RevokedEntry},
 };
 
@@ -19,7 +20,7 @@ use crate::domain::{
 /// system clock: `server::Deployed`) or a test's (`testing::Fakes`). `Broker<P>` and what runs
 /// it take this one parameter instead of repeating a bound per adapter.
 pub trait Ports: Send + Sync + 'static {
-    type Store: GrantRecords + GrantSearch + GrantQueues + AuditLog + EnforcementStore;
+    type Store: GrantRecords + GrantSearch + GrantQueues + AuditLog + EnforcementStore + Quotas;
     type Issuer: CredentialIssuer;
     type Clock: Clock;
     type Enforcer: RoleEnforcer;
@@ -457,6 +458,31 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Drops the audit log's events logged before `before`; how many.
     fn trim_audit_log(&self, before: OffsetDateTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// The counts behind the limits ([`crate::domain::quota`]), kept where every replica sees them.
+pub trait Quotas: Send + Sync + 'static {
+    /// Counts one request against each rate, `(rate, per minute)`. The first rate already spent
+    /// refuses it (the rates before it have counted it).
+    fn count_request(
+        &self,
+        rates: &[(Rate, u32)],
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Exceeded>, StoreError>> + Send;
+
+    /// Holds a place for `grant` under each cap, `(cap, at most)`, until `until` at the latest
+    /// (when the grant ends by itself). A full cap refuses it and takes no place under any.
+    /// Holding again a place already held is a no-op (a retried request).
+    fn hold_places(
+        &self,
+        grant: GrantId,
+        caps: &[(Cap, u32)],
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<Exceeded>, StoreError>> + Send;
+
+    /// Gives `grant`'s places under `caps` back: it ended, or no longer waits for approval.
+    fn release_places(&self, grant: GrantId, caps: &[Cap]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Tells those who follow grants what happened (webhooks), once it is recorded: the broker calls

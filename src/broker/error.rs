@@ -25,6 +25,18 @@ pub enum BrokerError {
     #[error("grant {0} not found")]
     GrantNotFound(GrantId),
 
+    /// STS throttles the target's AssumeRole: nothing was asked of STS this time (the target's
+    /// circuit is open), or STS throttled this call after the SDK's retries.
+    #[error("STS is throttling AssumeRole for target `{target}`; retry in {} s", .retry_after.as_secs().max(1))]
+    StsThrottled {
+        target: String,
+        retry_after: std::time::Duration,
+    },
+
+    /// A request rate, or a cap on grants held at once, is spent.
+    #[error("{}", .0.message())]
+    LimitExceeded(crate::domain::quota::Exceeded),
+
     #[error("no grant of yours issued access key {access_key_id}")]
     AccessKeyNotFound { access_key_id: String },
 

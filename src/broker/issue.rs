@@ -95,6 +95,13 @@ impl<P: Ports> Broker<P> {
         decided: Decided,
     ) -> Result<(Issuance, IssuedCredentials, Option<time::OffsetDateTime>), BrokerError> {
         let spec = self.checked_session(caller, grant, mfa, decided).await?;
+        // Before the attempt is recorded: a call the circuit holds back costs the grant nothing.
+        if let Err(retry_after) = self.circuits.admit(&grant.target, self.clock.now()) {
+            return Err(BrokerError::StsThrottled {
+                target: grant.target.clone(),
+                retry_after,
+            });
+        }
         let session_name = spec.session_name().to_owned();
         let event = |kind| GrantEvent {
             at: self.clock.now(),
@@ -119,7 +126,15 @@ impl<P: Ports> Broker<P> {
         self.expect_appended(grant, recorded)?;
 
         let sent_at = self.clock.now();
-        let credentials = match self.issuer.assume_role(&spec).await {
+        let answer = self.issuer.assume_role(&spec).await;
+        let throttled = matches!(&answer, Err(error) if error.kind == IssueErrorKind::Throttled);
+        let retry_after = if throttled {
+            Some(self.circuits.throttled(&grant.target, self.clock.now()))
+        } else {
+            self.circuits.answered(&grant.target);
+            None
+        };
+        let credentials = match answer {
             Ok(credentials) => credentials,
             Err(error) => {
                 tracing::warn!(
@@ -132,6 +147,12 @@ impl<P: Ports> Broker<P> {
                 });
                 if let Err(store_error) = self.record_event(grant, &failed).await {
                     tracing::warn!(grant_id = %grant.id, error = %store_error, "could not record the failed issuance");
+                }
+                if let Some(retry_after) = retry_after {
+                    return Err(BrokerError::StsThrottled {
+                        target: grant.target.clone(),
+                        retry_after,
+                    });
                 }
                 return Err(BrokerError::Issue(error));
             }

@@ -15,6 +15,7 @@
 //! `issuing` event.
 
 pub mod audit;
+mod circuit;
 mod decide;
 mod error;
 mod expiry;
@@ -49,11 +50,12 @@ use crate::{
         lifecycle::{NotAllowed, Transition},
         limits::{MAX_DURATION_SECS, ROLE_CHAINING_MAX_DURATION_SECS},
         policy::build_session_policy,
+        quota::{Cap, Limits, Rate},
     },
     ports::{
         Appended, AuditLog, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantQueues, GrantRecords,
-        GrantSearch, INDEX_SKEW, IndexPosition, IssueError, IssueErrorKind, Notifier, Ports, Queue, Reservation,
-        StoreError, Window,
+        GrantSearch, INDEX_SKEW, IndexPosition, IssueError, IssueErrorKind, Notifier, Ports, Queue, Quotas,
+        Reservation, StoreError, Window,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -289,6 +291,8 @@ pub struct Broker<P: Ports> {
     /// The role-wide cutoffs in effect, as the enforcement worker last read them (every replica
     /// refreshes its copy each tick): reads say which sessions they deny.
     role_cutoffs: std::sync::Mutex<BTreeMap<String, crate::domain::revocation::Cutoff>>,
+    /// STS throttling, per target ([`circuit`]).
+    circuits: circuit::Circuits,
 }
 
 impl<P: Ports> Broker<P> {
@@ -311,6 +315,7 @@ impl<P: Ports> Broker<P> {
             targets,
             settings,
             role_cutoffs: std::sync::Mutex::default(),
+            circuits: circuit::Circuits::default(),
         }
     }
 
@@ -339,9 +344,27 @@ impl<P: Ports> Broker<P> {
         // announced (the caller still learns it may not survive a failover).
         if matches!(recorded, Ok(Appended::Yes) | Err(StoreError::Unacknowledged(_))) {
             let state = change.to().unwrap_or(grant.state);
+            self.release_places(grant, change.to()).await;
             self.notifier.grant_changed(grant, state, change.events()).await;
         }
         recorded
+    }
+
+    /// Gives back the places a grant held under the caps once it stops counting: every place
+    /// when it ends, the pending one when it is approved. A release that fails is logged: the
+    /// place frees itself at the grant's end.
+    async fn release_places(&self, grant: &Grant, to: Option<GrantState>) {
+        let caps = match to {
+            Some(GrantState::Approved) => vec![Cap::PendingForCaller(grant.caller.clone())],
+            Some(state) if state.is_final() => vec![
+                Cap::LiveForGrantee(grant.grantee.clone()),
+                Cap::PendingForCaller(grant.caller.clone()),
+            ],
+            _ => return,
+        };
+        if let Err(error) = self.store.release_places(grant.id, &caps).await {
+            tracing::warn!(grant_id = %grant.id, %error, "places under the limits not given back; they free themselves at the grant's end");
+        }
     }
 
     /// Appends an event to `grant` whatever its state (a failure worth auditing), and announces it

@@ -111,7 +111,13 @@ impl<P: Ports> Broker<P> {
             Some(recent) => Some(recent.clone()),
             None => self.store.issuance_with_key(id, access_key_id).await?,
         };
-        Ok((self.as_of_now(grant), issuance))
+        // The key's entry is not sealed, the grant is: a grant that never issued the key is not
+        // the key's grant, whatever the entry says.
+        let Some(issuance) = issuance else {
+            tracing::warn!(grant_id = %id, access_key_id, "an access key entry names a grant that never issued the key");
+            return Err(not_found());
+        };
+        Ok((self.as_of_now(grant), Some(issuance)))
     }
 
     /// A page of the grants `filter` matches, newest first, and the index position to continue

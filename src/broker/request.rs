@@ -54,6 +54,19 @@ impl<P: Ports> Broker<P> {
             None => now + self.settings.pending_timeout,
         };
 
+        // Every request counts, a retry too (it may call STS again).
+        let rates = [
+            (Rate::Caller(caller.id.clone()), caller.limits.requests_per_minute),
+            (
+                Rate::Person(vetted.requester.name.clone()),
+                caller.limits.requests_per_person_per_minute,
+            ),
+        ];
+        if let Some(exceeded) = self.store.count_request(&rates, now).await? {
+            tracing::info!(caller = %caller.id, limit = exceeded.limit.name(), "request refused by a limit");
+            return Err(BrokerError::LimitExceeded(exceeded));
+        }
+
         let fingerprint = request.fingerprint();
         let candidate = GrantId::from_uuid(Uuid::now_v7());
         let grant_id = match self
@@ -82,6 +95,7 @@ impl<P: Ports> Broker<P> {
                 }
                 match self.store.get(grant_id).await? {
                     Some(grant) => {
+                        Self::bound_to(&grant, caller, request.request_id.as_ref())?;
                         Self::same_proof(&grant, &vetted.requester, request.request_id.as_ref())?;
                         return self.replay(caller, grant, request.mfa.as_ref()).await;
                     }
@@ -152,7 +166,26 @@ impl<P: Ports> Broker<P> {
             });
             tracing::warn!(grant_id = %grant.id, caller = %caller.id, requester = %grant.requester, "break-glass used");
         }
-        let created = self.store.create(&grant, &events).await?;
+        // Places under the caps, held before the grant exists (a denied grant takes none).
+        let caps = Self::caps_of(&grant, &caller.limits);
+        if let Some(exceeded) = self
+            .store
+            .hold_places(grant.id, &caps, grant.last_moment(), now)
+            .await?
+        {
+            tracing::info!(caller = %caller.id, limit = exceeded.limit.name(), "request refused by a limit");
+            return Err(BrokerError::LimitExceeded(exceeded));
+        }
+        let created = match self.store.create(&grant, &events).await {
+            Ok(created) => created,
+            Err(error) => {
+                let held: Vec<Cap> = caps.into_iter().map(|(cap, _)| cap).collect();
+                if let Err(release) = self.store.release_places(grant.id, &held).await {
+                    tracing::warn!(grant_id = %grant.id, error = %release, "places not given back; they free themselves at the grant's end");
+                }
+                return Err(error.into());
+            }
+        };
         if created {
             self.notifier.grant_changed(&grant, grant.state, &events).await;
         } else {
@@ -162,10 +195,32 @@ impl<P: Ports> Broker<P> {
                 .get(grant_id)
                 .await?
                 .ok_or(BrokerError::GrantNotFound(grant_id))?;
+            Self::bound_to(&existing, caller, request.request_id.as_ref())?;
             Self::same_proof(&existing, &vetted.requester, request.request_id.as_ref())?;
             return self.replay(caller, existing, request.mfa.as_ref()).await;
         }
         self.finish(caller, grant, request.mfa.as_ref(), Decided::JustNow).await
+    }
+
+    /// The grant a request id entry names must be the one this caller recorded under that id: the
+    /// entry is not sealed (the grant is), so one rewritten to point at another caller's grant
+    /// is tampering, never a way to be handed that grant.
+    fn bound_to(
+        grant: &Grant,
+        caller: &Caller,
+        request_id: Option<&crate::domain::RequestId>,
+    ) -> Result<(), BrokerError> {
+        if grant.caller == caller.id && grant.request_id.as_deref() == request_id.map(|id| id.as_str()) {
+            return Ok(());
+        }
+        tracing::error!(
+            grant_id = %grant.id, caller = %caller.id,
+            "a request id entry names a grant recorded for another caller or request id: changed outside the broker"
+        );
+        Err(BrokerError::Store(StoreError::Tampered {
+            grant_id: grant.id,
+            what: "the request id entry names a grant recorded for another caller or request id".to_owned(),
+        }))
     }
 
     /// A retry names its requester as the recorded request did, and proves them the same way
@@ -184,6 +239,22 @@ impl<P: Ports> Broker<P> {
             request_id: request_id.map(|id| id.as_str().to_owned()).unwrap_or_default(),
             grant_id: grant.id,
         })
+    }
+
+    /// The caps a new grant counts against: one of its grantee's live grants, and while it waits,
+    /// one of its caller's pending grants.
+    fn caps_of(grant: &Grant, limits: &Limits) -> Vec<(Cap, u32)> {
+        let mut caps = Vec::new();
+        if matches!(grant.state, GrantState::PendingApproval | GrantState::Approved) {
+            caps.push((
+                Cap::LiveForGrantee(grant.grantee.clone()),
+                limits.live_grants_per_grantee,
+            ));
+        }
+        if grant.state == GrantState::PendingApproval {
+            caps.push((Cap::PendingForCaller(grant.caller.clone()), limits.pending_grants));
+        }
+        caps
     }
 
     /// A retried request: the recorded grant, with fresh credentials when it is approved.

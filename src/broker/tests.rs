@@ -104,6 +104,7 @@ fn caller() -> Caller {
         powers: Default::default(),
         assert_people: true,
         identity: Default::default(),
+        limits: Default::default(),
         call_token: None,
     }
 }
@@ -159,10 +160,18 @@ async fn retries_issue_until_the_cap_and_reads_stay_bounded() {
 async fn failed_sts_calls_count_against_the_cap_too() {
     let setup = Setup::new();
     let broker = setup.broker("", target(), 2);
+    // The fake STS throttles: each failure opens the target's circuit, so the next call waits
+    // it out (a call the circuit holds back is no attempt).
     setup.issuer.failing.store(true, Ordering::SeqCst);
     for _ in 0..2 {
         let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
-        assert!(matches!(error, BrokerError::Issue(_)), "{error:?}");
+        assert!(matches!(error, BrokerError::StsThrottled { .. }), "{error:?}");
+        let error = broker.request_access(&caller(), request("r")).await.unwrap_err();
+        assert!(
+            matches!(error, BrokerError::StsThrottled { .. }),
+            "held back: {error:?}"
+        );
+        setup.clock.advance(Duration::seconds(31));
     }
     setup.issuer.failing.store(false, Ordering::SeqCst);
     let error = broker.request_access(&caller(), request("r")).await.unwrap_err();

@@ -381,6 +381,16 @@ pub async fn targets(client: &mut Client, json: bool) -> Result<String, ClientEr
             );
         }
     }
+    if let Some(limits) = &response.limits {
+        let _ = writeln!(
+            text,
+            "limits: {} requests/min, {} per person/min, {} live grants per grantee, {} pending",
+            limits.requests_per_minute,
+            limits.requests_per_person_per_minute,
+            limits.live_grants_per_grantee,
+            limits.pending_grants
+        );
+    }
     Ok(text)
 }
 

@@ -128,6 +128,8 @@ struct RawConfig {
     identity: RawIdentity,
     #[serde(default)]
     integrity: RawIntegrity,
+    #[serde(default)]
+    limits: RawLimits,
 }
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,8 +206,10 @@ impl Config {
         let (approver_groups, approver_issuers) = validate_approvers(raw.approvers, &identity, &mut problems);
         let targets = validate_targets(raw.targets, &mut problems, &mut warnings);
         warnings.extend(ceiling_warnings(&targets));
+        let limits = validate_limits(raw.limits, &mut problems);
         let callers = validate_callers(
             raw.callers,
+            limits,
             &targets,
             &raw.server,
             tls.as_ref(),

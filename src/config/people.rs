@@ -19,6 +19,8 @@ pub struct CallerConfig {
     pub identity: CallerIdentity,
     /// May name people it has not proven (recorded as asserted).
     pub assert_people: bool,
+    /// `[limits]`, with this caller's own request rate and pending cap where it sets them.
+    pub limits: crate::domain::quota::Limits,
 }
 
 impl CallerConfig {
@@ -36,6 +38,7 @@ impl CallerConfig {
             powers: self.powers.clone(),
             identity: self.identity.clone(),
             assert_people: self.assert_people,
+            limits: self.limits,
             call_token: None,
         }
     }
@@ -102,6 +105,56 @@ pub(super) struct RawCaller {
     identity_claims: BTreeMap<String, String>,
     #[serde(default)]
     assert_people: bool,
+    #[serde(default)]
+    limits: RawCallerLimits,
+}
+
+/// A caller's own limits: what counts only its requests.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCallerLimits {
+    requests_per_minute: Option<u32>,
+    pending_grants: Option<u32>,
+}
+
+/// `[limits]`: what every caller, person and grantee may take (docs/configuration.md).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    requests_per_minute: u32,
+    requests_per_person_per_minute: u32,
+    live_grants_per_grantee: u32,
+    pending_grants: u32,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let limits = crate::domain::quota::Limits::default();
+        Self {
+            requests_per_minute: limits.requests_per_minute,
+            requests_per_person_per_minute: limits.requests_per_person_per_minute,
+            live_grants_per_grantee: limits.live_grants_per_grantee,
+            pending_grants: limits.pending_grants,
+        }
+    }
+}
+
+fn limit_in_range(key: String, value: u32, problems: &mut Vec<Problem>) -> u32 {
+    use crate::domain::quota::MAX_LIMIT;
+    if !(1..=MAX_LIMIT).contains(&value) {
+        problems.push(Problem::new(key, format!("must be 1-{MAX_LIMIT}")));
+    }
+    value
+}
+
+pub(super) fn validate_limits(raw: RawLimits, problems: &mut Vec<Problem>) -> crate::domain::quota::Limits {
+    let mut check = |name: &str, value| limit_in_range(format!("limits.{name}"), value, problems);
+    crate::domain::quota::Limits {
+        requests_per_minute: check("requests_per_minute", raw.requests_per_minute),
+        requests_per_person_per_minute: check("requests_per_person_per_minute", raw.requests_per_person_per_minute),
+        live_grants_per_grantee: check("live_grants_per_grantee", raw.live_grants_per_grantee),
+        pending_grants: check("pending_grants", raw.pending_grants),
+    }
 }
 
 /// People who approve, their groups (which rules match with `principal in Group`), and the
@@ -199,6 +252,7 @@ impl Default for RawRelay {
 
 pub(super) fn validate_callers(
     raw: Vec<RawCaller>,
+    limits: crate::domain::quota::Limits,
     targets: &[Target],
     server: &RawServer,
     tls: Option<&crate::tls::TlsSettings>,
@@ -395,6 +449,18 @@ pub(super) fn validate_callers(
                     claims: caller.identity_claims,
                 },
                 assert_people: caller.assert_people,
+                limits: crate::domain::quota::Limits {
+                    requests_per_minute: caller
+                        .limits
+                        .requests_per_minute
+                        .map_or(limits.requests_per_minute, |value| {
+                            limit_in_range(key("limits.requests_per_minute"), value, problems)
+                        }),
+                    pending_grants: caller.limits.pending_grants.map_or(limits.pending_grants, |value| {
+                        limit_in_range(key("limits.pending_grants"), value, problems)
+                    }),
+                    ..limits
+                },
             });
         }
     }

@@ -861,3 +861,43 @@ fn integrity_keys_are_required_read_and_checked() {
     assert!(!debug.contains(&"k".repeat(40)), "{debug}");
     assert!(debug.contains("IntegrityKeys { sealing: 2, accepted: [2]"), "{debug}");
 }
+
+#[test]
+fn limits_have_defaults_a_section_and_per_caller_overrides() {
+    use crate::domain::quota::Limits;
+    let config = with_rules(GOOD).unwrap();
+    assert_eq!(config.callers[0].limits, Limits::default());
+    let tuned = GOOD.replace(
+        "[redis]",
+        "[limits]\nrequests_per_minute = 100\nlive_grants_per_grantee = 3\n[redis]",
+    ) + "limits = { pending_grants = 7 }\n";
+    let config = with_rules(&tuned).unwrap();
+    assert_eq!(
+        config.callers[0].limits,
+        Limits {
+            requests_per_minute: 100,
+            live_grants_per_grantee: 3,
+            pending_grants: 7,
+            ..Limits::default()
+        }
+    );
+    let problems = with_rules(
+        &(GOOD.replace("[redis]", "[limits]\nrequests_per_person_per_minute = 0\n[redis]")
+            + "limits = { requests_per_minute = 2000000 }\n"),
+    )
+    .unwrap_err();
+    let keys: Vec<(&str, &str)> = problems.iter().map(|p| (p.key.as_str(), p.message.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            ("limits.requests_per_person_per_minute", "must be 1-1000000"),
+            ("callers[0].limits.requests_per_minute", "must be 1-1000000"),
+        ]
+    );
+    assert!(
+        with_rules(&(GOOD.to_owned() + "limits = { live_grants_per_grantee = 1 }\n")).unwrap_err()[0]
+            .message
+            .contains("unknown field `live_grants_per_grantee`"),
+        "only the caller's own limits are per caller"
+    );
+}

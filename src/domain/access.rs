@@ -246,6 +246,7 @@ mod tests {
             powers,
             identity: Default::default(),
             assert_people: false,
+            limits: Default::default(),
             call_token: None,
         }
     }

@@ -84,6 +84,11 @@ impl GrantState {
         Self::Revoked,
     ];
 
+    /// Whether no transition leaves it (denied, expired, cancelled, revoked).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::PendingApproval | Self::Approved)
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|state| state.as_str() == text)
     }

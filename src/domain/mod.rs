@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod pattern;
 pub mod policy;
+pub mod quota;
 pub mod request;
 pub mod revocation;
 #[cfg(test)]

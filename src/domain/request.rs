@@ -57,6 +57,8 @@ pub struct Caller {
     /// Whether it may name people without their verified token (recorded as asserted). Off by
     /// default: a caller then names only itself, or a person whose token it forwards.
     pub assert_people: bool,
+    /// How much it may take: request rates and caps on grants held at once.
+    pub limits: super::quota::Limits,
     /// The identity token this call carried, verified (per call: set by the transport).
     pub call_token: Option<std::sync::Arc<super::identity::VerifiedIdentity>>,
 }

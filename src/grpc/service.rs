@@ -76,7 +76,16 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             .into_iter()
             .map(|target| outbound::target(target, self.broker.max_duration_secs(target)))
             .collect();
-        Ok(Response::new(proto::ListTargetsResponse { targets }))
+        let limits = caller.limits;
+        Ok(Response::new(proto::ListTargetsResponse {
+            targets,
+            limits: Some(proto::Limits {
+                requests_per_minute: limits.requests_per_minute,
+                requests_per_person_per_minute: limits.requests_per_person_per_minute,
+                live_grants_per_grantee: limits.live_grants_per_grantee,
+                pending_grants: limits.pending_grants,
+            }),
+        }))
     }
 
     async fn request_access(

@@ -113,6 +113,34 @@ fn retryable(code: Code, message: &str, mut details: ErrorDetails) -> Status {
     with_details(code, message, details)
 }
 
+/// RESOURCE_EXHAUSTED for a spent limit: which (ErrorInfo), whose (QuotaFailure), and when a
+/// retry can succeed (RetryInfo, rounded up to whole milliseconds).
+fn limit_exceeded(exceeded: &crate::domain::quota::Exceeded, message: &str) -> Status {
+    use crate::domain::quota::Limit;
+    let reason = match exceeded.limit {
+        Limit::CallerRequests => "CALLER_RATE_LIMITED",
+        Limit::PersonRequests => "PERSON_RATE_LIMITED",
+        Limit::LiveGrantsPerGrantee => "GRANTEE_LIVE_GRANTS_LIMITED",
+        Limit::PendingGrants => "PENDING_GRANTS_LIMITED",
+    };
+    let retry_after =
+        Duration::from_millis(u64::try_from(exceeded.retry_after.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX));
+    let mut details = info(
+        reason,
+        &[
+            ("limit", exceeded.limit.name().to_owned()),
+            ("allowed", exceeded.allowed.to_string()),
+            ("retry_after_ms", retry_after.as_millis().to_string()),
+        ],
+    );
+    details.set_retry_info(Some(retry_after));
+    details.add_quota_failure_violation(
+        format!("{}:{}", exceeded.limit.name(), clip(&exceeded.subject, MAX_FIELD_CHARS)),
+        message,
+    );
+    with_details(Code::ResourceExhausted, message, details)
+}
+
 fn store_status(error: &StoreError) -> Status {
     match error {
         // A write that did not reach enough replicas is, to the caller, a store that is not
@@ -206,6 +234,12 @@ impl From<BrokerError> for Status {
         let message = error.to_string();
         match error {
             BrokerError::InvalidRequest(violations) => invalid_argument(&violations),
+            BrokerError::LimitExceeded(exceeded) => limit_exceeded(&exceeded, &message),
+            BrokerError::StsThrottled { target, retry_after } => {
+                let mut details = info("STS_THROTTLED", &[("target", target)]);
+                details.set_retry_info(Some(retry_after.max(RETRY_AFTER)));
+                with_details(Code::Unavailable, &message, details)
+            }
             BrokerError::TargetNotAllowed { target, .. } => with_details(
                 Code::PermissionDenied,
                 &message,

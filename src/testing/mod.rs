@@ -46,6 +46,9 @@ pub struct MemoryState {
     pub roles: HashMap<String, MemoryRole>,
     pub changes: Arc<tokio::sync::Notify>,
     pub service_events: Vec<crate::domain::audit::ServiceEvent>,
+    /// Each rate's next arrival time, and each cap's places (grant, until).
+    pub rates: HashMap<String, i64>,
+    pub caps: HashMap<String, BTreeMap<GrantId, OffsetDateTime>>,
 }
 
 #[derive(Default, Clone)]
@@ -352,6 +355,79 @@ impl GrantQueues for MemoryStore {
         queued.truncate(limit);
         let next = more.then(|| queued.last().map(|grant| grant.id)).flatten();
         Ok((queued, next))
+    }
+}
+
+fn rate_key(rate: &crate::domain::quota::Rate) -> String {
+    format!("{rate:?}")
+}
+
+fn cap_key(cap: &crate::domain::quota::Cap) -> String {
+    format!("{cap:?}")
+}
+
+impl crate::ports::Quotas for MemoryStore {
+    async fn count_request(
+        &self,
+        rates: &[(crate::domain::quota::Rate, u32)],
+        now: OffsetDateTime,
+    ) -> Result<Option<crate::domain::quota::Exceeded>, StoreError> {
+        let mut state = self.0.lock().unwrap();
+        let now = i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap();
+        for (rate, per_minute) in rates {
+            let key = rate_key(rate);
+            match crate::domain::quota::next_arrival(state.rates.get(&key).copied(), now, *per_minute) {
+                Ok(next) => {
+                    state.rates.insert(key, next);
+                }
+                Err(retry_after) => {
+                    return Ok(Some(crate::domain::quota::Exceeded {
+                        limit: rate.limit(),
+                        subject: rate.subject(),
+                        allowed: *per_minute,
+                        retry_after,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn hold_places(
+        &self,
+        grant: GrantId,
+        caps: &[(crate::domain::quota::Cap, u32)],
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<crate::domain::quota::Exceeded>, StoreError> {
+        let mut state = self.0.lock().unwrap();
+        for (cap, most) in caps {
+            let places = state.caps.entry(cap_key(cap)).or_default();
+            places.retain(|_, until| *until > now);
+            if !places.contains_key(&grant) && places.len() >= usize::try_from(*most).unwrap() {
+                let first = places.values().min().copied().unwrap_or(now);
+                return Ok(Some(crate::domain::quota::Exceeded {
+                    limit: cap.limit(),
+                    subject: cap.subject(),
+                    allowed: *most,
+                    retry_after: (first - now).try_into().unwrap_or_default(),
+                }));
+            }
+        }
+        for (cap, _) in caps {
+            state.caps.entry(cap_key(cap)).or_default().insert(grant, until);
+        }
+        Ok(None)
+    }
+
+    async fn release_places(&self, grant: GrantId, caps: &[crate::domain::quota::Cap]) -> Result<(), StoreError> {
+        let mut state = self.0.lock().unwrap();
+        for cap in caps {
+            if let Some(places) = state.caps.get_mut(&cap_key(cap)) {
+                places.remove(&grant);
+            }
+        }
+        Ok(())
     }
 }
 

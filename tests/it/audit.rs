@@ -1054,6 +1054,7 @@ async fn a_grant_whose_index_and_log_writes_failed_is_re_indexed() {
         "~gb:{notify}:*",
         "~gb:role:*",
         "~gb:enforce:*",
+        "~gb:rate:*",
     ])
     .query_async(&mut admin)
     .await

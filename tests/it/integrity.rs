@@ -385,3 +385,65 @@ async fn an_exported_archive_verifies_without_redis_and_every_edit_of_it_is_foun
     assert_eq!(code, Some(6), "{out}");
     assert!(out.contains("out of order"), "{out}");
 }
+
+/// The entries beside a grant's record are not sealed, the record is: a request id entry
+/// rewritten to name another caller's grant hands nobody that grant, and an access key entry
+/// rewritten to name a grant that never issued the key finds nothing.
+#[tokio::test]
+async fn entries_pointing_at_another_grant_are_refused_not_followed() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;
+    let mut client = server.client().await;
+    let theirs = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("portal-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let mine = client
+        .request_access(authed(PIPELINE_TOKEN, read_logs_request("a-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut connection = redis.connection().await;
+    let key = "gb:caller:{ci-pipeline}:request:a-1";
+    let mut entry: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut connection).await.unwrap();
+    let their_id = uuid::Uuid::parse_str(&theirs.grant.as_ref().unwrap().id).unwrap();
+    entry[..16].copy_from_slice(their_id.as_bytes());
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg(&entry)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let calls = sts.calls().len();
+    let status = client
+        .request_access(authed(PIPELINE_TOKEN, read_logs_request("a-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), error_reason(&status).as_str()),
+        (tonic::Code::DataLoss, "STORE_TAMPERED"),
+        "{status:?}"
+    );
+    assert_eq!(sts.calls().len(), calls, "nothing issued from another caller's grant");
+
+    // The pipeline's access key entry pointed at the portal's grant.
+    let key_id = &mine.credentials.unwrap().access_key_id;
+    let () = redis::cmd("SET")
+        .arg(format!("gb:key:{{{key_id}}}"))
+        .arg(their_id.as_bytes().as_slice())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let status = client
+        .find_grant_by_access_key(authed(
+            AUDITOR_TOKEN,
+            proto::FindGrantByAccessKeyRequest {
+                access_key_id: key_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+}

@@ -16,6 +16,7 @@ mod identity;
 mod integrity;
 mod issuance;
 mod lifecycle;
+mod limits;
 mod notifications;
 mod promises;
 mod redis_tls;

@@ -988,14 +988,16 @@ async fn a_record_changed_outside_the_broker_is_refused_and_nothing_is_written_o
                 .unwrap();
         }
     };
-    let mut tampered_seen = 0;
     for (what, tamper) in &tamperings {
+        // A broker that verified the record (its revision is the original).
+        let store = RedisGrantStore::new(&settings(&redis)).unwrap();
+        assert_eq!(store.get(id).await.unwrap().unwrap().state, GrantState::Approved);
         let mut bytes = original.clone();
         tamper(&mut bytes);
         assert_ne!(bytes, original, "{what}");
         write(bytes.clone()).await;
-        // This broker verified the record before (its revision is the original): the change
-        // script sees the record is not that revision and answers with it, which fails its seal.
+        // The change script sees the record is not that revision and answers with it, which
+        // fails its seal.
         let refused = store.change_if_state(&grant, attempt).await;
         let mut seen = 1;
         if within_a_frame.contains(what) && matches!(refused, Ok(Appended::Yes)) {
@@ -1022,17 +1024,27 @@ async fn a_record_changed_outside_the_broker_is_refused_and_nothing_is_written_o
             "{what}"
         );
         assert_eq!(read(key.clone()).await, bytes, "{what}: nothing written on it");
-        tampered_seen += seen + 1;
-        assert_eq!(store.tampered_records_seen(), tampered_seen, "{what}: counted");
+        assert_eq!(store.tampered_records_seen(), seen + 1, "{what}: counted");
         assert_eq!(fresh.tampered_records_seen(), 1, "{what}: counted");
+        // Restored, the broker's bytes read again (for a broker that did not see a longer
+        // version: to one that did, the original is a rollback).
         write(original.clone()).await;
+        let after = RedisGrantStore::new(&settings(&redis)).unwrap();
         assert_eq!(
-            store.get(id).await.unwrap().unwrap().state,
+            after.get(id).await.unwrap().unwrap().state,
             GrantState::Approved,
             "{what}"
         );
+        if seen == 0 {
+            let rolled_back = store.get(id).await;
+            assert!(
+                matches!(&rolled_back, Err(StoreError::Tampered { what, .. }) if what.contains("rolled back")),
+                "{rolled_back:?}"
+            );
+        }
     }
     // Restored, the record takes changes again.
+    let store = RedisGrantStore::new(&settings(&redis)).unwrap();
     assert_eq!(store.change_if_state(&grant, attempt).await.unwrap(), Appended::Yes);
     let _: () = redis::cmd("PING").query_async(&mut connection).await.unwrap();
 }

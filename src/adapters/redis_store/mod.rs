@@ -28,6 +28,7 @@ mod audit;
 mod enforcement;
 mod index;
 pub mod ledger;
+mod quota;
 mod record;
 mod repair;
 mod revisions;
@@ -222,6 +223,8 @@ pub struct RedisGrantStore {
     sequence: std::sync::atomic::AtomicU64,
     checkpoint: Script,
     checkpoint_interval: Duration,
+    rate: Script,
+    hold: Script,
 }
 
 /// How many times in a row a change may find its grant changed by others before it gives up
@@ -384,6 +387,8 @@ impl RedisGrantStore {
             sequence: std::sync::atomic::AtomicU64::new(0),
             checkpoint: Script::new(audit::CHECKPOINT),
             checkpoint_interval: settings.checkpoint_interval,
+            rate: Script::new(quota::RATE),
+            hold: Script::new(quota::HOLD),
         })
     }
 
@@ -456,6 +461,7 @@ impl RedisGrantStore {
         for &id in ids {
             pipe.cmd("GET").arg(self.record_key(id));
         }
+        let read_at = self.revisions.epoch();
         let replies: Vec<Value> = pipe
             .query_async(&mut self.connection.clone())
             .await
@@ -471,7 +477,7 @@ impl RedisGrantStore {
             .iter()
             .zip(replies)
             .map(|(&id, reply)| match reply::optional_bytes(reply) {
-                Ok(bytes) => bytes.map(|bytes| self.decode(id, &bytes, policy)),
+                Ok(bytes) => bytes.map(|bytes| self.decode(id, &bytes, policy, read_at)),
                 Err(what) => Some(Err(StoreError::Corrupt(format!("grant {id}: {what}")))),
             })
             .collect())
@@ -493,10 +499,16 @@ impl RedisGrantStore {
 
     /// Decodes a record read from Redis, its seal checked first, and keeps its revision for the
     /// next change.
-    fn decode(&self, id: GrantId, bytes: &[u8], policy: record::Policy) -> Result<record::Decoded, StoreError> {
+    fn decode(
+        &self,
+        id: GrantId,
+        bytes: &[u8],
+        policy: record::Policy,
+        read_at: u64,
+    ) -> Result<record::Decoded, StoreError> {
         match record::decode_record(id, bytes, policy, &self.keys) {
             Ok((decoded, revision)) => {
-                self.revisions.put(id, revision);
+                self.remember(id, revision, read_at)?;
                 Ok(decoded)
             }
             Err(unreadable) => Err(self.unreadable(id, unreadable)),
@@ -504,28 +516,52 @@ impl RedisGrantStore {
     }
 
     /// The revision of a record read from Redis, to seal a change onto.
-    fn revision_of(&self, id: GrantId, bytes: &[u8]) -> Result<record::Revision, StoreError> {
-        record::open_record(id, bytes, &self.keys)
+    fn revision_of(&self, id: GrantId, bytes: &[u8], read_at: u64) -> Result<record::Revision, StoreError> {
+        let revision = record::open_record(id, bytes, &self.keys)
             .map(|opened| opened.revision)
-            .map_err(|unreadable| self.unreadable(id, unreadable))
+            .map_err(|unreadable| self.unreadable(id, unreadable))?;
+        self.remember(id, revision.clone(), read_at)?;
+        Ok(revision)
+    }
+
+    /// Keeps a revision read for the next change; one shorter than a revision this broker
+    /// verified or wrote before is a record rolled back to an earlier version.
+    fn remember(&self, id: GrantId, revision: record::Revision, read_at: u64) -> Result<(), StoreError> {
+        // The longer revision stays known, so the rolled-back record keeps reading as tampered.
+        self.revisions.put(id, revision, Some(read_at)).map_err(|known| {
+            self.tampered_with(
+                id,
+                format!(
+                    "rolled back to an earlier version: this broker sealed it with {} events",
+                    known.header.events
+                ),
+            )
+        })
     }
 
     /// The error for a record that cannot be read; one whose seal failed is logged and counted.
     fn unreadable(&self, id: GrantId, unreadable: record::Unreadable) -> StoreError {
-        self.revisions.forget(id);
+        // A revision this broker verified stays known through a tampered read: it is what the
+        // record must still grow from (and what shows a rollback).
         match unreadable {
-            record::Unreadable::Corrupt(what) => StoreError::Corrupt(format!("grant {id}: {what}")),
-            record::Unreadable::Tampered(what) => {
-                let seen = self.tampered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                tracing::error!(
-                    grant_id = %id,
-                    what = %what,
-                    tampered_records_seen = seen,
-                    "a grant record fails its seal: it was changed outside the broker, and nothing is done with it"
-                );
-                StoreError::Tampered { grant_id: id, what }
+            record::Unreadable::Corrupt(what) => {
+                self.revisions.forget(id);
+                StoreError::Corrupt(format!("grant {id}: {what}"))
             }
+            record::Unreadable::Tampered(what) => self.tampered_with(id, what),
         }
+    }
+
+    /// A record changed outside the broker: logged at error, counted.
+    fn tampered_with(&self, id: GrantId, what: String) -> StoreError {
+        let seen = self.tampered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        tracing::error!(
+            grant_id = %id,
+            what = %what,
+            tampered_records_seen = seen,
+            "a grant record fails its seal: it was changed outside the broker, and nothing is done with it"
+        );
+        StoreError::Tampered { grant_id: id, what }
     }
 
     /// Reads several grants in one round trip; missing ones are skipped.
@@ -581,13 +617,14 @@ impl RedisGrantStore {
 
     /// The revision of the record as Redis holds it now; `None`: no such grant.
     async fn current_revision(&self, id: GrantId) -> Result<Option<record::Revision>, StoreError> {
+        let read_at = self.revisions.epoch();
         let bytes: Option<Vec<u8>> = self
             .connection
             .clone()
             .get(self.record_key(id))
             .await
             .map_err(unavailable)?;
-        bytes.map(|bytes| self.revision_of(id, &bytes)).transpose()
+        bytes.map(|bytes| self.revision_of(id, &bytes, read_at)).transpose()
     }
 }
 
@@ -640,9 +677,11 @@ impl RedisGrantStore {
                 .arg(&sealed.prefix)
                 .arg(&sealed.frame)
                 .arg(self.expiry(last_moment));
+            let read_at = self.revisions.epoch();
             match self.run_change(id, &invocation).await? {
                 (ChangeReply::Written, unacknowledged) => {
-                    self.revisions.put(id, sealed.revision);
+                    // Longer than the revision it continues: always kept.
+                    let _ = self.revisions.put(id, sealed.revision, None);
                     return Ok(Recorded {
                         appended: Appended::Yes,
                         first_event: u64::from(revision.header.events),
@@ -653,7 +692,7 @@ impl RedisGrantStore {
                     self.revisions.forget(id);
                     return Ok(not_changed(Appended::Missing));
                 }
-                (ChangeReply::Moved(bytes), _) => known = Some(self.revision_of(id, &bytes)?),
+                (ChangeReply::Moved(bytes), _) => known = Some(self.revision_of(id, &bytes, read_at)?),
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -852,7 +891,8 @@ impl GrantRecords for RedisGrantStore {
         let (created, queued) = tokio::join!(create, queued);
         let created = created.map_err(unavailable)?.is_some();
         if created {
-            self.revisions.put(grant.id, revision);
+            // A new record: nothing was known of it.
+            let _ = self.revisions.put(grant.id, revision, None);
         }
         if let Err(error) = queued {
             // The grant is recorded; what it lacks is repaired as described above.

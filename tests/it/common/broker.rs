@@ -29,6 +29,9 @@ pub struct Settings {
     pub redis_extra: String,
     /// The `[integrity]` table: by default [`default_integrity`].
     pub integrity: String,
+    /// The `[limits]` table: by default far above what any test does, so that only the tests of
+    /// the limits meet them.
+    pub limits: String,
     /// `[[webhooks]]` tables appended to the configuration.
     pub webhooks: String,
     /// Any other TOML appended to the configuration (`[server.tls]`, more `[[callers]]`).
@@ -62,6 +65,7 @@ impl Settings {
             webhooks: String::new(),
             extra: String::new(),
             integrity: default_integrity(),
+            limits: "[limits]\nrequests_per_minute = 1000000\nrequests_per_person_per_minute = 1000000\nlive_grants_per_grantee = 1000000\npending_grants = 1000000".to_owned(),
             env: HashMap::new(),
             delivery: DeliverySettings::default(),
             deliver: true,
@@ -125,6 +129,7 @@ pub fn config_text(settings: &Settings) -> String {
         ("min_replicas", settings.min_replicas.to_string()),
         ("redis_extra", settings.redis_extra.clone()),
         ("integrity", settings.integrity.clone()),
+        ("limits", settings.limits.clone()),
         ("sts", settings.sts_endpoint.clone()),
         ("iam_endpoint", iam_endpoint),
         ("max_attempts", settings.max_attempts.to_string()),

@@ -1,0 +1,167 @@
+//! The counts behind the limits, in Redis so that they hold across replicas: one key per rate or
+//! cap, each in a slot of its own (cluster-ready), each changed by one script.
+//!
+//! | key | holds |
+//! |---|---|
+//! | `gb:rate:{caller:<id>}`, `gb:rate:{person:<sha256, 32 hex>}` | a rate's next arrival time (unix µs, [`crate::domain::quota::next_arrival`]), expiring once idle |
+//! | `gb:grantee:{<sha256, 32 hex>}:places`, `gb:caller:{<id>}:pending-places` | sorted set: the grants holding a place under the cap, scored by when the place frees itself (unix ms) |
+//!
+//! The rates of one request are counted in one round trip (pipelined, one script per key); so
+//! are a new grant's places. A place frees itself when its grant ends at the latest, so a lost
+//! release costs a place for a while, never forever.
+
+use time::OffsetDateTime;
+
+use super::{RedisGrantStore, digest_of, unavailable};
+use crate::{
+    domain::{
+        GrantId,
+        quota::{Cap, Exceeded, Rate, WINDOW_MICROS},
+    },
+    ports::{Quotas, StoreError},
+};
+
+/// Counts one request against a rate. KEYS: the rate. ARGV: now (unix µs), the interval and the
+/// window (µs).
+/// Replies 0, or how long until a request would be let through (µs). The arithmetic of
+/// `domain::quota::next_arrival`.
+pub(super) const RATE: &str = r"
+local now = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now or tat > now + tonumber(ARGV[3]) then tat = now end
+local next = tat + tonumber(ARGV[2])
+local ahead = next - now - tonumber(ARGV[3])
+if ahead > 0 then return ahead end
+redis.call('SET', KEYS[1], string.format('%d', next), 'PX', math.ceil((next - now) / 1000))
+return 0
+";
+
+/// Holds a place for a grant under a cap. KEYS: the cap. ARGV: grant id, the cap, until and now
+/// (unix ms). Replies 0 (held, or already held), or how long until the first place frees itself
+/// (ms, at least 1).
+pub(super) const HOLD: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(first[2]) - tonumber(ARGV[4]))
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+return 0
+";
+
+fn millis(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl RedisGrantStore {
+    fn rate_key(&self, rate: &Rate) -> String {
+        match rate {
+            Rate::Caller(caller) => format!("{}:rate:{{caller:{caller}}}", self.prefix),
+            Rate::Person(person) => format!("{}:rate:{{person:{}}}", self.prefix, digest_of(person)),
+        }
+    }
+
+    fn cap_key(&self, cap: &Cap) -> String {
+        match cap {
+            Cap::LiveForGrantee(grantee) => format!("{}:grantee:{{{}}}:places", self.prefix, digest_of(grantee)),
+            Cap::PendingForCaller(caller) => format!("{}:caller:{{{caller}}}:pending-places", self.prefix),
+        }
+    }
+}
+
+impl Quotas for RedisGrantStore {
+    async fn count_request(&self, rates: &[(Rate, u32)], now: OffsetDateTime) -> Result<Option<Exceeded>, StoreError> {
+        if rates.is_empty() {
+            return Ok(None);
+        }
+        let now = i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+        // One round trip: (re)load the script, run it once per rate.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.rate).ignore();
+        for (rate, per_minute) in rates {
+            pipe.invoke_script(
+                self.rate
+                    .key(self.rate_key(rate))
+                    .arg(now)
+                    .arg(WINDOW_MICROS / i64::from((*per_minute).max(1)))
+                    .arg(WINDOW_MICROS),
+            );
+        }
+        let replies: Vec<i64> = pipe
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(rates
+            .iter()
+            .zip(replies)
+            .find(|(_, ahead)| *ahead > 0)
+            .map(|((rate, per_minute), ahead)| Exceeded {
+                limit: rate.limit(),
+                subject: rate.subject(),
+                allowed: *per_minute,
+                retry_after: std::time::Duration::from_micros(u64::try_from(ahead).unwrap_or(u64::MAX)),
+            }))
+    }
+
+    async fn hold_places(
+        &self,
+        grant: GrantId,
+        caps: &[(Cap, u32)],
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Option<Exceeded>, StoreError> {
+        if caps.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.hold).ignore();
+        for (cap, most) in caps {
+            pipe.invoke_script(
+                self.hold
+                    .key(self.cap_key(cap))
+                    .arg(grant.to_string())
+                    .arg(*most)
+                    .arg(millis(until))
+                    .arg(millis(now)),
+            );
+        }
+        let replies: Vec<i64> = pipe
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let Some(((cap, most), wait)) = caps.iter().zip(&replies).find(|(_, wait)| **wait > 0) else {
+            return Ok(None);
+        };
+        // Full: give back what the other caps gave (a place held before, by a retry, stays:
+        // it is the same grant's).
+        let taken: Vec<Cap> = caps
+            .iter()
+            .zip(&replies)
+            .filter(|(_, wait)| **wait == 0)
+            .map(|((cap, _), _)| cap.clone())
+            .collect();
+        self.release_places(grant, &taken).await?;
+        Ok(Some(Exceeded {
+            limit: cap.limit(),
+            subject: cap.subject(),
+            allowed: *most,
+            retry_after: std::time::Duration::from_millis(u64::try_from(*wait).unwrap_or(u64::MAX)),
+        }))
+    }
+
+    async fn release_places(&self, grant: GrantId, caps: &[Cap]) -> Result<(), StoreError> {
+        if caps.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for cap in caps {
+            pipe.cmd("ZREM").arg(self.cap_key(cap)).arg(grant.to_string()).ignore();
+        }
+        pipe.query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)
+    }
+}

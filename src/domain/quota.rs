@@ -152,12 +152,12 @@ pub const WINDOW_MICROS: i64 = 60_000_000;
 /// runs): each request moves the rate's "theoretical arrival time" `tat` (unix microseconds) one
 /// interval (a minute over the limit) on; a request is let through while that stays within a
 /// minute of now, so up to `per_minute` at once, then one per interval. The new `tat`, or how
-/// long until a request would be let through. A `tat` more than a window ahead, which no count
-/// makes, is a clock that went back (or a replica's that is behind): it starts afresh.
+/// long until a request would be let through. A `tat` more than two windows ahead, which no count
+/// makes even with replicas' clocks apart by seconds, is a clock that went back: it starts afresh.
 pub fn next_arrival(tat: Option<i64>, now_micros: i64, per_minute: u32) -> Result<i64, Duration> {
     let interval = WINDOW_MICROS / i64::from(per_minute.max(1));
     let tat = tat
-        .filter(|tat| *tat <= now_micros + WINDOW_MICROS)
+        .filter(|tat| *tat <= now_micros + 2 * WINDOW_MICROS)
         .unwrap_or(now_micros);
     let next = tat.max(now_micros) + interval;
     let ahead = next - now_micros - WINDOW_MICROS;
@@ -199,6 +199,8 @@ mod tests {
         assert!(next_arrival(tat, now + 10_000_000, 6).is_ok());
         // An idle rate starts afresh, and so does one whose clock went back.
         assert!(next_arrival(tat, now + 120_000_000, 6).is_ok());
-        assert!(next_arrival(Some(now + 61_000_000), now, 6).is_ok());
+        assert!(next_arrival(Some(now + 121_000_000), now, 6).is_ok());
+        // A replica whose clock is a little behind still counts.
+        assert!(next_arrival(tat, now - 1_000, 6).is_err());
     }
 }

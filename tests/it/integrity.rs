@@ -356,9 +356,25 @@ async fn an_exported_archive_verifies_without_redis_and_every_edit_of_it_is_foun
     let (code, out) = check(edited.clone()).await;
     assert_eq!(code, Some(6), "{out}\n{}", edited[at]);
     assert!(
-        out.contains("its seal does not match its grant_id and event_json"),
+        out.contains("its seal does not match its grant_id, target, account_id, grant_caller and event_json"),
         "{out}"
     );
+
+    // What the line says beside the event: another target, or a service event made a grant's.
+    let mut moved = owned.clone();
+    moved[at] = moved[at].replace("\"target\":\"dev-logs-read\"", "\"target\":\"prod-logs-read\"");
+    assert_ne!(moved[at], owned[at]);
+    let (code, out) = check(moved).await;
+    assert_eq!(code, Some(6), "{out}");
+    let service = owned
+        .iter()
+        .position(|line| line.contains("\"event\":\"audit_queried\""))
+        .unwrap();
+    let mut claimed = owned.clone();
+    claimed[service] = claimed[service].replace("\"grant_id\":\"\"", &format!("\"grant_id\":\"{}\"", logged.grants[0]));
+    assert_ne!(claimed[service], owned[service]);
+    let (code, out) = check(claimed).await;
+    assert_eq!(code, Some(6), "{out}");
 
     // A line deleted before a checkpoint; a checkpoint deleted; two lines swapped.
     let checkpoint_at = owned
@@ -446,4 +462,52 @@ async fn entries_pointing_at_another_grant_are_refused_not_followed() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+}
+
+/// Deleting every checkpoint with the entries they covered, or pointing the head at an older
+/// checkpoint to re-root the chain past deleted ones, is found; and no broker checkpoints onto a
+/// head that names a checkpoint the log does not hold.
+#[tokio::test]
+async fn erased_checkpoints_and_a_re_rooted_head_are_found() {
+    let logged = life_cycles().await;
+    // Brokers stop checkpointing so the log holds still while it is examined.
+    drop(logged.server);
+    let all = entries(&logged.redis).await;
+    for (id, fields) in &all {
+        if field(fields, "c").is_some() {
+            xdel(&logged.redis, id).await;
+        }
+    }
+    for (id, _) in all.iter().take(3) {
+        xdel(&logged.redis, id).await;
+    }
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("the log's last is none"), "{out}");
+
+    // The head also cut loose from its checkpoints: its count still says what was appended.
+    let _: i64 = redis::cmd("HDEL")
+        .arg("gb:{audit}:head")
+        .arg("checkpoint")
+        .query_async(&mut logged.redis.connection().await)
+        .await
+        .unwrap();
+    let (code, out) = verify(&logged.config, &[]).await;
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("no checkpoint: entries were deleted"), "{out}");
+
+    // A head naming a checkpoint the log does not hold: no broker chains onto it.
+    let _: i64 = redis::cmd("HSET")
+        .arg("gb:{audit}:head")
+        .arg("checkpoint")
+        .arg(format!("7 {} 1-1", "00".repeat(16)))
+        .query_async(&mut logged.redis.connection().await)
+        .await
+        .unwrap();
+    let refused = logged
+        .redis
+        .store()
+        .checkpoint_audit_log(Duration::ZERO, OffsetDateTime::now_utc())
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
 }

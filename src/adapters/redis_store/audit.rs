@@ -23,12 +23,12 @@ use time::OffsetDateTime;
 
 use super::{
     RedisGrantStore, id_bytes, id_from_bytes,
-    ledger::{self, Checkpoint, EntrySeal, Writer},
+    ledger::{self, Checkpoint, EntrySeal, Referenced, Writer},
     reply, unavailable,
 };
 use crate::{
     domain::{
-        GrantEvent, GrantId,
+        Grant, GrantEvent, GrantId,
         audit::{AuditCursor, AuditEntry, Logged, ServiceEvent},
     },
     ports::{AuditRead, StoreError},
@@ -86,12 +86,17 @@ pub(super) enum Raw {
         cursor: AuditCursor,
         checkpoint: Checkpoint,
     },
+    /// Not an entry any broker writes.
+    Malformed { cursor: AuditCursor, why: String },
 }
 
 impl Raw {
     pub(super) fn cursor(&self) -> &AuditCursor {
         match self {
-            Self::Reference { cursor, .. } | Self::Service { cursor, .. } | Self::Checkpoint { cursor, .. } => cursor,
+            Self::Reference { cursor, .. }
+            | Self::Service { cursor, .. }
+            | Self::Checkpoint { cursor, .. }
+            | Self::Malformed { cursor, .. } => cursor,
         }
     }
 }
@@ -139,10 +144,11 @@ impl RedisGrantStore {
     /// The log entries for events `first..` of a grant, sealed.
     pub(super) fn reference_entries(
         &self,
-        grant: GrantId,
+        grant: &Grant,
         first: u64,
         events: &[GrantEvent],
     ) -> Result<Vec<Entry>, StoreError> {
+        let grant_caller = grant.caller.to_string();
         let start = self.sequences(events.len());
         events
             .iter()
@@ -150,19 +156,19 @@ impl RedisGrantStore {
             .map(|(i, event)| {
                 let (position, sequence) = (first + i as u64, start + i as u64);
                 let json = serde_json::to_string(event).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-                let mac = ledger::reference_mac(
-                    &self.keys,
-                    self.keys.sealing_id(),
-                    self.writer,
-                    sequence,
-                    grant,
+                let referenced = Referenced {
+                    grant: grant.id,
                     position,
-                    &json,
-                )
-                .map_err(StoreError::Corrupt)?;
+                    event_json: &json,
+                    target: &grant.target,
+                    account_id: &grant.account_id,
+                    grant_caller: &grant_caller,
+                };
+                let mac = ledger::reference_mac(&self.keys, self.keys.sealing_id(), self.writer, sequence, &referenced)
+                    .map_err(StoreError::Corrupt)?;
                 Ok(self.sealed(
                     vec![
-                        ("g", id_bytes(grant).to_vec()),
+                        ("g", id_bytes(grant.id).to_vec()),
                         ("n", position.to_string().into_bytes()),
                     ],
                     sequence,
@@ -244,8 +250,11 @@ impl RedisGrantStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let head = self.audit_head().await?;
+        let interval_secs = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+        // A time in the future no replica wrote: due, or checkpoints would stop.
         let due = head.checkpoint_at.is_none_or(|at| {
-            now.unix_timestamp().saturating_sub(at) >= i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)
+            now.unix_timestamp().saturating_sub(at) >= interval_secs
+                || at > now.unix_timestamp().saturating_add(interval_secs)
         });
         let Some(last) = head.last.clone().filter(|_| due) else {
             return Ok(false);
@@ -257,13 +266,15 @@ impl RedisGrantStore {
                 let (Some(number), Some(mac), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
                     return Err(corrupt("shape"));
                 };
-                (
-                    number.parse::<u64>().map_err(|_| corrupt("number"))? + 1,
-                    Some((
-                        hex::decode(mac).map_err(|_| corrupt("MAC"))?,
-                        AuditCursor::parse(at).map_err(|_| corrupt("cursor"))?,
-                    )),
-                )
+                let (number, mac, at) = (
+                    number.parse::<u64>().map_err(|_| corrupt("number"))?,
+                    hex::decode(mac).map_err(|_| corrupt("MAC"))?,
+                    AuditCursor::parse(at).map_err(|_| corrupt("cursor"))?,
+                );
+                // Chain only onto a checkpoint the log holds and that verifies: a head pointing
+                // elsewhere would re-root the chain past deleted checkpoints.
+                self.checkpoint_at(&at, number, &mac).await?;
+                (number.checked_add(1).ok_or_else(|| corrupt("number"))?, Some((mac, at)))
             }
             None => (1, None),
         };
@@ -289,6 +300,32 @@ impl RedisGrantStore {
             .await
             .map_err(unavailable)?;
         Ok(appended == 1)
+    }
+
+    /// Checks that the log holds, at `at`, checkpoint `number` with `mac`, and that it verifies.
+    async fn checkpoint_at(&self, at: &AuditCursor, number: u64, mac: &[u8]) -> Result<(), StoreError> {
+        let entry: Value = redis::cmd("XRANGE")
+            .arg(self.audit_key())
+            .arg(at.to_string())
+            .arg(at.to_string())
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let holds = matches!(
+            Self::references(entry)?.first(),
+            Some(Raw::Checkpoint { checkpoint, .. })
+                if checkpoint.number == number && checkpoint.mac == mac && checkpoint.verifies(&self.keys)
+        );
+        if holds {
+            return Ok(());
+        }
+        tracing::error!(
+            checkpoint = number, at = %at,
+            "the audit log's head names a checkpoint the log does not hold or that does not verify: not checkpointing on it (grant-broker audit verify shows what happened)"
+        );
+        Err(StoreError::Corrupt(format!(
+            "audit head: checkpoint {number} at {at} is not in the log"
+        )))
     }
 
     pub(super) async fn audit_head(&self) -> Result<Head, StoreError> {
@@ -339,16 +376,19 @@ impl RedisGrantStore {
                 let Value::Array(fields) = fields else {
                     return Err(corrupt(format!("entry {cursor} fields")));
                 };
+                // An entry no broker wrote is shown for what it is, and the rest still read.
                 let mut named: HashMap<String, Vec<u8>> = HashMap::new();
                 let mut fields = fields.into_iter();
-                while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-                    let name = reply::text(name).map_err(&corrupt)?;
-                    let value = reply::optional_bytes(value)
-                        .map_err(&corrupt)?
-                        .ok_or_else(|| corrupt(format!("entry {cursor}: field {name} without a value")))?;
-                    named.insert(name, value);
-                }
-                Self::raw(cursor, named).map_err(corrupt)
+                let parsed = (|| {
+                    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                        let name = reply::text(name)?;
+                        let value = reply::optional_bytes(value)?
+                            .ok_or_else(|| format!("entry {cursor}: field {name} without a value"))?;
+                        named.insert(name, value);
+                    }
+                    Self::raw(cursor.clone(), named)
+                })();
+                Ok(parsed.unwrap_or_else(|why| Raw::Malformed { cursor, why }))
             })
             .collect()
     }
@@ -441,6 +481,7 @@ impl RedisGrantStore {
                 Some(Err(error)) => return Err(error),
             }
         }
+        let kept_since = OffsetDateTime::now_utc() - self.retention + time::Duration::days(1);
         let tampered = |cursor: AuditCursor, grant_id: Option<GrantId>, reason: String| AuditEntry {
             cursor,
             logged: Logged::Tampered { grant_id, reason },
@@ -460,6 +501,7 @@ impl RedisGrantStore {
                         _ => tampered(cursor, None, "a service event whose MAC does not match it".to_owned()),
                     })
                 }
+                Raw::Malformed { cursor, why } => Some(tampered(cursor, None, format!("not an entry any broker writes: {why}"))),
                 Raw::Checkpoint { cursor, checkpoint } => Some(if checkpoint.verifies(&self.keys) {
                     AuditEntry {
                         seal: Some(ledger::exported::checkpoint(&checkpoint)),
@@ -479,9 +521,20 @@ impl RedisGrantStore {
                     event,
                     seal,
                 } => {
-                    let record = match records.get(&grant)? {
-                        Ok(record) => record,
-                        Err(reason) => return Some(tampered(cursor, Some(grant), reason.clone())),
+                    let record = match records.get(&grant) {
+                        Some(Ok(record)) => record,
+                        Some(Err(reason)) => return Some(tampered(cursor, Some(grant), reason.clone())),
+                        // Records outlive the entries that name them by their retention: one
+                        // gone earlier was deleted. (A day's slack for the hourly trim and the
+                        // seconds expiries are rounded to.)
+                        None if cursor.time() > kept_since => {
+                            return Some(tampered(
+                                cursor,
+                                Some(grant),
+                                "the grant's record is missing, though retention keeps it: deleted".to_owned(),
+                            ));
+                        }
+                        None => return None,
                     };
                     let Some(found) = record.events.get(event) else {
                         return Some(tampered(
@@ -492,8 +545,18 @@ impl RedisGrantStore {
                     };
                     let position = event as u64;
                     let json = serde_json::to_string(found).unwrap_or_default();
+                    let record_grant = &record.grant;
+                    let grant_caller = record_grant.caller.to_string();
+                    let referenced = Referenced {
+                        grant,
+                        position,
+                        event_json: &json,
+                        target: &record_grant.target,
+                        account_id: &record_grant.account_id,
+                        grant_caller: &grant_caller,
+                    };
                     let seal = match &seal {
-                        Some(seal) if ledger::reference_verifies(&self.keys, seal, grant, position, &json) => {
+                        Some(seal) if ledger::reference_verifies(&self.keys, seal, &referenced) => {
                             ledger::exported::entry(seal, Some(position))
                         }
                         _ => {

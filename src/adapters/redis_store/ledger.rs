@@ -135,25 +135,42 @@ fn digest(json: &str) -> [u8; 32] {
     Sha256::digest(json.as_bytes()).into()
 }
 
-/// The MAC of a reference to event `position` of `grant`, whose JSON is `event_json`.
+/// The version of what an entry's MAC is over: the JSON rendering of events is part of it, so a
+/// release that renders them differently seals with a new version and keeps this one's reader.
+const ENTRY_FORMAT: u8 = 1;
+
+/// What a reference's MAC binds: the event (its position in its grant's record and its JSON, as
+/// the audit surfaces show it) and what the log shows beside it of the grant.
+pub(crate) struct Referenced<'a> {
+    pub grant: GrantId,
+    pub position: u64,
+    pub event_json: &'a str,
+    pub target: &'a str,
+    pub account_id: &'a str,
+    pub grant_caller: &'a str,
+}
+
+/// The MAC of a reference.
 pub(crate) fn reference_mac(
     keys: &IntegrityKeys,
     key: u8,
     writer: Writer,
     sequence: u64,
-    grant: GrantId,
-    position: u64,
-    event_json: &str,
+    referenced: &Referenced<'_>,
 ) -> Result<[u8; TAG_LEN], String> {
+    // Ids, account numbers and caller ids never hold a NUL: the join is unambiguous.
+    let grant_fields = [referenced.target, referenced.account_id, referenced.grant_caller].join("\0");
     keys.tag(
         key,
         Domain::Reference,
         &[
+            &[ENTRY_FORMAT],
             &writer.0,
             &sequence.to_be_bytes(),
-            grant.as_uuid().as_bytes(),
-            &position.to_be_bytes(),
-            &digest(event_json),
+            referenced.grant.as_uuid().as_bytes(),
+            &referenced.position.to_be_bytes(),
+            &digest(referenced.event_json),
+            &digest(&grant_fields),
         ],
     )
     .map_err(|error| error.to_string())
@@ -170,20 +187,14 @@ pub(crate) fn service_mac(
     keys.tag(
         key,
         Domain::Service,
-        &[&writer.0, &sequence.to_be_bytes(), &digest(event_json)],
+        &[&[ENTRY_FORMAT], &writer.0, &sequence.to_be_bytes(), &digest(event_json)],
     )
     .map_err(|error| error.to_string())
 }
 
-/// Whether `seal` is the seal of a reference to event `position` of `grant`.
-pub(crate) fn reference_verifies(
-    keys: &IntegrityKeys,
-    seal: &EntrySeal,
-    grant: GrantId,
-    position: u64,
-    event_json: &str,
-) -> bool {
-    reference_mac(keys, seal.key, seal.writer, seal.sequence, grant, position, event_json)
+/// Whether `seal` is the seal of a reference.
+pub(crate) fn reference_verifies(keys: &IntegrityKeys, seal: &EntrySeal, referenced: &Referenced<'_>) -> bool {
+    reference_mac(keys, seal.key, seal.writer, seal.sequence, referenced)
         .is_ok_and(|mac| constant_time_eq(&mac, &seal.mac))
 }
 
@@ -319,6 +330,8 @@ pub(crate) struct Walk {
     since_checkpoint: Vec<AuditCursor>,
     /// Each writer's sequence numbers seen.
     writers: BTreeMap<Writer, BTreeSet<u64>>,
+    /// The last checkpoint walked that verified: its number, MAC and cursor.
+    pub last_checkpoint: Option<(u64, Vec<u8>, AuditCursor)>,
 }
 
 impl Walk {
@@ -333,17 +346,24 @@ impl Walk {
     /// the caller reports).
     pub(crate) fn entry(&mut self, cursor: &AuditCursor, seal: Option<&EntrySeal>) {
         self.count(cursor);
-        if let Some(seal) = seal
-            && !self.writers.entry(seal.writer).or_default().insert(seal.sequence)
-        {
-            self.verification.notes.push(Finding {
-                at: cursor.to_string(),
-                what: format!(
-                    "entry {} of writer {} is logged more than once (a write retried after its reply was lost)",
+        if let Some(seal) = seal {
+            self.sealed_by(cursor, seal);
+        }
+    }
+
+    /// The entry at `cursor`, already counted, was sealed by `seal`, which verified: its place
+    /// in its writer's sequence. Twice the same place is a copy (or, rarely, a write retried
+    /// after its reply was lost): the auditor must look.
+    pub(crate) fn sealed_by(&mut self, cursor: &AuditCursor, seal: &EntrySeal) {
+        if !self.writers.entry(seal.writer).or_default().insert(seal.sequence) {
+            self.problem(
+                cursor,
+                format!(
+                    "entry {} of writer {} is logged more than once: a copy, or a write retried after its reply was lost",
                     seal.sequence,
                     hex::encode(seal.writer.0)
                 ),
-            });
+            );
         }
     }
 
@@ -372,13 +392,18 @@ impl Walk {
         match self.checkpoint.take() {
             None => {
                 // The first checkpoint walked. Where the walk holds entries from before its
-                // predecessor, the predecessor must be there too (only a prefix is ever trimmed).
+                // predecessor, or a whole log's retention still keeps it, the predecessor must
+                // be there too (only a prefix is ever trimmed, and only past retention).
                 if let Some((_, previous_at)) = &checkpoint.previous
-                    && self
+                    && (self
                         .verification
                         .first
                         .as_ref()
                         .is_some_and(|first| first < previous_at)
+                        || self
+                            .from_the_start
+                            .as_ref()
+                            .is_some_and(|horizon| previous_at >= horizon))
                 {
                     self.problem(
                         cursor,
@@ -471,6 +496,7 @@ impl Walk {
             checkpoint.mac.clone(),
             checkpoint.number,
         ));
+        self.last_checkpoint = Some((checkpoint.number, checkpoint.mac.clone(), cursor.clone()));
         // The checkpoint entry itself is counted by the next checkpoint.
         self.verification.entries += 1;
         self.verification.last = Some(cursor.clone());
@@ -497,7 +523,29 @@ impl Walk {
             let (Some(&low), Some(&high)) = (sequences.first(), sequences.last()) else {
                 continue;
             };
-            let missing = (high - low + 1).saturating_sub(sequences.len() as u64);
+            let missing = high
+                .saturating_sub(low)
+                .saturating_add(1)
+                .saturating_sub(sequences.len() as u64);
+            // A writer that started after the walk's first entry logged all of it here: from 0.
+            let started = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(
+                    uuid::Uuid::from_bytes(writer.0)
+                        .get_timestamp()
+                        .map_or(0, |at| at.to_unix().0),
+                ) * 1_000_000_000,
+            )
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let walk_start = self.verification.first.as_ref().map(AuditCursor::time);
+            if low > 0 && walk_start.is_some_and(|start| started > start + time::Duration::minutes(1)) {
+                self.problem(
+                    format!("writer {}", hex::encode(writer.0)),
+                    format!(
+                        "started after the first entry walked, but its entries 0 to {} are missing: deleted",
+                        low - 1
+                    ),
+                );
+            }
             if missing > 0 {
                 let gaps: Vec<String> = sequences
                     .iter()
@@ -583,16 +631,38 @@ pub fn verify_export(
                 walk.checkpoint(&cursor, &checkpoint, verified);
             }
             Ok(exported::Parsed::Entry { seal, position }) => {
-                walk.entry(&cursor, Some(&seal));
                 let verified = match position {
-                    Some(position) => GrantId::parse(field("grant_id"))
-                        .is_ok_and(|grant| reference_verifies(keys, &seal, grant, position, event_json)),
-                    None => service_verifies(keys, &seal, event_json),
+                    Some(position) => GrantId::parse(field("grant_id")).is_ok_and(|grant| {
+                        reference_verifies(
+                            keys,
+                            &seal,
+                            &Referenced {
+                                grant,
+                                position,
+                                event_json,
+                                target: field("target"),
+                                account_id: field("account_id"),
+                                grant_caller: field("grant_caller"),
+                            },
+                        )
+                    }),
+                    None => service_verifies(keys, &seal, event_json) && field("grant_id").is_empty(),
                 };
+                // What the line says beside the event must be what the event says.
+                let said: serde_json::Value = serde_json::from_str(event_json).unwrap_or_default();
+                let agrees = said.get("event").and_then(serde_json::Value::as_str) == Some(event)
+                    && said.get("caller").and_then(serde_json::Value::as_str) == Some(field("caller"));
+                // Only a seal that verified vouches for its writer and sequence.
+                walk.entry(&cursor, verified.then_some(&seal));
                 if !verified {
                     walk.problem(
                         &cursor,
-                        at("its seal does not match its grant_id and event_json: edited"),
+                        at("its seal does not match its grant_id, target, account_id, grant_caller and event_json: edited"),
+                    );
+                } else if !agrees {
+                    walk.problem(
+                        &cursor,
+                        at("its event or caller is not what its event_json says: edited"),
                     );
                 }
             }

@@ -741,20 +741,23 @@ impl RedisGrantStore {
             }),
             _ => None,
         }));
-        tokio::join!(access_keys, self.log_or_repair(grant.id, first_event, events));
+        tokio::join!(access_keys, self.log_or_repair(grant, first_event, events));
     }
 
     /// Logs a change's events, keeping the write to retry when it fails.
-    async fn log_or_repair(&self, grant: GrantId, first: u64, events: &[GrantEvent]) {
+    async fn log_or_repair(&self, grant: &Grant, first: u64, events: &[GrantEvent]) {
         let entries = match self.reference_entries(grant, first, events) {
             Ok(entries) => entries,
             Err(error) => {
-                tracing::error!(grant_id = %grant, %error, "the grant's events could not be sealed for the audit log");
+                tracing::error!(grant_id = %grant.id, %error, "the grant's events could not be sealed for the audit log");
                 return;
             }
         };
         if let Err(error) = self.append_log(&entries).await {
-            let repair = repair::Repair::Log { grant, entries };
+            let repair = repair::Repair::Log {
+                grant: grant.id,
+                entries,
+            };
             self.keep_for_repair(repair, &error.to_string());
         }
     }
@@ -901,7 +904,7 @@ impl GrantRecords for RedisGrantStore {
         // After the record, not beside it: a create that lost a race must index nothing (a race
         // only a retried request id can run); the broker announces only what this reports created.
         if created {
-            tokio::join!(self.index_or_repair(grant), self.log_or_repair(grant.id, 0, events));
+            tokio::join!(self.index_or_repair(grant), self.log_or_repair(grant, 0, events));
         }
         Ok(created)
     }

@@ -28,7 +28,7 @@ use crate::{
 pub(super) const RATE: &str = r"
 local now = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if tat < now or tat > now + tonumber(ARGV[3]) then tat = now end
+if tat < now or tat > now + 2 * tonumber(ARGV[3]) then tat = now end
 local next = tat + tonumber(ARGV[2])
 local ahead = next - now - tonumber(ARGV[3])
 if ahead > 0 then return ahead end

@@ -1150,9 +1150,11 @@ pub(super) fn open_record<'a>(id: GrantId, bytes: &'a [u8], keys: &IntegrityKeys
     let version = *bytes
         .first()
         .ok_or_else(|| Unreadable::Corrupt("an empty record".to_owned()))?;
+    // Only brokers write records, and they write this version: any other was written by
+    // someone else (checked before the seal, which another version would not have).
     if version != VERSION {
-        return Err(Unreadable::Corrupt(format!(
-            "record version {version} is not one this release reads"
+        return Err(Unreadable::Tampered(format!(
+            "record version {version}: no release writes it"
         )));
     }
     let (raw_header, rest) = bytes

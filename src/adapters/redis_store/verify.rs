@@ -29,6 +29,8 @@ struct Referred {
     positions: BTreeSet<u64>,
     /// When the log first refers to it.
     first_seen: Option<AuditCursor>,
+    /// When the grant was created, by its record.
+    created: Option<OffsetDateTime>,
 }
 
 impl RedisGrantStore {
@@ -72,12 +74,19 @@ impl RedisGrantStore {
         // one the head counted, or one no broker appended.
         let quiet = self.audit_head().await?.last == head.last;
         Self::verify_head(&mut walk, &head, quiet);
-        // Every event of a grant whose first event the walk met must be in the log.
+        // Every event of a grant created after the walk's first entry must be in the log (a
+        // minute's slack for the broker's clock against Redis's).
+        let walk_start = walk.verification.first.as_ref().map(AuditCursor::time);
         for (id, referred) in &grants {
             let (Some(events), Some(first_seen)) = (referred.events, &referred.first_seen) else {
                 continue;
             };
-            if !referred.positions.contains(&0) {
+            let whole = referred.positions.contains(&0)
+                || referred
+                    .created
+                    .zip(walk_start)
+                    .is_some_and(|(created, start)| created > start + time::Duration::minutes(1));
+            if !whole {
                 continue;
             }
             let missing: Vec<String> = (0..events as u64)
@@ -126,11 +135,17 @@ impl RedisGrantStore {
                     let verified = checkpoint.verifies(&self.keys);
                     walk.checkpoint(&cursor, &checkpoint, verified);
                 }
+                Raw::Malformed { cursor, why } => {
+                    walk.entry(&cursor, None);
+                    walk.problem(&cursor, format!("not an entry any broker writes: {why}"));
+                }
                 Raw::Service { cursor, event, seal } => {
-                    walk.entry(&cursor, seal.as_ref());
+                    walk.entry(&cursor, None);
                     let json = serde_json::to_string(&*event).unwrap_or_default();
                     match &seal {
-                        Some(seal) if ledger::service_verifies(&self.keys, seal, &json) => {}
+                        Some(seal) if ledger::service_verifies(&self.keys, seal, &json) => {
+                            walk.sealed_by(&cursor, seal)
+                        }
                         None => walk.problem(&cursor, "a service event without a MAC"),
                         Some(_) => walk.problem(&cursor, "a service event whose MAC does not match it: edited"),
                     }
@@ -141,13 +156,13 @@ impl RedisGrantStore {
                     event,
                     seal,
                 } => {
-                    walk.entry(&cursor, seal.as_ref());
+                    walk.entry(&cursor, None);
                     let referred = grants.entry(grant).or_default();
                     referred.positions.insert(event as u64);
                     referred.first_seen.get_or_insert_with(|| cursor.clone());
                     match records.get(&grant) {
                         None | Some(None) => {
-                            if cursor.time() > horizon {
+                            if cursor.time() > horizon + time::Duration::days(1) {
                                 walk.problem(
                                     &cursor,
                                     format!("grant {grant}'s record is missing, though retention keeps it: deleted"),
@@ -162,6 +177,7 @@ impl RedisGrantStore {
                         Some(Some(Err(error))) => walk.problem(format!("grant {grant}"), error.to_string()),
                         Some(Some(Ok(record))) => {
                             referred.events = Some(record.events.len());
+                            referred.created = Some(record.grant.created_at);
                             let Some(found) = record.events.get(event) else {
                                 walk.problem(
                                     &cursor,
@@ -173,8 +189,19 @@ impl RedisGrantStore {
                                 continue;
                             };
                             let json = serde_json::to_string(found).unwrap_or_default();
+                            let grant_caller = record.grant.caller.to_string();
+                            let referenced = ledger::Referenced {
+                                grant,
+                                position: event as u64,
+                                event_json: &json,
+                                target: &record.grant.target,
+                                account_id: &record.grant.account_id,
+                                grant_caller: &grant_caller,
+                            };
                             match &seal {
-                                Some(seal) if ledger::reference_verifies(&self.keys, seal, grant, event as u64, &json) => {}
+                                Some(seal) if ledger::reference_verifies(&self.keys, seal, &referenced) => {
+                                    walk.sealed_by(&cursor, seal);
+                                }
                                 None => walk.problem(&cursor, format!("a reference to grant {grant} without a MAC")),
                                 Some(_) => walk.problem(
                                     &cursor,
@@ -191,6 +218,45 @@ impl RedisGrantStore {
 
     /// The head counts every entry appended: entries after the last checkpoint must match it.
     fn verify_head(walk: &mut Walk, head: &super::audit::Head, quiet: bool) {
+        // A whole log without a checkpoint (new, or its checkpoints deleted) must hold what the
+        // head counted, unless retention may have trimmed it.
+        if quiet
+            && walk.last_checkpoint.is_none()
+            && let Some(horizon) = walk.from_the_start.clone()
+            && walk.verification.first.as_ref().is_none_or(|first| *first >= horizon)
+            && head.count != walk.verification.entries
+        {
+            walk.problem(
+                "the log's head",
+                format!(
+                    "counts {} entries appended, the log holds {} and no checkpoint: {}",
+                    head.count,
+                    walk.verification.entries,
+                    if walk.verification.entries < head.count {
+                        "entries were deleted"
+                    } else {
+                        "entries were added"
+                    }
+                ),
+            );
+        }
+        // The head names the last checkpoint appended: a walk of a log that did not grow
+        // meanwhile must have met it, as its last.
+        if let Some(named) = head.checkpoint.as_deref().filter(|_| quiet) {
+            let walked = walk
+                .last_checkpoint
+                .as_ref()
+                .map(|(number, mac, at)| format!("{number} {} {at}", hex::encode(mac)));
+            if walked.as_deref() != Some(named) {
+                walk.problem(
+                    "the log's head",
+                    format!(
+                        "names checkpoint `{named}` as the last one appended; the log's last is {}: checkpoints were deleted or the head was changed",
+                        walked.unwrap_or_else(|| "none".to_owned())
+                    ),
+                );
+            }
+        }
         if let Some(last) = &head.last
             && let Some((counted, walked)) = walk.since_last_checkpoint(head.count, (!quiet).then_some(last))
             && counted != walked

@@ -817,6 +817,17 @@ fn audit_line(event: &proto::AuditEvent, json: bool) -> Result<String, ClientErr
             event.actor,
             said
         ))
+    } else if event.event == "tampered" {
+        // An entry the broker cannot vouch for: what failed, never what it claims.
+        let details = serde_json::from_str::<Value>(&event.event_json).unwrap_or(Value::Null);
+        Ok(format!(
+            "{}  {}  {:<20} {}  {}",
+            event.cursor,
+            time_text(event.event_time.as_ref()),
+            event.event,
+            event.grant_id,
+            details["reason"].as_str().unwrap_or("")
+        ))
     } else {
         Ok(format!(
             "{}  {}  {:<20} {}  {} on {} ({})",

@@ -73,7 +73,8 @@ impl RedisGrantStore {
         // A log that did not grow while it was walked: every entry after the last checkpoint is
         // one the head counted, or one no broker appended.
         let quiet = self.audit_head().await?.last == head.last;
-        Self::verify_head(&mut walk, &head, quiet);
+        let since = since.map(AuditCursor::at);
+        Self::verify_head(&mut walk, &head, quiet, since.as_ref());
         // Every event of a grant created after the walk's first entry must be in the log (a
         // minute's slack for the broker's clock against Redis's).
         let walk_start = walk.verification.first.as_ref().map(AuditCursor::time);
@@ -161,7 +162,12 @@ impl RedisGrantStore {
                     referred.positions.insert(event as u64);
                     referred.first_seen.get_or_insert_with(|| cursor.clone());
                     match records.get(&grant) {
+                        // An entry whose record cannot be read is reported with the record; its
+                        // place in its writer's sequence is taken (it is there, not deleted).
                         None | Some(None) => {
+                            if let Some(seal) = &seal {
+                                walk.sealed_by(&cursor, seal);
+                            }
                             if cursor.time() > horizon + time::Duration::days(1) {
                                 walk.problem(
                                     &cursor,
@@ -170,6 +176,9 @@ impl RedisGrantStore {
                             }
                         }
                         Some(Some(Err(StoreError::Tampered { what, .. }))) => {
+                            if let Some(seal) = &seal {
+                                walk.sealed_by(&cursor, seal);
+                            }
                             if referred.events.is_none() && referred.positions.len() == 1 {
                                 walk.problem(format!("grant {grant}"), format!("its record fails its seal: {what}"));
                             }
@@ -217,7 +226,7 @@ impl RedisGrantStore {
     }
 
     /// The head counts every entry appended: entries after the last checkpoint must match it.
-    fn verify_head(walk: &mut Walk, head: &super::audit::Head, quiet: bool) {
+    fn verify_head(walk: &mut Walk, head: &super::audit::Head, quiet: bool, since: Option<&AuditCursor>) {
         // A whole log without a checkpoint (new, or its checkpoints deleted) must hold what the
         // head counted, unless retention may have trimmed it.
         if quiet
@@ -242,7 +251,12 @@ impl RedisGrantStore {
         }
         // The head names the last checkpoint appended: a walk of a log that did not grow
         // meanwhile must have met it, as its last.
-        if let Some(named) = head.checkpoint.as_deref().filter(|_| quiet) {
+        // (Only where the walk covers it: a checkpoint from before `--since` is not walked.)
+        let walked_over = |named: &&str| {
+            let at = named.rsplit(' ').next().and_then(|at| AuditCursor::parse(at).ok());
+            since.is_none_or(|since| at.is_none_or(|at| at >= *since))
+        };
+        if let Some(named) = head.checkpoint.as_deref().filter(|_| quiet).filter(walked_over) {
             let walked = walk
                 .last_checkpoint
                 .as_ref()

@@ -515,3 +515,91 @@ async fn erased_checkpoints_and_a_re_rooted_head_are_found() {
         .await;
     assert!(refused.is_err(), "{refused:?}");
 }
+
+/// After whole life cycles with trace logging, through a Redis that needs a password: neither
+/// the integrity key nor the Redis password is in Redis, a log line, an error message, the audit
+/// log or an export; and not when Redis goes away mid-way either.
+#[tokio::test]
+async fn the_integrity_key_and_the_redis_password_are_never_stored_logged_or_returned() {
+    const PASSWORD: &str = "redis-password-never-shown-0123456789";
+    let logs = capture_logs();
+    let redis = RedisServer::start_with(&["--user", "broker", "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"]);
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let mut settings = Settings::new(
+        redis.url().replace("redis://", &format!("redis://broker:{PASSWORD}@")),
+        sts.url.clone(),
+    );
+    settings.redis_timeout_ms = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("grant-broker.toml");
+    std::fs::write(&config, config_text(&settings)).unwrap();
+    let server = Server::start(&settings).await;
+    let mut client = server.client().await;
+    let grant = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("leak")))
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    client
+        .issue_credentials(authed(PORTAL_TOKEN, issue_for(&grant.id)))
+        .await
+        .unwrap();
+    client
+        .revoke_grant(authed(
+            PORTAL_TOKEN,
+            proto::RevokeGrantRequest {
+                id: grant.id.clone(),
+                reason: "done".into(),
+                revoker: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let events = client
+        .list_audit_events(authed(AUDITOR_TOKEN, proto::ListAuditEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let archive = dir.path().join("audit.jsonl");
+    let exported = run_cli(vec![
+        "audit".into(),
+        "export".into(),
+        "--server".into(),
+        server.url(),
+        "--token".into(),
+        AUDITOR_TOKEN.into(),
+        "--output".into(),
+        archive.display().to_string(),
+    ])
+    .await;
+    assert!(exported.status.success());
+    let (code, verified) = verify(&config, &[]).await;
+    assert_eq!(code, Some(0), "{verified}");
+    let dump = redis.dump().await;
+    // Redis goes away: the errors a caller and the CLI see, and the log lines, name no secret.
+    redis.stop();
+    let status = client
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("after")))
+        .await
+        .unwrap_err();
+    let (_, unreachable) = verify(&config, &[]).await;
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("access requested"), "trace logging was captured");
+    let export = std::fs::read_to_string(&archive).unwrap();
+    for secret in [PASSWORD, TEST_INTEGRITY_KEY] {
+        for (key, value) in &dump {
+            assert!(!key.contains(secret) && !value.contains(secret), "{key} holds a secret");
+        }
+        assert!(!logs.contains(secret), "a log line holds a secret");
+        assert!(!export.contains(secret), "the export holds a secret");
+        assert!(!format!("{events:?}").contains(secret), "the audit log holds a secret");
+        assert!(!status.message().contains(secret), "{status:?}");
+        assert!(
+            !verified.contains(secret) && !unreachable.contains(secret),
+            "{unreachable}"
+        );
+    }
+}

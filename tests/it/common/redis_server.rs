@@ -137,6 +137,11 @@ impl RedisServer {
                     .query_async(&mut connection)
                     .await
                     .unwrap(),
+                "set" => redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap(),
                 "list" => redis::cmd("LRANGE")
                     .arg(&key)
                     .arg(0)

@@ -239,7 +239,16 @@ impl RedisGrantStore {
         let mac = ledger::service_mac(&self.keys, self.keys.sealing_id(), self.writer, sequence, &json)
             .map_err(StoreError::Corrupt)?;
         let entry = self.sealed(vec![("s", super::service_event::encode(event))], sequence, mac);
-        self.append_log(&[entry]).await
+        let appended = self.append_log(&[entry]).await;
+        if let Err(error) = &appended {
+            // The caller learns it failed (and does not act on it); the place stays unused, and
+            // `audit verify` names it among the writer's missing entries: this line says why.
+            tracing::warn!(
+                writer = %hex::encode(self.writer.0), sequence, %error,
+                "a service event could not be logged; its place in this writer's sequence stays empty"
+            );
+        }
+        appended
     }
 
     /// Appends a checkpoint when the last one is older than `interval` (any replica may: the

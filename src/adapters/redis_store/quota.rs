@@ -72,28 +72,47 @@ impl RedisGrantStore {
     }
 }
 
+impl RedisGrantStore {
+    /// One round trip of `script` invocations; only when Redis does not have the script yet (a
+    /// restart, a failover) a second one that loads it first.
+    async fn run_scripts(
+        &self,
+        script: &redis::Script,
+        invocations: impl Fn(&mut redis::Pipeline),
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut pipe = redis::pipe();
+        invocations(&mut pipe);
+        match pipe.query_async(&mut self.connection.clone()).await {
+            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut pipe = redis::pipe();
+                pipe.load_script(script).ignore();
+                invocations(&mut pipe);
+                pipe.query_async(&mut self.connection.clone()).await.map_err(unavailable)
+            }
+            replies => replies.map_err(unavailable),
+        }
+    }
+}
+
 impl Quotas for RedisGrantStore {
     async fn count_request(&self, rates: &[(Rate, u32)], now: OffsetDateTime) -> Result<Option<Exceeded>, StoreError> {
         if rates.is_empty() {
             return Ok(None);
         }
         let now = i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
-        // One round trip: (re)load the script, run it once per rate.
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.rate).ignore();
-        for (rate, per_minute) in rates {
-            pipe.invoke_script(
-                self.rate
-                    .key(self.rate_key(rate))
-                    .arg(now)
-                    .arg(WINDOW_MICROS / i64::from((*per_minute).max(1)))
-                    .arg(WINDOW_MICROS),
-            );
-        }
-        let replies: Vec<i64> = pipe
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
+        let replies: Vec<i64> = self
+            .run_scripts(&self.rate, |pipe| {
+                for (rate, per_minute) in rates {
+                    pipe.invoke_script(
+                        self.rate
+                            .key(self.rate_key(rate))
+                            .arg(now)
+                            .arg(WINDOW_MICROS / i64::from((*per_minute).max(1)))
+                            .arg(WINDOW_MICROS),
+                    );
+                }
+            })
+            .await?;
         Ok(rates
             .iter()
             .zip(replies)
@@ -116,22 +135,20 @@ impl Quotas for RedisGrantStore {
         if caps.is_empty() {
             return Ok(None);
         }
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.hold).ignore();
-        for (cap, most) in caps {
-            pipe.invoke_script(
-                self.hold
-                    .key(self.cap_key(cap))
-                    .arg(grant.to_string())
-                    .arg(*most)
-                    .arg(millis(until))
-                    .arg(millis(now)),
-            );
-        }
-        let replies: Vec<i64> = pipe
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
+        let replies: Vec<i64> = self
+            .run_scripts(&self.hold, |pipe| {
+                for (cap, most) in caps {
+                    pipe.invoke_script(
+                        self.hold
+                            .key(self.cap_key(cap))
+                            .arg(grant.to_string())
+                            .arg(*most)
+                            .arg(millis(until))
+                            .arg(millis(now)),
+                    );
+                }
+            })
+            .await?;
         let Some(((cap, most), wait)) = caps.iter().zip(&replies).find(|(_, wait)| **wait > 0) else {
             return Ok(None);
         };

@@ -87,7 +87,9 @@ impl RedisGrantStore {
                 let mut pipe = redis::pipe();
                 pipe.load_script(script).ignore();
                 invocations(&mut pipe);
-                pipe.query_async(&mut self.connection.clone()).await.map_err(unavailable)
+                pipe.query_async(&mut self.connection.clone())
+                    .await
+                    .map_err(unavailable)
             }
             replies => replies.map_err(unavailable),
         }

@@ -652,7 +652,7 @@ async fn with_min_replicas_credentials_wait_for_a_replica_to_hold_the_record() {
 }
 
 // Several threads: the STS stand-in's hook waits on the server it calls back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_that_changes_state_during_the_sts_call_gets_no_credentials() {
     let logs = capture_logs();
     let redis = RedisServer::start();
@@ -663,30 +663,35 @@ async fn a_grant_that_changes_state_during_the_sts_call_gets_no_credentials() {
     let revoke = Arc::new(move |params: &std::collections::HashMap<String, String>| {
         let grant_id = params["RoleSessionName"].trim_start_matches("gb-").to_owned();
         let url = revoker.get().unwrap().clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mut client = proto::grant_broker_client::GrantBrokerClient::connect(url)
-                    .await
+        // The hook blocks the STS stand-in's handler until the revocation has landed; the
+        // runtime must move this worker's other tasks elsewhere meanwhile (a task waiting in a
+        // blocked worker's LIFO slot is not stolen: without this the server can stall).
+        tokio::task::block_in_place(|| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
                     .unwrap();
-                client
-                    .revoke_grant(authed(
-                        ADMIN_TOKEN,
-                        proto::RevokeGrantRequest {
-                            id: grant_id,
-                            reason: "revoked while STS minted".into(),
-                            revoker: String::new(),
-                        },
-                    ))
-                    .await
-                    .unwrap();
-            });
-        })
-        .join()
-        .unwrap();
+                runtime.block_on(async {
+                    let mut client = proto::grant_broker_client::GrantBrokerClient::connect(url)
+                        .await
+                        .unwrap();
+                    client
+                        .revoke_grant(authed(
+                            ADMIN_TOKEN,
+                            proto::RevokeGrantRequest {
+                                id: grant_id,
+                                reason: "revoked while STS minted".into(),
+                                revoker: String::new(),
+                            },
+                        ))
+                        .await
+                        .unwrap();
+                });
+            })
+            .join()
+            .unwrap()
+        });
     });
     let sts = FakeSts::start_with_hook(StsBehaviour::Succeed, revoke).await;
     let server = Server::start(&Settings::new(redis.url(), sts.url.clone())).await;

@@ -344,8 +344,11 @@ impl<P: Ports> Broker<P> {
         // announced (the caller still learns it may not survive a failover).
         if matches!(recorded, Ok(Appended::Yes) | Err(StoreError::Unacknowledged(_))) {
             let state = change.to().unwrap_or(grant.state);
-            self.release_places(grant, change.to()).await;
-            self.notifier.grant_changed(grant, state, change.events()).await;
+            // Beside each other: neither waits on the other, and neither fails the change.
+            tokio::join!(
+                self.release_places(grant, change.to()),
+                self.notifier.grant_changed(grant, state, change.events())
+            );
         }
         recorded
     }

@@ -94,6 +94,16 @@ impl Rate {
             Self::Person(person) => person.clone(),
         }
     }
+
+    /// This rate, spent at `allowed` per minute, lets a request through after `retry_after`.
+    pub fn exceeded(&self, allowed: u32, retry_after: Duration) -> Exceeded {
+        Exceeded {
+            limit: self.limit(),
+            subject: self.subject(),
+            allowed,
+            retry_after,
+        }
+    }
 }
 
 impl Cap {
@@ -109,6 +119,16 @@ impl Cap {
         match self {
             Self::LiveForGrantee(grantee) => grantee.clone(),
             Self::PendingForCaller(caller) => caller.to_string(),
+        }
+    }
+
+    /// This cap, full at `allowed`, has a place again after `retry_after`.
+    pub fn exceeded(&self, allowed: u32, retry_after: Duration) -> Exceeded {
+        Exceeded {
+            limit: self.limit(),
+            subject: self.subject(),
+            allowed,
+            retry_after,
         }
     }
 }

@@ -380,14 +380,7 @@ impl crate::ports::Quotas for MemoryStore {
                 Ok(next) => {
                     state.rates.insert(key, next);
                 }
-                Err(retry_after) => {
-                    return Ok(Some(crate::domain::quota::Exceeded {
-                        limit: rate.limit(),
-                        subject: rate.subject(),
-                        allowed: *per_minute,
-                        retry_after,
-                    }));
-                }
+                Err(retry_after) => return Ok(Some(rate.exceeded(*per_minute, retry_after))),
             }
         }
         Ok(None)
@@ -406,12 +399,7 @@ impl crate::ports::Quotas for MemoryStore {
             places.retain(|_, until| *until > now);
             if !places.contains_key(&grant) && places.len() >= usize::try_from(*most).unwrap() {
                 let first = places.values().min().copied().unwrap_or(now);
-                return Ok(Some(crate::domain::quota::Exceeded {
-                    limit: cap.limit(),
-                    subject: cap.subject(),
-                    allowed: *most,
-                    retry_after: (first - now).try_into().unwrap_or_default(),
-                }));
+                return Ok(Some(cap.exceeded(*most, (first - now).try_into().unwrap_or_default())));
             }
         }
         for (cap, _) in caps {

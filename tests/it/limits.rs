@@ -79,25 +79,27 @@ async fn a_callers_request_rate_holds_across_brokers_and_says_when_to_retry() {
         assert!(status.message().contains("vendor-portal"), "{}", status.message());
     }
     assert_eq!(sts.calls().len(), 10, "a refused request reaches nothing");
-    // Another caller has its own rate.
-    b.list_targets(authed(PIPELINE_TOKEN, proto::ListTargetsRequest {}))
+    // Another caller has its own rate: the pipeline still gets through.
+    b.request_access(authed(PIPELINE_TOKEN, request_for("job@example.com", "g-job")))
         .await
         .unwrap();
+    assert_eq!(sts.calls().len(), 11);
 }
 
 #[tokio::test]
 async fn a_persons_request_rate_holds_whatever_caller_or_broker_names_them() {
     let (_redis, _sts, one, two) = brokers("requests_per_person_per_minute = 3").await;
     let (mut a, mut b) = (one.client().await, two.client().await);
-    for n in 0..3 {
+    // Through both brokers and both callers: three in all.
+    for (n, token) in [PORTAL_TOKEN, PIPELINE_TOKEN, PORTAL_TOKEN].into_iter().enumerate() {
         let client = if n == 1 { &mut b } else { &mut a };
         client
-            .request_access(authed(PORTAL_TOKEN, request_for("alice@example.com", &format!("g{n}"))))
+            .request_access(authed(token, request_for("alice@example.com", &format!("g{n}"))))
             .await
             .unwrap();
     }
     let status = b
-        .request_access(authed(PORTAL_TOKEN, request_for("alice@example.com", "g4")))
+        .request_access(authed(PIPELINE_TOKEN, request_for("alice@example.com", "g4")))
         .await
         .unwrap_err();
     let retry = refused_by(&status, "PERSON_RATE_LIMITED");

@@ -91,6 +91,20 @@ pub(super) enum Raw {
 }
 
 impl Raw {
+    /// The grants the references among `entries` name, each once.
+    pub(super) fn grants_named(entries: &[Self]) -> Vec<GrantId> {
+        let mut ids: Vec<GrantId> = entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Self::Reference { grant, .. } => Some(*grant),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     pub(super) fn cursor(&self) -> &AuditCursor {
         match self {
             Self::Reference { cursor, .. }
@@ -148,7 +162,6 @@ impl RedisGrantStore {
         first: u64,
         events: &[GrantEvent],
     ) -> Result<Vec<Entry>, StoreError> {
-        let grant_caller = grant.caller.to_string();
         let start = self.sequences(events.len());
         events
             .iter()
@@ -156,14 +169,7 @@ impl RedisGrantStore {
             .map(|(i, event)| {
                 let (position, sequence) = (first + i as u64, start + i as u64);
                 let json = serde_json::to_string(event).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-                let referenced = Referenced {
-                    grant: grant.id,
-                    position,
-                    event_json: &json,
-                    target: &grant.target,
-                    account_id: &grant.account_id,
-                    grant_caller: &grant_caller,
-                };
+                let referenced = Referenced::of(grant, position, &json);
                 let mac = ledger::reference_mac(&self.keys, self.keys.sealing_id(), self.writer, sequence, &referenced)
                     .map_err(StoreError::Corrupt)?;
                 Ok(self.sealed(
@@ -176,6 +182,12 @@ impl RedisGrantStore {
                 ))
             })
             .collect()
+    }
+
+    /// Whether `seal` is the seal of the reference to `event`, at `position` of `grant`'s record.
+    pub(super) fn vouches_for(&self, seal: &EntrySeal, grant: &Grant, position: u64, event: &GrantEvent) -> bool {
+        let json = serde_json::to_string(event).unwrap_or_default();
+        ledger::reference_verifies(&self.keys, seal, &Referenced::of(grant, position, &json))
     }
 
     /// Appends entries in one command, which adds all of them or none.
@@ -464,15 +476,7 @@ impl RedisGrantStore {
     /// entry's seal. A reference whose grant is gone is skipped; one that cannot be vouched for
     /// reads as a `tampered` entry.
     async fn resolve(&self, entries: Vec<Raw>) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut ids: Vec<GrantId> = entries
-            .iter()
-            .filter_map(|entry| match entry {
-                Raw::Reference { grant, .. } => Some(*grant),
-                _ => None,
-            })
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = Raw::grants_named(&entries);
         let mut records = HashMap::new();
         for (id, record) in ids
             .iter()
@@ -553,19 +557,8 @@ impl RedisGrantStore {
                         ));
                     };
                     let position = event as u64;
-                    let json = serde_json::to_string(found).unwrap_or_default();
-                    let record_grant = &record.grant;
-                    let grant_caller = record_grant.caller.to_string();
-                    let referenced = Referenced {
-                        grant,
-                        position,
-                        event_json: &json,
-                        target: &record_grant.target,
-                        account_id: &record_grant.account_id,
-                        grant_caller: &grant_caller,
-                    };
                     let seal = match &seal {
-                        Some(seal) if ledger::reference_verifies(&self.keys, seal, &referenced) => {
+                        Some(seal) if self.vouches_for(seal, &record.grant, position, found) => {
                             ledger::exported::entry(seal, Some(position))
                         }
                         _ => {

@@ -66,7 +66,7 @@ impl Checkpoint {
     pub(crate) fn parse(body: &str, key: u8, mac: Vec<u8>) -> Result<Self, String> {
         let invalid = || {
             format!(
-                "checkpoint `{}` is not `number,count,last,previous MAC,previous cursor`",
+                "checkpoint {} is not `number,count,last,previous MAC,previous cursor`",
                 crate::domain::echo(body)
             )
         };
@@ -148,6 +148,20 @@ pub(crate) struct Referenced<'a> {
     pub target: &'a str,
     pub account_id: &'a str,
     pub grant_caller: &'a str,
+}
+
+impl<'a> Referenced<'a> {
+    /// Event `position` of `grant`, whose JSON is `event_json`.
+    pub(crate) fn of(grant: &'a crate::domain::Grant, position: u64, event_json: &'a str) -> Self {
+        Self {
+            grant: grant.id,
+            position,
+            event_json,
+            target: &grant.target,
+            account_id: &grant.account_id,
+            grant_caller: grant.caller.as_str(),
+        }
+    }
 }
 
 /// The MAC of a reference.
@@ -241,7 +255,7 @@ pub(crate) mod exported {
     }
 
     pub(crate) fn parse(text: &str) -> Result<Parsed, String> {
-        let invalid = |why: &str| format!("integrity `{}`: {why}", crate::domain::echo(text));
+        let invalid = |why: &str| format!("integrity {}: {why}", crate::domain::echo(text));
         let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
         let mut words = text.split(' ');
         if words.next() != Some("v1") {
@@ -324,14 +338,21 @@ pub(crate) struct Walk {
     /// archive), and so must count the entries before the first checkpoint too, except where
     /// retention may have trimmed them (entries before this horizon).
     pub from_the_start: Option<AuditCursor>,
-    /// The last checkpoint met: its count and last cursor, and its MAC.
-    checkpoint: Option<(u64, AuditCursor, Vec<u8>, u64)>,
+    /// The last checkpoint walked that verified.
+    checkpoint: Option<Met>,
     /// Entries walked after the last checkpoint's `last` cursor.
     since_checkpoint: Vec<AuditCursor>,
     /// Each writer's sequence numbers seen.
     writers: BTreeMap<Writer, BTreeSet<u64>>,
-    /// The last checkpoint walked that verified: its number, MAC and cursor.
-    pub last_checkpoint: Option<(u64, Vec<u8>, AuditCursor)>,
+}
+
+/// A checkpoint a walk met, and where.
+pub(crate) struct Met {
+    pub number: u64,
+    pub count: u64,
+    pub mac: Vec<u8>,
+    /// Its own entry's cursor.
+    pub at: AuditCursor,
 }
 
 impl Walk {
@@ -450,7 +471,12 @@ impl Walk {
                 }
                 self.since_checkpoint = after;
             }
-            Some((count, _, previous_mac, number)) => {
+            Some(Met {
+                count,
+                mac: previous_mac,
+                number,
+                ..
+            }) => {
                 if checkpoint.number != number + 1 {
                     self.problem(
                         cursor,
@@ -490,30 +516,34 @@ impl Walk {
                 self.since_checkpoint = after;
             }
         }
-        self.checkpoint = Some((
-            checkpoint.count,
-            checkpoint.last.clone(),
-            checkpoint.mac.clone(),
-            checkpoint.number,
-        ));
-        self.last_checkpoint = Some((checkpoint.number, checkpoint.mac.clone(), cursor.clone()));
+        self.checkpoint = Some(Met {
+            number: checkpoint.number,
+            count: checkpoint.count,
+            mac: checkpoint.mac.clone(),
+            at: cursor.clone(),
+        });
         // The checkpoint entry itself is counted by the next checkpoint.
         self.verification.entries += 1;
         self.verification.last = Some(cursor.clone());
         self.since_checkpoint.push(cursor.clone());
     }
 
+    /// The last checkpoint walked that verified.
+    pub(crate) fn last_checkpoint(&self) -> Option<&Met> {
+        self.checkpoint.as_ref()
+    }
+
     /// After the last checkpoint walked: how many entries a head that counted `total` up to
     /// `last` says were appended since it, and how many of those the walk met
     /// (`None`: every entry walked, for a log that did not grow while it was walked).
     pub(crate) fn since_last_checkpoint(&self, total: u64, last: Option<&AuditCursor>) -> Option<(u64, u64)> {
-        let (count, ..) = self.checkpoint.as_ref()?;
+        let count = self.checkpoint.as_ref()?.count;
         let walked = self
             .since_checkpoint
             .iter()
             .filter(|entry| last.is_none_or(|last| *entry <= last))
             .count();
-        Some((total.saturating_sub(*count), walked as u64))
+        Some((total.saturating_sub(count), walked as u64))
     }
 
     /// The walk is over: each writer's sequence must have no gap.

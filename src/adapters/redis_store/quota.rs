@@ -119,11 +119,11 @@ impl Quotas for RedisGrantStore {
             .iter()
             .zip(replies)
             .find(|(_, ahead)| *ahead > 0)
-            .map(|((rate, per_minute), ahead)| Exceeded {
-                limit: rate.limit(),
-                subject: rate.subject(),
-                allowed: *per_minute,
-                retry_after: std::time::Duration::from_micros(u64::try_from(ahead).unwrap_or(u64::MAX)),
+            .map(|((rate, per_minute), ahead)| {
+                rate.exceeded(
+                    *per_minute,
+                    std::time::Duration::from_micros(u64::try_from(ahead).unwrap_or(u64::MAX)),
+                )
             }))
     }
 
@@ -154,8 +154,8 @@ impl Quotas for RedisGrantStore {
         let Some(((cap, most), wait)) = caps.iter().zip(&replies).find(|(_, wait)| **wait > 0) else {
             return Ok(None);
         };
-        // Full: give back what the other caps gave (a place held before, by a retry, stays:
-        // it is the same grant's).
+        // Full: give back what the other caps gave (a place an earlier attempt held too: this
+        // grant is not recorded, so it holds nothing).
         let taken: Vec<Cap> = caps
             .iter()
             .zip(&replies)
@@ -163,12 +163,10 @@ impl Quotas for RedisGrantStore {
             .map(|((cap, _), _)| cap.clone())
             .collect();
         self.release_places(grant, &taken).await?;
-        Ok(Some(Exceeded {
-            limit: cap.limit(),
-            subject: cap.subject(),
-            allowed: *most,
-            retry_after: std::time::Duration::from_millis(u64::try_from(*wait).unwrap_or(u64::MAX)),
-        }))
+        Ok(Some(cap.exceeded(
+            *most,
+            std::time::Duration::from_millis(u64::try_from(*wait).unwrap_or(u64::MAX)),
+        )))
     }
 
     async fn release_places(&self, grant: GrantId, caps: &[Cap]) -> Result<(), StoreError> {

@@ -116,15 +116,7 @@ impl RedisGrantStore {
         entries: Vec<Raw>,
         horizon: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let mut ids: Vec<GrantId> = entries
-            .iter()
-            .filter_map(|entry| match entry {
-                Raw::Reference { grant, .. } => Some(*grant),
-                _ => None,
-            })
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = Raw::grants_named(&entries);
         let records: BTreeMap<GrantId, _> = ids
             .iter()
             .copied()
@@ -197,18 +189,8 @@ impl RedisGrantStore {
                                 );
                                 continue;
                             };
-                            let json = serde_json::to_string(found).unwrap_or_default();
-                            let grant_caller = record.grant.caller.to_string();
-                            let referenced = ledger::Referenced {
-                                grant,
-                                position: event as u64,
-                                event_json: &json,
-                                target: &record.grant.target,
-                                account_id: &record.grant.account_id,
-                                grant_caller: &grant_caller,
-                            };
                             match &seal {
-                                Some(seal) if ledger::reference_verifies(&self.keys, seal, &referenced) => {
+                                Some(seal) if self.vouches_for(seal, &record.grant, event as u64, found) => {
                                     walk.sealed_by(&cursor, seal);
                                 }
                                 None => walk.problem(&cursor, format!("a reference to grant {grant} without a MAC")),
@@ -230,7 +212,7 @@ impl RedisGrantStore {
         // A whole log without a checkpoint (new, or its checkpoints deleted) must hold what the
         // head counted, unless retention may have trimmed it.
         if quiet
-            && walk.last_checkpoint.is_none()
+            && walk.last_checkpoint().is_none()
             && let Some(horizon) = walk.from_the_start.clone()
             && walk.verification.first.as_ref().is_none_or(|first| *first >= horizon)
             && head.count != walk.verification.entries
@@ -258,9 +240,8 @@ impl RedisGrantStore {
         };
         if let Some(named) = head.checkpoint.as_deref().filter(|_| quiet).filter(walked_over) {
             let walked = walk
-                .last_checkpoint
-                .as_ref()
-                .map(|(number, mac, at)| format!("{number} {} {at}", hex::encode(mac)));
+                .last_checkpoint()
+                .map(|met| format!("{} {} {}", met.number, hex::encode(&met.mac), met.at));
             if walked.as_deref() != Some(named) {
                 walk.problem(
                     "the log's head",

@@ -30,6 +30,7 @@ pub mod grpc;
 pub mod ports;
 pub mod rules;
 pub mod server;
+pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tls;

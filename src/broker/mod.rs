@@ -277,7 +277,10 @@ pub struct Adapters<P: Ports> {
     pub clock: P::Clock,
 }
 
-pub struct Broker<P: Ports> {
+/// What every use case runs on: the adapters and the state the broker keeps beside them. Shared
+/// by every [`Broker`] a reload makes, so a new rule set keeps the connections, the circuits and
+/// the cutoffs it found.
+pub struct Core<P: Ports> {
     store: P::Store,
     issuer: P::Issuer,
     /// Writes revocations into target roles.
@@ -285,9 +288,6 @@ pub struct Broker<P: Ports> {
     /// Announces what was recorded.
     notifier: P::Notifier,
     clock: P::Clock,
-    rules: RuleEngine,
-    targets: BTreeMap<String, Target>,
-    settings: BrokerSettings,
     /// The role-wide cutoffs in effect, as the enforcement worker last read them (every replica
     /// refreshes its copy each tick): reads say which sessions they deny.
     role_cutoffs: std::sync::Mutex<BTreeMap<String, crate::domain::revocation::Cutoff>>,
@@ -295,9 +295,30 @@ pub struct Broker<P: Ports> {
     circuits: circuit::Circuits,
 }
 
+/// The broker: the shared [`Core`] (reached through `Deref`), and the rules, targets and
+/// settings of one configuration. A reload makes a new broker ([`Broker::reconfigured`]); a call
+/// runs start to end on the one it began with.
+pub struct Broker<P: Ports> {
+    core: std::sync::Arc<Core<P>>,
+    rules: RuleEngine,
+    targets: BTreeMap<String, Target>,
+    settings: BrokerSettings,
+}
+
+impl<P: Ports> std::ops::Deref for Broker<P> {
+    type Target = Core<P>;
+
+    fn deref(&self) -> &Core<P> {
+        &self.core
+    }
+}
+
+fn by_id(targets: Vec<Target>) -> BTreeMap<String, Target> {
+    targets.into_iter().map(|target| (target.id.clone(), target)).collect()
+}
+
 impl<P: Ports> Broker<P> {
     pub fn new(adapters: Adapters<P>, rules: RuleEngine, targets: Vec<Target>, settings: BrokerSettings) -> Self {
-        let targets = targets.into_iter().map(|target| (target.id.clone(), target)).collect();
         let Adapters {
             store,
             issuer,
@@ -306,17 +327,34 @@ impl<P: Ports> Broker<P> {
             clock,
         } = adapters;
         Self {
-            store,
-            issuer,
-            enforcer,
-            notifier,
-            clock,
+            core: std::sync::Arc::new(Core {
+                store,
+                issuer,
+                enforcer,
+                notifier,
+                clock,
+                role_cutoffs: std::sync::Mutex::default(),
+                circuits: circuit::Circuits::default(),
+            }),
             rules,
-            targets,
+            targets: by_id(targets),
             settings,
-            role_cutoffs: std::sync::Mutex::default(),
-            circuits: circuit::Circuits::default(),
         }
+    }
+
+    /// The same adapters and state under another configuration's rules, targets and settings.
+    pub fn reconfigured(&self, rules: RuleEngine, targets: Vec<Target>, settings: BrokerSettings) -> Self {
+        Self {
+            core: std::sync::Arc::clone(&self.core),
+            rules,
+            targets: by_id(targets),
+            settings,
+        }
+    }
+
+    /// The rules this broker decides with.
+    pub fn rules(&self) -> &RuleEngine {
+        &self.rules
     }
 
     fn expect_appended(&self, grant: &Grant, appended: Appended) -> Result<(), BrokerError> {
@@ -412,6 +450,25 @@ impl<P: Ports> Broker<P> {
     /// Whether the grant store answers; the health check reports it.
     pub async fn store_reachable(&self) -> bool {
         self.store.ping().await.is_ok()
+    }
+}
+
+/// The broker of the configuration in use, replaced whole when the configuration reloads: a
+/// call takes it once ([`Current::get`]) and keeps it to its end, so it decides with one rule
+/// set whatever reloads meanwhile.
+pub struct Current<P: Ports>(arc_swap::ArcSwap<Broker<P>>);
+
+impl<P: Ports> Current<P> {
+    pub fn new(broker: Broker<P>) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(broker))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Broker<P>> {
+        self.0.load_full()
+    }
+
+    pub fn replace(&self, broker: Broker<P>) {
+        self.0.store(std::sync::Arc::new(broker));
     }
 }
 

@@ -19,8 +19,22 @@ pub struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum LogFormat {
+    /// One JSON object a line (what log pipelines read).
     Json,
+    /// Readable lines.
     Text,
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+}
+
+impl From<LogFormat> for crate::telemetry::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Json => Self::Json,
+            LogFormat::Text => Self::Text,
+            LogFormat::Auto => Self::Auto,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -177,7 +191,7 @@ pub(crate) enum Command {
     Serve {
         #[arg(long, env = "GRANT_BROKER_CONFIG")]
         config: PathBuf,
-        #[arg(long, value_enum, default_value = "json")]
+        #[arg(long, value_enum, default_value = "auto")]
         log_format: LogFormat,
     },
     /// Validate a configuration file and the rule files it names; print every problem.

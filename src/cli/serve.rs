@@ -4,21 +4,9 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 use super::{Exit, args::LogFormat, exit};
-use crate::{config::Config, server};
-
-pub(crate) fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
+use crate::{config::Config, server, telemetry};
 
 pub(crate) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -40,10 +28,26 @@ pub(crate) async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
-    init_logging(log_format);
-    let config = match Config::load(&config) {
-        Ok(config) => config,
+pub(crate) async fn serve(path: PathBuf, log_format: LogFormat) -> ExitCode {
+    let telemetry = match telemetry::init(log_format.into()) {
+        Ok(telemetry) => telemetry,
+        Err(problem) => {
+            eprintln!("telemetry: {problem}");
+            return exit(Exit::Usage);
+        }
+    };
+    let code = serve_until_stopped(path).await;
+    // Blocks until the exporters have sent what they hold (each bounded by its timeout); they
+    // run on threads of their own and need this runtime's workers for their connections.
+    if tokio::task::spawn_blocking(move || telemetry.shutdown()).await.is_err() {
+        tracing::warn!("telemetry did not shut down cleanly");
+    }
+    code
+}
+
+async fn serve_until_stopped(path: PathBuf) -> ExitCode {
+    let (text, config) = match Config::read(&path) {
+        Ok(read) => read,
         Err(problems) => {
             for problem in &problems {
                 tracing::error!(%problem, "configuration problem");
@@ -55,7 +59,6 @@ pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
         tracing::warn!(%warning, "configuration warning");
     }
     let listen = config.listen;
-    let drain_timeout = config.drain_timeout;
     let tls = config.tls.clone();
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
@@ -75,6 +78,18 @@ pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
         },
     };
     let health_address = config.health_listen;
+    let serving = |config: &Config| server::Serving {
+        drain_timeout: config.drain_timeout,
+        tls: tls.as_ref(),
+        calls: config.calls.clone(),
+        reload: Some(server::reload::Source {
+            path: path.clone(),
+            text,
+            rule_files: config.rule_files.clone(),
+            check_every: config.reload_check,
+        }),
+    };
+    let serving = serving(&config);
     let result = async {
         let (broker, auth, deliveries) = server::build(config).await?;
         let transport = match &tls {
@@ -89,8 +104,7 @@ pub(crate) async fn serve(config: PathBuf, log_format: LogFormat) -> ExitCode {
             auth,
             deliveries,
             shutdown_signal(),
-            drain_timeout,
-            tls.as_ref(),
+            serving,
         )
         .await
     }

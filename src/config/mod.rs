@@ -82,6 +82,10 @@ pub struct Config {
     pub insecure_plaintext: bool,
     /// How long a shutdown waits for in-flight calls before it stops anyway (streams end at once).
     pub drain_timeout: std::time::Duration,
+    /// The middleware's bounds: calls in flight, call timeouts.
+    pub calls: crate::grpc::layers::CallSettings,
+    /// How often the configuration file and rule files are looked at for changes.
+    pub reload_check: std::time::Duration,
     /// TLS on the gRPC port, mutual when it names a client CA; `None`: plaintext.
     pub tls: Option<crate::tls::TlsSettings>,
     /// Whether callers may authenticate with bearer tokens (else only with client certificates).
@@ -92,6 +96,8 @@ pub struct Config {
     pub iam: IamSettings,
     pub broker: BrokerSettings,
     pub rules: RuleEngine,
+    /// The rule files, as read (a reload looks for changes to them).
+    pub rule_files: Vec<PathBuf>,
     pub targets: Vec<Target>,
     pub callers: Vec<CallerConfig>,
     /// The OIDC issuers whose tokens prove people and pipelines, and the verifier's clocks.
@@ -140,6 +146,12 @@ impl Config {
     /// Reads and validates the file at `path`, and the rule files it names (relative paths are
     /// relative to the configuration file).
     pub fn load(path: &Path) -> Result<Self, Vec<Problem>> {
+        Self::read(path).map(|(_, config)| config)
+    }
+
+    /// [`Self::load`], with the text it was read from (what a reload compares the next text
+    /// with).
+    pub fn read(path: &Path) -> Result<(String, Self), Vec<Problem>> {
         let text = std::fs::read_to_string(path).map_err(|error| {
             vec![Problem::new(
                 path.display().to_string(),
@@ -147,7 +159,8 @@ impl Config {
             )]
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base)
+        let config = Self::parse(&text, base)?;
+        Ok((text, config))
     }
 
     /// Validates configuration text; rule files are resolved against `base`, webhook secrets
@@ -167,6 +180,8 @@ impl Config {
         let listen = validate_listen(&raw.server, &mut problems, &mut warnings);
         let tls = validate_tls(&raw.server, base, &mut problems, &mut warnings);
         let health_listen = validate_health_listen(&raw.server, listen, &mut problems);
+        let calls = validate_calls(&raw.server, &mut problems);
+        let reload_check = validate_reload_check(&raw.server, &mut problems);
         let integrity = validate_integrity(raw.integrity, base, env, &mut problems);
         let redis = validate_redis(raw.redis, base, integrity, &mut problems);
         let deny_verify_interval_secs = raw.aws.deny_verify_interval_secs;
@@ -227,6 +242,8 @@ impl Config {
                     health_listen,
                     insecure_plaintext: raw.server.insecure_plaintext,
                     drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
+                    calls,
+                    reload_check,
                     tls,
                     bearer_tokens: raw.server.bearer_tokens,
                     redis,
@@ -244,6 +261,7 @@ impl Config {
                         ),
                     },
                     rules,
+                    rule_files: raw.rules.files.iter().map(|file| base.join(file)).collect(),
                     targets,
                     callers,
                     identity,

@@ -2,7 +2,10 @@
 //! shutdown drain.
 
 use super::*;
-use crate::tls::{IdentityKind, TlsSettings};
+use crate::{
+    grpc::layers::{CallSettings, Methods},
+    tls::{IdentityKind, TlsSettings},
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -16,6 +19,15 @@ pub(super) struct RawServer {
     /// A plaintext port serving only grpc.health.v1.Health, for probes that cannot present a
     /// client certificate.
     pub(super) health_listen: Option<String>,
+    /// Calls in flight at once, past which calls are answered UNAVAILABLE (load shedding).
+    pub(super) max_concurrent_calls: usize,
+    /// The longest a unary call may take, whatever deadline its caller sets.
+    pub(super) call_timeout_ms: u64,
+    /// Per method (`RequestAccess = 60000`): its own cap instead of `call_timeout_ms`.
+    pub(super) call_timeouts: BTreeMap<String, u64>,
+    /// How often the configuration file and the rule files are looked at for changes (a
+    /// change, or SIGHUP, reloads them).
+    pub(super) reload_check_secs: u64,
 }
 
 impl Default for RawServer {
@@ -27,6 +39,10 @@ impl Default for RawServer {
             bearer_tokens: true,
             tls: None,
             health_listen: None,
+            max_concurrent_calls: CallSettings::default().max_concurrent_calls,
+            call_timeout_ms: u64::try_from(CallSettings::default().call_timeout.as_millis()).unwrap_or(30_000),
+            call_timeouts: BTreeMap::new(),
+            reload_check_secs: default_reload_check_secs(),
         }
     }
 }
@@ -214,4 +230,74 @@ pub(super) fn validate_listen(
         }
     }
     Some(listen)
+}
+
+const MAX_CONCURRENT_CALLS: std::ops::RangeInclusive<usize> = 1..=100_000;
+const CALL_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+
+/// How often the configuration's files are looked at for changes.
+pub(super) fn validate_reload_check(raw: &RawServer, problems: &mut Vec<Problem>) -> std::time::Duration {
+    if !RELOAD_CHECK_SECS.contains(&raw.reload_check_secs) {
+        problems.push(Problem::new(
+            "server.reload_check_secs",
+            format!("must be {}-{}", RELOAD_CHECK_SECS.start(), RELOAD_CHECK_SECS.end()),
+        ));
+    }
+    std::time::Duration::from_secs(raw.reload_check_secs)
+}
+
+/// The middleware's bounds: calls in flight, and how long a unary call may take (a cap per
+/// method must name a unary method the API serves).
+pub(super) fn validate_calls(raw: &RawServer, problems: &mut Vec<Problem>) -> CallSettings {
+    let mut settings = CallSettings::default();
+    if MAX_CONCURRENT_CALLS.contains(&raw.max_concurrent_calls) {
+        settings.max_concurrent_calls = raw.max_concurrent_calls;
+    } else {
+        problems.push(Problem::new(
+            "server.max_concurrent_calls",
+            format!(
+                "must be {}-{}",
+                MAX_CONCURRENT_CALLS.start(),
+                MAX_CONCURRENT_CALLS.end()
+            ),
+        ));
+    }
+    let timeout = |key: String, millis: u64, problems: &mut Vec<Problem>| {
+        if CALL_TIMEOUT_MS.contains(&millis) {
+            Some(std::time::Duration::from_millis(millis))
+        } else {
+            problems.push(Problem::new(
+                key,
+                format!(
+                    "must be {}-{} (milliseconds)",
+                    CALL_TIMEOUT_MS.start(),
+                    CALL_TIMEOUT_MS.end()
+                ),
+            ));
+            None
+        }
+    };
+    if let Some(cap) = timeout("server.call_timeout_ms".to_owned(), raw.call_timeout_ms, problems) {
+        settings.call_timeout = cap;
+    }
+    let methods = Methods::served();
+    let unary: BTreeSet<&str> = methods.short_names_of_unary().collect();
+    for (method, millis) in &raw.call_timeouts {
+        let key = format!("server.call_timeouts.{method}");
+        if !unary.contains(method.as_str()) {
+            let names: Vec<&str> = unary.iter().copied().collect();
+            problems.push(Problem::new(
+                key,
+                format!(
+                    "names no unary method the API serves (streams are bounded by their callers' deadlines): one of {}",
+                    names.join(", ")
+                ),
+            ));
+            continue;
+        }
+        if let Some(cap) = timeout(key, *millis, problems) {
+            settings.call_timeouts.insert(method.clone(), cap);
+        }
+    }
+    settings
 }

@@ -27,6 +27,7 @@ use tonic::{
     server::NamedService,
 };
 
+use super::layers::observe::AuthenticatedAs;
 use super::status::{identity_keys_unavailable, identity_token_refused, unauthenticated};
 use crate::{
     adapters::oidc::{Inspected, TokenError, Verifier},
@@ -159,6 +160,16 @@ impl Authenticator {
         }
     }
 
+    /// The same bearer-token setting and identity verifier, for another list of callers (what a
+    /// reload of the configuration makes).
+    pub fn for_callers(&self, callers: &[CallerConfig]) -> Self {
+        let fresh = Self::with_certificates(callers, self.bearer_tokens);
+        match &self.verifier {
+            Some(verifier) => fresh.with_identity(callers, Arc::clone(verifier)),
+            None => fresh,
+        }
+    }
+
     fn verifier(&self) -> Result<&Verifier, Status> {
         self.verifier.as_deref().ok_or_else(|| {
             identity_token_refused("no identity issuers are configured: identity tokens cannot be verified")
@@ -288,11 +299,12 @@ fn identity_token(headers: &http::HeaderMap) -> Result<Option<&str>, Status> {
 #[derive(Debug, Clone)]
 pub struct RequireAuthentication<S> {
     inner: S,
-    auth: Arc<Authenticator>,
+    /// The callers of the configuration in use (swapped whole by a reload).
+    auth: Arc<arc_swap::ArcSwap<Authenticator>>,
 }
 
 impl<S> RequireAuthentication<S> {
-    pub fn new(inner: S, auth: Arc<Authenticator>) -> Self {
+    pub fn new(inner: S, auth: Arc<arc_swap::ArcSwap<Authenticator>>) -> Self {
         Self { inner, auth }
     }
 }
@@ -319,7 +331,7 @@ where
         // The clone that was made ready serves this call; a fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = Arc::clone(&self.auth);
+        let auth = self.auth.load_full();
         Box::pin(async move {
             let authenticated = auth
                 .authenticate(
@@ -332,8 +344,12 @@ where
                 Ok(caller) => {
                     // Verified: nothing after this point needs (or could leak) the token.
                     request.headers_mut().remove(IDENTITY_TOKEN_HEADER);
+                    let name = AuthenticatedAs(Arc::from(caller.id.as_str()));
                     request.extensions_mut().insert(caller);
-                    inner.call(request).await
+                    let mut response = inner.call(request).await?;
+                    // For the call's log line and span (the observing layer is outside this one).
+                    response.extensions_mut().insert(name);
+                    Ok(response)
                 }
                 Err(status) => Ok(status.into_http()),
             }

@@ -6,6 +6,7 @@
 pub mod auth;
 mod fields;
 pub mod inbound;
+pub mod layers;
 pub mod outbound;
 pub mod service;
 pub mod status;

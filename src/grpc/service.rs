@@ -10,20 +10,25 @@ use tonic::{Request, Response, Status};
 
 use super::{auth::caller_of, inbound, outbound, proto};
 use crate::{
-    broker::Broker,
+    broker::{Broker, Current},
     domain::{AccessRequest, approval::Person, identity::Claimed},
     ports::Ports,
 };
 
 pub struct GrantBrokerService<P: Ports> {
-    broker: Arc<Broker<P>>,
+    /// The broker of the configuration in use; each call takes it once and runs on it.
+    current: Arc<Current<P>>,
     /// Turns true when the server shuts down: every stream then ends.
     draining: watch::Receiver<bool>,
 }
 
 impl<P: Ports> GrantBrokerService<P> {
-    pub fn new(broker: Arc<Broker<P>>, draining: watch::Receiver<bool>) -> Self {
-        Self { broker, draining }
+    pub fn new(current: Arc<Current<P>>, draining: watch::Receiver<bool>) -> Self {
+        Self { current, draining }
+    }
+
+    fn broker(&self) -> Arc<Broker<P>> {
+        self.current.get()
     }
 }
 
@@ -70,11 +75,11 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::ListTargetsResponse>, Status> {
         let caller = caller_of(&request)?;
         let proto::ListTargetsRequest {} = request.into_inner();
-        let targets = self
-            .broker
+        let broker = self.broker();
+        let targets = broker
             .list_targets(&caller)
             .into_iter()
-            .map(|target| outbound::target(target, self.broker.max_duration_secs(target)))
+            .map(|target| outbound::target(target, broker.max_duration_secs(target)))
             .collect();
         let limits = caller.limits;
         Ok(Response::new(proto::ListTargetsResponse {
@@ -94,7 +99,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::RequestAccessResponse>, Status> {
         let caller = caller_of(&request)?;
         let access_request = AccessRequest::try_from(request.into_inner())?;
-        let outcome = self.broker.request_access(&caller, access_request).await?;
+        let outcome = self.broker().request_access(&caller, access_request).await?;
         let credentials = outcome
             .credentials
             .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
@@ -112,7 +117,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<Self::WatchGrantStream>, Status> {
         let caller = caller_of(&request)?;
         let inbound::WatchCommand { id, after } = request.into_inner().try_into()?;
-        let changes = Arc::clone(&self.broker).watch_grant(&caller, id, after).await?;
+        let changes = self.broker().watch_grant(&caller, id, after).await?;
         let stream =
             ReceiverStream::new(changes).map(|change| change.map(outbound::grant_change).map_err(Status::from));
         Ok(Response::new(ending_on_shutdown(stream, self.draining.clone())))
@@ -124,14 +129,14 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::ExplainResponse>, Status> {
         let caller = caller_of(&request)?;
         let access_request = AccessRequest::try_from(request.into_inner())?;
-        let explanation = self.broker.explain(&caller, &access_request)?;
+        let explanation = self.broker().explain(&caller, &access_request)?;
         Ok(Response::new(outbound::explanation(&explanation)))
     }
 
     async fn get_grant(&self, request: Request<proto::GetGrantRequest>) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
         let inbound::GrantRef { id } = request.into_inner().try_into()?;
-        let grant = self.broker.get_grant(&caller, id).await?;
+        let grant = self.broker().get_grant(&caller, id).await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -141,7 +146,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::GetGrantHistoryResponse>, Status> {
         let caller = caller_of(&request)?;
         let inbound::GrantRef { id } = request.into_inner().try_into()?;
-        let (grant, events) = self.broker.grant_history(&caller, id).await?;
+        let (grant, events) = self.broker().grant_history(&caller, id).await?;
         Ok(Response::new(outbound::history(grant, &events)))
     }
 
@@ -151,7 +156,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::IssueCredentialsResponse>, Status> {
         let caller = caller_of(&request)?;
         let inbound::IssueCommand { id, mfa } = request.into_inner().try_into()?;
-        let outcome = self.broker.issue_credentials(&caller, id, mfa).await?;
+        let outcome = self.broker().issue_credentials(&caller, id, mfa).await?;
         let credentials = outcome
             .credentials
             .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
@@ -167,7 +172,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
         let inbound::CancelCommand { id, reason } = request.into_inner().try_into()?;
-        let grant = self.broker.cancel_grant(&caller, id, reason).await?;
+        let grant = self.broker().cancel_grant(&caller, id, reason).await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -177,7 +182,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::Grant>, Status> {
         let caller = caller_of(&request)?;
         let inbound::ExtendCommand { id, extension } = request.into_inner().try_into()?;
-        let grant = self.broker.extend_grant(&caller, id, extension).await?;
+        let grant = self.broker().extend_grant(&caller, id, extension).await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -188,7 +193,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let caller = caller_of(&request)?;
         let listing = inbound::list_audit(request.into_inner())?;
         let (entries, next) = self
-            .broker
+            .broker()
             .list_audit_events(
                 &caller,
                 &listing.filter,
@@ -213,8 +218,8 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let after = inbound::watch_audit(request.into_inner())?;
         // The caller and the cursor are checked here, so a refusal is the call's own error; the
         // stream then starts at once, before any event arrives.
-        let mut after = self.broker.start_following(&caller, after).await?;
-        let broker = Arc::clone(&self.broker);
+        let mut after = self.broker().start_following(&caller, after).await?;
+        let broker = self.broker();
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             while !sender.is_closed() {
@@ -245,7 +250,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
     ) -> Result<Response<proto::FindGrantByAccessKeyResponse>, Status> {
         let caller = caller_of(&request)?;
         let access_key_id = inbound::access_key_id(request.into_inner())?;
-        let (grant, issuance) = self.broker.find_grant_by_access_key(&caller, &access_key_id).await?;
+        let (grant, issuance) = self.broker().find_grant_by_access_key(&caller, &access_key_id).await?;
         Ok(Response::new(outbound::found_by_access_key(grant, issuance)))
     }
 
@@ -257,7 +262,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let token = caller.call_token.clone();
         let inbound::RevokeCommand { id, reason, revoker } = request.into_inner().try_into()?;
         let grant = self
-            .broker
+            .broker()
             .revoke_grant(&caller, id, claimed(revoker, token), reason)
             .await?;
         Ok(Response::new(outbound::grant(grant)))
@@ -275,7 +280,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             revoker,
         } = request.into_inner().try_into()?;
         let outcome = self
-            .broker
+            .broker()
             .revoke_grantee(&caller, &grantee, claimed(revoker, token), reason)
             .await?;
         Ok(Response::new(outbound::grantee_revocation(outcome)))
@@ -293,7 +298,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             revoker,
         } = request.into_inner().try_into()?;
         let cut = self
-            .broker
+            .broker()
             .revoke_target_sessions(&caller, &target, claimed(revoker, token), reason)
             .await?;
         Ok(Response::new(outbound::target_cutoff(&cut)))
@@ -307,7 +312,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let token = caller.call_token.clone();
         let inbound::ApproveCommand { id, approver, comment } = request.into_inner().try_into()?;
         let grant = self
-            .broker
+            .broker()
             .approve_grant(&caller, id, claimed(approver, token), comment)
             .await?;
         Ok(Response::new(outbound::grant(grant)))
@@ -321,7 +326,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let token = caller.call_token.clone();
         let inbound::ReviewCommand { id, reviewer, comment } = request.into_inner().try_into()?;
         let grant = self
-            .broker
+            .broker()
             .review_grant(&caller, id, claimed(reviewer, token), comment)
             .await?;
         Ok(Response::new(outbound::grant(grant)))
@@ -332,7 +337,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let token = caller.call_token.clone();
         let inbound::DenyCommand { id, approver, reason } = request.into_inner().try_into()?;
         let grant = self
-            .broker
+            .broker()
             .deny_grant(&caller, id, claimed(approver, token), reason)
             .await?;
         Ok(Response::new(outbound::grant(grant)))
@@ -348,7 +353,7 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         let (grants, next) = match (&listing.waiting_for, listing.break_glass_unreviewed) {
             (Some(approver), _) => {
                 let (grants, next) = self
-                    .broker
+                    .broker()
                     .approval_queue(
                         &caller,
                         claimed(Some(approver.clone()), token),
@@ -360,14 +365,14 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
             }
             (None, true) => {
                 let (grants, next) = self
-                    .broker
+                    .broker()
                     .unreviewed_break_glass(&caller, listing.before, listing.page_size)
                     .await?;
                 (grants, next.map(|id| id.to_string()))
             }
             (None, false) => {
                 let (grants, next) = self
-                    .broker
+                    .broker()
                     .search_grants(&caller, listing.filter, listing.search_before, listing.page_size)
                     .await?;
                 (grants, next.map(|position| position.to_string()))

@@ -108,6 +108,23 @@ pub fn identity_keys_unavailable(message: &str) -> Status {
     retryable(Code::Unavailable, message, info("IDENTITY_KEYS_UNAVAILABLE", &[]))
 }
 
+/// UNAVAILABLE from load shedding: the server is at its limit of calls in flight; another
+/// replica, or this one shortly, can take the call.
+pub fn overloaded(limit: usize) -> Status {
+    retryable(
+        Code::Unavailable,
+        &format!(
+            "this grant-broker is at its limit of {limit} calls in flight (server.max_concurrent_calls): retry after the delay given, or on another replica"
+        ),
+        info("OVERLOADED", &[("max_concurrent_calls", limit.to_string())]),
+    )
+}
+
+/// DEADLINE_EXCEEDED: the call ran out of the time it was given (`why` says whose deadline).
+pub fn deadline_exceeded(why: &str) -> Status {
+    with_details(Code::DeadlineExceeded, why, info("DEADLINE_EXCEEDED", &[]))
+}
+
 fn retryable(code: Code, message: &str, mut details: ErrorDetails) -> Status {
     details.set_retry_info(Some(RETRY_AFTER));
     with_details(code, message, details)

@@ -142,8 +142,16 @@ async fn audit_verify_passes_on_what_brokers_wrote() {
     assert!(out.contains(" 0 problem(s)"), "{out}");
     assert!(counted(&out, "checkpoints") >= 2, "{out}");
     let whole = counted(&out, "entries");
-    // `--since` walks from there: fewer entries, still whole.
-    let later = (OffsetDateTime::now_utc() - time::Duration::milliseconds(200))
+    // `--since` walks from there: fewer entries, still whole. From halfway between the first
+    // entry and the last (the summary names their stream ids, milliseconds since the epoch).
+    let millis = |after: &str| -> i128 {
+        let id = out.split(after).nth(1).unwrap().split_whitespace().next().unwrap();
+        id.split('-').next().unwrap().parse().unwrap()
+    };
+    let (first, last) = (millis(" from "), millis(" to "));
+    assert!(last > first + 1, "{out}");
+    let later = OffsetDateTime::from_unix_timestamp_nanos((first + (last - first) / 2) * 1_000_000)
+        .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     let (code, out) = verify(&logged.config, &["--since", &later]).await;

@@ -172,6 +172,7 @@ impl Server {
             });
         config.delivery = settings.delivery.clone();
         let drain_timeout = config.drain_timeout;
+        let calls = config.calls.clone();
         let tls = config.tls.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -190,8 +191,12 @@ impl Server {
                 async {
                     let _ = stopped.await;
                 },
-                drain_timeout,
-                tls.as_ref(),
+                server::Serving {
+                    drain_timeout,
+                    tls: tls.as_ref(),
+                    calls,
+                    reload: None,
+                },
             )
             .await
             .unwrap();

@@ -1,23 +1,30 @@
 //! Assembling and running the service: adapters from configuration, the gRPC server with health
-//! and reflection, graceful shutdown. `run` takes a bound listener and a shutdown future, so tests
+//! ([`health`]) and reflection behind the middleware stack, reloads of the configuration
+//! ([`reload`]), graceful shutdown. `run` takes a bound listener and a shutdown future, so tests
 //! run the real server on `127.0.0.1:0`.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 
+pub mod health;
+pub mod reload;
+
 use crate::tls::TlsSettings;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
 
 use crate::{
     adapters::{
         IamEnforcer, RedisGrantStore, StsIssuer,
         webhooks::{DeliveryWorker, Outbox, WebhookNotifier},
     },
-    broker::{Adapters, Broker},
+    broker::{Adapters, Broker, Current},
     config::Config,
-    grpc::{Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, RequireAuthentication, proto},
+    grpc::{
+        Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, RequireAuthentication,
+        layers::{CallSettings, server_layers},
+        proto,
+    },
     ports::{Ports, SystemClock},
 };
 
@@ -34,9 +41,6 @@ impl Ports for Deployed {
 
 /// The production broker.
 pub type ProductionBroker = Broker<Deployed>;
-
-/// How often the health check asks Redis whether it answers.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -106,24 +110,41 @@ pub struct Listeners {
     pub health: Option<TcpListener>,
 }
 
+/// How the server runs, from the configuration.
+pub struct Serving<'a> {
+    /// How long a shutdown waits for the calls in flight.
+    pub drain_timeout: Duration,
+    /// TLS on the API port; `None`: plaintext.
+    pub tls: Option<&'a TlsSettings>,
+    /// The middleware's bounds ([`crate::grpc::layers`]).
+    pub calls: CallSettings,
+    /// Where the configuration came from, to reload it (SIGHUP, a file changed); `None`: it
+    /// is never reloaded.
+    pub reload: Option<reload::Source>,
+}
+
 /// Serves GrantBroker, grpc.health.v1.Health and server reflection (v1 and v1alpha, advertising
-/// only GrantBroker and Health) on `listener`, over TLS when `tls` is given, until `shutdown`
-/// completes. Then it stops
-/// accepting, ends every stream at once (UNAVAILABLE: reconnect elsewhere with the last cursor),
-/// and waits at most `drain_timeout` for the calls still in flight. Runs `deliveries` (webhook
-/// notifications) meanwhile.
+/// only GrantBroker and Health) on `listener`, over TLS when `tls` is given, behind the middleware
+/// stack ([`crate::grpc::layers`]), until `shutdown` completes. Then readiness turns NOT_SERVING,
+/// the server stops accepting, ends every stream at once (UNAVAILABLE: reconnect elsewhere with
+/// the last cursor), and waits at most `drain_timeout` for the calls still in flight. Runs
+/// `deliveries` (webhook notifications) and the reloads of the configuration meanwhile.
 pub async fn run(
     listeners: Listeners,
     broker: ProductionBroker,
     auth: Authenticator,
     deliveries: Option<DeliveryWorker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    drain_timeout: Duration,
-    tls: Option<&TlsSettings>,
+    serving: Serving<'_>,
 ) -> Result<(), ServeError> {
-    let tls_settings = tls;
+    let Serving {
+        drain_timeout,
+        tls: tls_settings,
+        calls,
+        reload,
+    } = serving;
     // Read again now (check-config read it too): what is served is what the files hold.
-    let tls = tls
+    let tls = tls_settings
         .map(|tls| {
             crate::tls::load_and_watch(tls)
                 .map(|(current, reloader)| ((tls.handshake_timeout, tls.client_identity), current, reloader))
@@ -134,18 +155,33 @@ pub async fn run(
         api: listener,
         health: health_listener,
     } = listeners;
-    let broker = Arc::new(broker);
+    let current = Arc::new(Current::new(broker));
+    let auth = Arc::new(arc_swap::ArcSwap::from_pointee(auth));
+    // Set once `shutdown` completes: streams end, and the drain's clock starts.
+    let (draining, drained) = tokio::sync::watch::channel(false);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(report_health(Arc::clone(&broker), health_reporter));
-    let expiry_task = tokio::spawn(sweep_expiries(Arc::clone(&broker)));
-    let enforcement_task = tokio::spawn(enforce_revocations(Arc::clone(&broker)));
-    let retention_task = tokio::spawn(trim_audit_log(Arc::clone(&broker)));
-    let rules_task = tokio::spawn(log_rules_loaded(Arc::clone(&broker)));
-    let maintenance_task = {
-        let broker = Arc::clone(&broker);
-        tokio::spawn(async move { broker.store().maintain().await })
-    };
-    let delivery_task = deliveries.map(|worker| tokio::spawn(worker.run()));
+    let mut tasks = vec![
+        tokio::spawn(health::report(
+            Arc::clone(&current),
+            health_reporter.clone(),
+            drained.clone(),
+        )),
+        tokio::spawn(sweep_expiries(Arc::clone(&current))),
+        // A write cut short at exit leaves its lease to expire; the next holder writes the same.
+        tokio::spawn(enforce_revocations(Arc::clone(&current))),
+        tokio::spawn(trim_audit_log(Arc::clone(&current))),
+        tokio::spawn(log_rules_loaded(current.get())),
+        // Repairs still pending are lost with the process: see docs/storage.md.
+        tokio::spawn({
+            let current = Arc::clone(&current);
+            async move { current.get().store().maintain().await }
+        }),
+    ];
+    // An attempt cut short at exit is reclaimed by another replica (or this one, restarted).
+    tasks.extend(deliveries.map(|worker| tokio::spawn(worker.run())));
+    tasks.extend(
+        reload.map(|source| tokio::spawn(reload::Reloader::new(source, Arc::clone(&current), Arc::clone(&auth)).run())),
+    );
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -153,16 +189,19 @@ pub async fn run(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .include_reflection_service(false)
     };
-    // Set once `shutdown` completes: streams end, and the drain's clock starts.
-    let (draining, drained) = tokio::sync::watch::channel(false);
     let mut drain_clock = drained.clone();
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!(
-            drain_timeout_secs = drain_timeout.as_secs(),
-            "shutting down: ending streams, draining calls in flight"
-        );
-        let _ = draining.send(true);
+    let shutdown = {
+        let reporter = health_reporter.clone();
+        async move {
+            shutdown.await;
+            // Not ready first, so that load balancers look elsewhere before connections close.
+            health::set_ready(&reporter, tonic_health::ServingStatus::NotServing).await;
+            tracing::info!(
+                drain_timeout_secs = drain_timeout.as_secs(),
+                "shutting down: not ready, ending streams, draining calls in flight"
+            );
+            let _ = draining.send(true);
+        }
     };
     let drain_deadline = async move {
         if drain_clock.wait_for(|draining| *draining).await.is_ok() {
@@ -172,18 +211,14 @@ pub async fn run(
         }
     };
     // Health alone, in plaintext, on a port of its own: what probes that cannot present a client
-    // certificate reach. It stops when the drain starts (the orchestrator sees the broker go).
+    // certificate reach. It answers (NOT_SERVING) through the drain, and stops with the server.
     let health_port = health_listener.map(|listener| {
-        let mut draining = drained.clone();
-        let stop = async move {
-            let _ = draining.wait_for(|draining| *draining).await;
-        };
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let serving = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(health_service.clone())
-            .serve_with_incoming_shutdown(incoming, stop);
+            .serve_with_incoming(incoming);
         tokio::spawn(async move {
             if let Err(error) = serving.await {
                 tracing::error!(%error, "the health port stopped");
@@ -202,14 +237,15 @@ pub async fn run(
             .max_connection_age_grace(CONNECTION_AGE_GRACE);
     }
     let router = builder
+        .layer(server_layers(&calls))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         // Authentication runs on the headers, before the (size-limited) message is decoded.
         .add_service(RequireAuthentication::new(
-            proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&broker), drained))
+            proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&current), drained))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-            Arc::new(auth),
+            auth,
         ));
     let (serving, acceptor): (std::pin::Pin<Box<dyn Future<Output = _> + Send>>, _) = match tls {
         None => {
@@ -239,16 +275,7 @@ pub async fn run(
     if let Some(task) = health_port {
         task.abort();
     }
-    health_task.abort();
-    expiry_task.abort();
-    // A write cut short here leaves its lease to expire; the next holder writes the same state.
-    enforcement_task.abort();
-    retention_task.abort();
-    rules_task.abort();
-    // Repairs still pending are lost with the process: see docs/storage.md.
-    maintenance_task.abort();
-    // An attempt cut short here is reclaimed by another replica (or this one, restarted).
-    if let Some(task) = delivery_task {
+    for task in tasks {
         task.abort();
     }
     Ok(result?)
@@ -257,7 +284,7 @@ pub async fn run(
 /// Records in the audit log which rules this replica runs, once it can reach Redis (retried
 /// while it cannot, for as long as the replica runs: the record is what tells an auditor which
 /// rules decided).
-async fn log_rules_loaded<P: Ports>(broker: Arc<Broker<P>>) {
+pub(crate) async fn log_rules_loaded<P: Ports>(broker: Arc<Broker<P>>) {
     let mut wait = Duration::from_millis(250);
     loop {
         match broker.log_rules_loaded().await {
@@ -274,10 +301,10 @@ async fn log_rules_loaded<P: Ports>(broker: Arc<Broker<P>>) {
 /// How often each replica looks for revocation work: noted grants, roles to (re)write.
 const ENFORCEMENT_INTERVAL: Duration = Duration::from_secs(1);
 
-async fn enforce_revocations<P: Ports>(broker: Arc<Broker<P>>) {
+async fn enforce_revocations<P: Ports>(current: Arc<Current<P>>) {
     loop {
         tokio::time::sleep(ENFORCEMENT_INTERVAL).await;
-        if let Err(error) = broker.enforce_pending().await {
+        if let Err(error) = current.get().enforce_pending().await {
             tracing::warn!(%error, "revocation enforcement pass failed; retrying at the next interval");
         }
     }
@@ -287,10 +314,10 @@ async fn enforce_revocations<P: Ports>(broker: Arc<Broker<P>>) {
 /// replicas need not agree on who does it).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
-async fn trim_audit_log<P: Ports>(broker: Arc<Broker<P>>) {
+async fn trim_audit_log<P: Ports>(current: Arc<Current<P>>) {
     loop {
         tokio::time::sleep(RETENTION_INTERVAL).await;
-        match broker.trim_audit_log().await {
+        match current.get().trim_audit_log().await {
             Ok(trimmed) => tracing::info!(trimmed, "audit log trimmed to its retention period"),
             Err(error) => tracing::warn!(%error, "audit log trim failed; retrying at the next interval"),
         }
@@ -301,9 +328,10 @@ async fn trim_audit_log<P: Ports>(broker: Arc<Broker<P>>) {
 /// sweeps; each expiry is recorded once whichever does (see `Broker::expire_due`).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
-async fn sweep_expiries<P: Ports>(broker: Arc<Broker<P>>) {
+async fn sweep_expiries<P: Ports>(current: Arc<Current<P>>) {
     loop {
         tokio::time::sleep(EXPIRY_INTERVAL).await;
+        let broker = current.get();
         // Until every due grant is handled: a sweep takes at most a batch.
         loop {
             match broker.expire_due().await {
@@ -315,26 +343,5 @@ async fn sweep_expiries<P: Ports>(broker: Arc<Broker<P>>) {
                 }
             }
         }
-    }
-}
-
-/// GrantBroker (and the server as a whole, service "") is SERVING while Redis answers: without
-/// the store no request can be recorded, so load balancers should send traffic elsewhere.
-async fn report_health<P: Ports>(broker: Arc<Broker<P>>, reporter: tonic_health::server::HealthReporter) {
-    const SERVICE: &str = "grantbroker.v1.GrantBroker";
-    let mut last = None;
-    loop {
-        let status = if broker.store_reachable().await {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if last != Some(status) {
-            tracing::info!(?status, "health");
-            reporter.set_service_status(SERVICE, status).await;
-            reporter.set_service_status("", status).await;
-            last = Some(status);
-        }
-        tokio::time::sleep(HEALTH_INTERVAL).await;
     }
 }

@@ -304,6 +304,19 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
+/// An IAM call, observed ([`super::aws_call`]); IAM is global, its calls
+/// signed for us-east-1.
+fn observed<T, E>(
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, SdkError<E>>>,
+) -> impl std::future::Future<Output = Result<T, SdkError<E>>>
+where
+    T: aws_sdk_iam::operation::RequestId,
+    E: aws_sdk_iam::error::ProvideErrorMetadata,
+{
+    super::aws_call::observed("IAM", operation, "us-east-1", call)
+}
+
 /// A policy's size as IAM counts it against the role's cap: characters, whitespace not counted.
 fn policy_chars(document: &str) -> usize {
     document.chars().filter(|c| !c.is_whitespace()).count()
@@ -311,11 +324,8 @@ fn policy_chars(document: &str) -> usize {
 
 impl RoleEnforcer for IamEnforcer {
     async fn role_facts(&self, target: &Target) -> Result<RoleFacts, EnforceError> {
-        let output = self
-            .client(target)?
-            .get_role()
-            .role_name(target.role_name())
-            .send()
+        let call = self.client(target)?.get_role().role_name(target.role_name()).send();
+        let output = observed("GetRole", call)
             .await
             .map_err(|error| classify("GetRole", error))?;
         let role = output
@@ -345,13 +355,8 @@ impl RoleEnforcer for IamEnforcer {
             .map_err(|error| classify("ListRolePolicies", error))?;
         let mut total = 0;
         for name in names.iter().filter(|name| name.as_str() != DENY_POLICY_NAME) {
-            match client
-                .get_role_policy()
-                .role_name(role_name)
-                .policy_name(name)
-                .send()
-                .await
-            {
+            let call = client.get_role_policy().role_name(role_name).policy_name(name).send();
+            match observed("GetRolePolicy", call).await {
                 Ok(output) => total += policy_chars(&decode_policy_document(output.policy_document())),
                 // Deleted since it was listed: it no longer counts.
                 Err(SdkError::ServiceError(context)) if context.err().code() == Some("NoSuchEntity") => {}
@@ -362,14 +367,13 @@ impl RoleEnforcer for IamEnforcer {
     }
 
     async fn deny_policy(&self, target: &Target) -> Result<Option<String>, EnforceError> {
-        match self
+        let call = self
             .client(target)?
             .get_role_policy()
             .role_name(target.role_name())
             .policy_name(DENY_POLICY_NAME)
-            .send()
-            .await
-        {
+            .send();
+        match observed("GetRolePolicy", call).await {
             Ok(output) => Ok(Some(decode_policy_document(output.policy_document()))),
             Err(SdkError::ServiceError(context)) if context.err().code() == Some("NoSuchEntity") => Ok(None),
             Err(error) => Err(classify("GetRolePolicy", error)),
@@ -378,12 +382,14 @@ impl RoleEnforcer for IamEnforcer {
 
     async fn put_deny_policy(&self, target: &Target, document: &str) -> Result<(), EnforceError> {
         may_modify(target)?;
-        self.client(target)?
+        let call = self
+            .client(target)?
             .put_role_policy()
             .role_name(target.role_name())
             .policy_name(DENY_POLICY_NAME)
             .policy_document(document)
-            .send()
+            .send();
+        observed("PutRolePolicy", call)
             .await
             .map_err(|error| classify("PutRolePolicy", error))?;
         Ok(())
@@ -391,14 +397,13 @@ impl RoleEnforcer for IamEnforcer {
 
     async fn delete_deny_policy(&self, target: &Target) -> Result<(), EnforceError> {
         may_modify(target)?;
-        match self
+        let call = self
             .client(target)?
             .delete_role_policy()
             .role_name(target.role_name())
             .policy_name(DENY_POLICY_NAME)
-            .send()
-            .await
-        {
+            .send();
+        match observed("DeleteRolePolicy", call).await {
             Ok(_) => Ok(()),
             // The policy (or the role itself) is gone: nothing of the broker's is left on it.
             Err(SdkError::ServiceError(context)) if context.err().code() == Some("NoSuchEntity") => Ok(()),

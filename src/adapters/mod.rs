@@ -3,6 +3,7 @@
 //! keys fetched over HTTPS), and webhook notifications (queued
 //! beside the store's changes, delivered by a worker).
 
+mod aws_call;
 pub mod iam_enforcer;
 pub mod oidc;
 pub mod redis_store;

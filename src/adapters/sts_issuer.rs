@@ -198,7 +198,9 @@ impl CredentialIssuer for StsIssuer {
         if let Some(mfa) = spec.mfa() {
             call = call.serial_number(&mfa.serial).token_code(mfa.code.expose());
         }
-        let output = call.send().await.map_err(classify)?;
+        let output = super::aws_call::observed("STS", "AssumeRole", spec.region(), call.send())
+            .await
+            .map_err(classify)?;
         let credentials = output.credentials().ok_or_else(|| {
             failed(
                 IssueErrorKind::Unavailable,

@@ -88,7 +88,7 @@ impl<P: Ports> Broker<P> {
                 grant.mfa_serial.is_some(),
                 now,
                 Asking::Extension(request.additional_secs),
-                |input| self.rules.decide_extension(input),
+                |input| super::ask_rules(super::Question::Extension, || self.rules.decide_extension(input)),
             );
             let number = u32::try_from(grant.extensions.len() + 1).unwrap_or(u32::MAX);
             let event = |kind| GrantEvent {

@@ -334,7 +334,7 @@ impl<P: Ports> Broker<P> {
             mfa_present,
             now,
             Asking::Request,
-            |input| self.rules.decide(input),
+            |input| super::ask_rules(super::Question::Issuance, || self.rules.decide(input)),
         );
         let refused = match (grant.decision.outcome, decision.outcome) {
             (_, Outcome::Deny) => Some(decision.reason),

@@ -220,6 +220,69 @@ fn with_rule_input<R>(
     })
 }
 
+/// What the rules were asked, for the span and the decision metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Question {
+    /// A new request.
+    Request,
+    /// A grant's issuance, decided again.
+    Issuance,
+    Extension,
+}
+
+impl Question {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Issuance => "issuance",
+            Self::Extension => "extension",
+        }
+    }
+}
+
+/// Asks the rules inside a span of their own, and counts the decision by outcome and deciding
+/// rule.
+fn ask_rules(question: Question, decide: impl FnOnce() -> Decision) -> Decision {
+    let span = tracing::info_span!(
+        "rules",
+        otel.name = "rules decide",
+        grant_broker.question = question.name(),
+        grant_broker.decision = tracing::field::Empty,
+        grant_broker.rules = tracing::field::Empty,
+    );
+    let decision = span.in_scope(decide);
+    let outcome = match decision.outcome {
+        Outcome::Approve => "approve",
+        Outcome::RequireApproval => "pending",
+        Outcome::Deny => "deny",
+    };
+    let rule = decision.policy_ids.first().map_or("default", String::as_str);
+    span.record("grant_broker.decision", outcome);
+    span.record("grant_broker.rules", decision.policy_ids.join(",").as_str());
+    crate::telemetry::metrics::metrics().decided(question.name(), outcome, rule);
+    decision
+}
+
+/// Counts what `events` of `grant` (just recorded) mean for `grant_broker.grants`: issued,
+/// denied (by the rules or by people), revoked, expired.
+fn count_events(grant: &Grant, events: &[GrantEvent]) {
+    use crate::telemetry::metrics::{GrantEvent as Counted, metrics};
+    for event in events {
+        let counted = match &event.kind {
+            EventKind::Issued { .. } => Counted::Issued,
+            EventKind::Requested {
+                state: GrantState::Denied,
+                ..
+            }
+            | EventKind::Denied { .. } => Counted::Denied,
+            EventKind::Revoked { .. } => Counted::Revoked,
+            EventKind::Expired { .. } => Counted::Expired,
+            _ => continue,
+        };
+        metrics().grant(counted, &grant.target);
+    }
+}
+
 /// The authorization table's refusal, as the broker reports it.
 fn refusal(caller: &Caller, refusal: Refusal, grant: Option<&Grant>) -> BrokerError {
     match (refusal, grant) {
@@ -382,6 +445,7 @@ impl<P: Ports> Broker<P> {
         // announced (the caller still learns it may not survive a failover).
         if matches!(recorded, Ok(Appended::Yes) | Err(StoreError::Unacknowledged(_))) {
             let state = change.to().unwrap_or(grant.state);
+            count_events(grant, change.events());
             // Beside each other: neither waits on the other, and neither fails the change.
             tokio::join!(
                 self.release_places(grant, change.to()),

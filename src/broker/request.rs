@@ -105,7 +105,9 @@ impl<P: Ports> Broker<P> {
             }
         };
 
-        let decision = self.rules.decide(&vetted.rule_input(caller, &request, now));
+        let decision = super::ask_rules(super::Question::Request, || {
+            self.rules.decide(&vetted.rule_input(caller, &request, now))
+        });
         let state = decision.outcome.initial_state();
         let event = GrantEvent {
             at: now,
@@ -187,6 +189,7 @@ impl<P: Ports> Broker<P> {
             }
         };
         if created {
+            super::count_events(&grant, &events);
             self.notifier.grant_changed(&grant, grant.state, &events).await;
         } else {
             // A concurrent retry with the same request id created it first.

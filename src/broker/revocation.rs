@@ -550,6 +550,11 @@ impl<P: Ports> Broker<P> {
             .into_iter()
             .collect();
         let summaries = self.store.role_summaries(&roles).await?;
+        let behind = summaries
+            .iter()
+            .filter(|summary| summary.desired > summary.written)
+            .count();
+        crate::telemetry::metrics::metrics().revocation_backlog(u64::try_from(behind).unwrap_or(u64::MAX));
         {
             let mut cutoffs = self
                 .role_cutoffs
@@ -950,6 +955,7 @@ impl<P: Ports> Broker<P> {
             role_arn = %lease.role_arn, kind = ?error.kind, code = %error.code, message = %error.message,
             "could not write revocations to the role; retrying"
         );
+        crate::telemetry::metrics::metrics().enforcement_failed(&error.code);
         let retry_at = now + retry_after(failures + 1);
         if self.store.record_failure(lease, &text, retry_at).await? == Leased::Lost {
             return Ok(RoleWrite::Busy);

@@ -170,6 +170,7 @@ pub async fn run(
         // A write cut short at exit leaves its lease to expire; the next holder writes the same.
         tokio::spawn(enforce_revocations(Arc::clone(&current))),
         tokio::spawn(trim_audit_log(Arc::clone(&current))),
+        tokio::spawn(read_levels(Arc::clone(&current))),
         tokio::spawn(log_rules_loaded(current.get())),
         // Repairs still pending are lost with the process: see docs/storage.md.
         tokio::spawn({
@@ -307,6 +308,23 @@ async fn enforce_revocations<P: Ports>(current: Arc<Current<P>>) {
         if let Err(error) = current.get().enforce_pending().await {
             tracing::warn!(%error, "revocation enforcement pass failed; retrying at the next interval");
         }
+    }
+}
+
+/// How often the store's levels are read for the gauges (one round trip).
+const LEVELS_INTERVAL: Duration = Duration::from_secs(15);
+
+async fn read_levels(current: Arc<Current<Deployed>>) {
+    loop {
+        match current.get().store().gauges().await {
+            Ok(gauges) => crate::telemetry::metrics::metrics().levels(
+                gauges.pending_approvals,
+                gauges.webhook_dead_list,
+                gauges.repairs_pending,
+            ),
+            Err(error) => tracing::debug!(%error, "store levels not read; the gauges keep their last values"),
+        }
+        tokio::time::sleep(LEVELS_INTERVAL).await;
     }
 }
 

@@ -29,8 +29,11 @@ pub struct Metrics {
     webhook_deliveries: Counter<u64>,
     enforcement_failures: Counter<u64>,
     reloads: Counter<u64>,
+    tampered: Counter<u64>,
     pending_approvals: Gauge<u64>,
     revocation_backlog: Gauge<u64>,
+    webhook_dead_list: Gauge<u64>,
+    repairs_pending: Gauge<u64>,
 }
 
 /// The process's instruments.
@@ -103,13 +106,25 @@ impl Metrics {
                 .u64_counter("grant_broker.config.reloads")
                 .with_description("Configuration reloads, by outcome")
                 .build(),
+            tampered: meter
+                .u64_counter("grant_broker.store.tampered")
+                .with_description("Grant records met that fail their seal (changed outside the broker)")
+                .build(),
             pending_approvals: meter
                 .u64_gauge("grant_broker.approvals.pending")
                 .with_description("Grants waiting for approvals")
                 .build(),
             revocation_backlog: meter
                 .u64_gauge("grant_broker.revocation.backlog")
-                .with_description("Revoked grants whose sessions are not yet denied in AWS")
+                .with_description("Roles whose deny policy does not yet hold every revocation recorded for them")
+                .build(),
+            webhook_dead_list: meter
+                .u64_gauge("grant_broker.webhook.dead_list")
+                .with_description("Notifications in the webhook dead list")
+                .build(),
+            repairs_pending: meter
+                .u64_gauge("grant_broker.store.repairs.pending")
+                .with_description("This replica's index and log writes waiting to be repaired")
                 .build(),
         }
     }
@@ -127,12 +142,14 @@ impl Metrics {
         );
     }
 
-    /// The rules decided: `outcome` is approve, pending or deny; `rule` the deciding policy's id
-    /// (or `default` when none did).
-    pub fn decided(&self, outcome: &'static str, rule: &str) {
+    /// The rules decided: `question` is request, issuance (decided again before STS) or
+    /// extension; `outcome` approve, pending or deny; `rule` the first deciding policy's id (or
+    /// `default` when none did).
+    pub fn decided(&self, question: &'static str, outcome: &'static str, rule: &str) {
         self.decisions.add(
             1,
             &[
+                KeyValue::new("grant_broker.question", question),
                 KeyValue::new("grant_broker.decision", outcome),
                 KeyValue::new("grant_broker.rule", rule.to_owned()),
             ],
@@ -185,9 +202,11 @@ impl Metrics {
         );
     }
 
-    pub fn enforcement_failed(&self, target: &str) {
+    /// A revocation could not be written into a role: `code` is AWS's error code (or what kept
+    /// the call from an answer).
+    pub fn enforcement_failed(&self, code: &str) {
         self.enforcement_failures
-            .add(1, &[KeyValue::new("grant_broker.target", target.to_owned())]);
+            .add(1, &[KeyValue::new("error.type", code.to_owned())]);
     }
 
     /// `outcome`: applied, unchanged or refused.
@@ -195,11 +214,20 @@ impl Metrics {
         self.reloads.add(1, &[KeyValue::new("grant_broker.outcome", outcome)]);
     }
 
-    pub fn pending_approvals(&self, count: u64) {
-        self.pending_approvals.record(count, &[]);
+    /// A grant record that fails its seal was met.
+    pub fn tampered_record(&self) {
+        self.tampered.add(1, &[]);
     }
 
-    pub fn revocation_backlog(&self, count: u64) {
-        self.revocation_backlog.record(count, &[]);
+    /// Roles whose deny policy lags the revocations recorded for them (each enforcement pass).
+    pub fn revocation_backlog(&self, roles: u64) {
+        self.revocation_backlog.record(roles, &[]);
+    }
+
+    /// The store's levels, as last read.
+    pub fn levels(&self, pending_approvals: u64, webhook_dead_list: u64, repairs_pending: u64) {
+        self.pending_approvals.record(pending_approvals, &[]);
+        self.webhook_dead_list.record(webhook_dead_list, &[]);
+        self.repairs_pending.record(repairs_pending, &[]);
     }
 }

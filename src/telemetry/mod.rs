@@ -17,6 +17,7 @@ pub mod metrics;
 use std::{env, io::IsTerminal as _};
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry_otlp::WithTonicConfig as _;
 use opentelemetry_sdk::{
     Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator, trace::SdkTracerProvider,
 };
@@ -107,6 +108,43 @@ fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<Wanted, String> {
     })
 }
 
+/// For an `https://` collector: the system's roots, or the CA of `OTEL_EXPORTER_OTLP_CERTIFICATE`
+/// (PEM) instead, and the client certificate and key of `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`
+/// and `OTEL_EXPORTER_OTLP_CLIENT_KEY` where the collector wants one; `None` for `http://`.
+fn collector_tls(
+    signal_endpoint: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    let endpoint = var(signal_endpoint).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    if !endpoint.is_some_and(|endpoint| endpoint.to_ascii_lowercase().starts_with("https://")) {
+        return Ok(None);
+    }
+    let read = |name: &str| -> Result<Option<Vec<u8>>, String> {
+        var(name)
+            .map(|path| std::fs::read(&path).map_err(|error| format!("{name}: cannot read {path}: {error}")))
+            .transpose()
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    tls = match read("OTEL_EXPORTER_OTLP_CERTIFICATE")? {
+        Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        None => tls.with_native_roots(),
+    };
+    match (
+        read("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")?,
+        read("OTEL_EXPORTER_OTLP_CLIENT_KEY")?,
+    ) {
+        (Some(certificate), Some(key)) => tls = tls.identity(tonic::transport::Identity::from_pem(certificate, key)),
+        (None, None) => {}
+        _ => {
+            return Err(
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together: set both or neither"
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(Some(tls))
+}
+
 /// The resource every span and metric carries: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`
 /// (the SDK reads them), else service.name `grant-broker`, and the version.
 fn resource() -> Resource {
@@ -129,8 +167,11 @@ pub fn init(format: LogFormat) -> Result<Telemetry, String> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = resource();
     let traces = if wanted.traces {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(tls) = collector_tls("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", var)? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter
             .build()
             .map_err(|error| format!("cannot set up trace export: {error}"))?;
         Some(
@@ -143,8 +184,11 @@ pub fn init(format: LogFormat) -> Result<Telemetry, String> {
         None
     };
     let metrics = if wanted.metrics {
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
+        let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+        if let Some(tls) = collector_tls("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", var)? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter
             .build()
             .map_err(|error| format!("cannot set up metric export: {error}"))?;
         let provider = SdkMeterProvider::builder()
@@ -264,6 +308,67 @@ mod tests {
                 traces: false,
                 metrics: false
             })
+        );
+    }
+
+    #[test]
+    fn an_https_collector_gets_tls_and_a_client_certificate_needs_its_key() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            }
+        };
+        assert!(
+            collector_tls(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")])
+            )
+            .unwrap()
+            .is_none()
+        );
+        assert!(
+            collector_tls(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "HTTPS://c:4317")])
+            )
+            .unwrap()
+            .is_some()
+        );
+        // The signal's own endpoint decides for that signal.
+        assert!(
+            collector_tls(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://local:4317")
+                ])
+            )
+            .unwrap()
+            .is_none()
+        );
+        let half = collector_tls(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/dev/null"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(half.contains("go together"), "{half}");
+        let missing = collector_tls(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            missing.starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read /nonexistent/ca.pem"),
+            "{missing}"
         );
     }
 

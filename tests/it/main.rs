@@ -18,6 +18,7 @@ mod issuance;
 mod lifecycle;
 mod limits;
 mod notifications;
+mod operations;
 mod promises;
 mod redis_tls;
 mod requests;

@@ -32,14 +32,25 @@ async fn wait_for_health(channel: &Channel, service: &str, wanted: ServingStatus
 }
 
 #[tokio::test]
-async fn health_follows_redis() {
+async fn readiness_follows_redis_through_an_outage_and_liveness_stays() {
     let redis = RedisServer::start();
     let server = Server::start(&Settings::new(redis.url(), "http://127.0.0.1:9".into())).await;
     let channel = Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
     wait_for_health(&channel, "grantbroker.v1.GrantBroker", ServingStatus::Serving).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
+    wait_for_health(&channel, "readiness", ServingStatus::Serving).await;
+    wait_for_health(&channel, "liveness", ServingStatus::Serving).await;
     redis.stop();
-    wait_for_health(&channel, "grantbroker.v1.GrantBroker", ServingStatus::NotServing).await;
+    for readiness in ["grantbroker.v1.GrantBroker", "", "readiness"] {
+        wait_for_health(&channel, readiness, ServingStatus::NotServing).await;
+    }
+    // Not ready is not dead: a restart would not bring Redis back.
+    assert_eq!(health(channel.clone(), "liveness").await, Some(ServingStatus::Serving));
+    // Redis returns: ready again, by itself.
+    redis.restart();
+    for readiness in ["grantbroker.v1.GrantBroker", "", "readiness"] {
+        wait_for_health(&channel, readiness, ServingStatus::Serving).await;
+    }
 }
 
 #[tokio::test]

@@ -170,11 +170,11 @@ pub(super) struct EnforcementScripts {
 impl Default for EnforcementScripts {
     fn default() -> Self {
         Self {
-            add_entry: Script::new(ADD_ENTRY),
-            set_cutoff: Script::new(SET_CUTOFF),
-            record_written: Script::new(RECORD_WRITTEN),
-            record_failure: Script::new(RECORD_FAILURE),
-            release: Script::new(RELEASE),
+            add_entry: super::traced::script("add_entry", ADD_ENTRY),
+            set_cutoff: super::traced::script("set_cutoff", SET_CUTOFF),
+            record_written: super::traced::script("record_written", RECORD_WRITTEN),
+            record_failure: super::traced::script("record_failure", RECORD_FAILURE),
+            release: super::traced::script("release", RELEASE),
         }
     }
 }

@@ -65,6 +65,11 @@ impl Repairs {
         queue.push_back(repair);
     }
 
+    /// How many writes wait to be repaired.
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().map(|queue| queue.len()).unwrap_or(0)
+    }
+
     fn take(&self) -> Vec<Repair> {
         self.0
             .lock()

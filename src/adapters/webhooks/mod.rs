@@ -38,7 +38,7 @@ use std::{
     time::Duration,
 };
 
-use redis::aio::ConnectionManager;
+use crate::adapters::redis_store::Traced as ConnectionManager;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 

@@ -32,6 +32,7 @@ use hyper_util::{
 };
 use redis::{Script, Value, aio::ConnectionManager, aio::ConnectionManagerConfig};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tracing::Instrument as _;
 
 use super::{DEAD_BOUND, GROUP, Keys, RECORD_VERSION, Record, STREAM_BOUND, Webhook, signing};
 use crate::adapters::redis_store::{RedisSettings, reply};
@@ -139,7 +140,7 @@ impl Settle {
 
 /// What the concurrent attempts of a batch share.
 struct Shared {
-    connection: ConnectionManager,
+    connection: crate::adapters::redis_store::Traced,
     keys: Keys,
     webhooks: HashMap<String, Webhook>,
     http: Https,
@@ -174,8 +175,10 @@ impl DeliveryWorker {
             .set_response_timeout(Some(settings.block + redis.response_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| format!("cannot set up the Redis connection: {error}"))?;
+        let connection = crate::adapters::redis_store::Traced(
+            ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|error| format!("cannot set up the Redis connection: {error}"))?,
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 connection,
@@ -187,8 +190,8 @@ impl DeliveryWorker {
                 http: http_client()?,
                 settings,
                 consumer: format!("gb-{}", uuid::Uuid::now_v7()),
-                settle: Script::new(SETTLE),
-                promote: Script::new(PROMOTE),
+                settle: crate::adapters::redis_store::traced::script("webhook_settle", SETTLE),
+                promote: crate::adapters::redis_store::traced::script("webhook_promote", PROMOTE),
             }),
             group_ready: false,
             last_claim: None,
@@ -439,8 +442,36 @@ impl Shared {
             self.file(&entry.id, Settle::Dead, &record).await;
             return;
         };
+        let span = tracing::info_span!(
+            "webhook",
+            otel.name = "webhook deliver",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            grant_broker.webhook = %webhook.name,
+            grant_broker.event = %record.event,
+            grant_broker.delivery_id = %record.delivery_id,
+            grant_broker.attempt = record.attempts.saturating_add(1),
+            http.response.status_code = tracing::field::Empty,
+            grant_broker.outcome = tracing::field::Empty,
+        );
+        self.deliver(webhook, record, &entry.id, &span)
+            .instrument(span.clone())
+            .await;
+    }
+
+    /// One attempt at `record` for `webhook`, and its settlement, inside `span`.
+    async fn deliver(&self, webhook: &Webhook, mut record: Record, id: &str, span: &tracing::Span) {
         let result = self.post(webhook, &record).await;
         record.attempts = record.attempts.saturating_add(1);
+        match &result {
+            Ok(status) => {
+                span.record("http.response.status_code", status);
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         let outcome = match result {
             Ok(status) => {
                 tracing::info!(
@@ -468,7 +499,9 @@ impl Shared {
                 Settle::Retry(delay)
             }
         };
-        self.file(&entry.id, outcome, &record).await;
+        span.record("grant_broker.outcome", outcome.name());
+        crate::telemetry::metrics::metrics().webhook_attempt(&webhook.name, outcome.name());
+        self.file(id, outcome, &record).await;
     }
 
     /// One signed POST. Ok with the status when it is 2xx; redirects are not followed (a

@@ -19,7 +19,7 @@ use super::{CallSettings, Methods, answer};
 use crate::grpc::status::deadline_exceeded;
 
 /// How long before the caller's deadline the call is answered.
-pub const MARGIN: Duration = Duration::from_millis(5);
+pub const MARGIN: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {

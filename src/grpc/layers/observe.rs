@@ -130,14 +130,17 @@ impl Call {
             self.span.record("otel.status_code", "ERROR");
         }
         let caller = self.caller.as_deref().unwrap_or("-");
-        tracing::info!(
-            parent: &self.span,
-            method = self.method,
-            caller,
-            status = name,
-            duration_ms = took.as_secs_f64() * 1_000.0,
-            "call finished"
-        );
+        // In the span, so that the line carries its fields (request id, trace id) like every
+        // other line of the call.
+        self.span.in_scope(|| {
+            tracing::info!(
+                method = self.method,
+                caller,
+                status = name,
+                duration_ms = took.as_secs_f64() * 1_000.0,
+                "call finished"
+            );
+        });
         metrics().rpc_finished(self.method, name, took);
     }
 }

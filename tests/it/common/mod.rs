@@ -2,7 +2,9 @@
 //! ([`redis_server`]), the moto server as AWS ([`moto`]), a small fake STS ([`sts`]) and a fake
 //! IAM in front of moto ([`fake_iam`]) for the error paths moto cannot produce, the real
 //! grant-broker server on `127.0.0.1:0` ([`broker`]), the calls tests make ([`calls`]), a test CA
-//! ([`pki`]) and an OIDC issuer serving discovery and keys over HTTPS ([`identity_issuer`]).
+//! ([`pki`]), an OIDC issuer serving discovery and keys over HTTPS ([`identity_issuer`]), the
+//! `grant-broker serve` binary as an operator runs it ([`process`]) and an OTLP collector
+//! ([`otlp`]).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod broker;
@@ -10,7 +12,9 @@ pub mod calls;
 pub mod fake_iam;
 pub mod identity_issuer;
 pub mod moto;
+pub mod otlp;
 pub mod pki;
+pub mod process;
 pub mod redis_server;
 pub mod sts;
 
@@ -22,8 +26,13 @@ pub use identity_issuer::*;
 // The benchmarks share this harness and run no moto.
 #[allow(unused_imports)]
 pub use moto::*;
+// Only the integration tests run the binary or collect telemetry.
+#[allow(unused_imports)]
+pub use otlp::*;
 #[allow(unused_imports)]
 pub use pki::*;
+#[allow(unused_imports)]
+pub use process::*;
 pub use redis_server::*;
 pub use sts::*;
 

@@ -76,11 +76,14 @@ impl BrokerProcess {
             .unwrap()
     }
 
-    /// The health service on the health port.
+    /// The health service on the health port (a channel that reconnects after an outage).
     pub async fn health(&self) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
-        tonic_health::pb::health_client::HealthClient::connect(format!("http://127.0.0.1:{}", self.health_port))
-            .await
+        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", self.health_port))
             .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
     }
 
     /// What the broker logged so far.

@@ -9,6 +9,30 @@ use std::{
 
 use super::*;
 
+fn spawn(port: u16, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            // Replicas write the primary's snapshot to disk: keep it out of the work tree.
+            "--dir",
+            &std::env::temp_dir().display().to_string(),
+            "--dbfilename",
+            &format!("gb-test-{port}.rdb"),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test installs it)")
+}
+
 /// A real redis-server on a free loopback port, stopped on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -43,27 +67,7 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    // Replicas write the primary's snapshot to disk: keep it out of the work tree.
-                    "--dir",
-                    &std::env::temp_dir().display().to_string(),
-                    "--dbfilename",
-                    &format!("gb-test-{port}.rdb"),
-                ])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (scripts/test installs it)");
+            let mut child = spawn(port, extra);
             std::thread::sleep(Duration::from_millis(30));
             if let Ok(Some(_)) = child.try_wait() {
                 continue; // lost the port to someone else: try another
@@ -101,6 +105,14 @@ impl RedisServer {
         wait_for_port(tls_port, "redis-server (TLS)", &mut child);
         *server.child.lock().unwrap() = Some(child);
         (server, tls_port)
+    }
+
+    /// Starts a server again on this one's port, empty, once [`Self::stop`] stopped it (Redis
+    /// coming back after an outage).
+    pub fn restart(&self) {
+        let mut child = spawn(self.port, &[]);
+        wait_for_port(self.port, "redis-server (restarted)", &mut child);
+        *self.child.lock().unwrap() = Some(child);
     }
 
     /// Kills the server (for failure tests). Safe to call more than once.

@@ -120,6 +120,8 @@ async fn answer(
         Response::builder()
             .status(status)
             .header("content-type", "text/xml")
+            // As STS does: the request id in a header too (what the SDK reads).
+            .header("x-amzn-requestid", format!("fake-{n}"))
             .body(Full::new(Bytes::from(body)))
             .unwrap()
     };

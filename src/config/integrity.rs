@@ -75,44 +75,14 @@ pub(super) fn validate_integrity(
     let mut keys = Vec::new();
     for (i, key) in raw.keys.into_iter().enumerate() {
         let at = |field: &str| format!("integrity.keys[{i}].{field}");
-        let bytes = match (&key.env, &key.file) {
-            (Some(name), None) => match env(name) {
-                Some(value) => Some((format!("`{name}`"), value.into_bytes())),
-                None => {
-                    problems.push(Problem::new(
-                        at("env"),
-                        format!("the environment variable `{name}` is not set"),
-                    ));
-                    None
-                }
-            },
-            (None, Some(file)) => {
-                let path = base.join(file);
-                match std::fs::read(&path) {
-                    // A trailing newline is the editor's, not the key's.
-                    Ok(mut bytes) => {
-                        while bytes.last().is_some_and(|byte| matches!(byte, b'\n' | b'\r')) {
-                            bytes.pop();
-                        }
-                        Some((path.display().to_string(), bytes))
-                    }
-                    Err(error) => {
-                        problems.push(Problem::new(
-                            at("file"),
-                            format!("cannot read {}: {error}", path.display()),
-                        ));
-                        None
-                    }
-                }
-            }
-            _ => {
-                problems.push(Problem::new(
-                    format!("integrity.keys[{i}]"),
-                    "name exactly one of `env` and `file`",
-                ));
-                None
-            }
-        };
+        let bytes = read_secret(
+            &format!("integrity.keys[{i}]"),
+            key.env.as_deref(),
+            key.file.as_deref(),
+            base,
+            env,
+            problems,
+        );
         if let Some((source, bytes)) = bytes {
             if bytes.len() < MIN_KEY_BYTES {
                 problems.push(Problem::new(

@@ -183,7 +183,7 @@ impl Config {
         let calls = validate_calls(&raw.server, &mut problems);
         let reload_check = validate_reload_check(&raw.server, &mut problems);
         let integrity = validate_integrity(raw.integrity, base, env, &mut problems);
-        let redis = validate_redis(raw.redis, base, integrity, &mut problems);
+        let redis = validate_redis(raw.redis, base, integrity, env, &mut problems);
         let deny_verify_interval_secs = raw.aws.deny_verify_interval_secs;
         if !(DENY_VERIFY_INTERVAL_SECS).contains(&deny_verify_interval_secs) {
             problems.push(Problem::new(
@@ -274,6 +274,53 @@ impl Config {
         }
     }
 }
+/// A secret named by exactly one of an environment variable (`<key>.env`) and a file
+/// (`<key>.file`, relative to the configuration; a trailing newline is the editor's, not the
+/// secret's): its bytes and where they came from (for messages, which never quote the secret).
+fn read_secret(
+    key: &str,
+    env_name: Option<&str>,
+    file: Option<&Path>,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<(String, Vec<u8>)> {
+    match (env_name, file) {
+        (Some(name), None) => match env(name) {
+            Some(value) => Some((format!("`{name}`"), value.into_bytes())),
+            None => {
+                problems.push(Problem::new(
+                    format!("{key}.env"),
+                    format!("the environment variable `{name}` is not set"),
+                ));
+                None
+            }
+        },
+        (None, Some(file)) => {
+            let path = base.join(file);
+            match std::fs::read(&path) {
+                Ok(mut bytes) => {
+                    while bytes.last().is_some_and(|byte| matches!(byte, b'\n' | b'\r')) {
+                        bytes.pop();
+                    }
+                    Some((path.display().to_string(), bytes))
+                }
+                Err(error) => {
+                    problems.push(Problem::new(
+                        format!("{key}.file"),
+                        format!("cannot read {}: {error}", path.display()),
+                    ));
+                    None
+                }
+            }
+        }
+        _ => {
+            problems.push(Problem::new(key, "name exactly one of `env` and `file`"));
+            None
+        }
+    }
+}
+
 fn parse_all<T>(
     key: &str,
     values: &[String],

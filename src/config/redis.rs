@@ -21,6 +21,19 @@ pub(super) struct RawRedis {
     pub(super) tls_ca_file: Option<PathBuf>,
     pub(super) tls_client_cert_file: Option<PathBuf>,
     pub(super) tls_client_key_file: Option<PathBuf>,
+    /// The ACL user the broker authenticates as (else the URL's, else `default`).
+    pub(super) username: Option<String>,
+    /// Where the password is: `{ env = "NAME" }` or `{ file = "path" }` (kept out of the URL and
+    /// so out of the configuration file, which is often a ConfigMap).
+    pub(super) password: Option<RawSecretRef>,
+}
+
+/// Where a secret is: an environment variable or a file, exactly one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecretRef {
+    env: Option<String>,
+    file: Option<PathBuf>,
 }
 
 pub(super) fn default_replica_timeout_ms() -> u64 {
@@ -96,12 +109,26 @@ pub(super) fn validate_redis_tls(raw: &RawRedis, base: &Path, problems: &mut Vec
     Some(RedisTls { ca_pem, client })
 }
 
+/// Whether a `redis://user:password@host` URL carries a password.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority.rsplit_once('@').is_some_and(|(credentials, _)| {
+        credentials
+            .split_once(':')
+            .is_some_and(|(_, password)| !password.is_empty())
+    })
+}
+
 /// The `[redis]` settings, with the integrity keys that seal what Redis holds (`None`, and so no
 /// settings, when `[integrity]` has problems of its own).
 pub(super) fn validate_redis(
     raw: RawRedis,
     base: &Path,
     integrity: Option<Integrity>,
+    env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> Option<RedisSettings> {
     if !["redis://", "rediss://", "redis+unix://"]
@@ -138,8 +165,46 @@ pub(super) fn validate_redis(
     if raw.retention_days == 0 || raw.retention_days > 3_650 {
         problems.push(Problem::new("redis.retention_days", "must be 1-3650 days"));
     }
+    let password = raw.password.as_ref().and_then(|secret| {
+        let (source, bytes) = read_secret(
+            "redis.password",
+            secret.env.as_deref(),
+            secret.file.as_deref(),
+            base,
+            env,
+            problems,
+        )?;
+        match String::from_utf8(bytes) {
+            Ok(password) if !password.is_empty() => Some(Secret::new(&password)),
+            _ => {
+                problems.push(Problem::new(
+                    "redis.password",
+                    format!("{source} must hold the password as non-empty UTF-8 text"),
+                ));
+                None
+            }
+        }
+    });
+    if raw.password.is_some() && url_has_password(&raw.url) {
+        problems.push(Problem::new(
+            "redis.password",
+            "the URL carries a password too: keep it in one place (here, not in redis.url)",
+        ));
+    }
+    if raw
+        .username
+        .as_deref()
+        .is_some_and(|name| name.is_empty() || name.contains([' ', ':', '@']))
+    {
+        problems.push(Problem::new(
+            "redis.username",
+            "must be an ACL user name, without spaces, `:` or `@`",
+        ));
+    }
     let integrity = integrity?;
     Some(RedisSettings {
+        username: raw.username,
+        password,
         url: raw.url,
         key_prefix: raw.key_prefix,
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),

@@ -136,6 +136,46 @@ fn redis_tls_files_are_checked_where_they_are_named() {
 }
 
 #[test]
+fn the_redis_password_comes_from_the_environment_or_a_file_never_the_url_as_well() {
+    let dir = config_dir();
+    std::fs::write(dir.path().join("redis-password"), "from-a-file\n").unwrap();
+    let env = |name: &str| (name == "REDIS_PASSWORD").then(|| "from-the-env".to_owned());
+    let with = |redis: &str| {
+        Config::parse_with_env(
+            &GOOD.replace("url = \"redis://127.0.0.1:6379\"", redis),
+            dir.path(),
+            &env,
+        )
+    };
+    let config =
+        with("url = \"redis://redis:6379\"\nusername = \"broker\"\npassword = { env = \"REDIS_PASSWORD\" }").unwrap();
+    assert_eq!(config.redis.username.as_deref(), Some("broker"));
+    assert_eq!(config.redis.password.as_ref().unwrap().expose(), "from-the-env");
+    assert!(!format!("{:?}", config.redis).contains("from-the-env"));
+    let config = with("url = \"redis://redis:6379\"\npassword = { file = \"redis-password\" }").unwrap();
+    assert_eq!(config.redis.password.unwrap().expose(), "from-a-file");
+    let problems = |redis: &str| {
+        with(redis)
+            .unwrap_err()
+            .into_iter()
+            .map(|problem| problem.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        problems("url = \"redis://redis:6379\"\npassword = { env = \"NOT_SET\" }"),
+        ["redis.password.env: the environment variable `NOT_SET` is not set"]
+    );
+    assert_eq!(
+        problems("url = \"redis://u:inline@redis:6379\"\npassword = { env = \"REDIS_PASSWORD\" }"),
+        ["redis.password: the URL carries a password too: keep it in one place (here, not in redis.url)"]
+    );
+    assert_eq!(
+        problems("url = \"redis://redis:6379\"\npassword = { env = \"REDIS_PASSWORD\", file = \"redis-password\" }"),
+        ["redis.password: name exactly one of `env` and `file`"]
+    );
+}
+
+#[test]
 fn the_issuance_cap_defaults_to_ten_and_is_bounded() {
     assert_eq!(with_rules(GOOD).unwrap().broker.max_issuances_per_grant, 10);
     let problems = with_rules(&GOOD.replace("[rules]", "[grants]\nmax_issuances_per_grant = 0\n[rules]")).unwrap_err();

@@ -611,3 +611,38 @@ async fn sigterm_says_not_ready_first_and_lets_unary_calls_finish() {
     assert!(exited.success(), "{exited:?}");
     assert!(signalled.elapsed() < Duration::from_secs(10));
 }
+
+/// The Redis password is read from the environment (a Secret), never written in the
+/// configuration: the broker authenticates as its ACL user and works; a wrong one is refused
+/// with UNAVAILABLE, saying the store is unavailable, and never quoted.
+#[tokio::test]
+async fn the_redis_password_comes_from_the_environment() {
+    const PASSWORD: &str = "acl-password-from-a-secret-0123456789";
+    let redis = RedisServer::start_with(&["--user", "broker", "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"]);
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let mut settings = Settings::new(redis.url(), sts.url.clone());
+    settings.redis_extra = "username = \"broker\"\npassword = { env = \"GB_TEST_REDIS_PASSWORD\" }".into();
+    settings.env.insert("GB_TEST_REDIS_PASSWORD".into(), PASSWORD.into());
+    let server = Server::start(&settings).await;
+    let granted = server
+        .client()
+        .await
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("acl-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(granted.credentials.is_some());
+
+    settings
+        .env
+        .insert("GB_TEST_REDIS_PASSWORD".into(), "not-the-password".into());
+    let server = Server::start(&settings).await;
+    let refused = server
+        .client()
+        .await
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("acl-2")))
+        .await
+        .unwrap_err();
+    assert_status(&refused, Code::Unavailable, "STORE_UNAVAILABLE", "");
+    assert!(!refused.message().contains("not-the-password") && !refused.message().contains(PASSWORD));
+}

@@ -134,6 +134,8 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
 fn settings(redis: &RedisServer) -> RedisSettings {
     RedisSettings {
         url: redis.url(),
+        username: None,
+        password: None,
         key_prefix: "gb".into(),
         connect_timeout: Duration::from_secs(1),
         response_timeout: Duration::from_secs(1),

@@ -70,6 +70,10 @@ use crate::{
 #[derive(Clone)]
 pub struct RedisSettings {
     pub url: String,
+    /// The ACL user, where the URL does not name it.
+    pub username: Option<String>,
+    /// The password, kept out of the URL (and so out of the configuration file).
+    pub password: Option<Secret>,
     pub key_prefix: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -87,6 +91,21 @@ pub struct RedisSettings {
     pub checkpoint_interval: Duration,
 }
 
+/// Where and as whom to connect: the URL, with the configured user and password (which never
+/// pass through a URL string, so no error or log can quote them).
+fn connection_info(settings: &RedisSettings) -> redis::RedisResult<redis::ConnectionInfo> {
+    use redis::IntoConnectionInfo as _;
+    let info = settings.url.as_str().into_connection_info()?;
+    let mut redis = info.redis_settings().clone();
+    if let Some(username) = &settings.username {
+        redis = redis.set_username(username);
+    }
+    if let Some(password) = &settings.password {
+        redis = redis.set_password(password.expose());
+    }
+    Ok(info.set_redis_settings(redis))
+}
+
 /// How to verify the Redis server, and how to prove the broker to it (mutual TLS).
 #[derive(Clone, Debug)]
 pub struct RedisTls {
@@ -100,6 +119,9 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redacted_url(&self.url))
+            .field("username", &self.username)
+            // Secret's own Debug is redacted; say only whether there is one.
+            .field("password", &self.password.is_some())
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
@@ -336,10 +358,17 @@ impl RedisGrantStore {
     /// Connects lazily: the service starts (and reports NOT_SERVING) while Redis is down, and
     /// every command is bounded by the connect and response timeouts.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let info = connection_info(settings).map_err(|error| {
+            StoreError::Unavailable(format!(
+                "cannot use `{}`: {:?}",
+                redacted_url(&settings.url),
+                error.kind()
+            ))
+        })?;
         let client = match &settings.tls {
-            None => Client::open(settings.url.as_str()),
+            None => Client::open(info),
             Some(tls) => Client::build_with_tls(
-                settings.url.as_str(),
+                info,
                 TlsCertificates {
                     client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
                         client_cert: cert.clone(),

@@ -218,6 +218,8 @@ impl RedisServer {
     pub fn store(&self) -> grant_broker::adapters::redis_store::RedisGrantStore {
         grant_broker::adapters::redis_store::RedisGrantStore::new(&grant_broker::adapters::redis_store::RedisSettings {
             url: self.url(),
+            username: None,
+            password: None,
             key_prefix: "gb".into(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),

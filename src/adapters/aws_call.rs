@@ -1,6 +1,6 @@
 //! Every call to AWS, observed alike (STS and IAM): a client span with the RPC semantic
 //! conventions for the AWS SDK (`rpc.system.name` aws-api, `rpc.service`, `rpc.method`,
-//! `cloud.region`, `aws.request_id`, `error.type`) and `rpc.client.call.duration`.
+//! `cloud.region`, `aws.request_id`, `aws.attempts`, `error.type`) and `rpc.client.call.duration`.
 //!
 //! INVARIANT (secrets are never at rest): the span carries names, the region, the request id
 //! and the error code, never a request's or a response's content (credentials, policies, MFA
@@ -8,7 +8,12 @@
 
 use std::{future::Future, time::Instant};
 
-use aws_sdk_sts::{error::ProvideErrorMetadata, error::SdkError, operation::RequestId};
+use aws_sdk_sts::{
+    config::{ConfigBag, Intercept, RuntimeComponents, interceptors::FinalizerInterceptorContextRef},
+    error::{ProvideErrorMetadata, SdkError},
+    operation::RequestId,
+};
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use tracing::Instrument as _;
 
 use crate::telemetry::metrics::metrics;
@@ -23,6 +28,31 @@ fn error_code<E: ProvideErrorMetadata>(error: &SdkError<E>) -> String {
         SdkError::ResponseError(_) => "ResponseError".to_owned(),
         SdkError::ConstructionFailure(_) => "ConstructionFailure".to_owned(),
         _ => "Unknown".to_owned(),
+    }
+}
+
+/// Records on the call's span how many attempts it took (`aws.attempts`: 1 unless the SDK's
+/// retry strategy tried again). Both SDKs' clients carry it.
+#[derive(Debug)]
+pub(crate) struct CountAttempts;
+
+impl Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "grant-broker attempts"
+    }
+
+    // Once, when the call is over (recording the field at every attempt would add the attribute
+    // to the span once per attempt).
+    fn read_after_execution(
+        &self,
+        _context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(attempts) = cfg.load::<RequestAttempts>() {
+            tracing::Span::current().record("aws.attempts", attempts.attempts());
+        }
+        Ok(())
     }
 }
 
@@ -47,6 +77,7 @@ where
         rpc.method = operation,
         cloud.region = region,
         aws.request_id = tracing::field::Empty,
+        aws.attempts = tracing::field::Empty,
         error.r#type = tracing::field::Empty,
     );
     let started = Instant::now();

@@ -98,7 +98,8 @@ impl IamEnforcer {
             let mut config = aws_sdk_iam::config::Builder::from(&shared)
                 .region(Region::new(*region))
                 .timeout_config(timeouts.clone())
-                .retry_config(retries.clone());
+                .retry_config(retries.clone())
+                .interceptor(super::aws_call::CountAttempts);
             if let Some(endpoint) = &settings.endpoint {
                 config = config.endpoint_url(endpoint);
             }

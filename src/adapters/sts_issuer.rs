@@ -82,7 +82,8 @@ impl StsIssuer {
                 let mut config = aws_sdk_sts::config::Builder::from(&shared)
                     .region(Region::new(region.clone()))
                     .timeout_config(settings.timeouts())
-                    .retry_config(settings.retries());
+                    .retry_config(settings.retries())
+                    .interceptor(super::aws_call::CountAttempts);
                 if let Some(endpoint) = &settings.endpoint {
                     config = config.endpoint_url(endpoint);
                 }

@@ -646,3 +646,60 @@ async fn the_redis_password_comes_from_the_environment() {
     assert_status(&refused, Code::Unavailable, "STORE_UNAVAILABLE", "");
     assert!(!refused.message().contains("not-the-password") && !refused.message().contains(PASSWORD));
 }
+
+/// An AWS call the SDK retried says so on its span: how many attempts, and the error code, which
+/// the duration metric carries too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_aws_call_says_how_many_attempts_and_why_it_failed() {
+    let (collector, endpoint) = Collector::start().await;
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Fail {
+        status: 400,
+        code: "Throttling",
+        message: "Rate exceeded",
+    })
+    .await;
+    let mut settings = Settings::new(redis.url(), sts.url.clone());
+    settings.max_attempts = 2;
+    let mut broker = BrokerProcess::start(
+        &settings,
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+        ],
+    );
+    let throttled = broker
+        .client()
+        .await
+        .request_access(authed(PORTAL_TOKEN, read_logs_request("throttled-1")))
+        .await
+        .unwrap_err();
+    assert_status(&throttled, Code::Unavailable, "STS_THROTTLED", "");
+    assert_eq!(sts.calls().len(), 2);
+    broker.signal("TERM");
+    assert!(broker.wait_exit(Duration::from_secs(20)).success());
+    let spans = collector.spans();
+    let assume = spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| span.name == "STS/AssumeRole")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(attribute(assume, "aws.attempts").as_deref(), Some("2"), "{assume:?}");
+    assert_eq!(
+        attribute(assume, "error.type").as_deref(),
+        Some("Throttling"),
+        "{assume:?}"
+    );
+    // STATUS_CODE_ERROR
+    assert_eq!(assume.status.as_ref().map(|status| status.code), Some(2), "{assume:?}");
+    let measured = collector.metrics().into_iter().any(|metric| {
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        metric.name == "rpc.client.call.duration"
+            && matches!(&metric.data, Some(Data::Histogram(histogram)) if histogram.data_points.iter().any(|point| {
+                point.attributes.iter().any(|kv| kv.key == "error.type" && value_text(kv.value.as_ref()) == "Throttling")
+            }))
+    });
+    assert!(measured, "{:?}", collector.metrics());
+}

@@ -299,6 +299,19 @@ fn pure_costs() {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; anything else (e.g. a name filter) is ignored.
+    // GB_BENCH_TELEMETRY=1: as a deployment with telemetry on runs: logs at info (to stderr:
+    // send it to /dev/null), and traces and metrics exported to a collector in this process.
+    let _telemetry = if std::env::var_os("GB_BENCH_TELEMETRY").is_some() {
+        let (collector, endpoint) = Collector::start().await;
+        let telemetry = grant_broker::telemetry::init_with(grant_broker::telemetry::LogFormat::Json, &|name| {
+            (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone())
+        })
+        .unwrap();
+        println!("telemetry on: logs at info, traces and metrics exported over OTLP");
+        Some((collector, telemetry))
+    } else {
+        None
+    };
     let redis = Arc::new(RedisServer::start());
     let sts = FakeSts::start(StsBehaviour::Succeed).await;
     let mut settings = Settings::new(redis.url(), sts.url.clone());

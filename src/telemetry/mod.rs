@@ -17,7 +17,7 @@ pub mod metrics;
 use std::{env, io::IsTerminal as _};
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
-use opentelemetry_otlp::WithTonicConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator, trace::SdkTracerProvider,
 };
@@ -61,7 +61,7 @@ fn var(name: &str) -> Option<String> {
 /// exporter (`OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`) is not `none`; `OTEL_SDK_DISABLED=true`
 /// turns both off. Only OTLP over gRPC is built in: another protocol is refused rather than
 /// silently not exported.
-fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<Wanted, String> {
+fn wanted(var: &dyn Fn(&str) -> Option<String>) -> Result<Wanted, String> {
     if var("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
         return Ok(Wanted {
             traces: false,
@@ -108,6 +108,11 @@ fn wanted(var: impl Fn(&str) -> Option<String>) -> Result<Wanted, String> {
     })
 }
 
+/// A signal's collector: its own endpoint, else the general one (the SDK's precedence).
+fn endpoint(signal_endpoint: &str, var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    var(signal_endpoint).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
 /// For an `https://` collector: the system's roots, or the CA of `OTEL_EXPORTER_OTLP_CERTIFICATE`
 /// (PEM) instead, and the client certificate and key of `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`
 /// and `OTEL_EXPORTER_OTLP_CLIENT_KEY` where the collector wants one; `None` for `http://`.
@@ -115,8 +120,7 @@ fn collector_tls(
     signal_endpoint: &str,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
-    let endpoint = var(signal_endpoint).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    if !endpoint.is_some_and(|endpoint| endpoint.to_ascii_lowercase().starts_with("https://")) {
+    if !endpoint(signal_endpoint, &var).is_some_and(|endpoint| endpoint.to_ascii_lowercase().starts_with("https://")) {
         return Ok(None);
     }
     let read = |name: &str| -> Result<Option<Vec<u8>>, String> {
@@ -147,7 +151,7 @@ fn collector_tls(
 
 /// The resource every span and metric carries: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`
 /// (the SDK reads them), else service.name `grant-broker`, and the version.
-fn resource() -> Resource {
+fn resource(var: &dyn Fn(&str) -> Option<String>) -> Resource {
     let builder = Resource::builder().with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
     if var("OTEL_SERVICE_NAME").is_some()
         || var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attributes| attributes.contains("service.name="))
@@ -161,13 +165,22 @@ fn resource() -> Resource {
 /// Sets up logging and, when the environment asks for them, trace and metric export. Must run
 /// inside the tokio runtime (the exporters' gRPC channels are built on it). Call once, first.
 pub fn init(format: LogFormat) -> Result<Telemetry, String> {
+    init_with(format, &var)
+}
+
+/// [`init`], with the `OTEL_*` settings read through `var` (the benchmarks point it at a
+/// collector of their own; the SDK still reads the exporters' tuning from the process).
+pub fn init_with(format: LogFormat, var: &dyn Fn(&str) -> Option<String>) -> Result<Telemetry, String> {
     let wanted = wanted(var)?;
     // The SDK does not read OTEL_PROPAGATORS: the broker always speaks W3C trace context, the
     // propagator every OpenTelemetry SDK and collector understands.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource = resource();
+    let resource = resource(var);
     let traces = if wanted.traces {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(endpoint) = endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", var) {
+            exporter = exporter.with_endpoint(endpoint);
+        }
         if let Some(tls) = collector_tls("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", var)? {
             exporter = exporter.with_tls_config(tls);
         }
@@ -185,6 +198,9 @@ pub fn init(format: LogFormat) -> Result<Telemetry, String> {
     };
     let metrics = if wanted.metrics {
         let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+        if let Some(endpoint) = endpoint("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", var) {
+            exporter = exporter.with_endpoint(endpoint);
+        }
         if let Some(tls) = collector_tls("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", var)? {
             exporter = exporter.with_tls_config(tls);
         }
@@ -259,7 +275,7 @@ mod tests {
 
     fn from(pairs: &[(&str, &str)]) -> Result<Wanted, String> {
         let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        wanted(|name| {
+        wanted(&|name| {
             pairs
                 .iter()
                 .find(|(key, _)| key == name)

@@ -535,6 +535,13 @@ pub struct IssueError {
 /// produce.
 pub trait CredentialIssuer: Send + Sync + 'static {
     fn assume_role(&self, spec: &SessionSpec) -> impl Future<Output = Result<IssuedCredentials, IssueError>> + Send;
+
+    /// Whether this issuer can reach `target`'s role (a client for its region was made at
+    /// start), or why not: a reload may not add a target the running issuer cannot serve.
+    fn serves(&self, target: &Target) -> Result<(), String> {
+        let _ = target;
+        Ok(())
+    }
 }
 
 /// What a target's role looks like to IAM, as far as revocation needs it.
@@ -597,6 +604,14 @@ pub trait RoleEnforcer: Send + Sync + 'static {
 
     /// Deletes the broker's inline policy from the role (DeleteRolePolicy); done when absent.
     fn delete_deny_policy(&self, target: &Target) -> impl Future<Output = Result<(), EnforceError>> + Send;
+
+    /// Whether this enforcer can reach `target`'s role in IAM (a client for its partition and
+    /// its way in, `iam_role_arn`, was made at start), or why not: a reload may not add a target
+    /// whose revocations could then never be written.
+    fn serves(&self, target: &Target) -> Result<(), String> {
+        let _ = target;
+        Ok(())
+    }
 }
 
 /// A lease on one role's enforcement: while it holds, no other replica writes the role's

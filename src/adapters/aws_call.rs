@@ -31,6 +31,11 @@ fn error_code<E: ProvideErrorMetadata>(error: &SdkError<E>) -> String {
     }
 }
 
+tokio::task_local! {
+    /// The span of the AWS call being made, for [`CountAttempts`].
+    static CALL: tracing::Span;
+}
+
 /// Records on the call's span how many attempts it took (`aws.attempts`: 1 unless the SDK's
 /// retry strategy tried again). Both SDKs' clients carry it.
 #[derive(Debug)]
@@ -50,7 +55,11 @@ impl Intercept for CountAttempts {
         cfg: &mut ConfigBag,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if let Some(attempts) = cfg.load::<RequestAttempts>() {
-            tracing::Span::current().record("aws.attempts", attempts.attempts());
+            // The call's own span, not the current one: with debug logging the SDK's spans are
+            // current here.
+            let _ = CALL.try_with(|span| {
+                span.record("aws.attempts", attempts.attempts());
+            });
         }
         Ok(())
     }
@@ -67,21 +76,26 @@ where
     T: RequestId,
     E: ProvideErrorMetadata,
 {
-    let span = tracing::info_span!(
-        "aws",
-        otel.name = format!("{service}/{operation}"),
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        rpc.system.name = "aws-api",
-        rpc.service = service,
-        rpc.method = operation,
-        cloud.region = region,
-        aws.request_id = tracing::field::Empty,
-        aws.attempts = tracing::field::Empty,
-        error.r#type = tracing::field::Empty,
-    );
+    // Traced as part of something traced (a call, an enforcement pass); else measured only.
+    let span = if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "aws",
+            otel.name = format!("{service}/{operation}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system.name = "aws-api",
+            rpc.service = service,
+            rpc.method = operation,
+            cloud.region = region,
+            aws.request_id = tracing::field::Empty,
+            aws.attempts = tracing::field::Empty,
+            error.r#type = tracing::field::Empty,
+        )
+    };
     let started = Instant::now();
-    let result = call.instrument(span.clone()).await;
+    let result = CALL.scope(span.clone(), call.instrument(span.clone())).await;
     let (request_id, error) = match &result {
         Ok(output) => (output.request_id().map(str::to_owned), None),
         Err(error) => (error.request_id().map(str::to_owned), Some(error_code(error))),

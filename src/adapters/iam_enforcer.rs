@@ -305,17 +305,27 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-/// An IAM call, observed ([`super::aws_call`]); IAM is global, its calls
-/// signed for us-east-1.
+/// An IAM call on `target`'s role, observed ([`super::aws_call`]), in the region its partition's
+/// IAM is signed for (IAM is global).
 fn observed<T, E>(
     operation: &'static str,
+    target: &Target,
     call: impl std::future::Future<Output = Result<T, SdkError<E>>>,
 ) -> impl std::future::Future<Output = Result<T, SdkError<E>>>
 where
     T: aws_sdk_iam::operation::RequestId,
     E: aws_sdk_iam::error::ProvideErrorMetadata,
 {
-    super::aws_call::observed("IAM", operation, "us-east-1", call)
+    super::aws_call::observed("IAM", operation, iam_region(&target.role_arn), call)
+}
+
+/// The names a paginated ListRolePolicies collected (no one response's request id to name).
+struct Listed(Vec<String>);
+
+impl aws_sdk_iam::operation::RequestId for Listed {
+    fn request_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A policy's size as IAM counts it against the role's cap: characters, whitespace not counted.
@@ -326,7 +336,7 @@ fn policy_chars(document: &str) -> usize {
 impl RoleEnforcer for IamEnforcer {
     async fn role_facts(&self, target: &Target) -> Result<RoleFacts, EnforceError> {
         let call = self.client(target)?.get_role().role_name(target.role_name()).send();
-        let output = observed("GetRole", call)
+        let output = observed("GetRole", target, call)
             .await
             .map_err(|error| classify("GetRole", error))?;
         let role = output
@@ -345,19 +355,20 @@ impl RoleEnforcer for IamEnforcer {
     async fn other_inline_policy_chars(&self, target: &Target) -> Result<usize, EnforceError> {
         let client = self.client(target)?;
         let role_name = target.role_name();
-        let names: Vec<String> = client
+        let listing = client
             .list_role_policies()
             .role_name(role_name)
             .into_paginator()
             .items()
             .send()
-            .collect::<Result<_, _>>()
+            .collect::<Result<Vec<String>, _>>();
+        let Listed(names) = observed("ListRolePolicies", target, async { listing.await.map(Listed) })
             .await
             .map_err(|error| classify("ListRolePolicies", error))?;
         let mut total = 0;
         for name in names.iter().filter(|name| name.as_str() != DENY_POLICY_NAME) {
             let call = client.get_role_policy().role_name(role_name).policy_name(name).send();
-            match observed("GetRolePolicy", call).await {
+            match observed("GetRolePolicy", target, call).await {
                 Ok(output) => total += policy_chars(&decode_policy_document(output.policy_document())),
                 // Deleted since it was listed: it no longer counts.
                 Err(SdkError::ServiceError(context)) if context.err().code() == Some("NoSuchEntity") => {}
@@ -374,7 +385,7 @@ impl RoleEnforcer for IamEnforcer {
             .role_name(target.role_name())
             .policy_name(DENY_POLICY_NAME)
             .send();
-        match observed("GetRolePolicy", call).await {
+        match observed("GetRolePolicy", target, call).await {
             Ok(output) => Ok(Some(decode_policy_document(output.policy_document()))),
             Err(SdkError::ServiceError(context)) if context.err().code() == Some("NoSuchEntity") => Ok(None),
             Err(error) => Err(classify("GetRolePolicy", error)),
@@ -390,10 +401,21 @@ impl RoleEnforcer for IamEnforcer {
             .policy_name(DENY_POLICY_NAME)
             .policy_document(document)
             .send();
-        observed("PutRolePolicy", call)
+        observed("PutRolePolicy", target, call)
             .await
             .map_err(|error| classify("PutRolePolicy", error))?;
         Ok(())
+    }
+
+    fn serves(&self, target: &Target) -> Result<(), String> {
+        if target.revocation == RevocationMode::RecordOnly || self.clients.contains_key(&client_key(target)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "target `{}` reaches IAM another way than the targets the broker started with (its partition, iam_role_arn or iam_external_id): IAM clients are made at start, so restart to add it",
+                target.id
+            ))
+        }
     }
 
     async fn delete_deny_policy(&self, target: &Target) -> Result<(), EnforceError> {
@@ -404,7 +426,7 @@ impl RoleEnforcer for IamEnforcer {
             .role_name(target.role_name())
             .policy_name(DENY_POLICY_NAME)
             .send();
-        match observed("DeleteRolePolicy", call).await {
+        match observed("DeleteRolePolicy", target, call).await {
             Ok(_) => Ok(()),
             // The policy (or the role itself) is gone: nothing of the broker's is left on it.
             Err(SdkError::ServiceError(context)) if context.err().code() == Some("NoSuchEntity") => Ok(()),

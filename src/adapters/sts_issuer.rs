@@ -16,7 +16,7 @@ use aws_sdk_sts::{
 use time::OffsetDateTime;
 
 use crate::{
-    domain::{IssuedCredentials, Secret, SessionSpec},
+    domain::{IssuedCredentials, Secret, SessionSpec, Target},
     ports::{CredentialIssuer, IssueError, IssueErrorKind},
 };
 
@@ -173,6 +173,17 @@ fn packed_policy_percent(output: &aws_sdk_sts::operation::assume_role::AssumeRol
 }
 
 impl CredentialIssuer for StsIssuer {
+    fn serves(&self, target: &Target) -> Result<(), String> {
+        if self.clients.contains_key(&target.region) {
+            Ok(())
+        } else {
+            Err(format!(
+                "target `{}` is in region {}, where the broker made no STS client at start: restart to add it",
+                target.id, target.region
+            ))
+        }
+    }
+
     async fn assume_role(&self, spec: &SessionSpec) -> Result<IssuedCredentials, IssueError> {
         let client = self.clients.get(spec.region()).ok_or_else(|| {
             failed(

@@ -55,7 +55,7 @@ use crate::{
     ports::{
         Appended, AuditLog, Change, Clock, CredentialIssuer, EnforcementStore, GrantIndex, GrantQueues, GrantRecords,
         GrantSearch, INDEX_SKEW, IndexPosition, IssueError, IssueErrorKind, Notifier, Ports, Queue, Quotas,
-        Reservation, StoreError, Window,
+        Reservation, RoleEnforcer, StoreError, Window,
     },
     rules::{Eligibility, RuleEngine, RuleInput},
 };
@@ -360,7 +360,7 @@ pub struct Core<P: Ports> {
 
 /// The broker: the shared [`Core`] (reached through `Deref`), and the rules, targets and
 /// settings of one configuration. A reload makes a new broker ([`Broker::reconfigured`]); a call
-/// runs start to end on the one it began with.
+/// runs start to end on the one it began with (`grpc::Served`).
 pub struct Broker<P: Ports> {
     core: std::sync::Arc<Core<P>>,
     rules: RuleEngine,
@@ -405,19 +405,39 @@ impl<P: Ports> Broker<P> {
         }
     }
 
-    /// The same adapters and state under another configuration's rules, targets and settings.
-    pub fn reconfigured(&self, rules: RuleEngine, targets: Vec<Target>, settings: BrokerSettings) -> Self {
-        Self {
+    /// The same adapters and state under another configuration's rules, targets and settings;
+    /// or, for each target the adapters made at start cannot serve (a region without an STS
+    /// client, a way into IAM without a client), why not.
+    pub fn reconfigured(
+        &self,
+        rules: RuleEngine,
+        targets: Vec<Target>,
+        settings: BrokerSettings,
+    ) -> Result<Self, Vec<String>> {
+        let unserved: Vec<String> = targets
+            .iter()
+            .flat_map(|target| [self.issuer.serves(target), self.enforcer.serves(target)])
+            .filter_map(Result::err)
+            .collect();
+        if !unserved.is_empty() {
+            return Err(unserved);
+        }
+        Ok(Self {
             core: std::sync::Arc::clone(&self.core),
             rules,
             targets: by_id(targets),
             settings,
-        }
+        })
     }
 
     /// The rules this broker decides with.
     pub fn rules(&self) -> &RuleEngine {
         &self.rules
+    }
+
+    /// Every configured target.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
     }
 
     fn expect_appended(&self, grant: &Grant, appended: Appended) -> Result<(), BrokerError> {
@@ -514,25 +534,6 @@ impl<P: Ports> Broker<P> {
     /// Whether the grant store answers; the health check reports it.
     pub async fn store_reachable(&self) -> bool {
         self.store.ping().await.is_ok()
-    }
-}
-
-/// The broker of the configuration in use, replaced whole when the configuration reloads: a
-/// call takes it once ([`Current::get`]) and keeps it to its end, so it decides with one rule
-/// set whatever reloads meanwhile.
-pub struct Current<P: Ports>(arc_swap::ArcSwap<Broker<P>>);
-
-impl<P: Ports> Current<P> {
-    pub fn new(broker: Broker<P>) -> Self {
-        Self(arc_swap::ArcSwap::from_pointee(broker))
-    }
-
-    pub fn get(&self) -> std::sync::Arc<Broker<P>> {
-        self.0.load_full()
-    }
-
-    pub fn replace(&self, broker: Broker<P>) {
-        self.0.store(std::sync::Arc::new(broker));
     }
 }
 

@@ -18,6 +18,7 @@ use std::{collections::BTreeSet, time::Duration as StdDuration};
 
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
+use tracing::Instrument as _;
 
 use super::{Broker, BrokerError, decide::Decider, permit, permit_on, unasked_refusal};
 use crate::{
@@ -572,7 +573,9 @@ impl<P: Ports> Broker<P> {
             if !summary.needs_work(now) {
                 continue;
             }
-            match self.enforce_role(role).await {
+            // A trace of its own (the pass itself is not one): the IAM calls of one role's write.
+            let span = tracing::info_span!("revocation enforce", otel.name = "revocation enforce", role_arn = %role);
+            match self.enforce_role(role).instrument(span).await {
                 Ok(true) => written += 1,
                 Ok(false) => {}
                 // Recorded on the role and its grants, and retried after its backoff.

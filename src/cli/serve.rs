@@ -29,6 +29,11 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub(crate) async fn serve(path: PathBuf, log_format: LogFormat) -> ExitCode {
+    // SIGHUP's default is to end the process: taken over at once, before anything listens, so a
+    // reload asked for while the broker starts cannot kill it (the reloader listens from when the
+    // server runs; a change made before is found by its look at the files).
+    #[cfg(unix)]
+    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let telemetry = match telemetry::init(log_format.into()) {
         Ok(telemetry) => telemetry,
         Err(problem) => {
@@ -46,6 +51,7 @@ pub(crate) async fn serve(path: PathBuf, log_format: LogFormat) -> ExitCode {
 }
 
 async fn serve_until_stopped(path: PathBuf) -> ExitCode {
+    let looked = server::reload::Source::looked_at(&path);
     let (text, config) = match Config::read(&path) {
         Ok(read) => read,
         Err(problems) => {
@@ -87,6 +93,7 @@ async fn serve_until_stopped(path: PathBuf) -> ExitCode {
             text,
             rule_files: config.rule_files.clone(),
             check_every: config.reload_check,
+            seen: server::reload::Source::and_rule_files(looked, &config.rule_files),
         }),
     };
     let serving = serving(&config);

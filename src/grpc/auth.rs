@@ -27,12 +27,15 @@ use tonic::{
     server::NamedService,
 };
 
+use super::Current;
 use super::layers::observe::AuthenticatedAs;
 use super::status::{identity_keys_unavailable, identity_token_refused, unauthenticated};
 use crate::{
     adapters::oidc::{Inspected, TokenError, Verifier},
+    broker::Broker,
     config::CallerConfig,
     domain::Caller,
+    ports::Ports,
     tls::ClientCertificate,
 };
 
@@ -295,29 +298,38 @@ fn identity_token(headers: &http::HeaderMap) -> Result<Option<&str>, Status> {
 }
 
 /// GrantBroker behind authentication: every call is authenticated on its headers before the
-/// service (and its decoder) sees it; refused calls are answered here.
-#[derive(Debug, Clone)]
-pub struct RequireAuthentication<S> {
+/// service (and its decoder) sees it; refused calls are answered here. The configuration in use
+/// is taken once, here: the call is authenticated against its callers and carries its broker.
+pub struct RequireAuthentication<S, P: Ports> {
     inner: S,
-    /// The callers of the configuration in use (swapped whole by a reload).
-    auth: Arc<arc_swap::ArcSwap<Authenticator>>,
+    current: Arc<Current<P>>,
 }
 
-impl<S> RequireAuthentication<S> {
-    pub fn new(inner: S, auth: Arc<arc_swap::ArcSwap<Authenticator>>) -> Self {
-        Self { inner, auth }
+impl<S: Clone, P: Ports> Clone for RequireAuthentication<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            current: Arc::clone(&self.current),
+        }
     }
 }
 
-impl<S: NamedService> NamedService for RequireAuthentication<S> {
+impl<S, P: Ports> RequireAuthentication<S, P> {
+    pub fn new(inner: S, current: Arc<Current<P>>) -> Self {
+        Self { inner, current }
+    }
+}
+
+impl<S: NamedService, P: Ports> NamedService for RequireAuthentication<S, P> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> Service<http::Request<B>> for RequireAuthentication<S>
+impl<S, B, P> Service<http::Request<B>> for RequireAuthentication<S, P>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    P: Ports,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -331,9 +343,10 @@ where
         // The clone that was made ready serves this call; a fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = self.auth.load_full();
+        let served = self.current.load_full();
         Box::pin(async move {
-            let authenticated = auth
+            let authenticated = served
+                .auth
                 .authenticate(
                     request.headers(),
                     request.extensions().get::<ClientCertificate>(),
@@ -345,9 +358,12 @@ where
                     // Verified: nothing after this point needs (or could leak) the token.
                     request.headers_mut().remove(IDENTITY_TOKEN_HEADER);
                     let name = AuthenticatedAs(Arc::from(caller.id.as_str()));
+                    // Every line the call logs from here on names its caller.
+                    tracing::Span::current().record("caller", caller.id.as_str());
                     request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(Arc::clone(&served.broker));
                     let mut response = inner.call(request).await?;
-                    // For the call's log line and span (the observing layer is outside this one).
+                    // For the call's log line (the observing layer is outside this one).
                     response.extensions_mut().insert(name);
                     Ok(response)
                 }
@@ -357,11 +373,18 @@ where
     }
 }
 
-/// The caller [`RequireAuthentication`] attached to a request: shared, never copied per call.
-pub fn caller_of<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
-    request
+/// The caller [`RequireAuthentication`] attached to a request, and the broker of the
+/// configuration it was authenticated under: shared, never copied per call.
+pub fn called<P: Ports, T>(request: &Request<T>) -> Result<(Arc<Caller>, Arc<Broker<P>>), Status> {
+    let caller = request
         .extensions()
         .get::<Arc<Caller>>()
         .cloned()
-        .ok_or_else(|| unauthenticated("the call was not authenticated"))
+        .ok_or_else(|| unauthenticated("the call was not authenticated"))?;
+    let broker = request
+        .extensions()
+        .get::<Arc<Broker<P>>>()
+        .cloned()
+        .ok_or_else(|| unauthenticated("the call was not authenticated"))?;
+    Ok((caller, broker))
 }

@@ -66,6 +66,18 @@ pub mod proto {
 
 pub use auth::{Authenticator, RequireAuthentication};
 
+/// One configuration as the server runs it: its callers and its broker, replaced together by a
+/// reload. A call takes it once, when it is authenticated, and runs to its end on it: the callers
+/// it was authenticated against and the rules, targets and limits it is decided by are of one
+/// configuration, whatever reloads meanwhile.
+pub struct Served<P: crate::ports::Ports> {
+    pub auth: Authenticator,
+    pub broker: std::sync::Arc<crate::broker::Broker<P>>,
+}
+
+/// The configuration in use.
+pub type Current<P> = arc_swap::ArcSwap<Served<P>>;
+
 use crate::domain::request::bounds;
 
 /// Largest request message the field bounds allow, which is the server's decoding limit (far

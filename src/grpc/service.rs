@@ -8,27 +8,25 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{auth::caller_of, inbound, outbound, proto};
+use super::{auth::called, inbound, outbound, proto};
 use crate::{
-    broker::{Broker, Current},
     domain::{AccessRequest, approval::Person, identity::Claimed},
     ports::Ports,
 };
 
 pub struct GrantBrokerService<P: Ports> {
-    /// The broker of the configuration in use; each call takes it once and runs on it.
-    current: Arc<Current<P>>,
+    /// Each call runs on the broker its authentication found in use ([`called`]).
+    ports: std::marker::PhantomData<fn() -> P>,
     /// Turns true when the server shuts down: every stream then ends.
     draining: watch::Receiver<bool>,
 }
 
 impl<P: Ports> GrantBrokerService<P> {
-    pub fn new(current: Arc<Current<P>>, draining: watch::Receiver<bool>) -> Self {
-        Self { current, draining }
-    }
-
-    fn broker(&self) -> Arc<Broker<P>> {
-        self.current.get()
+    pub fn new(draining: watch::Receiver<bool>) -> Self {
+        Self {
+            ports: std::marker::PhantomData,
+            draining,
+        }
     }
 }
 
@@ -73,9 +71,8 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::ListTargetsRequest>,
     ) -> Result<Response<proto::ListTargetsResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let proto::ListTargetsRequest {} = request.into_inner();
-        let broker = self.broker();
         let targets = broker
             .list_targets(&caller)
             .into_iter()
@@ -97,9 +94,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::RequestAccessResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let access_request = AccessRequest::try_from(request.into_inner())?;
-        let outcome = self.broker().request_access(&caller, access_request).await?;
+        let outcome = broker.request_access(&caller, access_request).await?;
         let credentials = outcome
             .credentials
             .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
@@ -115,9 +112,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::WatchGrantRequest>,
     ) -> Result<Response<Self::WatchGrantStream>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let inbound::WatchCommand { id, after } = request.into_inner().try_into()?;
-        let changes = self.broker().watch_grant(&caller, id, after).await?;
+        let changes = broker.watch_grant(&caller, id, after).await?;
         let stream =
             ReceiverStream::new(changes).map(|change| change.map(outbound::grant_change).map_err(Status::from));
         Ok(Response::new(ending_on_shutdown(stream, self.draining.clone())))
@@ -127,16 +124,16 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::RequestAccessRequest>,
     ) -> Result<Response<proto::ExplainResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let access_request = AccessRequest::try_from(request.into_inner())?;
-        let explanation = self.broker().explain(&caller, &access_request)?;
+        let explanation = broker.explain(&caller, &access_request)?;
         Ok(Response::new(outbound::explanation(&explanation)))
     }
 
     async fn get_grant(&self, request: Request<proto::GetGrantRequest>) -> Result<Response<proto::Grant>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let inbound::GrantRef { id } = request.into_inner().try_into()?;
-        let grant = self.broker().get_grant(&caller, id).await?;
+        let grant = broker.get_grant(&caller, id).await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -144,9 +141,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::GetGrantHistoryRequest>,
     ) -> Result<Response<proto::GetGrantHistoryResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let inbound::GrantRef { id } = request.into_inner().try_into()?;
-        let (grant, events) = self.broker().grant_history(&caller, id).await?;
+        let (grant, events) = broker.grant_history(&caller, id).await?;
         Ok(Response::new(outbound::history(grant, &events)))
     }
 
@@ -154,9 +151,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::IssueCredentialsRequest>,
     ) -> Result<Response<proto::IssueCredentialsResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let inbound::IssueCommand { id, mfa } = request.into_inner().try_into()?;
-        let outcome = self.broker().issue_credentials(&caller, id, mfa).await?;
+        let outcome = broker.issue_credentials(&caller, id, mfa).await?;
         let credentials = outcome
             .credentials
             .map(|credentials| outbound::credentials(credentials, &outcome.grant.region));
@@ -170,9 +167,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::CancelGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let inbound::CancelCommand { id, reason } = request.into_inner().try_into()?;
-        let grant = self.broker().cancel_grant(&caller, id, reason).await?;
+        let grant = broker.cancel_grant(&caller, id, reason).await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -180,9 +177,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::ExtendGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let inbound::ExtendCommand { id, extension } = request.into_inner().try_into()?;
-        let grant = self.broker().extend_grant(&caller, id, extension).await?;
+        let grant = broker.extend_grant(&caller, id, extension).await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -190,10 +187,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let listing = inbound::list_audit(request.into_inner())?;
-        let (entries, next) = self
-            .broker()
+        let (entries, next) = broker
             .list_audit_events(
                 &caller,
                 &listing.filter,
@@ -214,12 +210,11 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::WatchAuditEventsRequest>,
     ) -> Result<Response<Self::WatchAuditEventsStream>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let after = inbound::watch_audit(request.into_inner())?;
         // The caller and the cursor are checked here, so a refusal is the call's own error; the
         // stream then starts at once, before any event arrives.
-        let mut after = self.broker().start_following(&caller, after).await?;
-        let broker = self.broker();
+        let mut after = broker.start_following(&caller, after).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             while !sender.is_closed() {
@@ -248,9 +243,9 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::FindGrantByAccessKeyRequest>,
     ) -> Result<Response<proto::FindGrantByAccessKeyResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let access_key_id = inbound::access_key_id(request.into_inner())?;
-        let (grant, issuance) = self.broker().find_grant_by_access_key(&caller, &access_key_id).await?;
+        let (grant, issuance) = broker.find_grant_by_access_key(&caller, &access_key_id).await?;
         Ok(Response::new(outbound::found_by_access_key(grant, issuance)))
     }
 
@@ -258,11 +253,10 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::RevokeGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let token = caller.call_token.clone();
         let inbound::RevokeCommand { id, reason, revoker } = request.into_inner().try_into()?;
-        let grant = self
-            .broker()
+        let grant = broker
             .revoke_grant(&caller, id, claimed(revoker, token), reason)
             .await?;
         Ok(Response::new(outbound::grant(grant)))
@@ -272,15 +266,14 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::RevokeGranteeRequest>,
     ) -> Result<Response<proto::RevokeGranteeResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let token = caller.call_token.clone();
         let inbound::RevokeGranteeCommand {
             grantee,
             reason,
             revoker,
         } = request.into_inner().try_into()?;
-        let outcome = self
-            .broker()
+        let outcome = broker
             .revoke_grantee(&caller, &grantee, claimed(revoker, token), reason)
             .await?;
         Ok(Response::new(outbound::grantee_revocation(outcome)))
@@ -290,15 +283,14 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::RevokeTargetSessionsRequest>,
     ) -> Result<Response<proto::RevokeTargetSessionsResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let token = caller.call_token.clone();
         let inbound::RevokeTargetSessionsCommand {
             target,
             reason,
             revoker,
         } = request.into_inner().try_into()?;
-        let cut = self
-            .broker()
+        let cut = broker
             .revoke_target_sessions(&caller, &target, claimed(revoker, token), reason)
             .await?;
         Ok(Response::new(outbound::target_cutoff(&cut)))
@@ -308,11 +300,10 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::ApproveGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let token = caller.call_token.clone();
         let inbound::ApproveCommand { id, approver, comment } = request.into_inner().try_into()?;
-        let grant = self
-            .broker()
+        let grant = broker
             .approve_grant(&caller, id, claimed(approver, token), comment)
             .await?;
         Ok(Response::new(outbound::grant(grant)))
@@ -322,24 +313,20 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::ReviewGrantRequest>,
     ) -> Result<Response<proto::Grant>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let token = caller.call_token.clone();
         let inbound::ReviewCommand { id, reviewer, comment } = request.into_inner().try_into()?;
-        let grant = self
-            .broker()
+        let grant = broker
             .review_grant(&caller, id, claimed(reviewer, token), comment)
             .await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
     async fn deny_grant(&self, request: Request<proto::DenyGrantRequest>) -> Result<Response<proto::Grant>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let token = caller.call_token.clone();
         let inbound::DenyCommand { id, approver, reason } = request.into_inner().try_into()?;
-        let grant = self
-            .broker()
-            .deny_grant(&caller, id, claimed(approver, token), reason)
-            .await?;
+        let grant = broker.deny_grant(&caller, id, claimed(approver, token), reason).await?;
         Ok(Response::new(outbound::grant(grant)))
     }
 
@@ -347,13 +334,12 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
         &self,
         request: Request<proto::ListGrantsRequest>,
     ) -> Result<Response<proto::ListGrantsResponse>, Status> {
-        let caller = caller_of(&request)?;
+        let (caller, broker) = called::<P, _>(&request)?;
         let token = caller.call_token.clone();
         let listing = inbound::list_grants(request.into_inner())?;
         let (grants, next) = match (&listing.waiting_for, listing.break_glass_unreviewed) {
             (Some(approver), _) => {
-                let (grants, next) = self
-                    .broker()
+                let (grants, next) = broker
                     .approval_queue(
                         &caller,
                         claimed(Some(approver.clone()), token),
@@ -364,15 +350,13 @@ impl<P: Ports> proto::grant_broker_server::GrantBroker for GrantBrokerService<P>
                 (grants, next.map(|id| id.to_string()))
             }
             (None, true) => {
-                let (grants, next) = self
-                    .broker()
+                let (grants, next) = broker
                     .unreviewed_break_glass(&caller, listing.before, listing.page_size)
                     .await?;
                 (grants, next.map(|id| id.to_string()))
             }
             (None, false) => {
-                let (grants, next) = self
-                    .broker()
+                let (grants, next) = broker
                     .search_grants(&caller, listing.filter, listing.search_before, listing.page_size)
                     .await?;
                 (grants, next.map(|position| position.to_string()))

@@ -120,6 +120,16 @@ pub fn overloaded(limit: usize) -> Status {
     )
 }
 
+/// INTERNAL: the task a call ran on ended without an answer (it panicked, which nothing in the
+/// broker should).
+pub fn call_lost() -> Status {
+    with_details(
+        Code::Internal,
+        "the call ended without an answer; the broker's log has the details",
+        info("INTERNAL", &[]),
+    )
+}
+
 /// DEADLINE_EXCEEDED: the call ran out of the time it was given (`why` says whose deadline).
 pub fn deadline_exceeded(why: &str) -> Status {
     with_details(Code::DeadlineExceeded, why, info("DEADLINE_EXCEEDED", &[]))

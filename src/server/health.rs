@@ -4,8 +4,8 @@
 //!   it otherwise);
 //! - `readiness` (also `""`, the server as a whole, and `grantbroker.v1.GrantBroker`): SERVING
 //!   while Redis answers, since without the store no request can be recorded; NOT_SERVING as soon
-//!   as the broker starts shutting down, before it stops accepting, so load balancers move away
-//!   first. The rules in use are always usable: a process starts only with a rule set that
+//!   as the broker starts shutting down (the server stops accepting in the same moment: the pause
+//!   that lets load balancers move away is the orchestrator's, Kubernetes' `preStop`). The rules in use are always usable: a process starts only with a rule set that
 //!   validates, and a reload that does not validate keeps the one in use.
 
 use std::{sync::Arc, time::Duration};
@@ -13,7 +13,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{broker::Current, ports::Ports};
+use crate::{grpc::Current, ports::Ports};
 
 pub const LIVENESS: &str = "liveness";
 pub const READINESS: [&str; 3] = ["readiness", "", "grantbroker.v1.GrantBroker"];
@@ -37,7 +37,7 @@ pub(super) async fn report<P: Ports>(
     set_ready(&reporter, ServingStatus::NotServing).await;
     let mut last = None;
     loop {
-        let status = if current.get().store_reachable().await {
+        let status = if super::in_use(&current).store_reachable().await {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

@@ -18,10 +18,10 @@ use crate::{
         IamEnforcer, RedisGrantStore, StsIssuer,
         webhooks::{DeliveryWorker, Outbox, WebhookNotifier},
     },
-    broker::{Adapters, Broker, Current},
+    broker::{Adapters, Broker},
     config::Config,
     grpc::{
-        Authenticator, GrantBrokerService, MAX_REQUEST_BYTES, RequireAuthentication,
+        Authenticator, Current, GrantBrokerService, MAX_REQUEST_BYTES, RequireAuthentication, Served,
         layers::{CallSettings, server_layers},
         proto,
     },
@@ -155,8 +155,10 @@ pub async fn run(
         api: listener,
         health: health_listener,
     } = listeners;
-    let current = Arc::new(Current::new(broker));
-    let auth = Arc::new(arc_swap::ArcSwap::from_pointee(auth));
+    let current: Arc<Current<Deployed>> = Arc::new(arc_swap::ArcSwap::from_pointee(Served {
+        auth,
+        broker: Arc::new(broker),
+    }));
     // Set once `shutdown` completes: streams end, and the drain's clock starts.
     let (draining, drained) = tokio::sync::watch::channel(false);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -171,18 +173,16 @@ pub async fn run(
         tokio::spawn(enforce_revocations(Arc::clone(&current))),
         tokio::spawn(trim_audit_log(Arc::clone(&current))),
         tokio::spawn(read_levels(Arc::clone(&current))),
-        tokio::spawn(log_rules_loaded(current.get())),
+        tokio::spawn(log_rules_loaded(in_use(&current))),
         // Repairs still pending are lost with the process: see docs/storage.md.
         tokio::spawn({
             let current = Arc::clone(&current);
-            async move { current.get().store().maintain().await }
+            async move { in_use(&current).store().maintain().await }
         }),
     ];
     // An attempt cut short at exit is reclaimed by another replica (or this one, restarted).
     tasks.extend(deliveries.map(|worker| tokio::spawn(worker.run())));
-    tasks.extend(
-        reload.map(|source| tokio::spawn(reload::Reloader::new(source, Arc::clone(&current), Arc::clone(&auth)).run())),
-    );
+    tasks.extend(reload.map(|source| tokio::spawn(reload::Reloader::new(source, Arc::clone(&current)).run())));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -195,7 +195,8 @@ pub async fn run(
         let reporter = health_reporter.clone();
         async move {
             shutdown.await;
-            // Not ready first, so that load balancers look elsewhere before connections close.
+            // Not ready first: probes that ask during the drain see NOT_SERVING (the health port
+            // still answers), not a broker that merely went quiet.
             health::set_ready(&reporter, tonic_health::ServingStatus::NotServing).await;
             tracing::info!(
                 drain_timeout_secs = drain_timeout.as_secs(),
@@ -238,15 +239,15 @@ pub async fn run(
             .max_connection_age_grace(CONNECTION_AGE_GRACE);
     }
     let router = builder
-        .layer(server_layers(&calls))
+        .layer(server_layers(&calls, drained.clone()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         // Authentication runs on the headers, before the (size-limited) message is decoded.
         .add_service(RequireAuthentication::new(
-            proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::new(Arc::clone(&current), drained))
+            proto::grant_broker_server::GrantBrokerServer::new(GrantBrokerService::<Deployed>::new(drained))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-            auth,
+            Arc::clone(&current),
         ));
     let (serving, acceptor): (std::pin::Pin<Box<dyn Future<Output = _> + Send>>, _) = match tls {
         None => {
@@ -282,6 +283,12 @@ pub async fn run(
     Ok(result?)
 }
 
+/// The broker of the configuration in use (background work takes it again at every step, so it
+/// follows reloads).
+pub(crate) fn in_use<P: Ports>(current: &Current<P>) -> Arc<Broker<P>> {
+    Arc::clone(&current.load().broker)
+}
+
 /// Records in the audit log which rules this replica runs, once it can reach Redis (retried
 /// while it cannot, for as long as the replica runs: the record is what tells an auditor which
 /// rules decided).
@@ -305,7 +312,7 @@ const ENFORCEMENT_INTERVAL: Duration = Duration::from_secs(1);
 async fn enforce_revocations<P: Ports>(current: Arc<Current<P>>) {
     loop {
         tokio::time::sleep(ENFORCEMENT_INTERVAL).await;
-        if let Err(error) = current.get().enforce_pending().await {
+        if let Err(error) = in_use(&current).enforce_pending().await {
             tracing::warn!(%error, "revocation enforcement pass failed; retrying at the next interval");
         }
     }
@@ -316,7 +323,7 @@ const LEVELS_INTERVAL: Duration = Duration::from_secs(15);
 
 async fn read_levels(current: Arc<Current<Deployed>>) {
     loop {
-        match current.get().store().gauges().await {
+        match in_use(&current).store().gauges().await {
             Ok(gauges) => crate::telemetry::metrics::metrics().levels(
                 gauges.pending_approvals,
                 gauges.webhook_dead_list,
@@ -335,7 +342,7 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 async fn trim_audit_log<P: Ports>(current: Arc<Current<P>>) {
     loop {
         tokio::time::sleep(RETENTION_INTERVAL).await;
-        match current.get().trim_audit_log().await {
+        match in_use(&current).trim_audit_log().await {
             Ok(trimmed) => tracing::info!(trimmed, "audit log trimmed to its retention period"),
             Err(error) => tracing::warn!(%error, "audit log trim failed; retrying at the next interval"),
         }
@@ -349,7 +356,7 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 async fn sweep_expiries<P: Ports>(current: Arc<Current<P>>) {
     loop {
         tokio::time::sleep(EXPIRY_INTERVAL).await;
-        let broker = current.get();
+        let broker = in_use(&current);
         // Until every due grant is handled: a sweep takes at most a batch.
         loop {
             match broker.expire_due().await {

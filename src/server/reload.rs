@@ -1,7 +1,7 @@
 //! Reloading the configuration while serving: on SIGHUP, and when the configuration file or a
 //! rule file changes (looked at every `server.reload_check_secs`). The new file is validated
 //! whole, as `check-config` would; only then are the rules, targets, grant settings, limits,
-//! callers and approvers swapped in, at once ([`Current`]). Calls already running finish on the
+//! callers and approvers swapped in, at once, callers and broker together ([`Served`]). Calls already running finish on the
 //! set they started with. A file that does not validate, or that changes what only a restart can
 //! (the sections in [`RESTART_ONLY`]: listen addresses, TLS settings, Redis, AWS, integrity keys,
 //! identity issuers, webhooks), is refused: the set in use stays, the problem is logged and
@@ -15,12 +15,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use arc_swap::ArcSwap;
-
 use crate::{
-    broker::{Broker, Current},
     config::Config,
-    grpc::Authenticator,
+    domain::{RevocationMode, Target},
+    grpc::{Current, Served},
     ports::Ports,
     telemetry::metrics::metrics,
 };
@@ -36,6 +34,24 @@ pub struct Source {
     /// The rule files the configuration in use names.
     pub rule_files: Vec<PathBuf>,
     pub check_every: Duration,
+    /// The files as they looked when they were read ([`Source::looked_at`]): a change made
+    /// between then and the reloader's start is a change, not the baseline.
+    pub seen: Vec<Seen>,
+}
+
+impl Source {
+    /// How `path` (the configuration) looks now, to be taken just before it is read; the rule
+    /// files' looks are added with [`Source::and_rule_files`].
+    pub fn looked_at(path: &Path) -> Vec<Seen> {
+        vec![look(path)]
+    }
+
+    /// The looks of the rule files (just after they were read: a write in between is missed
+    /// until the next change, or SIGHUP).
+    pub fn and_rule_files(mut seen: Vec<Seen>, rule_files: &[PathBuf]) -> Vec<Seen> {
+        seen.extend(rule_files.iter().map(|path| look(path)));
+        seen
+    }
 }
 
 /// What one look at the files led to.
@@ -73,8 +89,16 @@ pub fn changed_keys(old: &toml::Table, new: &toml::Table, sections: &[&str]) -> 
     out
 }
 
+/// The roles some target enforced revocations on before, and none does in `new`.
+fn unenforced_roles<'a>(old: impl Iterator<Item = &'a Target>, new: &[Target]) -> Vec<String> {
+    let enforced = |target: &&Target| target.revocation == RevocationMode::Enforce;
+    let still: std::collections::BTreeSet<&str> = new.iter().filter(enforced).map(|t| t.role_arn.as_str()).collect();
+    let before: std::collections::BTreeSet<&str> = old.filter(enforced).map(|t| t.role_arn.as_str()).collect();
+    before.difference(&still).map(|role| (*role).to_owned()).collect()
+}
+
 /// What a file looked like: its modification time and length (a change to either is a change).
-type Seen = Option<(SystemTime, u64)>;
+pub type Seen = Option<(SystemTime, u64)>;
 
 fn look(path: &Path) -> Seen {
     std::fs::metadata(path)
@@ -87,17 +111,15 @@ pub struct Reloader<P: Ports> {
     source: Source,
     running: toml::Table,
     current: Arc<Current<P>>,
-    auth: Arc<ArcSwap<Authenticator>>,
 }
 
 impl<P: Ports> Reloader<P> {
-    pub fn new(source: Source, current: Arc<Current<P>>, auth: Arc<ArcSwap<Authenticator>>) -> Self {
+    pub fn new(source: Source, current: Arc<Current<P>>) -> Self {
         let running = toml::from_str(&source.text).unwrap_or_default();
         Self {
             source,
             running,
             current,
-            auth,
         }
     }
 
@@ -119,8 +141,8 @@ impl<P: Ports> Reloader<P> {
                 restart.join(", ")
             )]);
         }
-        let broker = self.current.get();
-        if table == self.running && broker.rules().digest() == config.rules.digest() {
+        let served = self.current.load_full();
+        if table == self.running && served.broker.rules().digest() == config.rules.digest() {
             return Reloaded::Unchanged;
         }
         let Config {
@@ -132,13 +154,23 @@ impl<P: Ports> Reloader<P> {
             ..
         } = config;
         let rules_digest = rules.digest().to_owned();
-        let authenticator = self.auth.load().for_callers(&callers);
-        let reconfigured: Broker<P> = broker.reconfigured(rules, targets, settings);
-        // Callers first: a caller that the new set adds can then reach a broker that knows its
-        // targets an instant later, never the other way round (a target without its caller is
-        // merely unreachable for that instant).
-        self.auth.store(Arc::new(authenticator));
-        self.current.replace(reconfigured);
+        let unenforced = unenforced_roles(served.broker.targets(), &targets);
+        let broker = match served.broker.reconfigured(rules, targets, settings) {
+            Ok(broker) => broker,
+            Err(unserved) => return Reloaded::Refused(unserved),
+        };
+        for role in &unenforced {
+            tracing::warn!(
+                role_arn = %role,
+                "no target enforces revocations on this role any more: its deny policy stays as written, and is no longer verified or updated"
+            );
+        }
+        // Callers and broker together, in one swap: a call is authenticated against the callers
+        // of the configuration whose rules, targets and limits decide it.
+        self.current.store(Arc::new(Served {
+            auth: served.auth.for_callers(&callers),
+            broker: Arc::new(broker),
+        }));
         self.running = table;
         self.source.text = text;
         self.source.rule_files = rule_files;
@@ -159,7 +191,7 @@ impl<P: Ports> Reloader<P> {
                 |error| tracing::warn!(%error, "cannot listen for SIGHUP: the configuration reloads on change only"),
             )
             .ok();
-        let mut seen: Vec<Seen> = self.files().iter().map(|path| look(path)).collect();
+        let mut seen: Vec<Seen> = std::mem::take(&mut self.source.seen);
         loop {
             let hangup = async {
                 match hangups.as_mut() {
@@ -179,8 +211,11 @@ impl<P: Ports> Reloader<P> {
                     "a file changed"
                 }
             };
+            // Looked at before reading: a write that lands while the file is read is seen as a
+            // change at the next look, never lost.
+            let before = self.files().iter().map(|path| look(path)).collect();
             let outcome = self.reload();
-            seen = self.files().iter().map(|path| look(path)).collect();
+            seen = before;
             match outcome {
                 Reloaded::Unchanged => {
                     tracing::info!(why, "configuration read again: nothing to reload");
@@ -189,7 +224,7 @@ impl<P: Ports> Reloader<P> {
                 Reloaded::Applied { rules_digest } => {
                     tracing::info!(why, rules_digest, "configuration reloaded: new calls use it");
                     metrics().reloaded("applied");
-                    tokio::spawn(super::log_rules_loaded(self.current.get()));
+                    tokio::spawn(super::log_rules_loaded(super::in_use(&self.current)));
                 }
                 Reloaded::Refused(problems) => {
                     for problem in &problems {

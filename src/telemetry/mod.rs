@@ -232,10 +232,15 @@ pub fn init_with(format: LogFormat, var: &dyn Fn(&str) -> Option<String>) -> Res
     } else {
         logs.with_filter(filter()).boxed()
     };
+    // Only the broker's own spans, at info, whatever RUST_LOG says: they are the ones built to
+    // carry nothing secret (log events would otherwise become span events, with the messages
+    // AWS and Redis return; and the SDKs' debug spans would follow RUST_LOG=debug).
     let otel = traces.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("grant-broker"))
-            .with_filter(filter())
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.target().starts_with("grant_broker") && *meta.level() <= tracing::Level::INFO
+            }))
     });
     tracing_subscriber::registry()
         .with(logs)

@@ -247,10 +247,10 @@ async fn a_collector_receives_the_callers_trace_the_metrics_and_no_secret() {
     assert!(!credentials.access_key_id.is_empty());
 }
 
-/// Without telemetry configured nothing is exported, and a protocol this build cannot export is
-/// refused at start, by name.
+/// A protocol this build cannot export is refused at start, by name, rather than silently not
+/// exported (that nothing is exported without an endpoint is `telemetry`'s unit test).
 #[tokio::test]
-async fn telemetry_is_off_unless_configured_and_an_unknown_protocol_is_refused() {
+async fn an_otlp_protocol_this_build_cannot_export_is_refused_at_start() {
     let redis = RedisServer::start();
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -373,7 +373,7 @@ async fn past_its_limit_the_broker_sheds_calls_and_finishes_the_admitted_ones() 
 }
 
 /// A call whose deadline passes is DEADLINE_EXCEEDED (not tonic's CANCELLED), whether the caller
-/// set it or the method's cap is shorter; a stream is bounded by its caller alone.
+/// set it or the method's cap is shorter; the call itself is not cut, and records what it did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_that_passes_is_deadline_exceeded() {
     let redis = RedisServer::start();
@@ -397,7 +397,8 @@ async fn a_deadline_that_passes_is_deadline_exceeded() {
         "deadline (grpc-timeout) passed",
     );
 
-    // The grant the cut-short call recorded is there, approved; issuing it again meets the cap.
+    // The call was not cut: it goes on to its end, and records the issuance its caller no
+    // longer waited for, index entry and all (credentials minted are recorded, never returned).
     let grants = client
         .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
         .await
@@ -405,6 +406,34 @@ async fn a_deadline_that_passes_is_deadline_exceeded() {
         .into_inner()
         .grants;
     let grant = grants.iter().find(|grant| grant.request_id == "deadline-1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let issued = loop {
+        let now = client
+            .get_grant(authed(PORTAL_TOKEN, proto::GetGrantRequest { id: grant.id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(issuance) = now.issuances.first() {
+            break issuance.access_key_id.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cut-short call never recorded its issuance"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let found = client
+        .find_grant_by_access_key(authed(
+            PORTAL_TOKEN,
+            proto::FindGrantByAccessKeyRequest {
+                access_key_id: issued.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.grant.unwrap().id, grant.id);
+    // Issuing it again meets the method's cap.
     let capped = client
         .issue_credentials(authed(
             PORTAL_TOKEN,
@@ -489,8 +518,8 @@ async fn a_reload_applies_a_valid_rule_set_and_keeps_the_old_one_otherwise() {
         .into_inner();
     assert_eq!(outcome(&still), proto::GrantState::Denied as i32);
 
-    // A change only a restart applies (and a valid rule set beside it): refused whole.
-    std::fs::write(&rule_file, "// forbids nothing\n").unwrap();
+    // A change only a restart applies (and a valid rule set beside it, written after it, so that
+    // no look at the files between the two sees the rules alone): refused whole.
     let text = std::fs::read_to_string(broker.config.path()).unwrap();
     let moved = text.replacen(
         &format!("listen = \"127.0.0.1:{}\"", broker.port),
@@ -499,6 +528,7 @@ async fn a_reload_applies_a_valid_rule_set_and_keeps_the_old_one_otherwise() {
     );
     assert_ne!(text, moved);
     std::fs::write(broker.config.path(), moved).unwrap();
+    std::fs::write(&rule_file, "// forbids nothing\n").unwrap();
     broker.signal("HUP");
     let refused = broker
         .wait_for_log(
@@ -584,6 +614,17 @@ async fn sigterm_says_not_ready_first_and_lets_unary_calls_finish() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut client = broker.client().await;
+    let api = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", broker.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(api)
+        .watch(status(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
     let in_flight = tokio::spawn(async move {
         client
             .request_access(authed(PORTAL_TOKEN, read_logs_request("draining-1")))
@@ -607,9 +648,32 @@ async fn sigterm_says_not_ready_first_and_lets_unary_calls_finish() {
     );
     let finished = in_flight.await.unwrap().unwrap().into_inner();
     assert!(finished.credentials.is_some(), "the call in flight completed");
+    // A health Watch on the API port (a gRPC client's health checking) ended too: it would
+    // otherwise hold the shutdown for the whole drain timeout.
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watch ended within 5 s");
+    // NOT_SERVING (when the update is sent before the end), then the end.
+    let status = match ended {
+        Ok(Some(update)) => {
+            assert_eq!(update.status(), ServingStatus::NotServing);
+            tokio::time::timeout(Duration::from_secs(5), watch.message())
+                .await
+                .expect("the watch ended within 5 s")
+                .expect_err("the watch ends with a status")
+        }
+        Ok(None) => panic!("the watch ended without a status"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let exited = broker.wait_exit(Duration::from_secs(10));
     assert!(exited.success(), "{exited:?}");
-    assert!(signalled.elapsed() < Duration::from_secs(10));
+    // Well within the drain timeout (10 s): nothing held the shutdown once the call was done.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        signalled.elapsed()
+    );
 }
 
 /// The Redis password is read from the environment (a Secret), never written in the
@@ -618,6 +682,7 @@ async fn sigterm_says_not_ready_first_and_lets_unary_calls_finish() {
 #[tokio::test]
 async fn the_redis_password_comes_from_the_environment() {
     const PASSWORD: &str = "acl-password-from-a-secret-0123456789";
+    let logs = capture_logs();
     let redis = RedisServer::start_with(&["--user", "broker", "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"]);
     let sts = FakeSts::start(StsBehaviour::Succeed).await;
     let mut settings = Settings::new(redis.url(), sts.url.clone());
@@ -645,6 +710,9 @@ async fn the_redis_password_comes_from_the_environment() {
         .unwrap_err();
     assert_status(&refused, Code::Unavailable, "STORE_UNAVAILABLE", "");
     assert!(!refused.message().contains("not-the-password") && !refused.message().contains(PASSWORD));
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(!logged.is_empty(), "the test's log capture caught nothing");
+    assert!(!logged.contains(PASSWORD) && !logged.contains("not-the-password"));
 }
 
 /// An AWS call the SDK retried says so on its span: how many attempts, and the error code, which
@@ -702,4 +770,81 @@ async fn a_retried_aws_call_says_how_many_attempts_and_why_it_failed() {
             }))
     });
     assert!(measured, "{:?}", collector.metrics());
+}
+
+/// A caller that goes away before the answer leaves a line and a measurement (CANCELLED), and the
+/// call it started is not cut: it goes on and records its issuance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_is_logged_cancelled_and_its_call_still_completes() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Delay(Duration::from_millis(1_500))).await;
+    let broker = BrokerProcess::start(&Settings::new(redis.url(), sts.url.clone()), "", &[]);
+    let mut client = broker.client().await;
+    let mut request = authed(PORTAL_TOKEN, read_logs_request("gone-1"));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "gone-away-1".parse().unwrap());
+    let call = tokio::spawn(async move { client.request_access(request).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    call.abort();
+    let line = broker
+        .wait_for_log(&["call finished", "gone-away-1", "CANCELLED"], Duration::from_secs(5))
+        .await;
+    assert!(line.contains("grantbroker.v1.GrantBroker/RequestAccess"), "{line}");
+    let mut reader = broker.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let grants = reader
+            .list_grants(authed(PORTAL_TOKEN, proto::ListGrantsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        if grants
+            .iter()
+            .any(|grant| grant.request_id == "gone-1" && !grant.issuances.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call its caller left never finished: {grants:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A reload may not add a target the AWS clients made at start cannot reach: refused, naming it,
+/// and the set in use kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adding_a_target_in_a_region_without_a_client_is_refused() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let broker = BrokerProcess::start(
+        &Settings::new(redis.url(), sts.url.clone()),
+        "reload_check_secs = 1",
+        &[],
+    );
+    let text = std::fs::read_to_string(broker.config.path()).unwrap();
+    let added = format!(
+        "{text}\n[[targets]]\nid = \"mumbai-logs\"\nenvironment = \"staging\"\naccount_id = \"123456789012\"\nrole_arn = \"arn:aws:iam::123456789012:role/mumbai-logs\"\nregion = \"ap-south-1\"\nmax_duration_secs = 3600\n[[targets.ceiling]]\nactions = [\"s3:GetObject\"]\nresources = [\"arn:aws:s3:::mumbai-logs/*\"]\n"
+    );
+    std::fs::write(broker.config.path(), added).unwrap();
+    broker.signal("HUP");
+    let refused = broker
+        .wait_for_log(&["configuration not reloaded", "mumbai-logs"], Duration::from_secs(10))
+        .await;
+    assert!(
+        refused.contains("region ap-south-1") && refused.contains("restart"),
+        "{refused}"
+    );
+    let targets = broker
+        .client()
+        .await
+        .list_targets(authed(ADMIN_TOKEN, proto::ListTargetsRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .targets;
+    assert!(targets.iter().all(|target| target.id != "mumbai-logs"), "{targets:?}");
 }

@@ -462,15 +462,13 @@ impl Shared {
 
     /// One attempt at `record` for `webhook`, and its settlement, inside `span`.
     async fn deliver(&self, webhook: &Webhook, mut record: Record, id: &str, span: &tracing::Span) {
-        let result = self.post(webhook, &record).await;
+        let (answered, result) = self.post(webhook, &record).await;
         record.attempts = record.attempts.saturating_add(1);
-        match &result {
-            Ok(status) => {
-                span.record("http.response.status_code", status);
-            }
-            Err(_) => {
-                span.record("otel.status_code", "ERROR");
-            }
+        if let Some(status) = answered {
+            span.record("http.response.status_code", status);
+        }
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
         }
         let outcome = match result {
             Ok(status) => {
@@ -504,9 +502,24 @@ impl Shared {
         self.file(id, outcome, &record).await;
     }
 
-    /// One signed POST. Ok with the status when it is 2xx; redirects are not followed (a
-    /// receiver that moved must be reconfigured, not followed blindly with a signed body).
-    async fn post(&self, webhook: &Webhook, record: &Record) -> Result<u16, String> {
+    /// One signed POST: the HTTP status, when the receiver answered, and Ok with it when it is
+    /// 2xx; redirects are not followed (a receiver that moved must be reconfigured, not followed
+    /// blindly with a signed body).
+    async fn post(&self, webhook: &Webhook, record: &Record) -> (Option<u16>, Result<u16, String>) {
+        let sent = self.send(webhook, record).await;
+        match sent {
+            Ok(status) if (200..300).contains(&status) => (Some(status), Ok(status)),
+            Ok(status) => {
+                let named =
+                    hyper::StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |code| code.to_string());
+                (Some(status), Err(format!("HTTP {named}")))
+            }
+            Err(error) => (None, Err(error)),
+        }
+    }
+
+    /// The POST itself: the status of the answer, whatever it is.
+    async fn send(&self, webhook: &Webhook, record: &Record) -> Result<u16, String> {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp();
         let signature = signing::signature(webhook.secret.expose().as_bytes(), timestamp, record.body.as_bytes())
             .map_err(|error| error.to_string())?;
@@ -525,8 +538,7 @@ impl Shared {
         match tokio::time::timeout(webhook.timeout, self.http.request(request)).await {
             Err(_) => Err(format!("no answer within {} ms", webhook.timeout.as_millis())),
             Ok(Err(error)) => Err(describe(&error)),
-            Ok(Ok(response)) if response.status().is_success() => Ok(response.status().as_u16()),
-            Ok(Ok(response)) => Err(format!("HTTP {}", response.status())),
+            Ok(Ok(response)) => Ok(response.status().as_u16()),
         }
     }
 

@@ -1,12 +1,19 @@
-//! Deadlines: a call ends when its caller's deadline (`grpc-timeout`) passes, and a unary call
-//! also when its method's cap does (`server.call_timeout_ms`, `server.call_timeouts`), whichever
-//! comes first, answered DEADLINE_EXCEEDED. A stream is bounded by its caller's deadline alone.
+//! Deadlines: a call is answered DEADLINE_EXCEEDED when its caller's deadline (`grpc-timeout`)
+//! passes, and a unary call also when its method's cap does (`server.call_timeout_ms`,
+//! `server.call_timeouts`), whichever comes first. A stream is bounded here only until its
+//! first answer (its response headers); after that its caller's own deadline ends it.
 //!
 //! tonic's own timer on `grpc-timeout` (around every layer, not configurable away) answers
 //! CANCELLED: this layer answers [`MARGIN`] before the caller's deadline, so the caller sees the
-//! code gRPC defines for it. A call cut short stops where it is: what it already wrote stays
-//! (every write is one atomic step), and credentials it had not yet returned are dropped (they
-//! are returned only after their issuance is recorded).
+//! code gRPC defines for it.
+//!
+//! INVARIANT (a call is never cut between its writes): the call runs on a task of its own, to its
+//! end, whether its answer is still wanted or not (past its deadline, or its caller gone). A
+//! grant's change is one atomic step, but what follows it (the audit log reference, the access key
+//! index, the notification) is not; a call dropped between them would leave gaps that no repair
+//! knows of. Credentials a call minted after its caller stopped waiting are recorded, and never
+//! returned. The layers inside this one (the bound on calls in flight) hold their place until the
+//! task ends.
 
 use std::{
     task::{Context, Poll},
@@ -16,7 +23,9 @@ use std::{
 use tonic::codegen::{BoxFuture, Service, http};
 
 use super::{CallSettings, Methods, answer};
-use crate::grpc::status::deadline_exceeded;
+use tracing::Instrument as _;
+
+use crate::grpc::status::{call_lost, deadline_exceeded};
 
 /// How long before the caller's deadline the call is answered.
 pub const MARGIN: Duration = Duration::from_millis(20);
@@ -89,6 +98,7 @@ impl<S, B> Service<http::Request<B>> for Deadline<S>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -120,25 +130,39 @@ where
             (Some(caller), _) => Some(caller),
             (None, cap) => cap,
         };
-        let call = self.inner.call(request);
-        let Some(limit) = limit else {
-            return Box::pin(call);
-        };
-        let after = match limit {
-            Limit::Caller(after) | Limit::Cap(_, after) => after,
-        };
+        // Inside the call's span (the task would otherwise start outside it).
+        let task = tokio::spawn(self.inner.call(request).in_current_span());
         Box::pin(async move {
-            match tokio::time::timeout(after, call).await {
-                Ok(response) => response,
-                Err(_) => Ok(answer(deadline_exceeded(&match limit {
-                    Limit::Caller(_) => "the call's deadline (grpc-timeout) passed before it finished".to_owned(),
-                    Limit::Cap(method, cap) => format!(
-                        "{method} may take at most {} ms here (server.call_timeout_ms, server.call_timeouts), and had not finished",
-                        cap.as_millis()
-                    ),
-                }))),
-            }
+            let finished = match limit {
+                None => task.await,
+                Some(limit) => {
+                    let after = match limit {
+                        Limit::Caller(after) | Limit::Cap(_, after) => after,
+                    };
+                    match tokio::time::timeout(after, task).await {
+                        Ok(finished) => finished,
+                        // The task goes on to its end; only its answer is dropped.
+                        Err(_) => return Ok(answer(deadline_exceeded(&limit.why()))),
+                    }
+                }
+            };
+            finished.unwrap_or_else(|lost| {
+                tracing::error!(error = %lost, "a call's task ended without an answer");
+                Ok(answer(call_lost()))
+            })
         })
+    }
+}
+
+impl Limit {
+    fn why(self) -> String {
+        match self {
+            Self::Caller(_) => "the call's deadline (grpc-timeout) passed before it finished".to_owned(),
+            Self::Cap(method, cap) => format!(
+                "{method} may take at most {} ms here (server.call_timeout_ms, server.call_timeouts), and had not finished",
+                cap.as_millis()
+            ),
+        }
     }
 }
 

@@ -25,8 +25,13 @@ pub struct Methods {
 }
 
 impl Methods {
-    /// The methods of the services the API port serves.
+    /// The methods of the services the API port serves (read once per process).
     pub fn served() -> Self {
+        static SERVED: std::sync::OnceLock<Methods> = std::sync::OnceLock::new();
+        SERVED.get_or_init(Self::read).clone()
+    }
+
+    fn read() -> Self {
         let sets = [
             proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -45,8 +50,9 @@ impl Methods {
                 for method in service.methods() {
                     let name = format!("{}/{}", service.full_name(), method.name());
                     let path = format!("/{name}");
-                    // Leaked once per method at start (a few dozen short strings), so every call
-                    // names its method without allocating.
+                    // Leaked once per method per process (`served` reads the descriptors once): a
+                    // few dozen short strings, so that every call names its method without
+                    // allocating.
                     let short: &'static str = method.name().to_owned().leak();
                     let name: &'static str = name.leak();
                     by_path.insert(

@@ -4,10 +4,14 @@
 //! 1. [`observe`]: the request id (`x-request-id`, accepted or made, returned on the response),
 //!    the W3C trace context of the caller, one server span per call, one log line at info when
 //!    it ends, and the `rpc.server.call.duration` metric: everything below is inside the span;
-//! 2. [`shed`]: a limit on the calls in flight, past which calls are answered UNAVAILABLE with
-//!    RetryInfo at once (never queued);
+//! 2. [`drain`]: streams other than GrantBroker's own end with UNAVAILABLE when the server
+//!    starts shutting down;
 //! 3. [`deadline`]: the caller's `grpc-timeout`, capped per method, answered DEADLINE_EXCEEDED;
-//! 4. then, for GrantBroker alone, authentication ([`super::auth::RequireAuthentication`]), on
+//!    the call itself runs to its end on a task of its own, so that no deadline or departed
+//!    caller cuts it between its writes;
+//! 4. [`shed`]: a limit on the calls in flight (held until the call's task ends), past which
+//!    calls are answered UNAVAILABLE with RetryInfo at once (never queued);
+//! 5. then, for GrantBroker alone, authentication ([`super::auth::RequireAuthentication`]), on
 //!    the headers before the message is decoded.
 //!
 //! Authorization (which caller may make which call, and act on which grant) is the broker's
@@ -15,6 +19,7 @@
 //! the grant is read, and the use cases must refuse whatever transport calls them.
 
 pub mod deadline;
+pub mod drain;
 mod methods;
 pub mod observe;
 pub mod shed;
@@ -48,14 +53,19 @@ impl Default for CallSettings {
 }
 
 /// The layers, in order, for `tonic::transport::Server::layer`.
-pub type ServerLayers = Stack<deadline::DeadlineLayer, Stack<shed::ShedLayer, Stack<observe::ObserveLayer, Identity>>>;
+pub type ServerLayers = Stack<
+    shed::ShedLayer,
+    Stack<deadline::DeadlineLayer, Stack<drain::DrainLayer, Stack<observe::ObserveLayer, Identity>>>,
+>;
 
-pub fn server_layers(settings: &CallSettings) -> ServerLayers {
+/// The stack; `draining` turns true when the server starts shutting down.
+pub fn server_layers(settings: &CallSettings, draining: tokio::sync::watch::Receiver<bool>) -> ServerLayers {
     let methods = Methods::served();
     tower::ServiceBuilder::new()
         .layer(observe::ObserveLayer::new(methods.clone()))
-        .layer(shed::ShedLayer::new(settings.max_concurrent_calls))
+        .layer(drain::DrainLayer::new(methods.clone(), draining))
         .layer(deadline::DeadlineLayer::new(methods, settings))
+        .layer(shed::ShedLayer::new(settings.max_concurrent_calls))
         .into_inner()
 }
 

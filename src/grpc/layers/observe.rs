@@ -8,8 +8,9 @@
 //!   `rpc.response.status_code`); its trace id is a field too, so logs and traces join up.
 //! - The call ends when its status is known: at once for an answer without a body
 //!   (trailers-only, as errors are), else at the body's trailers, or when the body is dropped
-//!   unfinished (the caller went away: CANCELLED). Then one line at info (method, caller, status,
-//!   duration) and `rpc.server.call.duration`.
+//!   unfinished, or the call before its answer (the caller went away: CANCELLED). Then one line
+//!   at info (method, caller, status, duration; at debug for health checks) and
+//!   `rpc.server.call.duration`.
 
 use std::{
     pin::Pin,
@@ -132,14 +133,27 @@ impl Call {
         let caller = self.caller.as_deref().unwrap_or("-");
         // In the span, so that the line carries its fields (request id, trace id) like every
         // other line of the call.
+        // Health checks at debug: a load balancer's probes every few seconds would drown the rest.
+        let probe = self.method.starts_with("grpc.health.v1.Health/");
         self.span.in_scope(|| {
-            tracing::info!(
-                method = self.method,
-                caller,
-                status = name,
-                duration_ms = took.as_secs_f64() * 1_000.0,
-                "call finished"
-            );
+            let duration_ms = took.as_secs_f64() * 1_000.0;
+            if probe {
+                tracing::debug!(
+                    method = self.method,
+                    caller,
+                    status = name,
+                    duration_ms,
+                    "call finished"
+                );
+            } else {
+                tracing::info!(
+                    method = self.method,
+                    caller,
+                    status = name,
+                    duration_ms,
+                    "call finished"
+                );
+            }
         });
         metrics().rpc_finished(self.method, name, took);
     }
@@ -202,25 +216,39 @@ where
         }
         let header = http::HeaderValue::from_str(&id.0).ok();
         request.extensions_mut().insert(id);
-        let call = self.inner.call(request).instrument(span.clone());
+        // The inner layers start inside the span too (the deadline layer's task takes it along).
+        let answer = span.in_scope(|| self.inner.call(request)).instrument(span.clone());
+        // Until the answer's headers: a call dropped before them (its caller went away) ends
+        // CANCELLED, logged and measured like any other.
+        let mut unanswered = Unanswered(Some(Call {
+            span,
+            method,
+            caller: None,
+            started,
+        }));
         Box::pin(async move {
-            let mut response = call.await?;
+            let answered = answer.await;
+            let Some(mut call) = unanswered.0.take() else {
+                return answered;
+            };
+            let mut response = match answered {
+                Ok(response) => response,
+                Err(error) => {
+                    // tonic answers the error itself (as UNKNOWN unless it is a status).
+                    call.finish(tonic::Code::Unknown);
+                    return Err(error);
+                }
+            };
             if let Some(header) = header {
                 response.headers_mut().insert(REQUEST_ID_HEADER, header);
             }
-            let caller = response
+            call.caller = response
                 .extensions()
                 .get::<AuthenticatedAs>()
                 .map(|caller| Arc::clone(&caller.0));
-            if let Some(caller) = &caller {
-                span.record("caller", &**caller);
+            if let Some(caller) = &call.caller {
+                call.span.record("caller", &**caller);
             }
-            let call = Call {
-                span,
-                method,
-                caller,
-                started,
-            };
             match status_in(response.headers()) {
                 Some(code) => {
                     call.finish(code);
@@ -229,6 +257,17 @@ where
                 None => Ok(response.map(|body| tonic::body::Body::new(Observed { body, call: Some(call) }))),
             }
         })
+    }
+}
+
+/// A call whose answer has not come yet: finished CANCELLED when dropped so.
+struct Unanswered(Option<Call>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            call.finish(tonic::Code::Cancelled);
+        }
     }
 }
 

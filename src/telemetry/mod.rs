@@ -82,6 +82,17 @@ fn wanted(var: &dyn Fn(&str) -> Option<String>) -> Result<Wanted, String> {
         if !(general_endpoint || var(endpoint).is_some()) {
             return Ok(false);
         }
+        let compression = format!("{}_COMPRESSION", endpoint.trim_end_matches("_ENDPOINT"));
+        for name in [compression.as_str(), "OTEL_EXPORTER_OTLP_COMPRESSION"] {
+            match var(name).as_deref() {
+                None | Some("none") => {}
+                Some(other) => {
+                    return Err(format!(
+                        "{name}={other}: this build exports uncompressed only (none, or leave it unset)"
+                    ));
+                }
+            }
+        }
         for name in [protocol, "OTEL_EXPORTER_OTLP_PROTOCOL"] {
             match var(name).as_deref() {
                 None | Some("grpc") => {}
@@ -399,6 +410,11 @@ mod tests {
         let refused = from(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap_err();
         assert!(
             refused.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf: this build exports OTLP over gRPC only"),
+            "{refused}"
+        );
+        let refused = from(&[endpoint, ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "gzip")]).unwrap_err();
+        assert!(
+            refused.starts_with("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION=gzip: this build exports uncompressed only"),
             "{refused}"
         );
         let refused = from(&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")]).unwrap_err();

@@ -87,6 +87,7 @@ async fn a_collector_receives_the_callers_trace_the_metrics_and_no_secret() {
     let rpc = &logged["spans"][0];
     assert_eq!(rpc["request_id"], "portal-req-17", "{line}");
     assert_eq!(rpc["trace_id"], TRACE_ID, "{line}");
+    let logged_span = rpc["span_id"].as_str().unwrap().to_owned();
 
     let spans = collector.spans();
     let server = spans
@@ -101,6 +102,8 @@ async fn a_collector_receives_the_callers_trace_the_metrics_and_no_secret() {
     let server = server.1;
     assert_eq!(hex(&server.trace_id), TRACE_ID);
     assert_eq!(hex(&server.parent_span_id), PARENT_SPAN_ID);
+    // The log line names the very span exported.
+    assert_eq!(hex(&server.span_id), logged_span);
     // SPAN_KIND_SERVER
     assert_eq!(server.kind, 2);
     assert_eq!(attribute(server, "rpc.system.name").as_deref(), Some("grpc"));

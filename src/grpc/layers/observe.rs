@@ -5,7 +5,8 @@
 //!   a field of the span, so every log line of the call carries it.
 //! - The span continues the caller's trace when its metadata carries a W3C `traceparent`, and
 //!   is named and attributed by the gRPC semantic conventions (`rpc.system.name`, `rpc.method`,
-//!   `rpc.response.status_code`); its trace id is a field too, so logs and traces join up.
+//!   `rpc.response.status_code`); its trace id and (when traces are exported) its span id are
+//!   fields too, so logs and traces join up.
 //! - The call ends when its status is known: at once for an answer without a body
 //!   (trailers-only, as errors are), else at the body's trailers, or when the body is dropped
 //!   unfinished, or the call before its answer (the caller went away: CANCELLED). Then one line
@@ -200,19 +201,24 @@ where
             rpc.response.status_code = tracing::field::Empty,
             request_id = &*id.0,
             trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             caller = tracing::field::Empty,
         );
         let parent_trace = parent.span().span_context().trace_id();
         // Only fails when the span is disabled (then nothing is exported either).
         let _ = span.set_parent(parent);
-        let trace_id = span.context().span().span_context().trace_id();
-        let trace_id = if trace_id == opentelemetry::trace::TraceId::INVALID {
+        let exported = span.context().span().span_context().clone();
+        // The trace the call is part of (the caller's, when telemetry is off and only it knows).
+        let trace_id = if exported.trace_id() == opentelemetry::trace::TraceId::INVALID {
             parent_trace
         } else {
-            trace_id
+            exported.trace_id()
         };
         if trace_id != opentelemetry::trace::TraceId::INVALID {
             span.record("trace_id", tracing::field::display(trace_id));
+        }
+        if exported.span_id() != opentelemetry::trace::SpanId::INVALID {
+            span.record("span_id", tracing::field::display(exported.span_id()));
         }
         let header = http::HeaderValue::from_str(&id.0).ok();
         request.extensions_mut().insert(id);

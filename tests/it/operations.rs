@@ -851,3 +851,40 @@ async fn a_reload_adding_a_target_in_a_region_without_a_client_is_refused() {
         .targets;
     assert!(targets.iter().all(|target| target.id != "mumbai-logs"), "{targets:?}");
 }
+
+/// A collector that is not there slows and fails nothing: calls answer as fast as without one, and
+/// the exit's last export gives up within its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_slows_and_fails_nothing() {
+    let redis = RedisServer::start();
+    let sts = FakeSts::start(StsBehaviour::Succeed).await;
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let mut broker = BrokerProcess::start(
+        &Settings::new(redis.url(), sts.url.clone()),
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", nobody.as_str()),
+            // Export often, so that the calls meet the failing exports.
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ],
+    );
+    let mut client = broker.client().await;
+    let started = Instant::now();
+    for n in 0..50 {
+        let granted = client
+            .request_access(authed(PORTAL_TOKEN, read_logs_request(&format!("no-collector-{n}"))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(granted.credentials.is_some());
+    }
+    // 50 approved grants take well under a second here; a call that waited on an export would
+    // take its timeout (1 s) at least.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    broker.signal("TERM");
+    let stopped = Instant::now();
+    assert!(broker.wait_exit(Duration::from_secs(25)).success());
+    assert!(stopped.elapsed() < Duration::from_secs(15), "{:?}", stopped.elapsed());
+}

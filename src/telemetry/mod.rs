@@ -21,7 +21,9 @@ use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator, trace::SdkTracerProvider,
 };
-use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::FilterExt as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,15 +235,24 @@ pub fn init_with(format: LogFormat, var: &dyn Fn(&str) -> Option<String>) -> Res
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    // The log lines carry the spans that say which call or which background step they belong
+    // to; the per-step spans made for traces (each Redis step, AWS call, the rules' decision)
+    // would only lengthen every line, and formatting their fields for the logs costs as much as
+    // the step's own work.
+    let logged_spans = || {
+        tracing_subscriber::filter::filter_fn(|meta| {
+            !meta.is_span() || !matches!(meta.name(), "redis" | "aws" | "rules")
+        })
+    };
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if json {
         logs.json()
             .with_current_span(false)
             .with_span_list(true)
-            .with_filter(filter())
+            .with_filter(filter().and(logged_spans()))
             .boxed()
     } else {
-        logs.with_filter(filter()).boxed()
+        logs.with_filter(filter().and(logged_spans())).boxed()
     };
     // Only the broker's own spans, at info, whatever RUST_LOG says: they are the ones built to
     // carry nothing secret (log events would otherwise become span events, with the messages

@@ -229,7 +229,7 @@ impl Drop for Broker {
 }
 
 /// The broker binary: this build's, or `GB_LOAD_BROKER` (another commit's, to compare in one run).
-fn start_broker(settings: &Settings, concurrency: usize) -> Broker {
+fn start_broker(settings: &Settings, concurrency: usize, env: &[(&str, &str)]) -> Broker {
     let port = free_port();
     let config = std::env::temp_dir().join(format!("gb-load-{}.toml", std::process::id()));
     // Above the default bound on calls in flight only when the load needs it (older builds do
@@ -256,12 +256,79 @@ fn start_broker(settings: &Settings, concurrency: usize) -> Broker {
             "RUST_LOG",
             std::env::var("GB_LOAD_LOG").unwrap_or_else(|_| "info".to_owned()),
         )
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
     wait_for_port(port, "grant-broker", &mut child);
     Broker { child, port }
+}
+
+/// Redis round trips per approved grant, as the broker itself counts them (each Redis step it takes
+/// is one `db.client.operation.duration` measurement, a pipeline or transaction once): a second
+/// broker exporting its metrics to a collector in this process, 300 grants one at a time. The
+/// background work of those seconds (health pings, sweeps) is in the count, a few steps in all.
+async fn round_trips(settings: &Settings) -> String {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    const GRANTS: usize = 300;
+    let (collector, endpoint) = Collector::start().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_EXPORTER", "none"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+    ];
+    let mut broker = start_broker(settings, 1, &env);
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", broker.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = proto::grant_broker_client::GrantBrokerClient::new(channel);
+    for n in 0..GRANTS {
+        let granted = client
+            .request_access(with_token(read_logs_request(&format!("load-trips-{n}"))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(granted.credentials.is_some());
+    }
+    // SIGTERM: the broker exports its metrics as it exits.
+    let _ = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status();
+    let _ = broker.child.wait();
+    let mut by_operation: BTreeMap<String, u64> = BTreeMap::new();
+    for metric in collector
+        .metrics()
+        .iter()
+        .filter(|metric| metric.name == "db.client.operation.duration")
+    {
+        let Some(Data::Histogram(histogram)) = &metric.data else {
+            continue;
+        };
+        for point in &histogram.data_points {
+            let operation = point
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "db.operation.name")
+                .map(|kv| value_text(kv.value.as_ref()))
+                .unwrap_or_default();
+            // Cumulative: the last export holds the totals.
+            by_operation.insert(operation, point.count);
+        }
+    }
+    let total: u64 = by_operation.values().sum();
+    let mut top: Vec<(String, u64)> = by_operation.into_iter().collect();
+    top.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    format!(
+        "Redis round trips per approved grant: {:.1} ({})",
+        total as f64 / GRANTS as f64,
+        top.iter()
+            .map(|(operation, count)| format!("{operation} {:.1}", *count as f64 / GRANTS as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 #[tokio::main]
@@ -278,7 +345,7 @@ async fn main() {
     settings.redis_timeout_ms = 5_000;
     settings.attempt_timeout_ms = 10_000;
     settings.operation_timeout_ms = 20_000;
-    let broker = start_broker(&settings, options.concurrency);
+    let broker = start_broker(&settings, options.concurrency, &[]);
     let url = format!("http://127.0.0.1:{}", broker.port);
     let mut channels = Vec::new();
     for _ in 0..options.connections {
@@ -379,8 +446,10 @@ async fn main() {
         .collect();
     per_grant.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = per_grant.iter().map(|(_, per)| per).sum();
+    drop(broker);
+    let trips = round_trips(&settings).await;
     println!(
-        "\nper approved grant ({grants:.0} grants): {total:.1} Redis commands ({}), Redis CPU {:.0} µs, broker CPU {:.0} µs; broker RSS {} MiB",
+        "\nper approved grant ({grants:.0} grants): {total:.1} Redis commands ({}), Redis CPU {:.0} µs, broker CPU {:.0} µs; broker RSS {} MiB\n{trips}",
         per_grant
             .iter()
             .map(|(name, per)| format!("{name} {per:.1}"))

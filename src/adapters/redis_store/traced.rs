@@ -78,6 +78,18 @@ const COMMANDS: &[&str] = &[
     "MGET",
     "INCR",
     "PEXPIRE",
+    "PEXPIREAT",
+    "HMGET",
+    "ZSCORE",
+    "ZREMRANGEBYSCORE",
+    "ZREMRANGEBYLEX",
+    "ZREVRANGE",
+    "LPUSH",
+    "LTRIM",
+    "LLEN",
+    "LRANGE",
+    "TIME",
+    "CLIENT",
 ];
 
 /// What a command is named: its script's name for EVALSHA, else the command.

@@ -22,7 +22,7 @@ use std::{
 
 use tonic::codegen::{BoxFuture, Service, http};
 
-use super::{CallSettings, Methods, answer};
+use super::{CallSettings, answer, methods::Method};
 use tracing::Instrument as _;
 
 use crate::grpc::status::{call_lost, deadline_exceeded};
@@ -32,15 +32,13 @@ pub const MARGIN: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
-    methods: Methods,
     default_cap: Duration,
     caps: std::sync::Arc<std::collections::BTreeMap<String, Duration>>,
 }
 
 impl DeadlineLayer {
-    pub fn new(methods: Methods, settings: &CallSettings) -> Self {
+    pub fn new(settings: &CallSettings) -> Self {
         Self {
-            methods,
             default_cap: settings.call_timeout,
             caps: std::sync::Arc::new(settings.call_timeouts.clone()),
         }
@@ -111,10 +109,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let caller = caller_deadline(request.headers()).map(|asked| Limit::Caller(asked.saturating_sub(MARGIN)));
-        let cap = self
-            .layer
-            .methods
-            .get(request.uri().path())
+        let cap = request
+            .extensions()
+            .get::<Method>()
             .filter(|method| !method.streams)
             .map(|method| {
                 let cap = self

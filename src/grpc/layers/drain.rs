@@ -14,20 +14,19 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::watch;
 use tonic::codegen::{BoxFuture, Service, http};
 
-use super::Methods;
+use super::methods::Method;
 
 /// The streams that end themselves.
 const OWN_STREAMS: &str = "/grantbroker.v1.GrantBroker/";
 
 #[derive(Debug, Clone)]
 pub struct DrainLayer {
-    methods: Methods,
     draining: watch::Receiver<bool>,
 }
 
 impl DrainLayer {
-    pub fn new(methods: Methods, draining: watch::Receiver<bool>) -> Self {
-        Self { methods, draining }
+    pub fn new(draining: watch::Receiver<bool>) -> Self {
+        Self { draining }
     }
 }
 
@@ -63,9 +62,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let ends_here =
-            !path.starts_with(OWN_STREAMS) && self.layer.methods.get(path).is_some_and(|method| method.streams);
+        let ends_here = !request.uri().path().starts_with(OWN_STREAMS)
+            && request
+                .extensions()
+                .get::<Method>()
+                .is_some_and(|method| method.streams);
         let call = self.inner.call(request);
         if !ends_here {
             return Box::pin(call);

@@ -20,7 +20,7 @@
 
 pub mod deadline;
 pub mod drain;
-mod methods;
+pub mod methods;
 pub mod observe;
 pub mod shed;
 
@@ -62,9 +62,9 @@ pub type ServerLayers = Stack<
 pub fn server_layers(settings: &CallSettings, draining: tokio::sync::watch::Receiver<bool>) -> ServerLayers {
     let methods = Methods::served();
     tower::ServiceBuilder::new()
-        .layer(observe::ObserveLayer::new(methods.clone()))
-        .layer(drain::DrainLayer::new(methods.clone(), draining))
-        .layer(deadline::DeadlineLayer::new(methods, settings))
+        .layer(observe::ObserveLayer::new(methods))
+        .layer(drain::DrainLayer::new(draining))
+        .layer(deadline::DeadlineLayer::new(settings))
         .layer(shed::ShedLayer::new(settings.max_concurrent_calls))
         .into_inner()
 }

@@ -32,10 +32,6 @@ use crate::{grpc::status::code_name, telemetry::metrics::metrics};
 /// The metadata that carries the request id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The id of one call, in the request's extensions for whoever wants to name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub Arc<str>);
-
 /// The caller a call was authenticated as, in the response's extensions (set by the
 /// authentication step), for the call's log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +43,9 @@ const OTHER_METHOD: &str = "_OTHER";
 
 const MAX_REQUEST_ID_CHARS: usize = 128;
 
-/// The caller's request id when it is a plain token, else a new one.
-pub fn request_id(headers: &http::HeaderMap) -> RequestId {
+/// The call's request id (the `x-request-id` of logs and traces, not RequestAccess's
+/// idempotency `request_id`): the caller's when it is a plain token, else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> String {
     let offered = headers
         .get(REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
@@ -58,10 +55,10 @@ pub fn request_id(headers: &http::HeaderMap) -> RequestId {
                     .bytes()
                     .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b':' | b'-'))
         });
-    RequestId(match offered {
-        Some(offered) => Arc::from(offered),
-        None => Arc::from(uuid::Uuid::now_v7().to_string()),
-    })
+    match offered {
+        Some(offered) => offered.to_owned(),
+        None => uuid::Uuid::now_v7().to_string(),
+    }
 }
 
 /// Reads the W3C trace context from a call's metadata.
@@ -183,10 +180,12 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
-        let method = self
-            .methods
-            .get(request.uri().path())
-            .map_or(OTHER_METHOD, |method| method.name);
+        // Looked up once: the layers inside read it from the request's extensions.
+        let served = self.methods.get(request.uri().path()).copied();
+        let method = served.map_or(OTHER_METHOD, |method| method.name);
+        if let Some(served) = served {
+            request.extensions_mut().insert(served);
+        }
         let id = request_id(request.headers());
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&Metadata(request.headers()))
@@ -199,7 +198,7 @@ where
             rpc.system.name = "grpc",
             rpc.method = method,
             rpc.response.status_code = tracing::field::Empty,
-            request_id = &*id.0,
+            request_id = id.as_str(),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             caller = tracing::field::Empty,
@@ -220,8 +219,7 @@ where
         if exported.span_id() != opentelemetry::trace::SpanId::INVALID {
             span.record("span_id", tracing::field::display(exported.span_id()));
         }
-        let header = http::HeaderValue::from_str(&id.0).ok();
-        request.extensions_mut().insert(id);
+        let header = http::HeaderValue::from_str(&id).ok();
         // The inner layers start inside the span too (the deadline layer's task takes it along).
         let answer = span.in_scope(|| self.inner.call(request)).instrument(span.clone());
         // Until the answer's headers: a call dropped before them (its caller went away) ends
@@ -338,10 +336,10 @@ impl Drop for Observed {
 mod tests {
     use super::*;
 
-    fn offered(value: &str) -> Arc<str> {
+    fn offered(value: &str) -> String {
         let mut headers = http::HeaderMap::new();
         headers.insert(REQUEST_ID_HEADER, value.parse().unwrap());
-        request_id(&headers).0
+        request_id(&headers)
     }
 
     #[test]
@@ -361,11 +359,11 @@ mod tests {
             };
             let mut headers = http::HeaderMap::new();
             headers.insert(REQUEST_ID_HEADER, value);
-            let made = request_id(&headers).0;
+            let made = request_id(&headers);
             assert_ne!(&*made, unfit);
             assert!(uuid::Uuid::parse_str(&made).is_ok(), "{made}");
         }
-        let made = request_id(&http::HeaderMap::new()).0;
+        let made = request_id(&http::HeaderMap::new());
         assert_eq!(uuid::Uuid::parse_str(&made).unwrap().get_version_num(), 7);
     }
 }

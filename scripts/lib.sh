@@ -149,6 +149,38 @@ start_redis() { # port log
   wait_port "$1" redis-server
 }
 
+# A Redis Cluster of 3 primaries with a replica each, on free loopback ports, its files in $1;
+# sets REDIS_CLUSTER_NODES to its nodes' URLs, comma-separated.
+start_redis_cluster() { # dir
+  local dir="$1" port bus addresses=() urls=()
+  mkdir -p "$dir"
+  for _ in 1 2 3 4 5 6; do
+    port="$(free_port)"
+    bus="$(free_port)"
+    rm -f "$dir/nodes-$port.conf"
+    redis-server --port "$port" --cluster-port "$bus" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 1500 \
+      --save '' --appendonly no --dir "$dir" >"$dir/redis-$port.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port "$port" "redis-server (cluster node)"
+    addresses+=("127.0.0.1:$port")
+    urls+=("redis://127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${addresses[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+    || die "redis-cli --cluster create failed (see $dir/create.log)"
+  for address in "${addresses[@]}"; do
+    for _ in $(seq 1 300); do
+      if redis-cli -h 127.0.0.1 -p "${address#*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+        break
+      fi
+      sleep 0.1
+    done
+    redis-cli -h 127.0.0.1 -p "${address#*:}" cluster info | grep -q 'cluster_state:ok' \
+      || die "the Redis Cluster did not come up (see $dir)"
+  done
+  REDIS_CLUSTER_NODES="$(IFS=,; echo "${urls[*]}")"
+}
+
 start_moto() { # port log
   "$VENV/bin/moto_server" -H 127.0.0.1 -p "$1" >"$2" 2>&1 &
   PIDS+=("$!")

@@ -11,5 +11,5 @@ pub mod sts_issuer;
 pub mod webhooks;
 
 pub use iam_enforcer::{IamEnforcer, IamSettings};
-pub use redis_store::{RedisGrantStore, RedisSettings, RedisTls, redacted_url};
+pub use redis_store::{RedisGrantStore, RedisSettings, RedisTls, Topology, redacted_url};
 pub use sts_issuer::{StsIssuer, StsSettings};

@@ -38,7 +38,7 @@ use serde::Deserialize;
 
 use crate::{
     adapters::{
-        IamSettings, RedisSettings, RedisTls, StsSettings,
+        IamSettings, RedisSettings, RedisTls, StsSettings, Topology,
         webhooks::{self, DeliverySettings, Webhook},
     },
     broker::BrokerSettings,

@@ -5,7 +5,11 @@ use super::*;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRedis {
-    pub(super) url: String,
+    /// One server.
+    pub(super) url: Option<String>,
+    /// Or a cluster: some of its nodes, from which the rest are discovered.
+    #[serde(default)]
+    pub(super) cluster_nodes: Vec<String>,
     #[serde(default = "default_key_prefix")]
     pub(super) key_prefix: String,
     #[serde(default = "default_connect_timeout_ms")]
@@ -74,8 +78,13 @@ pub(super) fn read_pem(key: &str, path: &Path, base: &Path, problems: &mut Vec<P
     }
 }
 
-pub(super) fn validate_redis_tls(raw: &RawRedis, base: &Path, problems: &mut Vec<Problem>) -> Option<RedisTls> {
-    let tls = raw.url.starts_with("rediss://");
+pub(super) fn validate_redis_tls(
+    raw: &RawRedis,
+    topology: &Topology,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<RedisTls> {
+    let tls = topology.tls();
     let files = [
         ("redis.tls_ca_file", &raw.tls_ca_file),
         ("redis.tls_client_cert_file", &raw.tls_client_cert_file),
@@ -84,7 +93,10 @@ pub(super) fn validate_redis_tls(raw: &RawRedis, base: &Path, problems: &mut Vec
     if !tls {
         for (key, file) in files {
             if file.is_some() {
-                problems.push(Problem::new(key, "only for TLS: redis.url must start with rediss://"));
+                problems.push(Problem::new(
+                    key,
+                    "only for TLS: redis.url (or redis.cluster_nodes) must start with rediss://",
+                ));
             }
         }
         return None;
@@ -109,6 +121,56 @@ pub(super) fn validate_redis_tls(raw: &RawRedis, base: &Path, problems: &mut Vec
     Some(RedisTls { ca_pem, client })
 }
 
+/// Where Redis is: `redis.url` (one server) or `redis.cluster_nodes`, exactly one.
+fn validate_topology(raw: &RawRedis, problems: &mut Vec<Problem>) -> Topology {
+    match (&raw.url, raw.cluster_nodes.as_slice()) {
+        (Some(url), []) => {
+            if !["redis://", "rediss://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                problems.push(Problem::new(
+                    "redis.url",
+                    "must start with redis://, rediss:// (TLS) or redis+unix://",
+                ));
+            }
+            Topology::Server(url.clone())
+        }
+        (None, []) => {
+            problems.push(Problem::new(
+                "redis.url",
+                "required: the Redis server's URL (or redis.cluster_nodes, for a Redis Cluster)",
+            ));
+            Topology::Server(String::new())
+        }
+        (Some(_), [_, ..]) => {
+            problems.push(Problem::new(
+                "redis.cluster_nodes",
+                "set redis.url (one server) or redis.cluster_nodes (a cluster), not both",
+            ));
+            Topology::Cluster(raw.cluster_nodes.clone())
+        }
+        (None, nodes) => {
+            for (at, node) in nodes.iter().enumerate() {
+                if !["redis://", "rediss://"].iter().any(|scheme| node.starts_with(scheme)) {
+                    problems.push(Problem::new(
+                        format!("redis.cluster_nodes[{at}]"),
+                        "must start with redis:// or rediss:// (TLS): cluster nodes are reached over TCP",
+                    ));
+                }
+            }
+            let tls = nodes.iter().filter(|node| node.starts_with("rediss://")).count();
+            if tls != 0 && tls != nodes.len() {
+                problems.push(Problem::new(
+                    "redis.cluster_nodes",
+                    "every node must use the same scheme: all rediss:// (TLS) or all redis://",
+                ));
+            }
+            Topology::Cluster(nodes.to_vec())
+        }
+    }
+}
+
 /// Whether a `redis://user:password@host` URL carries a password.
 fn url_has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
@@ -131,16 +193,8 @@ pub(super) fn validate_redis(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) -> Option<RedisSettings> {
-    if !["redis://", "rediss://", "redis+unix://"]
-        .iter()
-        .any(|scheme| raw.url.starts_with(scheme))
-    {
-        problems.push(Problem::new(
-            "redis.url",
-            "must start with redis://, rediss:// (TLS) or redis+unix://",
-        ));
-    }
-    let tls = validate_redis_tls(&raw, base, problems);
+    let topology = validate_topology(&raw, problems);
+    let tls = validate_redis_tls(&raw, &topology, base, problems);
     if raw.key_prefix.is_empty() || raw.key_prefix.contains(['{', '}', ' ']) {
         problems.push(Problem::new(
             "redis.key_prefix",
@@ -185,7 +239,13 @@ pub(super) fn validate_redis(
             }
         }
     });
-    if raw.password.is_some() && url_has_password(&raw.url) {
+    if raw.password.is_some()
+        && raw
+            .url
+            .iter()
+            .chain(&raw.cluster_nodes)
+            .any(|url| url_has_password(url))
+    {
         problems.push(Problem::new(
             "redis.password",
             "the URL carries a password too: keep it in one place (here, not in redis.url)",
@@ -205,7 +265,7 @@ pub(super) fn validate_redis(
     Some(RedisSettings {
         username: raw.username,
         password,
-        url: raw.url,
+        topology,
         key_prefix: raw.key_prefix,
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
         response_timeout: Duration::from_millis(raw.response_timeout_ms),

@@ -176,6 +176,57 @@ fn the_redis_password_comes_from_the_environment_or_a_file_never_the_url_as_well
 }
 
 #[test]
+fn redis_is_one_server_or_a_cluster_never_both_nor_neither() {
+    let dir = config_dir();
+    let with = |redis: &str| {
+        Config::parse_with_env(
+            &GOOD.replace("url = \"redis://127.0.0.1:6379\"", redis),
+            dir.path(),
+            &|_| None,
+        )
+    };
+    let problems = |redis: &str| {
+        with(redis)
+            .unwrap_err()
+            .into_iter()
+            .map(|problem| problem.to_string())
+            .collect::<Vec<_>>()
+    };
+    let config = with("cluster_nodes = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]").unwrap();
+    assert_eq!(
+        config.redis.topology,
+        Topology::Cluster(vec![
+            "redis://10.0.0.1:6379".to_owned(),
+            "redis://10.0.0.2:6379".to_owned()
+        ])
+    );
+    assert_eq!(
+        with("url = \"redis://10.0.0.1:6379\"").unwrap().redis.topology,
+        Topology::Server("redis://10.0.0.1:6379".to_owned())
+    );
+    assert_eq!(
+        problems("url = \"redis://a:6379\"\ncluster_nodes = [\"redis://b:6379\"]"),
+        ["redis.cluster_nodes: set redis.url (one server) or redis.cluster_nodes (a cluster), not both"]
+    );
+    assert_eq!(
+        problems("key_prefix = \"gb\""),
+        ["redis.url: required: the Redis server's URL (or redis.cluster_nodes, for a Redis Cluster)"]
+    );
+    assert_eq!(
+        problems("cluster_nodes = [\"redis+unix:///tmp/redis.sock\", \"rediss://b:6380\"]"),
+        [
+            "redis.cluster_nodes[0]: must start with redis:// or rediss:// (TLS): cluster nodes are reached over TCP",
+            "redis.cluster_nodes: every node must use the same scheme: all rediss:// (TLS) or all redis://",
+        ]
+    );
+    // TLS files go with a cluster of rediss:// nodes as with one server.
+    assert_eq!(
+        problems("cluster_nodes = [\"redis://a:6379\"]\ntls_ca_file = \"ca.pem\""),
+        ["redis.tls_ca_file: only for TLS: redis.url (or redis.cluster_nodes) must start with rediss://"]
+    );
+}
+
+#[test]
 fn the_issuance_cap_defaults_to_ten_and_is_bounded() {
     assert_eq!(with_rules(GOOD).unwrap().broker.max_issuances_per_grant, 10);
     let problems = with_rules(&GOOD.replace("[rules]", "[grants]\nmax_issuances_per_grant = 0\n[rules]")).unwrap_err();

@@ -72,7 +72,7 @@ pub async fn build(config: Config) -> Result<(ProductionBroker, Authenticator, O
     let deliveries = if config.webhooks.is_empty() {
         None
     } else {
-        let worker = DeliveryWorker::new(store.redis_client(), &config.redis, config.webhooks, config.delivery)
+        let worker = DeliveryWorker::new(&store.endpoint(), &config.redis, config.webhooks, config.delivery)
             .map_err(ServeError::Webhooks)?;
         Some(worker)
     };

@@ -310,6 +310,16 @@ macro_rules! contract {
                 }
             )*
         }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let cluster = crate::common::RedisCluster::shared().await;
+                    let prefix = crate::common::unique_prefix();
+                    super::$check(&crate::common::cluster_store(&cluster, &prefix)).await;
+                }
+            )*
+        }
     };
 }
 

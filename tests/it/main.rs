@@ -8,6 +8,7 @@ mod common;
 mod approval;
 mod audit;
 mod authorization;
+mod cluster;
 #[cfg(feature = "test-support")]
 mod contract;
 mod extension;

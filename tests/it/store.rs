@@ -133,7 +133,7 @@ async fn the_caller_index_forgets_grants_older_than_the_retention() {
 
 fn settings(redis: &RedisServer) -> RedisSettings {
     RedisSettings {
-        url: redis.url(),
+        topology: grant_broker::adapters::Topology::Server(redis.url()),
         username: None,
         password: None,
         key_prefix: "gb".into(),

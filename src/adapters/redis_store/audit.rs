@@ -215,7 +215,7 @@ impl RedisGrantStore {
     async fn blocking_connection(
         &self,
         wait: std::time::Duration,
-    ) -> Result<(std::time::Duration, redis::aio::MultiplexedConnection), StoreError> {
+    ) -> Result<(std::time::Duration, super::connection::Connection), StoreError> {
         let kept = self.blocking.lock().ok().and_then(|mut idle| {
             let at = idle.iter().position(|(made_for, _)| *made_for >= wait)?;
             Some(idle.swap_remove(at))
@@ -223,20 +223,17 @@ impl RedisGrantStore {
         if let Some(connection) = kept {
             return Ok(connection);
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(wait + self.connect_timeout));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(unavailable)?;
+        let timeouts = super::connection::Timeouts {
+            connect: self.connect_timeout,
+            response: wait + self.connect_timeout,
+        };
+        let connection = self.endpoint.dedicated(timeouts).await.map_err(unavailable)?;
         Ok((wait, connection))
     }
 
     /// Keeps a connection whose blocking read answered, for the next one (at most
     /// [`KEPT_BLOCKING_CONNECTIONS`]; one that failed is dropped instead).
-    fn return_blocking_connection(&self, connection: (std::time::Duration, redis::aio::MultiplexedConnection)) {
+    fn return_blocking_connection(&self, connection: (std::time::Duration, super::connection::Connection)) {
         if let Ok(mut idle) = self.blocking.lock()
             && idle.len() < KEPT_BLOCKING_CONNECTIONS
         {

@@ -25,6 +25,7 @@
 //! `WAIT` on a connection of their own, so a failover cannot lose what the credentials depend on.
 
 mod audit;
+pub mod connection;
 mod enforcement;
 mod index;
 pub mod ledger;
@@ -49,10 +50,7 @@ pub(crate) mod reply;
 
 use std::time::Duration;
 
-use redis::{
-    AsyncCommands, Client, ClientTlsConfig, Script, TlsCertificates, Value, aio::ConnectionManager,
-    aio::ConnectionManagerConfig,
-};
+use redis::{AsyncCommands, Script, Value};
 use time::OffsetDateTime;
 
 use crate::{
@@ -69,7 +67,8 @@ use crate::{
 
 #[derive(Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    /// One server, or a cluster's seed nodes.
+    pub topology: Topology,
     /// The ACL user, where the URL does not name it.
     pub username: Option<String>,
     /// The password, kept out of the URL (and so out of the configuration file).
@@ -91,19 +90,39 @@ pub struct RedisSettings {
     pub checkpoint_interval: Duration,
 }
 
-/// Where and as whom to connect: the URL, with the configured user and password (which never
-/// pass through a URL string, so no error or log can quote them).
-fn connection_info(settings: &RedisSettings) -> redis::RedisResult<redis::ConnectionInfo> {
-    use redis::IntoConnectionInfo as _;
-    let info = settings.url.as_str().into_connection_info()?;
-    let mut redis = info.redis_settings().clone();
-    if let Some(username) = &settings.username {
-        redis = redis.set_username(username);
+/// Where Redis is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (with its replicas, if any, behind it): its URL.
+    Server(String),
+    /// A Redis Cluster (or a managed one: ElastiCache, MemoryDB with cluster mode): the URLs of
+    /// some of its nodes, from which the rest are discovered.
+    Cluster(Vec<String>),
+}
+
+impl Topology {
+    /// The URLs, for messages: passwords and queries redacted.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Server(url) => redacted_url(url),
+            Self::Cluster(seeds) => format!(
+                "cluster {}",
+                seeds
+                    .iter()
+                    .map(|seed| redacted_url(seed))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
-    if let Some(password) = &settings.password {
-        redis = redis.set_password(password.expose());
+
+    /// Whether Redis is reached over TLS.
+    pub fn tls(&self) -> bool {
+        match self {
+            Self::Server(url) => url.starts_with("rediss://"),
+            Self::Cluster(seeds) => seeds.iter().any(|seed| seed.starts_with("rediss://")),
+        }
     }
-    Ok(info.set_redis_settings(redis))
 }
 
 /// How to verify the Redis server, and how to prove the broker to it (mutual TLS).
@@ -118,7 +137,7 @@ pub struct RedisTls {
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
-            .field("url", &redacted_url(&self.url))
+            .field("topology", &self.topology.redacted())
             .field("username", &self.username)
             // Secret's own Debug is redacted; say only whether there is one.
             .field("password", &self.password.is_some())
@@ -227,8 +246,9 @@ pub struct Gauges {
 
 pub struct RedisGrantStore {
     connection: Traced,
-    /// For the subscriptions of watchers, one connection each.
-    client: Client,
+    /// Where Redis is: for the connections of their own that subscriptions and blocking reads
+    /// need.
+    endpoint: connection::Endpoint,
     connect_timeout: Duration,
     /// With `min_replicas`, conditional appends go over their own connection, pipelined with
     /// `WAIT`: WAIT blocks its connection on the server, and must follow the write on the same
@@ -244,7 +264,7 @@ pub struct RedisGrantStore {
     repairs: repair::Repairs,
     /// Idle connections for followers' blocking reads of the audit log, each with the longest
     /// wait it was made for ([`audit`]).
-    blocking: std::sync::Mutex<Vec<(Duration, redis::aio::MultiplexedConnection)>>,
+    blocking: std::sync::Mutex<Vec<(Duration, connection::Connection)>>,
     enforcement_scripts: enforcement::EnforcementScripts,
     keys: seal::IntegrityKeys,
     /// The records this broker last verified or wrote ([`revisions`]).
@@ -358,47 +378,17 @@ impl RedisGrantStore {
     /// Connects lazily: the service starts (and reports NOT_SERVING) while Redis is down, and
     /// every command is bounded by the connect and response timeouts.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let info = connection_info(settings).map_err(|error| {
-            StoreError::Unavailable(format!(
-                "cannot use `{}`: {:?}",
-                redacted_url(&settings.url),
-                error.kind()
-            ))
-        })?;
-        let client = match &settings.tls {
-            None => Client::open(info),
-            Some(tls) => Client::build_with_tls(
-                info,
-                TlsCertificates {
-                    client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.expose().as_bytes().to_vec(),
-                    }),
-                    root_cert: tls.ca_pem.clone(),
-                },
-            ),
-        }
-        // Not the error's own text: it could quote the URL, password and all.
-        .map_err(|error| {
-            StoreError::Unavailable(format!(
-                "cannot use `{}`: {:?}",
-                redacted_url(&settings.url),
-                error.kind()
-            ))
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection =
-            Traced(ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map_err(unavailable)?);
-        let subscriptions = client.clone();
+        let endpoint = connection::Endpoint::new(settings)?;
+        let timeouts = connection::Timeouts {
+            connect: settings.connect_timeout,
+            response: settings.response_timeout,
+        };
+        let connection = Traced(endpoint.shared(timeouts).map_err(unavailable)?);
         let durable = if settings.min_replicas == 0 {
             None
         } else {
             Some(Durable {
-                connection: Traced(ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?),
+                connection: Traced(endpoint.shared(timeouts).map_err(unavailable)?),
                 min_replicas: settings.min_replicas,
                 timeout_ms: u64::try_from(settings.replica_timeout.as_millis())
                     .unwrap_or(u64::MAX)
@@ -407,7 +397,7 @@ impl RedisGrantStore {
         };
         Ok(Self {
             connection,
-            client: subscriptions,
+            endpoint,
             connect_timeout: settings.connect_timeout,
             durable,
             prefix: settings.key_prefix.clone(),
@@ -462,9 +452,9 @@ impl RedisGrantStore {
         self.connection.clone()
     }
 
-    /// The client this store connects with (URL and TLS settings), for other connections.
-    pub fn redis_client(&self) -> Client {
-        self.client.clone()
+    /// Where this store connects (URLs and TLS settings), for other connections.
+    pub fn endpoint(&self) -> connection::Endpoint {
+        self.endpoint.clone()
     }
 
     /// The grant's record; also the channel its changes are announced on.
@@ -851,7 +841,7 @@ impl GrantRecords for RedisGrantStore {
 
     async fn subscribe(&self, id: GrantId) -> Result<RedisFeed, StoreError> {
         let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = self.endpoint.pubsub().await?;
             pubsub.subscribe(self.record_key(id)).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

@@ -12,10 +12,7 @@ use std::{
     time::Instant,
 };
 
-use redis::{
-    Cmd, Pipeline, RedisFuture, Script, Value,
-    aio::{ConnectionLike, ConnectionManager},
-};
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value, aio::ConnectionLike};
 use tracing::Instrument as _;
 
 use crate::telemetry::metrics::metrics;
@@ -175,7 +172,7 @@ async fn observed<T>(operation: &'static str, commands: usize, step: RedisFuture
 
 /// The store's connection, observed.
 #[derive(Clone)]
-pub struct Traced(pub(crate) ConnectionManager);
+pub struct Traced(pub(crate) super::connection::Connection);
 
 impl ConnectionLike for Traced {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {

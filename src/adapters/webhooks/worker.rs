@@ -30,12 +30,16 @@ use hyper_util::{
     client::legacy::{Client as HttpClient, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use redis::{Script, Value, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::{Script, Value};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tracing::Instrument as _;
 
 use super::{DEAD_BOUND, GROUP, Keys, RECORD_VERSION, Record, STREAM_BOUND, Webhook, signing};
-use crate::adapters::redis_store::{RedisSettings, reply};
+use crate::adapters::redis_store::{
+    RedisSettings,
+    connection::{Endpoint, Timeouts},
+    reply,
+};
 
 /// How the worker paces itself. The defaults suit production; tests shorten them.
 #[derive(Debug, Clone)]
@@ -162,7 +166,7 @@ impl DeliveryWorker {
     /// block for [`DeliverySettings::block`] and must not hold up the store's calls, which share
     /// one multiplexed connection. Connects lazily, like the store.
     pub fn new(
-        client: redis::Client,
+        endpoint: &Endpoint,
         redis: &RedisSettings,
         webhooks: Vec<Webhook>,
         mut settings: DeliverySettings,
@@ -170,13 +174,13 @@ impl DeliveryWorker {
         let longest = webhooks.iter().map(|webhook| webhook.timeout).max().unwrap_or_default();
         settings.claim_min_idle = settings.claim_min_idle.max(longest * 2);
         settings.batch = settings.batch.max(1);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis.connect_timeout))
-            .set_response_timeout(Some(settings.block + redis.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+        let timeouts = Timeouts {
+            connect: redis.connect_timeout,
+            response: settings.block + redis.response_timeout,
+        };
         let connection = crate::adapters::redis_store::Traced(
-            ConnectionManager::new_lazy_with_config(client, config)
+            endpoint
+                .shared(timeouts)
                 .map_err(|error| format!("cannot set up the Redis connection: {error}"))?,
         );
         Ok(Self {

@@ -16,6 +16,8 @@ use super::*;
 #[derive(Clone)]
 pub struct Settings {
     pub redis_url: String,
+    /// A cluster's nodes instead of `redis_url` (`redis.cluster_nodes`), when not empty.
+    pub redis_cluster: Vec<String>,
     pub sts_endpoint: String,
     pub max_attempts: u32,
     pub attempt_timeout_ms: u64,
@@ -53,6 +55,7 @@ impl Settings {
     pub fn new(redis_url: String, sts_endpoint: String) -> Self {
         Self {
             redis_url,
+            redis_cluster: Vec::new(),
             sts_endpoint,
             max_attempts: 2,
             attempt_timeout_ms: 2_000,
@@ -124,7 +127,22 @@ pub fn config_text(settings: &Settings) -> String {
         .map(|url| format!("iam_endpoint = \"{url}\""))
         .unwrap_or_default();
     let values = [
-        ("redis_url", settings.redis_url.clone()),
+        (
+            "redis_where",
+            if settings.redis_cluster.is_empty() {
+                format!("url = \"{}\"", settings.redis_url)
+            } else {
+                format!(
+                    "cluster_nodes = [{}]",
+                    settings
+                        .redis_cluster
+                        .iter()
+                        .map(|node| format!("\"{node}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        ),
         ("redis_timeout", settings.redis_timeout_ms.to_string()),
         ("min_replicas", settings.min_replicas.to_string()),
         ("redis_extra", settings.redis_extra.clone()),

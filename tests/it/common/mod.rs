@@ -15,6 +15,7 @@ pub mod moto;
 pub mod otlp;
 pub mod pki;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sts;
 
@@ -33,6 +34,8 @@ pub use otlp::*;
 pub use pki::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use redis_cluster::*;
 pub use redis_server::*;
 pub use sts::*;
 

@@ -217,7 +217,7 @@ impl RedisServer {
     /// back through the adapter rather than by key layout.
     pub fn store(&self) -> grant_broker::adapters::redis_store::RedisGrantStore {
         grant_broker::adapters::redis_store::RedisGrantStore::new(&grant_broker::adapters::redis_store::RedisSettings {
-            url: self.url(),
+            topology: grant_broker::adapters::Topology::Server(self.url()),
             username: None,
             password: None,
             key_prefix: "gb".into(),

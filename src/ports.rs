@@ -463,7 +463,9 @@ pub trait AuditLog: Send + Sync + 'static {
 /// The counts behind the limits ([`crate::domain::quota`]), kept where every replica sees them.
 pub trait Quotas: Send + Sync + 'static {
     /// Counts one request against each rate, `(rate, per minute)`. The first rate already spent
-    /// refuses it (the rates before it have counted it).
+    /// refuses it (the rates before it have counted it). `now` is the caller's clock; a store
+    /// shared by several brokers counts on a clock of its own (Redis's), one per key, so that
+    /// brokers' clocks never order one burst differently.
     fn count_request(
         &self,
         rates: &[(Rate, u32)],

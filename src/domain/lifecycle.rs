@@ -44,7 +44,7 @@ pub struct NotAllowed {
 impl Transition {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::RecordApproval => "record an approval",
+            Self::RecordApproval => "record an approval on",
             Self::Approve => "approve",
             Self::Deny => "deny",
             Self::Cancel => "cancel",

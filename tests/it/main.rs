@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod notifications;
 mod operations;
+mod processes;
 mod promises;
 mod redis_tls;
 mod requests;

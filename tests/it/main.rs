@@ -12,6 +12,7 @@ mod cluster;
 #[cfg(feature = "test-support")]
 mod contract;
 mod extension;
+mod faults;
 mod iam_enforcer;
 mod identity;
 mod integrity;

@@ -30,13 +30,16 @@ use crate::{
 
 /// Appends a grant to one index. KEYS: the index; ARGV: grant id (bytes), then
 /// [`RedisGrantStore::index_args`]: creation ms, expiry (unix s), trim threshold (ms).
-/// [`super::RESERVE`] repeats these lines for the caller's index.
+/// [`super::RESERVE`] repeats these lines for the caller's index. The expiry only moves later:
+/// `EXPIREAT ... GT`, one command where each new grant's expiry is later than the last; a
+/// stream just made by the `XADD` has none yet, which `GT` treats as infinite, so it is set
+/// then.
 pub(super) const INDEX: &str = r"
 local added = redis.pcall('XADD', KEYS[1], 'MINID', ARGV[4], ARGV[2] .. '-*', 'g', ARGV[1])
 if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[1], 'MINID', ARGV[4], '*', 'g', ARGV[1])
 end
-if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[3]) then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
+if redis.call('EXPIREAT', KEYS[1], ARGV[3], 'GT') == 0 and redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
 return 1
 ";
 

@@ -260,6 +260,8 @@ pub struct RedisGrantStore {
     change: Script,
     index: Script,
     log: Script,
+    /// Log appends waiting for the next batched write ([`audit`]).
+    log_queue: audit::LogQueue,
     /// Writes beside a grant's step that failed, to retry ([`repair`]).
     repairs: repair::Repairs,
     /// Idle connections for followers' blocking reads of the audit log, each with the longest
@@ -406,6 +408,7 @@ impl RedisGrantStore {
             change: traced::script("change", &change_script()),
             index: traced::script("index", index::INDEX),
             log: traced::script("log", audit::LOG),
+            log_queue: audit::LogQueue::default(),
             repairs: repair::Repairs::default(),
             blocking: std::sync::Mutex::new(Vec::new()),
             enforcement_scripts: enforcement::EnforcementScripts::default(),

@@ -38,42 +38,11 @@ use crate::{
 const KEPT_BLOCKING_CONNECTIONS: usize = 16;
 
 /// The most entries one batched log write carries ([`RedisGrantStore::append_log`]).
-const BATCH_ENTRIES: usize = 256;
+pub(super) const BATCH_ENTRIES: usize = 256;
 
-/// A log append waiting for its batch: its entries, and where its outcome goes.
-type Queued = (Vec<Entry>, tokio::sync::oneshot::Sender<Result<(), StoreError>>);
-
-/// The log appends waiting to be written, and the lock whose holder writes them.
-#[derive(Default)]
-pub(super) struct LogQueue {
-    waiting: std::sync::Mutex<Vec<Queued>>,
-    writer: tokio::sync::Mutex<()>,
-}
-
-impl LogQueue {
-    fn queue(&self, entries: Vec<Entry>, answer: tokio::sync::oneshot::Sender<Result<(), StoreError>>) {
-        if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.push((entries, answer));
-        }
-    }
-
-    /// What is queued, oldest first, up to [`BATCH_ENTRIES`] entries (at least one append).
-    fn take(&self) -> Vec<Queued> {
-        let Ok(mut waiting) = self.waiting.lock() else {
-            return Vec::new();
-        };
-        let mut entries = 0;
-        let mut count = 0;
-        for (queued, _) in waiting.iter() {
-            if count > 0 && entries + queued.len() > BATCH_ENTRIES {
-                break;
-            }
-            entries += queued.len();
-            count += 1;
-        }
-        waiting.drain(..count).collect()
-    }
-}
+/// Log appends waiting for the next batched write: each a change's entries, answered with why
+/// its batch failed, if it did.
+pub(super) type LogQueue = super::group_commit::GroupCommit<Vec<Entry>, Result<(), String>>;
 
 /// Appends sealed entries and counts them in the head. KEYS: the log, the head. ARGV: how many
 /// entries, then for each its number of fields and its field names and values.
@@ -228,55 +197,28 @@ impl RedisGrantStore {
         ledger::reference_verifies(&self.keys, seal, &Referenced::of(grant, position, &json))
     }
 
-    /// Appends entries in one command, which adds all of them or none.
-    ///
-    /// Group commit: appends that arrive while another is being written wait for it, and the
-    /// first of them then writes all that queued meanwhile (up to [`BATCH_ENTRIES`]) in one
-    /// script, each caller learning the batch's outcome. Under load that is one `EVALSHA` and
-    /// one head update for many grants' entries instead of each; alone, an append is written at
-    /// once. A writer whose call is dropped mid-write drops its batch's answers, and those callers
-    /// see a failure (and repair), never a hang.
+    /// Appends entries in one command, which adds all of them or none: by group commit
+    /// ([`super::group_commit`]), beside other changes' entries queued meanwhile.
     pub(super) async fn append_log(&self, entries: &[Entry]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let (sender, mut receiver) = tokio::sync::oneshot::channel();
-        self.log_queue.queue(entries.to_vec(), sender);
-        let _writer = self.log_queue.writer.lock().await;
-        match receiver.try_recv() {
-            Ok(written) => return written,
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                return Err(StoreError::Unavailable(
-                    "the audit log write these entries were part of was abandoned".to_owned(),
-                ));
-            }
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-        }
-        // Not written yet: this caller writes what is queued, oldest first, until its own
-        // entries are written (a full batch may leave them for the next).
-        loop {
-            let batch = self.log_queue.take();
-            if batch.is_empty() {
-                return Err(StoreError::Unavailable(
-                    "the audit log queue lost these entries".to_owned(),
-                ));
-            }
-            let written = self.write_log(batch.iter().flat_map(|(entries, _)| entries)).await;
-            for (_, answer) in batch {
-                let _ = answer.send(match &written {
-                    Ok(()) => Ok(()),
-                    Err(StoreError::Unavailable(why)) => Err(StoreError::Unavailable(why.clone())),
-                    Err(other) => Err(StoreError::Unavailable(other.to_string())),
-                });
-            }
-            if let Ok(mine) = receiver.try_recv() {
-                return mine;
-            }
-        }
+        self.log_queue
+            .submit(
+                entries.to_vec(),
+                Vec::len,
+                |batch: Vec<Vec<Entry>>| async move {
+                    let written = self.write_log(batch.iter().flatten()).await;
+                    batch.iter().map(|_| written.clone()).collect()
+                },
+                Err,
+            )
+            .await
+            .map_err(StoreError::Unavailable)
     }
 
     /// Writes entries in one script.
-    async fn write_log(&self, entries: impl Iterator<Item = &Entry> + Clone) -> Result<(), StoreError> {
+    async fn write_log(&self, entries: impl Iterator<Item = &Entry> + Clone) -> Result<(), String> {
         let mut invocation = self.log.key(self.audit_key());
         invocation.key(self.audit_head_key()).arg(entries.clone().count());
         for Entry(fields) in entries {
@@ -289,7 +231,7 @@ impl RedisGrantStore {
             .invoke_async::<String>(&mut self.connection.clone())
             .await
             .map(drop)
-            .map_err(unavailable)
+            .map_err(|error| error.to_string())
     }
 
     /// A connection for a blocking read of up to `wait`: an idle one kept from an earlier wait

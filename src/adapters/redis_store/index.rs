@@ -28,20 +28,51 @@ use crate::{
     ports::{GrantIndex, IndexPage, StoreError},
 };
 
-/// Appends a grant to one index. KEYS: the index; ARGV: grant id (bytes), then
-/// [`RedisGrantStore::index_args`]: creation ms, expiry (unix s), trim threshold (ms).
-/// [`super::RESERVE`] repeats these lines for the caller's index. The expiry only moves later:
-/// `EXPIREAT ... GT`, one command where each new grant's expiry is later than the last; a
-/// stream just made by the `XADD` has none yet, which `GT` treats as infinite, so it is set
-/// then.
+/// Appends grants to indexes, all in one slot. KEYS: the indexes; ARGV: how many entries, then
+/// for each the position of its index in KEYS, the grant id (bytes), its creation ms, its
+/// expiry (unix s) and the trim threshold (ms) ([`RedisGrantStore::index_values`]).
+/// [`super::RESERVE`] repeats the append for the caller's index. An index's expiry only moves
+/// later, once per index per call: `EXPIREAT ... GT`; a stream just made by the `XADD` has
+/// none yet, which `GT` treats as infinite, so it is set then.
 pub(super) const INDEX: &str = r"
-local added = redis.pcall('XADD', KEYS[1], 'MINID', ARGV[4], ARGV[2] .. '-*', 'g', ARGV[1])
-if type(added) == 'table' and added.err then
-  redis.call('XADD', KEYS[1], 'MINID', ARGV[4], '*', 'g', ARGV[1])
+local expiry = {}
+local i = 2
+for e = 1, tonumber(ARGV[1]) do
+  local k = tonumber(ARGV[i])
+  local added = redis.pcall('XADD', KEYS[k], 'MINID', ARGV[i + 4], ARGV[i + 2] .. '-*', 'g', ARGV[i + 1])
+  if type(added) == 'table' and added.err then
+    redis.call('XADD', KEYS[k], 'MINID', ARGV[i + 4], '*', 'g', ARGV[i + 1])
+  end
+  local at = tonumber(ARGV[i + 3])
+  if not expiry[k] or expiry[k] < at then expiry[k] = at end
+  i = i + 5
 end
-if redis.call('EXPIREAT', KEYS[1], ARGV[3], 'GT') == 0 and redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
+for k, at in pairs(expiry) do
+  if redis.call('EXPIREAT', KEYS[k], at, 'GT') == 0 and redis.call('TTL', KEYS[k]) == -1 then
+    redis.call('EXPIREAT', KEYS[k], at)
+  end
+end
 return 1
 ";
+
+/// The most entries one batched index write carries.
+pub(super) const BATCH_ENTRIES: usize = 512;
+
+/// Where a batch's appends stand: (the grant's place in the batch, the append's among its own).
+type Members = Vec<(usize, usize)>;
+
+/// One index entry to append.
+pub(super) struct Append {
+    key: String,
+    grant: [u8; 16],
+    created_ms: i64,
+    expiry: i64,
+    horizon_ms: i64,
+}
+
+/// A grant's index appends waiting for the next batched write ([`super::group_commit`]), each
+/// answered with why its write failed, if it did (per index), or why its batch did.
+pub(super) type IndexQueue = super::group_commit::GroupCommit<Vec<Append>, Result<Vec<Option<String>>, String>>;
 
 fn millis(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
@@ -74,6 +105,17 @@ impl RedisGrantStore {
         created: OffsetDateTime,
         last_moment: OffsetDateTime,
     ) {
+        let (created_ms, expiry, horizon_ms) = self.index_values(index, created, last_moment);
+        invocation.arg(created_ms).arg(expiry).arg(horizon_ms);
+    }
+
+    /// [`Self::index_args`] as values: creation ms, expiry (unix s), trim threshold (ms).
+    pub(super) fn index_values(
+        &self,
+        index: &GrantIndex,
+        created: OffsetDateTime,
+        last_moment: OffsetDateTime,
+    ) -> (i64, i64, i64) {
         // Nothing created earlier can still be pending or approved (scheduled at most 30 days
         // ahead, pending at most a week, lasting at most 12 hours), and no record of it can be
         // kept beyond that plus the retention.
@@ -84,10 +126,7 @@ impl RedisGrantStore {
             GrantIndex::Live => created - longest_life,
             _ => created - self.retention - longest_life,
         };
-        invocation
-            .arg(millis(created))
-            .arg(self.expiry(last_moment))
-            .arg(millis(horizon));
+        (millis(created), self.expiry(last_moment), millis(horizon))
     }
 
     /// The indexes a grant is appended to beside its creation (the caller's is written when its
@@ -106,22 +145,93 @@ impl RedisGrantStore {
         indexes
     }
 
-    /// Appends `grant` to `indexes`, concurrently on the multiplexed connection (one round
-    /// trip), and returns those whose write failed, with the error.
+    /// Appends `grant` to `indexes` by group commit (with other grants' appends queued
+    /// meanwhile, one script per slot, the slots at once), and returns those whose write
+    /// failed, with the error.
     pub(super) async fn index_grant(&self, grant: &Grant, indexes: &[GrantIndex]) -> Vec<(GrantIndex, String)> {
-        let appends = indexes.iter().map(|index| {
-            let mut invocation = self.index.key(self.index_of(index));
-            invocation.arg(&id_bytes(grant.id)[..]);
-            self.index_args(&mut invocation, index, grant.created_at, grant.last_moment());
+        let appends: Vec<Append> = indexes
+            .iter()
+            .map(|index| {
+                let (created_ms, expiry, horizon_ms) = self.index_values(index, grant.created_at, grant.last_moment());
+                Append {
+                    key: self.index_of(index),
+                    grant: id_bytes(grant.id),
+                    created_ms,
+                    expiry,
+                    horizon_ms,
+                }
+            })
+            .collect();
+        let outcome = self
+            .index_queue
+            .submit(appends, Vec::len, |batch| self.write_indexes(batch), Err)
+            .await;
+        match outcome {
+            Ok(failures) => failures
+                .into_iter()
+                .zip(indexes)
+                .filter_map(|(failure, index)| failure.map(|why| (index.clone(), why)))
+                .collect(),
+            Err(why) => indexes.iter().map(|index| (index.clone(), why.clone())).collect(),
+        }
+    }
+
+    /// Writes a batch of grants' appends: one script per slot (on one server, one in all), the
+    /// slots at once. Answers each grant with each of its appends' failure, if any.
+    async fn write_indexes(&self, batch: Vec<Vec<Append>>) -> Vec<Result<Vec<Option<String>>, String>> {
+        // (item, append) positions by group, groups in the order their slot first appears.
+        let mut groups: Vec<(Option<redis::cluster_routing::Slot>, Members)> = Vec::new();
+        for (item, appends) in batch.iter().enumerate() {
+            for (at, append) in appends.iter().enumerate() {
+                let slot = self
+                    .endpoint
+                    .is_cluster()
+                    .then(|| redis::cluster_routing::Slot::for_key(&append.key));
+                match groups.iter_mut().find(|(known, _)| *known == slot) {
+                    Some((_, members)) => members.push((item, at)),
+                    None => groups.push((slot, vec![(item, at)])),
+                }
+            }
+        }
+        let sent = groups.iter().map(|(_, members)| {
+            let mut keys: Vec<&str> = Vec::new();
+            let mut invocation = self.index.prepare_invoke();
+            invocation.arg(members.len());
+            for &(item, at) in members {
+                let append = &batch[item][at];
+                let position = match keys.iter().position(|key| *key == append.key) {
+                    Some(position) => position,
+                    None => {
+                        keys.push(&append.key);
+                        keys.len() - 1
+                    }
+                };
+                invocation
+                    .arg(position + 1)
+                    .arg(&append.grant[..])
+                    .arg(append.created_ms)
+                    .arg(append.expiry)
+                    .arg(append.horizon_ms);
+            }
+            for key in keys {
+                invocation.key(key);
+            }
             let mut connection = self.connection.clone();
             async move { invocation.invoke_async::<i64>(&mut connection).await }
         });
-        futures_util::future::join_all(appends)
-            .await
-            .into_iter()
-            .zip(indexes)
-            .filter_map(|(result, index)| result.err().map(|error| (index.clone(), error.to_string())))
-            .collect()
+        let results = futures_util::future::join_all(sent).await;
+        let mut outcomes: Vec<Vec<Option<String>>> = batch.iter().map(|appends| vec![None; appends.len()]).collect();
+        for ((_, members), result) in groups.iter().zip(results) {
+            if let Err(error) = result {
+                let why = error.to_string();
+                for &(item, at) in members {
+                    if let Some(failure) = outcomes.get_mut(item).and_then(|item| item.get_mut(at)) {
+                        *failure = Some(why.clone());
+                    }
+                }
+            }
+        }
+        outcomes.into_iter().map(Ok).collect()
     }
 
     /// A page of an index, newest first: entries before `before`, from `since` on.

@@ -27,6 +27,7 @@
 mod audit;
 pub mod connection;
 mod enforcement;
+mod group_commit;
 mod index;
 pub mod ledger;
 mod quota;
@@ -259,6 +260,8 @@ pub struct RedisGrantStore {
     reserve: Script,
     change: Script,
     index: Script,
+    /// Index appends waiting for the next batched write ([`index`]).
+    index_queue: index::IndexQueue,
     log: Script,
     /// Log appends waiting for the next batched write ([`audit`]).
     log_queue: audit::LogQueue,
@@ -407,8 +410,9 @@ impl RedisGrantStore {
             reserve: traced::script("reserve", RESERVE),
             change: traced::script("change", &change_script()),
             index: traced::script("index", index::INDEX),
+            index_queue: index::IndexQueue::new(index::BATCH_ENTRIES),
             log: traced::script("log", audit::LOG),
-            log_queue: audit::LogQueue::default(),
+            log_queue: audit::LogQueue::new(audit::BATCH_ENTRIES),
             repairs: repair::Repairs::default(),
             blocking: std::sync::Mutex::new(Vec::new()),
             enforcement_scripts: enforcement::EnforcementScripts::default(),

@@ -62,7 +62,11 @@ async fn redis_out_of_memory_answers_unavailable_and_loses_nothing_acknowledged(
             }
         }
     }
-    assert!(!issued.is_empty() && refused == 20, "issued {}, refused {refused}", issued.len());
+    assert!(
+        !issued.is_empty() && refused == 20,
+        "issued {}, refused {refused}",
+        issued.len()
+    );
 
     // Reads still work while Redis is full: every grant acknowledged, with the credentials
     // returned for it.
@@ -73,7 +77,10 @@ async fn redis_out_of_memory_answers_unavailable_and_loses_nothing_acknowledged(
             .unwrap()
             .into_inner();
         assert!(
-            grant.issuances.iter().any(|issuance| &issuance.access_key_id == access_key_id),
+            grant
+                .issuances
+                .iter()
+                .any(|issuance| &issuance.access_key_id == access_key_id),
             "grant {id}: returned credentials not recorded"
         );
     }

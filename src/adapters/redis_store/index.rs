@@ -32,25 +32,31 @@ use crate::{
 /// for each the position of its index in KEYS, the grant id (bytes), its creation ms, its
 /// expiry (unix s) and the trim threshold (ms) ([`RedisGrantStore::index_values`]).
 /// [`super::RESERVE`] repeats the append for the caller's index. An index's expiry only moves
-/// later, once per index per call: `EXPIREAT ... GT`; a stream just made by the `XADD` has
-/// none yet, which `GT` treats as infinite, so it is set then.
+/// later, checked once per index per call; it is rounded up to the hour
+/// ([`RedisGrantStore::index_values`]), so it moves once an hour and a check is one
+/// `EXPIRETIME`. Entries whose creation is not after the last one this call wrote to the same
+/// index go straight to the stream's next id (a refused `XADD` counts as a command too).
 pub(super) const INDEX: &str = r"
 local expiry = {}
+local newest = {}
 local i = 2
 for e = 1, tonumber(ARGV[1]) do
   local k = tonumber(ARGV[i])
-  local added = redis.pcall('XADD', KEYS[k], 'MINID', ARGV[i + 4], ARGV[i + 2] .. '-*', 'g', ARGV[i + 1])
-  if type(added) == 'table' and added.err then
-    redis.call('XADD', KEYS[k], 'MINID', ARGV[i + 4], '*', 'g', ARGV[i + 1])
+  local created = tonumber(ARGV[i + 2])
+  local added
+  if not newest[k] or created > newest[k] then
+    added = redis.pcall('XADD', KEYS[k], 'MINID', ARGV[i + 4], ARGV[i + 2] .. '-*', 'g', ARGV[i + 1])
   end
+  if not added or (type(added) == 'table' and added.err) then
+    added = redis.call('XADD', KEYS[k], 'MINID', ARGV[i + 4], '*', 'g', ARGV[i + 1])
+  end
+  newest[k] = tonumber(string.match(added, '^(%d+)'))
   local at = tonumber(ARGV[i + 3])
   if not expiry[k] or expiry[k] < at then expiry[k] = at end
   i = i + 5
 end
 for k, at in pairs(expiry) do
-  if redis.call('EXPIREAT', KEYS[k], at, 'GT') == 0 and redis.call('TTL', KEYS[k]) == -1 then
-    redis.call('EXPIREAT', KEYS[k], at)
-  end
+  if redis.call('EXPIRETIME', KEYS[k]) < at then redis.call('EXPIREAT', KEYS[k], at) end
 end
 return 1
 ";
@@ -126,7 +132,15 @@ impl RedisGrantStore {
             GrantIndex::Live => created - longest_life,
             _ => created - self.retention - longest_life,
         };
-        (millis(created), self.expiry(last_moment), millis(horizon))
+        // Rounded up to the hour: a stream lives on with its newest entry, at most an hour longer
+        // than that needs, and its expiry moves once an hour rather than with every grant.
+        let expiry = self.expiry(last_moment);
+        let hour = 3_600;
+        (
+            millis(created),
+            expiry.saturating_add(hour - 1) / hour * hour,
+            millis(horizon),
+        )
     }
 
     /// The indexes a grant is appended to beside its creation (the caller's is written when its
@@ -179,7 +193,8 @@ impl RedisGrantStore {
     /// Writes a batch of grants' appends: one script per slot (on one server, one in all), the
     /// slots at once. Answers each grant with each of its appends' failure, if any.
     async fn write_indexes(&self, batch: Vec<Vec<Append>>) -> Vec<Result<Vec<Option<String>>, String>> {
-        // (item, append) positions by group, groups in the order their slot first appears.
+        // (item, append) positions by group, groups in the order their slot first appears, each
+        // in creation order, so that entries land at their grants' creation ms.
         let mut groups: Vec<(Option<redis::cluster_routing::Slot>, Members)> = Vec::new();
         for (item, appends) in batch.iter().enumerate() {
             for (at, append) in appends.iter().enumerate() {
@@ -192,6 +207,9 @@ impl RedisGrantStore {
                     None => groups.push((slot, vec![(item, at)])),
                 }
             }
+        }
+        for (_, members) in &mut groups {
+            members.sort_by_key(|&(item, at)| batch[item][at].created_ms);
         }
         let sent = groups.iter().map(|(_, members)| {
             let mut keys: Vec<&str> = Vec::new();

@@ -205,7 +205,7 @@ local added = redis.pcall('XADD', KEYS[1], 'MINID', ARGV[6], ARGV[4] .. '-*', 'g
 if type(added) == 'table' and added.err then
   redis.call('XADD', KEYS[1], 'MINID', ARGV[6], '*', 'g', ARGV[1])
 end
-if redis.call('EXPIREAT', KEYS[1], ARGV[5], 'GT') == 0 and redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], ARGV[5]) end
+if redis.call('EXPIRETIME', KEYS[1]) < tonumber(ARGV[5]) then redis.call('EXPIREAT', KEYS[1], ARGV[5]) end
 return ''
 ";
 
@@ -230,7 +230,7 @@ if not record then return 'missing' end
 if #record ~= tonumber(ARGV[2]) or string.sub(record, 1, {prefix_end}) ~= ARGV[1] then return {{record}} end
 redis.call('SET', KEYS[1], ARGV[3] .. string.sub(record, {frames}) .. ARGV[4], 'KEEPTTL')
 local expiry = tonumber(ARGV[5])
-if redis.call('EXPIREAT', KEYS[1], expiry, 'GT') == 0 and redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIREAT', KEYS[1], expiry) end
+if redis.call('EXPIRETIME', KEYS[1]) < expiry then redis.call('EXPIREAT', KEYS[1], expiry) end
 redis.call('PUBLISH', KEYS[1], 'changed')
 return 'ok'
 "

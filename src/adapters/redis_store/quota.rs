@@ -41,17 +41,21 @@ return 0
 
 /// Holds a place for a grant under a cap. KEYS: the cap. ARGV: grant id, the cap, until and now
 /// (unix ms). Replies 0 (held, or already held), or how long until the first place frees itself
-/// (ms, at least 1).
+/// (ms, at least 1). Places whose time has passed are dropped only when the cap looks full, and
+/// the key's expiry is moved only when this place outlasts it: four commands for a place taken
+/// below the cap, instead of six.
 pub(super) const HOLD: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return math.max(1, tonumber(first[2]) - tonumber(ARGV[4]))
+local most = tonumber(ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= most then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+  if redis.call('ZCARD', KEYS[1]) >= most then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return math.max(1, tonumber(first[2]) - tonumber(ARGV[4]))
+  end
 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], last[2])
+if redis.call('PEXPIRETIME', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
 return 0
 ";
 

@@ -152,8 +152,10 @@ start_redis() { # port log
 # A Redis Cluster of 3 primaries with a replica each, on free loopback ports, its files in $1;
 # sets REDIS_CLUSTER_NODES to its nodes' URLs, comma-separated.
 start_redis_cluster() { # dir
-  local dir="$1" port bus addresses=() urls=()
-  mkdir -p "$dir"
+  local dir port bus addresses=() urls=()
+  mkdir -p "$1"
+  # Absolute: redis-server moves into --dir before it opens its cluster configuration file.
+  dir="$(cd "$1" && pwd)"
   for _ in 1 2 3 4 5 6; do
     port="$(free_port)"
     bus="$(free_port)"

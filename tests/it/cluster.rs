@@ -491,3 +491,50 @@ async fn a_primary_dying_under_load_loses_nothing_acknowledged_and_service_recov
         );
     }
 }
+
+/// A node that lost its scripts (a restart, a failover) runs again only the steps that met it:
+/// a request's rates on other nodes are counted once.
+#[tokio::test]
+async fn a_node_without_the_scripts_never_makes_a_rate_count_twice() {
+    use grant_broker::domain::{CallerId, quota::Rate};
+    use grant_broker::ports::Quotas as _;
+    let cluster = RedisCluster::shared().await;
+    let prefix = unique_prefix();
+    let store = cluster_store(&cluster, &prefix);
+    let caller = CallerId::parse("vendor-portal").unwrap();
+    // The person's rate on another node than the caller's.
+    let caller_node = cluster
+        .primary_of(&format!("{prefix}:rate:{{caller:vendor-portal}}"))
+        .await;
+    let mut person = None;
+    for n in 0..64 {
+        let name = format!("p{n}@example.com");
+        let digest = grant_broker_digest(&name);
+        if cluster.primary_of(&format!("{prefix}:rate:{{person:{digest}}}")).await != caller_node {
+            person = Some((name, digest));
+            break;
+        }
+    }
+    let (person, digest) = person.expect("a person whose rate is on another node");
+    let rates = [(Rate::Caller(caller), 3), (Rate::Person(person), 1_000)];
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(store.count_request(&rates, now).await.unwrap(), None);
+    let person_node = cluster.primary_of(&format!("{prefix}:rate:{{person:{digest}}}")).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut RedisCluster::node_connection(person_node).await)
+        .await
+        .unwrap();
+    assert_eq!(store.count_request(&rates, now).await.unwrap(), None);
+    // The third of three a minute: counted twice above, this would be refused.
+    assert_eq!(store.count_request(&rates, now).await.unwrap(), None);
+    assert!(
+        store.count_request(&rates, now).await.unwrap().is_some(),
+        "the fourth is refused"
+    );
+}
+
+/// How the store names a person in keys: 32 hex characters of the SHA-256.
+fn grant_broker_digest(text: &str) -> String {
+    sha256_hex(text)[..32].to_owned()
+}

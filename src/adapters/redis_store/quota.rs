@@ -80,26 +80,45 @@ impl RedisGrantStore {
 }
 
 impl RedisGrantStore {
-    /// One round trip of `script` invocations; only when Redis does not have the script yet (a
-    /// restart, a failover) a second one that loads it first.
+    /// One round trip of `count` invocations of `script` (`invoke` adds the i-th); only those
+    /// that met a node without the script (a restart, a failover; on a cluster, one node of
+    /// several) run again, after it is loaded. Never the others: each counts a request or holds
+    /// a place, and running it twice would count twice (3 of 12 requests refused too soon,
+    /// through three new brokers on a cluster whose nodes had the script or not).
     async fn run_scripts(
         &self,
         script: &redis::Script,
-        invocations: impl Fn(&mut redis::Pipeline),
+        count: usize,
+        invoke: impl Fn(usize, &mut redis::Pipeline),
     ) -> Result<Vec<i64>, StoreError> {
+        let no_script = |reply: &redis::RedisResult<i64>| matches!(reply, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
         let mut pipe = redis::pipe();
-        invocations(&mut pipe);
-        match pipe.query_async(&mut self.connection.clone()).await {
-            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut pipe = redis::pipe();
-                pipe.load_script(script).ignore();
-                invocations(&mut pipe);
-                pipe.query_async(&mut self.connection.clone())
-                    .await
-                    .map_err(unavailable)
-            }
-            replies => replies.map_err(unavailable),
+        pipe.ignore_errors();
+        for at in 0..count {
+            invoke(at, &mut pipe);
         }
+        let mut replies: Vec<redis::RedisResult<i64>> = pipe
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let again: Vec<usize> = (0..replies.len()).filter(|&at| no_script(&replies[at])).collect();
+        if !again.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors().load_script(script).ignore();
+            for &at in &again {
+                invoke(at, &mut pipe);
+            }
+            let retried: Vec<redis::RedisResult<i64>> = pipe
+                .query_async(&mut self.connection.clone())
+                .await
+                .map_err(unavailable)?;
+            for (at, reply) in again.into_iter().zip(retried) {
+                if let Some(slot) = replies.get_mut(at) {
+                    *slot = reply;
+                }
+            }
+        }
+        replies.into_iter().map(|reply| reply.map_err(unavailable)).collect()
     }
 }
 
@@ -109,15 +128,14 @@ impl Quotas for RedisGrantStore {
             return Ok(None);
         }
         let replies: Vec<i64> = self
-            .run_scripts(&self.rate, |pipe| {
-                for (rate, per_minute) in rates {
-                    pipe.invoke_script(
-                        self.rate
-                            .key(self.rate_key(rate))
-                            .arg(WINDOW_MICROS / i64::from((*per_minute).max(1)))
-                            .arg(WINDOW_MICROS),
-                    );
-                }
+            .run_scripts(&self.rate, rates.len(), |at, pipe| {
+                let (rate, per_minute) = &rates[at];
+                pipe.invoke_script(
+                    self.rate
+                        .key(self.rate_key(rate))
+                        .arg(WINDOW_MICROS / i64::from((*per_minute).max(1)))
+                        .arg(WINDOW_MICROS),
+                );
             })
             .await?;
         Ok(rates
@@ -143,17 +161,16 @@ impl Quotas for RedisGrantStore {
             return Ok(None);
         }
         let replies: Vec<i64> = self
-            .run_scripts(&self.hold, |pipe| {
-                for (cap, most) in caps {
-                    pipe.invoke_script(
-                        self.hold
-                            .key(self.cap_key(cap))
-                            .arg(grant.to_string())
-                            .arg(*most)
-                            .arg(millis(until))
-                            .arg(millis(now)),
-                    );
-                }
+            .run_scripts(&self.hold, caps.len(), |at, pipe| {
+                let (cap, most) = &caps[at];
+                pipe.invoke_script(
+                    self.hold
+                        .key(self.cap_key(cap))
+                        .arg(grant.to_string())
+                        .arg(*most)
+                        .arg(millis(until))
+                        .arg(millis(now)),
+                );
             })
             .await?;
         let Some(((cap, most), wait)) = caps.iter().zip(&replies).find(|(_, wait)| **wait > 0) else {

@@ -177,6 +177,9 @@ fn resource(var: &dyn Fn(&str) -> Option<String>) -> Resource {
 
 /// Sets up logging and, when the environment asks for them, trace and metric export. Must run
 /// inside the tokio runtime (the exporters' gRPC channels are built on it). Call once, first.
+/// What is logged without `RUST_LOG`: info, but only errors from the Redis client library.
+const DEFAULT_LOG_FILTER: &str = "info,redis=error";
+
 pub fn init(format: LogFormat) -> Result<Telemetry, String> {
     init_with(format, &var)
 }
@@ -229,7 +232,10 @@ pub fn init_with(format: LogFormat, var: &dyn Fn(&str) -> Option<String>) -> Res
     } else {
         None
     };
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Redis client's own warnings stay out by default: while a cluster node is down it warns
+    // of every reconnect attempt (about 500 lines a second), and the broker logs the failures
+    // that matter, once per call, itself.
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -385,19 +385,9 @@ pub fn unique_prefix() -> String {
 
 /// A store on `cluster` under `prefix`, as the broker configures it.
 pub fn cluster_store(cluster: &RedisCluster, prefix: &str) -> grant_broker::adapters::redis_store::RedisGrantStore {
-    grant_broker::adapters::redis_store::RedisGrantStore::new(&grant_broker::adapters::redis_store::RedisSettings {
-        topology: grant_broker::adapters::Topology::Cluster(cluster.seeds()),
-        username: None,
-        password: None,
-        key_prefix: prefix.to_owned(),
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: Duration::from_secs(2),
-        retention: Duration::from_secs(400 * 86_400),
-        min_replicas: 0,
-        replica_timeout: Duration::from_millis(100),
-        tls: None,
-        integrity: crate::common::integrity_keys(),
-        checkpoint_interval: Duration::from_secs(1),
-    })
+    grant_broker::adapters::redis_store::RedisGrantStore::new(&super::store_settings(
+        grant_broker::adapters::Topology::Cluster(cluster.seeds()),
+        prefix,
+    ))
     .unwrap()
 }

@@ -216,20 +216,10 @@ impl RedisServer {
     /// A store on this server, as the broker configures it (prefix `gb`), for reading records
     /// back through the adapter rather than by key layout.
     pub fn store(&self) -> grant_broker::adapters::redis_store::RedisGrantStore {
-        grant_broker::adapters::redis_store::RedisGrantStore::new(&grant_broker::adapters::redis_store::RedisSettings {
-            topology: grant_broker::adapters::Topology::Server(self.url()),
-            username: None,
-            password: None,
-            key_prefix: "gb".into(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            retention: Duration::from_secs(400 * 86_400),
-            min_replicas: 0,
-            replica_timeout: Duration::from_millis(100),
-            tls: None,
-            integrity: crate::common::integrity_keys(),
-            checkpoint_interval: Duration::from_secs(1),
-        })
+        grant_broker::adapters::redis_store::RedisGrantStore::new(&store_settings(
+            grant_broker::adapters::Topology::Server(self.url()),
+            "gb",
+        ))
         .unwrap()
     }
 
@@ -303,5 +293,27 @@ impl TestPki {
             client_key: write("client-key.pem", &client_key),
             dir,
         }
+    }
+}
+
+/// The store settings tests use on `topology` under `prefix`: as the broker configures them,
+/// with the tests' integrity key.
+pub fn store_settings(
+    topology: grant_broker::adapters::Topology,
+    prefix: &str,
+) -> grant_broker::adapters::redis_store::RedisSettings {
+    grant_broker::adapters::redis_store::RedisSettings {
+        topology,
+        username: None,
+        password: None,
+        key_prefix: prefix.to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(2),
+        retention: Duration::from_secs(400 * 86_400),
+        min_replicas: 0,
+        replica_timeout: Duration::from_millis(100),
+        tls: None,
+        integrity: crate::common::integrity_keys(),
+        checkpoint_interval: Duration::from_secs(1),
     }
 }

@@ -345,7 +345,12 @@ async fn replicas_are_awaited_on_the_node_that_took_the_write() {
                 issued += 1;
             }
             Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                // Refused before STS was called: the `issuing` record was not acknowledged.
+                assert_eq!(
+                    (status.code(), error_reason(&status).as_str()),
+                    (Code::Unavailable, "STORE_UNAVAILABLE"),
+                    "{status:?}"
+                );
                 refused += 1;
             }
         }
@@ -452,6 +457,12 @@ async fn a_primary_dying_under_load_loses_nothing_acknowledged_and_service_recov
         assert!(
             **code == Code::Unavailable && *retry_info,
             "at {at:?}: {code:?} `{message}` (retry info: {retry_info})"
+        );
+        assert!(
+            ["the grant store is unavailable", "could not be recorded"]
+                .iter()
+                .any(|says| message.contains(says)),
+            "at {at:?}: `{message}`"
         );
     }
     let window = failures

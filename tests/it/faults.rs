@@ -54,6 +54,10 @@ async fn redis_out_of_memory_answers_unavailable_and_loses_nothing_acknowledged(
             }
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    ["STORE_UNAVAILABLE", "CREDENTIALS_NOT_RECORDED"].contains(&error_reason(&status).as_str()),
+                    "{status:?}"
+                );
                 assert!(status.get_error_details().retry_info().is_some(), "{status:?}");
                 refused += 1;
                 if refused == 20 {

@@ -116,16 +116,14 @@ impl Cluster {
     /// Sends `cmd`; on `MOVED` (the command did not run) once more, to the node named.
     async fn command(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
         let mut connection = self.connection().ok_or_else(poisoned)?;
-        let result = match connection.req_packed_command(cmd).await {
-            Err(error) if moved(&error).is_some() => match moved(&error) {
-                Some(node) => {
-                    connection
-                        .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
-                        .await
-                }
-                None => Err(error),
-            },
-            other => other,
+        let result = match connection.req_packed_command(cmd).await.map_err(moved) {
+            Err(Redirect::To(node)) => {
+                connection
+                    .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
+                    .await
+            }
+            Err(Redirect::No(error)) => Err(error),
+            Ok(reply) => Ok(reply),
         };
         if let Err(error) = &result {
             self.after(error);
@@ -136,12 +134,14 @@ impl Cluster {
     /// Sends a pipeline of one slot (or a transaction); on `MOVED`, once more, to the node named.
     async fn pipeline(&self, pipeline: &Pipeline, offset: usize, count: usize) -> redis::RedisResult<Vec<Value>> {
         let mut connection = self.connection().ok_or_else(poisoned)?;
-        let result = match connection.req_packed_commands(pipeline, offset, count).await {
-            Err(error) if moved(&error).is_some() => match moved(&error) {
-                Some(node) => connection.route_pipeline(pipeline.clone(), offset, count, node).await,
-                None => Err(error),
-            },
-            other => other,
+        let result = match connection
+            .req_packed_commands(pipeline, offset, count)
+            .await
+            .map_err(moved)
+        {
+            Err(Redirect::To(node)) => connection.route_pipeline(pipeline.clone(), offset, count, node).await,
+            Err(Redirect::No(error)) => Err(error),
+            Ok(replies) => Ok(replies),
         };
         if let Err(error) = &result {
             self.after(error);
@@ -185,17 +185,28 @@ fn poisoned() -> redis::RedisError {
     (redis::ErrorKind::Client, "the cluster connection's lock was poisoned").into()
 }
 
-/// The node a `MOVED` answer names: the command did not run, and can be sent there.
-fn moved(error: &redis::RedisError) -> Option<SingleNodeRoutingInfo> {
+/// What to do with a failed step: send it to the node a `MOVED` answer names (the command did
+/// not run), or fail with the error.
+enum Redirect {
+    To(SingleNodeRoutingInfo),
+    No(redis::RedisError),
+}
+
+fn moved(error: redis::RedisError) -> Redirect {
     if error.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::Moved) {
-        return None;
+        return Redirect::No(error);
     }
-    let (address, _slot) = error.redirect_node()?;
-    let (host, port) = address.rsplit_once(':')?;
-    Some(SingleNodeRoutingInfo::ByAddress {
-        host: host.to_owned(),
-        port: port.parse().ok()?,
-    })
+    let node = error.redirect_node().and_then(|(address, _slot)| {
+        let (host, port) = address.rsplit_once(':')?;
+        Some(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port: port.parse().ok()?,
+        })
+    });
+    match node {
+        Some(node) => Redirect::To(node),
+        None => Redirect::No(error),
+    }
 }
 
 /// How long a connection waits: to connect, and for each answer.

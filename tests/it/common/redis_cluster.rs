@@ -135,27 +135,6 @@ impl RedisCluster {
         self.seeds.clone()
     }
 
-    /// `cluster_nodes = [...]`, for a configuration's `[redis]` table.
-    pub fn config_line(&self) -> String {
-        format!(
-            "cluster_nodes = [{}]",
-            self.seeds
-                .iter()
-                .map(|seed| format!("\"{seed}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    }
-
-    /// A client that follows the cluster, for the test's own inspection.
-    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
-        redis::cluster::ClusterClient::new(self.seeds.clone())
-            .unwrap()
-            .get_async_connection()
-            .await
-            .unwrap()
-    }
-
     /// A plain connection to the node at `port`.
     pub async fn node_connection(port: u16) -> redis::aio::MultiplexedConnection {
         redis::Client::open(format!("redis://127.0.0.1:{port}"))
@@ -342,25 +321,6 @@ impl RedisCluster {
             return;
         }
         panic!("the cluster's replicas did not come online within 30 s");
-    }
-
-    /// The sum of a field of `INFO` over the primaries (for commands per grant).
-    pub async fn total_info(&self, section: &str, field: &str) -> u64 {
-        let mut total = 0;
-        for port in self.primaries().await {
-            let mut connection = Self::node_connection(port).await;
-            let info: String = redis::cmd("INFO")
-                .arg(section)
-                .query_async(&mut connection)
-                .await
-                .unwrap();
-            total += info
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("{field}:")))
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        total
     }
 }
 
